@@ -1,0 +1,7 @@
+"""App config for the append-only, hash-chained audit log."""
+from django.apps import AppConfig
+
+
+class AuditConfig(AppConfig):
+    name = "audit"
+    verbose_name = "Audit log"

@@ -1,0 +1,314 @@
+"""Receipts, events and the canonical billing documents they maintain.
+
+`Receipt` keeps every request body as received (bytes and SHA-256), whatever the answer. `Event` is the
+unique identity `(source_system, event_id)` and the first answer given for it, so that a replay returns
+the identical body. The canonical documents (customers, invoices, payments, refunds, credit notes,
+write-offs) are keyed by `(source_system, <document>_id)`, versioned with django-simple-history, and
+carry running totals that check constraints keep honest (an invoice's open amount never goes below 0).
+"""
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+from simple_history.models import HistoricalRecords
+
+MONEY = {"max_digits": 20, "decimal_places": 4}
+
+
+class ApiToken(models.Model):
+    """A bearer token; only its SHA-256 is stored. The owner's role (group) decides what it may do."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="api_tokens")
+    key_hash = models.CharField(max_length=64, unique=True)
+    prefix = models.CharField(max_length=12)
+    name = models.CharField(max_length=100, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.user})"
+
+
+class Receipt(models.Model):
+    class Outcome(models.TextChoices):
+        ACCEPTED = "accepted"
+        REPLAYED = "replayed"
+        CONFLICT = "conflict"
+        INVALID = "invalid"
+        UNAUTHORIZED = "unauthorized"
+        FORBIDDEN = "forbidden"
+        BATCH = "batch"  # a batch body: per-event outcomes live on the events
+
+    id = models.BigAutoField(primary_key=True)
+    received_at = models.DateTimeField(default=timezone.now)
+    endpoint = models.CharField(max_length=20)
+    client = models.CharField(max_length=150, blank=True, default="")
+    remote_addr = models.GenericIPAddressField(null=True, blank=True)
+    headers = models.JSONField(default=dict)
+    body = models.BinaryField()
+    sha256 = models.CharField(max_length=64)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    status_code = models.PositiveSmallIntegerField()
+    correlation_id = models.CharField(max_length=128, blank=True, default="")
+    detail = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["received_at"], name="receipt_received_idx")]
+
+
+class Event(models.Model):
+    class Status(models.TextChoices):
+        ACCEPTED = "accepted"
+        PROCESSED = "processed"
+        PENDING_APPROVAL = "pending_approval"
+        POSTED = "posted"
+        EXCEPTION = "exception"
+        REJECTED = "rejected"
+        IGNORED = "ignored"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    source_system = models.CharField(max_length=100)
+    event_id = models.CharField(max_length=200)
+    type = models.CharField(max_length=40)
+    entity_code = models.CharField(max_length=20)
+    occurred_at = models.DateTimeField()
+    payload = models.JSONField()
+    payload_hash = models.CharField(max_length=64)
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACCEPTED)
+    correlation_id = models.CharField(max_length=128, blank=True, default="")
+    received_at = models.DateTimeField(default=timezone.now)
+    receipt = models.ForeignKey(Receipt, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
+    sent_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                related_name="+")
+    response_body = models.JSONField()
+    processed_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source_system", "event_id"], name="event_unique_identity"),
+            models.UniqueConstraint(fields=["source_system", "idempotency_key"], name="event_unique_idem_key",
+                                    condition=Q(idempotency_key__isnull=False)),
+        ]
+        indexes = [
+            models.Index(fields=["status", "received_at"], name="event_status_idx"),
+            models.Index(fields=["type"], name="event_type_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.source_system}/{self.event_id} {self.type} ({self.status})"
+
+
+class CanonicalChange(models.Model):
+    """What an event did to a canonical document: created, updated, applied, or stale (ignored)."""
+
+    class Outcome(models.TextChoices):
+        CREATED = "created"
+        UPDATED = "updated"
+        APPLIED = "applied"
+        STALE = "stale"
+
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="changes")
+    document_type = models.CharField(max_length=30)
+    document_id = models.CharField(max_length=200)
+    version = models.PositiveIntegerField(null=True, blank=True)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["event", "document_type", "document_id"],
+                                               name="change_unique_per_event")]
+
+
+class Customer(models.Model):
+    source_system = models.CharField(max_length=100)
+    customer_id = models.CharField(max_length=200)
+    entity_code = models.CharField(max_length=20, blank=True, default="")
+    name = models.CharField(max_length=300)
+    email = models.CharField(max_length=300, blank=True, default="")
+    country = models.CharField(max_length=2, blank=True, default="")
+    version = models.PositiveIntegerField()
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source_system", "customer_id"], name="customer_unique")]
+
+    def __str__(self):
+        return f"{self.customer_id} {self.name}"
+
+
+class Invoice(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "open"
+        VOIDED = "voided"
+
+    source_system = models.CharField(max_length=100)
+    invoice_id = models.CharField(max_length=200)
+    entity = models.ForeignKey("ledger.Entity", on_delete=models.PROTECT, related_name="invoices")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="invoices")
+    number = models.CharField(max_length=100)
+    currency = models.CharField(max_length=3)
+    issue_date = models.DateField()
+    due_date = models.DateField()
+    subtotal = models.DecimalField(**MONEY)
+    tax_total = models.DecimalField(**MONEY)
+    total = models.DecimalField(**MONEY)
+    version = models.PositiveIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    # Running totals, maintained under the invoice's row lock by the services.
+    applied_total = models.DecimalField(**MONEY, default=0)
+    credited_total = models.DecimalField(**MONEY, default=0)
+    written_off_total = models.DecimalField(**MONEY, default=0)
+    refunded_total = models.DecimalField(**MONEY, default=0)
+    current_journal = models.ForeignKey("ledger.Journal", null=True, blank=True, on_delete=models.PROTECT,
+                                        related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source_system", "invoice_id"], name="invoice_unique"),
+            models.CheckConstraint(condition=Q(total=F("subtotal") + F("tax_total")), name="invoice_total_sum"),
+            models.CheckConstraint(
+                condition=Q(applied_total__gte=0, credited_total__gte=0, written_off_total__gte=0,
+                            refunded_total__gte=0),
+                name="invoice_totals_non_negative",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="voided") | Q(
+                    total__gte=F("applied_total") + F("credited_total") + F("written_off_total") - F("refunded_total")),
+                name="invoice_open_amount_non_negative",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.number} ({self.invoice_id})"
+
+    @property
+    def open_amount(self):
+        from decimal import Decimal
+
+        if self.status == self.Status.VOIDED:
+            return Decimal("0")
+        return self.total - self.applied_total - self.credited_total - self.written_off_total + self.refunded_total
+
+
+class InvoiceLine(models.Model):
+    invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")
+    line_id = models.CharField(max_length=200)
+    description = models.CharField(max_length=500, blank=True, default="")
+    amount = models.DecimalField(**MONEY)
+    revenue_account = models.CharField(max_length=30, blank=True, default="")
+    taxes = models.JSONField(default=list)  # [{"jurisdiction", "rate", "amount"}] as strings
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["invoice", "line_id"], name="invoice_line_unique")]
+
+
+class Payment(models.Model):
+    source_system = models.CharField(max_length=100)
+    payment_id = models.CharField(max_length=200)
+    entity = models.ForeignKey("ledger.Entity", on_delete=models.PROTECT, related_name="payments")
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="payments")
+    currency = models.CharField(max_length=3)
+    amount = models.DecimalField(**MONEY)
+    fee = models.DecimalField(**MONEY, default=0)
+    received_at = models.DateTimeField()
+    method = models.CharField(max_length=50)
+    allocated_total = models.DecimalField(**MONEY, default=0)
+    refunded_total = models.DecimalField(**MONEY, default=0)
+    refunded_unapplied_total = models.DecimalField(**MONEY, default=0)
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source_system", "payment_id"], name="payment_unique"),
+            models.CheckConstraint(condition=Q(amount__gt=0, fee__gte=0), name="payment_amount_positive"),
+            models.CheckConstraint(condition=Q(amount__gte=F("allocated_total") + F("refunded_unapplied_total")),
+                                   name="payment_unapplied_non_negative"),
+            models.CheckConstraint(condition=Q(amount__gte=F("refunded_total")), name="payment_refunds_capped"),
+        ]
+
+    @property
+    def unapplied_amount(self):
+        return self.amount - self.allocated_total - self.refunded_unapplied_total
+
+
+class PaymentAllocation(models.Model):
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="allocations")
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="allocations")
+    amount = models.DecimalField(**MONEY)
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(amount__gt=0), name="allocation_positive")]
+
+
+class Refund(models.Model):
+    source_system = models.CharField(max_length=100)
+    refund_id = models.CharField(max_length=200)
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    invoice = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="refunds")
+    currency = models.CharField(max_length=3)
+    amount = models.DecimalField(**MONEY)
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source_system", "refund_id"], name="refund_unique"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="refund_positive"),
+        ]
+
+
+class ApprovalStatus(models.TextChoices):
+    PENDING_APPROVAL = "pending_approval"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class CreditNote(models.Model):
+    source_system = models.CharField(max_length=100)
+    credit_note_id = models.CharField(max_length=200)
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="credit_notes")
+    currency = models.CharField(max_length=3)
+    amount = models.DecimalField(**MONEY)
+    tax_amount = models.DecimalField(**MONEY, default=0)
+    taxes = models.JSONField(default=list)
+    reason = models.CharField(max_length=500, blank=True, default="")
+    status = models.CharField(max_length=20, choices=ApprovalStatus.choices)
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source_system", "credit_note_id"], name="credit_note_unique"),
+            models.CheckConstraint(condition=Q(amount__gt=0, tax_amount__gte=0), name="credit_note_positive"),
+        ]
+
+    @property
+    def gross(self):
+        return self.amount + self.tax_amount
+
+
+class WriteOff(models.Model):
+    source_system = models.CharField(max_length=100)
+    write_off_id = models.CharField(max_length=200)
+    invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="write_offs")
+    currency = models.CharField(max_length=3)
+    amount = models.DecimalField(**MONEY)
+    reason = models.CharField(max_length=500, blank=True, default="")
+    status = models.CharField(max_length=20, choices=ApprovalStatus.choices)
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["source_system", "write_off_id"], name="write_off_unique"),
+            models.CheckConstraint(condition=Q(amount__gt=0), name="write_off_positive"),
+        ]

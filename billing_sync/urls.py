@@ -1,0 +1,2 @@
+"""API routes of billing_sync."""
+urlpatterns = []

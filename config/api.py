@@ -1,0 +1,97 @@
+"""API plumbing shared by every app: RFC 9457 problem responses, pagination, per-token throttling."""
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions as drf_exceptions
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
+
+from config.errors import Codes, TieoutError
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+def problem_response(status: int, code: str, title: str, detail: str, errors=None, headers=None) -> Response:
+    body = {"type": f"https://tieout.dev/problems/{code}", "title": title, "status": status,
+            "detail": detail, "code": code}
+    if errors is not None:
+        body["errors"] = errors
+    response = Response(body, status=status, headers=headers, content_type=PROBLEM_CONTENT_TYPE)
+    return response
+
+
+def _flatten(detail, prefix="") -> list[dict]:
+    if isinstance(detail, dict):
+        out = []
+        for key, value in detail.items():
+            field = f"{prefix}.{key}" if prefix else str(key)
+            out.extend(_flatten(value, field))
+        return out
+    if isinstance(detail, list):
+        if all(not isinstance(item, (dict, list)) for item in detail):
+            return [{"field": prefix or "non_field_errors", "message": str(item)} for item in detail]
+        out = []
+        for index, value in enumerate(detail):
+            out.extend(_flatten(value, f"{prefix}[{index}]"))
+        return out
+    return [{"field": prefix or "non_field_errors", "message": str(detail)}]
+
+
+_DRF_CODES = {
+    drf_exceptions.NotAuthenticated: (Codes.NOT_AUTHENTICATED, "Authentication required"),
+    drf_exceptions.AuthenticationFailed: (Codes.NOT_AUTHENTICATED, "Authentication failed"),
+    drf_exceptions.PermissionDenied: (Codes.PERMISSION_DENIED, "Not allowed"),
+    drf_exceptions.NotFound: (Codes.NOT_FOUND, "Not found"),
+    drf_exceptions.Throttled: (Codes.THROTTLED, "Too many requests"),
+    drf_exceptions.ValidationError: (Codes.INVALID_REQUEST, "Invalid request"),
+    drf_exceptions.ParseError: (Codes.INVALID_REQUEST, "Malformed request"),
+}
+
+
+def problem_exception_handler(exc, context):
+    if isinstance(exc, TieoutError):
+        return problem_response(exc.status, exc.code, exc.title, exc.detail, exc.errors)
+    if isinstance(exc, Http404):
+        exc = drf_exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = drf_exceptions.PermissionDenied()
+    if isinstance(exc, drf_exceptions.APIException):
+        code, title = Codes.INVALID_REQUEST, "Request failed"
+        for klass, pair in _DRF_CODES.items():
+            if isinstance(exc, klass):
+                code, title = pair
+                break
+        headers = {}
+        if getattr(exc, "auth_header", None):
+            headers["WWW-Authenticate"] = exc.auth_header
+        if isinstance(exc, drf_exceptions.Throttled) and exc.wait is not None:
+            headers["Retry-After"] = str(int(exc.wait) + 1)
+        errors = _flatten(exc.detail) if isinstance(exc, drf_exceptions.ValidationError) else None
+        detail = exc.detail if isinstance(exc.detail, str) else title
+        status = exc.status_code
+        # DRF answers 403 to an unauthenticated request when no authenticator sends a challenge.
+        if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
+            status = 401
+            headers.setdefault("WWW-Authenticate", 'Bearer realm="api"')
+        return problem_response(status, code, title, str(detail), errors, headers)
+    return None
+
+
+class DefaultPagination(PageNumberPagination):
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+class TokenRateThrottle(SimpleRateThrottle):
+    """Rate limit per API token (per user for session clients); anonymous calls are refused earlier."""
+
+    scope = "token"
+
+    def get_cache_key(self, request, view):
+        token = getattr(request, "auth", None)
+        ident = getattr(token, "pk", None)
+        if ident is not None:
+            return self.cache_format % {"scope": self.scope, "ident": f"t{ident}"}
+        if request.user and request.user.is_authenticated:
+            return self.cache_format % {"scope": self.scope, "ident": f"u{request.user.pk}"}
+        return None

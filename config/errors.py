@@ -1,0 +1,96 @@
+"""Stable error codes and the exceptions that carry them, shared by the API, the UI and the queue.
+
+A code is part of the public contract: never rename one. `ApiError` is answered as RFC 9457 problem
+details; `BusinessRuleError` is a failure a person can fix, which sends the event to the exception queue.
+"""
+
+
+class Codes:
+    # Receipt and request errors (HTTP answers).
+    INVALID_EVENT = "invalid_event"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    NOT_AUTHENTICATED = "not_authenticated"
+    PERMISSION_DENIED = "permission_denied"
+    NOT_FOUND = "not_found"
+    THROTTLED = "throttled"
+    SEGREGATION_OF_DUTIES = "segregation_of_duties"
+    ALREADY_DECIDED = "already_decided"
+    INVALID_REQUEST = "invalid_request"
+    INVALID_STATE = "invalid_state"
+    # Business rules (exception queue).
+    UNKNOWN_ENTITY = "unknown_entity"
+    UNKNOWN_CUSTOMER = "unknown_customer"
+    UNKNOWN_INVOICE = "unknown_invoice"
+    UNKNOWN_PAYMENT = "unknown_payment"
+    AWAITING_DEPENDENCY = "awaiting_dependency"
+    OVER_APPLICATION = "over_application"
+    OVER_REFUND = "over_refund"
+    OVER_CREDIT = "over_credit"
+    OVER_WRITE_OFF = "over_write_off"
+    NO_ACCOUNT_MAPPING = "no_account_mapping"
+    PERIOD_CLOSED = "period_closed"
+    AMENDMENT_BELOW_APPLIED = "amendment_below_applied"
+    VOID_WITH_APPLICATIONS = "void_with_applications"
+    CURRENCY_MISMATCH = "currency_mismatch"
+    DOCUMENT_CONFLICT = "document_conflict"
+    POSTING_FAILED = "posting_failed"
+
+
+class TieoutError(Exception):
+    code = "error"
+    status = 400
+    title = "Request failed"
+
+    def __init__(self, detail: str = "", *, code: str | None = None, status: int | None = None,
+                 errors: list[dict] | None = None, title: str | None = None):
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        if code:
+            self.code = code
+        if status:
+            self.status = status
+        if title:
+            self.title = title
+        self.errors = errors
+
+
+class ApiError(TieoutError):
+    """An error answered directly to the API caller."""
+
+
+class ValidationFailed(ApiError):
+    code = Codes.INVALID_EVENT
+    status = 422
+    title = "The event breaks the schema"
+
+
+class PermissionRefused(ApiError):
+    code = Codes.PERMISSION_DENIED
+    status = 403
+    title = "Not allowed"
+
+
+class Conflict(ApiError):
+    status = 409
+    title = "Conflict"
+
+
+class NotFound(ApiError):
+    code = Codes.NOT_FOUND
+    status = 404
+    title = "Not found"
+
+
+class BusinessRuleError(TieoutError):
+    """A failure a person can fix: the event is accepted and waits in the exception queue.
+
+    `dependency` names what the event waits for (e.g. ``invoice:billing-prod:inv_1``); when that document
+    arrives the event is retried automatically.
+    """
+
+    status = 422
+    title = "Business rule failed"
+
+    def __init__(self, code: str, detail: str, *, dependency: str | None = None):
+        super().__init__(detail, code=code)
+        self.dependency = dependency

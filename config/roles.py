@@ -1,0 +1,50 @@
+"""Roles (Django groups) and the DRF permission classes that enforce them on every API view.
+
+A user's roles are its group names among ROLES; superusers count as admin. Views declare what they
+allow with `roles_allowed(...)`: the server decides, never the client.
+"""
+from rest_framework.permissions import BasePermission
+
+INTEGRATION = "integration"
+FINANCE_OPS = "finance_ops"
+CONTROLLER = "controller"
+AUDITOR = "auditor"
+ADMIN = "admin"
+ROLES = (INTEGRATION, FINANCE_OPS, CONTROLLER, AUDITOR, ADMIN)
+
+READ_ALL = (FINANCE_OPS, CONTROLLER, AUDITOR, ADMIN)
+
+
+def user_roles(user) -> frozenset[str]:
+    if user is None or not user.is_authenticated:
+        return frozenset()
+    cached = getattr(user, "_tieout_roles", None)
+    if cached is None:
+        names = set(user.groups.filter(name__in=ROLES).values_list("name", flat=True))
+        if user.is_superuser:
+            names.add(ADMIN)
+        cached = frozenset(names)
+        user._tieout_roles = cached
+    return cached
+
+
+def has_role(user, *roles: str) -> bool:
+    return bool(user_roles(user) & set(roles))
+
+
+def roles_allowed(*roles: str, read_roles: tuple[str, ...] | None = None):
+    """A permission class: `roles` may write; `read_roles` (default `roles`) may use safe methods."""
+    write = frozenset(roles)
+    read = frozenset(read_roles) if read_roles is not None else write
+
+    class _RolePermission(BasePermission):
+        message = "Your role may not do this."
+
+        def has_permission(self, request, view):
+            if not request.user or not request.user.is_authenticated:
+                return False
+            allowed = read if request.method in ("GET", "HEAD", "OPTIONS") else write
+            return bool(user_roles(request.user) & allowed)
+
+    _RolePermission.__name__ = f"Roles_{'_'.join(sorted(write))}"
+    return _RolePermission

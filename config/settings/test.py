@@ -1,0 +1,19 @@
+"""Test settings: real PostgreSQL and Redis; Celery eager unless a test starts a real worker."""
+import os
+
+from .base import *  # noqa: F401,F403
+from .base import env_bool
+
+DEBUG = False
+SECRET_KEY = "test-only-not-secret"
+ALLOWED_HOSTS = ["*"]
+SESSION_COOKIE_SECURE = False
+CSRF_COOKIE_SECURE = False
+CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", True)
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CACHES["default"]["KEY_PREFIX"] = f"tieout-test-{os.getpid()}"  # noqa: F405
+TIEOUT_TOKEN_CACHE_SECONDS = 0.0
+LOG_LEVEL = os.environ.get("LOG_LEVEL", "WARNING")
+from config.logging import build_logging  # noqa: E402
+
+LOGGING = build_logging(LOG_LEVEL, False)

@@ -1,0 +1,17 @@
+"""URL map: health probes, the v1 API, its OpenAPI schema and docs, and the admin."""
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from config import health
+
+urlpatterns = [
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+    path("api/v1/schema", SpectacularAPIView.as_view(), name="schema"),
+    path("api/v1/docs", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/v1/", include("billing_sync.urls")),
+    path("api/v1/", include("ledger.urls")),
+    path("api/v1/", include("exceptions_queue.urls")),
+    path("admin/", admin.site.urls),
+]

@@ -1,0 +1,140 @@
+"""Exceptions (failures a person fixes) and approvals (maker-checker) with their policies.
+
+One unresolved exception per event at most (partial unique index): a retry that fails again updates it
+rather than piling up duplicates. An approval collects decisions from distinct users (unique per user);
+the requester is never one of them (segregation of duties, checked in the service).
+"""
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from simple_history.models import HistoricalRecords
+
+MONEY = {"max_digits": 20, "decimal_places": 4}
+
+
+class ExceptionRecord(models.Model):
+    class Status(models.TextChoices):
+        OPEN = "open"
+        ASSIGNED = "assigned"
+        RESOLVED = "resolved"
+
+    class Process(models.TextChoices):
+        CUSTOMER = "customer"
+        INVOICE = "invoice"
+        PAYMENT = "payment"
+        CREDIT = "credit"
+        WRITE_OFF = "write_off"
+        POSTING = "posting"
+        CALLBACK = "callback"
+        APPROVAL = "approval"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    code = models.CharField(max_length=50, db_index=True)
+    message = models.TextField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    process = models.CharField(max_length=20, choices=Process.choices)
+    entity_code = models.CharField(max_length=20, blank=True, default="")
+    event = models.ForeignKey("billing_sync.Event", null=True, blank=True, on_delete=models.PROTECT,
+                              related_name="exceptions")
+    journal = models.ForeignKey("ledger.Journal", null=True, blank=True, on_delete=models.PROTECT,
+                                related_name="exceptions")
+    dependency_key = models.CharField(max_length=300, null=True, blank=True)
+    amount = models.DecimalField(**MONEY, null=True, blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                              related_name="owned_exceptions")
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.CharField(max_length=150, blank=True, default="")
+    resolution = models.TextField(blank=True, default="")
+    retry_count = models.PositiveIntegerField(default=0)
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["event"], name="exception_one_open_per_event",
+                                    condition=Q(event__isnull=False) & ~Q(status="resolved")),
+            models.UniqueConstraint(fields=["journal"], name="exception_one_open_per_journal",
+                                    condition=Q(journal__isnull=False, event__isnull=True) & ~Q(status="resolved")),
+            models.CheckConstraint(condition=~Q(status="resolved") | ~Q(resolution=""),
+                                   name="exception_resolution_required"),
+        ]
+        indexes = [
+            models.Index(fields=["status", "code"], name="exception_status_code_idx"),
+            models.Index(fields=["dependency_key"], name="exception_dependency_idx",
+                         condition=Q(dependency_key__isnull=False) & ~Q(status="resolved")),
+        ]
+
+    def __str__(self):
+        return f"{self.code} ({self.status})"
+
+
+class ApprovalPolicy(models.Model):
+    """When credit notes, write-offs and manual journals need approval, and by how many controllers."""
+
+    entity = models.OneToOneField("ledger.Entity", on_delete=models.PROTECT, related_name="approval_policy")
+    credit_note_threshold = models.DecimalField(**MONEY, default=1000)
+    write_off_threshold = models.DecimalField(**MONEY, default=0,
+                                              help_text="Write-offs of this amount or more need approval (0 = every one).")
+    manual_journal_threshold = models.DecimalField(**MONEY, default=0)
+    two_approver_threshold = models.DecimalField(**MONEY, default=10000)
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name_plural = "approval policies"
+
+    def __str__(self):
+        return f"Approval policy {self.entity.code}"
+
+
+class Approval(models.Model):
+    class Kind(models.TextChoices):
+        CREDIT_NOTE = "credit_note"
+        WRITE_OFF = "write_off"
+        MANUAL_JOURNAL = "manual_journal"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    entity = models.ForeignKey("ledger.Entity", on_delete=models.PROTECT, related_name="approvals")
+    event = models.ForeignKey("billing_sync.Event", null=True, blank=True, on_delete=models.PROTECT,
+                              related_name="approvals")
+    journal = models.OneToOneField("ledger.Journal", on_delete=models.PROTECT, related_name="approval")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    document_id = models.CharField(max_length=200, blank=True, default="")
+    amount = models.DecimalField(**MONEY)
+    currency = models.CharField(max_length=3)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                     related_name="requested_approvals")
+    requested_by_label = models.CharField(max_length=150)
+    required_approvals = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=Q(required_approvals__gte=1, required_approvals__lte=5),
+                                              name="approval_required_range")]
+        indexes = [models.Index(fields=["status", "created_at"], name="approval_status_idx")]
+
+
+class ApprovalDecision(models.Model):
+    class Decision(models.TextChoices):
+        APPROVE = "approve"
+        REJECT = "reject"
+
+    approval = models.ForeignKey(Approval, on_delete=models.PROTECT, related_name="decisions")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    decision = models.CharField(max_length=10, choices=Decision.choices)
+    comment = models.TextField(blank=True, default="")
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["approval", "user"], name="decision_one_per_user")]
+        ordering = ["at"]

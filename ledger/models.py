@@ -1,0 +1,223 @@
+"""Ledger data: entities, chart of accounts, account mappings, periods, journals, outbox, numbering.
+
+Invariants live in the database as well as here (see the migrations' triggers): every journal balances
+at commit (deferred constraint trigger), a posted journal and its lines never change, money columns are
+non-negative with one side per line, and ERP document references are unique.
+"""
+import uuid
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+from simple_history.models import HistoricalRecords
+
+MONEY = {"max_digits": 20, "decimal_places": 4}
+
+
+class Entity(models.Model):
+    code = models.CharField(max_length=20, unique=True)
+    name = models.CharField(max_length=200)
+    currency = models.CharField(max_length=3)
+    erp_connector = models.CharField(max_length=30, default="builtin")
+    erp_settings = models.JSONField(default=dict, blank=True,
+                                    help_text="Connector settings; secrets are named by environment variable, never stored.")
+    created_at = models.DateTimeField(default=timezone.now)
+    history = HistoricalRecords()
+
+    class Meta:
+        verbose_name_plural = "entities"
+        constraints = [models.CheckConstraint(condition=Q(currency__regex=r"^[A-Z]{3}$"), name="entity_currency_iso")]
+
+    def __str__(self):
+        return self.code
+
+
+class Account(models.Model):
+    class Type(models.TextChoices):
+        ASSET = "asset"
+        LIABILITY = "liability"
+        EQUITY = "equity"
+        INCOME = "income"
+        CONTRA_INCOME = "contra_income"
+        EXPENSE = "expense"
+
+    entity = models.ForeignKey(Entity, on_delete=models.PROTECT, related_name="accounts")
+    code = models.CharField(max_length=30)
+    name = models.CharField(max_length=200)
+    type = models.CharField(max_length=20, choices=Type.choices)
+    is_active = models.BooleanField(default=True)
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["entity", "code"], name="account_unique_code")]
+        ordering = ["entity", "code"]
+
+    def __str__(self):
+        return f"{self.entity.code}:{self.code} {self.name}"
+
+
+class AccountMapping(models.Model):
+    """Which account a posting-rule role hits in an entity: the posting rules' accounts as data."""
+
+    class Role(models.TextChoices):
+        CLEARING = "clearing", "Payment clearing"
+        RECEIVABLE = "receivable", "Accounts receivable"
+        TAX_PAYABLE = "tax_payable", "Sales tax payable"
+        UNAPPLIED_CASH = "unapplied_cash", "Unapplied cash"
+        REVENUE = "revenue", "Revenue (default)"
+        RETURNS = "returns", "Sales returns and allowances"
+        FEES = "fees", "Payment processing fees"
+        BAD_DEBT = "bad_debt", "Bad debt expense"
+
+    entity = models.ForeignKey(Entity, on_delete=models.PROTECT, related_name="mappings")
+    role = models.CharField(max_length=30, choices=Role.choices)
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="+")
+    erp_account = models.CharField(max_length=200, blank=True, default="",
+                                   help_text="The ERP's own account name, when it differs from ours.")
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["entity", "role"], name="mapping_unique_role")]
+
+    def __str__(self):
+        return f"{self.entity.code}:{self.role} -> {self.account.code}"
+
+
+class Period(models.Model):
+    """A monthly accounting period; a month without a row is open."""
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        CLOSED = "closed"
+
+    entity = models.ForeignKey(Entity, on_delete=models.PROTECT, related_name="periods")
+    year = models.PositiveIntegerField()
+    month = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    closed_by = models.CharField(max_length=150, blank=True, default="")
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["entity", "year", "month"], name="period_unique_month"),
+            models.CheckConstraint(condition=Q(month__gte=1, month__lte=12), name="period_month_range"),
+        ]
+
+    def __str__(self):
+        return f"{self.entity.code} {self.year}-{self.month:02d} {self.status}"
+
+
+class Journal(models.Model):
+    class Status(models.TextChoices):
+        PENDING_APPROVAL = "pending_approval"
+        READY = "ready"
+        POSTING = "posting"
+        POSTED = "posted"
+        FAILED = "failed"
+        REJECTED = "rejected"  # an approval was refused: never posts
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    entity = models.ForeignKey(Entity, on_delete=models.PROTECT, related_name="journals")
+    status = models.CharField(max_length=20, choices=Status.choices, db_index=True)
+    accounting_date = models.DateField()
+    event = models.ForeignKey("billing_sync.Event", null=True, blank=True, on_delete=models.PROTECT,
+                              related_name="journals")
+    reverses = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="reversed_by")
+    kind = models.CharField(max_length=40)
+    source_system = models.CharField(max_length=100, blank=True, default="")
+    document_type = models.CharField(max_length=30, blank=True, default="")
+    document_id = models.CharField(max_length=100, blank=True, default="")
+    document_version = models.PositiveIntegerField(null=True, blank=True)
+    description = models.CharField(max_length=300, blank=True, default="")
+    erp_document_ref = models.CharField(max_length=100, null=True, blank=True, unique=True)
+    posted_at = models.DateTimeField(null=True, blank=True)
+    correlation_id = models.CharField(max_length=128, blank=True, default="")
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+    posting_attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["entity", "status"], name="journal_entity_status_idx"),
+            models.Index(fields=["source_system", "document_type", "document_id"], name="journal_document_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(status="posted") | (Q(erp_document_ref__isnull=False) & Q(posted_at__isnull=False)),
+                name="journal_posted_has_ref",
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.kind} {self.id} ({self.status})"
+
+
+class JournalLine(models.Model):
+    journal = models.ForeignKey(Journal, on_delete=models.PROTECT, related_name="lines")
+    line_no = models.PositiveIntegerField()
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="lines")
+    debit = models.DecimalField(**MONEY, default=0)
+    credit = models.DecimalField(**MONEY, default=0)
+    customer_id = models.CharField(max_length=100, blank=True, default="")
+    invoice_id = models.CharField(max_length=100, blank=True, default="")
+    payment_id = models.CharField(max_length=100, blank=True, default="")
+    jurisdiction = models.CharField(max_length=60, blank=True, default="")
+    memo = models.CharField(max_length=300, blank=True, default="")
+
+    class Meta:
+        ordering = ["journal", "line_no"]
+        constraints = [
+            models.UniqueConstraint(fields=["journal", "line_no"], name="line_unique_no"),
+            models.CheckConstraint(condition=Q(debit__gte=0) & Q(credit__gte=0), name="line_money_non_negative"),
+            models.CheckConstraint(
+                condition=(Q(debit__gt=0) & Q(credit=0)) | (Q(debit=0) & Q(credit__gt=0)),
+                name="line_one_side",
+            ),
+        ]
+        indexes = [models.Index(fields=["account", "invoice_id"], name="line_account_invoice_idx")]
+
+
+class Outbox(models.Model):
+    """Work to hand to Celery, written in the same transaction as the journal it concerns."""
+
+    id = models.BigAutoField(primary_key=True)
+    topic = models.CharField(max_length=40, default="post_journal")
+    journal = models.ForeignKey(Journal, on_delete=models.PROTECT, related_name="outbox")
+    created_at = models.DateTimeField(default=timezone.now)
+    dispatched_at = models.DateTimeField(null=True, blank=True)
+    dispatch_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        indexes = [models.Index(fields=["created_at"], name="outbox_pending_idx", condition=Q(dispatched_at__isnull=True))]
+
+
+class PostingAttempt(models.Model):
+    class Outcome(models.TextChoices):
+        POSTED = "posted"
+        ALREADY_POSTED = "already_posted"
+        TRANSIENT = "transient"
+        PERMANENT = "permanent"
+        AMBIGUOUS = "ambiguous"
+
+    journal = models.ForeignKey(Journal, on_delete=models.PROTECT, related_name="attempts")
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    connector = models.CharField(max_length=30)
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    erp_document_ref = models.CharField(max_length=100, blank=True, default="")
+    message = models.TextField(blank=True, default="")
+
+
+class DocumentSequence(models.Model):
+    """Gapless numbering per entity and year for the built-in connector (row-locked on use)."""
+
+    entity = models.ForeignKey(Entity, on_delete=models.PROTECT)
+    year = models.PositiveIntegerField()
+    last_number = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["entity", "year"], name="sequence_unique_year")]
+
