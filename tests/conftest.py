@@ -1,0 +1,232 @@
+"""Test infrastructure: pytest-django on a real PostgreSQL, and a real Celery worker on a real Redis.
+
+Two things here are not obvious:
+
+* Our migrations install triggers that refuse TRUNCATE (and UPDATE/DELETE) on the audit log and on
+  journals. Django flushes the test database with TRUNCATE after every `transaction=True` /
+  `transactional_db` test, so, in tests only, the flush runs with `session_replication_role = replica`
+  (we connect as a superuser), which keeps ordinary triggers from firing for those statements alone.
+* `celery_worker_proc` starts one real `celery worker` subprocess per test session, pointed at the
+  pytest-django test database and at a dedicated Redis database, so that asynchronous behaviour is
+  tested as it runs in production. Tests use it through `live_worker`, which also turns eager mode off
+  (the test settings run tasks eagerly by default) and needs committed data (`transactional_db`).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import pytest
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+WORKER_QUEUES = ("celery", "posting")
+WORKER_START_TIMEOUT = 60
+
+
+# Flush with the append-only triggers off -----------------------------------------------------------
+
+
+def _flush_without_triggers() -> None:
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    original = DatabaseOperations.sql_flush
+    if getattr(original, "tieout_replica_flush", False):
+        return
+
+    def sql_flush(self, style, tables, *, reset_sequences=False, allow_cascade=False):
+        statements = original(self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
+        if not statements:
+            return statements
+        # execute_sql_flush runs these in one transaction: if the TRUNCATE fails, the SET rolls back too.
+        return ["SET session_replication_role = replica", *statements, "SET session_replication_role = DEFAULT"]
+
+    sql_flush.tieout_replica_flush = True
+    DatabaseOperations.sql_flush = sql_flush
+
+
+_flush_without_triggers()
+
+
+# A real Celery worker --------------------------------------------------------------------------------
+
+
+def _xdist_index() -> int:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # "gw0", "gw1", ... under pytest-xdist
+    return int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+
+
+def _broker_url(redis_url: str) -> str:
+    """The tests' Redis, on a database of its own (15, 14, ... per xdist process): flushed at will."""
+    base = int(os.environ.get("TIEOUT_TEST_BROKER_DB", "15"))
+    db = base - _xdist_index()
+    if db < 1:
+        raise RuntimeError("too many xdist processes for one Redis: set TIEOUT_TEST_BROKER_DB higher")
+    parts = urlsplit(redis_url)
+    return urlunsplit(parts._replace(path=f"/{db}"))
+
+
+def _test_database_url(settings_dict: dict) -> str:
+    """DATABASE_URL with the test database's name (test_<name>), keeping host, socket and options."""
+    name = quote(settings_dict["NAME"], safe="")
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        return urlunsplit(urlsplit(url)._replace(path=f"/{name}"))
+    user = quote(settings_dict.get("USER") or "", safe="")
+    password = settings_dict.get("PASSWORD") or ""
+    auth = f"{user}:{quote(password, safe='')}" if password else user
+    host = quote(settings_dict.get("HOST") or "", safe="")
+    port = f":{settings_dict['PORT']}" if settings_dict.get("PORT") else ""
+    return f"postgres://{auth}@{host}{port}/{name}"
+
+
+def _reset_broker_pools(app) -> None:
+    # The app caches connection and producer pools for the URL it first used; drop them so the next
+    # publish connects to the broker now configured. The old pools stay in kombu's registry, unclosed.
+    app._pool = None
+    amqp = app.__dict__.get("amqp")
+    if amqp is not None:
+        amqp._producer_pool = None
+
+
+class CeleryWorkerProcess:
+    """Handle on the session's worker: its node name, broker, database, log file and subprocess."""
+
+    def __init__(self, app, nodename: str, broker_url: str, database_url: str, log_path: Path):
+        self.app = app
+        self.nodename = nodename
+        self.broker_url = broker_url
+        self.database_url = database_url
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def ping(self, timeout: float = 1.0) -> bool:
+        replies = self.app.control.ping(destination=[self.nodename], timeout=timeout)
+        return any(self.nodename in reply for reply in replies)
+
+    def inspect(self, timeout: float = 2.0):
+        return self.app.control.inspect(destination=[self.nodename], timeout=timeout)
+
+    def quiesce(self, timeout: float = 15.0) -> None:
+        """Let running tasks finish, then drop what is queued or scheduled, so a test leaves nothing behind."""
+        inspect = self.inspect()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            active = (inspect.active() or {}).get(self.nodename, [])
+            if not active:
+                break
+            time.sleep(0.1)
+        pending = []
+        for request in (inspect.reserved() or {}).get(self.nodename, []):
+            pending.append(request["id"])
+        for entry in (inspect.scheduled() or {}).get(self.nodename, []):
+            pending.append(entry["request"]["id"])
+        if pending:
+            self.app.control.revoke(pending, destination=[self.nodename])
+        with self.app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for queue in WORKER_QUEUES:
+                channel.queue_purge(queue)
+
+
+@pytest.fixture(scope="session")
+def celery_worker_proc(django_db_setup, tmp_path_factory):
+    """A real `celery worker` (threads pool, queues celery and posting) on the test database.
+
+    Session-scoped: starting a worker takes a couple of seconds. Prefer `live_worker` in tests.
+    """
+    import redis
+    from django.conf import settings
+    from django.db import connection
+
+    from config.celery import app
+
+    broker_url = _broker_url(settings.REDIS_URL)
+    database_url = _test_database_url(connection.settings_dict)
+    nodename = f"tieout-test-{os.getpid()}@localhost"
+    log_path = tmp_path_factory.mktemp("celery-worker") / "worker.log"
+    handle = CeleryWorkerProcess(app, nodename, broker_url, database_url, log_path)
+
+    # A dedicated Redis database: anything a previous run left in it goes, queues and all.
+    client = redis.Redis.from_url(broker_url)
+    client.flushdb()
+    client.close()
+
+    previous_broker = app.conf.broker_url
+    app.conf.broker_url = broker_url
+    _reset_broker_pools(app)
+
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="config.settings.test",
+        CELERY_TASK_ALWAYS_EAGER="false",
+        DATABASE_URL=database_url,
+        REDIS_URL=broker_url,
+        CELERY_BROKER_URL=broker_url,
+        PYTHONUNBUFFERED="1",
+    )
+    argv = [
+        str(Path(sys.executable).parent / "celery"), "-A", "config", "worker",
+        "-Q", ",".join(WORKER_QUEUES), "--pool=threads", "-c", "4", "-l", "warning",
+        "-n", nodename, "--without-gossip", "--without-mingle",
+    ]
+    log_file = open(log_path, "wb")
+    handle.process = subprocess.Popen(
+        argv, cwd=BASE_DIR, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        while not handle.ping(timeout=0.5):
+            if handle.process.poll() is not None:
+                raise RuntimeError(
+                    f"celery worker exited with {handle.process.returncode}:\n{handle.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"celery worker not ready after {WORKER_START_TIMEOUT}s:\n{handle.log_tail()}")
+        yield handle
+    finally:
+        _stop(handle.process)
+        log_file.close()
+        app.conf.broker_url = previous_broker
+        _reset_broker_pools(app)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    # SIGTERM is Celery's warm shutdown: running tasks finish, unacknowledged messages go back.
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.fixture
+def live_worker(celery_worker_proc, transactional_db, settings):
+    """Tasks go through Redis to the real worker for this test (eager mode off); data must be committed.
+
+    Yields the `CeleryWorkerProcess` (nodename, ping(), inspect(), log_tail()). At the end, running
+    tasks may finish and anything still queued or scheduled (retries with a countdown) is dropped.
+    """
+    from config.celery import app
+
+    previous = app.conf.task_always_eager
+    app.conf.task_always_eager = False
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    try:
+        yield celery_worker_proc
+    finally:
+        app.conf.task_always_eager = previous
+        celery_worker_proc.quiesce()
