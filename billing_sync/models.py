@@ -83,7 +83,7 @@ class Event(models.Model):
     receipt = models.ForeignKey(Receipt, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
     sent_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
                                 related_name="+")
-    response_body = models.JSONField()
+    response_body = models.TextField(help_text="The first answer, byte for byte, replayed to duplicates.")
     processed_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
 

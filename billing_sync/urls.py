@@ -1,2 +1,12 @@
-"""API routes of billing_sync."""
-urlpatterns = []
+"""API routes of billing sync."""
+from django.urls import path
+
+from billing_sync import views
+
+urlpatterns = [
+    path("events", views.EventCollectionView.as_view(), name="events"),
+    path("events/batch", views.EventBatchView.as_view(), name="event-batch"),
+    path("events/<uuid:pk>", views.EventDetailView.as_view(), name="event-detail"),
+    path("events/<uuid:pk>/trace", views.EventTraceView.as_view(), name="event-trace"),
+    path("invoices/<str:source_system>/<str:invoice_id>", views.InvoiceDetailView.as_view(), name="invoice-detail"),
+]

@@ -282,7 +282,7 @@ class Migration(migrations.Migration):
                 ('status', models.CharField(choices=[('accepted', 'Accepted'), ('processed', 'Processed'), ('pending_approval', 'Pending Approval'), ('posted', 'Posted'), ('exception', 'Exception'), ('rejected', 'Rejected'), ('ignored', 'Ignored')], default='accepted', max_length=20)),
                 ('correlation_id', models.CharField(blank=True, default='', max_length=128)),
                 ('received_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('response_body', models.JSONField()),
+                ('response_body', models.TextField(help_text='The first answer, byte for byte, replayed to duplicates.')),
                 ('processed_at', models.DateTimeField(blank=True, null=True)),
                 ('attempts', models.PositiveIntegerField(default=0)),
                 ('sent_by', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='+', to=settings.AUTH_USER_MODEL)),

@@ -1,0 +1,582 @@
+"""Canonical documents from events: one handler per event type, run inside `process_event`'s transaction.
+
+A handler upserts the canonical document under its row lock (stale versions are recorded and ignored),
+checks the business rules (raising `BusinessRuleError` with a stable code, which rolls the savepoint
+back and opens an exception), and asks the ledger for the journal of POSTING_RULES.md. It returns what
+it did and which dependency keys it satisfied, so that waiting events can be woken after commit.
+"""
+import datetime
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db.models import Sum
+
+from audit import services as audit
+from billing_sync.models import (
+    ApprovalStatus, CanonicalChange, CreditNote, Customer, Event, Invoice, InvoiceLine, Payment, PaymentAllocation,
+    Refund, WriteOff,
+)
+from config.errors import BusinessRuleError, Codes
+from ledger import rules
+from ledger import services as ledger
+from ledger.money import ZERO, parse_money
+
+C = CanonicalChange.Outcome
+
+
+@dataclass
+class Outcome:
+    status: str
+    journals: list = field(default_factory=list)
+    changes: list = field(default_factory=list)
+    provides: list = field(default_factory=list)
+
+
+def key(kind: str, source_system: str, document_id: str) -> str:
+    return f"{kind}:{source_system}:{document_id}"
+
+
+def _money(value, currency) -> Decimal:
+    return parse_money(value, currency)
+
+
+def _date(value: str) -> datetime.date:
+    return datetime.date.fromisoformat(value)
+
+
+def _timestamp(value: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(value)
+
+
+def _change(event, out: Outcome, document_type, document_id, outcome, version=None):
+    CanonicalChange.objects.create(event=event, document_type=document_type, document_id=document_id,
+                                   version=version, outcome=outcome)
+    out.changes.append({"document": document_type, "id": document_id, "version": version, "outcome": outcome})
+
+
+def _entity(event: Event):
+    entity = ledger.entity_for_code(event.entity_code)
+    if entity is None:
+        raise BusinessRuleError(Codes.UNKNOWN_ENTITY, f"entity {event.entity_code} is not set up",
+                                dependency=f"entity:{event.entity_code}")
+    return entity
+
+
+def _same_currency(entity, currency: str, what: str):
+    if currency != entity.currency:
+        raise BusinessRuleError(Codes.CURRENCY_MISMATCH,
+                                f"{what} is in {currency} but entity {entity.code} books in {entity.currency}")
+
+
+def _customer(source_system: str, customer_id: str) -> Customer:
+    customer = Customer.objects.filter(source_system=source_system, customer_id=customer_id).first()
+    if customer is None:
+        raise BusinessRuleError(Codes.UNKNOWN_CUSTOMER, f"customer {customer_id} has not arrived yet",
+                                dependency=key("customer", source_system, customer_id))
+    return customer
+
+
+def _invoice_locked(source_system: str, invoice_id: str, entity=None) -> Invoice:
+    invoice = (Invoice.objects.select_for_update().select_related("customer", "entity")
+               .filter(source_system=source_system, invoice_id=invoice_id).first())
+    if invoice is None:
+        raise BusinessRuleError(Codes.AWAITING_DEPENDENCY, f"invoice {invoice_id} has not arrived yet",
+                                dependency=key("invoice", source_system, invoice_id))
+    if entity is not None and invoice.entity_id != entity.pk:
+        raise BusinessRuleError(Codes.DOCUMENT_CONFLICT,
+                                f"invoice {invoice_id} belongs to entity {invoice.entity.code}, not {entity.code}")
+    return invoice
+
+
+def _payment_locked(source_system: str, payment_id: str) -> Payment:
+    payment = (Payment.objects.select_for_update().select_related("customer", "entity")
+               .filter(source_system=source_system, payment_id=payment_id).first())
+    if payment is None:
+        raise BusinessRuleError(Codes.AWAITING_DEPENDENCY, f"payment {payment_id} has not arrived yet",
+                                dependency=key("payment", source_system, payment_id))
+    return payment
+
+
+def _snapshot_invoice(invoice: Invoice) -> dict:
+    return audit.model_snapshot(invoice, ["invoice_id", "number", "version", "status", "total", "applied_total",
+                                          "credited_total", "written_off_total", "refunded_total"])
+
+
+# ------------------------------------------------------------------------------------------- customers
+def customer_upserted(event: Event, data: dict, actor) -> Outcome:
+    out = Outcome(Event.Status.PROCESSED)
+    ss = event.source_system
+    customer = Customer.objects.select_for_update().filter(source_system=ss, customer_id=data["customer_id"]).first()
+    if customer is not None and data["version"] <= customer.version:
+        _change(event, out, "customer", data["customer_id"], C.STALE, data["version"])
+        out.status = Event.Status.IGNORED
+        return out
+    fields = {"name": data["name"], "email": data.get("email") or "", "country": (data.get("country") or "").upper(),
+              "version": data["version"], "entity_code": event.entity_code}
+    before = audit.model_snapshot(customer, list(fields)) if customer else None
+    if customer is None:
+        customer = Customer.objects.create(source_system=ss, customer_id=data["customer_id"], **fields)
+        outcome = C.CREATED
+    else:
+        for name, value in fields.items():
+            setattr(customer, name, value)
+        customer.save(update_fields=list(fields))
+        outcome = C.UPDATED
+    _change(event, out, "customer", customer.customer_id, outcome, data["version"])
+    audit.record(actor=actor, action=f"customer.{outcome}", object_type="customer",
+                 object_id=f"{ss}:{customer.customer_id}", event_id=event.pk, before=before,
+                 after=audit.model_snapshot(customer, list(fields)))
+    out.provides.append(key("customer", ss, customer.customer_id))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- invoices
+def _lines(data: dict, currency: str) -> list[dict]:
+    return [{"line_id": line["line_id"], "description": line.get("description") or "",
+             "amount": _money(line["amount"], currency), "revenue_account": line.get("revenue_account") or "",
+             "taxes": [{"jurisdiction": t["jurisdiction"], "rate": t["rate"], "amount": _money(t["amount"], currency)}
+                       for t in line.get("taxes") or []]}
+            for line in data["lines"]]
+
+
+def _write_lines(invoice: Invoice, lines: list[dict]) -> None:
+    invoice.lines.all().delete()
+    for line in lines:
+        InvoiceLine.objects.create(
+            invoice=invoice, line_id=line["line_id"], description=line["description"][:500], amount=line["amount"],
+            revenue_account=line["revenue_account"],
+            taxes=[{"jurisdiction": t["jurisdiction"], "rate": str(t["rate"]), "amount": str(t["amount"])}
+                   for t in line["taxes"]])
+
+
+def _invoice_journal(event, entity, invoice: Invoice, lines, actor):
+    if invoice.total == ZERO:
+        return None  # nothing to book for a zero invoice
+    spec = rules.invoice_issued(entity=entity, source_system=invoice.source_system, invoice_id=invoice.invoice_id,
+                                customer_id=invoice.customer.customer_id, version=invoice.version,
+                                issue_date=invoice.issue_date, total=invoice.total, lines=lines,
+                                event_id=event.pk, number=invoice.number)
+    return ledger.journal_create(spec, actor=actor)
+
+
+def invoice_issued(event: Event, data: dict, actor) -> Outcome:
+    entity = _entity(event)
+    ss = event.source_system
+    existing = Invoice.objects.select_for_update().filter(source_system=ss, invoice_id=data["invoice_id"]).first()
+    if existing is not None:
+        return invoice_amended(event, data, actor)
+    out = Outcome(Event.Status.PROCESSED)
+    currency = data["currency"]
+    _same_currency(entity, currency, f"invoice {data['invoice_id']}")
+    customer = _customer(ss, data["customer_id"])
+    lines = _lines(data, currency)
+    invoice = Invoice.objects.create(
+        source_system=ss, invoice_id=data["invoice_id"], entity=entity, customer=customer, number=data["number"],
+        currency=currency, issue_date=_date(data["issue_date"]), due_date=_date(data["due_date"]),
+        subtotal=_money(data["subtotal"], currency), tax_total=_money(data["tax_total"], currency),
+        total=_money(data["total"], currency), version=data["version"])
+    _write_lines(invoice, lines)
+    journal = _invoice_journal(event, entity, invoice, lines, actor)
+    if journal:
+        invoice.current_journal = journal
+        invoice.save(update_fields=["current_journal"])
+        out.journals.append(journal)
+    _change(event, out, "invoice", invoice.invoice_id, C.CREATED, invoice.version)
+    audit.record(actor=actor, action="invoice.created", object_type="invoice", object_id=f"{ss}:{invoice.invoice_id}",
+                 event_id=event.pk, after=_snapshot_invoice(invoice))
+    out.provides.append(key("invoice", ss, invoice.invoice_id))
+    return out
+
+
+def invoice_amended(event: Event, data: dict, actor) -> Outcome:
+    ss = event.source_system
+    invoice = Invoice.objects.select_for_update().filter(source_system=ss, invoice_id=data["invoice_id"]).first()
+    if invoice is None:
+        # An amendment carries the whole invoice: if the original never came, book this version as issued.
+        return invoice_issued(event, data, actor)
+    entity = _entity(event)
+    out = Outcome(Event.Status.PROCESSED)
+    if data["version"] <= invoice.version:
+        _change(event, out, "invoice", invoice.invoice_id, C.STALE, data["version"])
+        out.status = Event.Status.IGNORED
+        return out
+    if invoice.status == Invoice.Status.VOIDED:
+        raise BusinessRuleError(Codes.DOCUMENT_CONFLICT, f"invoice {invoice.invoice_id} is voided; it cannot be amended")
+    currency = data["currency"]
+    if currency != invoice.currency:
+        raise BusinessRuleError(Codes.CURRENCY_MISMATCH, f"invoice {invoice.invoice_id} cannot change currency")
+    new_total = _money(data["total"], currency)
+    used = invoice.applied_total + invoice.credited_total + invoice.written_off_total - invoice.refunded_total
+    if used > new_total:
+        raise BusinessRuleError(Codes.AMENDMENT_BELOW_APPLIED,
+                                f"invoice {invoice.invoice_id}: payments, credits and write-offs of {used} exceed the "
+                                f"amended total {new_total}")
+    customer = _customer(ss, data["customer_id"])
+    before = _snapshot_invoice(invoice)
+    if invoice.current_journal_id:
+        reversal = ledger.journal_reversal(original=invoice.current_journal, accounting_date=event.occurred_at.date(),
+                                           kind="invoice_reversal", event_id=event.pk, actor=actor,
+                                           description=f"Reversal of invoice {invoice.number} v{invoice.version}")
+        out.journals.append(reversal)
+    lines = _lines(data, currency)
+    invoice.customer = customer
+    invoice.number = data["number"]
+    invoice.issue_date = _date(data["issue_date"])
+    invoice.due_date = _date(data["due_date"])
+    invoice.subtotal = _money(data["subtotal"], currency)
+    invoice.tax_total = _money(data["tax_total"], currency)
+    invoice.total = new_total
+    invoice.version = data["version"]
+    invoice.current_journal = None
+    invoice.save()
+    _write_lines(invoice, lines)
+    journal = _invoice_journal(event, entity, invoice, lines, actor)
+    if journal:
+        invoice.current_journal = journal
+        invoice.save(update_fields=["current_journal"])
+        out.journals.append(journal)
+    _change(event, out, "invoice", invoice.invoice_id, C.UPDATED, invoice.version)
+    audit.record(actor=actor, action="invoice.amended", object_type="invoice", object_id=f"{ss}:{invoice.invoice_id}",
+                 event_id=event.pk, before=before, after=_snapshot_invoice(invoice))
+    out.provides.append(key("invoice", ss, invoice.invoice_id))
+    return out
+
+
+def invoice_voided(event: Event, data: dict, actor) -> Outcome:
+    out = Outcome(Event.Status.PROCESSED)
+    ss = event.source_system
+    invoice = _invoice_locked(ss, data["invoice_id"])
+    if invoice.status == Invoice.Status.VOIDED:
+        _change(event, out, "invoice", invoice.invoice_id, C.STALE, invoice.version)
+        out.status = Event.Status.IGNORED
+        return out
+    pending = (CreditNote.objects.filter(invoice=invoice, status=ApprovalStatus.PENDING_APPROVAL).exists()
+               or WriteOff.objects.filter(invoice=invoice, status=ApprovalStatus.PENDING_APPROVAL).exists())
+    if (invoice.applied_total or invoice.credited_total or invoice.written_off_total or invoice.refunded_total
+            or pending):
+        raise BusinessRuleError(Codes.VOID_WITH_APPLICATIONS,
+                                f"invoice {invoice.invoice_id} has payments, credits or write-offs; it cannot be voided")
+    before = _snapshot_invoice(invoice)
+    if invoice.current_journal_id:
+        out.journals.append(ledger.journal_reversal(
+            original=invoice.current_journal, accounting_date=event.occurred_at.date(), kind="invoice_reversal",
+            event_id=event.pk, actor=actor, description=f"Void of invoice {invoice.number}: {data['reason']}"))
+    invoice.status = Invoice.Status.VOIDED
+    invoice.current_journal = None
+    invoice.save(update_fields=["status", "current_journal"])
+    _change(event, out, "invoice", invoice.invoice_id, C.UPDATED, invoice.version)
+    audit.record(actor=actor, action="invoice.voided", object_type="invoice", object_id=f"{ss}:{invoice.invoice_id}",
+                 event_id=event.pk, before=before, after=_snapshot_invoice(invoice))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- payments
+def _allocate(event, payment: Payment, allocations: list[dict], out: Outcome, actor) -> list[tuple[str, Decimal]]:
+    """Apply allocations to invoices under their row locks (in a fixed order, so no deadlock)."""
+    ss = event.source_system
+    wanted = [(a["invoice_id"], _money(a["amount"], payment.currency)) for a in allocations]
+    invoices = {}
+    for invoice_id, _ in sorted(wanted):
+        invoices[invoice_id] = _invoice_locked(ss, invoice_id, payment.entity)
+    result = []
+    for invoice_id, amount in wanted:
+        invoice = invoices[invoice_id]
+        if invoice.status == Invoice.Status.VOIDED:
+            raise BusinessRuleError(Codes.OVER_APPLICATION, f"invoice {invoice_id} is voided; nothing can be applied")
+        if invoice.currency != payment.currency:
+            raise BusinessRuleError(Codes.CURRENCY_MISMATCH, f"invoice {invoice_id} is in {invoice.currency}")
+        if amount > invoice.open_amount:
+            raise BusinessRuleError(Codes.OVER_APPLICATION,
+                                    f"allocation of {amount} to invoice {invoice_id} exceeds its open amount "
+                                    f"{invoice.open_amount}")
+        before = _snapshot_invoice(invoice)
+        invoice.applied_total += amount
+        invoice.save(update_fields=["applied_total"])
+        PaymentAllocation.objects.create(payment=payment, invoice=invoice, amount=amount, event=event)
+        _change(event, out, "invoice", invoice_id, C.APPLIED, invoice.version)
+        audit.record(actor=actor, action="invoice.payment_applied", object_type="invoice",
+                     object_id=f"{ss}:{invoice_id}", event_id=event.pk, before=before,
+                     after=_snapshot_invoice(invoice))
+        result.append((invoice_id, amount))
+    return result
+
+
+def payment_received(event: Event, data: dict, actor) -> Outcome:
+    out = Outcome(Event.Status.PROCESSED)
+    entity = _entity(event)
+    ss = event.source_system
+    if Payment.objects.filter(source_system=ss, payment_id=data["payment_id"]).exists():
+        _change(event, out, "payment", data["payment_id"], C.STALE)
+        out.status = Event.Status.IGNORED
+        return out
+    currency = data["currency"]
+    _same_currency(entity, currency, f"payment {data['payment_id']}")
+    customer = _customer(ss, data["customer_id"])
+    amount = _money(data["amount"], currency)
+    fee = _money(data["fee"], currency) if data.get("fee") else ZERO
+    received_at = _timestamp(data["received_at"])
+    payment = Payment.objects.create(source_system=ss, payment_id=data["payment_id"], entity=entity, customer=customer,
+                                     currency=currency, amount=amount, fee=fee, received_at=received_at,
+                                     method=data["method"])
+    applied = _allocate(event, payment, data.get("allocations") or [], out, actor)
+    payment.allocated_total = sum((a for _, a in applied), ZERO)
+    payment.save(update_fields=["allocated_total"])
+    out.journals.append(ledger.journal_create(rules.payment_received(
+        entity=entity, source_system=ss, payment_id=payment.payment_id, customer_id=customer.customer_id,
+        amount=amount, fee=fee, received_on=received_at.astimezone(datetime.timezone.utc).date(), allocations=applied,
+        event_id=event.pk), actor=actor))
+    _change(event, out, "payment", payment.payment_id, C.CREATED)
+    audit.record(actor=actor, action="payment.created", object_type="payment", object_id=f"{ss}:{payment.payment_id}",
+                 event_id=event.pk, after=audit.model_snapshot(payment, ["payment_id", "amount", "fee", "currency",
+                                                                          "allocated_total"]))
+    out.provides.append(key("payment", ss, payment.payment_id))
+    return out
+
+
+def payment_applied(event: Event, data: dict, actor) -> Outcome:
+    out = Outcome(Event.Status.PROCESSED)
+    ss = event.source_system
+    payment = _payment_locked(ss, data["payment_id"])
+    total = sum((_money(a["amount"], payment.currency) for a in data["allocations"]), ZERO)
+    if total > payment.unapplied_amount:
+        raise BusinessRuleError(Codes.OVER_APPLICATION,
+                                f"applying {total} exceeds payment {payment.payment_id}'s unapplied balance "
+                                f"{payment.unapplied_amount}")
+    applied = _allocate(event, payment, data["allocations"], out, actor)
+    payment.allocated_total += total
+    payment.save(update_fields=["allocated_total"])
+    out.journals.append(ledger.journal_create(rules.payment_applied(
+        entity=payment.entity, source_system=ss, payment_id=payment.payment_id,
+        customer_id=payment.customer.customer_id, on=event.occurred_at.astimezone(datetime.timezone.utc).date(),
+        allocations=applied, event_id=event.pk), actor=actor))
+    _change(event, out, "payment", payment.payment_id, C.APPLIED)
+    return out
+
+
+def payment_refunded(event: Event, data: dict, actor) -> Outcome:
+    out = Outcome(Event.Status.PROCESSED)
+    ss = event.source_system
+    if Refund.objects.filter(source_system=ss, refund_id=data["refund_id"]).exists():
+        _change(event, out, "refund", data["refund_id"], C.STALE)
+        out.status = Event.Status.IGNORED
+        return out
+    payment = _payment_locked(ss, data["payment_id"])
+    currency = data["currency"]
+    if currency != payment.currency:
+        raise BusinessRuleError(Codes.CURRENCY_MISMATCH, f"payment {payment.payment_id} is in {payment.currency}")
+    amount = _money(data["amount"], currency)
+    if amount > payment.amount - payment.refunded_total:
+        raise BusinessRuleError(Codes.OVER_REFUND, f"refund of {amount} exceeds what remains of payment "
+                                                   f"{payment.payment_id} ({payment.amount - payment.refunded_total})")
+    invoice = None
+    if data.get("invoice_id"):
+        invoice = _invoice_locked(ss, data["invoice_id"], payment.entity)
+        before = _snapshot_invoice(invoice)
+        invoice.refunded_total += amount
+        invoice.save(update_fields=["refunded_total"])
+        audit.record(actor=actor, action="invoice.refunded", object_type="invoice",
+                     object_id=f"{ss}:{invoice.invoice_id}", event_id=event.pk, before=before,
+                     after=_snapshot_invoice(invoice))
+        _change(event, out, "invoice", invoice.invoice_id, C.APPLIED, invoice.version)
+    else:
+        if amount > payment.unapplied_amount:
+            raise BusinessRuleError(Codes.OVER_REFUND, f"refund of {amount} exceeds payment {payment.payment_id}'s "
+                                                       f"unapplied balance {payment.unapplied_amount}")
+        payment.refunded_unapplied_total += amount
+    payment.refunded_total += amount
+    payment.save(update_fields=["refunded_total", "refunded_unapplied_total"])
+    refund = Refund.objects.create(source_system=ss, refund_id=data["refund_id"], payment=payment, invoice=invoice,
+                                   currency=currency, amount=amount, event=event)
+    out.journals.append(ledger.journal_create(rules.payment_refunded(
+        entity=payment.entity, source_system=ss, refund_id=refund.refund_id, payment_id=payment.payment_id,
+        customer_id=payment.customer.customer_id, amount=amount, invoice_id=invoice.invoice_id if invoice else None,
+        on=event.occurred_at.astimezone(datetime.timezone.utc).date(), event_id=event.pk), actor=actor))
+    _change(event, out, "refund", refund.refund_id, C.CREATED)
+    audit.record(actor=actor, action="refund.created", object_type="refund", object_id=f"{ss}:{refund.refund_id}",
+                 event_id=event.pk, after={"payment": payment.payment_id, "amount": amount,
+                                           "invoice": invoice.invoice_id if invoice else None})
+    return out
+
+
+# ------------------------------------------------------------------------------------------- credits, write-offs
+def _check_credit(invoice: Invoice, gross: Decimal, *, include_pending: bool, exclude_pk=None) -> None:
+    pending = ZERO
+    if include_pending:
+        qs = CreditNote.objects.filter(invoice=invoice, status=ApprovalStatus.PENDING_APPROVAL).exclude(pk=exclude_pk)
+        pending = sum((c.gross for c in qs), ZERO)
+    room = invoice.total - invoice.credited_total - pending
+    if invoice.status == Invoice.Status.VOIDED or gross > room:
+        raise BusinessRuleError(Codes.OVER_CREDIT, f"credit of {gross} exceeds what remains creditable on invoice "
+                                                   f"{invoice.invoice_id} ({max(room, ZERO)})")
+
+
+def _check_write_off(invoice: Invoice, amount: Decimal, *, include_pending: bool, exclude_pk=None) -> None:
+    pending = ZERO
+    if include_pending:
+        pending = WriteOff.objects.filter(invoice=invoice, status=ApprovalStatus.PENDING_APPROVAL).exclude(
+            pk=exclude_pk).aggregate(s=Sum("amount"))["s"] or ZERO
+    room = invoice.open_amount - pending
+    if invoice.status == Invoice.Status.VOIDED or amount > room:
+        raise BusinessRuleError(Codes.OVER_WRITE_OFF, f"write-off of {amount} exceeds the open amount of invoice "
+                                                      f"{invoice.invoice_id} ({max(room, ZERO)})")
+
+
+def credit_note_issued(event: Event, data: dict, actor) -> Outcome:
+    from exceptions_queue import services as queue
+
+    out = Outcome(Event.Status.PROCESSED)
+    ss = event.source_system
+    if CreditNote.objects.filter(source_system=ss, credit_note_id=data["credit_note_id"]).exists():
+        _change(event, out, "credit_note", data["credit_note_id"], C.STALE)
+        out.status = Event.Status.IGNORED
+        return out
+    entity = _entity(event)
+    invoice = _invoice_locked(ss, data["invoice_id"], entity)
+    currency = data["currency"]
+    if currency != invoice.currency:
+        raise BusinessRuleError(Codes.CURRENCY_MISMATCH, f"invoice {invoice.invoice_id} is in {invoice.currency}")
+    amount = _money(data["amount"], currency)
+    taxes = [{"jurisdiction": t["jurisdiction"], "amount": _money(t["amount"], currency)} for t in data["taxes"]]
+    tax_amount = sum((t["amount"] for t in taxes), ZERO)
+    gross = amount + tax_amount
+    _check_credit(invoice, gross, include_pending=True)
+    required = queue.approvals_required(entity=entity, kind="credit_note", amount=gross)
+    note = CreditNote.objects.create(
+        source_system=ss, credit_note_id=data["credit_note_id"], invoice=invoice, currency=currency, amount=amount,
+        tax_amount=tax_amount, taxes=[{"jurisdiction": t["jurisdiction"], "amount": str(t["amount"])} for t in taxes],
+        reason=data["reason"][:500], status=ApprovalStatus.PENDING_APPROVAL if required else ApprovalStatus.APPROVED,
+        event=event)
+    journal = ledger.journal_create(rules.credit_note(
+        entity=entity, source_system=ss, credit_note_id=note.credit_note_id, invoice_id=invoice.invoice_id,
+        customer_id=invoice.customer.customer_id, amount=amount, taxes=taxes,
+        on=event.occurred_at.astimezone(datetime.timezone.utc).date(), event_id=event.pk,
+        needs_approval=bool(required)), actor=actor)
+    out.journals.append(journal)
+    if required:
+        queue.approval_request(entity=entity, event=event, journal=journal, kind="credit_note",
+                               document_id=note.credit_note_id, amount=gross, currency=currency,
+                               requested_by=event.sent_by, required=required, actor=actor)
+        out.status = Event.Status.PENDING_APPROVAL
+    else:
+        _book_credit(invoice, note, actor=actor, event_id=event.pk)
+    _change(event, out, "credit_note", note.credit_note_id, C.CREATED)
+    audit.record(actor=actor, action="credit_note.created", object_type="credit_note",
+                 object_id=f"{ss}:{note.credit_note_id}", event_id=event.pk,
+                 after={"invoice": invoice.invoice_id, "amount": amount, "tax": tax_amount, "status": note.status})
+    return out
+
+
+def _book_credit(invoice: Invoice, note: CreditNote, *, actor, event_id) -> None:
+    before = _snapshot_invoice(invoice)
+    invoice.credited_total += note.gross
+    invoice.save(update_fields=["credited_total"])
+    audit.record(actor=actor, action="invoice.credited", object_type="invoice",
+                 object_id=f"{invoice.source_system}:{invoice.invoice_id}", event_id=event_id, before=before,
+                 after=_snapshot_invoice(invoice))
+
+
+def write_off_requested(event: Event, data: dict, actor) -> Outcome:
+    from exceptions_queue import services as queue
+
+    out = Outcome(Event.Status.PROCESSED)
+    ss = event.source_system
+    if WriteOff.objects.filter(source_system=ss, write_off_id=data["write_off_id"]).exists():
+        _change(event, out, "write_off", data["write_off_id"], C.STALE)
+        out.status = Event.Status.IGNORED
+        return out
+    entity = _entity(event)
+    invoice = _invoice_locked(ss, data["invoice_id"], entity)
+    currency = data["currency"]
+    if currency != invoice.currency:
+        raise BusinessRuleError(Codes.CURRENCY_MISMATCH, f"invoice {invoice.invoice_id} is in {invoice.currency}")
+    amount = _money(data["amount"], currency)
+    _check_write_off(invoice, amount, include_pending=True)
+    required = queue.approvals_required(entity=entity, kind="write_off", amount=amount)
+    write_off = WriteOff.objects.create(
+        source_system=ss, write_off_id=data["write_off_id"], invoice=invoice, currency=currency, amount=amount,
+        reason=data["reason"][:500], status=ApprovalStatus.PENDING_APPROVAL if required else ApprovalStatus.APPROVED,
+        event=event)
+    journal = ledger.journal_create(rules.write_off(
+        entity=entity, source_system=ss, write_off_id=write_off.write_off_id, invoice_id=invoice.invoice_id,
+        customer_id=invoice.customer.customer_id, amount=amount,
+        on=event.occurred_at.astimezone(datetime.timezone.utc).date(), event_id=event.pk,
+        needs_approval=bool(required)), actor=actor)
+    out.journals.append(journal)
+    if required:
+        queue.approval_request(entity=entity, event=event, journal=journal, kind="write_off",
+                               document_id=write_off.write_off_id, amount=amount, currency=currency,
+                               requested_by=event.sent_by, required=required, actor=actor)
+        out.status = Event.Status.PENDING_APPROVAL
+    else:
+        _book_write_off(invoice, write_off, actor=actor, event_id=event.pk)
+    _change(event, out, "write_off", write_off.write_off_id, C.CREATED)
+    audit.record(actor=actor, action="write_off.created", object_type="write_off",
+                 object_id=f"{ss}:{write_off.write_off_id}", event_id=event.pk,
+                 after={"invoice": invoice.invoice_id, "amount": amount, "status": write_off.status})
+    return out
+
+
+def _book_write_off(invoice: Invoice, write_off: WriteOff, *, actor, event_id) -> None:
+    before = _snapshot_invoice(invoice)
+    invoice.written_off_total += write_off.amount
+    invoice.save(update_fields=["written_off_total"])
+    audit.record(actor=actor, action="invoice.written_off", object_type="invoice",
+                 object_id=f"{invoice.source_system}:{invoice.invoice_id}", event_id=event_id, before=before,
+                 after=_snapshot_invoice(invoice))
+
+
+HANDLERS = {
+    "customer.upserted": customer_upserted,
+    "invoice.issued": invoice_issued,
+    "invoice.amended": invoice_amended,
+    "invoice.voided": invoice_voided,
+    "payment.received": payment_received,
+    "payment.applied": payment_applied,
+    "payment.refunded": payment_refunded,
+    "credit_note.issued": credit_note_issued,
+    "write_off.requested": write_off_requested,
+}
+
+
+def apply(event: Event, *, actor) -> Outcome:
+    return HANDLERS[event.type](event, event.payload["data"], actor)
+
+
+# ------------------------------------------------------------------------------------------- approvals
+def document_approved(*, kind: str, journal, actor) -> None:
+    """Every required approval is in: book the credit or write-off (re-checking its cap) and release it."""
+    ss, document_id = journal.source_system, journal.document_id
+    if kind == "credit_note":
+        note = CreditNote.objects.select_for_update().get(source_system=ss, credit_note_id=document_id)
+        invoice = Invoice.objects.select_for_update().get(pk=note.invoice_id)
+        _check_credit(invoice, note.gross, include_pending=False)
+        note.status = ApprovalStatus.APPROVED
+        note.save(update_fields=["status"])
+        _book_credit(invoice, note, actor=actor, event_id=journal.event_id)
+    elif kind == "write_off":
+        write_off = WriteOff.objects.select_for_update().get(source_system=ss, write_off_id=document_id)
+        invoice = Invoice.objects.select_for_update().get(pk=write_off.invoice_id)
+        _check_write_off(invoice, write_off.amount, include_pending=False)
+        write_off.status = ApprovalStatus.APPROVED
+        write_off.save(update_fields=["status"])
+        _book_write_off(invoice, write_off, actor=actor, event_id=journal.event_id)
+    ledger.journal_release(journal_id=journal.pk, actor=actor)
+    if journal.event_id:
+        from billing_sync.services import event_refresh_status
+
+        event_refresh_status(event_id=journal.event_id, actor=actor)
+
+
+def document_rejected(*, kind: str, journal, actor) -> None:
+    ss, document_id = journal.source_system, journal.document_id
+    model, field_name = {"credit_note": (CreditNote, "credit_note_id"), "write_off": (WriteOff, "write_off_id")}.get(
+        kind, (None, None))
+    if model is not None:
+        doc = model.objects.select_for_update().get(source_system=ss, **{field_name: document_id})
+        doc.status = ApprovalStatus.REJECTED
+        doc.save(update_fields=["status"])
+    ledger.journal_reject(journal_id=journal.pk, actor=actor)
+    if journal.event_id:
+        from billing_sync.services import event_refresh_status
+
+        event_refresh_status(event_id=journal.event_id, actor=actor)

@@ -1,0 +1,411 @@
+"""Billing-sync write paths: receive events (single and batch), process them into canonical documents
+and journals, and react to approvals, retries and arriving dependencies.
+
+Receipt is one short transaction: the receipt row, the event row (whose unique identity makes the
+database the judge of duplicates: `INSERT ... ON CONFLICT DO NOTHING`) and the audit entry. Processing
+runs after commit in a Celery task (`process_event`) under the event's row lock, so a duplicate
+delivery, a second worker or a retry can never produce a second canonical change or journal.
+"""
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass, field
+
+import structlog
+from django.db import connection, transaction
+from django.utils import timezone
+
+from audit import services as audit
+from billing_sync import documents
+from billing_sync.models import Event, Receipt
+from billing_sync.schemas import validate_event
+from config import correlation
+from config.errors import BusinessRuleError, Codes
+
+log = structlog.get_logger("tieout.billing_sync")
+
+KEPT_HEADERS = ("Content-Type", "Idempotency-Key", "User-Agent", "X-Correlation-ID", "Content-Length")
+MAX_BATCH = 1000
+
+
+def canonical_bytes(payload) -> bytes:
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def event_resource(*, event_id, source_system, external_id, type_, entity, status, correlation_id, received_at,
+                   journal_ids=(), exception=None) -> dict:
+    return {
+        "id": str(event_id), "source_system": source_system, "event_id": external_id, "type": type_,
+        "entity": entity, "status": status, "correlation_id": correlation_id,
+        "received_at": received_at.isoformat().replace("+00:00", "Z"),
+        "journal_ids": [str(j) for j in journal_ids], "exception": exception,
+        "links": {"trace": f"/api/v1/events/{event_id}/trace"},
+    }
+
+
+def problem(status: int, code: str, title: str, detail: str, errors=None) -> dict:
+    body = {"type": f"https://tieout.dev/problems/{code}", "title": title, "status": status, "detail": detail,
+            "code": code}
+    if errors is not None:
+        body["errors"] = errors
+    return body
+
+
+@dataclass
+class Answer:
+    status: int
+    body: dict
+    replayed: bool = False
+    headers: dict = field(default_factory=dict)
+    raw: bytes | None = None  # exact bytes to send (first answers and replays are byte-identical)
+
+
+def _dumps(body: dict) -> str:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+
+
+def _kept_headers(headers) -> dict:
+    return {name: headers[name] for name in KEPT_HEADERS if name in headers}
+
+
+def _client_label(user) -> str:
+    return user.get_username() if user is not None and user.is_authenticated else ""
+
+
+def receipt_reject(*, body: bytes, endpoint: str, user, headers, remote_addr, status: int, outcome: str,
+                   detail: dict | None = None) -> None:
+    """Keep a body we refused (401/403/422/409 before any event row): nothing sent to us is lost."""
+    with transaction.atomic():
+        receipt = Receipt.objects.create(
+            endpoint=endpoint, client=_client_label(user), remote_addr=remote_addr, headers=_kept_headers(headers),
+            body=body, sha256=hashlib.sha256(body).hexdigest(), outcome=outcome, status_code=status,
+            correlation_id=correlation.get() or "", detail=detail)
+        audit.record(actor=user if user is not None and user.is_authenticated else "anonymous",
+                     action=f"receipt.{outcome}", object_type="receipt", object_id=receipt.pk,
+                     after={"endpoint": endpoint, "status": status, "sha256": receipt.sha256})
+
+
+def _parse(body: bytes):
+    try:
+        return json.loads(body), None
+    except (ValueError, UnicodeDecodeError) as exc:
+        return None, [{"field": "non_field_errors", "message": f"Malformed JSON: {exc}"}]
+
+
+_INSERT_SQL = """
+WITH r AS (
+    INSERT INTO billing_sync_receipt (received_at, endpoint, client, remote_addr, headers, body, sha256, outcome,
+                                      status_code, correlation_id)
+    VALUES (%(now)s, 'single', %(client)s, %(remote_addr)s, %(headers)s, %(body)s, %(sha)s, 'accepted', 202, %(cid)s)
+    RETURNING id
+), e AS (
+    INSERT INTO billing_sync_event (id, source_system, event_id, type, entity_code, occurred_at, payload, payload_hash,
+                                    idempotency_key, status, correlation_id, received_at, receipt_id, sent_by_id,
+                                    response_body, attempts)
+    SELECT %(id)s, %(ss)s, %(eid)s, %(type)s, %(entity)s, %(occurred_at)s, %(payload)s, %(phash)s, %(ikey)s,
+           'accepted', %(ecid)s, %(now)s, r.id, %(user_id)s, %(response)s, 0 FROM r
+    ON CONFLICT DO NOTHING
+    RETURNING id
+)
+SELECT r.id, e.id FROM r LEFT JOIN e ON true
+"""
+
+
+def receive_event(*, body: bytes, user, headers, remote_addr=None) -> Answer:
+    """Answer one delivery of one event: 202 new, 200 replay, 409 conflict, 422 invalid."""
+    payload, errors = _parse(body)
+    if errors is None:
+        errors = validate_event(payload)
+    if errors:
+        answer = Answer(422, problem(422, Codes.INVALID_EVENT, "The event breaks the schema",
+                                     f"{len(errors)} field(s) are invalid", errors))
+        receipt_reject(body=body, endpoint="single", user=user, headers=headers, remote_addr=remote_addr,
+                       status=422, outcome=Receipt.Outcome.INVALID, detail={"errors": errors})
+        return answer
+    idem_key = headers.get("Idempotency-Key") or None
+    canonical = canonical_bytes(payload)
+    payload_hash = hashlib.sha256(canonical).hexdigest()
+    now = timezone.now()
+    new_id = uuid.uuid4()
+    cid = payload.get("correlation_id") or correlation.get_or_new()
+    response = event_resource(event_id=new_id, source_system=payload["source_system"], external_id=payload["event_id"],
+                              type_=payload["type"], entity=payload["entity"], status=Event.Status.ACCEPTED,
+                              correlation_id=cid, received_at=now)
+    response_text = _dumps(response)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(_INSERT_SQL, {
+                "now": now, "client": _client_label(user), "remote_addr": remote_addr,
+                "headers": json.dumps(_kept_headers(headers)), "body": body,
+                "sha": hashlib.sha256(body).hexdigest(), "cid": correlation.get() or "", "id": new_id,
+                "ss": payload["source_system"], "eid": payload["event_id"], "type": payload["type"],
+                "entity": payload["entity"], "occurred_at": payload["occurred_at"], "payload": canonical.decode(),
+                "phash": payload_hash, "ikey": idem_key, "ecid": cid, "user_id": user.pk if user else None,
+                "response": response_text,
+            })
+            receipt_id, inserted = cursor.fetchone()
+        if inserted:
+            audit.record(actor=user, action="event.received", object_type="event", object_id=new_id,
+                         event_id=new_id, correlation_id=cid,
+                         after={"source_system": payload["source_system"], "event_id": payload["event_id"],
+                                "type": payload["type"], "payload_sha256": payload_hash, "receipt": receipt_id})
+            transaction.on_commit(lambda: schedule_processing([new_id]))
+            return Answer(202, response, raw=response_text.encode())
+        existing = (Event.objects.filter(source_system=payload["source_system"], event_id=payload["event_id"])
+                    .values("id", "payload_hash", "response_body").first())
+        if existing is not None and existing["payload_hash"] == payload_hash and (
+                idem_key is None or Event.objects.filter(pk=existing["id"], idempotency_key__in=[idem_key, None]).exists()):
+            Receipt.objects.filter(pk=receipt_id).update(outcome=Receipt.Outcome.REPLAYED, status_code=200)
+            return Answer(200, {}, replayed=True, headers={"Idempotent-Replayed": "true"},
+                          raw=existing["response_body"].encode())
+        if existing is None:
+            detail = f"Idempotency-Key {idem_key!r} was already used for another event"
+        else:
+            detail = (f"event {payload['source_system']}/{payload['event_id']} was already received with a "
+                      "different payload")
+        Receipt.objects.filter(pk=receipt_id).update(outcome=Receipt.Outcome.CONFLICT, status_code=409)
+        audit.record(actor=user, action="receipt.conflict", object_type="receipt", object_id=receipt_id,
+                     event_id=existing["id"] if existing else None, after={"detail": detail})
+        return Answer(409, problem(409, Codes.IDEMPOTENCY_CONFLICT, "Idempotency conflict", detail))
+
+
+_BATCH_SQL = """
+INSERT INTO billing_sync_event (id, source_system, event_id, type, entity_code, occurred_at, payload, payload_hash,
+                                idempotency_key, status, correlation_id, received_at, receipt_id, sent_by_id,
+                                response_body, attempts)
+SELECT u.id, u.ss, u.eid, u.type, u.entity, u.occurred_at, u.payload::jsonb, u.phash, NULL, 'accepted', u.cid,
+       %(now)s, %(receipt)s, %(user_id)s, u.response, 0
+FROM unnest(%(ids)s::uuid[], %(ss)s::text[], %(eids)s::text[], %(types)s::text[], %(entities)s::text[],
+            %(occurred)s::timestamptz[], %(payloads)s::text[], %(phashes)s::text[], %(cids)s::text[],
+            %(responses)s::text[]) AS u(id, ss, eid, type, entity, occurred_at, payload, phash, cid, response)
+ON CONFLICT DO NOTHING
+RETURNING id
+"""
+
+
+def receive_batch(*, body: bytes, user, headers, remote_addr=None) -> Answer:
+    """Up to 1,000 events in one request and one transaction; one answer per event, in order."""
+    document, errors = _parse(body)
+    if errors is None:
+        if not isinstance(document, dict) or not isinstance(document.get("events"), list):
+            errors = [{"field": "events", "message": "Must be a list of events."}]
+        elif not document["events"]:
+            errors = [{"field": "events", "message": "Must not be empty."}]
+        elif len(document["events"]) > MAX_BATCH:
+            errors = [{"field": "events", "message": f"At most {MAX_BATCH} events per batch."}]
+    if errors:
+        receipt_reject(body=body, endpoint="batch", user=user, headers=headers, remote_addr=remote_addr,
+                       status=422, outcome=Receipt.Outcome.INVALID, detail={"errors": errors})
+        return Answer(422, problem(422, Codes.INVALID_EVENT, "The batch breaks the schema", "Invalid batch", errors))
+    events = document["events"]
+    now = timezone.now()
+    request_cid = correlation.get_or_new()
+    results: list[dict | None] = [None] * len(events)
+    fresh: dict[tuple[str, str], dict] = {}  # identity -> first new row in this batch
+    pending: list[tuple[int, dict, str]] = []  # (index, payload, hash) needing a look at existing rows
+    invalid_count = 0
+    for index, payload in enumerate(events):
+        errs = validate_event(payload)
+        if errs:
+            invalid_count += 1
+            errs = [{"field": f"events[{index}].{e['field']}", "message": e["message"]} for e in errs]
+            results[index] = {"status": 422, "body": problem(422, Codes.INVALID_EVENT, "The event breaks the schema",
+                                                             f"{len(errs)} field(s) are invalid", errs)}
+            continue
+        canonical = canonical_bytes(payload)
+        phash = hashlib.sha256(canonical).hexdigest()
+        identity = (payload["source_system"], payload["event_id"])
+        if identity in fresh:
+            pending.append((index, payload, phash))
+            continue
+        new_id = uuid.uuid4()
+        cid = payload.get("correlation_id") or request_cid
+        response = event_resource(event_id=new_id, source_system=identity[0], external_id=identity[1],
+                                  type_=payload["type"], entity=payload["entity"], status=Event.Status.ACCEPTED,
+                                  correlation_id=cid, received_at=now)
+        fresh[identity] = {"index": index, "id": new_id, "payload": payload, "canonical": canonical.decode(),
+                           "hash": phash, "cid": cid, "response": response}
+    rows = list(fresh.values())
+    with transaction.atomic():
+        receipt = Receipt.objects.create(
+            received_at=now, endpoint="batch", client=_client_label(user), remote_addr=remote_addr,
+            headers=_kept_headers(headers), body=body, sha256=hashlib.sha256(body).hexdigest(),
+            outcome=Receipt.Outcome.BATCH, status_code=200, correlation_id=request_cid,
+            detail={"events": len(events), "invalid": invalid_count})
+        inserted: set = set()
+        if rows:
+            with connection.cursor() as cursor:
+                cursor.execute(_BATCH_SQL, {
+                    "now": now, "receipt": receipt.pk, "user_id": user.pk if user else None,
+                    "ids": [r["id"] for r in rows], "ss": [r["payload"]["source_system"] for r in rows],
+                    "eids": [r["payload"]["event_id"] for r in rows], "types": [r["payload"]["type"] for r in rows],
+                    "entities": [r["payload"]["entity"] for r in rows],
+                    "occurred": [r["payload"]["occurred_at"] for r in rows], "payloads": [r["canonical"] for r in rows],
+                    "phashes": [r["hash"] for r in rows], "cids": [r["cid"] for r in rows],
+                    "responses": [_dumps(r["response"]) for r in rows],
+                })
+                inserted = {row[0] for row in cursor.fetchall()}
+
+        for r in rows:
+            if r["id"] in inserted:
+                results[r["index"]] = {"status": 202, "body": r["response"]}
+            else:
+                pending.append((r["index"], r["payload"], r["hash"]))
+        if pending:
+            identities = {(p["source_system"], p["event_id"]) for _, p, _ in pending}
+            existing = {}
+            for row in Event.objects.filter(source_system__in={i[0] for i in identities},
+                                            event_id__in={i[1] for i in identities}).values(
+                    "id", "source_system", "event_id", "payload_hash", "response_body"):
+                existing[(row["source_system"], row["event_id"])] = row
+            for index, payload, phash in pending:
+                row = existing.get((payload["source_system"], payload["event_id"]))
+                if row is not None and row["payload_hash"] == phash:
+                    results[index] = {"status": 200, "headers": {"Idempotent-Replayed": "true"},
+                                      "body": json.loads(row["response_body"])}
+                else:
+                    results[index] = {"status": 409, "body": problem(
+                        409, Codes.IDEMPOTENCY_CONFLICT, "Idempotency conflict",
+                        f"event {payload['source_system']}/{payload['event_id']} was already received with a "
+                        "different payload")}
+        if inserted:
+            audit.record_many([
+                {"actor": user, "action": "event.received", "object_type": "event", "object_id": r["id"],
+                 "event_id": r["id"], "correlation_id": r["cid"],
+                 "after": {"source_system": r["payload"]["source_system"], "event_id": r["payload"]["event_id"],
+                           "type": r["payload"]["type"], "payload_sha256": r["hash"], "receipt": receipt.pk}}
+                for r in rows if r["id"] in inserted])
+            ids = [r["id"] for r in rows if r["id"] in inserted]
+            transaction.on_commit(lambda: schedule_processing(ids))
+    return Answer(200, {"results": results})
+
+
+def schedule_processing(event_ids) -> None:
+    """Hand accepted events to the worker; if the broker is down the sweep picks them up later."""
+    from billing_sync.tasks import process_events
+
+    chunk = 50
+    for start in range(0, len(event_ids), chunk):
+        ids = [str(i) for i in event_ids[start:start + chunk]]
+        try:
+            process_events.apply_async(args=[ids])
+        except Exception as exc:
+            log.warning("events.schedule_failed", count=len(ids), error=str(exc))
+            return
+
+
+def sweep_accepted(*, older_than_seconds: int = 30) -> int:
+    """Events accepted but never processed (broker outage, crash after commit): schedule them again."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=older_than_seconds)
+    ids = list(Event.objects.filter(status=Event.Status.ACCEPTED, received_at__lte=cutoff)
+               .order_by("received_at").values_list("id", flat=True)[:5000])
+    if ids:
+        schedule_processing(ids)
+    return len(ids)
+
+
+# --------------------------------------------------------------------------------------------- processing
+def process_event(*, event_id, actor="system") -> str:
+    """Process one accepted event under its row lock; returns its new status. Safe to call twice."""
+    from exceptions_queue import services as queue
+
+    woken: list[str] = []
+    with transaction.atomic():
+        event = Event.objects.select_for_update().filter(pk=event_id).first()
+        if event is None or event.status != Event.Status.ACCEPTED:
+            return event.status if event else "missing"
+        with correlation.bound(event.correlation_id or None):
+            event.attempts += 1
+            try:
+                with transaction.atomic():
+                    outcome = documents.apply(event, actor=actor)
+            except BusinessRuleError as exc:
+                event.status = Event.Status.EXCEPTION
+                event.processed_at = timezone.now()
+                event.save(update_fields=["status", "processed_at", "attempts"])
+                queue.exception_open_for_event(event=event, code=exc.code, message=exc.detail,
+                                               dependency=exc.dependency, actor=actor)
+                audit.record(actor=actor, action="event.exception", object_type="event", object_id=event.pk,
+                             event_id=event.pk, after={"status": "exception", "code": exc.code,
+                                                       "message": exc.detail})
+                return event.status
+            event.status = outcome.status
+            event.processed_at = timezone.now()
+            event.save(update_fields=["status", "processed_at", "attempts"])
+            audit.record(actor=actor, action="event.processed", object_type="event", object_id=event.pk,
+                         event_id=event.pk, before={"status": "accepted"},
+                         after={"status": event.status, "journals": [str(j.pk) for j in outcome.journals],
+                                "changes": outcome.changes})
+            queue.exceptions_resolve_for_event(event=event, resolution="Processed successfully on retry.",
+                                               actor=actor)
+            woken = outcome.provides
+        if woken:
+            transaction.on_commit(lambda: wake_dependents(woken))
+    return event.status
+
+
+def wake_dependents(keys: list[str]) -> int:
+    """Documents arrived: send the events that waited for them back through processing."""
+    from exceptions_queue import services as queue
+
+    event_ids = queue.events_waiting_for(keys)
+    for event_id in event_ids:
+        event_requeue(event_id=event_id, actor="system", reason="dependency arrived")
+    return len(event_ids)
+
+
+def event_requeue(*, event_id, actor, reason: str) -> bool:
+    """An event in `exception` goes back to `accepted` and is scheduled for processing again."""
+    with transaction.atomic():
+        event = Event.objects.select_for_update().get(pk=event_id)
+        if event.status != Event.Status.EXCEPTION:
+            return False
+        event.status = Event.Status.ACCEPTED
+        event.save(update_fields=["status"])
+        audit.record(actor=actor, action="event.requeued", object_type="event", object_id=event.pk, event_id=event.pk,
+                     before={"status": "exception"}, after={"status": "accepted", "reason": reason})
+        transaction.on_commit(lambda: schedule_processing([event.pk]))
+    return True
+
+
+def event_reprocess(*, event_id, actor) -> str:
+    """Retry from the exception queue: reprocess now, in the caller's transaction, and report the outcome."""
+    event = Event.objects.select_for_update().get(pk=event_id)
+    if event.status != Event.Status.EXCEPTION:
+        return event.status
+    event.status = Event.Status.ACCEPTED
+    event.save(update_fields=["status"])
+    audit.record(actor=actor, action="event.retry", object_type="event", object_id=event.pk, event_id=event.pk,
+                 before={"status": "exception"}, after={"status": "accepted"})
+    return process_event(event_id=event_id, actor=actor)
+
+
+def event_refresh_status(*, event_id, actor="system") -> str:
+    """Derive an event's status from its journals and open exception after a journal changed."""
+    from exceptions_queue.models import ExceptionRecord
+    from ledger.models import Journal
+
+    event = Event.objects.select_for_update().get(pk=event_id)
+    if event.status in (Event.Status.ACCEPTED, Event.Status.IGNORED):
+        return event.status
+    statuses = list(Journal.objects.filter(event_id=event_id).values_list("status", flat=True))
+    has_open_exception = ExceptionRecord.objects.filter(event_id=event_id).exclude(
+        status=ExceptionRecord.Status.RESOLVED).exists()
+    live = [s for s in statuses if s != Journal.Status.REJECTED]
+    if has_open_exception:
+        new = Event.Status.EXCEPTION
+    elif statuses and not live:
+        new = Event.Status.REJECTED
+    elif Journal.Status.PENDING_APPROVAL in live:
+        new = Event.Status.PENDING_APPROVAL
+    elif live and all(s == Journal.Status.POSTED for s in live):
+        new = Event.Status.POSTED
+    else:
+        new = Event.Status.PROCESSED
+    if new != event.status:
+        before = event.status
+        event.status = new
+        event.save(update_fields=["status"])
+        audit.record(actor=actor, action="event.status_changed", object_type="event", object_id=event.pk,
+                     event_id=event.pk, before={"status": before}, after={"status": new})
+    return new

@@ -1,0 +1,18 @@
+"""Celery tasks of billing sync: process accepted events, and sweep for any that were never scheduled."""
+from celery import shared_task
+from django.conf import settings
+
+from billing_sync import services
+
+
+@shared_task(name="billing_sync.tasks.process_events", acks_late=True, reject_on_worker_lost=True,
+             autoretry_for=(Exception,), retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=10,
+             ignore_result=True)
+def process_events(event_ids: list[str]):
+    for event_id in event_ids:
+        services.process_event(event_id=event_id)
+
+
+@shared_task(name="billing_sync.tasks.sweep_accepted_events", ignore_result=True)
+def sweep_accepted_events():
+    return services.sweep_accepted(older_than_seconds=settings.TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS)

@@ -1,0 +1,121 @@
+"""Events API: receive one or a batch, list, read, trace; canonical invoices. Views only translate HTTP.
+
+The receive views read the raw body themselves (never `request.data`) so that the exact bytes are kept
+in the receipt log, and they record a receipt for refused requests too (401/403).
+"""
+from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import exceptions as drf_exceptions
+from rest_framework import generics
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from audit.lineage import event_trace
+from billing_sync import selectors, services
+from billing_sync.models import Event, Receipt
+from config import roles
+from config.api import PROBLEM_CONTENT_TYPE
+from config.errors import NotFound
+
+SENDERS = roles.roles_allowed(roles.INTEGRATION, roles.ADMIN, read_roles=(roles.INTEGRATION, *roles.READ_ALL))
+EVENT_READERS = roles.roles_allowed(roles.INTEGRATION, *roles.READ_ALL)
+
+
+def _own_only(user) -> bool:
+    """Source systems read only what they sent; every other role reads everything."""
+    return not roles.has_role(user, *roles.READ_ALL)
+
+
+class _ReceiveView(generics.GenericAPIView):
+    permission_classes = [SENDERS]
+    endpoint = "single"
+    parser_classes = []  # we read the raw body ourselves
+
+    def handle_exception(self, exc):
+        outcome = None
+        if isinstance(exc, (drf_exceptions.NotAuthenticated, drf_exceptions.AuthenticationFailed)):
+            outcome, status = Receipt.Outcome.UNAUTHORIZED, 401
+        elif isinstance(exc, drf_exceptions.PermissionDenied):
+            outcome, status = Receipt.Outcome.FORBIDDEN, 403
+        if outcome and self.request.method == "POST":
+            user = getattr(self.request, "_user", None)
+            services.receipt_reject(body=self.request.body, endpoint=self.endpoint, user=user,
+                                    headers=self.request.headers, remote_addr=self.request.META.get("REMOTE_ADDR"),
+                                    status=status, outcome=outcome)
+        return super().handle_exception(exc)
+
+    def respond(self, answer: services.Answer):
+        if answer.raw is not None:
+            response = HttpResponse(answer.raw, status=answer.status, content_type="application/json")
+            for name, value in answer.headers.items():
+                response[name] = value
+            return response
+        content_type = PROBLEM_CONTENT_TYPE if answer.status >= 400 else None
+        return Response(answer.body, status=answer.status, headers=answer.headers, content_type=content_type)
+
+
+class EventCollectionView(_ReceiveView):
+    """GET lists events (filters: source_system, event_id, status, type, entity); POST receives one."""
+
+    filterset_class = selectors.EventFilter
+
+    def get_queryset(self):
+        return selectors.events_visible_to(self.request.user, own_only=_own_only(self.request.user))
+
+    @extend_schema(responses={200: dict})
+    def get(self, request, *args, **kwargs):
+        queryset = self.filter_queryset(self.get_queryset())
+        page = self.paginate_queryset(queryset)
+        return self.get_paginated_response(selectors.event_resources(page))
+
+    @extend_schema(request={"application/json": dict}, responses={
+        202: OpenApiResponse(description="Accepted: the event resource"),
+        200: OpenApiResponse(description="Replay (Idempotent-Replayed: true), the first answer's body"),
+        409: OpenApiResponse(description="idempotency_conflict"), 422: OpenApiResponse(description="invalid_event")})
+    def post(self, request):
+        return self.respond(services.receive_event(body=request.body, user=request.user, headers=request.headers,
+                                                   remote_addr=request.META.get("REMOTE_ADDR")))
+
+
+class EventBatchView(_ReceiveView):
+    endpoint = "batch"
+
+    @extend_schema(request={"application/json": dict}, responses={200: OpenApiResponse(
+        description='{"results": [{"status": 202|200|409|422, "headers"?: {...}, "body": {...}}]} in request order')})
+    def post(self, request):
+        return self.respond(services.receive_batch(body=request.body, user=request.user, headers=request.headers,
+                                                   remote_addr=request.META.get("REMOTE_ADDR")))
+
+
+def _event_for(request, pk) -> Event:
+    event = selectors.events_visible_to(request.user, own_only=_own_only(request.user)).filter(pk=pk).first()
+    if event is None:
+        raise NotFound(f"no event {pk}")
+    return event
+
+
+class EventDetailView(APIView):
+    permission_classes = [EVENT_READERS]
+
+    @extend_schema(responses={200: dict})
+    def get(self, request, pk):
+        return Response(selectors.event_resources([_event_for(request, pk)])[0])
+
+
+class EventTraceView(APIView):
+    permission_classes = [EVENT_READERS]
+
+    @extend_schema(responses={200: dict})
+    def get(self, request, pk):
+        return Response(event_trace(_event_for(request, pk).pk))
+
+
+class InvoiceDetailView(APIView):
+    permission_classes = [roles.roles_allowed(*roles.READ_ALL)]
+
+    @extend_schema(responses={200: dict})
+    def get(self, request, source_system, invoice_id):
+        invoice = selectors.invoice_by_identity(source_system, invoice_id)
+        if invoice is None:
+            raise NotFound(f"no invoice {source_system}/{invoice_id}")
+        return Response(selectors.invoice_resource(invoice))

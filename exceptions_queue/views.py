@@ -1,0 +1,111 @@
+"""Approvals and exceptions API. Views translate HTTP into service calls; services enforce the rules."""
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from config import roles
+from config.errors import ApiError, Codes
+from exceptions_queue import selectors, services
+from exceptions_queue.serializers import (
+    ApprovalSerializer, AssignSerializer, CommentSerializer, ExceptionSerializer, ResolveSerializer,
+)
+
+READERS = roles.roles_allowed(*roles.READ_ALL)
+DECIDERS = roles.roles_allowed(roles.CONTROLLER, roles.ADMIN)
+WORKERS = roles.roles_allowed(roles.FINANCE_OPS, roles.CONTROLLER, roles.ADMIN)
+
+
+class ApprovalListView(generics.ListAPIView):
+    permission_classes = [READERS]
+    serializer_class = ApprovalSerializer
+    filterset_class = selectors.ApprovalFilter
+
+    def get_queryset(self):
+        return selectors.approvals()
+
+
+class ApprovalDetailView(generics.RetrieveAPIView):
+    permission_classes = [READERS]
+    serializer_class = ApprovalSerializer
+
+    def get_queryset(self):
+        return selectors.approvals()
+
+
+class _ApprovalDecisionView(APIView):
+    permission_classes = [DECIDERS]
+    decide = None
+
+    @extend_schema(request=CommentSerializer, responses={200: ApprovalSerializer})
+    def post(self, request, pk):
+        body = CommentSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        type(self).decide(approval_id=pk, user=request.user, comment=body.validated_data["comment"])
+        return Response(ApprovalSerializer(selectors.approvals().get(pk=pk)).data)
+
+
+class ApprovalApproveView(_ApprovalDecisionView):
+    decide = staticmethod(services.approval_approve)
+
+
+class ApprovalRejectView(_ApprovalDecisionView):
+    decide = staticmethod(services.approval_reject)
+
+
+class ExceptionListView(generics.ListAPIView):
+    permission_classes = [READERS]
+    serializer_class = ExceptionSerializer
+    filterset_class = selectors.ExceptionFilter
+
+    def get_queryset(self):
+        return selectors.exceptions()
+
+
+class ExceptionDetailView(generics.RetrieveAPIView):
+    permission_classes = [READERS]
+    serializer_class = ExceptionSerializer
+
+    def get_queryset(self):
+        return selectors.exceptions()
+
+
+def _exception_response(pk) -> Response:
+    return Response(ExceptionSerializer(selectors.exceptions().get(pk=pk)).data)
+
+
+class ExceptionAssignView(APIView):
+    permission_classes = [WORKERS]
+
+    @extend_schema(request=AssignSerializer, responses={200: ExceptionSerializer})
+    def post(self, request, pk):
+        body = AssignSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        owner = request.user
+        if body.validated_data.get("owner"):
+            owner = services.user_by_username(body.validated_data["owner"])
+            if owner is None:
+                raise ApiError("no such user", code=Codes.INVALID_REQUEST, status=422,
+                               errors=[{"field": "owner", "message": "No such user."}])
+        services.exception_assign(exception_id=pk, owner=owner, actor=request.user)
+        return _exception_response(pk)
+
+
+class ExceptionRetryView(APIView):
+    permission_classes = [WORKERS]
+
+    @extend_schema(request=None, responses={200: ExceptionSerializer})
+    def post(self, request, pk):
+        services.exception_retry(exception_id=pk, actor=request.user)
+        return _exception_response(pk)
+
+
+class ExceptionResolveView(APIView):
+    permission_classes = [WORKERS]
+
+    @extend_schema(request=ResolveSerializer, responses={200: ExceptionSerializer})
+    def post(self, request, pk):
+        body = ResolveSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        services.exception_resolve(exception_id=pk, resolution=body.validated_data["resolution"], actor=request.user)
+        return _exception_response(pk)

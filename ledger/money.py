@@ -1,0 +1,60 @@
+"""Money rules: Decimal only, at most the currency's ISO 4217 minor-unit digits.
+
+The table lists the currencies whose minor unit is not 2; every other ISO code uses 2. An unknown code
+is still refused by the format check (three upper-case letters) but not by name, because billing
+platforms add currencies faster than we would update a list.
+"""
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+
+ZERO = Decimal("0")
+
+_MINOR_UNITS = {
+    # 0 digits
+    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0, "PYG": 0, "RWF": 0,
+    "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0, "XPF": 0,
+    # 3 digits
+    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
+    # 4 digits
+    "CLF": 4, "UYW": 4,
+}
+
+
+def minor_units(currency: str) -> int:
+    return _MINOR_UNITS.get(currency, 2)
+
+
+def quantum(currency: str) -> Decimal:
+    return Decimal(1).scaleb(-minor_units(currency))
+
+
+def quantize(amount: Decimal, currency: str) -> Decimal:
+    return amount.quantize(quantum(currency), rounding=ROUND_HALF_UP)
+
+
+def parse_money(value, currency: str | None) -> Decimal:
+    """Parse a decimal string; refuse floats, exponents, NaN and more digits than the currency has."""
+    if not isinstance(value, str):
+        raise ValueError("must be a decimal string such as \"107.25\"")
+    text = value.strip()
+    if not text or text != value or any(ch in text for ch in "eEnN_ "):
+        raise ValueError("must be a plain decimal string such as \"107.25\"")
+    try:
+        amount = Decimal(text)
+    except InvalidOperation:
+        raise ValueError("is not a decimal number") from None
+    if not amount.is_finite():
+        raise ValueError("is not a finite number")
+    if currency is not None:
+        exponent = amount.as_tuple().exponent
+        if -exponent > minor_units(currency):
+            raise ValueError(f"has more than {minor_units(currency)} decimal places for {currency}")
+    if abs(amount) >= Decimal("1e15"):
+        raise ValueError("is too large")
+    return amount
+
+
+def fmt(amount: Decimal | None, currency: str) -> str | None:
+    """The API's money string: exactly the currency's minor-unit digits."""
+    if amount is None:
+        return None
+    return str(quantize(Decimal(amount), currency))

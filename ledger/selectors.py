@@ -1,0 +1,67 @@
+"""Ledger reads: trial balance, an invoice's receivable balance, journal lists (django-filter)."""
+import datetime
+from decimal import Decimal
+
+import django_filters
+from django.db.models import Sum
+from django.db.models.functions import Coalesce
+
+from ledger.models import Account, AccountMapping, Entity, Journal, JournalLine
+from ledger.money import ZERO
+
+def trial_balance(*, entity: Entity, as_of: datetime.date | None = None) -> dict:
+    """Debits, credits and balance per account over posted journals up to `as_of`."""
+    lines = JournalLine.objects.filter(journal__entity=entity, journal__status=Journal.Status.POSTED)
+    if as_of:
+        lines = lines.filter(journal__accounting_date__lte=as_of)
+    sums = {row["account_id"]: row for row in lines.values("account_id").annotate(
+        debit=Coalesce(Sum("debit"), ZERO), credit=Coalesce(Sum("credit"), ZERO))}
+    accounts = []
+    total_debit = total_credit = ZERO
+    for account in Account.objects.filter(entity=entity).order_by("code"):
+        row = sums.get(account.pk, {"debit": ZERO, "credit": ZERO})
+        if account.pk not in sums and not account.is_active:
+            continue
+        total_debit += row["debit"]
+        total_credit += row["credit"]
+        accounts.append({"code": account.code, "name": account.name, "type": account.type,
+                         "debit": row["debit"], "credit": row["credit"], "balance": row["debit"] - row["credit"]})
+    return {"entity": entity, "as_of": as_of, "accounts": accounts,
+            "total_debit": total_debit, "total_credit": total_credit}
+
+
+def receivable_balance(*, entity: Entity, source_system: str, invoice_id: str) -> Decimal:
+    """An invoice's balance on the receivable account in the ledger (posted journals)."""
+    receivable = AccountMapping.objects.filter(entity=entity, role=AccountMapping.Role.RECEIVABLE).values("account_id")
+    result = JournalLine.objects.filter(
+        journal__entity=entity, journal__status=Journal.Status.POSTED, journal__source_system=source_system,
+        account_id__in=receivable, invoice_id=invoice_id,
+    ).aggregate(d=Coalesce(Sum("debit"), ZERO), c=Coalesce(Sum("credit"), ZERO))
+    return result["d"] - result["c"]
+
+
+class JournalFilter(django_filters.FilterSet):
+    entity = django_filters.CharFilter(field_name="entity__code")
+    status = django_filters.CharFilter()
+    event = django_filters.UUIDFilter(field_name="event_id")
+    accounting_date_from = django_filters.DateFilter(field_name="accounting_date", lookup_expr="gte")
+    accounting_date_to = django_filters.DateFilter(field_name="accounting_date", lookup_expr="lte")
+    erp_document_ref = django_filters.CharFilter()
+
+    class Meta:
+        model = Journal
+        fields = ["entity", "status", "event", "erp_document_ref"]
+
+
+def journals():
+    return (Journal.objects.select_related("entity", "reverses")
+            .prefetch_related("lines__account").order_by("-created_at", "id"))
+
+
+def journals_for_event_ids(event_ids) -> dict:
+    out: dict = {}
+    for event_id, journal_id in Journal.objects.filter(event_id__in=event_ids).order_by("created_at").values_list(
+            "event_id", "id"):
+        out.setdefault(event_id, []).append(journal_id)
+    return out
+

@@ -1,0 +1,397 @@
+"""Ledger write paths: entity set-up, journal creation and reversal, release/rejection, posting, periods.
+
+Each function is one state change: atomic, row-locked where a race matters, audited in the same
+transaction. Journals that are ready to post get an outbox row in the same transaction; after commit
+the relay hands them to Celery, and a periodic sweep re-sends anything a crash left behind.
+"""
+import datetime
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+import structlog
+from django.db import transaction
+from django.utils import timezone
+
+from audit import services as audit
+from config import correlation
+from config.errors import BusinessRuleError, Codes, TieoutError
+from ledger import connectors
+from ledger.models import Account, AccountMapping, Entity, Journal, JournalLine, Outbox, Period, PostingAttempt
+from ledger.money import ZERO, quantize
+
+log = structlog.get_logger("tieout.ledger")
+
+DEFAULT_CHART = [
+    ("1010", "Payment clearing", Account.Type.ASSET),
+    ("1200", "Accounts receivable", Account.Type.ASSET),
+    ("2200", "Sales tax payable", Account.Type.LIABILITY),
+    ("2300", "Unapplied cash", Account.Type.LIABILITY),
+    ("4000", "Revenue", Account.Type.INCOME),
+    ("4900", "Sales returns and allowances", Account.Type.CONTRA_INCOME),
+    ("6100", "Payment processing fees", Account.Type.EXPENSE),
+    ("6200", "Bad debt expense", Account.Type.EXPENSE),
+]
+DEFAULT_MAPPINGS = {
+    AccountMapping.Role.CLEARING: "1010",
+    AccountMapping.Role.RECEIVABLE: "1200",
+    AccountMapping.Role.TAX_PAYABLE: "2200",
+    AccountMapping.Role.UNAPPLIED_CASH: "2300",
+    AccountMapping.Role.REVENUE: "4000",
+    AccountMapping.Role.RETURNS: "4900",
+    AccountMapping.Role.FEES: "6100",
+    AccountMapping.Role.BAD_DEBT: "6200",
+}
+
+
+# --------------------------------------------------------------------------------------------- entities
+@transaction.atomic
+def entity_setup(*, code: str, currency: str, name: str | None = None, erp: str = "builtin",
+                 actor=None) -> tuple[Entity, bool]:
+    """Create an entity with the default chart and mappings; running it again changes nothing."""
+    code = code.strip().upper()
+    currency = currency.strip().upper()
+    if erp not in connectors.REGISTRY:
+        raise TieoutError(f"unknown ERP connector {erp!r}", code=Codes.INVALID_REQUEST)
+    entity, created = Entity.objects.select_for_update().get_or_create(
+        code=code, defaults={"currency": currency, "name": name or code, "erp_connector": erp})
+    if not created and entity.currency != currency:
+        raise TieoutError(f"entity {code} exists with currency {entity.currency}", code=Codes.INVALID_REQUEST)
+    if created:
+        audit.record(actor=actor, action="entity.created", object_type="entity", object_id=entity.code,
+                     after=audit.model_snapshot(entity, ["code", "name", "currency", "erp_connector"]))
+    accounts = {a.code: a for a in entity.accounts.all()}
+    for account_code, account_name, account_type in DEFAULT_CHART:
+        if account_code not in accounts:
+            account = Account.objects.create(entity=entity, code=account_code, name=account_name, type=account_type)
+            accounts[account_code] = account
+            audit.record(actor=actor, action="account.created", object_type="account",
+                         object_id=f"{entity.code}:{account_code}",
+                         after={"code": account_code, "name": account_name, "type": account_type})
+    existing_roles = set(entity.mappings.values_list("role", flat=True))
+    for role, account_code in DEFAULT_MAPPINGS.items():
+        if role not in existing_roles:
+            AccountMapping.objects.create(entity=entity, role=role, account=accounts[account_code])
+            audit.record(actor=actor, action="account_mapping.created", object_type="account_mapping",
+                         object_id=f"{entity.code}:{role}", after={"role": role, "account": account_code})
+    return entity, created
+
+
+@transaction.atomic
+def account_mapping_set(*, entity: Entity, role: str, account_code: str, actor) -> AccountMapping:
+    account = Account.objects.filter(entity=entity, code=account_code).first()
+    if account is None:
+        raise TieoutError(f"no account {account_code} in {entity.code}", code=Codes.NO_ACCOUNT_MAPPING)
+    mapping = AccountMapping.objects.select_for_update().filter(entity=entity, role=role).first()
+    before = {"role": role, "account": mapping.account.code} if mapping else None
+    if mapping:
+        mapping.account = account
+        mapping.save(update_fields=["account"])
+    else:
+        mapping = AccountMapping.objects.create(entity=entity, role=role, account=account)
+    audit.record(actor=actor, action="account_mapping.changed", object_type="account_mapping",
+                 object_id=f"{entity.code}:{role}", before=before, after={"role": role, "account": account_code})
+    return mapping
+
+
+def entity_for_code(code: str) -> Entity | None:
+    return Entity.objects.filter(code=code).first()
+
+
+# --------------------------------------------------------------------------------------------- periods
+def period_is_closed(entity: Entity, day: datetime.date) -> bool:
+    return Period.objects.filter(entity=entity, year=day.year, month=day.month, status=Period.Status.CLOSED).exists()
+
+
+def require_open_period(entity: Entity, day: datetime.date) -> None:
+    if period_is_closed(entity, day):
+        raise BusinessRuleError(Codes.PERIOD_CLOSED,
+                                f"period {day:%Y-%m} of {entity.code} is closed; nothing is posted into it")
+
+
+@transaction.atomic
+def period_set_status(*, entity: Entity, year: int, month: int, status: str, actor) -> Period:
+    period, _ = Period.objects.get_or_create(entity=entity, year=year, month=month)
+    period = Period.objects.select_for_update().get(pk=period.pk)
+    before = period.status
+    if before == status:
+        return period
+    period.status = status
+    period.closed_at = timezone.now() if status == Period.Status.CLOSED else None
+    period.closed_by = audit.actor_label(actor) if status == Period.Status.CLOSED else ""
+    period.save(update_fields=["status", "closed_at", "closed_by"])
+    audit.record(actor=actor, action=f"period.{'closed' if status == Period.Status.CLOSED else 'reopened'}",
+                 object_type="period", object_id=f"{entity.code}:{year}-{month:02d}",
+                 before={"status": before}, after={"status": status})
+    return period
+
+
+# --------------------------------------------------------------------------------------------- journals
+@dataclass
+class LineSpec:
+    debit: Decimal = ZERO
+    credit: Decimal = ZERO
+    role: str | None = None
+    account_code: str | None = None  # an explicit account (an invoice line's revenue_account)
+    customer_id: str = ""
+    invoice_id: str = ""
+    payment_id: str = ""
+    jurisdiction: str = ""
+    memo: str = ""
+
+
+@dataclass
+class JournalSpec:
+    entity: Entity
+    accounting_date: datetime.date
+    kind: str
+    lines: list[LineSpec]
+    event_id: object = None
+    source_system: str = ""
+    document_type: str = ""
+    document_id: str = ""
+    document_version: int | None = None
+    description: str = ""
+    needs_approval: bool = False
+    reverses: Journal | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def _resolve_accounts(entity: Entity, lines: list[LineSpec]) -> dict[str, Account]:
+    roles = {line.role for line in lines if line.role}
+    codes = {line.account_code for line in lines if line.account_code}
+    mapped = {m.role: m.account for m in AccountMapping.objects.select_related("account")
+              .filter(entity=entity, role__in=roles)}
+    missing = roles - set(mapped)
+    if missing:
+        raise BusinessRuleError(Codes.NO_ACCOUNT_MAPPING,
+                                f"{entity.code} has no account mapped for {', '.join(sorted(missing))}")
+    by_code = {a.code: a for a in Account.objects.filter(entity=entity, code__in=codes, is_active=True)}
+    unknown = codes - set(by_code)
+    if unknown:
+        raise BusinessRuleError(Codes.NO_ACCOUNT_MAPPING,
+                                f"{entity.code} has no active account {', '.join(sorted(unknown))}")
+    resolved = {f"role:{k}": v for k, v in mapped.items()}
+    resolved.update({f"code:{k}": v for k, v in by_code.items()})
+    return resolved
+
+
+def journal_create(spec: JournalSpec, *, actor) -> Journal:
+    """Write a balanced journal (and its outbox row when it can post at once). Caller holds the transaction."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("journal_create runs inside the caller's transaction")
+    entity = spec.entity
+    require_open_period(entity, spec.accounting_date)
+    currency = entity.currency
+    lines = []
+    for line in spec.lines:
+        debit, credit = quantize(line.debit, currency), quantize(line.credit, currency)
+        if debit == ZERO and credit == ZERO:
+            continue  # a zero fee or zero tax produces no line
+        if debit < ZERO or credit < ZERO:
+            raise TieoutError(f"journal for {spec.kind} has a negative amount", code=Codes.INVALID_STATE, status=500)
+        lines.append((line, debit, credit))
+    total_debit = sum((d for _, d, _ in lines), ZERO)
+    total_credit = sum((c for _, _, c in lines), ZERO)
+    if total_debit != total_credit or not lines:
+        # The database would refuse it at commit too; this is the readable message.
+        raise TieoutError(f"journal for {spec.kind} does not balance ({total_debit} / {total_credit})",
+                          code=Codes.INVALID_STATE, status=500)
+    accounts = _resolve_accounts(entity, [line for line, _, _ in lines])
+    status = Journal.Status.PENDING_APPROVAL if spec.needs_approval else Journal.Status.READY
+    cid = correlation.get() or ""
+    journal = Journal.objects.create(
+        entity=entity, status=status, accounting_date=spec.accounting_date, event_id=spec.event_id,
+        reverses=spec.reverses, kind=spec.kind, source_system=spec.source_system,
+        document_type=spec.document_type, document_id=spec.document_id, document_version=spec.document_version,
+        description=spec.description[:300], correlation_id=cid, created_by=audit.actor_label(actor))
+    JournalLine.objects.bulk_create([
+        JournalLine(journal=journal, line_no=index, account=accounts[f"role:{line.role}" if line.role
+                                                                      else f"code:{line.account_code}"],
+                    debit=debit, credit=credit, customer_id=line.customer_id, invoice_id=line.invoice_id,
+                    payment_id=line.payment_id, jurisdiction=line.jurisdiction, memo=line.memo[:300])
+        for index, (line, debit, credit) in enumerate(lines, start=1)
+    ])
+    audit.record(actor=actor, action="journal.created", object_type="journal", object_id=journal.pk,
+                 event_id=spec.event_id,
+                 after={"status": status, "kind": spec.kind, "accounting_date": spec.accounting_date,
+                        "reverses": spec.reverses.pk if spec.reverses else None,
+                        "lines": [{"account": accounts[f"role:{ln.role}" if ln.role else f"code:{ln.account_code}"].code,
+                                   "debit": d, "credit": c, "customer_id": ln.customer_id,
+                                   "invoice_id": ln.invoice_id, "jurisdiction": ln.jurisdiction}
+                                  for ln, d, c in lines]})
+    if status == Journal.Status.READY:
+        _enqueue(journal)
+    return journal
+
+
+def journal_reversal(*, original: Journal, accounting_date: datetime.date, kind: str, event_id, actor,
+                     description: str = "") -> Journal:
+    """A new journal with every line of `original` on the other side; `original` itself never changes."""
+    lines = [LineSpec(debit=line.credit, credit=line.debit, account_code=line.account.code,
+                      customer_id=line.customer_id, invoice_id=line.invoice_id, payment_id=line.payment_id,
+                      jurisdiction=line.jurisdiction, memo=f"reversal of line {line.line_no}")
+             for line in original.lines.select_related("account").order_by("line_no")]
+    return journal_create(JournalSpec(
+        entity=original.entity, accounting_date=accounting_date, kind=kind, lines=lines, event_id=event_id,
+        source_system=original.source_system, document_type=original.document_type,
+        document_id=original.document_id, document_version=original.document_version,
+        description=description or f"Reversal of {original.pk}", reverses=original), actor=actor)
+
+
+def _enqueue(journal: Journal) -> None:
+    outbox = Outbox.objects.create(journal=journal)
+    transaction.on_commit(lambda: relay([outbox.pk]))
+
+
+def relay(outbox_ids: list[int]) -> None:
+    """Hand outbox rows to Celery (after commit). A crash before this line is repaired by the sweep."""
+    from ledger.tasks import post_journal
+
+    for row in Outbox.objects.filter(pk__in=outbox_ids, dispatched_at__isnull=True).only("pk", "journal_id"):
+        try:
+            post_journal.apply_async(args=[str(row.journal_id)], queue="posting")
+        except Exception as exc:  # broker down: the sweep re-sends; the API must not fail for it
+            log.warning("outbox.relay_failed", outbox=row.pk, error=str(exc))
+            continue
+        Outbox.objects.filter(pk=row.pk, dispatched_at__isnull=True).update(
+            dispatched_at=timezone.now(), dispatch_count=row.dispatch_count + 1)
+
+
+def sweep_outbox(*, older_than_seconds: int) -> int:
+    """Re-send outbox rows that were never dispatched (crash between commit and enqueue, broker outage)."""
+    cutoff = timezone.now() - datetime.timedelta(seconds=older_than_seconds)
+    ids = list(Outbox.objects.filter(dispatched_at__isnull=True, created_at__lte=cutoff)
+               .order_by("created_at").values_list("pk", flat=True)[:1000])
+    if ids:
+        relay(ids)
+    # Journals still ready long after dispatch (a lost message) get a fresh outbox row.
+    stale = (Journal.objects.filter(status=Journal.Status.READY, created_at__lte=cutoff - datetime.timedelta(minutes=10))
+             .exclude(outbox__dispatched_at__gte=cutoff - datetime.timedelta(minutes=10))
+             .values_list("pk", flat=True)[:1000])
+    for journal_id in stale:
+        with transaction.atomic():
+            journal = Journal.objects.select_for_update().get(pk=journal_id)
+            if journal.status == Journal.Status.READY:
+                _enqueue(journal)
+    return len(ids)
+
+
+@transaction.atomic
+def journal_release(*, journal_id, actor) -> Journal:
+    """An approved journal becomes ready to post (its period must still be open)."""
+    journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
+    if journal.status != Journal.Status.PENDING_APPROVAL:
+        raise TieoutError(f"journal {journal.pk} is {journal.status}, not pending approval", code=Codes.INVALID_STATE,
+                          status=409)
+    require_open_period(journal.entity, journal.accounting_date)
+    journal.status = Journal.Status.READY
+    journal.save(update_fields=["status"])
+    audit.record(actor=actor, action="journal.released", object_type="journal", object_id=journal.pk,
+                 event_id=journal.event_id, before={"status": "pending_approval"}, after={"status": "ready"})
+    _enqueue(journal)
+    return journal
+
+
+@transaction.atomic
+def journal_reject(*, journal_id, actor) -> Journal:
+    journal = Journal.objects.select_for_update().get(pk=journal_id)
+    if journal.status != Journal.Status.PENDING_APPROVAL:
+        raise TieoutError(f"journal {journal.pk} is {journal.status}, not pending approval", code=Codes.INVALID_STATE,
+                          status=409)
+    journal.status = Journal.Status.REJECTED
+    journal.save(update_fields=["status"])
+    audit.record(actor=actor, action="journal.rejected", object_type="journal", object_id=journal.pk,
+                 event_id=journal.event_id, before={"status": "pending_approval"}, after={"status": "rejected"})
+    return journal
+
+
+# --------------------------------------------------------------------------------------------- posting
+@dataclass
+class PostOutcome:
+    journal_id: object
+    status: str
+    erp_document_ref: str | None = None
+
+
+def journal_post(*, journal_id, actor="system") -> PostOutcome:
+    """Post one journal through its entity's connector. Safe to run twice: a posted journal is left alone."""
+    with transaction.atomic():
+        journal = Journal.objects.select_for_update().select_related("entity").filter(pk=journal_id).first()
+        if journal is None:
+            raise TieoutError(f"no journal {journal_id}", code=Codes.NOT_FOUND, status=404)
+        if journal.status not in (Journal.Status.READY, Journal.Status.POSTING, Journal.Status.FAILED):
+            return PostOutcome(journal.pk, journal.status, journal.erp_document_ref)
+        with correlation.bound(journal.correlation_id or None):
+            if period_is_closed(journal.entity, journal.accounting_date):
+                _fail(journal, Codes.PERIOD_CLOSED,
+                      f"period {journal.accounting_date:%Y-%m} of {journal.entity.code} is closed", actor=actor)
+                return PostOutcome(journal.pk, journal.status)
+            connector = connectors.get_connector(journal.entity)
+            if not connector.in_database:
+                raise connectors.PermanentError(f"connector {connector.name} is not available in this version")
+            result = connector.post_journal(journal)
+            _mark_posted(journal, result, connector.name, actor=actor)
+    return PostOutcome(journal.pk, Journal.Status.POSTED, result.erp_document_ref)
+
+
+def _mark_posted(journal: Journal, result: connectors.PostResult, connector_name: str, *, actor) -> None:
+    now = timezone.now()
+    before = journal.status
+    journal.status = Journal.Status.POSTED
+    journal.erp_document_ref = result.erp_document_ref
+    journal.posted_at = now
+    journal.posting_attempts += 1
+    journal.last_error = ""
+    journal.save(update_fields=["status", "erp_document_ref", "posted_at", "posting_attempts", "last_error"])
+    PostingAttempt.objects.create(journal=journal, started_at=now, finished_at=now, connector=connector_name,
+                                  outcome=PostingAttempt.Outcome.ALREADY_POSTED if result.already_existed
+                                  else PostingAttempt.Outcome.POSTED, erp_document_ref=result.erp_document_ref)
+    Outbox.objects.filter(journal=journal, dispatched_at__isnull=True).update(dispatched_at=now)
+    audit.record(actor=actor, action="journal.posted", object_type="journal", object_id=journal.pk,
+                 event_id=journal.event_id, before={"status": before},
+                 after={"status": "posted", "erp_document_ref": result.erp_document_ref})
+    from exceptions_queue import services as queue
+
+    queue.exceptions_resolve_for_journal(journal=journal, resolution="Posted to the ERP.", actor=actor)
+    if journal.event_id:
+        from billing_sync import services as billing
+
+        billing.event_refresh_status(event_id=journal.event_id, actor=actor)
+
+
+def _fail(journal: Journal, code: str, message: str, *, actor) -> None:
+    before = journal.status
+    journal.status = Journal.Status.FAILED
+    journal.posting_attempts += 1
+    journal.last_error = message
+    journal.save(update_fields=["status", "posting_attempts", "last_error"])
+    PostingAttempt.objects.create(journal=journal, finished_at=timezone.now(), connector=journal.entity.erp_connector,
+                                  outcome=PostingAttempt.Outcome.PERMANENT, message=message)
+    audit.record(actor=actor, action="journal.failed", object_type="journal", object_id=journal.pk,
+                 event_id=journal.event_id, before={"status": before}, after={"status": "failed", "error": message})
+    from exceptions_queue import services as queue
+
+    queue.exception_open_for_journal(journal=journal, code=code, message=message, actor=actor)
+
+
+def journal_post_failed(*, journal_id, message: str, actor="system") -> None:
+    """The posting task gave up (retries spent or a permanent ERP error): record it and open an exception."""
+    with transaction.atomic():
+        journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
+        if journal.status == Journal.Status.POSTED:
+            return
+        _fail(journal, Codes.POSTING_FAILED, message, actor=actor)
+
+
+@transaction.atomic
+def journal_retry(*, journal_id, actor) -> Journal:
+    """Send a failed journal to the ERP again (from its exception's retry)."""
+    journal = Journal.objects.select_for_update().get(pk=journal_id)
+    if journal.status != Journal.Status.FAILED:
+        return journal
+    journal.status = Journal.Status.READY
+    journal.save(update_fields=["status"])
+    audit.record(actor=actor, action="journal.retry", object_type="journal", object_id=journal.pk,
+                 event_id=journal.event_id, before={"status": "failed"}, after={"status": "ready"})
+    _enqueue(journal)
+    return journal

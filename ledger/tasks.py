@@ -1,0 +1,37 @@
+"""Celery tasks of the ledger: post one journal (idempotent, retried with backoff), sweep the outbox."""
+import random
+
+import structlog
+from celery import shared_task
+from django.conf import settings
+
+from ledger import connectors, services
+
+log = structlog.get_logger("tieout.posting")
+
+
+@shared_task(bind=True, name="ledger.tasks.post_journal", acks_late=True, reject_on_worker_lost=True,
+             max_retries=None, ignore_result=True)
+def post_journal(self, journal_id: str):
+    try:
+        services.journal_post(journal_id=journal_id)
+    except connectors.PermanentError as exc:
+        services.journal_post_failed(journal_id=journal_id, message=exc.erp_message)
+    except (connectors.TransientError, connectors.AmbiguousError) as exc:
+        retries = self.request.retries
+        if retries >= settings.TIEOUT_POSTING_MAX_RETRIES:
+            services.journal_post_failed(journal_id=journal_id, message=f"gave up after {retries + 1} attempts: "
+                                                                          f"{exc.erp_message}")
+            return
+        # Exponential backoff with full jitter, capped; the ERP's Retry-After wins when it asks for longer.
+        countdown = random.uniform(0, min(300, 2 ** retries))
+        if exc.retry_after:
+            countdown = max(countdown, exc.retry_after)
+        log.warning("posting.retry", journal=journal_id, attempt=retries + 1, countdown=round(countdown, 2),
+                    error=str(exc))
+        raise self.retry(exc=exc, countdown=countdown) from None
+
+
+@shared_task(name="ledger.tasks.sweep_outbox", ignore_result=True)
+def sweep_outbox():
+    return services.sweep_outbox(older_than_seconds=settings.TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS)
