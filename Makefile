@@ -1,0 +1,74 @@
+# Tieout: the two commands a new user needs are `make run` and `make test`.
+# Both use the machine's PostgreSQL and Redis when DATABASE_URL / REDIS_URL are set, and otherwise
+# start private ones under ./var (config/embedded.py).
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-requirements.lock
+PYTEST_ARGS ?=
+# Exports for the embedded services; empty for the variables that the environment already sets.
+EMBEDDED_ENV = exports="$$($(PY) -m config.embedded env)"; eval "$$exports"
+
+.PHONY: help venv install run test bench clean lock
+
+help:
+	@echo "make run    start Tieout (web, worker, beat) with demo data at http://127.0.0.1:$${PORT:-8000}/"
+	@echo "make test   run the whole test suite (PYTEST_ARGS=... passes arguments to pytest)"
+	@echo "make bench  run the benchmarks in bench/"
+	@echo "make clean  stop the embedded services and remove var/"
+	@echo "make venv   create .venv and install requirements.lock (run and test do this themselves)"
+
+venv install: $(STAMP)
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Tieout needs Python >= 3.11; set PYTHON=python3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+
+# The stamp is a copy of the lock it installed: a changed lock reinstalls, an unchanged one is a no-op.
+$(STAMP): requirements.lock $(VENV)/bin/python
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	cp requirements.lock $(STAMP)
+
+# Regenerate the pins after changing the ranges in pyproject.toml (and installing into .venv).
+lock: $(STAMP)
+	{ echo "# Exact pins for the whole project (runtime, embedded services, tests), from \`.venv/bin/pip freeze\`."; \
+	  echo "# Ranges live in pyproject.toml; regenerate with \`make lock\` after changing them."; \
+	  $(VENV)/bin/pip freeze --exclude-editable; } > requirements.lock.new
+	mv requirements.lock.new requirements.lock
+	cp requirements.lock $(STAMP)
+
+# DEMO=0 skips loading the demo data (e.g. on a database that already holds real data).
+DEMO ?= 1
+run: $(STAMP)
+	$(EMBEDDED_ENV); \
+	export DJANGO_SETTINGS_MODULE=config.settings.dev; \
+	mkdir -p var; \
+	$(PY) manage.py migrate --noinput; \
+	if [ "$(DEMO)" = 1 ]; then \
+	  $(PY) manage.py load_demo > var/demo-logins.txt; cat var/demo-logins.txt; \
+	else rm -f var/demo-logins.txt; fi; \
+	$(PY) manage.py collectstatic --noinput --verbosity 0; \
+	exec $(PY) -m config.devserver
+
+test: $(STAMP)
+	$(EMBEDDED_ENV); \
+	export DJANGO_SETTINGS_MODULE=config.settings.test; \
+	exec $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(EMBEDDED_ENV); \
+	shopt -s nullglob; scripts=(bench/*.py bench/*.sh); \
+	if [ $${#scripts[@]} -eq 0 ]; then echo "bench: no scripts in bench/ yet"; exit 0; fi; \
+	for script in "$${scripts[@]}"; do \
+	  echo "== $$script"; \
+	  case "$$script" in *.py) $(PY) "$$script" ;; *.sh) bash "$$script" ;; esac; \
+	done
+
+clean:
+	-[ -x $(PY) ] && $(PY) -m config.embedded stop
+	rm -rf var
