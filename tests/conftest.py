@@ -23,6 +23,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
+pytest_plugins = ["tests.fixtures"]
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 WORKER_QUEUES = ("celery", "posting")
 WORKER_START_TIMEOUT = 60
