@@ -143,17 +143,30 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _our_redis_answers(port: int) -> bool:
-    """True when a Redis on `port` answers and is ours (its data dir is REDIS_DIR), not the machine's."""
+def _redis_on(port: int) -> str | None:
+    """Whose Redis answers on `port`: "ours" (data dir REDIS_DIR), "orphan" (ours, but var/ was deleted
+    under it), "foreign", or None when nothing answers."""
     import redis
 
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=2)
     try:
-        return Path(client.config_get("dir").get("dir", "")).resolve() == REDIS_DIR
+        directory = client.config_get("dir").get("dir", "")
+        if directory and Path(directory).resolve() == REDIS_DIR:
+            return "ours"
+        pid = client.info("server").get("process_id")
     except (redis.RedisError, OSError):
-        return False
+        return None
     finally:
         client.close()
+    try:
+        cwd = os.readlink(f"/proc/{pid}/cwd")  # Linux: "<dir> (deleted)" once the directory is gone
+    except OSError:
+        return "foreign"
+    return "orphan" if cwd.startswith(str(REDIS_DIR)) else "foreign"
+
+
+def _our_redis_answers(port: int) -> bool:
+    return _redis_on(port) == "ours"
 
 
 def _remembered_port() -> int | None:
@@ -166,6 +179,16 @@ def _remembered_port() -> int | None:
 def ensure_redis() -> str:
     REDIS_DIR.mkdir(parents=True, exist_ok=True)
     port = _remembered_port()
+    if port is None and _redis_on(PREFERRED_REDIS_PORT) == "orphan":
+        # var/ was removed under our running server: it can no longer save, so replace it.
+        import redis
+
+        _log(f"stopping the Redis on port {PREFERRED_REDIS_PORT} whose data dir was deleted")
+        with contextlib.suppress(redis.ConnectionError):
+            redis.Redis(host="127.0.0.1", port=PREFERRED_REDIS_PORT).shutdown(nosave=True)
+        deadline = time.monotonic() + 10
+        while not _port_free(PREFERRED_REDIS_PORT) and time.monotonic() < deadline:
+            time.sleep(0.05)
     if port is None or not _our_redis_answers(port):
         if port is None or not _port_free(port):
             port = _free_port()
