@@ -62,7 +62,7 @@ class EventCollectionView(_ReceiveView):
     def get_queryset(self):
         return selectors.events_visible_to(self.request.user, own_only=_own_only(self.request.user))
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(operation_id="events_list", responses={200: dict})
     def get(self, request, *args, **kwargs):
         queryset = self.filter_queryset(self.get_queryset())
         page = self.paginate_queryset(queryset)

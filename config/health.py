@@ -1,5 +1,7 @@
 """Liveness and readiness probes: /healthz (process up) and /readyz (database and broker reachable)."""
+from django.conf import settings
 from django.db import connection
+from kombu import Connection
 from django.http import JsonResponse
 
 
@@ -16,10 +18,9 @@ def readyz(request):
     except Exception as exc:  # any failure means not ready; the message helps the operator
         checks["database"] = f"error: {exc.__class__.__name__}"
     try:
-        from config.celery import app
-
-        with app.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+        # A fresh connection, not Celery's pool: the probe must see the broker as it is now.
+        with Connection(settings.CELERY_BROKER_URL, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1)
         checks["broker"] = "ok"
     except Exception as exc:
         checks["broker"] = f"error: {exc.__class__.__name__}"

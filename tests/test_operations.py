@@ -20,17 +20,9 @@ def test_readyz_checks_database_and_broker(client):
     assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
 
 
-def test_readyz_is_503_when_the_broker_is_unreachable(client):
-    from config.celery import app
-
-    original = app.conf.broker_url
-    app.conf.broker_url = "redis://127.0.0.1:1/0"
-    app.pool.force_close_all()
-    try:
-        response = client.get("/readyz")
-    finally:
-        app.conf.broker_url = original
-        app.pool.force_close_all()
+def test_readyz_is_503_when_the_broker_is_unreachable(client, settings):
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"
+    response = client.get("/readyz")
     assert response.status_code == 503
     assert response.json()["checks"]["broker"].startswith("error")
 
@@ -64,3 +56,12 @@ def test_throttling_is_per_token(entity, integration):
     finally:
         TokenRateThrottle.THROTTLE_RATES = original
     assert statuses == [200, 200, 200, 429]
+
+
+def test_home_page_shows_figures_to_staff_only(client, entity, finance, django_user_model):
+    anonymous = client.get("/")
+    assert anonymous.status_code == 200
+    assert b"Sign in" in anonymous.content
+    client.force_login(django_user_model.objects.get(username="fiona-ops"))
+    page = client.get("/")
+    assert b"open exceptions" in page.content

@@ -17,3 +17,6 @@ LOG_LEVEL = os.environ.get("LOG_LEVEL", "WARNING")
 from config.logging import build_logging  # noqa: E402
 
 LOGGING = build_logging(LOG_LEVEL, False)
+
+# One test database per test run (pid), so that concurrent runs on one server never clobber each other.
+DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}  # noqa: F405
