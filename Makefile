@@ -65,6 +65,7 @@ bench: $(STAMP)
 	shopt -s nullglob; scripts=(bench/*.py bench/*.sh); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "bench: no scripts in bench/ yet"; exit 0; fi; \
 	for script in "$${scripts[@]}"; do \
+	  case "$${script##*/}" in _*) continue ;; esac; \
 	  echo "== $$script"; \
 	  case "$$script" in *.py) $(PY) "$$script" ;; *.sh) bash "$$script" ;; esac; \
 	done
