@@ -7,19 +7,19 @@ from ledger.models import Account, AccountMapping, Entity, Journal, JournalLine,
 
 @admin.register(Entity)
 class EntityAdmin(SimpleHistoryAdmin):
-    list_display = ["code", "name", "currency", "erp_connector"]
+    list_display = ["code", "name", "currency", "erp_connector", "posting_mode"]
     search_fields = ["code", "name"]
 
 
 @admin.register(Account)
 class AccountAdmin(SimpleHistoryAdmin):
-    list_display = ["entity", "code", "name", "type", "is_active"]
+    list_display = ["entity", "code", "name", "type", "is_active", "erp_account"]
     list_filter = ["entity", "type"]
 
 
 @admin.register(AccountMapping)
 class AccountMappingAdmin(SimpleHistoryAdmin):
-    list_display = ["entity", "role", "account", "erp_account"]
+    list_display = ["entity", "role", "account"]
     list_filter = ["entity"]
 
 

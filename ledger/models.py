@@ -18,9 +18,14 @@ class Entity(models.Model):
     code = models.CharField(max_length=20, unique=True)
     name = models.CharField(max_length=200)
     currency = models.CharField(max_length=3)
+    class PostingMode(models.TextChoices):
+        SINGLE = "single", "One ERP document per journal"
+        BATCH = "batch", "One ERP document per entity, day and account set (high volume)"
+
     erp_connector = models.CharField(max_length=30, default="builtin")
     erp_settings = models.JSONField(default=dict, blank=True,
                                     help_text="Connector settings; secrets are named by environment variable, never stored.")
+    posting_mode = models.CharField(max_length=10, choices=PostingMode.choices, default=PostingMode.SINGLE)
     created_at = models.DateTimeField(default=timezone.now)
     history = HistoricalRecords()
 
@@ -46,6 +51,8 @@ class Account(models.Model):
     name = models.CharField(max_length=200)
     type = models.CharField(max_length=20, choices=Type.choices)
     is_active = models.BooleanField(default=True)
+    erp_account = models.CharField(max_length=200, blank=True, default="",
+                                   help_text="The ERP's name (or id) for this account; empty means our code.")
     history = HistoricalRecords()
 
     class Meta:
@@ -72,8 +79,6 @@ class AccountMapping(models.Model):
     entity = models.ForeignKey(Entity, on_delete=models.PROTECT, related_name="mappings")
     role = models.CharField(max_length=30, choices=Role.choices)
     account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="+")
-    erp_account = models.CharField(max_length=200, blank=True, default="",
-                                   help_text="The ERP's own account name, when it differs from ours.")
     history = HistoricalRecords()
 
     class Meta:
@@ -137,6 +142,8 @@ class Journal(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.CharField(max_length=150, blank=True, default="")
     posting_attempts = models.PositiveIntegerField(default=0)
+    # While a worker talks to the ERP it holds this lease; another delivery of the same task waits.
+    posting_claimed_until = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
 
     class Meta:
@@ -196,6 +203,7 @@ class Outbox(models.Model):
 
 class PostingAttempt(models.Model):
     class Outcome(models.TextChoices):
+        IN_PROGRESS = "in_progress"
         POSTED = "posted"
         ALREADY_POSTED = "already_posted"
         TRANSIENT = "transient"

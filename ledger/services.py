@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 import structlog
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -313,8 +314,17 @@ class PostOutcome:
     erp_document_ref: str | None = None
 
 
+POSTING_LEASE = datetime.timedelta(seconds=180)  # longer than any single ERP request may take
+
+
 def journal_post(*, journal_id, actor="system") -> PostOutcome:
-    """Post one journal through its entity's connector. Safe to run twice: a posted journal is left alone."""
+    """Post one journal through its entity's connector. Safe to run twice and after a crash.
+
+    The built-in connector posts inside our own transaction. An external ERP is called outside any
+    transaction, between a claim (status `posting`, a lease, an attempt row) and the acknowledgement.
+    Once a journal has been attempted, every later attempt looks it up by our reference first: a
+    crash or an ambiguous failure may have left it in the ERP, and it must never be created twice.
+    """
     with transaction.atomic():
         journal = Journal.objects.select_for_update().select_related("entity").filter(pk=journal_id).first()
         if journal is None:
@@ -327,25 +337,92 @@ def journal_post(*, journal_id, actor="system") -> PostOutcome:
                       f"period {journal.accounting_date:%Y-%m} of {journal.entity.code} is closed", actor=actor)
                 return PostOutcome(journal.pk, journal.status)
             connector = connectors.get_connector(journal.entity)
-            if not connector.in_database:
-                raise connectors.PermanentError(f"connector {connector.name} is not available in this version")
-            result = connector.post_journal(journal)
-            _mark_posted(journal, result, connector.name, actor=actor)
+            if connector.in_database:
+                result = connector.post_journal(journal)
+                _mark_posted(journal, result, connector.name, actor=actor)
+                return PostOutcome(journal.pk, Journal.Status.POSTED, result.erp_document_ref)
+            attempt, look_up_first = _claim(journal, connector.name, actor=actor)
+    with correlation.bound(journal.correlation_id or None):
+        try:
+            result = connector.lookup(journal) if look_up_first else None
+            if result is None:
+                result = connector.post_journal(journal)
+        except connectors.base.ConnectorError as exc:
+            _release(journal.pk, attempt.pk, exc, actor=actor)
+            raise
+        with transaction.atomic():
+            journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
+            if journal.status == Journal.Status.POSTED:
+                return PostOutcome(journal.pk, journal.status, journal.erp_document_ref)
+            _mark_posted(journal, result, connector.name, actor=actor, attempt_id=attempt.pk)
     return PostOutcome(journal.pk, Journal.Status.POSTED, result.erp_document_ref)
 
 
-def _mark_posted(journal: Journal, result: connectors.PostResult, connector_name: str, *, actor) -> None:
+def _claim(journal: Journal, connector_name: str, *, actor) -> tuple[PostingAttempt, bool]:
+    now = timezone.now()
+    if journal.status == Journal.Status.POSTING and journal.posting_claimed_until and \
+            journal.posting_claimed_until > now:
+        wait = (journal.posting_claimed_until - now).total_seconds()
+        raise connectors.TransientError("another worker is posting this journal", retry_after=wait)
+    if journal.posting_attempts >= settings.TIEOUT_POSTING_MAX_DELIVERIES:
+        # A task that keeps dying (or keeps being redelivered) is parked, not looped.
+        raise connectors.PermanentError(
+            f"parked after {journal.posting_attempts} delivery attempts; last error: {journal.last_error or 'none'}")
+    # Any earlier attempt may have reached the ERP (a crash, an ambiguous answer): look before sending.
+    look_up_first = journal.status == Journal.Status.POSTING or journal.attempts.exists()
+    before = journal.status
+    journal.status = Journal.Status.POSTING
+    journal.posting_claimed_until = now + POSTING_LEASE
+    journal.posting_attempts += 1
+    journal.save(update_fields=["status", "posting_claimed_until", "posting_attempts"])
+    attempt = PostingAttempt.objects.create(journal=journal, started_at=now, connector=connector_name,
+                                            outcome=PostingAttempt.Outcome.IN_PROGRESS)
+    if before != Journal.Status.POSTING:
+        audit.record(actor=actor, action="journal.posting", object_type="journal", object_id=journal.pk,
+                     event_id=journal.event_id, before={"status": before},
+                     after={"status": "posting", "attempt": journal.posting_attempts})
+    return attempt, look_up_first
+
+
+def _release(journal_id, attempt_id, exc, *, actor) -> None:
+    """An attempt failed: record its outcome and free the journal for the next try (or the exception)."""
+    outcome = {connectors.TransientError: PostingAttempt.Outcome.TRANSIENT,
+               connectors.AmbiguousError: PostingAttempt.Outcome.AMBIGUOUS}.get(type(exc),
+                                                                                 PostingAttempt.Outcome.PERMANENT)
+    with transaction.atomic():
+        journal = Journal.objects.select_for_update().get(pk=journal_id)
+        PostingAttempt.objects.filter(pk=attempt_id).update(finished_at=timezone.now(), outcome=outcome,
+                                                            message=f"{exc}: {exc.erp_message}"[:4000])
+        if journal.status == Journal.Status.POSTING:
+            journal.status = Journal.Status.READY
+            journal.posting_claimed_until = None
+            journal.last_error = exc.erp_message[:4000]
+            journal.save(update_fields=["status", "posting_claimed_until", "last_error"])
+            audit.record(actor=actor, action="journal.attempt_failed", object_type="journal", object_id=journal.pk,
+                         event_id=journal.event_id, before={"status": "posting"},
+                         after={"status": "ready", "outcome": outcome, "error": exc.erp_message[:1000]})
+
+
+def _mark_posted(journal: Journal, result: connectors.PostResult, connector_name: str, *, actor,
+                 attempt_id=None) -> None:
     now = timezone.now()
     before = journal.status
     journal.status = Journal.Status.POSTED
     journal.erp_document_ref = result.erp_document_ref
     journal.posted_at = now
-    journal.posting_attempts += 1
+    journal.posting_claimed_until = None
+    if attempt_id is None:
+        journal.posting_attempts += 1
     journal.last_error = ""
-    journal.save(update_fields=["status", "erp_document_ref", "posted_at", "posting_attempts", "last_error"])
-    PostingAttempt.objects.create(journal=journal, started_at=now, finished_at=now, connector=connector_name,
-                                  outcome=PostingAttempt.Outcome.ALREADY_POSTED if result.already_existed
-                                  else PostingAttempt.Outcome.POSTED, erp_document_ref=result.erp_document_ref)
+    journal.save(update_fields=["status", "erp_document_ref", "posted_at", "posting_attempts", "posting_claimed_until",
+                                "last_error"])
+    outcome = PostingAttempt.Outcome.ALREADY_POSTED if result.already_existed else PostingAttempt.Outcome.POSTED
+    if attempt_id is None:
+        PostingAttempt.objects.create(journal=journal, started_at=now, finished_at=now, connector=connector_name,
+                                      outcome=outcome, erp_document_ref=result.erp_document_ref)
+    else:
+        PostingAttempt.objects.filter(pk=attempt_id).update(finished_at=now, outcome=outcome,
+                                                            erp_document_ref=result.erp_document_ref)
     Outbox.objects.filter(journal=journal, dispatched_at__isnull=True).update(dispatched_at=now)
     audit.record(actor=actor, action="journal.posted", object_type="journal", object_id=journal.pk,
                  event_id=journal.event_id, before={"status": before},
@@ -362,9 +439,9 @@ def _mark_posted(journal: Journal, result: connectors.PostResult, connector_name
 def _fail(journal: Journal, code: str, message: str, *, actor) -> None:
     before = journal.status
     journal.status = Journal.Status.FAILED
-    journal.posting_attempts += 1
+    journal.posting_claimed_until = None
     journal.last_error = message
-    journal.save(update_fields=["status", "posting_attempts", "last_error"])
+    journal.save(update_fields=["status", "posting_claimed_until", "last_error"])
     PostingAttempt.objects.create(journal=journal, finished_at=timezone.now(), connector=journal.entity.erp_connector,
                                   outcome=PostingAttempt.Outcome.PERMANENT, message=message)
     audit.record(actor=actor, action="journal.failed", object_type="journal", object_id=journal.pk,
@@ -378,7 +455,7 @@ def journal_post_failed(*, journal_id, message: str, actor="system") -> None:
     """The posting task gave up (retries spent or a permanent ERP error): record it and open an exception."""
     with transaction.atomic():
         journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
-        if journal.status == Journal.Status.POSTED:
+        if journal.status in (Journal.Status.POSTED, Journal.Status.FAILED):
             return
         _fail(journal, Codes.POSTING_FAILED, message, actor=actor)
 
@@ -390,7 +467,8 @@ def journal_retry(*, journal_id, actor) -> Journal:
     if journal.status != Journal.Status.FAILED:
         return journal
     journal.status = Journal.Status.READY
-    journal.save(update_fields=["status"])
+    journal.posting_attempts = 0  # a person asked again: a fresh budget of deliveries
+    journal.save(update_fields=["status", "posting_attempts"])
     audit.record(actor=actor, action="journal.retry", object_type="journal", object_id=journal.pk,
                  event_id=journal.event_id, before={"status": "failed"}, after={"status": "ready"})
     _enqueue(journal)
