@@ -94,6 +94,53 @@ def account_mapping_set(*, entity: Entity, role: str, account_code: str, actor) 
     return mapping
 
 
+SECRET_SETTING_SUFFIX = "_env"
+
+
+@transaction.atomic
+def entity_configure_erp(*, entity: Entity, connector: str, erp_settings: dict, actor,
+                         posting_mode: str | None = None) -> Entity:
+    """Point an entity at its ERP. Settings name environment variables for secrets; values are refused."""
+    if connector not in connectors.REGISTRY:
+        raise TieoutError(f"unknown ERP connector {connector!r}", code=Codes.INVALID_REQUEST)
+    for key, value in erp_settings.items():
+        if any(word in key.lower() for word in ("secret", "password", "token", "key")) and \
+                not key.endswith(SECRET_SETTING_SUFFIX):
+            raise TieoutError(f"setting {key!r} looks like a secret: store the name of an environment variable in "
+                              f"{key}{SECRET_SETTING_SUFFIX} instead", code=Codes.INVALID_REQUEST)
+    entity = Entity.objects.select_for_update().get(pk=entity.pk)
+    before = {"erp_connector": entity.erp_connector, "erp_settings": entity.erp_settings,
+              "posting_mode": entity.posting_mode}
+    entity.erp_connector = connector
+    entity.erp_settings = {k: v for k, v in erp_settings.items() if v not in (None, "")}
+    if posting_mode:
+        entity.posting_mode = posting_mode
+    entity.save(update_fields=["erp_connector", "erp_settings", "posting_mode"])
+    audit.record(actor=actor, action="entity.erp_configured", object_type="entity", object_id=entity.code,
+                 before=before, after={"erp_connector": entity.erp_connector, "erp_settings": entity.erp_settings,
+                                       "posting_mode": entity.posting_mode})
+    return entity
+
+
+@transaction.atomic
+def account_set_erp_name(*, entity: Entity, account_code: str, erp_account: str, actor) -> Account:
+    account = Account.objects.select_for_update().filter(entity=entity, code=account_code).first()
+    if account is None:
+        raise TieoutError(f"no account {account_code} in {entity.code}", code=Codes.NO_ACCOUNT_MAPPING)
+    before = account.erp_account
+    account.erp_account = erp_account
+    account.save(update_fields=["erp_account"])
+    audit.record(actor=actor, action="account.erp_mapped", object_type="account",
+                 object_id=f"{entity.code}:{account_code}", before={"erp_account": before},
+                 after={"erp_account": erp_account})
+    return account
+
+
+def entity_test_connection(*, entity: Entity) -> str:
+    """Ask the entity's ERP who we are; raises a connector error with the ERP's message when it fails."""
+    return connectors.get_connector(entity).test_connection()
+
+
 def entity_for_code(code: str) -> Entity | None:
     return Entity.objects.filter(code=code).first()
 

@@ -1,8 +1,9 @@
 """ERP connectors: one class per ERP behind the interface of `base.Connector`."""
 from ledger.connectors.base import AmbiguousError, Connector, PermanentError, PostResult, TransientError
 from ledger.connectors.builtin import BuiltinConnector
+from ledger.connectors.erpnext import ErpNextConnector
 
-REGISTRY: dict[str, type[Connector]] = {BuiltinConnector.name: BuiltinConnector}
+REGISTRY: dict[str, type[Connector]] = {c.name: c for c in (BuiltinConnector, ErpNextConnector)}
 
 
 def get_connector(entity) -> Connector:

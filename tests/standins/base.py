@@ -1,0 +1,151 @@
+"""A small threaded HTTP server for vendor stand-ins, with scripted faults.
+
+Each stand-in follows its vendor's documented contract (paths, auth, bodies, error shapes). Tests
+script faults with `server.faults.add(kind, times)`; kinds every stand-in understands:
+`rate_limit` (429 + Retry-After), `error_500`, `error_503`, `timeout_before` (sleep, nothing stored),
+`commit_then_timeout` (store, then answer too late), `commit_then_502` (store, answer 502),
+`commit_then_reset` (store, then drop the connection without an answer).
+"""
+import json
+import socket
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Faults:
+    def __init__(self):
+        self._queue: deque[str] = deque()
+        self._lock = threading.Lock()
+
+    def add(self, kind: str, times: int = 1) -> None:
+        with self._lock:
+            self._queue.extend([kind] * times)
+
+    def take(self) -> str | None:
+        with self._lock:
+            return self._queue.popleft() if self._queue else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._queue.clear()
+
+
+class StandinHandler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "Standin/1.0"
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    @property
+    def app(self):
+        return self.server.app
+
+    def body_json(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        return json.loads(raw) if raw else None
+
+    def send_json(self, status: int, body, headers: dict | None = None) -> None:
+        data = json.dumps(body).encode() if body is not None else b""
+        self.send_response(status)
+        if body is not None:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def drop_connection(self) -> None:
+        try:
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        except OSError:
+            pass
+        self.close_connection = True
+        self.connection.close()
+
+    def _dispatch(self, method: str):
+        self.app.requests.append((method, self.path))
+        if self.app.latency:
+            time.sleep(self.app.latency)
+        self.app.handle(self, method)
+
+    def do_GET(self):
+        self._dispatch("GET")
+
+    def do_POST(self):
+        self._dispatch("POST")
+
+    def do_PUT(self):
+        self._dispatch("PUT")
+
+    def do_PATCH(self):
+        self._dispatch("PATCH")
+
+
+class Standin:
+    """Base of a vendor stand-in: `start()` binds 127.0.0.1 on a free port; `url` is its base URL."""
+
+    def __init__(self, *, latency: float = 0.0, slow_seconds: float = 2.0):
+        self.faults = Faults()
+        self.latency = latency
+        self.slow_seconds = slow_seconds
+        self.requests: list = []
+        self.lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> "Standin":
+        server = ThreadingHTTPServer(("127.0.0.1", 0), StandinHandler)
+        server.daemon_threads = True
+        server.app = self
+        self._server = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def handle(self, handler: StandinHandler, method: str) -> None:
+        raise NotImplementedError
+
+    # Faults that happen before the vendor logic: return True when the request was answered.
+    def pre_fault(self, handler: StandinHandler, fault: str | None, error_body) -> bool:
+        if fault == "rate_limit":
+            handler.body_json()
+            handler.send_json(429, error_body(429, "Too many requests"), {"Retry-After": "1"})
+            return True
+        if fault in ("error_500", "error_503"):
+            handler.body_json()
+            status = int(fault[-3:])
+            handler.send_json(status, error_body(status, "Internal server error"))
+            return True
+        if fault == "timeout_before":
+            handler.body_json()
+            time.sleep(self.slow_seconds)
+            handler.drop_connection()
+            return True
+        return False
+
+    # Faults that happen after the vendor stored the document.
+    def post_fault(self, handler: StandinHandler, fault: str | None, error_body) -> bool:
+        if fault == "commit_then_timeout":
+            time.sleep(self.slow_seconds)
+            handler.drop_connection()
+            return True
+        if fault == "commit_then_502":
+            handler.send_json(502, error_body(502, "Bad gateway"))
+            return True
+        if fault == "commit_then_reset":
+            handler.drop_connection()
+            return True
+        return False
