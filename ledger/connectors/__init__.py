@@ -1,16 +1,26 @@
-"""ERP connectors: one class per ERP behind the interface of `base.Connector`."""
-from ledger.connectors.base import AmbiguousError, Connector, PermanentError, PostResult, TransientError
-from ledger.connectors.builtin import BuiltinConnector
-from ledger.connectors.erpnext import ErpNextConnector
+"""ERP connectors: one class per ERP behind the interface of `base.Connector`, chosen per entity."""
+from django.utils.module_loading import import_string
 
-REGISTRY: dict[str, type[Connector]] = {c.name: c for c in (BuiltinConnector, ErpNextConnector)}
+from ledger.connectors.base import AmbiguousError, Connector, PermanentError, PostResult, TransientError
+
+REGISTRY: dict[str, str] = {
+    "builtin": "ledger.connectors.builtin.BuiltinConnector",
+    "erpnext": "ledger.connectors.erpnext.ErpNextConnector",
+    "odoo": "ledger.connectors.odoo.OdooConnector",
+    "netsuite": "ledger.connectors.netsuite.NetSuiteConnector",
+}
+
+
+def connector_class(name: str) -> type[Connector]:
+    try:
+        return import_string(REGISTRY[name])
+    except KeyError:
+        raise PermanentError(f"unknown ERP connector {name!r}") from None
 
 
 def get_connector(entity) -> Connector:
-    try:
-        return REGISTRY[entity.erp_connector](entity)
-    except KeyError:
-        raise PermanentError(f"unknown ERP connector {entity.erp_connector!r} for entity {entity.code}") from None
+    return connector_class(entity.erp_connector)(entity)
 
 
-__all__ = ["AmbiguousError", "Connector", "PermanentError", "PostResult", "TransientError", "get_connector"]
+__all__ = ["AmbiguousError", "Connector", "PermanentError", "PostResult", "TransientError", "get_connector",
+           "connector_class"]
