@@ -48,6 +48,11 @@ def _timestamp(value: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(value)
 
 
+def _event_date(event: Event) -> datetime.date:
+    """The date of `occurred_at` as the source wrote it (in its own offset), as POSTING_RULES.md says."""
+    return _timestamp(event.payload["occurred_at"]).date()
+
+
 def _change(event, out: Outcome, document_type, document_id, outcome, version=None):
     CanonicalChange.objects.create(event=event, document_type=document_type, document_id=document_id,
                                    version=version, outcome=outcome)
@@ -88,12 +93,15 @@ def _invoice_locked(source_system: str, invoice_id: str, entity=None) -> Invoice
     return invoice
 
 
-def _payment_locked(source_system: str, payment_id: str) -> Payment:
+def _payment_locked(source_system: str, payment_id: str, entity) -> Payment:
     payment = (Payment.objects.select_for_update().select_related("customer", "entity")
                .filter(source_system=source_system, payment_id=payment_id).first())
     if payment is None:
         raise BusinessRuleError(Codes.AWAITING_DEPENDENCY, f"payment {payment_id} has not arrived yet",
                                 dependency=key("payment", source_system, payment_id))
+    if payment.entity_id != entity.pk:
+        raise BusinessRuleError(Codes.DOCUMENT_CONFLICT,
+                                f"payment {payment_id} belongs to entity {payment.entity.code}, not {entity.code}")
     return payment
 
 
@@ -214,7 +222,7 @@ def invoice_amended(event: Event, data: dict, actor) -> Outcome:
     customer = _customer(ss, data["customer_id"])
     before = _snapshot_invoice(invoice)
     if invoice.current_journal_id:
-        reversal = ledger.journal_reversal(original=invoice.current_journal, accounting_date=event.occurred_at.date(),
+        reversal = ledger.journal_reversal(original=invoice.current_journal, accounting_date=_event_date(event),
                                            kind="invoice_reversal", event_id=event.pk, actor=actor,
                                            description=f"Reversal of invoice {invoice.number} v{invoice.version}")
         out.journals.append(reversal)
@@ -245,7 +253,8 @@ def invoice_amended(event: Event, data: dict, actor) -> Outcome:
 def invoice_voided(event: Event, data: dict, actor) -> Outcome:
     out = Outcome(Event.Status.PROCESSED)
     ss = event.source_system
-    invoice = _invoice_locked(ss, data["invoice_id"])
+    entity = _entity(event)
+    invoice = _invoice_locked(ss, data["invoice_id"], entity)
     if invoice.status == Invoice.Status.VOIDED:
         _change(event, out, "invoice", invoice.invoice_id, C.STALE, invoice.version)
         out.status = Event.Status.IGNORED
@@ -259,7 +268,7 @@ def invoice_voided(event: Event, data: dict, actor) -> Outcome:
     before = _snapshot_invoice(invoice)
     if invoice.current_journal_id:
         out.journals.append(ledger.journal_reversal(
-            original=invoice.current_journal, accounting_date=event.occurred_at.date(), kind="invoice_reversal",
+            original=invoice.current_journal, accounting_date=_event_date(event), kind="invoice_reversal",
             event_id=event.pk, actor=actor, description=f"Void of invoice {invoice.number}: {data['reason']}"))
     invoice.status = Invoice.Status.VOIDED
     invoice.current_journal = None
@@ -323,7 +332,7 @@ def payment_received(event: Event, data: dict, actor) -> Outcome:
     payment.save(update_fields=["allocated_total"])
     out.journals.append(ledger.journal_create(rules.payment_received(
         entity=entity, source_system=ss, payment_id=payment.payment_id, customer_id=customer.customer_id,
-        amount=amount, fee=fee, received_on=received_at.astimezone(datetime.timezone.utc).date(), allocations=applied,
+        amount=amount, fee=fee, received_on=received_at.date(), allocations=applied,
         event_id=event.pk), actor=actor))
     _change(event, out, "payment", payment.payment_id, C.CREATED)
     audit.record(actor=actor, action="payment.created", object_type="payment", object_id=f"{ss}:{payment.payment_id}",
@@ -336,7 +345,8 @@ def payment_received(event: Event, data: dict, actor) -> Outcome:
 def payment_applied(event: Event, data: dict, actor) -> Outcome:
     out = Outcome(Event.Status.PROCESSED)
     ss = event.source_system
-    payment = _payment_locked(ss, data["payment_id"])
+    entity = _entity(event)
+    payment = _payment_locked(ss, data["payment_id"], entity)
     total = sum((_money(a["amount"], payment.currency) for a in data["allocations"]), ZERO)
     if total > payment.unapplied_amount:
         raise BusinessRuleError(Codes.OVER_APPLICATION,
@@ -347,7 +357,7 @@ def payment_applied(event: Event, data: dict, actor) -> Outcome:
     payment.save(update_fields=["allocated_total"])
     out.journals.append(ledger.journal_create(rules.payment_applied(
         entity=payment.entity, source_system=ss, payment_id=payment.payment_id,
-        customer_id=payment.customer.customer_id, on=event.occurred_at.astimezone(datetime.timezone.utc).date(),
+        customer_id=payment.customer.customer_id, on=_event_date(event),
         allocations=applied, event_id=event.pk), actor=actor))
     _change(event, out, "payment", payment.payment_id, C.APPLIED)
     return out
@@ -360,7 +370,8 @@ def payment_refunded(event: Event, data: dict, actor) -> Outcome:
         _change(event, out, "refund", data["refund_id"], C.STALE)
         out.status = Event.Status.IGNORED
         return out
-    payment = _payment_locked(ss, data["payment_id"])
+    entity = _entity(event)
+    payment = _payment_locked(ss, data["payment_id"], entity)
     currency = data["currency"]
     if currency != payment.currency:
         raise BusinessRuleError(Codes.CURRENCY_MISMATCH, f"payment {payment.payment_id} is in {payment.currency}")
@@ -390,7 +401,7 @@ def payment_refunded(event: Event, data: dict, actor) -> Outcome:
     out.journals.append(ledger.journal_create(rules.payment_refunded(
         entity=payment.entity, source_system=ss, refund_id=refund.refund_id, payment_id=payment.payment_id,
         customer_id=payment.customer.customer_id, amount=amount, invoice_id=invoice.invoice_id if invoice else None,
-        on=event.occurred_at.astimezone(datetime.timezone.utc).date(), event_id=event.pk), actor=actor))
+        on=_event_date(event), event_id=event.pk), actor=actor))
     _change(event, out, "refund", refund.refund_id, C.CREATED)
     audit.record(actor=actor, action="refund.created", object_type="refund", object_id=f"{ss}:{refund.refund_id}",
                  event_id=event.pk, after={"payment": payment.payment_id, "amount": amount,
@@ -449,7 +460,7 @@ def credit_note_issued(event: Event, data: dict, actor) -> Outcome:
     journal = ledger.journal_create(rules.credit_note(
         entity=entity, source_system=ss, credit_note_id=note.credit_note_id, invoice_id=invoice.invoice_id,
         customer_id=invoice.customer.customer_id, amount=amount, taxes=taxes,
-        on=event.occurred_at.astimezone(datetime.timezone.utc).date(), event_id=event.pk,
+        on=_event_date(event), event_id=event.pk,
         needs_approval=bool(required)), actor=actor)
     out.journals.append(journal)
     if required:
@@ -499,7 +510,7 @@ def write_off_requested(event: Event, data: dict, actor) -> Outcome:
     journal = ledger.journal_create(rules.write_off(
         entity=entity, source_system=ss, write_off_id=write_off.write_off_id, invoice_id=invoice.invoice_id,
         customer_id=invoice.customer.customer_id, amount=amount,
-        on=event.occurred_at.astimezone(datetime.timezone.utc).date(), event_id=event.pk,
+        on=_event_date(event), event_id=event.pk,
         needs_approval=bool(required)), actor=actor)
     out.journals.append(journal)
     if required:

@@ -177,11 +177,15 @@ class Invoice(models.Model):
                             refunded_total__gte=0),
                 name="invoice_totals_non_negative",
             ),
+            # Payments and write-offs never take the invoice below zero (refunds naming it give room back);
+            # credit notes are capped at the total on their own: a credit on a paid invoice is a customer
+            # credit balance (negative open amount) until the refund that usually follows.
             models.CheckConstraint(
                 condition=Q(status="voided") | Q(
-                    total__gte=F("applied_total") + F("credited_total") + F("written_off_total") - F("refunded_total")),
-                name="invoice_open_amount_non_negative",
+                    total__gte=F("applied_total") + F("written_off_total") - F("refunded_total")),
+                name="invoice_applications_capped",
             ),
+            models.CheckConstraint(condition=Q(total__gte=F("credited_total")), name="invoice_credits_capped"),
         ]
 
     def __str__(self):

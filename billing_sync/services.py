@@ -394,6 +394,8 @@ def event_refresh_status(*, event_id, actor="system") -> str:
     live = [s for s in statuses if s != Journal.Status.REJECTED]
     if has_open_exception:
         new = Event.Status.EXCEPTION
+    elif event.status == Event.Status.EXCEPTION and not statuses:
+        new = Event.Status.IGNORED  # resolved by a person without processing: nothing was booked
     elif statuses and not live:
         new = Event.Status.REJECTED
     elif Journal.Status.PENDING_APPROVAL in live:

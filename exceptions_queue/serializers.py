@@ -53,7 +53,8 @@ class CommentSerializer(serializers.Serializer):
 
 
 class ResolveSerializer(serializers.Serializer):
-    resolution = serializers.CharField(max_length=2000, allow_blank=False, trim_whitespace=True)
+    # Presence is checked by the service, which answers 422 with the field named (one rule, one place).
+    resolution = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 
 class AssignSerializer(serializers.Serializer):

@@ -312,6 +312,15 @@ def sweep_outbox(*, older_than_seconds: int) -> int:
                .order_by("created_at").values_list("pk", flat=True)[:1000])
     if ids:
         relay(ids)
+    # A worker died while it held a journal (SIGKILL, OOM): once the lease is over, post it again;
+    # journal_post looks it up in the ERP first, so an entry the ERP already took is not sent twice.
+    expired = list(Journal.objects.filter(status=Journal.Status.POSTING, posting_claimed_until__lt=timezone.now())
+                   .values_list("pk", flat=True)[:1000])
+    for journal_id in expired:
+        with transaction.atomic():
+            journal = Journal.objects.select_for_update().get(pk=journal_id)
+            if journal.status == Journal.Status.POSTING and journal.posting_claimed_until < timezone.now():
+                _enqueue(journal)
     # Journals still ready long after dispatch (a lost message) get a fresh outbox row.
     stale = (Journal.objects.filter(status=Journal.Status.READY, created_at__lte=cutoff - datetime.timedelta(minutes=10))
              .exclude(outbox__dispatched_at__gte=cutoff - datetime.timedelta(minutes=10))
@@ -361,7 +370,6 @@ class PostOutcome:
     erp_document_ref: str | None = None
 
 
-POSTING_LEASE = datetime.timedelta(seconds=180)  # longer than any single ERP request may take
 
 
 def journal_post(*, journal_id, actor="system") -> PostOutcome:
@@ -419,7 +427,7 @@ def _claim(journal: Journal, connector_name: str, *, actor) -> tuple[PostingAtte
     look_up_first = journal.status == Journal.Status.POSTING or journal.attempts.exists()
     before = journal.status
     journal.status = Journal.Status.POSTING
-    journal.posting_claimed_until = now + POSTING_LEASE
+    journal.posting_claimed_until = now + datetime.timedelta(seconds=settings.TIEOUT_POSTING_LEASE_SECONDS)
     journal.posting_attempts += 1
     journal.save(update_fields=["status", "posting_claimed_until", "posting_attempts"])
     attempt = PostingAttempt.objects.create(journal=journal, started_at=now, connector=connector_name,

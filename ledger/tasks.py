@@ -24,9 +24,9 @@ def post_journal(self, journal_id: str):
                                                                           f"{exc.erp_message}")
             return
         # Exponential backoff with full jitter, capped; the ERP's Retry-After wins when it asks for longer.
-        countdown = random.uniform(0, min(300, 2 ** retries))
+        countdown = random.uniform(0, min(settings.TIEOUT_POSTING_BACKOFF_CAP, 2 ** retries))
         if exc.retry_after:
-            countdown = max(countdown, exc.retry_after)
+            countdown = max(countdown, min(exc.retry_after, settings.TIEOUT_POSTING_RETRY_AFTER_CAP))
         log.warning("posting.retry", journal=journal_id, attempt=retries + 1, countdown=round(countdown, 2),
                     error=str(exc))
         raise self.retry(exc=exc, countdown=countdown) from None

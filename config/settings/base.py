@@ -157,8 +157,20 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TIMEZONE = "UTC"
-# Longer than any retry countdown, or Redis would redeliver a message that is merely waiting.
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Longer than any retry countdown, or Redis would redeliver a message that is merely waiting
+# (checked when a worker starts: config.celery.check_visibility_timeout).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600")),
+    "socket_connect_timeout": 2,
+    "socket_timeout": 5,
+}
+# With the broker down the API must answer at once: publish fails fast and the sweeps re-send later.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+CELERY_TASK_ROUTES = {
+    "ledger.tasks.post_journal": {"queue": "posting"},
+    "billing_sync.tasks.*": {"queue": "celery"},
+}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -171,6 +183,14 @@ CELERY_BEAT_SCHEDULE = {
 # Tieout's own knobs.
 TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS = int(os.environ.get("TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS", "30"))
 TIEOUT_POSTING_MAX_RETRIES = int(os.environ.get("TIEOUT_POSTING_MAX_RETRIES", "8"))
+# Deliveries of one journal's posting task (retries and redeliveries after a worker died) before it is parked.
+TIEOUT_POSTING_MAX_DELIVERIES = int(os.environ.get("TIEOUT_POSTING_MAX_DELIVERIES", "12"))
+# Backoff between posting retries: exponential with full jitter, capped (seconds).
+TIEOUT_POSTING_BACKOFF_CAP = float(os.environ.get("TIEOUT_POSTING_BACKOFF_CAP", "300"))
+# The longest an ERP's Retry-After may make us wait before the next attempt (seconds).
+TIEOUT_POSTING_RETRY_AFTER_CAP = float(os.environ.get("TIEOUT_POSTING_RETRY_AFTER_CAP", "900"))
+# How long one worker may hold a journal while it talks to the ERP; after that the sweep takes it back.
+TIEOUT_POSTING_LEASE_SECONDS = float(os.environ.get("TIEOUT_POSTING_LEASE_SECONDS", "180"))
 TIEOUT_TOKEN_CACHE_SECONDS = float(os.environ.get("TIEOUT_TOKEN_CACHE_SECONDS", "5"))
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")

@@ -18,7 +18,7 @@ from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConn
 
 from ledger.connectors.base import AmbiguousError, Connector, PermanentError, TransientError
 
-MAX_RETRY_AFTER = 900.0  # seconds; CELERY visibility_timeout must exceed it (checked at worker start)
+MAX_RETRY_AFTER = 900.0  # seconds; the task caps it again with TIEOUT_POSTING_RETRY_AFTER_CAP
 _local = threading.local()
 
 
