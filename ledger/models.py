@@ -136,7 +136,9 @@ class Journal(models.Model):
     document_id = models.CharField(max_length=100, blank=True, default="")
     document_version = models.PositiveIntegerField(null=True, blank=True)
     description = models.CharField(max_length=300, blank=True, default="")
-    erp_document_ref = models.CharField(max_length=100, null=True, blank=True, unique=True)
+    erp_document_ref = models.CharField(max_length=100, null=True, blank=True)
+    # In batch mode the ERP document that carries this journal (with others of its entity and day).
+    erp_batch = models.ForeignKey("ErpBatch", null=True, blank=True, on_delete=models.PROTECT, related_name="journals")
     posted_at = models.DateTimeField(null=True, blank=True)
     correlation_id = models.CharField(max_length=128, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
@@ -156,6 +158,9 @@ class Journal(models.Model):
                 condition=~Q(status="posted") | (Q(erp_document_ref__isnull=False) & Q(posted_at__isnull=False)),
                 name="journal_posted_has_ref",
             ),
+            # One ERP document per journal, except the journals a batch document carries together.
+            models.UniqueConstraint(fields=["erp_document_ref"], name="journal_unique_erp_ref",
+                                    condition=Q(erp_batch__isnull=True)),
         ]
 
     def __str__(self):
@@ -229,3 +234,62 @@ class DocumentSequence(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["entity", "year"], name="sequence_unique_year")]
 
+
+
+class ErpBatch(models.Model):
+    """Batch mode: one ERP document summarising many journals of one entity and accounting day.
+
+    Journals join the open batch of their day as they are handed to posting; the batch closes when it
+    is old or large enough and is then posted like a journal (claim, look-up first, acknowledgement).
+    Each member journal keeps the link and gets the batch's ERP document reference once it posts.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        READY = "ready"
+        POSTING = "posting"
+        POSTED = "posted"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    entity = models.ForeignKey(Entity, on_delete=models.PROTECT, related_name="erp_batches")
+    accounting_date = models.DateField()
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    journal_count = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    closed_at = models.DateTimeField(null=True, blank=True)
+    erp_document_ref = models.CharField(max_length=100, null=True, blank=True, unique=True)
+    posted_at = models.DateTimeField(null=True, blank=True)
+    posting_attempts = models.PositiveIntegerField(default=0)
+    posting_claimed_until = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["entity", "accounting_date"], name="batch_one_open_per_day",
+                                    condition=Q(status="open")),
+        ]
+
+    @property
+    def description(self) -> str:
+        return f"Tieout batch of {self.journal_count} journals for {self.accounting_date}"
+
+    @property
+    def event_id(self):
+        return None
+
+
+class ErpBatchLine(models.Model):
+    """A batch's summed amount per account and side (the lines of its ERP document)."""
+
+    batch = models.ForeignKey(ErpBatch, on_delete=models.PROTECT, related_name="lines")
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="+")
+    debit = models.DecimalField(**MONEY, default=0)
+    credit = models.DecimalField(**MONEY, default=0)
+
+    class Meta:
+        ordering = ["account__code"]
+        constraints = [models.UniqueConstraint(fields=["batch", "account"], name="batch_line_unique_account")]
+
+    customer_id = ""
+    memo = ""

@@ -10,14 +10,16 @@ from decimal import Decimal
 
 import structlog
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import services as audit
 from config import correlation
 from config.errors import BusinessRuleError, Codes, TieoutError
 from ledger import connectors
-from ledger.models import Account, AccountMapping, Entity, Journal, JournalLine, Outbox, Period, PostingAttempt
+from ledger.models import (
+    Account, AccountMapping, Entity, ErpBatch, ErpBatchLine, Journal, JournalLine, Outbox, Period, PostingAttempt,
+)
 from ledger.money import ZERO, quantize
 
 log = structlog.get_logger("tieout.ledger")
@@ -396,6 +398,10 @@ def journal_post(*, journal_id, actor="system") -> PostOutcome:
                 result = connector.post_journal(journal)
                 _mark_posted(journal, result, connector.name, actor=actor)
                 return PostOutcome(journal.pk, Journal.Status.POSTED, result.erp_document_ref)
+            if journal.entity.posting_mode == Entity.PostingMode.BATCH:
+                if journal.erp_batch_id is None:
+                    _batch_add(journal, actor=actor)
+                return PostOutcome(journal.pk, journal.status)
             attempt, look_up_first = _claim(journal, connector.name, actor=actor)
     with correlation.bound(journal.correlation_id or None):
         try:
@@ -523,8 +529,167 @@ def journal_retry(*, journal_id, actor) -> Journal:
         return journal
     journal.status = Journal.Status.READY
     journal.posting_attempts = 0  # a person asked again: a fresh budget of deliveries
-    journal.save(update_fields=["status", "posting_attempts"])
+    journal.erp_batch = None  # a failed batch is not sent again: the journal joins a new one
+    journal.save(update_fields=["status", "posting_attempts", "erp_batch"])
     audit.record(actor=actor, action="journal.retry", object_type="journal", object_id=journal.pk,
                  event_id=journal.event_id, before={"status": "failed"}, after={"status": "ready"})
     _enqueue(journal)
     return journal
+
+
+# --------------------------------------------------------------------------------------------- batch mode
+def _batch_add(journal: Journal, *, actor) -> ErpBatch:
+    """Add a ready journal to its entity's open batch for the day (caller holds the journal's lock)."""
+    entity = journal.entity
+    for _ in range(3):
+        batch = (ErpBatch.objects.select_for_update()
+                 .filter(entity=entity, accounting_date=journal.accounting_date, status=ErpBatch.Status.OPEN).first())
+        if batch is not None:
+            break
+        try:
+            with transaction.atomic():
+                batch = ErpBatch.objects.create(entity=entity, accounting_date=journal.accounting_date)
+            batch = ErpBatch.objects.select_for_update().get(pk=batch.pk)
+            break
+        except IntegrityError:  # another worker opened today's batch first: use that one
+            continue
+    else:
+        raise connectors.TransientError("could not open a batch; will retry")
+    sums: dict[int, list[Decimal]] = {}
+    for line in journal.lines.all():
+        pair = sums.setdefault(line.account_id, [ZERO, ZERO])
+        pair[0] += line.debit
+        pair[1] += line.credit
+    existing = {row.account_id: row for row in ErpBatchLine.objects.filter(batch=batch, account_id__in=sums)}
+    for account_id, (debit, credit) in sums.items():
+        row = existing.get(account_id)
+        if row is None:
+            ErpBatchLine.objects.create(batch=batch, account_id=account_id, debit=debit, credit=credit)
+        else:
+            row.debit += debit
+            row.credit += credit
+            row.save(update_fields=["debit", "credit"])
+    batch.journal_count += 1
+    batch.save(update_fields=["journal_count"])
+    before = journal.status
+    journal.status = Journal.Status.POSTING
+    journal.erp_batch = batch
+    journal.save(update_fields=["status", "erp_batch"])
+    audit.record(actor=actor, action="journal.batched", object_type="journal", object_id=journal.pk,
+                 event_id=journal.event_id, before={"status": before},
+                 after={"status": "posting", "erp_batch": batch.pk})
+    if batch.journal_count >= settings.TIEOUT_BATCH_MAX_JOURNALS:
+        _batch_close(batch, actor=actor)
+    return batch
+
+
+def _batch_close(batch: ErpBatch, *, actor) -> None:
+    """Stop adding to a batch, net each account to one side, and hand it to the posting queue."""
+    for row in ErpBatchLine.objects.select_for_update().filter(batch=batch):
+        net = row.debit - row.credit
+        if net == ZERO:
+            row.delete()
+            continue
+        row.debit, row.credit = (net, ZERO) if net > ZERO else (ZERO, -net)
+        row.save(update_fields=["debit", "credit"])
+    batch.status = ErpBatch.Status.READY
+    batch.closed_at = timezone.now()
+    batch.save(update_fields=["status", "closed_at"])
+    audit.record(actor=actor, action="erp_batch.closed", object_type="erp_batch", object_id=batch.pk,
+                 after={"journals": batch.journal_count, "accounting_date": batch.accounting_date})
+    transaction.on_commit(lambda: _send_batch(batch.pk))
+
+
+def _send_batch(batch_id) -> None:
+    from ledger.tasks import post_erp_batch
+
+    try:
+        post_erp_batch.apply_async(args=[str(batch_id)], queue="posting")
+    except Exception as exc:  # the sweep re-sends
+        log.warning("erp_batch.send_failed", batch=str(batch_id), error=str(exc))
+
+
+def sweep_erp_batches(*, window_seconds: float) -> int:
+    """Close batches whose window has passed, and re-send ready or abandoned ones."""
+    now = timezone.now()
+    count = 0
+    for batch_id in ErpBatch.objects.filter(status=ErpBatch.Status.OPEN,
+                                            created_at__lte=now - datetime.timedelta(seconds=window_seconds)
+                                            ).values_list("pk", flat=True)[:500]:
+        with transaction.atomic():
+            batch = ErpBatch.objects.select_for_update().get(pk=batch_id)
+            if batch.status == ErpBatch.Status.OPEN:
+                _batch_close(batch, actor="system")
+                count += 1
+    stale = ErpBatch.objects.filter(status=ErpBatch.Status.READY, closed_at__lte=now - datetime.timedelta(
+        seconds=window_seconds)) | ErpBatch.objects.filter(status=ErpBatch.Status.POSTING, posting_claimed_until__lt=now)
+    for batch_id in stale.values_list("pk", flat=True)[:500]:
+        _send_batch(batch_id)
+        count += 1
+    return count
+
+
+def erp_batch_post(*, batch_id, actor="system") -> PostOutcome:
+    """Post a closed batch as one ERP document; on acknowledgement every member journal is posted."""
+    with transaction.atomic():
+        batch = ErpBatch.objects.select_for_update().select_related("entity").get(pk=batch_id)
+        if batch.status not in (ErpBatch.Status.READY, ErpBatch.Status.POSTING):
+            return PostOutcome(batch.pk, batch.status, batch.erp_document_ref)
+        now = timezone.now()
+        if batch.status == ErpBatch.Status.POSTING and batch.posting_claimed_until and batch.posting_claimed_until > now:
+            raise connectors.TransientError("another worker is posting this batch",
+                                            retry_after=(batch.posting_claimed_until - now).total_seconds())
+        if batch.posting_attempts >= settings.TIEOUT_POSTING_MAX_DELIVERIES:
+            raise connectors.PermanentError(f"batch parked after {batch.posting_attempts} delivery attempts; "
+                                            f"last error: {batch.last_error or 'none'}")
+        look_up_first = batch.posting_attempts > 0
+        batch.status = ErpBatch.Status.POSTING
+        batch.posting_attempts += 1
+        batch.posting_claimed_until = now + datetime.timedelta(seconds=settings.TIEOUT_POSTING_LEASE_SECONDS)
+        batch.save(update_fields=["status", "posting_attempts", "posting_claimed_until"])
+        connector = connectors.get_connector(batch.entity)
+    try:
+        result = connector.lookup(batch) if look_up_first else None
+        if result is None:
+            result = connector.post_journal(batch)
+    except connectors.base.ConnectorError as exc:
+        with transaction.atomic():
+            batch = ErpBatch.objects.select_for_update().get(pk=batch_id)
+            if batch.status == ErpBatch.Status.POSTING:
+                batch.status = ErpBatch.Status.READY
+                batch.posting_claimed_until = None
+                batch.last_error = exc.erp_message[:4000]
+                batch.save(update_fields=["status", "posting_claimed_until", "last_error"])
+        raise
+    with transaction.atomic():
+        batch = ErpBatch.objects.select_for_update().get(pk=batch_id)
+        if batch.status == ErpBatch.Status.POSTED:
+            return PostOutcome(batch.pk, batch.status, batch.erp_document_ref)
+        now = timezone.now()
+        batch.status = ErpBatch.Status.POSTED
+        batch.erp_document_ref = result.erp_document_ref
+        batch.posted_at = now
+        batch.posting_claimed_until = None
+        batch.save(update_fields=["status", "erp_document_ref", "posted_at", "posting_claimed_until"])
+        audit.record(actor=actor, action="erp_batch.posted", object_type="erp_batch", object_id=batch.pk,
+                     after={"erp_document_ref": result.erp_document_ref, "journals": batch.journal_count})
+        for journal in Journal.objects.select_for_update().filter(erp_batch=batch, status=Journal.Status.POSTING):
+            _mark_posted(journal, result, connector.name, actor=actor)
+    return PostOutcome(batch.pk, ErpBatch.Status.POSTED, result.erp_document_ref)
+
+
+def erp_batch_failed(*, batch_id, message: str, actor="system") -> None:
+    """The batch could not be posted: it and its journals fail, each journal with its exception."""
+    with transaction.atomic():
+        batch = ErpBatch.objects.select_for_update().get(pk=batch_id)
+        if batch.status in (ErpBatch.Status.POSTED, ErpBatch.Status.FAILED):
+            return
+        batch.status = ErpBatch.Status.FAILED
+        batch.posting_claimed_until = None
+        batch.last_error = message[:4000]
+        batch.save(update_fields=["status", "posting_claimed_until", "last_error"])
+        audit.record(actor=actor, action="erp_batch.failed", object_type="erp_batch", object_id=batch.pk,
+                     after={"error": message[:1000]})
+        for journal in Journal.objects.select_for_update().select_related("entity").filter(
+                erp_batch=batch, status=Journal.Status.POSTING):
+            _fail(journal, Codes.POSTING_FAILED, f"batch {batch.pk}: {message}", actor=actor)

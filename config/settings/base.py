@@ -169,6 +169,7 @@ CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 CELERY_TASK_ROUTES = {
     "ledger.tasks.post_journal": {"queue": "posting"},
+    "ledger.tasks.post_erp_batch": {"queue": "posting"},
     "billing_sync.tasks.*": {"queue": "celery"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -178,6 +179,7 @@ CELERY_BEAT_SCHEDULE = {
     "outbox-sweep": {"task": "ledger.tasks.sweep_outbox", "schedule": 15.0},
     "events-sweep": {"task": "billing_sync.tasks.sweep_accepted_events", "schedule": 15.0},
     "audit-seal": {"task": "audit.tasks.seal_audit_chain", "schedule": 5.0},
+    "erp-batches-sweep": {"task": "ledger.tasks.sweep_erp_batches", "schedule": 5.0},
 }
 
 # Tieout's own knobs.
@@ -187,6 +189,9 @@ TIEOUT_POSTING_MAX_RETRIES = int(os.environ.get("TIEOUT_POSTING_MAX_RETRIES", "8
 TIEOUT_POSTING_MAX_DELIVERIES = int(os.environ.get("TIEOUT_POSTING_MAX_DELIVERIES", "12"))
 # Backoff between posting retries: exponential with full jitter, capped (seconds).
 TIEOUT_POSTING_BACKOFF_CAP = float(os.environ.get("TIEOUT_POSTING_BACKOFF_CAP", "300"))
+# Batch mode (per entity): a batch closes after this many seconds or this many journals.
+TIEOUT_BATCH_WINDOW_SECONDS = float(os.environ.get("TIEOUT_BATCH_WINDOW_SECONDS", "30"))
+TIEOUT_BATCH_MAX_JOURNALS = int(os.environ.get("TIEOUT_BATCH_MAX_JOURNALS", "500"))
 # The longest an ERP's Retry-After may make us wait before the next attempt (seconds).
 TIEOUT_POSTING_RETRY_AFTER_CAP = float(os.environ.get("TIEOUT_POSTING_RETRY_AFTER_CAP", "900"))
 # How long one worker may hold a journal while it talks to the ERP; after that the sweep takes it back.
