@@ -1,14 +1,56 @@
 """Admin for ledger reference data (editable, with history) and journals (read-only)."""
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from simple_history.admin import SimpleHistoryAdmin
 
+from ledger import connectors, services
 from ledger.models import Account, AccountMapping, Entity, Journal, JournalLine, Period
+
+
+class EntityForm(forms.ModelForm):
+    class Meta:
+        model = Entity
+        fields = ["name", "erp_connector", "erp_settings", "posting_mode"]
+
+    def clean(self):
+        cleaned = super().clean()
+        for problem in services.erp_settings_problems(cleaned.get("erp_connector"), cleaned.get("erp_settings") or {}):
+            self.add_error("erp_settings", problem)
+        return cleaned
 
 
 @admin.register(Entity)
 class EntityAdmin(SimpleHistoryAdmin):
+    """Entities are created with `setup_entity`; here finance admins change the ERP connection (audited)."""
+
     list_display = ["code", "name", "currency", "erp_connector", "posting_mode"]
     search_fields = ["code", "name"]
+    fields = ["code", "name", "currency", "erp_connector", "erp_settings", "posting_mode"]
+    readonly_fields = ["code", "currency"]
+    form = EntityForm
+    actions = ["test_connection"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        services.entity_configure_erp(entity=obj, connector=obj.erp_connector, erp_settings=obj.erp_settings or {},
+                                      posting_mode=obj.posting_mode, actor=request.user)
+        if "name" in form.changed_data:
+            services.entity_rename(entity=obj, name=obj.name, actor=request.user)
+
+    @admin.action(description="Test the ERP connection")
+    def test_connection(self, request, queryset):
+        for entity in queryset:
+            try:
+                message = services.entity_test_connection(entity=entity)
+            except connectors.base.ConnectorError as exc:
+                self.message_user(request, f"{entity.code}: {exc} ({exc.erp_message})", level=messages.ERROR)
+            else:
+                self.message_user(request, f"{entity.code}: {message}", level=messages.SUCCESS)
 
 
 @admin.register(Account)

@@ -99,17 +99,26 @@ def account_mapping_set(*, entity: Entity, role: str, account_code: str, actor) 
 SECRET_SETTING_SUFFIX = "_env"
 
 
+def erp_settings_problems(connector: str, erp_settings) -> list[str]:
+    """What is wrong with an ERP configuration; secrets themselves are refused (name an env var instead)."""
+    if connector not in connectors.REGISTRY:
+        return [f"unknown ERP connector {connector!r}"]
+    if not isinstance(erp_settings, dict):
+        return ["ERP settings must be a JSON object"]
+    return [f"setting {key!r} looks like a secret: store the name of an environment variable in "
+            f"{key}{SECRET_SETTING_SUFFIX} instead"
+            for key in erp_settings
+            if any(word in key.lower() for word in ("secret", "password", "token", "key"))
+            and not key.endswith(SECRET_SETTING_SUFFIX)]
+
+
 @transaction.atomic
 def entity_configure_erp(*, entity: Entity, connector: str, erp_settings: dict, actor,
                          posting_mode: str | None = None) -> Entity:
     """Point an entity at its ERP. Settings name environment variables for secrets; values are refused."""
-    if connector not in connectors.REGISTRY:
-        raise TieoutError(f"unknown ERP connector {connector!r}", code=Codes.INVALID_REQUEST)
-    for key, value in erp_settings.items():
-        if any(word in key.lower() for word in ("secret", "password", "token", "key")) and \
-                not key.endswith(SECRET_SETTING_SUFFIX):
-            raise TieoutError(f"setting {key!r} looks like a secret: store the name of an environment variable in "
-                              f"{key}{SECRET_SETTING_SUFFIX} instead", code=Codes.INVALID_REQUEST)
+    problems = erp_settings_problems(connector, erp_settings)
+    if problems:
+        raise TieoutError("; ".join(problems), code=Codes.INVALID_REQUEST)
     entity = Entity.objects.select_for_update().get(pk=entity.pk)
     before = {"erp_connector": entity.erp_connector, "erp_settings": entity.erp_settings,
               "posting_mode": entity.posting_mode}
@@ -136,6 +145,17 @@ def account_set_erp_name(*, entity: Entity, account_code: str, erp_account: str,
                  object_id=f"{entity.code}:{account_code}", before={"erp_account": before},
                  after={"erp_account": erp_account})
     return account
+
+
+@transaction.atomic
+def entity_rename(*, entity: Entity, name: str, actor) -> Entity:
+    entity = Entity.objects.select_for_update().get(pk=entity.pk)
+    before = entity.name
+    entity.name = name
+    entity.save(update_fields=["name"])
+    audit.record(actor=actor, action="entity.renamed", object_type="entity", object_id=entity.code,
+                 before={"name": before}, after={"name": name})
+    return entity
 
 
 def entity_test_connection(*, entity: Entity) -> str:

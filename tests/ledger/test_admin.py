@@ -1,0 +1,42 @@
+"""Admin paths for ledger configuration go through the services: changes are audited."""
+import pytest
+from django.contrib.auth import get_user_model
+
+from audit.models import AuditEntry
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def admin_client(client, entity, admin_api):
+    client.force_login(get_user_model().objects.get(username="ada-admin"))
+    return client
+
+
+def test_changing_the_erp_connection_in_the_admin_is_audited(admin_client, entity):
+    response = admin_client.post(f"/admin/ledger/entity/{entity.pk}/change/", {
+        "name": "Tieout US Inc.", "erp_connector": "erpnext", "posting_mode": "single",
+        "erp_settings": '{"url": "http://127.0.0.1:9", "company": "Tieout US", "token_env": "ERP_TOKEN"}',
+    })
+    assert response.status_code == 302, response.content[:2000]
+    entity.refresh_from_db()
+    assert entity.erp_connector == "erpnext"
+    assert entity.name == "Tieout US Inc."
+    actions = set(AuditEntry.objects.filter(object_type="entity", object_id="US01").values_list("action", flat=True))
+    assert {"entity.erp_configured", "entity.renamed"} <= actions
+
+
+def test_a_secret_in_the_settings_is_refused(admin_client, entity):
+    response = admin_client.post(f"/admin/ledger/entity/{entity.pk}/change/", {
+        "name": "Tieout US", "erp_connector": "erpnext", "posting_mode": "single",
+        "erp_settings": '{"url": "http://127.0.0.1:9", "api_secret": "hunter2"}'})
+    assert response.status_code == 200
+    assert b"looks like a secret" in response.content
+    entity.refresh_from_db()
+    assert entity.erp_connector == "builtin"
+
+
+def test_test_connection_action_reports_the_outcome(admin_client, entity):
+    response = admin_client.post("/admin/ledger/entity/", {"action": "test_connection",
+                                                           "_selected_action": [entity.pk]}, follow=True)
+    assert b"built-in ledger: always available" in response.content
