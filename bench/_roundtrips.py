@@ -1,0 +1,143 @@
+"""Round trips per request, counted in-process (run by the bench scripts, bench environment).
+
+Drives the real URL through Django's test client (full middleware, authentication, throttling and the
+after-commit Celery publish) and counts, for one warm request: the statements Django sent to PostgreSQL
+(`CaptureQueriesContext`, which lists BEGIN and COMMIT too), and the Redis round trips (every
+`send_packed_command` of redis-py, which both the cache and Celery's Redis transport use). Mode
+`processing` counts the worker's two steps for one invoice instead. Prints one JSON object on the last
+line of stdout.
+"""
+import json
+import os
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.prod")
+
+import django  # noqa: E402
+
+django.setup()
+
+import redis.connection  # noqa: E402
+from django.db import connection  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.test.utils import CaptureQueriesContext  # noqa: E402
+
+from _common import invoice_body, run_id  # noqa: E402
+
+redis_calls: list[str] = []
+_original = redis.connection.AbstractConnection.send_packed_command
+
+
+def _counting(self, command, check_health=True):
+    first = command[0] if isinstance(command, list) and command else command
+    text = bytes(first[:60]) if isinstance(first, (bytes, bytearray, memoryview)) else b""
+    # RESP: *<n>\r\n$<len>\r\n<NAME>\r\n ... -> the command name; several in one packet for a pipeline.
+    parts = text.split(b"\r\n")
+    redis_calls.append(parts[2].decode(errors="replace").upper() if len(parts) > 2 else "?")
+    return _original(self, command, check_health=check_health)
+
+
+redis.connection.AbstractConnection.send_packed_command = _counting
+
+
+def _classify(sql: str) -> str:
+    """`INSERT audit_auditentry`, `SELECT billing_sync_event`, `BEGIN`, ... (values are inlined: look early)."""
+    verb = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "?"
+    head = sql[:400] if verb in ("INSERT", "UPDATE") else sql[:4000]
+    if verb == "WITH":
+        return "INSERT receipt+event (one CTE)"
+    pattern = {"INSERT": r"INTO\s+\"?(\w+)", "UPDATE": r"UPDATE\s+\"?(\w+)"}.get(verb, r"FROM\s+\"?(\w+)")
+    match = re.search(pattern, head, re.IGNORECASE)
+    locked = " FOR UPDATE" if verb == "SELECT" and sql.rstrip().upper().endswith("FOR UPDATE") else ""
+    return f"{verb} {match.group(1)}{locked}" if match else verb
+
+
+def measure(client: Client, path: str, body: bytes) -> dict:
+    redis_calls.clear()
+    with CaptureQueriesContext(connection) as ctx:
+        response = client.post(path, body, content_type="application/json")
+    # Django lists transaction control too ("BEGIN" when autocommit goes off, psycopg sending it before
+    # the first statement; "COMMIT"): every entry is one round trip to PostgreSQL.
+    sql = [q["sql"] for q in ctx.captured_queries]
+    return {"status": response.status_code, "db_round_trips": len(sql), "redis_round_trips": len(redis_calls),
+            "sql": dict(Counter(_classify(s) for s in sql)), "redis": dict(Counter(redis_calls))}
+
+
+def _count(fn) -> dict:
+    redis_calls.clear()
+    with CaptureQueriesContext(connection) as ctx:
+        fn()
+    sql = [q["sql"] for q in ctx.captured_queries]
+    return {"db_round_trips": len(sql), "redis_round_trips": len(redis_calls),
+            "sql": dict(Counter(_classify(s) for s in sql)), "redis": dict(Counter(redis_calls))}
+
+
+def ingest(client: Client) -> dict:
+    run = run_id()
+    out = {}
+    # Warm up: token cache, Celery producer pool, Django's connection.
+    for n in range(3):
+        client.post("/api/v1/events", invoice_body(f"w{run}", n), content_type="application/json")
+    out["single_new"] = measure(client, "/api/v1/events", invoice_body(run, 0))
+    out["single_replay"] = measure(client, "/api/v1/events", invoice_body(run, 0))
+    events = [json.loads(invoice_body(f"b{run}", n)) for n in range(1000)]
+    out["batch_1000_new"] = measure(client, "/api/v1/events/batch", json.dumps({"events": events}).encode())
+
+    # Server-side cost of one request in this single process (no HTTP, no concurrency).
+    n_requests = 300
+    started = time.perf_counter()
+    for n in range(n_requests):
+        client.post("/api/v1/events", invoice_body(f"t{run}", n), content_type="application/json")
+    out["single_in_process_ms"] = round((time.perf_counter() - started) * 1000 / n_requests, 2)
+    return out
+
+
+def processing(client: Client) -> dict:
+    """What the worker does for one invoice event: process_event (with its after-commit relay), journal_post."""
+    from unittest import mock
+
+    from billing_sync import services as billing
+    from ledger import services as ledger
+    from ledger.models import Journal
+
+    run = run_id()
+    with mock.patch.object(billing, "schedule_processing", lambda ids: None):
+        ids = [json.loads(client.post("/api/v1/events", invoice_body(f"p{run}", n),
+                                      content_type="application/json").content)["id"] for n in range(203)]
+    # Processing as the worker runs it, after-commit relay included (it publishes post_journal to the
+    # bench broker, where no worker listens any more); the journal is then posted here.
+    for event_id in ids[:2]:  # warm
+        billing.process_event(event_id=event_id)
+        for journal_id in Journal.objects.filter(event_id=event_id).values_list("pk", flat=True):
+            ledger.journal_post(journal_id=journal_id)
+    out = {"process_event": _count(lambda: billing.process_event(event_id=ids[2]))}
+    journal_id = Journal.objects.get(event_id=ids[2]).pk
+    out["journal_post"] = _count(lambda: ledger.journal_post(journal_id=journal_id))
+    started = time.perf_counter()
+    for event_id in ids[3:]:
+        billing.process_event(event_id=event_id)
+    middle = time.perf_counter()
+    for journal_id in Journal.objects.filter(event_id__in=ids[3:]).order_by("created_at").values_list(
+            "pk", flat=True):
+        ledger.journal_post(journal_id=journal_id)
+    ended = time.perf_counter()
+    out["process_event_ms"] = round((middle - started) * 1000 / len(ids[3:]), 2)
+    out["journal_post_ms"] = round((ended - middle) * 1000 / len(ids[3:]), 2)
+    return out
+
+
+def main() -> None:
+    token = os.environ["BENCH_TOKEN"]
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_HOST="127.0.0.1")
+    mode = sys.argv[1] if len(sys.argv) > 1 else "ingest"
+    print(json.dumps(ingest(client) if mode == "ingest" else processing(client)))
+
+
+if __name__ == "__main__":
+    main()
