@@ -159,7 +159,8 @@ class Journal(models.Model):
                 name="journal_posted_has_ref",
             ),
             # One ERP document per journal, except the journals a batch document carries together.
-            models.UniqueConstraint(fields=["erp_document_ref"], name="journal_unique_erp_ref",
+            # (Per entity: two entities may post to two ERPs that number alike.)
+            models.UniqueConstraint(fields=["entity", "erp_document_ref"], name="journal_unique_erp_ref",
                                     condition=Q(erp_batch__isnull=True)),
         ]
 
@@ -258,7 +259,7 @@ class ErpBatch(models.Model):
     journal_count = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(default=timezone.now)
     closed_at = models.DateTimeField(null=True, blank=True)
-    erp_document_ref = models.CharField(max_length=100, null=True, blank=True, unique=True)
+    erp_document_ref = models.CharField(max_length=100, null=True, blank=True)
     posted_at = models.DateTimeField(null=True, blank=True)
     posting_attempts = models.PositiveIntegerField(default=0)
     posting_claimed_until = models.DateTimeField(null=True, blank=True)
@@ -268,6 +269,7 @@ class ErpBatch(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["entity", "accounting_date"], name="batch_one_open_per_day",
                                     condition=Q(status="open")),
+            models.UniqueConstraint(fields=["entity", "erp_document_ref"], name="batch_unique_erp_ref"),
         ]
 
     @property
