@@ -1,0 +1,354 @@
+"""Odoo connector: one posted `account.move` (a miscellaneous journal entry) per journal.
+
+Two APIs, chosen per entity by the `api` setting:
+
+- `json2` (default, Odoo 19+): `POST /json/2/<model>/<method>` with a JSON object of named arguments
+  (`ids`, `context` and the method's own parameters), `Authorization: bearer <api key>` and
+  `X-Odoo-Database: <db>`. Success is HTTP 200 with the method's return value as the body; an error is a
+  4xx/5xx with Odoo's serialised exception (`name`, `message`, `arguments`, `context`, `debug`). The
+  status comes from the exception: `UserError`/`ValidationError` 422, `AccessError`/`AccessDenied` 403,
+  `MissingError` 404, `LockError` 409, a bad key 401, anything else 500.
+- `jsonrpc` (older versions; deprecated in 19, to be removed in 22): `POST /jsonrpc` with a JSON-RPC 2.0
+  envelope; `common.authenticate(db, login, password, {})` gives the uid (False when refused), then
+  `object.execute_kw(db, uid, password, model, method, args, kwargs)`. Errors come back with HTTP 200 and
+  `{"error": {"code", "message": "Odoo Server Error", "data": {"name", "message", "arguments", "debug"}}}`.
+
+Settings (`Entity.erp_settings`): `url`, `database`, `api`, `token_env` (the environment variable holding
+the API key, or the password for `jsonrpc`), `username` (the `jsonrpc` login), `journal_id` (optional Odoo
+journal id; Odoo picks its default miscellaneous journal otherwise).
+
+Post: `account.move.create` with `move_type: "entry"`, `ref` = our journal id, `date`, optional
+`journal_id`, and `line_ids` as `(0, 0, vals)` commands; then `action_post` (Odoo refuses to create a
+move already posted, so it takes two calls, each its own transaction); then the move's `name` (e.g.
+`MISC/2026/11/0001`, assigned when posting) is read back and becomes our ERP document reference.
+
+Look-up: `search_read` on `ref`. A posted move is ours; a draft is one an earlier attempt created but
+did not post, so it is posted now instead of creating a second one; a cancelled move does not count.
+
+Failure classes (see `classify_odoo_error`): every Odoo call runs in one transaction that Odoo rolls
+back when it raises, so an error answer means nothing was applied. Odoo's user-facing exceptions
+(validation, access, missing record) are permanent; lock and serialisation conflicts (which Odoo already
+retried itself, five times) are transient; any other server exception is transient too, exactly as the
+same exception is over JSON-2, where Odoo answers it with a 500 — a deterministic bug therefore ends as a
+`posting_failed` exception after the bounded retries, carrying Odoo's message, not as an endless loop.
+"""
+import itertools
+import re
+from decimal import Decimal
+
+import requests
+
+from ledger.connectors.base import AmbiguousError, ConnectorError, PermanentError, PostResult, TransientError
+from ledger.connectors.http import HttpConnector
+
+JSON2 = "json2"
+JSONRPC = "jsonrpc"
+APIS = (JSON2, JSONRPC)
+ACCOUNT_ID_PREFIX = "id:"  # `Account.erp_account` = "id:42" names an Odoo account by id, anything else by code
+USER_AGENT = "tieout-odoo-connector/1"
+
+# Exceptions that roll back and mean "try again": a row lock not obtained, a serialisation failure or
+# deadlock (PostgreSQL; psycopg2 before Odoo 19's psycopg 3), Odoo's own ConcurrencyError, and the
+# database connection dropping under the server.
+TRANSIENT_EXCEPTIONS = {
+    "LockError", "ConcurrencyError", "SerializationFailure", "DeadlockDetected", "LockNotAvailable",
+    "TransactionRollbackError", "OperationalError", "InterfaceError", "PoolError", "ServiceUnavailable",
+    "TooManyRequests", "GatewayTimeout", "BadGateway", "InternalServerError",
+}
+TRANSIENT_MESSAGES = ("could not serialize access", "deadlock detected", "could not obtain lock",
+                      "server closed the connection unexpectedly")
+# ... except a database that does not exist, which Odoo reports as an OperationalError as well.
+MISSING_DATABASE = re.compile(r'database "[^"]*" does not exist')
+# werkzeug's client errors are a wrong URL, method or body: sending it again will not help.
+PERMANENT_WERKZEUG = {"NotFound", "BadRequest", "Unauthorized", "Forbidden", "MethodNotAllowed",
+                      "UnsupportedMediaType", "UnprocessableEntity", "Conflict", "Gone"}
+JSONRPC_SESSION_EXPIRED = 100
+_rpc_ids = itertools.count(1)
+
+
+class OdooMessage(str):
+    """An error message that also carries the Odoo exception name it was parsed from.
+
+    `HttpConnector.request` turns a non-2xx answer into a failure class from the status alone and keeps
+    our `error_message(response)` as `erp_message`; the name rides along on that string so that the few
+    statuses whose meaning depends on the exception (409 `LockError` is a lock conflict, not a duplicate)
+    can be reclassified without re-implementing the transport classification.
+    """
+
+    odoo_name = ""
+
+    def __new__(cls, text: str, odoo_name: str = ""):
+        value = super().__new__(cls, text)
+        value.odoo_name = odoo_name
+        return value
+
+
+def odoo_error(body) -> tuple[str, str]:
+    """(exception name, message) of an Odoo error body: JSON-2's serialised exception, a JSON-RPC `error`
+    object (or the whole JSON-RPC answer), or the bare JSON string some JSON-2 errors are."""
+    if isinstance(body, str):
+        return "", body
+    if not isinstance(body, dict):
+        return "", ""
+    if isinstance(body.get("error"), dict):
+        body = body["error"]
+    data = body.get("data") if isinstance(body.get("data"), dict) else {}
+    name = str(data.get("name") or body.get("name") or "")
+    message = data.get("message") or body.get("message") or ""
+    if not message:
+        arguments = data.get("arguments") or body.get("arguments") or []
+        message = str(arguments[0]) if arguments else ""
+    return name, str(message)
+
+
+def classify_odoo_error(name: str, message: str, *, code=None) -> type[ConnectorError]:
+    """The failure class of an Odoo exception that was rolled back (see the module docstring)."""
+    short = name.rsplit(".", 1)[-1]
+    if MISSING_DATABASE.search(message):
+        return PermanentError
+    if short in TRANSIENT_EXCEPTIONS or any(text in message.lower() for text in TRANSIENT_MESSAGES):
+        return TransientError
+    if code == JSONRPC_SESSION_EXPIRED or code == 404:
+        return PermanentError
+    if name.startswith("odoo.exceptions.") or name.startswith("openerp.exceptions."):
+        return PermanentError  # UserError, ValidationError, AccessError, AccessDenied, MissingError, ...
+    if name.startswith("werkzeug.exceptions.") and short in PERMANENT_WERKZEUG:
+        return PermanentError
+    return TransientError
+
+
+def float_amount(amount: Decimal) -> float:
+    """Odoo's JSON takes money as a JSON number: convert at the wire, and refuse a lossy conversion."""
+    value = float(amount)
+    if Decimal(repr(value)) != amount:
+        raise PermanentError(f"amount {amount} cannot be sent to Odoo as a JSON number without rounding")
+    return value
+
+
+def move_lines(lines, accounts: dict[str, int], *, default_label: str) -> list:
+    """`line_ids` commands for our journal lines; the totals must balance before anything is converted."""
+    debit = sum((line.debit for line in lines), Decimal("0"))
+    credit = sum((line.credit for line in lines), Decimal("0"))
+    if not lines or debit != credit:
+        raise PermanentError(f"journal does not balance (debit {debit}, credit {credit}); not sent to Odoo")
+    commands = []
+    for line in lines:
+        label = line.memo or default_label
+        if line.customer_id:
+            label = f"{label} [{line.customer_id}]"
+        commands.append([0, 0, {"account_id": accounts[line.account.code], "name": label[:250],
+                                "debit": float_amount(line.debit), "credit": float_amount(line.credit)}])
+    return commands
+
+
+class OdooConnector(HttpConnector):
+    name = "odoo"
+
+    def __init__(self, entity):
+        super().__init__(entity)
+        self.api = (self.settings.get("api") or JSON2).lower()
+        if self.api not in APIS:
+            raise PermanentError(f"entity {entity.code}: Odoo api must be one of {', '.join(APIS)}, not {self.api!r}")
+        self.database = self.settings.get("database") or ""
+        journal_id = self.settings.get("journal_id")
+        try:
+            self.journal_id = int(journal_id) if journal_id not in (None, "") else None
+        except (TypeError, ValueError):
+            raise PermanentError(f"entity {entity.code}: Odoo journal_id must be an integer id") from None
+        self._account_ids: dict[str, list[int]] = {}  # Odoo account code -> ids, per connector instance
+        self._uid: int | None = None
+
+    # ---------------------------------------------------------------------------------------- transport
+    def auth_headers(self) -> dict:
+        if self.api != JSON2:
+            return {"User-Agent": USER_AGENT}  # JSON-RPC carries the credentials in every call's arguments
+        headers = {"Authorization": f"bearer {self.secret('token_env')}", "User-Agent": USER_AGENT}
+        if self.database:
+            # Needed when one Odoo serves several databases and dbfilter does not follow the Host header.
+            headers["X-Odoo-Database"] = self.database
+        return headers
+
+    def error_message(self, response: requests.Response) -> str:
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        name, message = odoo_error(body)
+        detail = f"{name}: {message}" if name else (message or response.text[:500].strip())
+        return OdooMessage(f"HTTP {response.status_code}: {detail}", name)
+
+    def _json2(self, model: str, method: str, body: dict, *, write: bool):
+        try:
+            response = self.request("POST", f"/json/2/{model}/{method}", write=write, json=body)
+        except PermanentError as exc:
+            name = getattr(exc.erp_message, "odoo_name", "")
+            if name and classify_odoo_error(name, exc.erp_message) is TransientError:
+                # e.g. 409 LockError: the record was locked by another transaction and ours rolled back.
+                raise TransientError(f"Odoo {name.rsplit('.', 1)[-1]}, rolled back", erp_message=exc.erp_message) \
+                    from exc
+            raise
+        return self._json_body(response, write=write)
+
+    def _json_body(self, response: requests.Response, *, write: bool):
+        try:
+            return response.json()
+        except ValueError:
+            # A 200 that is not JSON (a proxy's page): whether a write went through is unknown.
+            klass = AmbiguousError if write else TransientError
+            raise klass("Odoo answered 200 with a body that is not JSON",
+                        erp_message=f"HTTP {response.status_code}: {response.text[:500]}") from None
+
+    def _rpc(self, service: str, method: str, args: list, *, write: bool):
+        payload = {"jsonrpc": "2.0", "method": "call", "id": next(_rpc_ids),
+                   "params": {"service": service, "method": method, "args": args}}
+        body = self._json_body(self.request("POST", "/jsonrpc", write=write, json=payload), write=write)
+        if not isinstance(body, dict):
+            klass = AmbiguousError if write else TransientError
+            raise klass("Odoo answered with something that is not a JSON-RPC response", erp_message=str(body)[:500])
+        error = body.get("error")
+        if error:
+            # JSON-RPC errors arrive with HTTP 200: classify Odoo's exception, not the status.
+            name, message = odoo_error(error)
+            code = error.get("code") if isinstance(error, dict) else None
+            erp_message = f"JSON-RPC error {code}: {name + ': ' if name else ''}{message}"
+            klass = classify_odoo_error(name, message, code=code)
+            raise klass(f"Odoo refused {service}.{method}" if klass is PermanentError
+                        else f"Odoo failed {service}.{method}; rolled back", erp_message=erp_message)
+        return body.get("result")
+
+    def uid(self) -> int:
+        if self._uid is None:
+            for key in ("database", "username"):
+                if not self.settings.get(key):
+                    raise PermanentError(f"entity {self.entity.code}: Odoo {key} is required for the jsonrpc API")
+            uid = self._rpc("common", "authenticate",
+                            [self.database, self.settings["username"], self.secret("token_env"), {}], write=False)
+            if not uid:
+                # authenticate answers False, not an error, when the login or password is wrong.
+                raise PermanentError("Odoo refused the login",
+                                     erp_message=f"authentication failed for {self.settings['username']} "
+                                                 f"on database {self.database}")
+            self._uid = int(uid)
+        return self._uid
+
+    def execute_kw(self, model: str, method: str, args: list, kwargs: dict | None = None, *, write: bool):
+        return self._rpc("object", "execute_kw", [self.database, self.uid(), self.secret("token_env"), model, method,
+                                                  args, kwargs or {}], write=write)
+
+    # ---------------------------------------------------------------------------------------- ORM calls
+    def search_read(self, model: str, domain: list, fields: list) -> list[dict]:
+        if self.api == JSON2:
+            rows = self._json2(model, "search_read", {"domain": domain, "fields": fields}, write=False)
+        else:
+            rows = self.execute_kw(model, "search_read", [domain], {"fields": fields}, write=False)
+        return rows or []
+
+    def read(self, model: str, ids: list[int], fields: list) -> list[dict]:
+        if self.api == JSON2:
+            return self._json2(model, "read", {"ids": ids, "fields": fields}, write=False) or []
+        return self.execute_kw(model, "read", [ids], {"fields": fields}, write=False) or []
+
+    def create(self, model: str, vals: dict) -> int:
+        if self.api == JSON2:
+            result = self._json2(model, "create", {"vals_list": [vals]}, write=True)
+        else:
+            # One dict (not a list) is what every version's execute_kw create accepts; it returns one id.
+            result = self.execute_kw(model, "create", [vals], write=True)
+        ids = result if isinstance(result, list) else [result]
+        if len(ids) != 1 or not isinstance(ids[0], int):
+            raise AmbiguousError(f"Odoo's create answered {result!r}, not one id")
+        return ids[0]
+
+    def action_post(self, move_ids: list[int]) -> None:
+        if self.api == JSON2:
+            self._json2("account.move", "action_post", {"ids": move_ids}, write=True)
+        else:
+            self.execute_kw("account.move", "action_post", [move_ids], write=True)
+
+    # ---------------------------------------------------------------------------------------- accounts
+    def odoo_accounts(self, lines) -> dict[str, int]:
+        """Our account code → Odoo `account.account` id: `id:<n>` in the mapping, else by Odoo code
+        (the mapping's, or our own code when unmapped), resolved in one `search_read` and cached."""
+        wanted: dict[str, str] = {}
+        resolved: dict[str, int] = {}
+        for line in lines:
+            mapped = (line.account.erp_account or "").strip()
+            if mapped.lower().startswith(ACCOUNT_ID_PREFIX):
+                try:
+                    resolved[line.account.code] = int(mapped[len(ACCOUNT_ID_PREFIX):])
+                except ValueError:
+                    raise PermanentError(f"account {line.account.code}: Odoo account {mapped!r} is not an id") from None
+            else:
+                wanted[line.account.code] = mapped or line.account.code
+        missing = sorted({code for code in wanted.values() if code not in self._account_ids})
+        if missing:
+            for code in missing:
+                self._account_ids[code] = []
+            for row in self.search_read("account.account", [["code", "in", missing]], ["id", "code"]):
+                self._account_ids.setdefault(row["code"], []).append(row["id"])
+        for ours, odoo_code in wanted.items():
+            ids = self._account_ids.get(odoo_code) or []
+            if not ids:
+                raise PermanentError(f"Odoo has no account with code {odoo_code} (for our account {ours})")
+            if len(ids) > 1:
+                raise PermanentError(f"Odoo has {len(ids)} accounts with code {odoo_code}: map our account {ours} "
+                                     f"to one of them as {ACCOUNT_ID_PREFIX}<id>")
+            resolved[ours] = ids[0]
+        return resolved
+
+    # ---------------------------------------------------------------------------------------- interface
+    def move_vals(self, journal) -> dict:
+        label = journal.description or f"Tieout journal {journal.pk}"
+        lines = list(journal.lines.select_related("account"))
+        vals = {"move_type": "entry", "ref": str(journal.pk), "date": journal.accounting_date.isoformat(),
+                "line_ids": move_lines(lines, self.odoo_accounts(lines), default_label=label)}
+        if self.journal_id:
+            vals["journal_id"] = self.journal_id
+        return vals
+
+    def _move_name(self, move_id: int) -> str:
+        rows = self.read("account.move", [move_id], ["name", "state"])
+        if not rows or rows[0].get("state") != "posted" or not rows[0].get("name"):
+            raise AmbiguousError(f"Odoo move {move_id} is not posted after action_post",
+                                 erp_message=str(rows[:1])[:500])
+        return rows[0]["name"]
+
+    def post_journal(self, journal) -> PostResult:
+        vals = self.move_vals(journal)
+        move_id = self.create("account.move", vals)
+        # From here the move exists in Odoo. Whatever fails next, the next attempt looks it up by `ref`
+        # (journal_post always does after an attempt) and posts the draft: it must never create again.
+        try:
+            self.action_post([move_id])
+        except PermanentError as exc:
+            raise PermanentError(f"Odoo refused to post move {move_id} (left as a draft; a retry posts it)",
+                                 erp_message=exc.erp_message) from exc
+        except ConnectorError as exc:
+            raise AmbiguousError(f"Odoo created move {move_id} but posting it failed: {exc}",
+                                 erp_message=exc.erp_message, retry_after=exc.retry_after) from exc
+        try:
+            return PostResult(self._move_name(move_id))
+        except ConnectorError as exc:
+            raise AmbiguousError(f"Odoo posted move {move_id} but reading its number failed: {exc}",
+                                 erp_message=exc.erp_message, retry_after=exc.retry_after) from exc
+
+    def lookup(self, journal) -> PostResult | None:
+        rows = self.search_read("account.move", [["ref", "=", str(journal.pk)]], ["id", "name", "state"])
+        rows = [row for row in rows if row.get("state") in ("draft", "posted")]  # a cancelled move is not ours
+        if not rows:
+            return None
+        posted = [row for row in rows if row["state"] == "posted"]
+        if posted:
+            row = min(posted, key=lambda r: r["id"])
+            return PostResult(row["name"], already_existed=True)
+        # Created by an earlier attempt that never posted it: post that draft rather than create another.
+        move_id = min(row["id"] for row in rows)
+        self.action_post([move_id])
+        return PostResult(self._move_name(move_id), already_existed=True)
+
+    def test_connection(self) -> str:
+        if self.api == JSON2:
+            context = self._json2("res.users", "context_get", {}, write=False) or {}
+            return f"connected to Odoo database {self.database or '(default)'} as uid {context.get('uid')} (JSON-2)"
+        version = (self._rpc("common", "version", [], write=False) or {}).get("server_version", "?")
+        return f"connected to Odoo {version} database {self.database} as uid {self.uid()} (JSON-RPC)"
