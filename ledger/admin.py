@@ -55,14 +55,43 @@ class EntityAdmin(SimpleHistoryAdmin):
 
 @admin.register(Account)
 class AccountAdmin(SimpleHistoryAdmin):
+    """Our chart per entity; the ERP's account name is mapped here (audited through the service)."""
+
     list_display = ["entity", "code", "name", "type", "is_active", "erp_account"]
     list_filter = ["entity", "type"]
+    fields = ["entity", "code", "name", "type", "is_active", "erp_account"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["entity", "code", "type"] if obj else []
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            services.account_create(entity=obj.entity, code=obj.code, name=obj.name, type_=obj.type,
+                                    erp_account=obj.erp_account, actor=request.user)
+            return
+        services.account_update(entity=obj.entity, account_code=obj.code, name=obj.name, is_active=obj.is_active,
+                                erp_account=obj.erp_account, actor=request.user)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(AccountMapping)
 class AccountMappingAdmin(SimpleHistoryAdmin):
+    """Which account each posting-rule role hits: remapping is data, versioned and audited."""
+
     list_display = ["entity", "role", "account"]
     list_filter = ["entity"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["entity", "role"] if obj else []
+
+    def save_model(self, request, obj, form, change):
+        services.account_mapping_set(entity=obj.entity, role=obj.role, account_code=obj.account.code,
+                                     actor=request.user)
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(Period)

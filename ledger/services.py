@@ -134,6 +134,27 @@ def entity_configure_erp(*, entity: Entity, connector: str, erp_settings: dict, 
 
 
 @transaction.atomic
+def account_create(*, entity: Entity, code: str, name: str, type_: str, actor, erp_account: str = "") -> Account:
+    account = Account.objects.create(entity=entity, code=code, name=name, type=type_, erp_account=erp_account)
+    audit.record(actor=actor, action="account.created", object_type="account", object_id=f"{entity.code}:{code}",
+                 after={"code": code, "name": name, "type": type_, "erp_account": erp_account})
+    return account
+
+
+@transaction.atomic
+def account_update(*, entity: Entity, account_code: str, name: str, is_active: bool, erp_account: str,
+                   actor) -> Account:
+    account = Account.objects.select_for_update().get(entity=entity, code=account_code)
+    fields = ["name", "is_active", "erp_account"]
+    before = audit.model_snapshot(account, fields)
+    account.name, account.is_active, account.erp_account = name, is_active, erp_account
+    account.save(update_fields=fields)
+    audit.record(actor=actor, action="account.changed", object_type="account",
+                 object_id=f"{entity.code}:{account_code}", before=before, after=audit.model_snapshot(account, fields))
+    return account
+
+
+@transaction.atomic
 def account_set_erp_name(*, entity: Entity, account_code: str, erp_account: str, actor) -> Account:
     account = Account.objects.select_for_update().filter(entity=entity, code=account_code).first()
     if account is None:

@@ -40,3 +40,28 @@ def test_test_connection_action_reports_the_outcome(admin_client, entity):
     response = admin_client.post("/admin/ledger/entity/", {"action": "test_connection",
                                                            "_selected_action": [entity.pk]}, follow=True)
     assert b"built-in ledger: always available" in response.content
+
+
+def test_mapping_an_erp_account_name_in_the_admin_is_audited(admin_client, entity):
+    from ledger.models import Account
+
+    account = Account.objects.get(entity=entity, code="1200")
+    response = admin_client.post(f"/admin/ledger/account/{account.pk}/change/", {
+        "name": "Accounts receivable", "is_active": "on", "erp_account": "Debtors - TUS"})
+    assert response.status_code == 302, response.content[:2000]
+    account.refresh_from_db()
+    assert account.erp_account == "Debtors - TUS"
+    entry = AuditEntry.objects.get(action="account.changed", object_id="US01:1200")
+    assert entry.before["erp_account"] == "" and entry.after["erp_account"] == "Debtors - TUS"
+
+
+def test_remapping_a_posting_rule_role_in_the_admin_is_audited(admin_client, entity):
+    from ledger.models import Account, AccountMapping
+
+    new = Account.objects.create(entity=entity, code="4100", name="Subscription revenue", type="income")
+    mapping = AccountMapping.objects.get(entity=entity, role="revenue")
+    response = admin_client.post(f"/admin/ledger/accountmapping/{mapping.pk}/change/", {"account": new.pk})
+    assert response.status_code == 302, response.content[:2000]
+    mapping.refresh_from_db()
+    assert mapping.account == new
+    assert AuditEntry.objects.filter(action="account_mapping.changed", object_id="US01:revenue").exists()
