@@ -316,3 +316,65 @@ class WriteOff(models.Model):
             models.UniqueConstraint(fields=["source_system", "write_off_id"], name="write_off_unique"),
             models.CheckConstraint(condition=Q(amount__gt=0), name="write_off_positive"),
         ]
+
+
+class SourceSystem(models.Model):
+    """A system that sends us events (`Event.source_system` = `name`) and wants their status back.
+
+    Only the *name* of the environment variable holding the Standard Webhooks secret (`whsec_<base64>`)
+    is stored: secrets live in the environment, never in the database, the audit log or the output.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    callback_url = models.URLField(max_length=500, blank=True, default="")
+    secret_env = models.CharField(max_length=100, blank=True, default="",
+                                  help_text="Environment variable that holds the signing secret (whsec_...).")
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    history = HistoricalRecords()
+
+    def __str__(self):
+        return self.name
+
+
+class CallbackDelivery(models.Model):
+    """One status message to one source system, and how delivering it went.
+
+    The id is the Standard Webhooks `webhook-id`: the same on every attempt, so the receiver can drop
+    duplicates. `payload` holds the exact bytes sent (fixed at the first attempt; every retry re-sends
+    them, only the timestamp and signature headers change).
+    """
+
+    class Kind(models.TextChoices):
+        POSTED = "event.posted"
+        EXCEPTION = "event.exception"
+        RESOLVED = "event.resolved"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    source_system = models.ForeignKey(SourceSystem, on_delete=models.PROTECT, related_name="deliveries")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="callback_deliveries")
+    kind = models.CharField(max_length=30, choices=Kind.choices)
+    payload = models.TextField(blank=True, default="")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    # The callback_failed exception that collects this delivery once it gave up (retry re-sends it).
+    exception = models.ForeignKey("exceptions_queue.ExceptionRecord", null=True, blank=True,
+                                  on_delete=models.PROTECT, related_name="callback_deliveries")
+
+    class Meta:
+        verbose_name_plural = "callback deliveries"
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="callback_due_idx")]
+
+    def __str__(self):
+        return f"{self.kind} {self.event_id} ({self.status})"

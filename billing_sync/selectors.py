@@ -1,7 +1,7 @@
-"""Billing-sync reads: event resources (batched, no N+1), event lists, canonical invoices."""
+"""Billing-sync reads: event resources (batched, no N+1), event lists, canonical invoices, status callbacks."""
 import django_filters
 
-from billing_sync.models import Event, Invoice
+from billing_sync.models import CallbackDelivery, Event, Invoice
 from billing_sync.services import event_resource
 from ledger.money import fmt
 
@@ -62,3 +62,30 @@ def invoice_resource(invoice: Invoice) -> dict:
 def invoice_by_identity(source_system: str, invoice_id: str) -> Invoice | None:
     return (Invoice.objects.select_related("entity", "customer")
             .filter(source_system=source_system, invoice_id=invoice_id).first())
+
+
+class CallbackDeliveryFilter(django_filters.FilterSet):
+    kind = django_filters.CharFilter()
+    status = django_filters.CharFilter()
+
+    class Meta:
+        model = CallbackDelivery
+        fields = ["kind", "status"]
+
+
+def callback_deliveries_for_event(event_id):
+    """Status callbacks of one event, oldest first (the order they were caused in)."""
+    return (CallbackDelivery.objects.filter(event_id=event_id).select_related("source_system")
+            .defer("payload").order_by("created_at", "id"))
+
+
+def callback_delivery_resource(delivery) -> dict:
+    def iso(value):
+        return value.isoformat().replace("+00:00", "Z") if value else None
+
+    return {"id": str(delivery.pk), "event": str(delivery.event_id), "source_system": delivery.source_system.name,
+            "kind": delivery.kind, "status": delivery.status, "attempts": delivery.attempts,
+            "last_status_code": delivery.last_status_code, "last_error": delivery.last_error or None,
+            "created_at": iso(delivery.created_at), "delivered_at": iso(delivery.delivered_at),
+            "next_attempt_at": iso(delivery.next_attempt_at) if delivery.status == "pending" else None,
+            "exception": str(delivery.exception_id) if delivery.exception_id else None}

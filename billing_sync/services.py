@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import services as audit
-from billing_sync import documents
+from billing_sync import callbacks, documents
 from billing_sync.models import Event, Receipt
 from billing_sync.schemas import validate_event
 from config import correlation
@@ -328,6 +328,7 @@ def process_event(*, event_id, actor="system") -> str:
                 audit.record(actor=actor, action="event.exception", object_type="event", object_id=event.pk,
                              event_id=event.pk, after={"status": "exception", "code": exc.code,
                                                        "message": exc.detail})
+                callbacks.notify(event=event, kind=callbacks.EXCEPTION, actor=actor)
                 return event.status
             event.status = outcome.status
             event.processed_at = timezone.now()
@@ -410,4 +411,5 @@ def event_refresh_status(*, event_id, actor="system") -> str:
         event.save(update_fields=["status"])
         audit.record(actor=actor, action="event.status_changed", object_type="event", object_id=event.pk,
                      event_id=event.pk, before={"status": before}, after={"status": new})
+        callbacks.notify(event=event, kind=callbacks.KIND_FOR_STATUS.get(new), actor=actor)  # posted, exception
     return new

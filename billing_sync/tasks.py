@@ -1,8 +1,9 @@
-"""Celery tasks of billing sync: process accepted events, and sweep for any that were never scheduled."""
+"""Celery tasks of billing sync: process accepted events, and sweep for any that were never scheduled;
+deliver status callbacks to source systems (queue `callbacks`) and sweep for those that are due."""
 from celery import shared_task
 from django.conf import settings
 
-from billing_sync import services
+from billing_sync import callbacks, services
 
 
 @shared_task(name="billing_sync.tasks.process_events", acks_late=True, reject_on_worker_lost=True,
@@ -16,3 +17,16 @@ def process_events(event_ids: list[str]):
 @shared_task(name="billing_sync.tasks.sweep_accepted_events", ignore_result=True)
 def sweep_accepted_events():
     return services.sweep_accepted(older_than_seconds=settings.TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS)
+
+
+# Retries live in the database (next_attempt_at, picked up by the sweep), not in Celery countdowns: an hour of
+# backoff must not sit in Redis past its visibility timeout, and a lost message only delays a delivery.
+@shared_task(name="billing_sync.tasks.deliver_callback", acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True)
+def deliver_callback(delivery_id: str, attempt: int | None = None):
+    callbacks.deliver(delivery_id, attempt=attempt)
+
+
+@shared_task(name="billing_sync.tasks.sweep_callbacks", ignore_result=True)
+def sweep_callbacks():
+    return callbacks.sweep_callbacks()

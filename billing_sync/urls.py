@@ -8,5 +8,6 @@ urlpatterns = [
     path("events/batch", views.EventBatchView.as_view(), name="event-batch"),
     path("events/<uuid:pk>", views.EventDetailView.as_view(), name="event-detail"),
     path("events/<uuid:pk>/trace", views.EventTraceView.as_view(), name="event-trace"),
+    path("events/<uuid:pk>/callbacks", views.EventCallbacksView.as_view(), name="event-callbacks"),
     path("invoices/<str:source_system>/<str:invoice_id>", views.InvoiceDetailView.as_view(), name="invoice-detail"),
 ]

@@ -119,3 +119,20 @@ class InvoiceDetailView(APIView):
         if invoice is None:
             raise NotFound(f"no invoice {source_system}/{invoice_id}")
         return Response(selectors.invoice_resource(invoice))
+
+
+class EventCallbacksView(generics.GenericAPIView):
+    """Status callbacks sent (or being sent) to the event's source system; who may read the event may read them."""
+
+    permission_classes = [EVENT_READERS]
+    filterset_class = selectors.CallbackDeliveryFilter
+
+    def get_queryset(self):
+        if getattr(self, "swagger_fake_view", False):  # OpenAPI generation: no request, no event
+            return selectors.callback_deliveries_for_event(None).none()
+        return selectors.callback_deliveries_for_event(_event_for(self.request, self.kwargs["pk"]).pk)
+
+    @extend_schema(operation_id="event_callbacks_list", responses={200: dict})
+    def get(self, request, pk):
+        page = self.paginate_queryset(self.filter_queryset(self.get_queryset()))
+        return self.get_paginated_response([selectors.callback_delivery_resource(d) for d in page])

@@ -40,7 +40,8 @@ def _commands(port: str) -> dict[str, list[str]]:
     celery = str(BIN_DIR / "celery")
     return {
         "web": [str(BIN_DIR / "gunicorn"), "-c", str(BASE_DIR / "config" / "gunicorn.conf.py"), "config.wsgi"],
-        "worker": [celery, "-A", "config", "worker", "-Q", "celery,posting", "-l", "info", "-n", "tieout-dev@%h"],
+        "worker": [celery, "-A", "config", "worker", "-Q", "celery,posting,callbacks", "-l", "info",
+                   "-n", "tieout-dev@%h"],
         "beat": [
             celery, "-A", "config", "beat", "-l", "info",
             "-s", str(VAR_DIR / "celerybeat-schedule"),

@@ -34,6 +34,7 @@ class Codes:
     CURRENCY_MISMATCH = "currency_mismatch"
     DOCUMENT_CONFLICT = "document_conflict"
     POSTING_FAILED = "posting_failed"
+    CALLBACK_FAILED = "callback_failed"
 
 
 class TieoutError(Exception):

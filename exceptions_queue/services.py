@@ -11,6 +11,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from audit import services as audit
+from billing_sync import callbacks
 from config import roles
 from config.errors import ApiError, BusinessRuleError, Codes, Conflict, NotFound, PermissionRefused
 from exceptions_queue.models import Approval, ApprovalDecision, ApprovalPolicy, ExceptionRecord
@@ -87,6 +88,28 @@ def exception_open_for_journal(*, journal, code: str, message: str, actor) -> Ex
     return exc
 
 
+def exception_open_for_callback(*, source_system: str, message: str, existing_id, event_id, actor) -> ExceptionRecord:
+    """Status callbacks to a source system gave up: open its callback_failed exception, or update the open one.
+
+    Not linked to the event (the event's one open exception is about the books); `event_id` only puts
+    the audit entry in the event's trace. The caller (billing_sync.callbacks) finds the open one.
+    """
+    exc = ExceptionRecord.objects.select_for_update().filter(pk=existing_id).exclude(
+        status=ExceptionRecord.Status.RESOLVED).first() if existing_id else None
+    if exc is None:
+        exc = ExceptionRecord.objects.create(code=Codes.CALLBACK_FAILED, message=message,
+                                             process=ExceptionRecord.Process.CALLBACK)
+        audit.record(actor=actor, action="exception.opened", object_type="exception", object_id=exc.pk,
+                     event_id=event_id, after={**_snapshot(exc), "source_system": source_system})
+        return exc
+    before = _snapshot(exc)
+    exc.message, exc.updated_at = message, timezone.now()
+    exc.save(update_fields=["message", "updated_at"])
+    audit.record(actor=actor, action="exception.updated", object_type="exception", object_id=exc.pk,
+                 event_id=event_id, before=before, after={**_snapshot(exc), "source_system": source_system})
+    return exc
+
+
 def _resolve(exc: ExceptionRecord, *, resolution: str, actor) -> None:
     before = _snapshot(exc)
     exc.status = ExceptionRecord.Status.RESOLVED
@@ -96,6 +119,7 @@ def _resolve(exc: ExceptionRecord, *, resolution: str, actor) -> None:
     exc.save(update_fields=["status", "resolution", "resolved_at", "updated_at", "resolved_by"])
     audit.record(actor=actor, action="exception.resolved", object_type="exception", object_id=exc.pk,
                  event_id=exc.event_id, before=before, after={**_snapshot(exc), "resolution": resolution})
+    callbacks.notify(event=exc.event, kind=callbacks.RESOLVED, actor=actor)  # no-op without an event
 
 
 def exceptions_resolve_for_event(*, event, resolution: str, actor) -> int:
@@ -188,6 +212,8 @@ def exception_retry(*, exception_id, actor) -> ExceptionRecord:
         failed = failed.filter(event_id=exc.event_id) if exc.event_id else failed.filter(pk=exc.journal_id)
         for journal_id in failed.values_list("pk", flat=True):
             ledger.journal_retry(journal_id=journal_id, actor=actor)
+    elif exc.process == ExceptionRecord.Process.CALLBACK:
+        callbacks.callbacks_retry(exception_id=exc.pk, actor=actor)
     elif exc.event_id:
         billing.event_reprocess(event_id=exc.event_id, actor=actor)
     exc.refresh_from_db()

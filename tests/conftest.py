@@ -26,7 +26,7 @@ import pytest
 pytest_plugins = ["tests.fixtures"]
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-WORKER_QUEUES = ("celery", "posting")
+WORKER_QUEUES = ("celery", "posting", "callbacks")
 WORKER_START_TIMEOUT = 60
 
 

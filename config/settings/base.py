@@ -170,6 +170,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "inte
 CELERY_TASK_ROUTES = {
     "ledger.tasks.post_journal": {"queue": "posting"},
     "ledger.tasks.post_erp_batch": {"queue": "posting"},
+    "billing_sync.tasks.deliver_callback": {"queue": "callbacks"},
     "billing_sync.tasks.*": {"queue": "celery"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -180,6 +181,7 @@ CELERY_BEAT_SCHEDULE = {
     "events-sweep": {"task": "billing_sync.tasks.sweep_accepted_events", "schedule": 15.0},
     "audit-seal": {"task": "audit.tasks.seal_audit_chain", "schedule": 5.0},
     "erp-batches-sweep": {"task": "ledger.tasks.sweep_erp_batches", "schedule": 5.0},
+    "callbacks-sweep": {"task": "billing_sync.tasks.sweep_callbacks", "schedule": 10.0},
 }
 
 # Tieout's own knobs.
@@ -197,6 +199,13 @@ TIEOUT_POSTING_RETRY_AFTER_CAP = float(os.environ.get("TIEOUT_POSTING_RETRY_AFTE
 # How long one worker may hold a journal while it talks to the ERP; after that the sweep takes it back.
 TIEOUT_POSTING_LEASE_SECONDS = float(os.environ.get("TIEOUT_POSTING_LEASE_SECONDS", "180"))
 TIEOUT_TOKEN_CACHE_SECONDS = float(os.environ.get("TIEOUT_TOKEN_CACHE_SECONDS", "5"))
+# Status callbacks to source systems: attempts per delivery before it fails (and opens callback_failed),
+# exponential backoff with jitter between them (base doubling, capped), and the HTTP timeouts of one POST.
+TIEOUT_CALLBACK_MAX_ATTEMPTS = int(os.environ.get("TIEOUT_CALLBACK_MAX_ATTEMPTS", "12"))
+TIEOUT_CALLBACK_BACKOFF_BASE = float(os.environ.get("TIEOUT_CALLBACK_BACKOFF_BASE", "10"))
+TIEOUT_CALLBACK_BACKOFF_CAP = float(os.environ.get("TIEOUT_CALLBACK_BACKOFF_CAP", "3600"))
+TIEOUT_CALLBACK_CONNECT_TIMEOUT = float(os.environ.get("TIEOUT_CALLBACK_CONNECT_TIMEOUT", "3"))
+TIEOUT_CALLBACK_READ_TIMEOUT = float(os.environ.get("TIEOUT_CALLBACK_READ_TIMEOUT", "10"))
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOG_JSON = env_bool("LOG_JSON", True)
