@@ -329,6 +329,11 @@ def process_event(*, event_id, actor="system") -> str:
                              event_id=event.pk, after={"status": "exception", "code": exc.code,
                                                        "message": exc.detail})
                 callbacks.notify(event=event, kind=callbacks.EXCEPTION, actor=actor)
+                if exc.dependency:
+                    # The document may have committed while we processed (its wake-up found no waiting
+                    # exception yet): look again once ours is committed, so nothing waits forever.
+                    dependency, waiting_id = exc.dependency, event.pk
+                    transaction.on_commit(lambda: recheck_dependency(event_id=waiting_id, dependency=dependency))
                 return event.status
             event.status = outcome.status
             event.processed_at = timezone.now()
@@ -353,6 +358,27 @@ def wake_dependents(keys: list[str]) -> int:
     for event_id in event_ids:
         event_requeue(event_id=event_id, actor="system", reason="dependency arrived")
     return len(event_ids)
+
+
+def dependency_exists(dependency: str) -> bool:
+    from billing_sync.models import Customer, Invoice, Payment
+    from ledger.models import Entity
+
+    kind, _, rest = dependency.partition(":")
+    if kind == "entity":
+        return Entity.objects.filter(code=rest).exists()
+    source_system, _, document_id = rest.partition(":")
+    model, field_name = {"customer": (Customer, "customer_id"), "invoice": (Invoice, "invoice_id"),
+                         "payment": (Payment, "payment_id")}.get(kind, (None, None))
+    if model is None:
+        return False
+    return model.objects.filter(source_system=source_system, **{field_name: document_id}).exists()
+
+
+def recheck_dependency(*, event_id, dependency: str) -> bool:
+    if dependency_exists(dependency):
+        return event_requeue(event_id=event_id, actor="system", reason=f"{dependency} arrived")
+    return False
 
 
 def event_requeue(*, event_id, actor, reason: str) -> bool:

@@ -237,3 +237,35 @@ def test_same_event_delivered_twice_is_processed_once(entity, integration):
     assert (first.status_code, again.status_code) == (202, 200)
     assert Event.objects.filter(event_id=payload["event_id"]).count() == 1
     assert Journal.objects.filter(document_id="inv_tw").count() == 1
+
+
+def test_a_dependency_that_committed_during_processing_is_not_waited_for_forever(entity, integration,
+                                                                                 django_capture_on_commit_callbacks):
+    """The race: the customer commits (and wakes no one) while the invoice is still finding it missing."""
+    from billing_sync import services as billing
+    from billing_sync.models import Customer, Event
+
+    customer = f.customer()
+    invoice = f.invoice(customer_id=customer["data"]["customer_id"])
+    integration.send(invoice)
+    event = Event.objects.get(event_id=invoice["event_id"])
+    assert event.status == "exception"
+    # The customer lands without its wake-up reaching the invoice (as when it commits mid-processing).
+    Customer.objects.create(source_system=customer["source_system"], customer_id=customer["data"]["customer_id"],
+                            name="Acme", version=1)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert billing.recheck_dependency(event_id=event.pk,
+                                          dependency=f"customer:{customer['source_system']}:"
+                                                     f"{customer['data']['customer_id']}")
+    event.refresh_from_db()
+    assert event.status == "posted"
+
+
+def test_the_recheck_is_scheduled_when_an_event_starts_waiting(entity, integration, monkeypatch):
+    from billing_sync import services as billing
+
+    seen = []
+    monkeypatch.setattr(billing, "recheck_dependency", lambda **kw: seen.append(kw))
+    customer_id = "cus_missing"
+    integration.send(f.invoice(customer_id=customer_id))
+    assert seen and seen[0]["dependency"].endswith(f":{customer_id}")
