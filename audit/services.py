@@ -178,8 +178,6 @@ class VerifyResult:
 
 def verify(*, chunk: int = 20_000) -> VerifyResult:
     """Re-check every sealed entry and the chain, in seq order, streaming with a server-side cursor."""
-    prev = GENESIS
-    expected_seq = 0
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("DECLARE audit_verify_cur NO SCROLL CURSOR FOR "
@@ -187,31 +185,39 @@ def verify(*, chunk: int = 20_000) -> VerifyResult:
                            "e.action, e.object_type, e.object_id, e.event_id, e.before, e.after, e.correlation_id, "
                            "e.entry_hash FROM audit_auditseal s LEFT JOIN audit_auditentry e ON e.id = s.entry_id "
                            "ORDER BY s.seq")
-            while True:
-                cursor.execute(f"FETCH {int(chunk)} FROM audit_verify_cur")
-                rows = cursor.fetchall()
-                if not rows:
-                    break
-                for (seq, entry_id, seal_entry_hash, prev_hash, stored_chain, e_id, at, actor, action, otype, oid,
-                     event_id, before, after, corr, stored_entry_hash) in rows:
-                    expected_seq += 1
-                    if seq != expected_seq:
-                        return VerifyResult(False, expected_seq - 1, f"chain position {expected_seq} is missing",
-                                            entry_id, seq)
-                    if e_id is None:
-                        return VerifyResult(False, seq - 1, f"entry {entry_id} (seq {seq}) was deleted", entry_id, seq)
-                    if isinstance(before, str):
-                        before = json.loads(before)
-                    if isinstance(after, str):
-                        after = json.loads(after)
-                    content = entry_content(at=at, actor=actor, action=action, object_type=otype, object_id=oid,
-                                            event_id=event_id, before=before, after=after, correlation_id=corr)
-                    recomputed = hashlib.sha256(canonical_json(content)).hexdigest()
-                    if recomputed != seal_entry_hash or stored_entry_hash != seal_entry_hash:
-                        return VerifyResult(False, seq - 1, f"entry {entry_id} (seq {seq}) was altered", entry_id, seq)
-                    if prev_hash != prev or chain_hash(prev, seq, entry_id, seal_entry_hash) != stored_chain:
-                        return VerifyResult(False, seq - 1, f"chain broken at entry {entry_id} (seq {seq})",
-                                            entry_id, seq)
-                    prev = stored_chain
-            cursor.execute("CLOSE audit_verify_cur")
+            try:
+                return _verify_rows(cursor, chunk)
+            finally:
+                cursor.execute("CLOSE audit_verify_cur")
+
+
+def _verify_rows(cursor, chunk: int) -> VerifyResult:
+    prev = GENESIS
+    expected_seq = 0
+    while True:
+        cursor.execute(f"FETCH {int(chunk)} FROM audit_verify_cur")
+        rows = cursor.fetchall()
+        if not rows:
+            break
+        for (seq, entry_id, seal_entry_hash, prev_hash, stored_chain, e_id, at, actor, action, otype, oid,
+             event_id, before, after, corr, stored_entry_hash) in rows:
+            expected_seq += 1
+            if seq != expected_seq:
+                return VerifyResult(False, expected_seq - 1, f"chain position {expected_seq} is missing",
+                                    entry_id, seq)
+            if e_id is None:
+                return VerifyResult(False, seq - 1, f"entry {entry_id} (seq {seq}) was deleted", entry_id, seq)
+            if isinstance(before, str):
+                before = json.loads(before)
+            if isinstance(after, str):
+                after = json.loads(after)
+            content = entry_content(at=at, actor=actor, action=action, object_type=otype, object_id=oid,
+                                    event_id=event_id, before=before, after=after, correlation_id=corr)
+            recomputed = hashlib.sha256(canonical_json(content)).hexdigest()
+            if recomputed != seal_entry_hash or stored_entry_hash != seal_entry_hash:
+                return VerifyResult(False, seq - 1, f"entry {entry_id} (seq {seq}) was altered", entry_id, seq)
+            if prev_hash != prev or chain_hash(prev, seq, entry_id, seal_entry_hash) != stored_chain:
+                return VerifyResult(False, seq - 1, f"chain broken at entry {entry_id} (seq {seq})",
+                                    entry_id, seq)
+            prev = stored_chain
     return VerifyResult(True, expected_seq)
