@@ -427,7 +427,7 @@ def journal_post(*, journal_id, actor="system") -> PostOutcome:
         journal = Journal.objects.select_for_update().select_related("entity").filter(pk=journal_id).first()
         if journal is None:
             raise TieoutError(f"no journal {journal_id}", code=Codes.NOT_FOUND, status=404)
-        if journal.status not in (Journal.Status.READY, Journal.Status.POSTING, Journal.Status.FAILED):
+        if journal.status not in (Journal.Status.READY, Journal.Status.POSTING):  # failed: only a retry re-posts
             return PostOutcome(journal.pk, journal.status, journal.erp_document_ref)
         with correlation.bound(journal.correlation_id or None):
             if period_is_closed(journal.entity, journal.accounting_date):

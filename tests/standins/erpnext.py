@@ -30,6 +30,10 @@ class ErpNextStandin(Standin):
         self._seq = 0
         self._seq_lock = threading.Lock()
         self.fail_validation: str | None = None  # a permanent 417 for every create while set
+        # Optional test hooks, each `callable(doc) -> bool`, run in the request's thread; a truthy return
+        # drops the connection without an answer (the caller never learns what happened).
+        self.on_receive_hook = None  # a create request arrived: body read, nothing validated or stored
+        self.on_commit_hook = None  # the entry is stored; runs before the answer goes out
 
     def by_cheque(self, cheque_no: str) -> list[dict]:
         return [e for e in self.entries.values() if e.get("cheque_no") == cheque_no and e["docstatus"] < 2]
@@ -59,6 +63,9 @@ class ErpNextStandin(Standin):
             if self.pre_fault(handler, fault, frappe_error):
                 return
             doc = handler.body_json() or {}
+            if self.on_receive_hook is not None and self.on_receive_hook(doc):
+                handler.drop_connection()
+                return
             problem = self.validate(doc)
             if problem:
                 handler.send_json(417, frappe_error(417, problem))
@@ -68,6 +75,9 @@ class ErpNextStandin(Standin):
                 doc["name"] = f"ACC-JV-2026-{self._seq:05d}"
             doc.setdefault("docstatus", 0)
             self.entries[doc["name"]] = doc
+            if self.on_commit_hook is not None and self.on_commit_hook(doc):
+                handler.drop_connection()
+                return
             if self.post_fault(handler, fault, frappe_error):
                 return
             handler.send_json(200, {"data": doc})
