@@ -226,8 +226,9 @@ def start_celery_worker(env: dict, *, concurrency: int = 1) -> subprocess.Popen:
     import redis  # noqa: F401 - fail early when the broker client is missing
 
     nodename = f"tieout-bench-{os.getpid()}@localhost"
-    process = spawn([str(BIN / "celery"), "-A", "config", "worker", "-Q", "celery,posting,callbacks", "-c", str(concurrency),
-                     "--pool=prefork", "-l", "warning", "-n", nodename, "--without-gossip", "--without-mingle"],
+    process = spawn([str(BIN / "celery"), "-A", "config", "worker", "-Q", "celery,posting,callbacks",
+                     "-c", str(concurrency), "--pool=prefork", "-l", "warning", "-n", nodename,
+                     "--without-gossip", "--without-mingle"],
                     env=env, log_name="celery.log")
     from celery import Celery
 

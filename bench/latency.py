@@ -2,9 +2,11 @@
 
 gunicorn (production settings) takes single-event POSTs, paced open-loop (each event leaves at its
 scheduled time whatever the previous answers did, from a pool of keep-alive clients); one Celery worker
-(`-Q celery,posting -c 1 --pool=prefork`) processes and posts them. Then the database is polled until
-every event is posted (bounded) and the script prints p50/p95/p99 of journal.posted_at - event.received_at
-(both stamped by the server), how many were posted, and the worker's drain rate. It also prints the
+(`-Q celery,posting,callbacks -c 1 --pool=prefork`; no callbacks are configured) processes and posts
+them. Then the database is polled until every event is posted (bounded) and the script prints
+p50/p95/p99 of journal.posted_at - event.received_at (both stamped by the server), how many were
+posted, and the worker's drain rate. At 100 events/s one such worker falls behind: the latency is then
+mostly queueing, and BENCH_RATE below the drain rate shows the unloaded path. It also prints the
 database round trips of the worker's two steps for one invoice (process_event, journal_post).
 
 Knobs (environment): BENCH_RATE (100), BENCH_SECONDS (30), BENCH_SENDERS (8), BENCH_DRAIN_TIMEOUT (300),
