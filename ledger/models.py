@@ -146,6 +146,8 @@ class Journal(models.Model):
     posting_attempts = models.PositiveIntegerField(default=0)
     # While a worker talks to the ERP it holds this lease; another delivery of the same task waits.
     posting_claimed_until = models.DateTimeField(null=True, blank=True)
+    # Deliveries whose worker died mid-attempt (since the last manual retry): the poison-task counter.
+    deliveries_lost = models.PositiveIntegerField(default=0)
     last_error = models.TextField(blank=True, default="")
 
     class Meta:
@@ -210,6 +212,7 @@ class Outbox(models.Model):
 class PostingAttempt(models.Model):
     class Outcome(models.TextChoices):
         IN_PROGRESS = "in_progress"
+        ABANDONED = "abandoned"  # the worker died before it could record an answer
         POSTED = "posted"
         ALREADY_POSTED = "already_posted"
         TRANSIENT = "transient"

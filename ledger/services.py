@@ -466,10 +466,18 @@ def _claim(journal: Journal, connector_name: str, *, actor) -> tuple[PostingAtte
             journal.posting_claimed_until > now:
         wait = (journal.posting_claimed_until - now).total_seconds()
         raise connectors.TransientError("another worker is posting this journal", retry_after=wait)
-    if journal.posting_attempts >= settings.TIEOUT_POSTING_MAX_DELIVERIES:
-        # A task that keeps dying (or keeps being redelivered) is parked, not looped.
+    # An attempt still in progress was abandoned by a worker that died (SIGKILL, OOM, a crash in the
+    # connector). Transient ERP failures are bounded by the task's retries; deaths are bounded here, so a
+    # task that kills its worker every time is parked instead of looping.
+    lost = journal.attempts.filter(outcome=PostingAttempt.Outcome.IN_PROGRESS).update(
+        outcome=PostingAttempt.Outcome.ABANDONED, finished_at=now, message="the worker stopped before the ERP answered")
+    if lost:
+        journal.deliveries_lost += lost
+        journal.save(update_fields=["deliveries_lost"])
+    if journal.deliveries_lost >= settings.TIEOUT_POSTING_MAX_DELIVERIES:
         raise connectors.PermanentError(
-            f"parked after {journal.posting_attempts} delivery attempts; last error: {journal.last_error or 'none'}")
+            f"parked after {journal.deliveries_lost} deliveries whose worker died; last error: "
+            f"{journal.last_error or 'none'}")
     # Any earlier attempt may have reached the ERP (a crash, an ambiguous answer): look before sending.
     look_up_first = journal.status == Journal.Status.POSTING or journal.attempts.exists()
     before = journal.status
@@ -539,6 +547,9 @@ def _mark_posted(journal: Journal, result: connectors.PostResult, connector_name
 
 
 def _fail(journal: Journal, code: str, message: str, *, actor) -> None:
+    journal.attempts.filter(outcome=PostingAttempt.Outcome.IN_PROGRESS).update(
+        outcome=PostingAttempt.Outcome.ABANDONED, finished_at=timezone.now(),
+        message="the worker stopped before the ERP answered")
     before = journal.status
     journal.status = Journal.Status.FAILED
     journal.posting_claimed_until = None
@@ -569,9 +580,9 @@ def journal_retry(*, journal_id, actor) -> Journal:
     if journal.status != Journal.Status.FAILED:
         return journal
     journal.status = Journal.Status.READY
-    journal.posting_attempts = 0  # a person asked again: a fresh budget of deliveries
+    journal.deliveries_lost = 0  # a person asked again: a fresh budget of deliveries
     journal.erp_batch = None  # a failed batch is not sent again: the journal joins a new one
-    journal.save(update_fields=["status", "posting_attempts", "erp_batch"])
+    journal.save(update_fields=["status", "deliveries_lost", "erp_batch"])
     audit.record(actor=actor, action="journal.retry", object_type="journal", object_id=journal.pk,
                  event_id=journal.event_id, before={"status": "failed"}, after={"status": "ready"})
     _enqueue(journal)
