@@ -11,6 +11,7 @@ from decimal import Decimal
 import structlog
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from audit import services as audit
@@ -345,7 +346,7 @@ def relay(outbox_ids: list[int]) -> None:
             log.warning("outbox.relay_failed", outbox=row.pk, error=str(exc))
             continue
         Outbox.objects.filter(pk=row.pk, dispatched_at__isnull=True).update(
-            dispatched_at=timezone.now(), dispatch_count=row.dispatch_count + 1)
+            dispatched_at=timezone.now(), dispatch_count=F("dispatch_count") + 1)
 
 
 def sweep_outbox(*, older_than_seconds: int) -> int:

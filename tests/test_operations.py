@@ -65,3 +65,13 @@ def test_home_page_shows_figures_to_staff_only(client, entity, finance, django_u
     client.force_login(django_user_model.objects.get(username="fiona-ops"))
     page = client.get("/")
     assert b"open exceptions" in page.content
+
+
+def test_throttling_fails_open_when_redis_is_down(entity, integration, monkeypatch):
+    import redis
+
+    from config.api import TokenRateThrottle
+
+    monkeypatch.setattr(TokenRateThrottle, "_client", redis.Redis(port=1, socket_connect_timeout=0.2))
+    response = integration.send(f.customer())
+    assert response.status_code == 202

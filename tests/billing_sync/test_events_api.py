@@ -171,6 +171,18 @@ def test_batch_answers_each_event_in_order(entity, integration):
     assert integration.event(results[0]["body"]["id"])["status"] == "processed"
 
 
+def test_batch_audit_entries_verify(entity, integration):
+    import io
+
+    from django.core.management import call_command
+
+    response = integration.post("/api/v1/events/batch", {"events": [f.customer() for _ in range(5)]})
+    assert [r["status"] for r in response.json()["results"]] == [202] * 5
+    out = io.StringIO()
+    call_command("audit_verify", stdout=out)
+    assert out.getvalue().startswith("OK ")
+
+
 def test_batch_over_1000_events_is_refused(entity, integration):
     response = integration.post("/api/v1/events/batch", {"events": [f.customer() for _ in range(1001)]})
     assert response.status_code == 422
