@@ -284,17 +284,10 @@ def receive_batch(*, body: bytes, user, headers, remote_addr=None) -> Answer:
 
 
 def schedule_processing(event_ids) -> None:
-    """Hand accepted events to the worker; if the broker is down the sweep picks them up later."""
-    from billing_sync.tasks import process_events
+    """Hand accepted events to the workers (batched off the request path; the sweep covers any loss)."""
+    from billing_sync import dispatch
 
-    chunk = 50
-    for start in range(0, len(event_ids), chunk):
-        ids = [str(i) for i in event_ids[start:start + chunk]]
-        try:
-            process_events.apply_async(args=[ids])
-        except Exception as exc:
-            log.warning("events.schedule_failed", count=len(ids), error=str(exc))
-            return
+    dispatch.schedule(event_ids)
 
 
 def sweep_accepted(*, older_than_seconds: int = 30) -> int:

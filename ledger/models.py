@@ -147,7 +147,7 @@ class Journal(models.Model):
     # While a worker talks to the ERP it holds this lease; another delivery of the same task waits.
     posting_claimed_until = models.DateTimeField(null=True, blank=True)
     # Deliveries whose worker died mid-attempt (since the last manual retry): the poison-task counter.
-    deliveries_lost = models.PositiveIntegerField(default=0)
+    deliveries_lost = models.PositiveIntegerField(default=0, db_default=0)
     last_error = models.TextField(blank=True, default="")
 
     class Meta:

@@ -339,13 +339,25 @@ def relay(outbox_ids: list[int]) -> None:
     """Hand outbox rows to Celery (after commit). A crash before this line is repaired by the sweep."""
     from ledger.tasks import post_journal
 
-    for row in Outbox.objects.filter(pk__in=outbox_ids, dispatched_at__isnull=True).only("pk", "journal_id"):
+    rows = (Outbox.objects.filter(pk__in=outbox_ids, dispatched_at__isnull=True)
+            .values_list("pk", "journal_id", "journal__entity__erp_connector"))
+    for pk, journal_id, connector_name in rows:
+        if connectors.connector_class(connector_name).in_database and not settings.CELERY_TASK_ALWAYS_EAGER:
+            # The built-in ledger needs no network: post right here rather than pay a broker round trip
+            # and a second task. Whatever goes wrong falls back to the queue (and the sweep).
+            try:
+                journal_post(journal_id=journal_id)
+                Outbox.objects.filter(pk=pk, dispatched_at__isnull=True).update(
+                    dispatched_at=timezone.now(), dispatch_count=F("dispatch_count") + 1)
+                continue
+            except Exception as exc:
+                log.warning("outbox.inline_post_failed", outbox=pk, error=str(exc))
         try:
-            post_journal.apply_async(args=[str(row.journal_id)], queue="posting")
+            post_journal.apply_async(args=[str(journal_id)], queue="posting")
         except Exception as exc:  # broker down: the sweep re-sends; the API must not fail for it
-            log.warning("outbox.relay_failed", outbox=row.pk, error=str(exc))
+            log.warning("outbox.relay_failed", outbox=pk, error=str(exc))
             continue
-        Outbox.objects.filter(pk=row.pk, dispatched_at__isnull=True).update(
+        Outbox.objects.filter(pk=pk, dispatched_at__isnull=True).update(
             dispatched_at=timezone.now(), dispatch_count=F("dispatch_count") + 1)
 
 
@@ -556,6 +568,7 @@ def _fail(journal: Journal, code: str, message: str, *, actor) -> None:
     journal.posting_claimed_until = None
     journal.last_error = message
     journal.save(update_fields=["status", "posting_claimed_until", "last_error"])
+    Outbox.objects.filter(journal=journal, dispatched_at__isnull=True).update(dispatched_at=timezone.now())
     PostingAttempt.objects.create(journal=journal, finished_at=timezone.now(), connector=journal.entity.erp_connector,
                                   outcome=PostingAttempt.Outcome.PERMANENT, message=message)
     audit.record(actor=actor, action="journal.failed", object_type="journal", object_id=journal.pk,

@@ -1,0 +1,67 @@
+"""Hand accepted events to the workers in batches, off the request's critical path.
+
+The durable record of work to do is the event row itself (status `accepted`, committed before this is
+called): this module only makes it fast. Ids are buffered in memory and a daemon thread publishes them
+to Celery in chunks every few milliseconds, so a request pays for a list append instead of a broker
+round trip and message build (about 1.5 ms). If the process dies with ids in the buffer, or the broker
+is down, the beat sweep (`sweep_accepted`) schedules those events again; processing is idempotent.
+With Celery in eager mode (tests) ids are published at once, in the caller's thread.
+"""
+import os
+import threading
+
+import structlog
+from django.conf import settings
+
+log = structlog.get_logger("tieout.dispatch")
+
+CHUNK = 50
+FLUSH_INTERVAL = 0.01  # seconds
+
+
+def publish(event_ids: list[str]) -> None:
+    from billing_sync.tasks import process_events
+
+    for start in range(0, len(event_ids), CHUNK):
+        ids = event_ids[start:start + CHUNK]
+        try:
+            process_events.apply_async(args=[ids])
+        except Exception as exc:  # broker down: the sweep re-schedules accepted events
+            log.warning("events.schedule_failed", count=len(ids), error=str(exc))
+            return
+
+
+class _Dispatcher:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.buffer: list[str] = []
+        self.pid = None
+
+    def add(self, event_ids) -> None:
+        with self.lock:
+            self.buffer.extend(str(i) for i in event_ids)
+            if self.pid != os.getpid():  # first use in this (possibly forked) process
+                self.pid = os.getpid()
+                threading.Thread(target=self.run, name="tieout-dispatch", daemon=True).start()
+        self.wake.set()
+
+    def run(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            self.wake.wait(FLUSH_INTERVAL)  # let a burst gather into fewer, larger messages
+            with self.lock:
+                ids, self.buffer = self.buffer, []
+            if ids:
+                publish(ids)
+
+
+_dispatcher = _Dispatcher()
+
+
+def schedule(event_ids) -> None:
+    if settings.CELERY_TASK_ALWAYS_EAGER or getattr(settings, "TIEOUT_DISPATCH_INLINE", False):
+        publish([str(i) for i in event_ids])
+    else:
+        _dispatcher.add(event_ids)
