@@ -7,6 +7,7 @@ round trip and message build (about 1.5 ms). If the process dies with ids in the
 is down, the beat sweep (`sweep_accepted`) schedules those events again; processing is idempotent.
 With Celery in eager mode (tests) ids are published at once, in the caller's thread.
 """
+import atexit
 import os
 import threading
 
@@ -46,18 +47,24 @@ class _Dispatcher:
                 threading.Thread(target=self.run, name="tieout-dispatch", daemon=True).start()
         self.wake.set()
 
+    def flush(self) -> None:
+        with self.lock:
+            ids, self.buffer = self.buffer, []
+        if ids:
+            publish(ids)
+
     def run(self) -> None:
         while True:
             self.wake.wait()
             self.wake.clear()
             self.wake.wait(FLUSH_INTERVAL)  # let a burst gather into fewer, larger messages
-            with self.lock:
-                ids, self.buffer = self.buffer, []
-            if ids:
-                publish(ids)
+            self.flush()
 
 
 _dispatcher = _Dispatcher()
+# A process that exits in order (gunicorn recycling a worker, a deploy) publishes what it holds; only a
+# crash leaves ids to the sweep.
+atexit.register(_dispatcher.flush)
 
 
 def schedule(event_ids) -> None:

@@ -432,20 +432,45 @@ def _check_write_off(invoice: Invoice, amount: Decimal, *, include_pending: bool
                                                       f"{invoice.invoice_id} ({max(room, ZERO)})")
 
 
+def _approvable_target(event: Event, data: dict, out: Outcome, *, model, id_field: str, kind: str):
+    """The shared start of a credit note or write-off: a repeated id is ignored; else the locked invoice."""
+    ss = event.source_system
+    if model.objects.filter(source_system=ss, **{id_field: data[id_field]}).exists():
+        _change(event, out, kind, data[id_field], C.STALE)
+        out.status = Event.Status.IGNORED
+        return None, None
+    entity = _entity(event)
+    invoice = _invoice_locked(ss, data["invoice_id"], entity)
+    if data["currency"] != invoice.currency:
+        raise BusinessRuleError(Codes.CURRENCY_MISMATCH, f"invoice {invoice.invoice_id} is in {invoice.currency}")
+    return entity, invoice
+
+
+def _request_approval_or_book(event: Event, out: Outcome, *, entity, journal, kind: str, document_id: str,
+                              amount: Decimal, currency: str, required: int, book, actor) -> None:
+    """Maker-checker: with approvals required the journal waits for them; otherwise it is booked now."""
+    from exceptions_queue import services as queue
+
+    out.journals.append(journal)
+    if required:
+        queue.approval_request(entity=entity, event=event, journal=journal, kind=kind, document_id=document_id,
+                               amount=amount, currency=currency, requested_by=event.sent_by, required=required,
+                               actor=actor)
+        out.status = Event.Status.PENDING_APPROVAL
+    else:
+        book()
+    _change(event, out, kind, document_id, C.CREATED)
+
+
 def credit_note_issued(event: Event, data: dict, actor) -> Outcome:
     from exceptions_queue import services as queue
 
     out = Outcome(Event.Status.PROCESSED)
-    ss = event.source_system
-    if CreditNote.objects.filter(source_system=ss, credit_note_id=data["credit_note_id"]).exists():
-        _change(event, out, "credit_note", data["credit_note_id"], C.STALE)
-        out.status = Event.Status.IGNORED
+    entity, invoice = _approvable_target(event, data, out, model=CreditNote, id_field="credit_note_id",
+                                         kind="credit_note")
+    if invoice is None:
         return out
-    entity = _entity(event)
-    invoice = _invoice_locked(ss, data["invoice_id"], entity)
     currency = data["currency"]
-    if currency != invoice.currency:
-        raise BusinessRuleError(Codes.CURRENCY_MISMATCH, f"invoice {invoice.invoice_id} is in {invoice.currency}")
     amount = _money(data["amount"], currency)
     taxes = [{"jurisdiction": t["jurisdiction"], "amount": _money(t["amount"], currency)} for t in data["taxes"]]
     tax_amount = sum((t["amount"] for t in taxes), ZERO)
@@ -453,26 +478,20 @@ def credit_note_issued(event: Event, data: dict, actor) -> Outcome:
     _check_credit(invoice, gross, include_pending=True)
     required = queue.approvals_required(entity=entity, kind="credit_note", amount=gross)
     note = CreditNote.objects.create(
-        source_system=ss, credit_note_id=data["credit_note_id"], invoice=invoice, currency=currency, amount=amount,
-        tax_amount=tax_amount, taxes=[{"jurisdiction": t["jurisdiction"], "amount": str(t["amount"])} for t in taxes],
+        source_system=event.source_system, credit_note_id=data["credit_note_id"], invoice=invoice, currency=currency,
+        amount=amount, tax_amount=tax_amount,
+        taxes=[{"jurisdiction": t["jurisdiction"], "amount": str(t["amount"])} for t in taxes],
         reason=data["reason"][:500], status=ApprovalStatus.PENDING_APPROVAL if required else ApprovalStatus.APPROVED,
         event=event)
     journal = ledger.journal_create(rules.credit_note(
-        entity=entity, source_system=ss, credit_note_id=note.credit_note_id, invoice_id=invoice.invoice_id,
-        customer_id=invoice.customer.customer_id, amount=amount, taxes=taxes,
-        on=_event_date(event), event_id=event.pk,
-        needs_approval=bool(required)), actor=actor)
-    out.journals.append(journal)
-    if required:
-        queue.approval_request(entity=entity, event=event, journal=journal, kind="credit_note",
-                               document_id=note.credit_note_id, amount=gross, currency=currency,
-                               requested_by=event.sent_by, required=required, actor=actor)
-        out.status = Event.Status.PENDING_APPROVAL
-    else:
-        _book_credit(invoice, note, actor=actor, event_id=event.pk)
-    _change(event, out, "credit_note", note.credit_note_id, C.CREATED)
+        entity=entity, source_system=event.source_system, credit_note_id=note.credit_note_id,
+        invoice_id=invoice.invoice_id, customer_id=invoice.customer.customer_id, amount=amount, taxes=taxes,
+        on=_event_date(event), event_id=event.pk, needs_approval=bool(required)), actor=actor)
+    _request_approval_or_book(event, out, entity=entity, journal=journal, kind="credit_note",
+                              document_id=note.credit_note_id, amount=gross, currency=currency, required=required,
+                              book=lambda: _book_credit(invoice, note, actor=actor, event_id=event.pk), actor=actor)
     audit.record(actor=actor, action="credit_note.created", object_type="credit_note",
-                 object_id=f"{ss}:{note.credit_note_id}", event_id=event.pk,
+                 object_id=f"{event.source_system}:{note.credit_note_id}", event_id=event.pk,
                  after={"invoice": invoice.invoice_id, "amount": amount, "tax": tax_amount, "status": note.status})
     return out
 
@@ -490,39 +509,27 @@ def write_off_requested(event: Event, data: dict, actor) -> Outcome:
     from exceptions_queue import services as queue
 
     out = Outcome(Event.Status.PROCESSED)
-    ss = event.source_system
-    if WriteOff.objects.filter(source_system=ss, write_off_id=data["write_off_id"]).exists():
-        _change(event, out, "write_off", data["write_off_id"], C.STALE)
-        out.status = Event.Status.IGNORED
+    entity, invoice = _approvable_target(event, data, out, model=WriteOff, id_field="write_off_id", kind="write_off")
+    if invoice is None:
         return out
-    entity = _entity(event)
-    invoice = _invoice_locked(ss, data["invoice_id"], entity)
     currency = data["currency"]
-    if currency != invoice.currency:
-        raise BusinessRuleError(Codes.CURRENCY_MISMATCH, f"invoice {invoice.invoice_id} is in {invoice.currency}")
     amount = _money(data["amount"], currency)
     _check_write_off(invoice, amount, include_pending=True)
     required = queue.approvals_required(entity=entity, kind="write_off", amount=amount)
     write_off = WriteOff.objects.create(
-        source_system=ss, write_off_id=data["write_off_id"], invoice=invoice, currency=currency, amount=amount,
-        reason=data["reason"][:500], status=ApprovalStatus.PENDING_APPROVAL if required else ApprovalStatus.APPROVED,
-        event=event)
+        source_system=event.source_system, write_off_id=data["write_off_id"], invoice=invoice, currency=currency,
+        amount=amount, reason=data["reason"][:500],
+        status=ApprovalStatus.PENDING_APPROVAL if required else ApprovalStatus.APPROVED, event=event)
     journal = ledger.journal_create(rules.write_off(
-        entity=entity, source_system=ss, write_off_id=write_off.write_off_id, invoice_id=invoice.invoice_id,
-        customer_id=invoice.customer.customer_id, amount=amount,
-        on=_event_date(event), event_id=event.pk,
-        needs_approval=bool(required)), actor=actor)
-    out.journals.append(journal)
-    if required:
-        queue.approval_request(entity=entity, event=event, journal=journal, kind="write_off",
-                               document_id=write_off.write_off_id, amount=amount, currency=currency,
-                               requested_by=event.sent_by, required=required, actor=actor)
-        out.status = Event.Status.PENDING_APPROVAL
-    else:
-        _book_write_off(invoice, write_off, actor=actor, event_id=event.pk)
-    _change(event, out, "write_off", write_off.write_off_id, C.CREATED)
+        entity=entity, source_system=event.source_system, write_off_id=write_off.write_off_id,
+        invoice_id=invoice.invoice_id, customer_id=invoice.customer.customer_id, amount=amount,
+        on=_event_date(event), event_id=event.pk, needs_approval=bool(required)), actor=actor)
+    _request_approval_or_book(event, out, entity=entity, journal=journal, kind="write_off",
+                              document_id=write_off.write_off_id, amount=amount, currency=currency,
+                              required=required, actor=actor,
+                              book=lambda: _book_write_off(invoice, write_off, actor=actor, event_id=event.pk))
     audit.record(actor=actor, action="write_off.created", object_type="write_off",
-                 object_id=f"{ss}:{write_off.write_off_id}", event_id=event.pk,
+                 object_id=f"{event.source_system}:{write_off.write_off_id}", event_id=event.pk,
                  after={"invoice": invoice.invoice_id, "amount": amount, "status": write_off.status})
     return out
 

@@ -3,6 +3,7 @@ from django.contrib import admin
 from simple_history.admin import SimpleHistoryAdmin
 
 from audit import services as audit
+from config.admin_mixins import ReadOnlyAdminMixin
 from exceptions_queue.models import Approval, ApprovalPolicy, ExceptionRecord
 
 POLICY_FIELDS = ["credit_note_threshold", "write_off_threshold", "manual_journal_threshold", "two_approver_threshold"]
@@ -26,32 +27,12 @@ class ApprovalPolicyAdmin(SimpleHistoryAdmin):
 
 
 @admin.register(ExceptionRecord)
-class ExceptionRecordAdmin(SimpleHistoryAdmin):
+class ExceptionRecordAdmin(ReadOnlyAdminMixin, SimpleHistoryAdmin):
     list_display = ["id", "code", "status", "entity_code", "owner", "created_at"]
     list_filter = ["status", "code"]
-    show_full_result_count = False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Approval)
-class ApprovalAdmin(admin.ModelAdmin):
+class ApprovalAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["id", "kind", "amount", "currency", "status", "requested_by_label", "required_approvals"]
     list_filter = ["status", "kind"]
-    show_full_result_count = False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

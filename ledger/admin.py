@@ -3,6 +3,7 @@ from django import forms
 from django.contrib import admin, messages
 from simple_history.admin import SimpleHistoryAdmin
 
+from config.admin_mixins import ReadOnlyAdminMixin
 from ledger import connectors, services
 from ledger.models import Account, AccountMapping, Entity, Journal, JournalLine, Period
 
@@ -115,18 +116,8 @@ class JournalLineInline(admin.TabularInline):
 
 
 @admin.register(Journal)
-class JournalAdmin(admin.ModelAdmin):
+class JournalAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["id", "entity", "kind", "status", "accounting_date", "erp_document_ref", "posted_at"]
     list_filter = ["status", "entity", "kind"]
     search_fields = ["=id", "=erp_document_ref", "document_id"]
-    show_full_result_count = False
     inlines = [JournalLineInline]
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def has_add_permission(self, request):
-        return False
