@@ -340,8 +340,10 @@ def relay(outbox_ids: list[int]) -> None:
     from ledger.tasks import post_journal
 
     rows = (Outbox.objects.filter(pk__in=outbox_ids, dispatched_at__isnull=True)
-            .values_list("pk", "journal_id", "journal__entity__erp_connector"))
-    for pk, journal_id, connector_name in rows:
+            .values_list("pk", "journal_id", "journal__entity__erp_connector", "journal__entity__posting_mode"))
+    for pk, journal_id, connector_name, posting_mode in rows:
+        if posting_mode == Entity.PostingMode.BATCH and connector_name != "builtin":
+            continue  # batch mode: the sweep gathers ready journals into batches (form_erp_batches)
         if connectors.connector_class(connector_name).in_database and not settings.CELERY_TASK_ALWAYS_EAGER:
             # The built-in ledger needs no network: post right here rather than pay a broker round trip
             # and a second task. Whatever goes wrong falls back to the queue (and the sweep).
@@ -675,10 +677,60 @@ def _send_batch(batch_id) -> None:
         log.warning("erp_batch.send_failed", batch=str(batch_id), error=str(exc))
 
 
+_BATCH_LINES_SQL = """
+INSERT INTO ledger_erpbatchline (batch_id, account_id, debit, credit)
+SELECT %s, account_id, GREATEST(SUM(debit) - SUM(credit), 0), GREATEST(SUM(credit) - SUM(debit), 0)
+FROM ledger_journalline WHERE journal_id = ANY(%s)
+GROUP BY account_id HAVING SUM(debit) <> SUM(credit)
+"""
+
+
+def form_erp_batches(*, actor="system") -> int:
+    """Gather ready journals of batch-mode entities into closed batches, set-based.
+
+    The relay does not hand batch-mode journals to one task each (that would serialise every worker on
+    the day's open batch); they wait `ready` and this, run by the sweep, moves up to
+    TIEOUT_BATCH_MAX_JOURNALS of them per entity and day into a batch in a few statements: the batch's
+    net lines by one INSERT ... SELECT ... GROUP BY, the journals by one UPDATE. SKIP LOCKED lets two
+    sweeps run at once without waiting on each other or taking the same journal.
+    """
+    formed = 0
+    with transaction.atomic():
+        rows = list(Journal.objects.select_for_update(skip_locked=True, of=("self",))
+                    .filter(status=Journal.Status.READY, erp_batch__isnull=True,
+                            entity__posting_mode=Entity.PostingMode.BATCH)
+                    .exclude(entity__erp_connector="builtin")
+                    .order_by("created_at").values_list("pk", "entity_id", "accounting_date", "event_id")[:20_000])
+        groups: dict = {}
+        for pk, entity_id, day, event_id in rows:
+            groups.setdefault((entity_id, day), []).append((pk, event_id))
+        size = settings.TIEOUT_BATCH_MAX_JOURNALS
+        now = timezone.now()
+        for (entity_id, day), members in groups.items():
+            for start in range(0, len(members), size):
+                chunk = members[start:start + size]
+                ids = [pk for pk, _ in chunk]
+                batch = ErpBatch.objects.create(entity_id=entity_id, accounting_date=day, status=ErpBatch.Status.READY,
+                                                journal_count=len(ids), closed_at=now)
+                with transaction.get_connection().cursor() as cursor:
+                    cursor.execute(_BATCH_LINES_SQL, [batch.pk, ids])
+                Journal.objects.filter(pk__in=ids).update(status=Journal.Status.POSTING, erp_batch=batch)
+                Outbox.objects.filter(journal_id__in=ids, dispatched_at__isnull=True).update(dispatched_at=now)
+                audit.record_many([{"actor": actor, "action": "journal.batched", "object_type": "journal",
+                                    "object_id": pk, "event_id": event_id, "before": {"status": "ready"},
+                                    "after": {"status": "posting", "erp_batch": str(batch.pk)}}
+                                   for pk, event_id in chunk]
+                                  + [{"actor": actor, "action": "erp_batch.closed", "object_type": "erp_batch",
+                                      "object_id": batch.pk, "after": {"journals": len(ids), "accounting_date": day}}])
+                transaction.on_commit(lambda batch_id=batch.pk: _send_batch(batch_id))
+                formed += 1
+    return formed
+
+
 def sweep_erp_batches(*, window_seconds: float) -> int:
-    """Close batches whose window has passed, and re-send ready or abandoned ones."""
+    """Form batches from waiting journals, close batches whose window has passed, re-send stuck ones."""
     now = timezone.now()
-    count = 0
+    count = form_erp_batches()
     for batch_id in ErpBatch.objects.filter(status=ErpBatch.Status.OPEN,
                                             created_at__lte=now - datetime.timedelta(seconds=window_seconds)
                                             ).values_list("pk", flat=True)[:500]:

@@ -37,11 +37,20 @@ def _send_invoices(integration, count=3):
                                    lines=[(f"{100 + amount}.00", "10.00")]))
 
 
-def test_journals_wait_in_the_open_batch_of_their_day(batch_entity, integration, erp):
+def test_journals_wait_ready_until_the_sweep_gathers_them(batch_entity, integration, erp):
     _send_invoices(integration)
+    assert not ErpBatch.objects.exists()
+    assert set(Journal.objects.values_list("status", flat=True)) == {"ready"}
+    assert not erp.entries
+
+
+def test_a_journal_handed_to_the_posting_task_joins_the_open_batch(batch_entity, integration, erp):
+    """The per-journal path (a stale journal re-sent by the outbox sweep) still batches, never posts alone."""
+    _send_invoices(integration, count=2)
+    for journal in Journal.objects.all():
+        services.journal_post(journal_id=journal.pk)
     batch = ErpBatch.objects.get()
-    assert batch.status == "open"
-    assert batch.journal_count == 3
+    assert (batch.status, batch.journal_count) == ("open", 2)
     assert set(Journal.objects.values_list("status", flat=True)) == {"posting"}
     assert not erp.entries
 
@@ -69,12 +78,15 @@ def test_a_closed_batch_posts_one_summarised_document_for_all_its_journals(batch
         assert integration.event(journal.event_id)["status"] == "posted"
 
 
-def test_a_full_batch_closes_at_once(batch_entity, integration, erp, settings):
+def test_batches_hold_at_most_the_configured_number_of_journals(batch_entity, integration, erp, settings,
+                                                                django_capture_on_commit_callbacks):
     settings.TIEOUT_BATCH_MAX_JOURNALS = 2
     _send_invoices(integration, count=3)
-    statuses = sorted(ErpBatch.objects.values_list("status", "journal_count"))
-    assert statuses == [("open", 1), ("posted", 2)]
-    assert len(erp.entries) == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        services.sweep_erp_batches(window_seconds=0)
+    assert sorted(ErpBatch.objects.values_list("status", "journal_count")) == [("posted", 1), ("posted", 2)]
+    assert len(erp.entries) == 2
+    assert set(Journal.objects.values_list("status", flat=True)) == {"posted"}
 
 
 def test_a_refused_batch_fails_every_journal_and_a_retry_rebatches(batch_entity, integration, erp, finance,
