@@ -168,9 +168,14 @@ def main() -> None:
     c.say(f"ERP documents: {len(erp.entries)}; documents created twice for one reference: {len(duplicates)}")
 
     # Latency at 50 % of the best single-mode capacity, everything running together.
+    single = [rate for label, rate in results.items() if "batch" not in label]
+    if not single:
+        c.stop(server)
+        db.close()
+        erp.stop()
+        return
     configure(env, erp, "single")
-    capacity = max([rate for label, rate in results.items() if "batch" not in label] or [results and
-                                                                                           min(results.values()) or 10])
+    capacity = max(single)
     pace = max(1.0, capacity * 0.5)
     processor = start_worker(env, queues="celery", concurrency=2, pool="prefork", name="processor")
     posters = [start_worker(env, queues="posting", concurrency=THREADS, pool="threads", name=f"post{i}")
