@@ -277,7 +277,7 @@ def receive_batch(*, body: bytes, user, headers, remote_addr=None) -> Answer:
                  "event_id": r["id"], "correlation_id": r["cid"],
                  "after": {"source_system": r["payload"]["source_system"], "event_id": r["payload"]["event_id"],
                            "type": r["payload"]["type"], "payload_sha256": r["hash"], "receipt": receipt.pk}}
-                for r in rows if r["id"] in inserted])
+                for r in rows if r["id"] in inserted], native=True)
             ids = [r["id"] for r in rows if r["id"] in inserted]
             transaction.on_commit(lambda: schedule_processing(ids))
     return Answer(200, {"results": results})

@@ -4,6 +4,7 @@ The table lists the currencies whose minor unit is not 2; every other ISO code u
 is still refused by the format check (three upper-case letters) but not by name, because billing
 platforms add currencies faster than we would update a list.
 """
+import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
 ZERO = Decimal("0")
@@ -31,26 +32,26 @@ def quantize(amount: Decimal, currency: str) -> Decimal:
     return amount.quantize(quantum(currency), rounding=ROUND_HALF_UP)
 
 
+# Digits, an optional sign and fraction: no exponent, no NaN/Infinity, no underscores or spaces.
+_PLAIN_DECIMAL = re.compile(r"-?(\d{1,15})(?:\.(\d+))?")
+
+
 def parse_money(value, currency: str | None) -> Decimal:
     """Parse a decimal string; refuse floats, exponents, NaN and more digits than the currency has."""
     if not isinstance(value, str):
         raise ValueError("must be a decimal string such as \"107.25\"")
-    text = value.strip()
-    if not text or text != value or any(ch in text for ch in "eEnN_ "):
+    match = _PLAIN_DECIMAL.fullmatch(value)
+    if match is None:
+        if re.fullmatch(r"-?\d{16,}(?:\.\d+)?", value):
+            raise ValueError("is too large")
         raise ValueError("must be a plain decimal string such as \"107.25\"")
+    fraction = match.group(2) or ""
+    if currency is not None and len(fraction) > minor_units(currency):
+        raise ValueError(f"has more than {minor_units(currency)} decimal places for {currency}")
     try:
-        amount = Decimal(text)
-    except InvalidOperation:
+        return Decimal(value)
+    except InvalidOperation:  # unreachable after the pattern, kept as a guard
         raise ValueError("is not a decimal number") from None
-    if not amount.is_finite():
-        raise ValueError("is not a finite number")
-    if currency is not None:
-        exponent = amount.as_tuple().exponent
-        if -exponent > minor_units(currency):
-            raise ValueError(f"has more than {minor_units(currency)} decimal places for {currency}")
-    if abs(amount) >= Decimal("1e15"):
-        raise ValueError("is too large")
-    return amount
 
 
 def fmt(amount: Decimal | None, currency: str) -> str | None:
