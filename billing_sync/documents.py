@@ -496,13 +496,19 @@ def credit_note_issued(event: Event, data: dict, actor) -> Outcome:
     return out
 
 
-def _book_credit(invoice: Invoice, note: CreditNote, *, actor, event_id) -> None:
+def _book_on_invoice(invoice: Invoice, *, total_field: str, amount: Decimal, action: str, actor, event_id) -> None:
+    """Add an approved credit or write-off to the invoice's running total (the caller holds its lock)."""
     before = _snapshot_invoice(invoice)
-    invoice.credited_total += note.gross
-    invoice.save(update_fields=["credited_total"])
-    audit.record(actor=actor, action="invoice.credited", object_type="invoice",
+    setattr(invoice, total_field, getattr(invoice, total_field) + amount)
+    invoice.save(update_fields=[total_field])
+    audit.record(actor=actor, action=action, object_type="invoice",
                  object_id=f"{invoice.source_system}:{invoice.invoice_id}", event_id=event_id, before=before,
                  after=_snapshot_invoice(invoice))
+
+
+def _book_credit(invoice: Invoice, note: CreditNote, *, actor, event_id) -> None:
+    _book_on_invoice(invoice, total_field="credited_total", amount=note.gross, action="invoice.credited",
+                     actor=actor, event_id=event_id)
 
 
 def write_off_requested(event: Event, data: dict, actor) -> Outcome:
@@ -535,12 +541,8 @@ def write_off_requested(event: Event, data: dict, actor) -> Outcome:
 
 
 def _book_write_off(invoice: Invoice, write_off: WriteOff, *, actor, event_id) -> None:
-    before = _snapshot_invoice(invoice)
-    invoice.written_off_total += write_off.amount
-    invoice.save(update_fields=["written_off_total"])
-    audit.record(actor=actor, action="invoice.written_off", object_type="invoice",
-                 object_id=f"{invoice.source_system}:{invoice.invoice_id}", event_id=event_id, before=before,
-                 after=_snapshot_invoice(invoice))
+    _book_on_invoice(invoice, total_field="written_off_total", amount=write_off.amount,
+                     action="invoice.written_off", actor=actor, event_id=event_id)
 
 
 HANDLERS = {
