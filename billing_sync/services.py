@@ -111,6 +111,15 @@ SELECT r.id, e.id FROM r LEFT JOIN e ON true
 """
 
 
+def _key_maps_to(existing: dict, idem_key: str | None, source_system: str) -> bool:
+    """An Idempotency-Key, when sent, must name this event: its own key, or a key no other event holds."""
+    if idem_key is None or existing["idempotency_key"] == idem_key:
+        return True
+    if existing["idempotency_key"] is not None:
+        return False
+    return not Event.objects.filter(source_system=source_system, idempotency_key=idem_key).exists()
+
+
 def receive_event(*, body: bytes, user, headers, remote_addr=None) -> Answer:
     """Answer one delivery of one event: 202 new, 200 replay, 409 conflict, 422 invalid."""
     payload, errors = _parse(body)
@@ -152,9 +161,9 @@ def receive_event(*, body: bytes, user, headers, remote_addr=None) -> Answer:
             transaction.on_commit(lambda: schedule_processing([new_id]))
             return Answer(202, response, raw=response_text.encode())
         existing = (Event.objects.filter(source_system=payload["source_system"], event_id=payload["event_id"])
-                    .values("id", "payload_hash", "response_body").first())
+                    .values("id", "payload_hash", "response_body", "idempotency_key").first())
         if existing is not None and existing["payload_hash"] == payload_hash and (
-                idem_key is None or Event.objects.filter(pk=existing["id"], idempotency_key__in=[idem_key, None]).exists()):
+                _key_maps_to(existing, idem_key, payload["source_system"])):
             Receipt.objects.filter(pk=receipt_id).update(outcome=Receipt.Outcome.REPLAYED, status_code=200)
             return Answer(200, {}, replayed=True, headers={"Idempotent-Replayed": "true"},
                           raw=existing["response_body"].encode())

@@ -55,6 +55,14 @@ def test_same_identity_with_another_payload_is_a_conflict(entity, integration):
     assert Receipt.objects.filter(outcome="conflict").count() == 1
 
 
+def test_a_replay_under_another_events_idempotency_key_is_a_conflict(entity, integration):
+    first = f.customer()
+    assert integration.send(first, HTTP_IDEMPOTENCY_KEY="key-a").status_code == 202
+    assert integration.send(f.customer(), HTTP_IDEMPOTENCY_KEY="key-b").status_code == 202
+    assert integration.send(first, HTTP_IDEMPOTENCY_KEY="key-a").status_code == 200
+    assert integration.send(first, HTTP_IDEMPOTENCY_KEY="key-b").status_code == 409
+
+
 def test_idempotency_key_must_map_to_the_same_identity(entity, integration):
     first = integration.send(f.customer(), HTTP_IDEMPOTENCY_KEY="key-1")
     assert first.status_code == 202
