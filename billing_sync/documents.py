@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db.models import Sum
+from simple_history.utils import bulk_create_with_history
 
 from audit import services as audit
 from billing_sync.models import (
@@ -147,14 +148,16 @@ def _lines(data: dict, currency: str) -> list[dict]:
             for line in data["lines"]]
 
 
-def _write_lines(invoice: Invoice, lines: list[dict]) -> None:
-    invoice.lines.all().delete()
-    for line in lines:
-        InvoiceLine.objects.create(
-            invoice=invoice, line_id=line["line_id"], description=line["description"][:500], amount=line["amount"],
-            revenue_account=line["revenue_account"],
-            taxes=[{"jurisdiction": t["jurisdiction"], "rate": str(t["rate"]), "amount": str(t["amount"])}
-                   for t in line["taxes"]])
+def _write_lines(invoice: Invoice, lines: list[dict], *, replace: bool) -> None:
+    """The invoice's lines, with their history rows, in two statements (simple-history's bulk helper)."""
+    if replace:
+        invoice.lines.all().delete()
+    bulk_create_with_history([
+        InvoiceLine(invoice=invoice, line_id=line["line_id"], description=line["description"][:500],
+                    amount=line["amount"], revenue_account=line["revenue_account"],
+                    taxes=[{"jurisdiction": t["jurisdiction"], "rate": str(t["rate"]), "amount": str(t["amount"])}
+                           for t in line["taxes"]])
+        for line in lines], InvoiceLine)
 
 
 def _invoice_journal(event, entity, invoice: Invoice, lines, actor):
@@ -178,16 +181,17 @@ def invoice_issued(event: Event, data: dict, actor) -> Outcome:
     _same_currency(entity, currency, f"invoice {data['invoice_id']}")
     customer = _customer(ss, data["customer_id"])
     lines = _lines(data, currency)
-    invoice = Invoice.objects.create(
+    invoice = Invoice(
         source_system=ss, invoice_id=data["invoice_id"], entity=entity, customer=customer, number=data["number"],
         currency=currency, issue_date=_date(data["issue_date"]), due_date=_date(data["due_date"]),
         subtotal=_money(data["subtotal"], currency), tax_total=_money(data["tax_total"], currency),
         total=_money(data["total"], currency), version=data["version"])
-    _write_lines(invoice, lines)
+    # The journal first, so the invoice is written once (one row and one history version, not two).
     journal = _invoice_journal(event, entity, invoice, lines, actor)
+    invoice.current_journal = journal
+    invoice.save(force_insert=True)
+    _write_lines(invoice, lines, replace=False)
     if journal:
-        invoice.current_journal = journal
-        invoice.save(update_fields=["current_journal"])
         out.journals.append(journal)
     _change(event, out, "invoice", invoice.invoice_id, C.CREATED, invoice.version)
     audit.record(actor=actor, action="invoice.created", object_type="invoice", object_id=f"{ss}:{invoice.invoice_id}",
@@ -237,7 +241,7 @@ def invoice_amended(event: Event, data: dict, actor) -> Outcome:
     invoice.version = data["version"]
     invoice.current_journal = None
     invoice.save()
-    _write_lines(invoice, lines)
+    _write_lines(invoice, lines, replace=True)
     journal = _invoice_journal(event, entity, invoice, lines, actor)
     if journal:
         invoice.current_journal = journal

@@ -347,8 +347,9 @@ def process_event(*, event_id, actor="system") -> str:
                          event_id=event.pk, before={"status": "accepted"},
                          after={"status": event.status, "journals": [str(j.pk) for j in outcome.journals],
                                 "changes": outcome.changes})
-            queue.exceptions_resolve_for_event(event=event, resolution="Processed successfully on retry.",
-                                               actor=actor)
+            if event.attempts > 1:  # only a retried event can have an exception to close
+                queue.exceptions_resolve_for_event(event=event, resolution="Processed successfully on retry.",
+                                                   actor=actor)
             woken = outcome.provides
         if woken:
             transaction.on_commit(lambda: wake_dependents(woken))
