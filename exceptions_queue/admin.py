@@ -2,11 +2,10 @@
 from django.contrib import admin
 from simple_history.admin import SimpleHistoryAdmin
 
-from audit import services as audit
 from config.admin_mixins import ReadOnlyAdminMixin
+from exceptions_queue import services
 from exceptions_queue.models import Approval, ApprovalPolicy, ExceptionRecord
-
-POLICY_FIELDS = ["credit_note_threshold", "write_off_threshold", "manual_journal_threshold", "two_approver_threshold"]
+from exceptions_queue.services import POLICY_FIELDS
 
 
 @admin.register(ApprovalPolicy)
@@ -14,13 +13,8 @@ class ApprovalPolicyAdmin(SimpleHistoryAdmin):
     list_display = ["entity", *POLICY_FIELDS]
 
     def save_model(self, request, obj, form, change):
-        before = None
-        if change:
-            before = audit.model_snapshot(ApprovalPolicy.objects.get(pk=obj.pk), POLICY_FIELDS)
-        super().save_model(request, obj, form, change)
-        audit.record(actor=request.user, action="approval_policy.changed" if change else "approval_policy.created",
-                     object_type="approval_policy", object_id=obj.entity.code, before=before,
-                     after=audit.model_snapshot(obj, POLICY_FIELDS))
+        services.approval_policy_update(entity=obj.entity, values={f: getattr(obj, f) for f in POLICY_FIELDS},
+                                        actor=request.user)
 
     def has_delete_permission(self, request, obj=None):
         return False

@@ -221,13 +221,31 @@ def exception_retry(*, exception_id, actor) -> ExceptionRecord:
 
 
 # --------------------------------------------------------------------------------------------- approvals
+POLICY_FIELDS = ["credit_note_threshold", "write_off_threshold", "manual_journal_threshold", "two_approver_threshold"]
+
+
 def approval_policy_ensure(*, entity, actor) -> ApprovalPolicy:
     policy, created = ApprovalPolicy.objects.get_or_create(entity=entity)
     if created:
         audit.record(actor=actor, action="approval_policy.created", object_type="approval_policy",
-                     object_id=entity.code, after=audit.model_snapshot(policy, [
-                         "credit_note_threshold", "write_off_threshold", "manual_journal_threshold",
-                         "two_approver_threshold"]))
+                     object_id=entity.code, after=audit.model_snapshot(policy, POLICY_FIELDS))
+    return policy
+
+
+@transaction.atomic
+def approval_policy_update(*, entity, values: dict, actor) -> ApprovalPolicy:
+    """Change an entity's approval thresholds (versioned by simple-history, audited here)."""
+    unknown = set(values) - set(POLICY_FIELDS)
+    if unknown:
+        raise ApiError(f"unknown policy fields: {', '.join(sorted(unknown))}", code=Codes.INVALID_REQUEST, status=422)
+    policy, created = ApprovalPolicy.objects.select_for_update().get_or_create(entity=entity)
+    before = None if created else audit.model_snapshot(policy, POLICY_FIELDS)
+    for name, value in values.items():
+        setattr(policy, name, value)
+    policy.save()
+    audit.record(actor=actor, action="approval_policy.created" if created else "approval_policy.changed",
+                 object_type="approval_policy", object_id=entity.code, before=before,
+                 after=audit.model_snapshot(policy, POLICY_FIELDS))
     return policy
 
 

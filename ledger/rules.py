@@ -7,7 +7,7 @@ account is data, not code. Amounts arrive as Decimal in the entity's currency.
 import datetime
 from decimal import Decimal
 
-from ledger.models import AccountMapping, Entity, Journal
+from ledger.models import AccountMapping, Entity
 from ledger.money import ZERO
 from ledger.services import JournalSpec, LineSpec
 
@@ -93,7 +93,3 @@ def write_off(*, entity: Entity, source_system: str, write_off_id: str, invoice_
     return JournalSpec(entity=entity, accounting_date=on, kind="write_off", lines=out, event_id=event_id,
                        source_system=source_system, document_type="write_off", document_id=write_off_id,
                        description=f"Write-off {write_off_id} of {invoice_id}", needs_approval=needs_approval)
-
-
-def reversal_kind(journal: Journal) -> str:
-    return f"{journal.kind}_reversal"
