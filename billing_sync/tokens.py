@@ -8,10 +8,18 @@ from audit import services as audit
 from billing_sync.authentication import generate_token, hash_token
 from billing_sync.models import ApiToken
 from config import roles
+from ledger import services as ledger
+from ledger.models import EntityAccess
 
 
 @transaction.atomic
-def token_issue(*, username: str, role: str, password: str | None = None, name: str = "", actor) -> str:
+def token_issue(*, username: str, role: str, password: str | None = None, name: str = "", actor,
+                entities: list[str] | None = None) -> str:
+    """Create the user if absent, grant the role, set the password, issue a token (returned once).
+
+    `entities` scopes the user to those entity codes; without it a new user may see every entity
+    (an operator narrows it later) and an existing user keeps the scope it has.
+    """
     if role not in roles.ROLES:
         raise ValueError(f"unknown role {role}")
     User = get_user_model()
@@ -30,6 +38,8 @@ def token_issue(*, username: str, role: str, password: str | None = None, name: 
     elif role in (roles.FINANCE_OPS, roles.CONTROLLER, roles.AUDITOR) and not user.is_staff:
         user.is_staff = True  # may sign in to the portal
         user.save(update_fields=["is_staff"])
+    if entities is not None or not EntityAccess.objects.filter(user=user).exists():
+        ledger.entity_access_set(user=user, entity_codes=entities, actor=actor)
     if password is not None:
         user.set_password(password)
         user.save(update_fields=["password"])

@@ -48,3 +48,43 @@ def roles_allowed(*roles: str, read_roles: tuple[str, ...] | None = None):
 
     _RolePermission.__name__ = f"Roles_{'_'.join(sorted(write))}"
     return _RolePermission
+
+
+# Entity scope ------------------------------------------------------------------------------------------
+def entity_codes(user) -> frozenset[str] | None:
+    """The entity codes the user may see and act on, or None for every entity (admins, `all_entities`).
+
+    Integration users (source systems) are not scoped here: what they may send is decided on receipt.
+    """
+    if user is None or not user.is_authenticated:
+        return frozenset()
+    cached = getattr(user, "_tieout_entities", False)
+    if cached is not False:
+        return cached
+    from ledger.models import EntityAccess
+
+    if has_role(user, ADMIN):
+        codes = None
+    else:
+        access = EntityAccess.objects.filter(user=user).first()
+        if access is None:
+            codes = frozenset()
+        elif access.all_entities:
+            codes = None
+        else:
+            codes = frozenset(access.entities.values_list("code", flat=True))
+    user._tieout_entities = codes
+    return codes
+
+
+def scope(queryset, user, field: str):
+    """`queryset` narrowed to the user's entities; `field` is the lookup of the entity code on its rows."""
+    codes = entity_codes(user)
+    if codes is None:
+        return queryset
+    return queryset.filter(**{f"{field}__in": codes})
+
+
+def may_see_entity(user, code: str) -> bool:
+    codes = entity_codes(user)
+    return codes is None or code in codes

@@ -16,4 +16,5 @@ urlpatterns = [
     path("api/v1/", include("ledger.urls")),
     path("api/v1/", include("exceptions_queue.urls")),
     path("admin/", admin.site.urls),
+    path("", include("exceptions_queue.web.urls")),
 ]

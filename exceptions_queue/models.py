@@ -51,6 +51,12 @@ class ExceptionRecord(models.Model):
     resolved_by = models.CharField(max_length=150, blank=True, default="")
     resolution = models.TextField(blank=True, default="")
     retry_count = models.PositiveIntegerField(default=0)
+    # The source document the exception is about (invoice_id, payment_id, ...), for search by source ids.
+    source_ref = models.CharField(max_length=200, blank=True, default="")
+    # Escalation: raised a level each time someone escalates; the queue shows escalated rows first in triage.
+    escalation_level = models.PositiveSmallIntegerField(default=0)
+    escalated_at = models.DateTimeField(null=True, blank=True)
+    escalated_by = models.CharField(max_length=150, blank=True, default="")
     history = HistoricalRecords()
 
     class Meta:
@@ -66,10 +72,33 @@ class ExceptionRecord(models.Model):
             models.Index(fields=["status", "code"], name="exception_status_code_idx"),
             models.Index(fields=["dependency_key"], name="exception_dependency_idx",
                          condition=Q(dependency_key__isnull=False) & ~Q(status="resolved")),
+            # The queue lists newest first under any one filter: each filter column leads an index that
+            # ends in created_at, so a filtered first page is an index range scan, not a sort of the table.
+            models.Index(fields=["-created_at", "id"], name="exception_created_idx"),
+            models.Index(fields=["status", "-created_at"], name="exception_status_created_idx"),
+            models.Index(fields=["code", "-created_at"], name="exception_code_created_idx"),
+            models.Index(fields=["entity_code", "-created_at"], name="exception_entity_created_idx"),
+            models.Index(fields=["process", "-created_at"], name="exception_process_created_idx"),
+            models.Index(fields=["owner", "-created_at"], name="exception_owner_created_idx"),
+            models.Index(fields=["source_ref"], name="exception_source_ref_idx",
+                         condition=~Q(source_ref="")),
         ]
 
     def __str__(self):
         return f"{self.code} ({self.status})"
+
+
+class ExceptionComment(models.Model):
+    """A note on an exception by the people working it (append-only; audited by the service)."""
+
+    exception = models.ForeignKey(ExceptionRecord, on_delete=models.PROTECT, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    body = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        constraints = [models.CheckConstraint(condition=~Q(body=""), name="exception_comment_not_empty")]
 
 
 class ApprovalPolicy(models.Model):
@@ -114,6 +143,8 @@ class Approval(models.Model):
                                      related_name="requested_approvals")
     requested_by_label = models.CharField(max_length=150)
     required_approvals = models.PositiveSmallIntegerField()
+    # Why the requester asks (a manual credit memo, write-off or journal raised in the portal).
+    reason = models.TextField(blank=True, default="")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     created_at = models.DateTimeField(default=timezone.now)
     decided_at = models.DateTimeField(null=True, blank=True)

@@ -6,6 +6,7 @@ non-negative with one side per line, and ERP document references are unique.
 """
 import uuid
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -298,3 +299,22 @@ class ErpBatchLine(models.Model):
 
     customer_id = ""
     memo = ""
+
+
+class EntityAccess(models.Model):
+    """The entities one staff user may see and act on (admins see every entity whatever this says).
+
+    A user without a row sees no entity: access is granted, never assumed. Changed only through
+    `ledger.services.entity_access_set` (audited).
+    """
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="entity_access")
+    all_entities = models.BooleanField(default=False)
+    entities = models.ManyToManyField(Entity, blank=True, related_name="+")
+    history = HistoricalRecords(m2m_fields=[entities])
+
+    class Meta:
+        verbose_name_plural = "entity access"
+
+    def __str__(self):
+        return f"entity access of {self.user}"

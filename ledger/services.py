@@ -19,7 +19,7 @@ from config import correlation
 from config.errors import BusinessRuleError, Codes, TieoutError
 from ledger import connectors
 from ledger.models import (
-    Account, AccountMapping, Entity, ErpBatch, ErpBatchLine, Journal, JournalLine, Outbox, Period, PostingAttempt,
+    Account, AccountMapping, Entity, EntityAccess, ErpBatch, ErpBatchLine, Journal, JournalLine, Outbox, Period, PostingAttempt,
 )
 from ledger.money import ZERO, quantize
 
@@ -178,6 +178,31 @@ def entity_rename(*, entity: Entity, name: str, actor) -> Entity:
     audit.record(actor=actor, action="entity.renamed", object_type="entity", object_id=entity.code,
                  before={"name": before}, after={"name": name})
     return entity
+
+
+@transaction.atomic
+def entity_access_set(*, user, entity_codes: list[str] | None, actor) -> EntityAccess:
+    """Grant `user` exactly these entities (None: every entity, present and future). Audited."""
+    access, created = EntityAccess.objects.select_for_update().get_or_create(user=user)
+    before = None if created else {"all_entities": access.all_entities,
+                                   "entities": sorted(access.entities.values_list("code", flat=True))}
+    if entity_codes is None:
+        entities = []
+    else:
+        entities = list(Entity.objects.filter(code__in=set(entity_codes)))
+        unknown = set(entity_codes) - {e.code for e in entities}
+        if unknown:
+            raise TieoutError(f"unknown entities: {', '.join(sorted(unknown))}", code=Codes.UNKNOWN_ENTITY,
+                              status=422)
+    access.all_entities = entity_codes is None
+    access.save()
+    access.entities.set(entities)
+    after = {"all_entities": access.all_entities, "entities": sorted(e.code for e in entities)}
+    if after != before:
+        audit.record(actor=actor, action="user.entities_granted", object_type="user",
+                     object_id=user.get_username(), before=before, after=after)
+    user.__dict__.pop("_tieout_entities", None)
+    return access
 
 
 def entity_test_connection(*, entity: Entity) -> str:

@@ -38,6 +38,9 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "simple_history",
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "audit",
     "ledger",
     "billing_sync",
@@ -52,9 +55,19 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "exceptions_queue.web.middleware.TwoFactorRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
+    # Last, as django-axes asks: it turns a lockout raised by authenticate() into the lockout answer.
+    "axes.middleware.AxesMiddleware",
+]
+
+# django-axes first: a locked-out user is refused before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -70,6 +83,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "exceptions_queue.web.access.portal",
             ],
         },
     },
@@ -108,7 +122,28 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/accounts/login/"
+
+# Brute-force lockout (django-axes): this many failures for one username locks it for the cool-off.
+AXES_FAILURE_LIMIT = int(os.environ.get("AXES_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = float(os.environ.get("AXES_COOLOFF_HOURS", "0.25"))  # hours
+# Per username, not per address: finance teams sign in from one office NAT, where an address lockout
+# would lock everyone out after one person's typos. (axes.W006 asks for the address; silenced below.)
+AXES_LOCKOUT_PARAMETERS = ["username"]
+SILENCED_SYSTEM_CHECKS = ["axes.W006"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "accounts/locked_out.html"
+AXES_USERNAME_FORM_FIELD = "username"
+AXES_VERBOSE = False
+# Behind the proxies gunicorn trusts (FORWARDED_ALLOW_IPS), the client address is the forwarded one.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["HTTP_X_FORWARDED_FOR", "REMOTE_ADDR"]
+
+# Two-factor authentication (django-otp TOTP): required for controllers and admins. Only the
+# environment can turn it off (TIEOUT_2FA=off), for demos and tests; production keeps it on.
+TIEOUT_2FA = os.environ.get("TIEOUT_2FA", "on").strip().lower() not in {"off", "0", "false", "no"}
+OTP_TOTP_ISSUER = "Tieout"
 
 # Sessions and cookies: secure by default; dev relaxes what needs HTTPS.
 SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)

@@ -13,6 +13,8 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", True)
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CACHES["default"]["KEY_PREFIX"] = f"tieout-test-{os.getpid()}"  # noqa: F405
 TIEOUT_TOKEN_CACHE_SECONDS = 0.0
+# 2FA is off in tests unless a test turns it on (settings.TIEOUT_2FA = True), as the product card allows.
+TIEOUT_2FA = env_bool("TIEOUT_2FA", False)
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "WARNING")
 from config.logging import build_logging  # noqa: E402
 

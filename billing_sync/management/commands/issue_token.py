@@ -15,8 +15,11 @@ class Command(BaseCommand):
         parser.add_argument("--role", required=True, choices=roles.ROLES)
         parser.add_argument("--password-env", dest="password_env")
         parser.add_argument("--name", default="", help="A label for the token (which system holds it).")
+        parser.add_argument("--entity", dest="entities", action="append", metavar="CODE",
+                            help="Scope the user to this entity (repeat for several); default: every entity "
+                                 "for a new user, unchanged for an existing one.")
 
-    def handle(self, *args, username, role, password_env, name, **options):
+    def handle(self, *args, username, role, password_env, name, entities, **options):
         password = None
         if password_env:
             password = os.environ.get(password_env)
@@ -24,5 +27,5 @@ class Command(BaseCommand):
                 raise CommandError(f"environment variable {password_env} is empty or unset")
         with correlation.bound(None):
             raw = tokens.token_issue(username=username, role=role, password=password, name=name,
-                                     actor="cli:issue_token")
+                                     actor="cli:issue_token", entities=entities)
         self.stdout.write(raw)

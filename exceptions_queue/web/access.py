@@ -1,0 +1,53 @@
+"""Who may open a page and who may act on it, decided on the server for every request.
+
+`page(read=..., write=...)` wraps a function view: a signed-out visitor goes to the login page; a GET or
+HEAD needs one of the `read` roles; any other method (a form POST) needs one of the `write` roles, and a
+forged POST from anyone else is refused with 403 whatever the page showed. Templates hide the buttons
+(see `portal` below) but the decision is made here, and again in the services.
+"""
+from functools import wraps
+
+from django.contrib.auth.views import redirect_to_login
+from django.shortcuts import render
+
+from config import roles
+
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+WORKERS = (roles.FINANCE_OPS, roles.CONTROLLER, roles.ADMIN)
+DECIDERS = (roles.CONTROLLER, roles.ADMIN)
+READERS = roles.READ_ALL
+
+
+def refuse(request, message: str = "Your role may not do this.", status: int = 403):
+    return render(request, "403.html", {"message": message}, status=status)
+
+
+def page(*, read: tuple[str, ...] = READERS, write: tuple[str, ...] = ()):
+    def decorator(view):
+        @wraps(view)
+        def wrapped(request, *args, **kwargs):
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+            allowed = read if request.method in SAFE_METHODS else write
+            if not roles.has_role(request.user, *allowed):
+                return refuse(request)
+            return view(request, *args, **kwargs)
+
+        wrapped.tieout_read_roles = read
+        wrapped.tieout_write_roles = write
+        return wrapped
+
+    return decorator
+
+
+def portal(request):
+    """Template context: the signed-in user's roles and what the UI may offer them (never trusted)."""
+    user = getattr(request, "user", None)
+    held = roles.user_roles(user) if user is not None else frozenset()
+    return {
+        "user_roles": sorted(held),
+        "can_work": bool(held & set(WORKERS)),
+        "can_decide": bool(held & set(DECIDERS)),
+        "is_admin": roles.ADMIN in held,
+        "is_auditor": bool(held) and not (held & set(WORKERS)) and roles.AUDITOR in held,
+    }

@@ -1,0 +1,2 @@
+"""Web pages: accounts (being built; see issue #4)."""
+urlpatterns = []

@@ -1,0 +1,2 @@
+"""Web pages: adjustments (being built; see issue #4)."""
+urlpatterns = []

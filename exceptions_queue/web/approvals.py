@@ -1,0 +1,2 @@
+"""Web pages: approvals (being built; see issue #4)."""
+urlpatterns = []

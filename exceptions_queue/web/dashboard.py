@@ -1,0 +1,2 @@
+"""Web pages: dashboard (being built; see issue #4)."""
+urlpatterns = []

@@ -1,0 +1,2 @@
+"""Web pages: queue (being built; see issue #4)."""
+urlpatterns = []

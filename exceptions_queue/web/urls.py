@@ -1,0 +1,12 @@
+"""Routes of the staff web UI, one module per area (each module holds its own `urlpatterns`)."""
+from django.urls import include, path
+
+from exceptions_queue.web import accounts, adjustments, approvals, dashboard, queue
+
+urlpatterns = [
+    path("accounts/", include(accounts)),
+    path("exceptions/", include(queue)),
+    path("approvals/", include(approvals)),
+    path("adjustments/", include(adjustments)),
+    path("", include(dashboard)),
+]
