@@ -30,3 +30,4 @@ class ExceptionRecordAdmin(ReadOnlyAdminMixin, SimpleHistoryAdmin):
 class ApprovalAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["id", "kind", "amount", "currency", "status", "requested_by_label", "required_approvals"]
     list_filter = ["status", "kind"]
+from exceptions_queue import admin_users  # noqa: E402,F401  (users, roles and entity access)
