@@ -44,9 +44,11 @@ lock: $(STAMP)
 
 # DEMO=0 skips loading the demo data (e.g. on a database that already holds real data).
 DEMO ?= 1
+# The demo runs without the second factor unless asked (TIEOUT_2FA=on make run); production keeps it on.
 run: $(STAMP)
 	$(EMBEDDED_ENV); \
 	export DJANGO_SETTINGS_MODULE=config.settings.dev; \
+	export TIEOUT_2FA="$${TIEOUT_2FA:-off}"; \
 	mkdir -p var; \
 	$(PY) manage.py migrate --noinput; \
 	if [ "$(DEMO)" = 1 ]; then \

@@ -307,6 +307,11 @@ class Command(BaseCommand):
             w("  password for every user: the value of TIEOUT_DEMO_PASSWORD")
         for username, role, purpose in USERS:
             w(f"  {username:<12} {role:<12} {purpose}")
+        w(f"  sign in at {url}accounts/login/")
+        if settings.TIEOUT_2FA:
+            w("  two-factor authentication is ON: controllers and admins enrol a TOTP app at first sign-in")
+        else:
+            w("  two-factor authentication is OFF for this demo (TIEOUT_2FA=off); TIEOUT_2FA=on make run requires it")
         w("")
         w("  API token of `billing` (integration), new on every run; earlier demo tokens are revoked:")
         w(f"  {token}")
