@@ -3,6 +3,7 @@ import django_filters
 
 from billing_sync.models import CallbackDelivery, Event, Invoice
 from billing_sync.services import event_resource
+from config import roles
 from ledger.money import fmt
 
 
@@ -21,8 +22,9 @@ class EventFilter(django_filters.FilterSet):
 
 
 def events_visible_to(user, *, own_only: bool):
+    """Source systems see what they sent; staff see the events of the entities they are granted."""
     qs = Event.objects.order_by("-received_at", "id").defer("payload", "response_body")
-    return qs.filter(sent_by=user) if own_only else qs
+    return qs.filter(sent_by=user) if own_only else roles.scope(qs, user, "entity_code")
 
 
 def event_resources(events) -> list[dict]:

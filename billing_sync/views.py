@@ -116,7 +116,7 @@ class InvoiceDetailView(APIView):
     @extend_schema(responses={200: dict})
     def get(self, request, source_system, invoice_id):
         invoice = selectors.invoice_by_identity(source_system, invoice_id)
-        if invoice is None:
+        if invoice is None or not roles.may_see_entity(request.user, invoice.entity.code):
             raise NotFound(f"no invoice {source_system}/{invoice_id}")
         return Response(selectors.invoice_resource(invoice))
 

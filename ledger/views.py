@@ -27,7 +27,7 @@ class TrialBalanceView(APIView):
             raise ApiError("entity is required", code=Codes.INVALID_REQUEST, status=400,
                            errors=[{"field": "entity", "message": "This field is required."}])
         entity = Entity.objects.filter(code=code).first()
-        if entity is None:
+        if entity is None or not roles.may_see_entity(request.user, code):
             raise NotFound(f"no entity {code}")
         as_of = None
         if request.query_params.get("as_of"):
@@ -44,7 +44,7 @@ class JournalListView(generics.ListAPIView):
     filterset_class = selectors.JournalFilter
 
     def get_queryset(self):
-        return selectors.journals()
+        return roles.scope(selectors.journals(), self.request.user, "entity__code")
 
 
 class JournalDetailView(generics.RetrieveAPIView):
@@ -52,7 +52,7 @@ class JournalDetailView(generics.RetrieveAPIView):
     serializer_class = JournalSerializer
 
     def get_queryset(self):
-        return selectors.journals()
+        return roles.scope(selectors.journals(), self.request.user, "entity__code")
 
 
 class PeriodStatusView(APIView):
@@ -64,6 +64,8 @@ class PeriodStatusView(APIView):
     @extend_schema(request=None, responses={200: dict})
     def post(self, request, entity: str, period: str):
         entity_obj = get_object_or_404(Entity, code=entity)
+        if not roles.may_see_entity(request.user, entity):
+            raise NotFound(f"no entity {entity}")
         try:
             year, month = (int(part) for part in period.split("-"))
             datetime.date(year, month, 1)
