@@ -1,0 +1,127 @@
+"""Role × action: every API action and web page, for every role, allowed or refused on the server.
+
+The table below is the product's permission model written down once; each cell is its own test. A cell
+that says "allowed" must not be refused (401, 403, or a redirect to the login page); a cell that says
+"refused" must be, whatever the client shows. Business outcomes (a 409 because the item was already
+decided, a 422 for a missing field) count as allowed: the role got past the permission check. Each test
+builds its own world (an open exception, a pending write-off approval, a posted invoice), so actions
+with side effects never depend on one another.
+"""
+from dataclasses import dataclass, field
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from billing_sync import tokens
+from config import correlation
+from exceptions_queue.models import Approval, ExceptionRecord
+from ledger.models import Journal
+from tests import factories as f
+from tests.fixtures import Api
+
+pytestmark = pytest.mark.django_db
+
+ROLES = ("anonymous", "integration", "finance_ops", "controller", "auditor", "admin")
+STAFF = {"finance_ops", "controller", "auditor", "admin"}
+WORKERS = {"finance_ops", "controller", "admin"}
+DECIDERS = {"controller", "admin"}
+SENDERS = {"integration", "admin"}
+
+
+@dataclass
+class World:
+    exception_id: str
+    approval_id: str
+    event_id: str
+    journal_id: str
+    invoice_id: str
+    extra: dict = field(default_factory=dict)
+
+
+@pytest.fixture
+def world(entity, integration) -> World:
+    cus = f.customer()
+    integration.send(cus)
+    inv = f.invoice(customer_id=cus["data"]["customer_id"], lines=[("100.00", "7.25")])
+    event_id = integration.send(inv).json()["id"]
+    over = f.payment(customer_id=cus["data"]["customer_id"], amount="500.00",
+                     allocations=[(inv["data"]["invoice_id"], "500.00")])
+    integration.send(over)
+    exception = ExceptionRecord.objects.get(code="over_application")
+    integration.send(f.write_off(inv["data"]["invoice_id"], "10.00"))
+    approval = Approval.objects.get(kind="write_off", status="pending")
+    journal = Journal.objects.filter(event_id=event_id).first()
+    return World(exception_id=str(exception.pk), approval_id=str(approval.pk), event_id=event_id,
+                 journal_id=str(journal.pk), invoice_id=inv["data"]["invoice_id"])
+
+
+USERNAMES = {"integration": "perm-billing", "finance_ops": "perm-ops", "controller": "perm-controller",
+             "auditor": "perm-auditor", "admin": "perm-admin"}
+
+
+def api_for(role, capture):
+    if role == "anonymous":
+        return Api("no-such-token", capture), None
+    with correlation.bound(None):
+        raw = tokens.token_issue(username=USERNAMES[role], role=role, actor="test")
+    return Api(raw, capture), raw
+
+
+@dataclass
+class ApiAction:
+    name: str
+    method: str
+    path: str  # formatted with the World's fields
+    allowed: set
+    body: dict | None = None
+    params: dict | None = None
+
+
+API_ACTIONS = [
+    ApiAction("send an event", "post", "/api/v1/events", SENDERS, body={"not": "an event"}),
+    ApiAction("send a batch", "post", "/api/v1/events/batch", SENDERS, body={"events": []}),
+    ApiAction("list events", "get", "/api/v1/events", STAFF | {"integration"}),
+    ApiAction("read an event", "get", "/api/v1/events/{event_id}", STAFF),
+    ApiAction("trace an event", "get", "/api/v1/events/{event_id}/trace", STAFF),
+    ApiAction("event callbacks", "get", "/api/v1/events/{event_id}/callbacks", STAFF),
+    ApiAction("read an invoice", "get", "/api/v1/invoices/" + f.SOURCE + "/{invoice_id}", STAFF),
+    ApiAction("trial balance", "get", "/api/v1/ledger/trial-balance", STAFF, params={"entity": "US01"}),
+    ApiAction("list journals", "get", "/api/v1/journals", STAFF),
+    ApiAction("read a journal", "get", "/api/v1/journals/{journal_id}", STAFF),
+    ApiAction("close a period", "post", "/api/v1/periods/US01/2026-10/close", DECIDERS),
+    ApiAction("reopen a period", "post", "/api/v1/periods/US01/2026-10/reopen", DECIDERS),
+    ApiAction("list approvals", "get", "/api/v1/approvals", STAFF),
+    ApiAction("read an approval", "get", "/api/v1/approvals/{approval_id}", STAFF),
+    ApiAction("approve", "post", "/api/v1/approvals/{approval_id}/approve", DECIDERS, body={"comment": "ok"}),
+    ApiAction("reject", "post", "/api/v1/approvals/{approval_id}/reject", DECIDERS, body={"comment": "no"}),
+    ApiAction("list exceptions", "get", "/api/v1/exceptions", STAFF),
+    ApiAction("read an exception", "get", "/api/v1/exceptions/{exception_id}", STAFF),
+    ApiAction("assign an exception", "post", "/api/v1/exceptions/{exception_id}/assign", WORKERS, body={}),
+    ApiAction("retry an exception", "post", "/api/v1/exceptions/{exception_id}/retry", WORKERS),
+    ApiAction("resolve an exception", "post", "/api/v1/exceptions/{exception_id}/resolve", WORKERS,
+              body={"resolution": "checked with the customer"}),
+]
+
+
+def _cells(actions):
+    return [pytest.param(action, role, id=f"{action.name} / {role}") for action in actions for role in ROLES]
+
+
+@pytest.mark.parametrize(("action", "role"), _cells(API_ACTIONS))
+def test_api_action_by_role(action, role, world, django_capture_on_commit_callbacks):
+    api, _ = api_for(role, django_capture_on_commit_callbacks)
+    path = action.path.format(**world.__dict__)
+    if action.method == "get":
+        response = api.get(path, **(action.params or {}))
+    else:
+        response = api.post(path, action.body if action.body is not None else {})
+    # 404 is a refusal too where existence is not disclosed (a source system reading another's event).
+    if role in action.allowed:
+        assert response.status_code not in (401, 403, 404), (
+            f"{role} was refused '{action.name}': {response.status_code} {response.content[:300]}")
+    else:
+        assert response.status_code in (401, 403, 404), (
+            f"{role} was allowed '{action.name}': {response.status_code} {response.content[:300]}")
+        if role == "anonymous":
+            assert response.status_code == 401
