@@ -1,7 +1,7 @@
 """API routes of billing sync."""
 from django.urls import path
 
-from billing_sync import views
+from billing_sync import adjustment_views, views
 
 urlpatterns = [
     path("events", views.EventCollectionView.as_view(), name="events"),
@@ -10,4 +10,6 @@ urlpatterns = [
     path("events/<uuid:pk>/trace", views.EventTraceView.as_view(), name="event-trace"),
     path("events/<uuid:pk>/callbacks", views.EventCallbacksView.as_view(), name="event-callbacks"),
     path("invoices/<str:source_system>/<str:invoice_id>", views.InvoiceDetailView.as_view(), name="invoice-detail"),
+    path("adjustments/credit-memos", adjustment_views.CreditMemoView.as_view(), name="adjustment-credit-memo"),
+    path("adjustments/write-offs", adjustment_views.WriteOffView.as_view(), name="adjustment-write-off"),
 ]

@@ -260,25 +260,31 @@ def approvals_required(*, entity, kind: str, amount: Decimal) -> int:
 
 
 def approval_request(*, entity, event, journal, kind, document_id, amount, currency, requested_by, required,
-                     actor) -> Approval:
+                     actor, reason: str | None = None) -> Approval:
+    """Open a pending approval for `journal`. The requester's reason, when not given, is the event's own
+    (credit notes and write-offs carry one), so the approver always reads why it was asked for."""
+    if reason is None:
+        reason = ((event.payload or {}).get("data") or {}).get("reason") or "" if event is not None else ""
     approval = Approval.objects.create(
         entity=entity, event=event, journal=journal, kind=kind, document_id=document_id, amount=amount,
         currency=currency, requested_by=requested_by,
         requested_by_label=requested_by.get_username() if requested_by else audit.actor_label(actor),
-        required_approvals=required)
+        required_approvals=required, reason=str(reason)[:2000])
     audit.record(actor=actor, action="approval.requested", object_type="approval", object_id=approval.pk,
                  event_id=event.pk if event else None,
                  after={"kind": kind, "amount": amount, "currency": currency, "required": required,
-                        "requested_by": approval.requested_by_label, "journal": journal.pk})
+                        "requested_by": approval.requested_by_label, "journal": journal.pk,
+                        "reason": approval.reason})
     return approval
 
 
 def _decide(approval_id, *, user, decision: str, comment: str) -> Approval:
     if not roles.has_role(user, roles.CONTROLLER, roles.ADMIN):
         raise PermissionRefused("only controllers and admins decide approvals")
-    approval = Approval.objects.select_for_update().select_related("journal").filter(pk=approval_id).first()
-    if approval is None:
-        raise NotFound(f"no approval {approval_id}")
+    approval = (Approval.objects.select_for_update(of=("self", "journal")).select_related("journal", "entity")
+                .filter(pk=approval_id).first())
+    if approval is None or not roles.may_see_entity(user, approval.entity.code):
+        raise NotFound(f"no approval {approval_id}")  # outside the user's entities it does not exist for them
     if approval.status != Approval.Status.PENDING:
         raise Conflict(f"the approval is already {approval.status}", code=Codes.ALREADY_DECIDED)
     if approval.requested_by_id == user.pk:

@@ -867,3 +867,114 @@ def erp_batch_failed(*, batch_id, message: str, actor="system") -> None:
         for journal in Journal.objects.select_for_update().select_related("entity").filter(
                 erp_batch=batch, status=Journal.Status.POSTING):
             _fail(journal, Codes.POSTING_FAILED, f"batch {batch.pk}: {message}", actor=actor)
+
+
+# --------------------------------------------------------------------------------------------- manual journals
+MANUAL_JOURNAL_RAISERS = ("finance_ops", "controller", "admin")
+MANUAL_JOURNAL_MAX_LINES = 200
+
+
+def _manual_money(value, currency: str, field: str, errors: list[dict]) -> Decimal:
+    """A line's debit or credit: blank is 0; otherwise the API's money rules (no floats, no exponents)."""
+    from ledger.money import parse_money
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return ZERO
+    if isinstance(value, Decimal):
+        value = format(value, "f")
+    try:
+        amount = parse_money(value.strip() if isinstance(value, str) else value, currency)
+    except ValueError as exc:
+        errors.append({"field": field, "message": f"Money {exc}."})
+        return ZERO
+    if amount < ZERO:
+        errors.append({"field": field, "message": "Must not be negative."})
+        return ZERO
+    return amount
+
+
+@transaction.atomic
+def manual_journal_create(*, entity: Entity, accounting_date: datetime.date, lines, description: str, user,
+                          reason: str | None = None) -> Journal:
+    """A journal a person writes by hand: balanced, into an open period, on active accounts of `entity`.
+
+    `lines` are `(account_code, debit, credit, memo)`; each line has exactly one side. Under the entity's
+    approval policy (`manual_journal_threshold`, default 0: every one) the journal waits for approval by
+    someone other than `user` (approve releases it, reject refuses it for good); below the threshold it
+    is ready to post at once. Every problem is refused up front with its field named (code
+    `invalid_request`, `unknown_account`, `unbalanced_journal` or `period_closed`); the database's
+    balance trigger stands behind the check.
+    """
+    import uuid
+
+    from config import roles
+    from exceptions_queue import services as queue
+
+    if not roles.has_role(user, *MANUAL_JOURNAL_RAISERS):
+        raise TieoutError("only finance operations, controllers and admins write manual journals",
+                          code=Codes.PERMISSION_DENIED, status=403)
+    if not roles.may_see_entity(user, entity.code):
+        raise TieoutError(f"no entity {entity.code}", code=Codes.NOT_FOUND, status=404)
+    currency = entity.currency
+    errors: list[dict] = []
+    description = (description or "").strip()
+    if not description:
+        errors.append({"field": "description", "message": "Say what the journal is for: the approver reads it."})
+    elif len(description) > 300:
+        errors.append({"field": "description", "message": "Must be at most 300 characters."})
+    if not isinstance(accounting_date, datetime.date):
+        errors.append({"field": "accounting_date", "message": "Must be a date in YYYY-MM-DD form."})
+    parsed = []
+    for index, line in enumerate(lines or []):
+        account_code, debit, credit, memo = (tuple(line) + ("", "", "", ""))[:4]
+        account_code = (account_code or "").strip()
+        debit = _manual_money(debit, currency, f"lines[{index}].debit", errors)
+        credit = _manual_money(credit, currency, f"lines[{index}].credit", errors)
+        if not account_code and debit == ZERO and credit == ZERO:
+            continue  # an empty row of the form
+        if not account_code:
+            errors.append({"field": f"lines[{index}].account", "message": "Choose an account."})
+        if (debit > ZERO) == (credit > ZERO):
+            errors.append({"field": f"lines[{index}].debit",
+                           "message": "Enter a debit or a credit (one side per line, more than 0)."})
+        parsed.append((index, account_code, debit, credit, (memo or "").strip()[:300]))
+    if len(parsed) < 2:
+        errors.append({"field": "lines", "message": "A journal needs at least two lines."})
+    if len(parsed) > MANUAL_JOURNAL_MAX_LINES:
+        errors.append({"field": "lines", "message": f"At most {MANUAL_JOURNAL_MAX_LINES} lines."})
+    if errors:
+        raise TieoutError("the journal has errors", code=Codes.INVALID_REQUEST, status=422, errors=errors,
+                          title="The journal was refused")
+    accounts = {a.code: a for a in Account.objects.filter(entity=entity, code__in={p[1] for p in parsed})}
+    for index, code, *_ in parsed:
+        account = accounts.get(code)
+        if account is None:
+            errors.append({"field": f"lines[{index}].account", "message": f"{entity.code} has no account {code}."})
+        elif not account.is_active:
+            errors.append({"field": f"lines[{index}].account", "message": f"Account {code} is not active."})
+    if errors:
+        raise TieoutError("; ".join(e["message"] for e in errors), code=Codes.UNKNOWN_ACCOUNT, status=422,
+                          errors=errors, title="The journal was refused")
+    total_debit = sum((p[2] for p in parsed), ZERO)
+    total_credit = sum((p[3] for p in parsed), ZERO)
+    if total_debit != total_credit:
+        message = (f"Debits ({total_debit}) and credits ({total_credit}) differ by "
+                   f"{abs(total_debit - total_credit)}; a journal must balance.")
+        raise TieoutError(message, code=Codes.UNBALANCED_JOURNAL, status=422, title="The journal does not balance",
+                          errors=[{"field": "lines", "message": message}])
+    if period_is_closed(entity, accounting_date):
+        message = f"Period {accounting_date:%Y-%m} of {entity.code} is closed; choose a date in an open period."
+        raise TieoutError(message, code=Codes.PERIOD_CLOSED, status=422, title="The period is closed",
+                          errors=[{"field": "accounting_date", "message": message}])
+    required = queue.approvals_required(entity=entity, kind="manual_journal", amount=total_debit)
+    document_id = f"MJ-{uuid.uuid4().hex[:12].upper()}"
+    journal = journal_create(JournalSpec(
+        entity=entity, accounting_date=accounting_date, kind="manual",
+        lines=[LineSpec(debit=d, credit=c, account_code=code, memo=memo) for _, code, d, c, memo in parsed],
+        document_type="manual_journal", document_id=document_id, description=description,
+        needs_approval=bool(required)), actor=user)
+    if required:
+        queue.approval_request(entity=entity, event=None, journal=journal, kind="manual_journal",
+                               document_id=document_id, amount=total_debit, currency=currency, requested_by=user,
+                               required=required, actor=user, reason=reason if reason is not None else description)
+    return journal

@@ -1,12 +1,13 @@
 """API routes of the ledger."""
 from django.urls import path
 
-from ledger import views
+from ledger import manual_views, views
 from ledger.models import Period
 
 urlpatterns = [
     path("ledger/trial-balance", views.TrialBalanceView.as_view(), name="trial-balance"),
     path("journals", views.JournalListView.as_view(), name="journal-list"),
+    path("journals/manual", manual_views.ManualJournalView.as_view(), name="journal-manual"),
     path("journals/<uuid:pk>", views.JournalDetailView.as_view(), name="journal-detail"),
     path("periods/<str:entity>/<str:period>/close", views.PeriodStatusView.as_view(action=Period.Status.CLOSED),
          name="period-close"),
