@@ -35,6 +35,9 @@ class Codes:
     DOCUMENT_CONFLICT = "document_conflict"
     POSTING_FAILED = "posting_failed"
     CALLBACK_FAILED = "callback_failed"
+    # Staff sign-in (web sessions).
+    TWO_FACTOR_REQUIRED = "two_factor_required"
+    TWO_FACTOR_THROTTLED = "two_factor_throttled"
     # Manual journals raised by a person (refused up front, never queued).
     UNBALANCED_JOURNAL = "unbalanced_journal"
     UNKNOWN_ACCOUNT = "unknown_account"

@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from config import health, home, metrics
+from exceptions_queue.web import accounts
 
 urlpatterns = [
     path("", home.home, name="home"),
@@ -15,6 +16,8 @@ urlpatterns = [
     path("api/v1/", include("billing_sync.urls")),
     path("api/v1/", include("ledger.urls")),
     path("api/v1/", include("exceptions_queue.urls")),
+    # One guarded door: the admin's login page sends people to ours (lockout, 2FA, audit).
+    path("admin/login/", accounts.admin_login, name="admin-login"),
     path("admin/", admin.site.urls),
     path("", include("exceptions_queue.web.urls")),
 ]

@@ -1,28 +1,52 @@
-"""Two-factor enforcement: a controller or admin signed in by password alone may only finish 2FA.
+"""Two-factor enforcement: a user signed in by password alone, who owes a second factor, may only finish 2FA.
 
-django-otp's OTPMiddleware marks `request.user.is_verified()`; this middleware refuses everything else
-to such a user until they verify a TOTP device (or enrol one). `TIEOUT_2FA=off` (settings.TIEOUT_2FA)
-turns the requirement off for demos and tests. Bearer-token API calls never carry a session, so they are
-not affected: tokens are machine credentials, issued by an operator.
+Controllers and admins always owe one; anyone else who has enrolled an authenticator of their own accord
+owes it too (or enrolling would protect nothing). django-otp's OTPMiddleware marks
+`request.user.is_verified()`; this middleware refuses everything else to such a user until they verify a
+TOTP device (or enrol one): pages redirect to `/accounts/2fa/?next=...`, API calls made with the session
+get a 403 problem with code `two_factor_required`. `TIEOUT_2FA=off` (settings.TIEOUT_2FA) turns the
+requirement off for demos and tests. Bearer-token API calls never carry a session, so they are not
+affected: tokens are machine credentials, issued by an operator.
 """
+from urllib.parse import urlencode
+
 from django.conf import settings
 from django.http import JsonResponse
 from django.shortcuts import redirect
 
 from config import roles
+from config.errors import Codes
 
 TWO_FACTOR_ROLES = (roles.CONTROLLER, roles.ADMIN)
-# Paths a half-signed-in user may still reach: the 2FA pages themselves, sign-out, probes and assets.
-EXEMPT_PREFIXES = ("/accounts/", "/static/", "/healthz", "/readyz", "/metrics")
+TWO_FACTOR_URL = "/accounts/2fa/"
+# Paths a half-signed-in user may still reach: the sign-in and 2FA pages, sign-out, probes and assets.
+# (Not the rest of /accounts/: the security page is for users who have finished signing in.)
+EXEMPT_PREFIXES = ("/accounts/login/", "/accounts/logout/", TWO_FACTOR_URL, "/static/", "/healthz", "/readyz",
+                   "/metrics")
+
+
+def second_factor_required_for_role(user) -> bool:
+    return roles.has_role(user, *TWO_FACTOR_ROLES)
+
+
+def _has_enrolled(user) -> bool:
+    cached = getattr(user, "_tieout_has_2fa", None)
+    if cached is None:
+        from django_otp.plugins.otp_totp.models import TOTPDevice
+
+        cached = TOTPDevice.objects.filter(user_id=user.pk, confirmed=True).exists()
+        user._tieout_has_2fa = cached
+    return cached
 
 
 def needs_second_factor(user) -> bool:
+    """True while `user` has signed in with the password but still owes (and has not given) a code."""
     if not settings.TIEOUT_2FA or not user.is_authenticated:
         return False
-    if not roles.has_role(user, *TWO_FACTOR_ROLES):
-        return False
     is_verified = getattr(user, "is_verified", None)
-    return not (is_verified and is_verified())
+    if is_verified and is_verified():
+        return False
+    return second_factor_required_for_role(user) or _has_enrolled(user)
 
 
 class TwoFactorRequiredMiddleware:
@@ -36,7 +60,7 @@ class TwoFactorRequiredMiddleware:
                 return JsonResponse(
                     {"type": "about:blank", "title": "Two-factor authentication required", "status": 403,
                      "detail": "verify your second factor at /accounts/2fa/ before using the API from a session",
-                     "code": "two_factor_required"},
+                     "code": Codes.TWO_FACTOR_REQUIRED},
                     status=403, content_type="application/problem+json")
-            return redirect(f"/accounts/2fa/?next={request.get_full_path()}")
+            return redirect(f"{TWO_FACTOR_URL}?{urlencode({'next': request.get_full_path()})}")
         return self.get_response(request)
