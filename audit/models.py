@@ -45,3 +45,61 @@ class AuditSeal(models.Model):
 
     class Meta:
         constraints = [models.CheckConstraint(condition=models.Q(seq__gte=1), name="audit_seal_seq_positive")]
+
+
+class AuditDigest(models.Model):
+    """The signed summary of one UTC day of the chain: what an auditor keeps to prove nothing changed later.
+
+    It covers seals `first_seq..last_seq` (everything sealed up to the end of `day` after the previous
+    digest), commits to the chain head at `last_seq`, to the Merkle root of the day's entry hashes and to
+    the root of the whole tree of seq 1..last_seq (RFC 6962), so that inclusion proofs (one entry is in)
+    and consistency proofs (an older digest's tree is a prefix of a newer one's) can be checked by anyone
+    holding the public key. `frontier` carries the tree forward to the next day without re-reading it.
+    """
+
+    day = models.DateField(unique=True)
+    first_seq = models.BigIntegerField()
+    last_seq = models.BigIntegerField()
+    count = models.BigIntegerField()
+    prev_head_hash = models.CharField(max_length=64)
+    head_hash = models.CharField(max_length=64)
+    day_root = models.CharField(max_length=64)
+    tree_size = models.BigIntegerField()
+    tree_root = models.CharField(max_length=64)
+    frontier = models.JSONField()
+    key_id = models.CharField(max_length=64)
+    signature = models.CharField(max_length=128)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["day"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(count=models.F("last_seq") - models.F("first_seq") + 1),
+                                   name="audit_digest_count_matches_range"),
+            models.CheckConstraint(condition=models.Q(tree_size=models.F("last_seq")),
+                                   name="audit_digest_tree_is_the_chain"),
+        ]
+
+    def __str__(self):
+        return f"digest {self.day} seq {self.first_seq}..{self.last_seq}"
+
+
+class AuditCheck(models.Model):
+    """One run of the scheduled verification: where it started and ended, and what it found.
+
+    The next incremental run starts from the last good one (and re-checks that its chain hash is still
+    the one it saw); the metric and the alarm read the latest row.
+    """
+
+    at = models.DateTimeField(default=timezone.now)
+    full = models.BooleanField(default=False)
+    from_seq = models.BigIntegerField()
+    to_seq = models.BigIntegerField()
+    to_chain_hash = models.CharField(max_length=64)
+    ok = models.BooleanField()
+    checked = models.BigIntegerField(default=0)
+    problem = models.TextField(blank=True, default="")
+    bad_entry_id = models.BigIntegerField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["-at"], name="audit_check_at_idx")]

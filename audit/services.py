@@ -11,13 +11,21 @@ from dataclasses import dataclass
 from decimal import Decimal
 from uuid import UUID
 
+import logging
+import time
+
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from audit.models import AuditEntry, AuditSeal
+from audit import merkle
+from audit.models import AuditCheck, AuditDigest, AuditEntry, AuditSeal
 from config import correlation
 
+log = logging.getLogger(__name__)
+
 GENESIS = "0" * 64
+UNHASHED = "-" * 64
 # Any fixed 64-bit key: only the sealer takes this lock, writers never do.
 SEAL_LOCK_KEY = 0x7469656F7574  # "tieout"
 
@@ -91,7 +99,9 @@ def _build(*, actor, action, object_type, object_id, event_id=None, before=None,
         after=after if native else jsonable(after),
         correlation_id=correlation_id or correlation.get() or "",
     )
-    entry.entry_hash = compute_entry_hash(entry)
+    # TIEOUT_AUDIT_HASHING=off exists for bench/audit_chain.py only (the cost of the chain, measured):
+    # entries written that way never verify, and nothing else may turn it off.
+    entry.entry_hash = compute_entry_hash(entry) if settings.TIEOUT_AUDIT_HASHING else UNHASHED
     return entry
 
 
@@ -100,10 +110,14 @@ def _require_transaction():
         raise RuntimeError("audit entries are written inside the transaction of the change they record")
 
 
+# The transaction takes its id (xid) before the entry takes its id from the sequence (the materialised CTE
+# runs first): the sealer relies on "whoever drew an entry id is already a known transaction" to tell an
+# entry still being written from a gap left by a rollback (see `seal`). Costs nothing measurable.
 _RECORD_SQL = """
+WITH tx AS MATERIALIZED (SELECT pg_current_xact_id() AS xid)
 INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, event_id, before, after, correlation_id,
                               entry_hash)
-VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s) RETURNING id
+SELECT %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s FROM tx WHERE tx.xid IS NOT NULL RETURNING id
 """
 
 
@@ -128,12 +142,14 @@ def record(*, actor, action: str, object_type: str, object_id, event_id=None, be
 
 
 _RECORD_MANY_SQL = """
+WITH tx AS MATERIALIZED (SELECT pg_current_xact_id() AS xid)
 INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, event_id, before, after, correlation_id,
                               entry_hash)
 SELECT %s, u.actor, u.action, u.object_type, u.object_id, u.event_id, u.before, u.after, u.correlation_id,
        u.entry_hash
-FROM jsonb_to_recordset(%s::jsonb) AS u(actor text, action text, object_type text, object_id text, event_id uuid,
-                                        before jsonb, after jsonb, correlation_id text, entry_hash text)
+FROM tx, jsonb_to_recordset(%s::jsonb) AS u(actor text, action text, object_type text, object_id text, event_id uuid,
+                                            before jsonb, after jsonb, correlation_id text, entry_hash text)
+WHERE tx.xid IS NOT NULL
 """
 
 
@@ -157,6 +173,7 @@ def model_snapshot(instance, fields: list[str]) -> dict:
     return jsonable({name: getattr(instance, name) for name in fields})
 
 
+# --------------------------------------------------------------------------------------------- the sealer
 @dataclass
 class SealResult:
     sealed: int
@@ -164,32 +181,84 @@ class SealResult:
     head_hash: str
 
 
-def seal(*, batch_size: int = 5000, full_scan: bool = False, window: int = 200_000) -> SealResult:
-    """Append committed, unsealed entries to the chain.
+_GAP_WAIT_SQL = """
+SELECT count(*) FROM pg_stat_activity a
+WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND a.pid <> pg_backend_pid() AND a.backend_xid IS NOT NULL
+  AND a.backend_xid::text::bigint IN (SELECT x::text::bigint %% 4294967296
+                                      FROM pg_snapshot_xip(%s::pg_snapshot) AS x)
+"""
 
-    Only sealers take the advisory lock; a second sealer returns at once. Entries normally arrive in id
-    order; one whose transaction committed late (lower id) is found by the look-back window, or by a
-    full scan (`audit_verify` runs one).
+
+def _writers_finished(cursor, snapshot: str, wait_seconds: float) -> bool:
+    """Wait (bounded) until every transaction of this database that was running at `snapshot` has ended."""
+    deadline = time.monotonic() + wait_seconds
+    pause = 0.002
+    while True:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")  # pg_stat_activity is cached per transaction
+        cursor.execute(_GAP_WAIT_SQL, [snapshot])
+        if cursor.fetchone()[0] == 0:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _contiguous_prefix(rows, floor: int) -> int:
+    """How many of `rows` (ordered by id) follow `floor` without a missing id."""
+    expected = floor + 1
+    for index, (entry_id, _) in enumerate(rows):
+        if entry_id != expected:
+            return index
+        expected += 1
+    return len(rows)
+
+
+def seal(*, batch_size: int = 5000, wait_seconds: float = 2.0, **_legacy) -> SealResult:
+    """Append committed entries to the chain in id order, one seq each, without gaps.
+
+    Writers never take a lock for the chain: `record` only INSERTs. Only sealers take the advisory lock
+    (a second sealer returns at once). The chain is in id order, so the next entries to seal are simply
+    those after the head's entry id: an index range scan, however long the log.
+
+    The hard case is an id that is not visible yet: a transaction that drew a lower id than one already
+    committed, and commits later. Sealing past it would leave it out of the chain forever, so at the
+    first missing id the sealer takes a snapshot (after reading the rows) and waits for every transaction
+    of this database that was running then. Whoever drew the missing id had a transaction id before the
+    higher entry committed (`record` takes its xid first), so it is among them: once they are all done,
+    the missing id either became visible (sealed now, in its place) or was rolled back (never will be).
+    If that takes longer than `wait_seconds` (a long writer), the pass seals the contiguous prefix only and
+    the next pass tries again; writers are never blocked by it.
     """
     total = 0
     while True:
         with transaction.atomic():
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SEAL_LOCK_KEY])
-                if not cursor.fetchone()[0]:
-                    head = AuditSeal.objects.order_by("-seq").first()
-                    return SealResult(total, head.seq if head else 0, head.chain_hash if head else GENESIS)
                 head = AuditSeal.objects.order_by("-seq").values("seq", "chain_hash", "entry_id").first()
                 seq = head["seq"] if head else 0
                 prev = head["chain_hash"] if head else GENESIS
-                floor = 0 if full_scan or not head else max(0, head["entry_id"] - window)
-                cursor.execute(
-                    """SELECT e.id, e.entry_hash FROM audit_auditentry e
-                       WHERE e.id > %s AND NOT EXISTS (SELECT 1 FROM audit_auditseal s WHERE s.entry_id = e.id)
-                       ORDER BY e.id LIMIT %s""",
-                    [floor, batch_size],
-                )
+                floor = head["entry_id"] if head else 0
+                if not cursor.fetchone()[0]:
+                    return SealResult(total, seq, prev)
+                select = ("SELECT id, entry_hash FROM audit_auditentry WHERE id > %s AND id <= %s "
+                          "ORDER BY id LIMIT %s")
+                cursor.execute(select, [floor, 2 ** 62, batch_size])
                 rows = cursor.fetchall()
+                if not rows:
+                    return SealResult(total, seq, prev)
+                cut = _contiguous_prefix(rows, floor)
+                if cut < len(rows):
+                    cursor.execute("SELECT pg_current_snapshot()::text")
+                    snapshot = cursor.fetchone()[0]
+                    if _writers_finished(cursor, snapshot, wait_seconds):
+                        cursor.execute(select, [floor, rows[-1][0], batch_size])
+                        rows = cursor.fetchall()
+                    else:
+                        log.info("audit sealer: a writer is still running below the visible entries; "
+                                 "sealing the contiguous prefix", extra={"floor": floor, "prefix": cut})
+                        rows = rows[:cut]
                 if not rows:
                     return SealResult(total, seq, prev)
                 now = timezone.now()
@@ -199,12 +268,14 @@ def seal(*, batch_size: int = 5000, full_scan: bool = False, window: int = 200_0
                     prev_hash, prev = prev, chain_hash(prev, seq, entry_id, entry_hash)
                     seals.append(AuditSeal(seq=seq, entry_id=entry_id, entry_hash=entry_hash,
                                            prev_hash=prev_hash, chain_hash=prev, sealed_at=now))
+                # The audit log's own table, written by its one writer: the chain is the audit record.
                 AuditSeal.objects.bulk_create(seals, batch_size=2000)
                 total += len(seals)
         if len(rows) < batch_size:
             return SealResult(total, seq, prev)
 
 
+# --------------------------------------------------------------------------------------------- verification
 @dataclass
 class VerifyResult:
     ok: bool
@@ -212,50 +283,205 @@ class VerifyResult:
     problem: str = ""
     bad_entry_id: int | None = None
     bad_seq: int | None = None
+    head_seq: int = 0
+    head_hash: str = GENESIS
+    digests_checked: int = 0
 
 
-def verify(*, chunk: int = 20_000) -> VerifyResult:
-    """Re-check every sealed entry and the chain, in seq order, streaming with a server-side cursor."""
+class _Bad(Exception):
+    def __init__(self, problem: str, entry_id=None, seq=None):
+        super().__init__(problem)
+        self.problem, self.entry_id, self.seq = problem, entry_id, seq
+
+
+_VERIFY_SQL = """
+SELECT s.seq, s.entry_id, s.entry_hash, s.prev_hash, s.chain_hash, e.id, e.at, e.actor, e.action, e.object_type,
+       e.object_id, e.event_id::text, e.before, e.after, e.correlation_id, e.entry_hash
+FROM audit_auditseal s LEFT JOIN audit_auditentry e ON e.id = s.entry_id
+WHERE s.seq >= %s ORDER BY s.seq
+"""
+
+
+class _DigestTracker:
+    """Checks each signed digest as the stream passes its range: signature, head, count and both roots."""
+
+    def __init__(self, digests: list[AuditDigest], tree: merkle.Frontier | None, raw_public: bytes):
+        from audit import digests as digest_mod
+
+        self.pending = list(digests)
+        self.tree = tree  # None: started mid-chain without a frontier, so the whole-tree root is not checked
+        self.day_tree = merkle.Frontier()
+        self.checked = 0
+        for digest in self.pending:
+            if not digest_mod.digest_signature_valid(digest, raw_public):
+                raise _Bad(f"digest {digest.day} (seq {digest.first_seq}..{digest.last_seq}) has a bad signature: "
+                           "it was forged or altered", None, digest.first_seq)
+
+    def leaf(self, entry_hash_hex: str) -> None:
+        leaf = hashlib.sha256(b"\x00" + bytes.fromhex(entry_hash_hex)).digest()
+        self.day_tree.append_leaf(leaf)
+        if self.tree is not None:
+            self.tree.append_leaf(leaf)
+
+    def close_through(self, seq: int, chain: str, entry_id) -> None:
+        """Close every digest whose range ends at or before `seq` (empty days included)."""
+        while self.pending and self.pending[0].last_seq <= seq:
+            digest = self.pending.pop(0)
+            where = f"digest {digest.day} (seq {digest.first_seq}..{digest.last_seq})"
+            if digest.last_seq == seq and digest.head_hash != chain:
+                raise _Bad(f"{where}: the chain at seq {seq} (entry {entry_id}) is not the signed head", entry_id, seq)
+            if self.day_tree.root().hex() != digest.day_root or self.day_tree.size != digest.count:
+                raise _Bad(f"{where}: the day's entries are not the signed ones (Merkle root differs)", entry_id, seq)
+            if self.tree is not None and (self.tree.size != digest.tree_size or
+                                          self.tree.root().hex() != digest.tree_root):
+                raise _Bad(f"{where}: the tree of seq 1..{digest.tree_size} is not the signed one", entry_id, seq)
+            self.day_tree = merkle.Frontier()
+            self.checked += 1
+
+    def finish(self, head_seq: int) -> None:
+        if self.pending and self.pending[0].last_seq > head_seq:
+            digest = self.pending[0]
+            raise _Bad(f"digest {digest.day} signs seq {digest.first_seq}..{digest.last_seq} but the chain ends at "
+                       f"seq {head_seq}: entries after it were deleted", None, head_seq + 1)
+
+
+def verify(*, chunk: int = 50_000, from_digest: AuditDigest | None = None, from_seq: int = 1,
+           prev_hash: str = GENESIS, prev_entry_id: int = 0, check_digests: bool = True) -> VerifyResult:
+    """Re-check sealed entries and the chain in seq order, streamed (server-side cursor, constant memory).
+
+    From the start (default), from a signed digest (its range onwards, starting from the head it signs
+    before it), or from a seq whose predecessor's chain hash and entry id the caller vouches for (the
+    scheduled incremental run). Every digest met on the way is checked too. Then entries that are not in
+    the chain but lie before its head are looked for: an entry inserted into the past. Names the first
+    bad entry.
+    """
+    from audit import digests as digest_mod
+
+    tree = None
+    if from_digest is not None:
+        from_seq, prev_hash = from_digest.first_seq, from_digest.prev_head_hash
+        before = AuditSeal.objects.filter(seq=from_seq - 1).values_list("entry_id", flat=True).first()
+        prev_entry_id = before or 0
+        earlier = AuditDigest.objects.filter(day__lt=from_digest.day).order_by("-day").first()
+        tree = merkle.Frontier.from_json(earlier.frontier) if earlier else merkle.Frontier()
+    elif from_seq == 1:
+        tree = merkle.Frontier()
     with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("DECLARE audit_verify_cur NO SCROLL CURSOR FOR "
-                           "SELECT s.seq, s.entry_id, s.entry_hash, s.prev_hash, s.chain_hash, e.id, e.at, e.actor, "
-                           "e.action, e.object_type, e.object_id, e.event_id, e.before, e.after, e.correlation_id, "
-                           "e.entry_hash FROM audit_auditseal s LEFT JOIN audit_auditentry e ON e.id = s.entry_id "
-                           "ORDER BY s.seq")
-            try:
-                return _verify_rows(cursor, chunk)
-            finally:
-                cursor.execute("CLOSE audit_verify_cur")
+        try:
+            digests = []
+            raw_public = b""
+            if check_digests:
+                digests = list(AuditDigest.objects.filter(last_seq__gte=from_seq).order_by("day"))
+                if from_digest is not None:
+                    digests = [d for d in digests if d.day >= from_digest.day]
+                elif from_seq > 1:  # mid-chain: only the digests that start here or later can be re-computed
+                    digests = [d for d in digests if d.first_seq >= from_seq]
+                if digests:
+                    raw_public = digest_mod.public_key_bytes()
+            tracker = _DigestTracker(digests, tree, raw_public)
+            with connection.cursor() as cursor:
+                cursor.execute(f"DECLARE audit_verify_cur NO SCROLL CURSOR FOR {_VERIFY_SQL}", [from_seq])
+                try:
+                    count, head_seq, head_hash, last_id = _verify_rows(cursor, chunk, tracker, from_seq, prev_hash,
+                                                                       prev_entry_id)
+                finally:
+                    cursor.execute("CLOSE audit_verify_cur")
+                tracker.finish(head_seq)
+                cursor.execute("""SELECT min(e.id) FROM audit_auditentry e WHERE e.id <= %s
+                                  AND NOT EXISTS (SELECT 1 FROM audit_auditseal s WHERE s.entry_id = e.id)""",
+                               [last_id])
+                inserted = cursor.fetchone()[0]
+                if inserted is not None:
+                    raise _Bad(f"entry {inserted} was inserted: it is not in the chain, yet the chain has sealed "
+                               f"later entries (up to entry {last_id})", inserted, None)
+        except _Bad as bad:
+            return VerifyResult(False, 0, bad.problem, bad.entry_id, bad.seq)
+    return VerifyResult(True, count, head_seq=head_seq, head_hash=head_hash, digests_checked=tracker.checked)
 
 
-def _verify_rows(cursor, chunk: int) -> VerifyResult:
-    prev = GENESIS
-    expected_seq = 0
+def _verify_rows(cursor, chunk: int, tracker: _DigestTracker, from_seq: int, prev: str, last_id: int):
+    """The hot loop: bound names, one prebuilt encoder, hashlib in C. Returns (count, head seq, head hash, id)."""
+    encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+    sha256 = hashlib.sha256
+    utc = datetime.timezone.utc
+    loads = json.loads
+    digests = tracker.pending
+    expected = from_seq
+    tracker.close_through(from_seq - 1, prev, None)  # empty digests that end just before the start
+    next_close = digests[0].last_seq if digests else None
     while True:
         cursor.execute(f"FETCH {int(chunk)} FROM audit_verify_cur")
         rows = cursor.fetchall()
         if not rows:
             break
-        for (seq, entry_id, seal_entry_hash, prev_hash, stored_chain, e_id, at, actor, action, otype, oid,
-             event_id, before, after, corr, stored_entry_hash) in rows:
-            expected_seq += 1
-            if seq != expected_seq:
-                return VerifyResult(False, expected_seq - 1, f"chain position {expected_seq} is missing",
-                                    entry_id, seq)
+        for (seq, entry_id, seal_hash, prev_hash, stored_chain, e_id, at, actor, action, otype, oid,
+             event_id, before, after, corr, stored_hash) in rows:
+            if seq != expected:
+                raise _Bad(f"chain position {expected} is missing (next is seq {seq}, entry {entry_id})",
+                           entry_id, expected)
             if e_id is None:
-                return VerifyResult(False, seq - 1, f"entry {entry_id} (seq {seq}) was deleted", entry_id, seq)
-            if isinstance(before, str):
-                before = json.loads(before)
-            if isinstance(after, str):
-                after = json.loads(after)
-            content = entry_content(at=at, actor=actor, action=action, object_type=otype, object_id=oid,
-                                    event_id=event_id, before=before, after=after, correlation_id=corr)
-            recomputed = hashlib.sha256(canonical_json(content)).hexdigest()
-            if recomputed != seal_entry_hash or stored_entry_hash != seal_entry_hash:
-                return VerifyResult(False, seq - 1, f"entry {entry_id} (seq {seq}) was altered", entry_id, seq)
-            if prev_hash != prev or chain_hash(prev, seq, entry_id, seal_entry_hash) != stored_chain:
-                return VerifyResult(False, seq - 1, f"chain broken at entry {entry_id} (seq {seq})",
-                                    entry_id, seq)
+                raise _Bad(f"entry {entry_id} (seq {seq}) was deleted", entry_id, seq)
+            if entry_id <= last_id:
+                raise _Bad(f"entry {entry_id} (seq {seq}) is out of order: it comes after entry {last_id} in the chain",
+                           entry_id, seq)
+            if before.__class__ is str:
+                before = loads(before)
+            if after.__class__ is str:
+                after = loads(after)
+            content = {"at": at.astimezone(utc).isoformat(), "actor": actor, "action": action, "object_type": otype,
+                       "object_id": oid, "event_id": event_id, "before": before, "after": after,
+                       "correlation_id": corr}
+            recomputed = sha256(encode(content).encode()).hexdigest()
+            if recomputed != seal_hash or stored_hash != seal_hash:
+                raise _Bad(f"entry {entry_id} (seq {seq}) was altered", entry_id, seq)
+            if prev_hash != prev or sha256(f"{prev}|{seq}|{entry_id}|{seal_hash}".encode()).hexdigest() != stored_chain:
+                raise _Bad(f"chain broken at entry {entry_id} (seq {seq})", entry_id, seq)
             prev = stored_chain
-    return VerifyResult(True, expected_seq)
+            last_id = entry_id
+            expected += 1
+            if next_close is not None:
+                tracker.leaf(seal_hash)
+                if seq >= next_close:
+                    tracker.close_through(seq, prev, entry_id)
+                    next_close = digests[0].last_seq if digests else None
+    return expected - from_seq, expected - 1, prev, last_id
+
+
+# --------------------------------------------------------------------------------------------- scheduled check
+def chain_check(*, full: bool = False, actor="system") -> AuditCheck:
+    """Seal, then verify from the last good check (or everything); record the run; raise the alarm on failure.
+
+    The incremental run trusts nothing but what it saw itself: it re-reads the chain hash at the seq where
+    the last good run stopped and refuses to go on if it changed (or the chain got shorter).
+    """
+    seal()
+    last = None if full else AuditCheck.objects.filter(ok=True).order_by("-at", "-id").first()
+    start_seq, start_hash, start_entry = 1, GENESIS, 0
+    problem = None
+    if last is not None and last.to_seq > 0:
+        anchor = AuditSeal.objects.filter(seq=last.to_seq).values("chain_hash", "entry_id").first()
+        if anchor is None or anchor["chain_hash"] != last.to_chain_hash:
+            problem = VerifyResult(False, 0, f"the chain at seq {last.to_seq}, verified at {last.at.isoformat()}, "
+                                             "is gone or changed since", anchor["entry_id"] if anchor else None,
+                                   last.to_seq)
+        else:
+            start_seq, start_hash, start_entry = last.to_seq + 1, last.to_chain_hash, anchor["entry_id"]
+    result = problem or verify(from_seq=start_seq, prev_hash=start_hash, prev_entry_id=start_entry)
+    with transaction.atomic():
+        check = AuditCheck.objects.create(
+            full=last is None, from_seq=start_seq, to_seq=result.head_seq if result.ok else (result.bad_seq or 0),
+            to_chain_hash=result.head_hash if result.ok else "", ok=result.ok, checked=result.count,
+            problem=result.problem, bad_entry_id=result.bad_entry_id)
+        if not result.ok:
+            _raise_alarm(result, actor=actor)
+    return check
+
+
+def _raise_alarm(result: VerifyResult, *, actor) -> None:
+    from config.errors import Codes
+    from exceptions_queue.services import exception_open_system
+
+    log.error("audit chain broken", extra={"problem": result.problem, "bad_entry_id": result.bad_entry_id,
+                                            "bad_seq": result.bad_seq})
+    exception_open_system(code=Codes.AUDIT_CHAIN_BROKEN, message=f"Audit chain broken: {result.problem}",
+                          actor=actor)

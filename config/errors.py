@@ -35,6 +35,8 @@ class Codes:
     DOCUMENT_CONFLICT = "document_conflict"
     POSTING_FAILED = "posting_failed"
     CALLBACK_FAILED = "callback_failed"
+    # The audit log failed verification (edited, deleted, inserted or reordered entries, or a forged digest).
+    AUDIT_CHAIN_BROKEN = "audit_chain_broken"
     # Staff sign-in (web sessions).
     TWO_FACTOR_REQUIRED = "two_factor_required"
     TWO_FACTOR_THROTTLED = "two_factor_throttled"

@@ -34,6 +34,12 @@ class _TieoutCollector:
         age = (timezone.now() - oldest).total_seconds() if oldest else 0.0
         yield GaugeMetricFamily("tieout_oldest_unposted_seconds", "Age of the oldest journal not yet posted",
                                 value=age)
+        from audit.models import AuditCheck
+
+        last_check = AuditCheck.objects.order_by("-at", "-id").values_list("ok", flat=True).first()
+        if last_check is not None:  # 1: the last scheduled audit_verify passed; 0: the chain is broken
+            yield GaugeMetricFamily("tieout_audit_chain_ok", "Last audit chain verification passed (1) or not (0)",
+                                    value=1.0 if last_check else 0.0)
 
 
 _registry = CollectorRegistry(auto_describe=False)

@@ -346,3 +346,19 @@ def approval_reject(*, approval_id, user, comment: str = "") -> Approval:
 
 def user_by_username(username: str):
     return get_user_model().objects.filter(username=username).first()
+
+
+@transaction.atomic
+def exception_open_system(*, code: str, message: str, actor) -> ExceptionRecord:
+    """An alarm about Tieout itself (no event, no journal), e.g. audit_chain_broken: one open at a time.
+
+    Raised again while one with the same code is unresolved, it leaves that one (and its owner) alone.
+    """
+    exc = ExceptionRecord.objects.select_for_update().filter(
+        code=code, event__isnull=True, journal__isnull=True).exclude(status=ExceptionRecord.Status.RESOLVED).first()
+    if exc is not None:
+        return exc
+    exc = ExceptionRecord.objects.create(code=code, message=message, process="system")
+    audit.record(actor=actor, action="exception.opened", object_type="exception", object_id=exc.pk,
+                 after=_snapshot(exc))
+    return exc

@@ -219,6 +219,11 @@ CELERY_BEAT_SCHEDULE = {
     "outbox-sweep": {"task": "ledger.tasks.sweep_outbox", "schedule": 15.0},
     "events-sweep": {"task": "billing_sync.tasks.sweep_accepted_events", "schedule": 15.0},
     "audit-seal": {"task": "audit.tasks.seal_audit_chain", "schedule": 5.0},
+    # Incremental verification every 5 minutes, a full one daily; digests of finished UTC days hourly
+    # (a day gets its digest once, at the first run after midnight).
+    "audit-verify": {"task": "audit.tasks.verify_audit_chain", "schedule": 300.0},
+    "audit-verify-full": {"task": "audit.tasks.verify_audit_chain", "schedule": 86400.0, "kwargs": {"full": True}},
+    "audit-digests": {"task": "audit.tasks.build_audit_digests", "schedule": 3600.0},
     "erp-batches-sweep": {"task": "ledger.tasks.sweep_erp_batches", "schedule": 5.0},
     "callbacks-sweep": {"task": "billing_sync.tasks.sweep_callbacks", "schedule": 10.0},
 }
@@ -245,6 +250,15 @@ TIEOUT_CALLBACK_BACKOFF_BASE = float(os.environ.get("TIEOUT_CALLBACK_BACKOFF_BAS
 TIEOUT_CALLBACK_BACKOFF_CAP = float(os.environ.get("TIEOUT_CALLBACK_BACKOFF_CAP", "3600"))
 TIEOUT_CALLBACK_CONNECT_TIMEOUT = float(os.environ.get("TIEOUT_CALLBACK_CONNECT_TIMEOUT", "3"))
 TIEOUT_CALLBACK_READ_TIMEOUT = float(os.environ.get("TIEOUT_CALLBACK_READ_TIMEOUT", "10"))
+
+# Audit digests are signed with this Ed25519 key (base64 of the 32-byte seed, or a PKCS#8 PEM; make one
+# with `manage.py audit_keygen`). Without it, only non-production settings fall back to the published,
+# non-secret development key (TIEOUT_AUDIT_DEV_KEY); config.settings.prod never does.
+TIEOUT_AUDIT_SIGNING_KEY = os.environ.get("TIEOUT_AUDIT_SIGNING_KEY", "")
+_PRODUCTION = os.environ.get("DJANGO_SETTINGS_MODULE", "").endswith(".prod")
+TIEOUT_AUDIT_DEV_KEY = env_bool("TIEOUT_AUDIT_DEV_KEY", True) and not _PRODUCTION
+# Benchmarks only (bench/audit_chain.py): off skips the entry hash on write, to measure what the chain costs.
+TIEOUT_AUDIT_HASHING = os.environ.get("TIEOUT_AUDIT_HASHING", "on").strip().lower() not in {"off", "0", "false", "no"}
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOG_JSON = env_bool("LOG_JSON", True)

@@ -1,18 +1,48 @@
-"""`manage.py audit_verify`: seal what is pending, then verify the whole chain; exit 1 naming the first bad entry."""
-import sys
+"""`manage.py audit_verify [--from-digest DAY|ID]`: seal what is pending, then verify; exit 1 naming the first bad entry.
 
-from django.core.management.base import BaseCommand
+Checks every entry hash, the chain links, the order, entries inserted into the past, and every signed
+daily digest met on the way (signature, head, count, Merkle roots). `--record` also stores the run (as the
+scheduled task does) and raises the audit_chain_broken alarm on failure.
+"""
+import sys
+import time
+
+from django.core.management.base import BaseCommand, CommandError
 
 from audit import services
+from audit.models import AuditDigest
+
+
+def find_digest(value: str) -> AuditDigest:
+    digest = (AuditDigest.objects.filter(day=value).first() if "-" in value
+              else AuditDigest.objects.filter(pk=int(value)).first())
+    if digest is None:
+        raise CommandError(f"no digest {value!r} (give its day YYYY-MM-DD or its id)")
+    return digest
 
 
 class Command(BaseCommand):
     help = "Verify the audit hash chain. Prints 'OK <n> entries' or names the first bad entry (exit 1)."
 
+    def add_arguments(self, parser):
+        parser.add_argument("--from-digest", help="start at this signed digest (its day or id)")
+        parser.add_argument("--record", action="store_true",
+                            help="record the run and raise the alarm on failure, like the scheduled check")
+
     def handle(self, *args, **options):
-        services.seal(full_scan=True)
-        result = services.verify()
+        services.seal()
+        started = time.monotonic()
+        if options["record"]:
+            check = services.chain_check(full=True)
+            result = services.VerifyResult(check.ok, check.checked, check.problem, check.bad_entry_id)
+        elif options["from_digest"]:
+            result = services.verify(from_digest=find_digest(options["from_digest"]))
+        else:
+            result = services.verify()
+        elapsed = time.monotonic() - started
         if result.ok:
+            self.stderr.write(f"verified {result.count} entries and {result.digests_checked} digests "
+                              f"in {elapsed:.2f} s")
             self.stdout.write(f"OK {result.count} entries")
             return
         self.stdout.write(f"FAIL entry {result.bad_entry_id}: {result.problem}")
