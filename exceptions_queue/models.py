@@ -82,6 +82,10 @@ class ExceptionRecord(models.Model):
             models.Index(fields=["owner", "-created_at"], name="exception_owner_created_idx"),
             models.Index(fields=["source_ref"], name="exception_source_ref_idx",
                          condition=~Q(source_ref="")),
+            # The queue's default view (status=unresolved: open or assigned) newest first; resolved rows,
+            # the great majority over time, stay out of it.
+            models.Index(fields=["-created_at", "id"], name="exception_unresolved_idx",
+                         condition=~Q(status="resolved")),
         ]
 
     def __str__(self):

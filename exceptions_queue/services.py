@@ -1,9 +1,12 @@
-"""Exception and approval write paths: open, assign, retry, resolve; request, approve, reject.
+"""Exception and approval write paths: open, assign, retry, replay, comment, escalate, resolve (one by one
+or in bulk); request, approve, reject.
 
 Exceptions record failures a person can fix, with a stable code, linked to their event or journal.
 Approvals implement maker-checker: the requester never decides, no one decides twice, and the number of
 distinct approvers comes from the entity's policy. Every change is audited in its own transaction.
 """
+import hashlib
+import uuid
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
@@ -13,8 +16,8 @@ from django.utils import timezone
 from audit import services as audit
 from billing_sync import callbacks
 from config import roles
-from config.errors import ApiError, BusinessRuleError, Codes, Conflict, NotFound, PermissionRefused
-from exceptions_queue.models import Approval, ApprovalDecision, ApprovalPolicy, ExceptionRecord
+from config.errors import ApiError, BusinessRuleError, Codes, Conflict, NotFound, PermissionRefused, TieoutError
+from exceptions_queue.models import Approval, ApprovalDecision, ApprovalPolicy, ExceptionComment, ExceptionRecord
 
 PROCESS_BY_TYPE = {
     "customer.upserted": ExceptionRecord.Process.CUSTOMER,
@@ -38,6 +41,20 @@ def _amount_of(event) -> Decimal | None:
         return None
 
 
+# The payload field naming the document an event is about, most specific first (a credit note names its
+# invoice too; a payment names its customer).
+SOURCE_REF_FIELDS = ("credit_note_id", "write_off_id", "refund_id", "payment_id", "invoice_id", "customer_id")
+
+
+def source_ref_of(payload: dict) -> str:
+    data = (payload or {}).get("data") or {}
+    for name in SOURCE_REF_FIELDS:
+        value = data.get(name)
+        if isinstance(value, str) and value:
+            return value[:200]
+    return ""
+
+
 def _snapshot(exc: ExceptionRecord) -> dict:
     return {"code": exc.code, "status": exc.status, "message": exc.message,
             "owner": exc.owner.get_username() if exc.owner_id else None, "retry_count": exc.retry_count}
@@ -51,7 +68,8 @@ def exception_open_for_event(*, event, code: str, message: str, dependency: str 
     if exc is None:
         exc = ExceptionRecord.objects.create(
             code=code, message=message, process=PROCESS_BY_TYPE.get(event.type, ExceptionRecord.Process.INVOICE),
-            entity_code=event.entity_code, event=event, dependency_key=dependency, amount=_amount_of(event))
+            entity_code=event.entity_code, event=event, dependency_key=dependency, amount=_amount_of(event),
+            source_ref=source_ref_of(event.payload))
         audit.record(actor=actor, action="exception.opened", object_type="exception", object_id=exc.pk,
                      event_id=event.pk, after=_snapshot(exc))
         return exc
@@ -71,7 +89,7 @@ def exception_open_for_journal(*, journal, code: str, message: str, actor) -> Ex
     if exc is None:
         exc = ExceptionRecord.objects.create(
             code=code, message=message, process=ExceptionRecord.Process.POSTING, entity_code=journal.entity.code,
-            event_id=journal.event_id, journal=journal)
+            event_id=journal.event_id, journal=journal, source_ref=journal.document_id)
         audit.record(actor=actor, action="exception.opened", object_type="exception", object_id=exc.pk,
                      event_id=journal.event_id, after=_snapshot(exc))
     else:
@@ -150,20 +168,55 @@ def events_waiting_for(keys: list[str]) -> list:
         status=ExceptionRecord.Status.RESOLVED).values_list("event_id", flat=True))
 
 
-def _locked_exception(exception_id) -> ExceptionRecord:
+WORK_ROLES = (roles.FINANCE_OPS, roles.CONTROLLER, roles.ADMIN)
+
+
+def _is_person(actor) -> bool:
+    return getattr(actor, "is_authenticated", False) is True
+
+
+def may_see_exception(user, exc: ExceptionRecord) -> bool:
+    """Entity scope: an exception without an entity (a failed callback) is everyone's to see."""
+    return not exc.entity_code or roles.may_see_entity(user, exc.entity_code)
+
+
+def _locked_exception(exception_id, actor=None) -> ExceptionRecord:
+    """The exception, locked, for an action by `actor`.
+
+    People act only on exceptions of entities they were granted (anything else is 404, as if it did not
+    exist) and only with a role that works the queue. System actors (strings: tasks, callbacks) are not
+    scoped. The views check the same first; this is the check that cannot be bypassed.
+    """
     exc = ExceptionRecord.objects.select_for_update().filter(pk=exception_id).first()
     if exc is None:
         raise NotFound(f"no exception {exception_id}")
+    if _is_person(actor):
+        if not may_see_exception(actor, exc):
+            raise NotFound(f"no exception {exception_id}")
+        if not roles.has_role(actor, *WORK_ROLES):
+            raise PermissionRefused("your role may not work the exception queue")
     return exc
+
+
+def _required_text(value, field: str, what: str) -> str:
+    value = (value or "").strip()
+    if not value:
+        raise ApiError(f"{what} is required", code=Codes.INVALID_REQUEST, status=422,
+                       errors=[{"field": field, "message": "This field is required."}])
+    return value
 
 
 @transaction.atomic
 def exception_assign(*, exception_id, owner, actor) -> ExceptionRecord:
-    exc = _locked_exception(exception_id)
+    exc = _locked_exception(exception_id, actor)
     if exc.status == ExceptionRecord.Status.RESOLVED:
         raise Conflict("the exception is resolved", code=Codes.INVALID_STATE)
     if not roles.has_role(owner, roles.FINANCE_OPS, roles.CONTROLLER, roles.ADMIN):
         raise ApiError(f"{owner.get_username()} cannot own exceptions", code=Codes.INVALID_REQUEST, status=422)
+    if not may_see_exception(owner, exc):
+        raise ApiError(f"{owner.get_username()} has no access to entity {exc.entity_code}",
+                       code=Codes.INVALID_REQUEST, status=422,
+                       errors=[{"field": "owner", "message": "This user may not see the exception's entity."}])
     before = _snapshot(exc)
     exc.owner = owner
     exc.status = ExceptionRecord.Status.ASSIGNED
@@ -176,11 +229,8 @@ def exception_assign(*, exception_id, owner, actor) -> ExceptionRecord:
 
 @transaction.atomic
 def exception_resolve(*, exception_id, resolution: str, actor) -> ExceptionRecord:
-    resolution = (resolution or "").strip()
-    if not resolution:
-        raise ApiError("a resolution (the reason) is required", code=Codes.INVALID_REQUEST, status=422,
-                       errors=[{"field": "resolution", "message": "This field is required."}])
-    exc = _locked_exception(exception_id)
+    resolution = _required_text(resolution, "resolution", "a resolution (the reason)")
+    exc = _locked_exception(exception_id, actor)
     if exc.status == ExceptionRecord.Status.RESOLVED:
         raise Conflict("the exception is already resolved", code=Codes.INVALID_STATE)
     _resolve(exc, resolution=resolution, actor=actor)
@@ -198,7 +248,7 @@ def exception_retry(*, exception_id, actor) -> ExceptionRecord:
     from ledger import services as ledger
     from ledger.models import Journal
 
-    exc = _locked_exception(exception_id)
+    exc = _locked_exception(exception_id, actor)
     if exc.status == ExceptionRecord.Status.RESOLVED:
         raise Conflict("the exception is resolved", code=Codes.INVALID_STATE)
     before = _snapshot(exc)
@@ -218,6 +268,128 @@ def exception_retry(*, exception_id, actor) -> ExceptionRecord:
         billing.event_reprocess(event_id=exc.event_id, actor=actor)
     exc.refresh_from_db()
     return exc
+
+
+@transaction.atomic
+def exception_comment(*, exception_id, body: str, actor) -> ExceptionComment:
+    """A note in the exception's thread (resolved ones too: people explain after the fact)."""
+    body = _required_text(body, "body", "a comment")
+    if not _is_person(actor):
+        raise PermissionRefused("comments are written by people")
+    exc = _locked_exception(exception_id, actor)
+    comment = ExceptionComment.objects.create(exception=exc, author=actor, body=body)
+    audit.record(actor=actor, action="exception.commented", object_type="exception", object_id=exc.pk,
+                 event_id=exc.event_id, after={"comment": comment.pk, "body": body})
+    return comment
+
+
+@transaction.atomic
+def exception_escalate(*, exception_id, reason: str, actor) -> ExceptionRecord:
+    """Raise the exception a level (a controller's attention); the owner keeps working it.
+
+    The reason also goes into the thread, so whoever picks it up reads why without opening the audit log.
+    """
+    reason = _required_text(reason, "reason", "a reason for the escalation")
+    exc = _locked_exception(exception_id, actor)
+    if exc.status == ExceptionRecord.Status.RESOLVED:
+        raise Conflict("the exception is resolved", code=Codes.INVALID_STATE)
+    before = {**_snapshot(exc), "escalation_level": exc.escalation_level}
+    exc.escalation_level += 1
+    exc.escalated_at = exc.updated_at = timezone.now()
+    exc.escalated_by = audit.actor_label(actor)
+    exc.save(update_fields=["escalation_level", "escalated_at", "escalated_by", "updated_at"])
+    if _is_person(actor):
+        ExceptionComment.objects.create(exception=exc, author=actor,
+                                        body=f"Escalated to level {exc.escalation_level}: {reason}")
+    audit.record(actor=actor, action="exception.escalated", object_type="exception", object_id=exc.pk,
+                 event_id=exc.event_id, before=before,
+                 after={**_snapshot(exc), "escalation_level": exc.escalation_level, "reason": reason})
+    return exc
+
+
+def replay_refusal(exc: ExceptionRecord) -> str | None:
+    """Why the exception's event may not be replayed from the start, or None when it may."""
+    from ledger.models import Journal
+
+    if exc.status == ExceptionRecord.Status.RESOLVED:
+        return "the exception is resolved"
+    if not exc.event_id:
+        return "the exception has no event to replay"
+    if exc.process in (ExceptionRecord.Process.POSTING, ExceptionRecord.Process.CALLBACK) or (
+            Journal.objects.filter(event_id=exc.event_id).exists()):
+        # Processing succeeded and booked journals: starting over would book them twice.
+        return "the event was already processed into journals; use retry to send them again"
+    return None
+
+
+@transaction.atomic
+def exception_replay(*, exception_id, actor) -> ExceptionRecord:
+    """Replay after a fix: process the event again from the start, from the payload stored at receipt.
+
+    Retry repeats the step that failed (a posting, a callback, or processing); replay always starts over
+    and is for business-rule failures whose cause was fixed elsewhere (an account mapping added, a
+    period reopened). It is refused where starting over could book twice, and when the stored payload
+    no longer hashes to the SHA-256 recorded at receipt (what we replay is what the source sent).
+    """
+    from billing_sync import services as billing
+    from billing_sync.models import Event
+
+    exc = _locked_exception(exception_id, actor)
+    refusal = replay_refusal(exc)
+    if refusal:
+        raise Conflict(refusal, code=Codes.INVALID_STATE)
+    event = Event.objects.select_for_update().get(pk=exc.event_id)
+    if event.status != Event.Status.EXCEPTION:
+        raise Conflict(f"the event is {event.status}, not waiting in the queue", code=Codes.INVALID_STATE)
+    digest = hashlib.sha256(billing.canonical_bytes(event.payload)).hexdigest()
+    if digest != event.payload_hash:
+        raise Conflict("the stored payload no longer matches the SHA-256 recorded at receipt; not replayed",
+                       code=Codes.INVALID_STATE)
+    before = _snapshot(exc)
+    exc.retry_count += 1
+    exc.updated_at = timezone.now()
+    exc.save(update_fields=["retry_count", "updated_at"])
+    audit.record(actor=actor, action="exception.replayed", object_type="exception", object_id=exc.pk,
+                 event_id=exc.event_id, before=before, after={**_snapshot(exc), "payload_sha256": digest})
+    billing.event_reprocess(event_id=event.pk, actor=actor)
+    exc.refresh_from_db()
+    return exc
+
+
+def _bulk(exception_ids, action) -> list[dict]:
+    """Run `action(id)` per exception, each in its own transaction: one failure never blocks the others."""
+    outcomes, seen = [], set()
+    for raw in list(exception_ids)[:BULK_MAX]:
+        try:
+            exception_id = uuid.UUID(str(raw))
+        except ValueError:
+            outcomes.append({"id": str(raw), "ok": False, "code": Codes.INVALID_REQUEST, "detail": "not an id"})
+            continue
+        if exception_id in seen:
+            continue
+        seen.add(exception_id)
+        try:
+            exc = action(exception_id)
+        except TieoutError as error:
+            outcomes.append({"id": str(exception_id), "ok": False, "code": error.code, "detail": error.detail})
+        else:
+            # Read again once the item's transaction committed: a retried posting may have resolved it since.
+            status = ExceptionRecord.objects.filter(pk=exc.pk).values_list("status", flat=True).first()
+            outcomes.append({"id": str(exception_id), "ok": True, "status": status or exc.status})
+    return outcomes
+
+
+BULK_MAX = 200
+
+
+def exceptions_assign_bulk(*, exception_ids, owner, actor) -> list[dict]:
+    """Assign many exceptions to `owner`: per-id outcomes `{id, ok, status | code, detail}`."""
+    return _bulk(exception_ids, lambda pk: exception_assign(exception_id=pk, owner=owner, actor=actor))
+
+
+def exceptions_retry_bulk(*, exception_ids, actor) -> list[dict]:
+    """Retry many exceptions: per-id outcomes `{id, ok, status | code, detail}`."""
+    return _bulk(exception_ids, lambda pk: exception_retry(exception_id=pk, actor=actor))
 
 
 # --------------------------------------------------------------------------------------------- approvals
