@@ -1,7 +1,8 @@
 """API representations of approvals and exceptions, and the request bodies their actions take."""
 from rest_framework import serializers
 
-from exceptions_queue.models import Approval, ExceptionRecord
+from exceptions_queue import sla
+from exceptions_queue.models import Approval, ExceptionComment, ExceptionRecord
 from ledger.money import fmt
 
 
@@ -26,21 +27,36 @@ class ApprovalSerializer(serializers.ModelSerializer):
                 for d in approval.decisions.all()]
 
 
+class ExceptionCommentOutSerializer(serializers.ModelSerializer):
+    author = serializers.CharField(source="author.username")
+
+    class Meta:
+        model = ExceptionComment
+        fields = ["id", "author", "body", "created_at"]
+
+
 class ExceptionSerializer(serializers.ModelSerializer):
     event = serializers.UUIDField(source="event_id", allow_null=True)
     journal = serializers.UUIDField(source="journal_id", allow_null=True)
     entity = serializers.CharField(source="entity_code")
     owner = serializers.SerializerMethodField()
     source = serializers.SerializerMethodField()
+    age = serializers.SerializerMethodField()
+    comments = ExceptionCommentOutSerializer(many=True, read_only=True)
 
     class Meta:
         model = ExceptionRecord
-        fields = ["id", "code", "message", "status", "process", "entity", "event", "journal", "source", "amount",
-                  "owner", "dependency_key", "retry_count", "created_at", "updated_at", "resolved_at", "resolved_by",
-                  "resolution"]
+        fields = ["id", "code", "message", "status", "process", "entity", "event", "journal", "source", "source_ref",
+                  "amount", "owner", "dependency_key", "retry_count", "escalation_level", "escalated_at",
+                  "escalated_by", "age", "created_at", "updated_at", "resolved_at", "resolved_by", "resolution",
+                  "comments"]
 
     def get_owner(self, exc) -> str | None:
         return exc.owner.get_username() if exc.owner_id else None
+
+    def get_age(self, exc) -> dict:
+        age = sla.age_of(exc)
+        return {"bucket": age.bucket, "sla_hours": age.sla_hours, "level": age.level, "late": age.late}
 
     def get_source(self, exc) -> dict | None:
         if not exc.event_id:
@@ -55,6 +71,15 @@ class CommentSerializer(serializers.Serializer):
 class ResolveSerializer(serializers.Serializer):
     # Presence is checked by the service, which answers 422 with the field named (one rule, one place).
     resolution = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
+
+
+class ExceptionCommentSerializer(serializers.Serializer):
+    # Presence is checked by the service (422 naming the field), as for a resolution.
+    body = serializers.CharField(max_length=5000, required=False, allow_blank=True, default="")
+
+
+class EscalateSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=2000, required=False, allow_blank=True, default="")
 
 
 class AssignSerializer(serializers.Serializer):

@@ -13,4 +13,7 @@ urlpatterns = [
     path("exceptions/<uuid:pk>/assign", views.ExceptionAssignView.as_view(), name="exception-assign"),
     path("exceptions/<uuid:pk>/retry", views.ExceptionRetryView.as_view(), name="exception-retry"),
     path("exceptions/<uuid:pk>/resolve", views.ExceptionResolveView.as_view(), name="exception-resolve"),
+    path("exceptions/<uuid:pk>/comment", views.ExceptionCommentView.as_view(), name="exception-comment"),
+    path("exceptions/<uuid:pk>/escalate", views.ExceptionEscalateView.as_view(), name="exception-escalate"),
+    path("exceptions/<uuid:pk>/replay", views.ExceptionReplayView.as_view(), name="exception-replay"),
 ]

@@ -8,7 +8,8 @@ from config import roles
 from config.errors import ApiError, Codes
 from exceptions_queue import selectors, services
 from exceptions_queue.serializers import (
-    ApprovalSerializer, AssignSerializer, CommentSerializer, ExceptionSerializer, ResolveSerializer,
+    ApprovalSerializer, AssignSerializer, CommentSerializer, EscalateSerializer, ExceptionCommentSerializer,
+    ExceptionSerializer, ResolveSerializer,
 )
 
 READERS = roles.roles_allowed(*roles.READ_ALL)
@@ -59,7 +60,8 @@ class ExceptionListView(generics.ListAPIView):
     filterset_class = selectors.ExceptionFilter
 
     def get_queryset(self):
-        return selectors.exceptions()
+        # Scoped to the caller's entities: another entity's exceptions are not listed, and are 404 below.
+        return selectors.visible_exceptions(self.request.user).prefetch_related("comments__author")
 
 
 class ExceptionDetailView(generics.RetrieveAPIView):
@@ -67,11 +69,12 @@ class ExceptionDetailView(generics.RetrieveAPIView):
     serializer_class = ExceptionSerializer
 
     def get_queryset(self):
-        return selectors.exceptions()
+        return selectors.visible_exceptions(self.request.user).prefetch_related("comments__author")
 
 
-def _exception_response(pk) -> Response:
-    return Response(ExceptionSerializer(selectors.exceptions().get(pk=pk)).data)
+def _exception_response(pk, status: int = 200) -> Response:
+    exc = selectors.exceptions().prefetch_related("comments__author").get(pk=pk)
+    return Response(ExceptionSerializer(exc).data, status=status)
 
 
 class ExceptionAssignView(APIView):
@@ -108,4 +111,35 @@ class ExceptionResolveView(APIView):
         body = ResolveSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         services.exception_resolve(exception_id=pk, resolution=body.validated_data["resolution"], actor=request.user)
+        return _exception_response(pk)
+
+
+class ExceptionCommentView(APIView):
+    permission_classes = [WORKERS]
+
+    @extend_schema(request=ExceptionCommentSerializer, responses={201: ExceptionSerializer})
+    def post(self, request, pk):
+        body = ExceptionCommentSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        services.exception_comment(exception_id=pk, body=body.validated_data["body"], actor=request.user)
+        return _exception_response(pk, status=201)
+
+
+class ExceptionEscalateView(APIView):
+    permission_classes = [WORKERS]
+
+    @extend_schema(request=EscalateSerializer, responses={200: ExceptionSerializer})
+    def post(self, request, pk):
+        body = EscalateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        services.exception_escalate(exception_id=pk, reason=body.validated_data["reason"], actor=request.user)
+        return _exception_response(pk)
+
+
+class ExceptionReplayView(APIView):
+    permission_classes = [WORKERS]
+
+    @extend_schema(request=None, responses={200: ExceptionSerializer})
+    def post(self, request, pk):
+        services.exception_replay(exception_id=pk, actor=request.user)
         return _exception_response(pk)
