@@ -76,7 +76,7 @@ def user_profile_update(*, user, values: dict, actor):
         raise ValueError(f"not profile fields: {sorted(unknown)}")
     locked = get_user_model().objects.select_for_update().get(pk=user.pk)
     if values.get("is_active") is False and _same_user(locked, actor):
-        raise TieoutError("you cannot deactivate yourself", code=Codes.INVALID_REQUEST, status=422)
+        raise TieoutError("You cannot deactivate yourself.", code=Codes.INVALID_REQUEST, status=422)
     before = {name: getattr(locked, name) for name in values if getattr(locked, name) != values[name]}
     if not before:
         return locked
@@ -106,7 +106,7 @@ def user_roles_set(*, user, roles: list[str] | set[str] | tuple[str, ...], actor
     held = set(locked.groups.filter(name__in=ROLES).values_list("name", flat=True))
     is_admin_now = ADMIN in held or locked.is_superuser
     if _same_user(locked, actor) and is_admin_now and ADMIN not in wanted:
-        raise TieoutError("you cannot remove your own admin role", code=Codes.INVALID_REQUEST, status=422)
+        raise TieoutError("You cannot remove your own admin role.", code=Codes.INVALID_REQUEST, status=422)
     before = {"roles": sorted(held), "is_staff": locked.is_staff, "is_superuser": locked.is_superuser}
     for name in wanted - held:
         locked.groups.add(Group.objects.get_or_create(name=name)[0])
