@@ -1,0 +1,398 @@
+"""The audit chain under real concurrency, and the tampering that `audit_verify` must name.
+
+* The sealer chains entries in id order without gaps, even when a transaction that drew a lower id
+  commits after a higher one (it waits for it, and never seals past it), and seals past ids that were
+  rolled back. Shown with a second real connection holding its transaction open.
+* 8 writer threads x 1,000 audited changes, each its own committed transaction with commits deliberately
+  out of id order, while a sealer runs: one gap-free chain 1..N in id order that verifies.
+* Tampering made as the database superuser with the triggers off (`session_replication_role = replica`):
+  an edited, a deleted, an inserted and a reordered entry, each caught with the entry named; a rewrite
+  that re-chains everything after the edit passes the chain check and is caught by the signed digest.
+* The scheduled check records each run, goes incremental from the last good one, opens the
+  audit_chain_broken exception once, logs an error and sets the metric to 0.
+"""
+import io
+import json
+import logging
+import random
+import threading
+import time
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+from django.core.management import call_command
+from django.db import connection, connections, transaction
+
+from audit import digests
+from audit import services as audit
+from audit.models import AuditCheck, AuditEntry, AuditSeal
+from exceptions_queue.models import ExceptionRecord
+
+
+def _verify_cmd(*args) -> tuple[int, str]:
+    out = io.StringIO()
+    try:
+        call_command("audit_verify", *args, stdout=out, stderr=io.StringIO())
+    except SystemExit as exc:
+        return exc.code, out.getvalue().strip().splitlines()[-1]
+    return 0, out.getvalue().strip().splitlines()[-1]
+
+
+def _record(action="test.change", object_id="1"):
+    with transaction.atomic():
+        return audit.record(actor="tester", action=action, object_type="thing", object_id=object_id,
+                            after={"n": object_id})
+
+
+def _other_connection():
+    """A second, independent session on the test database (what another web process would be)."""
+    params = connection.get_connection_params()
+    return psycopg.connect(**params, autocommit=False)
+
+
+def _record_on(conn, object_id: str) -> int:
+    """`record`'s own SQL on another session: the transaction stays open until the caller commits."""
+    entry = audit._build(actor="other", action="test.late", object_type="thing", object_id=object_id,
+                         after={"n": object_id})
+    with conn.cursor() as cursor:
+        cursor.execute(audit._RECORD_SQL, [entry.at, entry.actor, entry.action, entry.object_type, entry.object_id,
+                                           None, None, json.dumps(entry.after), entry.correlation_id,
+                                           entry.entry_hash])
+        return cursor.fetchone()[0]
+
+
+def _chain() -> list[tuple[int, int]]:
+    return list(AuditSeal.objects.order_by("seq").values_list("seq", "entry_id"))
+
+
+@contextmanager
+def _triggers_off():
+    """Superuser only: ordinary triggers (the append-only guards) do not fire on this session."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET session_replication_role = replica")
+        try:
+            yield cursor
+        finally:
+            cursor.execute("SET session_replication_role = DEFAULT")
+
+
+def _flush_deferred():
+    with connection.cursor() as cursor:  # the seals' deferred FK checks, as their commit would run them
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+
+
+def _sealed(n: int = 12) -> list[AuditEntry]:
+    for i in range(n):
+        _record(object_id=str(i))
+    audit.seal()
+    _flush_deferred()
+    entries = list(AuditEntry.objects.order_by("id"))
+    assert [e for _, e in _chain()] == [e.pk for e in entries]
+    return entries
+
+
+# ------------------------------------------------------------------------------------------- the sealer
+@pytest.mark.django_db(transaction=True)
+def test_an_entry_committed_after_a_higher_one_is_sealed_in_its_place_not_skipped():
+    first = _record(object_id="before")
+    audit.seal()
+    other = _other_connection()
+    try:
+        late_id = _record_on(other, "late")          # drew the lower id; its transaction stays open
+        early = _record(object_id="early")           # a higher id, committed first
+        assert first.pk < late_id < early.pk
+
+        result = audit.seal(wait_seconds=0.3)        # the late writer is still running: wait, then stop short
+        assert result.sealed == 0
+        assert _chain() == [(1, first.pk)]
+
+        other.commit()
+        assert audit.seal().sealed == 2
+        assert _chain() == [(1, first.pk), (2, late_id), (3, early.pk)]
+    finally:
+        other.close()
+    assert audit.verify().ok
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sealer_waits_for_a_writer_that_commits_while_it_waits():
+    other = _other_connection()
+    try:
+        late_id = _record_on(other, "late")
+        early = _record(object_id="early")
+        timer = threading.Timer(0.2, other.commit)
+        timer.start()
+        result = audit.seal(wait_seconds=5)
+        timer.join()
+    finally:
+        other.close()
+    assert result.sealed == 2
+    assert _chain() == [(1, late_id), (2, early.pk)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sealer_seals_past_an_id_that_was_rolled_back():
+    other = _other_connection()
+    try:
+        lost_id = _record_on(other, "lost")
+        kept = _record(object_id="kept")
+        other.rollback()
+    finally:
+        other.close()
+    assert audit.seal(wait_seconds=5).sealed == 1
+    assert _chain() == [(1, kept.pk)]
+    assert kept.pk == lost_id + 1
+    code, last = _verify_cmd()
+    assert (code, last) == (0, "OK 1 entries")
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_eight_concurrent_writers_make_one_gap_free_chain_that_verifies():
+    writers, per_writer = 8, 1000
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def writer(index: int):
+        rng = random.Random(index)
+        try:
+            for n in range(per_writer):
+                with transaction.atomic():
+                    audit.record(actor=f"writer-{index}", action="test.concurrent", object_type="thing",
+                                 object_id=f"{index}:{n}", before={"n": n - 1}, after={"n": n})
+                    if rng.random() < 0.05:  # hold the transaction open: later ids commit first
+                        time.sleep(rng.random() * 0.005)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def sealer():
+        try:
+            while not done.is_set():
+                audit.seal(wait_seconds=1.0)
+                time.sleep(0.01)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    seal_thread = threading.Thread(target=sealer)
+    seal_thread.start()
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(writers)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    elapsed = time.monotonic() - started
+    done.set()
+    seal_thread.join(timeout=60)
+    assert not errors, errors
+    audit.seal()
+
+    total = writers * per_writer
+    assert AuditEntry.objects.count() == total
+    chain = _chain()
+    assert [seq for seq, _ in chain] == list(range(1, total + 1))       # gap-free
+    ids = [entry_id for _, entry_id in chain]
+    assert ids == sorted(ids) and len(set(ids)) == total                 # in id order, each once
+    assert set(ids) == set(AuditEntry.objects.values_list("id", flat=True))
+    result = audit.verify()
+    assert result.ok and result.count == total, result
+    logging.getLogger(__name__).info("8 writers x 1000: %.1f s, %.0f audited commits/s", elapsed, total / elapsed)
+
+
+# ------------------------------------------------------------------------------------------- tampering
+@pytest.mark.django_db
+def test_an_edited_entry_is_named():
+    entries = _sealed()
+    victim = entries[4]
+    with _triggers_off() as cursor:
+        cursor.execute("""UPDATE audit_auditentry SET after = '{"n": "forged"}' WHERE id = %s""", [victim.pk])
+    assert _verify_cmd() == (1, f"FAIL entry {victim.pk}: entry {victim.pk} (seq 5) was altered")
+
+
+@pytest.mark.django_db
+def test_a_deleted_entry_is_named():
+    entries = _sealed()
+    victim = entries[6]
+    with _triggers_off() as cursor:
+        cursor.execute("DELETE FROM audit_auditentry WHERE id = %s", [victim.pk])
+    assert _verify_cmd() == (1, f"FAIL entry {victim.pk}: entry {victim.pk} (seq 7) was deleted")
+
+
+@pytest.mark.django_db
+def test_an_entry_inserted_into_the_past_is_named():
+    with connection.cursor() as cursor:  # an id nobody used (as a rolled-back transaction leaves)
+        cursor.execute("SELECT nextval(pg_get_serial_sequence('audit_auditentry', 'id'))")
+        free_id = cursor.fetchone()[0]
+    entries = _sealed()
+    assert entries[0].pk > free_id
+    forged = audit._build(actor="mallory", action="journal.posted", object_type="journal", object_id="x",
+                          after={"status": "posted"})
+    with _triggers_off() as cursor:
+        cursor.execute("""INSERT INTO audit_auditentry (id, at, actor, action, object_type, object_id, after,
+                                                        correlation_id, entry_hash)
+                          VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, '', %s)""",
+                       [free_id, forged.at, forged.actor, forged.action, forged.object_type, forged.object_id,
+                        json.dumps(forged.after), forged.entry_hash])
+    code, last = _verify_cmd()
+    assert code == 1
+    assert last.startswith(f"FAIL entry {free_id}: entry {free_id} was inserted")
+
+
+@pytest.mark.django_db
+def test_an_entry_inserted_with_a_link_into_the_middle_of_the_chain_is_named():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence('audit_auditentry', 'id'))")
+        free_id = cursor.fetchone()[0]
+    _sealed()
+    forged = audit._build(actor="mallory", action="journal.posted", object_type="journal", object_id="x",
+                          after={"status": "posted"})
+    with _triggers_off() as cursor:  # make room at seq 5, then fill it with a correctly linked forgery
+        cursor.execute("""INSERT INTO audit_auditentry (id, at, actor, action, object_type, object_id, after,
+                                                        correlation_id, entry_hash)
+                          VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, '', %s)""",
+                       [free_id, forged.at, forged.actor, forged.action, forged.object_type, forged.object_id,
+                        json.dumps(forged.after), forged.entry_hash])
+        cursor.execute("UPDATE audit_auditseal SET seq = seq + 100 WHERE seq >= 5")
+        cursor.execute("UPDATE audit_auditseal SET seq = seq - 99 WHERE seq >= 105")
+        cursor.execute("SELECT chain_hash FROM audit_auditseal WHERE seq = 4")
+        prev = cursor.fetchone()[0]
+        cursor.execute("""INSERT INTO audit_auditseal (seq, entry_id, entry_hash, prev_hash, chain_hash, sealed_at)
+                          VALUES (5, %s, %s, %s, %s, now())""",
+                       [free_id, forged.entry_hash, prev, audit.chain_hash(prev, 5, free_id, forged.entry_hash)])
+    code, last = _verify_cmd()
+    assert code == 1
+    assert last.startswith(f"FAIL entry {free_id}: entry {free_id} (seq 5) is out of order")
+
+
+def _swap(cursor, a: int, b: int):
+    """Swap the entries that two chain positions hold (three steps: entry_id is unique)."""
+    for old, new in ((a, 0), (b, a), (0, b)):
+        cursor.execute("""UPDATE audit_auditseal SET entry_id = %s,
+                                 entry_hash = coalesce((SELECT entry_hash FROM audit_auditentry WHERE id = %s), '')
+                          WHERE entry_id = %s""", [new, new, old])
+
+
+@pytest.mark.django_db
+def test_reordered_entries_are_named():
+    entries = _sealed()
+    a, b = entries[3], entries[4]  # seq 4 and 5
+    with _triggers_off() as cursor:
+        _swap(cursor, a.pk, b.pk)
+    assert _verify_cmd() == (1, f"FAIL entry {b.pk}: chain broken at entry {b.pk} (seq 4)")
+
+
+def _rechain(cursor, from_seq: int):
+    """What a careful attacker does after tampering: recompute every link from `from_seq` on."""
+    cursor.execute("SELECT chain_hash FROM audit_auditseal WHERE seq = %s", [from_seq - 1])
+    row = cursor.fetchone()
+    prev = row[0] if row else audit.GENESIS
+    cursor.execute("SELECT seq, entry_id, entry_hash FROM audit_auditseal WHERE seq >= %s ORDER BY seq", [from_seq])
+    for seq, entry_id, entry_hash in cursor.fetchall():
+        new = audit.chain_hash(prev, seq, entry_id, entry_hash)
+        cursor.execute("UPDATE audit_auditseal SET prev_hash = %s, chain_hash = %s WHERE seq = %s", [prev, new, seq])
+        prev = new
+
+
+@pytest.mark.django_db
+def test_reordered_and_rechained_entries_are_named_by_their_order():
+    entries = _sealed()
+    a, b = entries[3], entries[4]
+    with _triggers_off() as cursor:
+        _swap(cursor, a.pk, b.pk)
+        _rechain(cursor, 4)
+    code, last = _verify_cmd()
+    assert code == 1
+    assert last == (f"FAIL entry {a.pk}: entry {a.pk} (seq 5) is out of order: it comes after entry {b.pk} "
+                    "in the chain")
+
+
+@pytest.mark.django_db
+def test_a_rewrite_that_rechains_everything_after_it_is_caught_by_the_signed_digest():
+    entries = _sealed()
+    [digest] = digests.digests_build(through=digests.timezone.now().date())
+    assert audit.verify().ok
+    victim = entries[2]
+    victim.after = {"n": "rewritten"}
+    forged_hash = audit.compute_entry_hash(victim)
+    with _triggers_off() as cursor:
+        cursor.execute("UPDATE audit_auditentry SET after = %s::jsonb, entry_hash = %s WHERE id = %s",
+                       [json.dumps(victim.after), forged_hash, victim.pk])
+        cursor.execute("UPDATE audit_auditseal SET entry_hash = %s WHERE entry_id = %s", [forged_hash, victim.pk])
+        _rechain(cursor, 3)
+    # Without the digests the chain is internally consistent again...
+    assert audit.verify(check_digests=False).ok
+    # ...but it is not the chain that was signed.
+    result = audit.verify()
+    assert not result.ok
+    assert result.problem.startswith(f"digest {digest.day} (seq 1..{digest.last_seq}): the chain at seq "
+                                     f"{digest.last_seq}")
+    code, last = _verify_cmd("--from-digest", digest.day.isoformat())
+    assert code == 1 and "is not the signed head" in last
+
+
+# ------------------------------------------------------------------------------------------- scheduled check
+@pytest.mark.django_db
+def test_the_scheduled_check_goes_incremental_and_raises_the_alarm_once(caplog, client):
+    entries = _sealed(6)
+    first = audit.chain_check()
+    assert (first.ok, first.full, first.from_seq, first.to_seq, first.checked) == (True, True, 1, 6, 6)
+    for i in range(4):
+        _record(object_id=f"more-{i}")
+    second = audit.chain_check()
+    # Only what is new, anchored on what the last good run saw.
+    assert (second.ok, second.full, second.from_seq, second.to_seq, second.checked) == (True, False, 7, 10, 4)
+    assert 'tieout_audit_chain_ok 1.0' in client.get("/metrics").content.decode()
+
+    with _triggers_off() as cursor:
+        cursor.execute("UPDATE audit_auditentry SET actor = 'mallory' WHERE id = %s", [entries[1].pk])
+    _record(object_id="after-the-tampering")
+    incremental = audit.chain_check()
+    assert incremental.ok  # the incremental run only looks at what is new...
+    with caplog.at_level(logging.ERROR, logger="audit.services"):
+        full = audit.chain_check(full=True)  # ...the daily full run finds the old edit
+    assert not full.ok and full.bad_entry_id == entries[1].pk
+    assert f"entry {entries[1].pk} (seq 2) was altered" in full.problem
+    assert any(r.message == "audit chain broken" for r in caplog.records)
+    [alarm] = ExceptionRecord.objects.filter(code="audit_chain_broken")
+    assert alarm.status == "open" and f"entry {entries[1].pk}" in alarm.message
+    assert AuditEntry.objects.filter(action="exception.opened", object_id=str(alarm.pk)).exists()
+    assert 'tieout_audit_chain_ok 0.0' in client.get("/metrics").content.decode()
+
+    again = audit.chain_check(full=True)
+    assert not again.ok
+    assert ExceptionRecord.objects.filter(code="audit_chain_broken").count() == 1  # raised once
+    assert AuditCheck.objects.count() == 5
+
+
+@pytest.mark.django_db
+def test_the_incremental_check_notices_that_its_anchor_changed():
+    _sealed(5)
+    assert audit.chain_check().ok
+    with _triggers_off() as cursor:
+        cursor.execute("UPDATE audit_auditseal SET chain_hash = repeat('b', 64) WHERE seq = 5")
+    check = audit.chain_check()
+    assert not check.ok and check.to_seq == 5
+    assert "the chain at seq 5" in check.problem and "is gone or changed since" in check.problem
+
+
+@pytest.mark.django_db
+def test_audit_tables_refuse_update_delete_and_truncate():
+    from django.db import DatabaseError
+
+    _sealed(2)
+    digests.digests_build(through=digests.timezone.now().date())
+    audit.chain_check()
+    _flush_deferred()
+    for table in ("audit_auditentry", "audit_auditseal", "audit_auditdigest", "audit_auditcheck"):
+        for statement in (f"UPDATE {table} SET id = id" if table != "audit_auditseal" else
+                          f"UPDATE {table} SET seq = seq", f"DELETE FROM {table}", f"TRUNCATE {table} CASCADE"):
+            with pytest.raises(DatabaseError) as refused:
+                with transaction.atomic(), connection.cursor() as cursor:
+                    cursor.execute(statement)
+            assert "append-only" in str(refused.value), (statement, str(refused.value))
