@@ -58,15 +58,6 @@ def test_throttling_is_per_token(entity, integration):
     assert statuses == [200, 200, 200, 429]
 
 
-def test_home_page_shows_figures_to_staff_only(client, entity, finance, django_user_model):
-    anonymous = client.get("/")
-    assert anonymous.status_code == 200
-    assert b"Sign in" in anonymous.content
-    client.force_login(django_user_model.objects.get(username="fiona-ops"))
-    page = client.get("/")
-    assert b"open exceptions" in page.content
-
-
 def test_throttling_fails_open_when_redis_is_down(entity, integration, monkeypatch):
     import redis
 
