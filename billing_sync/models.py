@@ -96,6 +96,9 @@ class Event(models.Model):
         indexes = [
             models.Index(fields=["status", "received_at"], name="event_status_idx"),
             models.Index(fields=["type"], name="event_type_idx"),
+            # Dashboard windows (events per hour/day) are index-only scans: status and entity ride along.
+            models.Index(fields=["received_at"], include=["status", "entity_code"], name="event_received_idx"),
+            models.Index(fields=["event_id"], name="event_event_id_idx"),  # admin/support search by id
         ]
 
     def __str__(self):
@@ -135,6 +138,7 @@ class Customer(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["source_system", "customer_id"], name="customer_unique")]
+        indexes = [models.Index(fields=["customer_id"], name="customer_id_idx")]
 
     def __str__(self):
         return f"{self.customer_id} {self.name}"
@@ -187,6 +191,7 @@ class Invoice(models.Model):
             ),
             models.CheckConstraint(condition=Q(total__gte=F("credited_total")), name="invoice_credits_capped"),
         ]
+        indexes = [models.Index(fields=["invoice_id"], name="invoice_id_idx")]
 
     def __str__(self):
         return f"{self.number} ({self.invoice_id})"
@@ -236,6 +241,7 @@ class Payment(models.Model):
                                    name="payment_unapplied_non_negative"),
             models.CheckConstraint(condition=Q(amount__gte=F("refunded_total")), name="payment_refunds_capped"),
         ]
+        indexes = [models.Index(fields=["payment_id"], name="payment_id_idx")]
 
     @property
     def unapplied_amount(self):
@@ -374,7 +380,8 @@ class CallbackDelivery(models.Model):
 
     class Meta:
         verbose_name_plural = "callback deliveries"
-        indexes = [models.Index(fields=["status", "next_attempt_at"], name="callback_due_idx")]
+        indexes = [models.Index(fields=["status", "next_attempt_at"], name="callback_due_idx"),
+                   models.Index(fields=["created_at"], name="callback_created_idx")]
 
     def __str__(self):
         return f"{self.kind} {self.event_id} ({self.status})"

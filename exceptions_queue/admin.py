@@ -1,11 +1,25 @@
-"""Admin for approval policies (editable, versioned with history and audited) and read-only queues."""
+"""Admin for approval policies (editable through the audited service, versioned with history) and the
+exception queue and approvals (read-only: they change through the queue's services and pages).
+
+Exceptions and approvals are large tables: `LargeTableAdminMixin` list pages (estimated or capped
+counts, filters on indexed columns with fixed choices, exact search, the user's entities only).
+"""
 from django.contrib import admin
 from simple_history.admin import SimpleHistoryAdmin
 
-from config.admin_mixins import ReadOnlyAdminMixin
+from config.admin_mixins import LargeTableAdminMixin, ReadOnlyAdminMixin, choices_filter
+from config.errors import Codes
 from exceptions_queue import services
 from exceptions_queue.models import Approval, ApprovalPolicy, ExceptionRecord
 from exceptions_queue.services import POLICY_FIELDS
+
+# The business-rule codes an exception can carry (config/errors.py), as fixed filter choices.
+EXCEPTION_CODES = sorted({
+    Codes.UNKNOWN_ENTITY, Codes.UNKNOWN_CUSTOMER, Codes.UNKNOWN_INVOICE, Codes.UNKNOWN_PAYMENT,
+    Codes.AWAITING_DEPENDENCY, Codes.OVER_APPLICATION, Codes.OVER_REFUND, Codes.OVER_CREDIT, Codes.OVER_WRITE_OFF,
+    Codes.NO_ACCOUNT_MAPPING, Codes.PERIOD_CLOSED, Codes.AMENDMENT_BELOW_APPLIED, Codes.VOID_WITH_APPLICATIONS,
+    Codes.CURRENCY_MISMATCH, Codes.DOCUMENT_CONFLICT, Codes.POSTING_FAILED, Codes.CALLBACK_FAILED,
+})
 
 
 @admin.register(ApprovalPolicy)
@@ -21,13 +35,26 @@ class ApprovalPolicyAdmin(SimpleHistoryAdmin):
 
 
 @admin.register(ExceptionRecord)
-class ExceptionRecordAdmin(ReadOnlyAdminMixin, SimpleHistoryAdmin):
-    list_display = ["id", "code", "status", "entity_code", "owner", "created_at"]
-    list_filter = ["status", "code"]
+class ExceptionRecordAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, SimpleHistoryAdmin):
+    list_display = ["id", "code", "status", "process", "entity_code", "owner", "retry_count", "created_at"]
+    list_filter = ["status", choices_filter("code", "code", EXCEPTION_CODES), "process"]
+    list_select_related = ["owner"]
+    search_fields = ["id", "event", "source_ref"]
+    ordering = ["-created_at"]
+    sortable_by = ("created_at",)
+    entity_field = "entity_code"
 
 
 @admin.register(Approval)
-class ApprovalAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "kind", "amount", "currency", "status", "requested_by_label", "required_approvals"]
-    list_filter = ["status", "kind"]
+class ApprovalAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
+    list_display = ["id", "kind", "entity", "amount", "currency", "status", "requested_by_label",
+                    "required_approvals", "created_at"]
+    list_filter = ["status"]
+    list_select_related = ["entity"]
+    search_fields = ["id", "event"]
+    ordering = ["-created_at"]
+    sortable_by = ("created_at",)
+    entity_field = "entity__code"
+
+
 from exceptions_queue import admin_users  # noqa: E402,F401  (users, roles and entity access)

@@ -155,6 +155,12 @@ class Journal(models.Model):
         indexes = [
             models.Index(fields=["entity", "status"], name="journal_entity_status_idx"),
             models.Index(fields=["source_system", "document_type", "document_id"], name="journal_document_idx"),
+            models.Index(fields=["created_at"], name="journal_created_idx"),
+            # Dashboard reads: posted in a time window, the unposted backlog (oldest first), retried ones.
+            models.Index(fields=["posted_at"], name="journal_posted_idx", condition=Q(status="posted")),
+            models.Index(fields=["created_at"], name="journal_unposted_idx",
+                         condition=Q(status__in=["pending_approval", "ready", "posting", "failed"])),
+            models.Index(fields=["status"], name="journal_retried_idx", condition=Q(posting_attempts__gt=1)),
         ]
         constraints = [
             models.CheckConstraint(
@@ -227,6 +233,9 @@ class PostingAttempt(models.Model):
     outcome = models.CharField(max_length=20, choices=Outcome.choices)
     erp_document_ref = models.CharField(max_length=100, blank=True, default="")
     message = models.TextField(blank=True, default="")
+
+    class Meta:
+        indexes = [models.Index(fields=["started_at"], name="attempt_started_idx")]
 
 
 class DocumentSequence(models.Model):
