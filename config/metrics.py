@@ -1,39 +1,96 @@
 """Prometheus metrics at /metrics, read from the database at scrape time (so every process agrees).
 
-The figures are the ones operations watch: events by status, journals by status, open exceptions by
-code, the outbox backlog and the age of the oldest unposted journal.
+The figures are the dashboard's, for every entity, read by the same selectors
+(`exceptions_queue.dashboard_selectors.compute`): time-windowed or status-bounded queries on indexed
+columns, so a scrape stays cheap on tables of millions of rows. Also events and journals by status
+(grouped counts over the small-cardinality, indexed status columns) and the outbox backlog. Gauges only:
+Prometheus derives rates itself (`rate()` over `tieout_events` is not needed; the windowed gauges are
+what the dashboard shows, for alerts that match it).
 """
-from django.db.models import Count, Min
+from django.db.models import Count
 from django.http import HttpResponse
-from django.utils import timezone
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+
+
+def _gauge(name: str, documentation: str, value) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, documentation, value=float(value or 0))
 
 
 class _TieoutCollector:
     def collect(self):
         from billing_sync.models import Event
-        from exceptions_queue.models import ExceptionRecord
+        from exceptions_queue import dashboard_selectors
         from ledger.models import Journal, Outbox
 
         events = GaugeMetricFamily("tieout_events", "Events by status", labels=["status"])
-        for row in Event.objects.values("status").annotate(n=Count("id")):
+        for row in Event.objects.values("status").annotate(n=Count("id")).order_by():
             events.add_metric([row["status"]], row["n"])
         yield events
         journals = GaugeMetricFamily("tieout_journals", "Journals by status", labels=["status"])
-        for row in Journal.objects.values("status").annotate(n=Count("id")):
+        for row in Journal.objects.values("status").annotate(n=Count("id")).order_by():
             journals.add_metric([row["status"]], row["n"])
         yield journals
-        exceptions = GaugeMetricFamily("tieout_open_exceptions", "Unresolved exceptions by code", labels=["code"])
-        for row in ExceptionRecord.objects.exclude(status="resolved").values("code").annotate(n=Count("id")):
-            exceptions.add_metric([row["code"]], row["n"])
-        yield exceptions
-        yield GaugeMetricFamily("tieout_outbox_pending", "Outbox rows not yet handed to Celery",
-                                value=Outbox.objects.filter(dispatched_at__isnull=True).count())
-        oldest = Journal.objects.filter(status__in=["ready", "posting", "failed"]).aggregate(m=Min("created_at"))["m"]
-        age = (timezone.now() - oldest).total_seconds() if oldest else 0.0
-        yield GaugeMetricFamily("tieout_oldest_unposted_seconds", "Age of the oldest journal not yet posted",
-                                value=age)
+        yield _gauge("tieout_outbox_pending", "Outbox rows not yet handed to Celery",
+                     Outbox.objects.filter(dispatched_at__isnull=True).count())
+
+        figures = dashboard_selectors.compute(None)
+        open_exc = figures["open_exceptions"]
+        by_code = GaugeMetricFamily("tieout_open_exceptions", "Unresolved exceptions by code", labels=["code"])
+        by_code_age = GaugeMetricFamily("tieout_open_exceptions_by_age",
+                                        "Unresolved exceptions by code and age bucket", labels=["code", "age"])
+        for row in open_exc["by_code"]:
+            by_code.add_metric([row["code"]], row["count"])
+            for cell in row["ages"]:
+                by_code_age.add_metric([row["code"], cell["key"]], cell["count"])
+        yield by_code
+        yield by_code_age
+        by_age = GaugeMetricFamily("tieout_open_exceptions_age", "Unresolved exceptions by age bucket",
+                                   labels=["age"])
+        for bucket in open_exc["by_age"]:
+            by_age.add_metric([bucket["key"]], bucket["count"])
+        yield by_age
+
+        retries = figures["retries"]
+        yield _gauge("tieout_open_exception_retries", "Retries so far of the unresolved exceptions (sum)",
+                     retries["open_exception_retries"])
+        yield _gauge("tieout_journals_retried", "Journals that needed more than one ERP attempt",
+                     retries["journals_retried"])
+        yield _gauge("tieout_journals_retried_unposted", "Journals with more than one ERP attempt, not yet posted",
+                     retries["journals_retried_unposted"])
+        yield _gauge("tieout_erp_attempts_failed_24h", "ERP posting attempts that failed in the last 24 hours",
+                     retries["erp_attempts_failed_24h"])
+
+        latency = figures["latency"]
+        quantiles = GaugeMetricFamily(
+            "tieout_posting_latency_seconds",
+            "Source-to-posted latency (event received to journal posted) over journals posted in the window",
+            labels=["window", "quantile"])
+        for window in ("1h", "24h"):
+            for quantile, key in (("0.5", f"p50_{window}"), ("0.95", f"p95_{window}")):
+                if latency[key] is not None:
+                    quantiles.add_metric([window, quantile], float(latency[key]))
+        yield quantiles
+        posted = GaugeMetricFamily("tieout_posting_latency_journals", "Journals the latency quantiles are over",
+                                   labels=["window"])
+        posted.add_metric(["1h"], latency["posted_1h"])
+        posted.add_metric(["24h"], latency["posted_24h"])
+        yield posted
+
+        yield _gauge("tieout_journals_posted_last_hour", "Journals posted in the last hour (throughput)",
+                     figures["journals_posted_last_hour"])
+        yield _gauge("tieout_events_received_last_hour", "Events received in the last hour",
+                     figures["events_last_hour"])
+        unposted = figures["unposted"]
+        by_status = GaugeMetricFamily("tieout_unposted_journals", "Journals not yet posted, by status",
+                                      labels=["status"])
+        for status in dashboard_selectors.UNPOSTED_STATUSES:
+            by_status.add_metric([status], unposted["by_status"].get(status, 0))
+        yield by_status
+        oldest = unposted["oldest"]
+        yield _gauge("tieout_oldest_unposted_seconds", "Age of the oldest journal not yet posted",
+                     oldest["age_seconds"] if oldest else 0.0)
+        yield _gauge("tieout_pending_approvals", "Approvals waiting for a decision", figures["pending_approvals"])
         from audit.models import AuditCheck
 
         last_check = AuditCheck.objects.order_by("-at", "-id").values_list("ok", flat=True).first()
