@@ -18,7 +18,7 @@ from django.db.models import Exists, OuterRef, Prefetch
 from django.http import HttpResponseRedirect
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from config.admin_mixins import ReadOnlyAdminMixin
+from config.admin_mixins import FastCountPaginator, ReadOnlyAdminMixin
 from config.errors import TieoutError
 from config.roles import ROLES
 from exceptions_queue import auth_services
@@ -82,6 +82,8 @@ class TieoutUserAdmin(UserAdmin):
     search_fields = ["username", "first_name", "last_name", "email"]
     ordering = ["username"]
     show_full_result_count = False  # no COUNT(*) on every list page
+    show_facets = admin.ShowFacets.NEVER
+    paginator = FastCountPaginator
     readonly_fields = ["last_login", "date_joined", "two_factor"]
     fieldsets = [
         (None, {"fields": ["username", "password"]}),
@@ -189,6 +191,7 @@ class TOTPDeviceReadOnlyAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ["user", "name", "confirmed", "created_at", "last_used_at", "throttling_failure_count"]
     list_filter = ["confirmed"]
     list_select_related = ["user"]
+    paginator = FastCountPaginator
     search_fields = ["user__username"]
     fields = ["user", "name", "confirmed", "created_at", "last_used_at", "throttling_failure_count"]
 
