@@ -391,3 +391,10 @@ def test_security_page_is_read_only_and_needs_sign_in(client, staff):
     sign_in(client, "aude-auditor")
     assert client.get("/accounts/security/").status_code == 200
     assert client.post("/accounts/security/").status_code == 403
+
+
+def test_two_factor_pages_need_the_password_step_first(client, staff):
+    for path in ("/accounts/2fa/", "/accounts/2fa/setup/"):
+        assert client.get(path)["Location"].startswith("/accounts/login/?next=")
+        assert client.post(path, {"otp_token": "123456"})["Location"].startswith("/accounts/login/?next=")
+    assert not TOTPDevice.objects.exists()
