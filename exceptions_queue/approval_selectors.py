@@ -21,6 +21,7 @@ from ledger.money import ZERO, fmt
 
 KIND_LABELS = {"credit_note": "Credit note", "write_off": "Write-off", "manual_journal": "Manual journal"}
 STATUS_CHOICES = [("pending", "Pending"), ("approved", "Approved"), ("rejected", "Rejected"), ("all", "All")]
+MINE_CHOICES = [("", "Everyone's"), ("decide", "Waiting for my decision"), ("raised", "Raised by me")]
 # How old a pending request may get before the inbox flags it (hours): fresh, waiting, overdue.
 AGE_WARN_HOURS = 24
 AGE_BAD_HOURS = 72
@@ -58,7 +59,15 @@ def inbox(user, params) -> tuple:
           .order_by("created_at", "id"))  # oldest first: the longest waiting is decided first
     qs = roles.scope(qs, user, "entity__code")
     filtered = ApprovalFilter(data={k: v for k, v in data.items() if v}, queryset=qs).qs
-    return filtered, {**data, "status": status}
+    mine = (params.get("mine") or "").strip()
+    if mine == "decide":  # what this user may still decide: not their own, not decided by them yet
+        filtered = filtered.filter(status=Approval.Status.PENDING).exclude(requested_by=user).exclude(
+            decisions__user=user)
+    elif mine == "raised":
+        filtered = filtered.filter(requested_by=user)
+    else:
+        mine = ""
+    return filtered, {**data, "status": status, "mine": mine}
 
 
 def _age(approval, now) -> tuple[str, str]:

@@ -17,7 +17,7 @@ class ApprovalSerializer(serializers.ModelSerializer):
     class Meta:
         model = Approval
         fields = ["id", "event", "journal", "kind", "document_id", "amount", "currency", "entity", "requested_by",
-                  "required_approvals", "decisions", "status", "created_at", "decided_at"]
+                  "reason", "required_approvals", "decisions", "status", "created_at", "decided_at"]
 
     def get_amount(self, approval) -> str:
         return fmt(approval.amount, approval.currency)

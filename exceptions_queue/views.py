@@ -23,7 +23,7 @@ class ApprovalListView(generics.ListAPIView):
     filterset_class = selectors.ApprovalFilter
 
     def get_queryset(self):
-        return selectors.approvals()
+        return roles.scope(selectors.approvals(), self.request.user, "entity__code")
 
 
 class ApprovalDetailView(generics.RetrieveAPIView):
@@ -31,7 +31,7 @@ class ApprovalDetailView(generics.RetrieveAPIView):
     serializer_class = ApprovalSerializer
 
     def get_queryset(self):
-        return selectors.approvals()
+        return roles.scope(selectors.approvals(), self.request.user, "entity__code")
 
 
 class _ApprovalDecisionView(APIView):

@@ -176,7 +176,8 @@ class JournalHeaderForm(forms.Form):
     accounting_date = forms.DateField(label="Accounting date", widget=forms.DateInput(attrs={"type": "date"}),
                                       input_formats=["%Y-%m-%d"])
     description = forms.CharField(label="Description", max_length=300,
-                                  help_text="What the journal is for; the approver reads it.")
+                                  help_text="What the journal is for; the approver reads it.",
+                                  widget=forms.TextInput(attrs={"size": 60}))
 
 
 class JournalLineForm(forms.Form):

@@ -32,6 +32,7 @@ def inbox(request):
     return render(request, "approvals/inbox.html", {
         "rows": selectors.inbox_rows(page_obj.object_list, request.user), "page_obj": page_obj,
         "filters": filters, "query": query.urlencode(), "status_choices": selectors.STATUS_CHOICES,
+        "mine_choices": selectors.MINE_CHOICES,
         "kind_choices": list(selectors.KIND_LABELS.items()), "entity_choices": selectors.entity_choices(request.user),
     })
 

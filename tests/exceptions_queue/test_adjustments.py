@@ -426,3 +426,19 @@ def test_api_manual_journal(entity, finance, controller):
     _problem(finance.post("/api/v1/journals/manual", {**request, "entity": "ZZ99"}), 404, "not_found")
     _problem(finance.post("/api/v1/journals/manual", {**request, "accounting_date": "30/11/2026"}), 400,
              "invalid_request")
+
+
+def test_api_approvals_carry_the_reason_and_stay_inside_the_callers_entities(invoice, finance, controller, run):
+    result = run(adjustments.manual_write_off_raise, invoice=invoice, amount="5.00", reason="Rounding residue",
+                 user=_user("fiona-ops"))
+    body = controller.get(f"/api/v1/approvals/{result.approval.pk}").json()
+    assert (body["reason"], body["requested_by"]) == ("Rounding residue", "fiona-ops")
+    ledger.entity_setup(code="GB01", currency="GBP", actor="test")
+    raw = tokens.token_issue(username="gail-gb", role="controller", entities=["GB01"], actor="test")
+    from tests.fixtures import Api
+
+    outsider = Api(raw, controller.capture)
+    assert outsider.get("/api/v1/approvals").json()["results"] == []
+    assert outsider.get(f"/api/v1/approvals/{result.approval.pk}").status_code == 404
+    _problem(outsider.post(f"/api/v1/approvals/{result.approval.pk}/approve", {}), 404, "not_found")
+    assert Approval.objects.get(pk=result.approval.pk).status == "pending"

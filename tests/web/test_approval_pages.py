@@ -96,6 +96,12 @@ def test_inbox_filters_and_entity_scope(invoice, staff, raise_write_off, control
     assert done.document_id in approved and waiting.document_id not in approved
     assert waiting.document_id not in _text(client.get("/approvals/?kind=credit_note"))
     assert waiting.document_id in _text(client.get("/approvals/?kind=write_off&entity=US01"))
+    own = raise_write_off(invoice, "61.00", "cora-controller")
+    for_me = _text(client.get("/approvals/?mine=decide"))
+    assert waiting.document_id in for_me and own.document_id not in for_me
+    assert own.document_id in _text(client.get("/approvals/?mine=raised"))
+    assert controller.post(f"/api/v1/approvals/{waiting.approval.pk}/approve", {}).status_code == 200
+    assert waiting.document_id not in _text(staff("carl-controller").get("/approvals/?mine=decide&status=all"))
 
     ledger.entity_setup(code="GB01", currency="GBP", actor="test")
     tokens.token_issue(username="gail-gb", role="controller", entities=["GB01"], actor="test")
