@@ -398,3 +398,34 @@ def test_two_factor_pages_need_the_password_step_first(client, staff):
         assert client.get(path)["Location"].startswith("/accounts/login/?next=")
         assert client.post(path, {"otp_token": "123456"})["Location"].startswith("/accounts/login/?next=")
     assert not TOTPDevice.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_one_code_sent_twice_at_once_signs_in_only_once(staff):
+    """Two tabs (or an attacker racing the owner) submit the same code together: the device row is locked,
+    so exactly one verification spends it."""
+    import threading
+
+    from django.contrib.auth import get_user_model
+    from django.db import connection
+
+    device = confirmed_device("carl-controller")
+    code = code_for(device)
+    user = get_user_model().objects.get(username="carl-controller")
+    barrier = threading.Barrier(2)
+    results = []
+
+    def verify():
+        try:
+            barrier.wait()
+            results.append(auth_services.user_2fa_verify(user=user, token=code).ok)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=verify) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(results) == [False, True]
+    assert len(entries("user.2fa_verified", "carl-controller")) == 1
