@@ -1,0 +1,365 @@
+"""Evidence packs: one entity's period as a zip an auditor can verify offline with the script inside it.
+
+`export_evidence(entity_code=..., date_from=..., date_to=..., out=...)` streams into any writable binary
+file object (a file, an HTTP response): every table is read through a server-side cursor in one
+REPEATABLE READ, read-only transaction (one consistent snapshot) and written CSV row by CSV row, so
+memory stays flat whatever the period's size. The pack holds:
+
+* events, receipts (with the raw body, base64), journals, journal_lines, approvals (with decisions),
+  exceptions of the entity in the period, and audit_entries: the entity's entries with their full
+  content, seq and chain hash;
+* chain.csv: every link of the global chain over the pack's seq range (seq, entry id, entry hash, chain
+  hash), including other entities' entries, whose content stays out: the chain and the Merkle roots
+  only need their hashes. The range is widened to whole signed days, so every digest in it can be
+  recomputed; entries sealed after the last digest are in the chain but not yet signed;
+* digests.json (the signed digests of the range, the one before it, and the frontier that carries the
+  whole-tree root into the range), public_key.pem, README.txt, verify_evidence.py (standard library
+  only), and manifest.json with every file's SHA-256, signed (manifest.sig) with the digest key.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import datetime
+import hashlib
+import io
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.db import connection, transaction
+from django.utils import timezone
+
+from audit import digests as digest_mod
+from audit import services
+from audit.models import AuditDigest
+
+FORMAT = "tieout-evidence/1"
+_CHUNK = 10_000
+VERIFIER_PATH = Path(__file__).with_name("verify_evidence.py")
+
+
+@dataclass
+class PackSummary:
+    entity: str
+    date_from: datetime.date
+    date_to: datetime.date
+    rows: dict
+    first_seq: int
+    last_seq: int
+    digests: int
+
+
+class _CsvMember:
+    """A CSV file inside the zip, hashed while written; rows buffered so the zip sees big writes."""
+
+    def __init__(self, zf: zipfile.ZipFile, name: str, header: list[str]):
+        self.name = name
+        self.raw = zf.open(name, "w", force_zip64=True)
+        self.hash = hashlib.sha256()
+        self.rows = 0
+        self.buffer = io.StringIO()
+        self.writer = csv.writer(self.buffer, lineterminator="\n")
+        self.writer.writerow(header)
+
+    def _flush(self):
+        data = self.buffer.getvalue().encode()
+        self.hash.update(data)
+        self.raw.write(data)
+        self.buffer.seek(0)
+        self.buffer.truncate()
+
+    def write_rows(self, rows):
+        self.writer.writerows(rows)
+        self.rows += len(rows)
+        if self.buffer.tell() > 1 << 20:
+            self._flush()
+
+    def close(self):
+        self._flush()
+        self.raw.close()
+
+
+def _stream(cursor, sql: str, params, name: str):
+    cursor.execute(f"DECLARE {name} NO SCROLL CURSOR FOR {sql}", params)
+    try:
+        while True:
+            cursor.execute(f"FETCH {_CHUNK} FROM {name}")
+            rows = cursor.fetchall()
+            if not rows:
+                return
+            yield rows
+    finally:
+        cursor.execute(f"CLOSE {name}")
+
+
+def _iso(value):
+    if value is None:
+        return ""
+    if isinstance(value, datetime.datetime):
+        return value.astimezone(datetime.UTC).isoformat()
+    return value.isoformat()
+
+
+def _json(value) -> str:
+    """Canonical JSON text. Django's psycopg setup hands jsonb over as text: parse it first."""
+    if isinstance(value, str):
+        value = json.loads(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _tables() -> dict:
+    from billing_sync.models import Event, Receipt
+    from exceptions_queue.models import Approval, ApprovalDecision, ExceptionRecord
+    from ledger.models import Account, Entity, Journal, JournalLine
+
+    models = {"event": Event, "receipt": Receipt, "approval": Approval, "decision": ApprovalDecision,
+              "exception": ExceptionRecord, "account": Account, "entity": Entity, "journal": Journal,
+              "line": JournalLine}
+    return {key: model._meta.db_table for key, model in models.items()}
+
+
+def _entity_entries_where(t: dict) -> str:
+    """The entity's audit entries of the period, plus the journal.created entry of every journal in the pack."""
+    return f"""(
+      (e.at >= %(start)s AND e.at < %(end)s AND (
+          e.event_id IN (SELECT id FROM {t['event']} WHERE entity_code = %(code)s)
+          OR (e.object_type = 'journal' AND e.object_id IN (SELECT id::text FROM {t['journal']}
+                                                            WHERE entity_id = %(entity_id)s))
+          OR (e.object_type = 'exception' AND e.object_id IN (SELECT id::text FROM {t['exception']}
+                                                              WHERE entity_code = %(code)s))
+          OR (e.object_type = 'approval' AND e.object_id IN (SELECT id::text FROM {t['approval']}
+                                                             WHERE entity_id = %(entity_id)s))
+          OR e.object_id = %(code)s OR e.object_id LIKE %(prefix)s))
+      OR (e.object_type = 'journal' AND e.action = 'journal.created' AND e.object_id IN (
+          SELECT id::text FROM {t['journal']} WHERE entity_id = %(entity_id)s
+          AND created_at >= %(start)s AND created_at < %(end)s)))"""
+
+
+def _chain_range(cursor, t: dict, params: dict, date_from, date_to) -> tuple[int, int]:
+    cursor.execute(f"""SELECT min(s.seq), max(s.seq) FROM audit_auditentry e
+                       JOIN audit_auditseal s ON s.entry_id = e.id WHERE {_entity_entries_where(t)}""", params)
+    smin, smax = cursor.fetchone()
+    days = AuditDigest.objects.filter(day__gte=date_from, day__lte=date_to, count__gt=0)
+    bounds = [v for v in (smin, days.order_by("first_seq").values_list("first_seq", flat=True).first()) if v]
+    ends = [v for v in (smax, days.order_by("-last_seq").values_list("last_seq", flat=True).first()) if v]
+    if not bounds:
+        return 1, 0
+    start, end = min(bounds), max(ends)
+    # Whole signed days at both ends, so every digest in the pack can be recomputed from it.
+    covering = AuditDigest.objects.filter(first_seq__lte=start, last_seq__gte=start, count__gt=0).first()
+    if covering:
+        start = covering.first_seq
+    covering = AuditDigest.objects.filter(first_seq__lte=end, last_seq__gte=end, count__gt=0).first()
+    if covering:
+        end = covering.last_seq
+    return start, end
+
+
+README = """Tieout evidence pack: entity {entity}, {date_from} to {date_to} (UTC days, inclusive)
+Generated {generated} by Tieout; signing key id {key_id}.
+
+HOW TO CHECK IT (no access to Tieout needed, Python 3.9+ standard library only):
+
+    python3 verify_evidence.py {name} --public-key THE_KEY_TIEOUT_GAVE_YOU.pem [--digests DIGESTS_YOU_KEPT.json]
+
+It prints "OK: the pack is complete and unaltered" and exits 0, or names every problem and exits 1.
+Pin the key with --public-key (a key obtained separately from the pack): without it the verifier can
+only check that the pack agrees with the key inside it. Pass --digests with a digest export you kept
+earlier (manage.py audit_digest export) to prove that nothing signed before has changed since.
+
+WHAT IS IN IT
+  events.csv, receipts.csv    the entity's events received in the period and their receipts; a receipt
+                              carries the raw bytes received (body_base64) and their SHA-256
+  journals.csv, journal_lines.csv  journals created in the period and their lines
+  approvals.csv, exceptions.csv    approvals (with every decision) and exceptions of the period
+  audit_entries.csv           the entity's audit entries: content, entry hash, seq and chain hash
+  chain.csv                   every link of the audit chain over the pack's seq range
+  digests.json                the signed daily digests of that range (and the one just before it)
+  public_key.pem              the Ed25519 public key that signs digests and this pack's manifest
+  manifest.json, manifest.sig every file's SHA-256, signed
+  verify_evidence.py          the verifier
+
+HOW THE CHAIN IS CHECKED WHEN THE PACK HOLDS ONE ENTITY
+Tieout keeps one hash chain for all entities. chain.csv holds every link over the pack's seq range
+(seq, entry id, entry hash, chain hash) - other entities' entries appear there as hashes only, never
+with their content. The range is widened to whole signed days, so each day's Merkle root and chain head
+can be recomputed and compared with its signature, and the whole-tree root is folded on from the signed
+frontier of the day before. Each of this entity's entries is then re-hashed from its content and found
+at its seq in the chain. Entries sealed after the last signed day are chained but not yet signed; the
+verifier says so.
+
+WHAT "OK" PROVES
+  - no file of the pack was changed after Tieout signed it;
+  - the chain over the range is unbroken, in order, without gaps, and is exactly what the daily digests
+    signed (so no audit entry of those days was edited, deleted, inserted or reordered since);
+  - every audit entry here is the one in the chain;
+  - every journal balances and its lines are the ones recorded when it was created;
+  - every receipt's raw body is the one whose hash was recorded.
+HASHES
+  entry hash  SHA-256 of the entry's JSON (keys sorted, no spaces, UTF-8): at, actor, action, object_type,
+              object_id, event_id, before, after, correlation_id
+  chain hash  SHA-256 of "<previous chain hash>|<seq>|<entry id>|<entry hash>", genesis = 64 zeros
+  Merkle      RFC 6962: leaf = SHA-256(0x00 || entry hash bytes), node = SHA-256(0x01 || left || right)
+  digest      Ed25519 over "tieout-audit-digest:" + the digest's JSON body (keys sorted, no spaces)
+"""
+
+
+def export_evidence(*, entity_code: str, date_from: datetime.date, date_to: datetime.date, out,
+                    name: str = "evidence.zip", actor="system") -> PackSummary:
+    """Write the pack into `out` (a writable binary file object). The export itself is audited."""
+    from ledger.models import Entity
+
+    if date_to < date_from:
+        raise ValueError("the period ends before it starts")
+    entity = Entity.objects.get(code=entity_code)
+    services.seal()
+    key = digest_mod.signing_key()
+    raw_public = digest_mod.public_key_bytes(key.public_key())
+    t = _tables()
+    start = datetime.datetime.combine(date_from, datetime.time.min, tzinfo=datetime.UTC)
+    end = datetime.datetime.combine(date_to + datetime.timedelta(days=1), datetime.time.min, tzinfo=datetime.UTC)
+    params = {"start": start, "end": end, "code": entity.code, "entity_id": entity.pk, "prefix": f"{entity.code}:%"}
+    files: dict[str, dict] = {}
+
+    outermost = not connection.in_atomic_block
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                if outermost:  # one snapshot for every file of the pack (inside a caller's transaction: theirs)
+                    cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+
+                def csv_file(filename, header, sql, sql_params, convert):
+                    member = _CsvMember(zf, filename, header)
+                    for rows in _stream(cursor, sql, sql_params, f"pack_{filename.split('.')[0]}"):
+                        member.write_rows([convert(r) for r in rows])
+                    member.close()
+                    files[filename] = {"sha256": member.hash.hexdigest(), "rows": member.rows}
+
+                csv_file("events.csv", ["id", "source_system", "event_id", "type", "entity_code", "occurred_at",
+                                        "received_at", "status", "payload_hash", "idempotency_key",
+                                        "correlation_id", "receipt_id", "payload"],
+                         f"""SELECT id::text, source_system, event_id, type, entity_code, occurred_at, received_at,
+                                    status, payload_hash, coalesce(idempotency_key, ''), correlation_id,
+                                    receipt_id, payload::text
+                             FROM {t['event']} WHERE entity_code = %(code)s AND received_at >= %(start)s
+                             AND received_at < %(end)s ORDER BY received_at, id""", params,
+                         lambda r: [r[0], r[1], r[2], r[3], r[4], _iso(r[5]), _iso(r[6]), r[7], r[8], r[9], r[10],
+                                    r[11] or "", r[12]])
+                csv_file("receipts.csv", ["id", "received_at", "endpoint", "client", "sha256", "outcome",
+                                          "status_code", "correlation_id", "body_base64"],
+                         f"""SELECT r.id, r.received_at, r.endpoint, r.client, r.sha256, r.outcome, r.status_code,
+                                    r.correlation_id, r.body FROM {t['receipt']} r
+                             WHERE r.id IN (SELECT receipt_id FROM {t['event']} WHERE entity_code = %(code)s
+                                            AND received_at >= %(start)s AND received_at < %(end)s)
+                             ORDER BY r.id""", params,
+                         lambda r: [r[0], _iso(r[1]), r[2], r[3], r[4], r[5], r[6], r[7],
+                                    base64.b64encode(bytes(r[8])).decode()])
+                journal_where = (f"FROM {t['journal']} j WHERE j.entity_id = %(entity_id)s "
+                                 "AND j.created_at >= %(start)s AND j.created_at < %(end)s")
+                csv_file("journals.csv", ["id", "entity", "kind", "status", "accounting_date", "event_id",
+                                          "reverses", "source_system", "document_type", "document_id",
+                                          "document_version", "description", "erp_document_ref", "posted_at",
+                                          "created_at", "created_by", "correlation_id"],
+                         f"""SELECT j.id::text, %(code)s, j.kind, j.status, j.accounting_date, j.event_id::text,
+                                    j.reverses_id::text, j.source_system, j.document_type, j.document_id,
+                                    j.document_version, j.description, j.erp_document_ref, j.posted_at,
+                                    j.created_at, j.created_by, j.correlation_id {journal_where}
+                             ORDER BY j.created_at, j.id""", params,
+                         lambda r: [r[0], r[1], r[2], r[3], _iso(r[4]), r[5] or "", r[6] or "", r[7], r[8], r[9],
+                                    "" if r[10] is None else r[10], r[11], r[12] or "", _iso(r[13]), _iso(r[14]),
+                                    r[15], r[16]])
+                csv_file("journal_lines.csv", ["journal_id", "line_no", "account", "debit", "credit", "customer_id",
+                                               "invoice_id", "payment_id", "jurisdiction", "memo"],
+                         f"""SELECT l.journal_id::text, l.line_no, a.code, l.debit, l.credit, l.customer_id,
+                                    l.invoice_id, l.payment_id, l.jurisdiction, l.memo
+                             FROM {t['line']} l JOIN {t['account']} a ON a.id = l.account_id
+                             WHERE l.journal_id IN (SELECT j.id {journal_where})
+                             ORDER BY l.journal_id, l.line_no""", params,
+                         lambda r: [r[0], r[1], r[2], str(r[3]), str(r[4]), r[5], r[6], r[7], r[8], r[9]])
+                csv_file("approvals.csv", ["id", "kind", "status", "journal_id", "event_id", "document_id", "amount",
+                                           "currency", "requested_by", "required_approvals", "reason", "created_at",
+                                           "decided_at", "decisions"],
+                         f"""SELECT a.id::text, a.kind, a.status, a.journal_id::text, a.event_id::text, a.document_id,
+                                    a.amount, a.currency, a.requested_by_label, a.required_approvals, a.reason,
+                                    a.created_at, a.decided_at,
+                                    (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                                        'user', u.username, 'decision', d.decision, 'comment', d.comment,
+                                        'at', d.at) ORDER BY d.at, d.id), '[]'::jsonb)
+                                     FROM {t['decision']} d JOIN auth_user u ON u.id = d.user_id
+                                     WHERE d.approval_id = a.id)::text
+                             FROM {t['approval']} a WHERE a.entity_id = %(entity_id)s
+                             AND a.created_at >= %(start)s AND a.created_at < %(end)s
+                             ORDER BY a.created_at, a.id""", params,
+                         lambda r: [r[0], r[1], r[2], r[3], r[4] or "", r[5], str(r[6]), r[7], r[8], r[9], r[10],
+                                    _iso(r[11]), _iso(r[12]), r[13]])
+                csv_file("exceptions.csv", ["id", "code", "status", "process", "event_id", "journal_id", "message",
+                                            "amount", "created_at", "resolved_at", "resolved_by", "resolution"],
+                         f"""SELECT x.id::text, x.code, x.status, x.process, x.event_id::text, x.journal_id::text,
+                                    x.message, x.amount, x.created_at, x.resolved_at, x.resolved_by, x.resolution
+                             FROM {t['exception']} x WHERE x.entity_code = %(code)s
+                             AND x.created_at >= %(start)s AND x.created_at < %(end)s
+                             ORDER BY x.created_at, x.id""", params,
+                         lambda r: [r[0], r[1], r[2], r[3], r[4] or "", r[5] or "", r[6],
+                                    "" if r[7] is None else str(r[7]), _iso(r[8]), _iso(r[9]), r[10], r[11]])
+                csv_file("audit_entries.csv", ["id", "seq", "at", "actor", "action", "object_type", "object_id",
+                                               "event_id", "before", "after", "correlation_id", "entry_hash",
+                                               "chain_hash"],
+                         f"""SELECT e.id, s.seq, e.at, e.actor, e.action, e.object_type, e.object_id,
+                                    e.event_id::text, e.before, e.after, e.correlation_id, e.entry_hash,
+                                    s.chain_hash
+                             FROM audit_auditentry e JOIN audit_auditseal s ON s.entry_id = e.id
+                             WHERE {_entity_entries_where(t)} ORDER BY s.seq""", params,
+                         lambda r: [r[0], r[1], _iso(r[2]), r[3], r[4], r[5], r[6], r[7] or "", _json(r[8]),
+                                    _json(r[9]), r[10], r[11], r[12]])
+
+                first_seq, last_seq = _chain_range(cursor, t, params, date_from, date_to)
+                cursor.execute("SELECT chain_hash, entry_id FROM audit_auditseal WHERE seq = %s", [first_seq - 1])
+                before = cursor.fetchone()
+                prev_hash, prev_entry = (before[0], before[1]) if before else (services.GENESIS, 0)
+                cursor.execute("SELECT chain_hash FROM audit_auditseal WHERE seq = %s", [last_seq])
+                last = cursor.fetchone()
+                last_hash = last[0] if last else prev_hash
+                csv_file("chain.csv", ["seq", "entry_id", "entry_hash", "chain_hash"],
+                         "SELECT seq, entry_id, entry_hash, chain_hash FROM audit_auditseal "
+                         "WHERE seq BETWEEN %s AND %s ORDER BY seq", [first_seq, last_seq], list)
+
+                in_range = list(AuditDigest.objects.filter(first_seq__gte=first_seq, last_seq__lte=last_seq)
+                                .order_by("day")) if last_seq >= first_seq else []
+                anchor = (AuditDigest.objects.filter(day__lt=in_range[0].day).order_by("-day").first()
+                          if in_range else None)
+                digests_doc = {
+                    "key_id": digest_mod.key_id(raw_public),
+                    "digests": [digest_mod.digest_export_item(d) for d in in_range],
+                    "anchor": digest_mod.digest_export_item(anchor) if anchor else None,
+                    "start_frontier": (anchor.frontier if anchor else {"size": 0, "stack": []}) if in_range else None,
+                }
+        generated = timezone.now()
+        plain = {
+            "digests.json": json.dumps(digests_doc, indent=2).encode(),
+            "public_key.pem": digest_mod.public_key_pem(key.public_key()).encode(),
+            "README.txt": README.format(entity=entity.code, date_from=date_from, date_to=date_to, name=name,
+                                        generated=generated.isoformat(), key_id=digest_mod.key_id(raw_public)).encode(),
+            "verify_evidence.py": VERIFIER_PATH.read_bytes(),
+        }
+        for filename, data in plain.items():
+            zf.writestr(filename, data)
+            files[filename] = {"sha256": hashlib.sha256(data).hexdigest(), "rows": None}
+        manifest = {"format": FORMAT, "entity": entity.code, "from": date_from.isoformat(),
+                    "to": date_to.isoformat(), "generated_at": generated.isoformat(),
+                    "key_id": digest_mod.key_id(raw_public),
+                    "chain": {"first_seq": first_seq, "last_seq": last_seq, "prev_hash": prev_hash,
+                              "prev_entry_id": prev_entry, "last_hash": last_hash},
+                    "files": files}
+        manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
+        zf.writestr("manifest.json", manifest_bytes)
+        zf.writestr("manifest.sig", base64.b64encode(key.sign(manifest_bytes)))
+
+    with transaction.atomic():
+        services.record(actor=actor, action="audit.evidence_exported", object_type="entity", object_id=entity.code,
+                        after={"from": date_from.isoformat(), "to": date_to.isoformat(), "first_seq": first_seq,
+                               "last_seq": last_seq, "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+                               "rows": {k: v["rows"] for k, v in files.items() if v["rows"] is not None}})
+    return PackSummary(entity.code, date_from, date_to, {k: v["rows"] for k, v in files.items()}, first_seq,
+                       last_seq, len(in_range))
