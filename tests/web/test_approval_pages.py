@@ -375,3 +375,21 @@ def test_a_manual_journal_into_a_closed_period_is_refused_inline(entity, staff, 
     assert response.status_code == 422
     assert "period_closed" in _text(response) and 'id="id_accounting_date-errors"' in _text(response)
     assert datetime.date(2026, 10, 31) not in set(Journal.objects.values_list("accounting_date", flat=True))
+
+
+def test_a_manual_journal_below_the_policy_threshold_goes_to_its_posted_result(entity, staff,
+                                                                             django_capture_on_commit_callbacks):
+    from exceptions_queue import services as queue
+
+    queue.approval_policy_update(entity=entity, values={"manual_journal_threshold": Decimal("500")}, actor="test")
+    client = staff("fiona-ops")
+    response = _post(client, "/adjustments/journal/", {
+        "entity": "US01", "accounting_date": "2026-11-30", "description": "Small reclass", "lines-TOTAL_FORMS": "2",
+        "lines-INITIAL_FORMS": "0", "lines-0-account": "4000", "lines-0-debit": "12.00", "lines-1-account": "4900",
+        "lines-1-credit": "12.00"}, django_capture_on_commit_callbacks)
+    journal = Journal.objects.get(kind="manual")
+    assert response.status_code == 302 and response["Location"] == f"/adjustments/journal/{journal.pk}/"
+    assert not Approval.objects.filter(journal=journal).exists()
+    text = _text(client.get(response["Location"]))
+    assert "no approval needed under the policy" in text and 'id="journal-status">posted' in text
+    assert staff("aude-auditor").get(response["Location"]).status_code == 403
