@@ -11,6 +11,7 @@ from decimal import Decimal
 
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
+from django.db.models import Sum
 from django.utils import timezone
 
 from audit import services as audit
@@ -89,7 +90,8 @@ def exception_open_for_journal(*, journal, code: str, message: str, actor) -> Ex
     if exc is None:
         exc = ExceptionRecord.objects.create(
             code=code, message=message, process=ExceptionRecord.Process.POSTING, entity_code=journal.entity.code,
-            event_id=journal.event_id, journal=journal, source_ref=journal.document_id)
+            event_id=journal.event_id, journal=journal, source_ref=journal.document_id,
+            amount=journal.lines.aggregate(total=Sum("debit"))["total"])  # what did not post
         audit.record(actor=actor, action="exception.opened", object_type="exception", object_id=exc.pk,
                      event_id=journal.event_id, after=_snapshot(exc))
     else:
