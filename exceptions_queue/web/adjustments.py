@@ -25,7 +25,7 @@ from exceptions_queue import approval_selectors
 from exceptions_queue.web.access import WORKERS, page
 from ledger import services as ledger
 from ledger.models import Account, Entity, Journal
-from ledger.money import fmt
+from ledger.money import fmt, minor_units
 
 SEARCH_LIMIT = 50
 DEFAULT_LINES = 4
@@ -288,7 +288,7 @@ def manual_journal(request):
 
 def _journal_context(entity, entities, header, formset, refusal, *, quiet=False) -> dict:
     return {"entity": entity, "entities": entities, "header": header, "formset": formset, "refusal": refusal,
-            "quiet": quiet, "max_lines": ledger.MANUAL_JOURNAL_MAX_LINES}
+            "quiet": quiet, "max_lines": ledger.MANUAL_JOURNAL_MAX_LINES, "decimals": minor_units(entity.currency)}
 
 
 @page(read=WORKERS, write=WORKERS)
