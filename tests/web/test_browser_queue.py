@@ -115,7 +115,7 @@ def test_finance_ops_retries_a_posting_failure_after_the_erp_recovers(page, erp,
     journal = Journal.objects.get(event_id=event_id)
     assert (exc.code, journal.status, erp.entries) == ("posting_failed", "failed", {})
 
-    login(page, "fiona-ops", next_path=f"/exceptions/?code=posting_failed")
+    login(page, "fiona-ops", next_path="/exceptions/?code=posting_failed")
     row = page.locator(f'tr[data-exception="{exc.pk}"]')
     assert "inv_e" in row.inner_text()
     row.get_by_role("link", name=re.compile("^Open")).click()

@@ -145,6 +145,7 @@ def test_keyset_pages_without_count(entity, finance):
     with CaptureQueriesContext(connection) as queries:
         first = fiona.get(LIST)
     assert not any("COUNT(" in q["sql"].upper() for q in queries.captured_queries)
+    assert len(queries.captured_queries) <= 12, [q["sql"] for q in queries.captured_queries]  # no query per row
     html = first.content.decode()
     assert len(rows(html)) == 50
     assert "Newer" not in html
