@@ -224,7 +224,7 @@ def exception_detail(request, pk):
         "exc": exc, "age": sla.age_of(exc), "amount": _amount(exc, _currencies()), "resolved": resolved,
         "comments": selectors.exception_comments(exc), "trace": trace, "payload": payload,
         "workers": _workers(exc.entity_code) if not resolved else [],
-        "replay_refusal": services.replay_refusal(exc) if exc.event_id else "the exception has no event",
+        "replay_refusal": services.replay_refusal(exc),
     })
 
 

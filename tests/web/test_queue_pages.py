@@ -314,3 +314,59 @@ def test_signed_out_visitors_go_to_sign_in(queue):
     response = Client().post(detail(queue["over"]), {"action": "assign_me"})
     assert response.status_code == 302
     assert ExceptionRecord.objects.get(pk=queue["over"].pk).owner_id is None
+
+
+# --------------------------------------------------------------------------------------------- without an event
+def test_callback_exception_without_an_entity_or_event(queue, fiona, aude):
+    from exceptions_queue import services
+
+    with transaction.atomic():
+        exc = services.exception_open_for_callback(source_system="billing-prod", message="callbacks gave up",
+                                                   existing_id=None, event_id=None, actor="system")
+    listing = fiona.get(LIST, {"process": "callback"}).content.decode()
+    assert rows(listing) == [str(exc.pk)] and "<code>callback_failed</code>" in listing
+    html = fiona.get(detail(exc)).content.decode()
+    assert "Replay is not available: the exception has no event to replay." in html
+    assert 'value="replay"' not in html and "<code>exception.opened</code>" in html
+    assert aude.get(detail(exc)).status_code == 200
+
+
+@pytest.fixture
+def erp(monkeypatch, entity):
+    from tests.standins.erpnext import ErpNextStandin
+
+    server = ErpNextStandin().start()
+    monkeypatch.setenv("TEST_PAGES_ERPNEXT_TOKEN", "key:secret")
+    with transaction.atomic():
+        ledger.entity_configure_erp(entity=entity, connector="erpnext", actor="test", erp_settings={
+            "url": server.url, "company": "Tieout US", "token_env": "TEST_PAGES_ERPNEXT_TOKEN",
+            "read_timeout": 2, "connect_timeout": 1})
+    yield server
+    server.stop()
+
+
+def test_journal_without_an_event_that_failed_to_post(entity, erp, finance, django_capture_on_commit_callbacks):
+    """A journal with no event (as a manual one) that the ERP refused: its page shows the journal's trace,
+    and a retry once the ERP recovers posts it."""
+    from decimal import Decimal
+
+    erp.fail_validation = "Cost center is mandatory"
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        journal = ledger.journal_create(ledger.JournalSpec(
+            entity=entity, accounting_date=datetime.date(2026, 11, 3), kind="manual", document_type="manual",
+            document_id="mj_1", lines=[ledger.LineSpec(debit=Decimal("12.00"), account_code="6100"),
+                                       ledger.LineSpec(credit=Decimal("12.00"), account_code="1010")]), actor="test")
+    exc = ExceptionRecord.objects.get(journal=journal)
+    assert (exc.code, exc.event_id, exc.source_ref, exc.amount) == ("posting_failed", None, "mj_1", Decimal("12"))
+    fiona = client_for("fiona-ops")
+    html = fiona.get(detail(exc)).content.decode()
+    assert f'data-journal="{journal.pk}"' in html and '<span class="journal-status">failed</span>' in html
+    assert "Cost center is mandatory" in html and "<code>journal.failed</code>" in html
+    assert "<summary>Payload</summary>" not in html
+    erp.fail_validation = None
+    with django_capture_on_commit_callbacks(execute=True):
+        fiona.post(detail(exc), {"action": "retry"})
+    journal.refresh_from_db()
+    assert journal.status == "posted"
+    html = fiona.get(detail(exc)).content.decode()
+    assert '<span class="journal-status">posted</span>' in html and 'id="exception-status">resolved' in html
