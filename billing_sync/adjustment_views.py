@@ -4,6 +4,8 @@
 `billing_sync.adjustments` calls, which send the adjustment through the events pipeline (receipt, event,
 rules, journal, approval) with the caller as its sender. 201 with what became of it; refusals are
 RFC 9457 problems with the pipeline's stable codes (`over_credit`, `over_write_off`, `invalid_event`).
+An optional `Idempotency-Key` header makes a retried call return the first call's outcome (the same key
+for a different invoice or amount is `409 idempotency_conflict`).
 """
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -59,6 +61,11 @@ def adjustment_resource(result: adjustments.ManualAdjustment) -> dict:
     }
 
 
+def _key(request) -> str | None:
+    """An optional Idempotency-Key: a retried call with the same key is answered with the first outcome."""
+    return (request.headers.get("Idempotency-Key") or "").strip()[:200] or None
+
+
 def _invoice(request, body: dict):
     invoice = selectors.invoice_by_identity(body["source_system"], body["invoice_id"])
     if invoice is None or not roles.may_see_entity(request.user, invoice.entity.code):
@@ -79,7 +86,8 @@ class CreditMemoView(APIView):
         result = adjustments.manual_credit_memo_raise(
             invoice=_invoice(request, data), amount=data["amount"], reason=data.get("reason"), user=request.user,
             tax_amount=data.get("tax_amount"), tax_jurisdiction=data.get("tax_jurisdiction"),
-            taxes=data.get("taxes"), remote_addr=request.META.get("REMOTE_ADDR"))
+            taxes=data.get("taxes"), remote_addr=request.META.get("REMOTE_ADDR"),
+            request_key=_key(request))
         return Response(adjustment_resource(result), status=201)
 
 
@@ -96,6 +104,6 @@ class WriteOffView(APIView):
         data = body.validated_data
         result = adjustments.manual_write_off_raise(
             invoice=_invoice(request, data), amount=data["amount"], reason=data.get("reason"), user=request.user,
-            remote_addr=request.META.get("REMOTE_ADDR"))
+            remote_addr=request.META.get("REMOTE_ADDR"), request_key=_key(request))
         return Response(adjustment_resource(result), status=201)
 

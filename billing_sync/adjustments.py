@@ -23,7 +23,7 @@ from django.utils import timezone
 from billing_sync import documents, services
 from billing_sync.models import Event, Invoice
 from config import correlation, roles
-from config.errors import ApiError, BusinessRuleError, Codes, NotFound, PermissionRefused
+from config.errors import ApiError, BusinessRuleError, Codes, Conflict, NotFound, PermissionRefused
 from ledger.money import ZERO, fmt, parse_money
 
 RAISERS = (roles.FINANCE_OPS, roles.CONTROLLER, roles.ADMIN)
@@ -44,8 +44,16 @@ class ManualAdjustment:
     exception: object = None  # exceptions_queue.models.ExceptionRecord
 
 
-def _short() -> str:
-    return uuid.uuid4().hex[:12].upper()
+# Request keys become event ids under this namespace, per user: the same key from two people is two requests.
+_KEY_NAMESPACE = uuid.UUID("0b6f1f6e-59c1-4d55-8b2a-8f5f2a6a7c10")
+
+
+def request_identity(user, kind: str, request_key: str | None) -> uuid.UUID:
+    """The identity of one manual request: from the caller's key (a form's hidden token, an API
+    Idempotency-Key) when there is one, so a double submit or a retried call is the same request."""
+    if not request_key:
+        return uuid.uuid4()
+    return uuid.uuid5(_KEY_NAMESPACE, f"{user.pk}:{kind}:{request_key}")
 
 
 def _refuse_unless_allowed(user, invoice: Invoice) -> None:
@@ -129,74 +137,114 @@ def _precheck(check, invoice: Invoice, amount: Decimal, field: str) -> None:
                        title="The adjustment was refused") from None
 
 
-def _payload(invoice: Invoice, type_: str, data: dict) -> dict:
+def _event_id(identity: uuid.UUID) -> str:
+    return f"tieout-manual-{identity}"
+
+
+def _payload(invoice: Invoice, type_: str, data: dict, identity: uuid.UUID) -> dict:
     return {"schema_version": "1", "source_system": invoice.source_system,
-            "event_id": f"tieout-manual-{uuid.uuid4()}", "type": type_,
+            "event_id": _event_id(identity), "type": type_,
             "occurred_at": timezone.now().isoformat().replace("+00:00", "Z"), "entity": invoice.entity.code,
             "correlation_id": correlation.get_or_new(), "data": data}
 
 
-def _send(payload: dict, *, user, remote_addr, kind: str, document_id: str) -> ManualAdjustment:
-    """Receive the event as the events API would, then process it now so the person sees the outcome."""
+def _result(event: Event, *, kind: str) -> ManualAdjustment:
+    """What became of a manual event. Processing is idempotent under the event's row lock: if a worker
+    (or eager Celery) got there first, this only reads the status it left."""
     from exceptions_queue.models import Approval, ExceptionRecord
     from ledger.models import Journal
 
-    body = services.canonical_bytes(payload)
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
-               "X-Correlation-ID": payload["correlation_id"], "Content-Length": str(len(body))}
-    answer = services.receive_event(body=body, user=user, headers=headers, remote_addr=remote_addr)
-    if answer.status != 202:  # the payload is ours and its id is new: only a schema slip could get here
-        raise ApiError(answer.body.get("detail", "the adjustment was refused"),
-                       code=answer.body.get("code", Codes.INVALID_EVENT), status=answer.status,
-                       errors=answer.body.get("errors"))
-    event_id = answer.body["id"]
-    # Processing is idempotent under the event's row lock: if a worker (or eager Celery) got there first,
-    # this only reads the status it left.
-    status = services.process_event(event_id=event_id, actor="system")
-    event = Event.objects.get(pk=event_id)
+    status = services.process_event(event_id=event.pk, actor="system")
+    event.refresh_from_db()
+    data = event.payload["data"]
     return ManualAdjustment(
-        event=event, kind=kind, document_id=document_id, status=status,
+        event=event, kind=kind, document_id=data.get("credit_note_id") or data.get("write_off_id"), status=status,
         approval=Approval.objects.filter(event=event).first(),
         journal=Journal.objects.filter(event=event).order_by("created_at").first(),
         exception=ExceptionRecord.objects.filter(event=event).exclude(
             status=ExceptionRecord.Status.RESOLVED).first())
 
 
+def _already_sent(invoice: Invoice, identity: uuid.UUID, *, kind: str, amount: str) -> ManualAdjustment | None:
+    """A repeated request (same key, same person): the first one's outcome, nothing sent again. The same
+    key for a different invoice or amount is a mistake worth refusing, not a repeat."""
+    event = Event.objects.filter(source_system=invoice.source_system, event_id=_event_id(identity)).first()
+    if event is None:
+        return None
+    data = event.payload.get("data") or {}
+    if data.get("invoice_id") != invoice.invoice_id or data.get("amount") != amount:
+        raise Conflict("this request (form or Idempotency-Key) was already used for a different adjustment; "
+                       "start a new one to raise another", code=Codes.IDEMPOTENCY_CONFLICT)
+    return _result(event, kind=kind)
+
+
+def _send(payload: dict, *, user, remote_addr, kind: str) -> ManualAdjustment:
+    """Receive the event as the events API would, then process it now so the person sees the outcome."""
+    body = services.canonical_bytes(payload)
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
+               "X-Correlation-ID": payload["correlation_id"], "Content-Length": str(len(body))}
+    answer = services.receive_event(body=body, user=user, headers=headers, remote_addr=remote_addr)
+    if answer.status == 409:
+        # The same request, submitted twice at once, lost the race to its twin: answer with the twin's outcome.
+        event = Event.objects.filter(source_system=payload["source_system"], event_id=payload["event_id"],
+                                     sent_by=user).first()
+        if event is not None:
+            return _result(event, kind=kind)
+    if answer.status != 202:  # the payload is ours and its id is new: only a schema slip could get here
+        raise ApiError(answer.body.get("detail", "the adjustment was refused"),
+                       code=answer.body.get("code", Codes.INVALID_EVENT), status=answer.status,
+                       errors=answer.body.get("errors"))
+    return _result(Event.objects.get(pk=answer.body["id"]), kind=kind)
+
+
 def manual_credit_memo_raise(*, invoice: Invoice, amount, reason, user, tax_amount=None, tax_jurisdiction=None,
-                             taxes=None, remote_addr=None) -> ManualAdjustment:
+                             taxes=None, remote_addr=None, request_key: str | None = None) -> ManualAdjustment:
     """Credit part of `invoice` on `user`'s request (`credit_note.issued`, id MAN-CN-...).
 
     `amount` is the net credit; tax goes back either as `taxes=[{"jurisdiction", "amount"}]` or as one
     `tax_amount` (to `tax_jurisdiction`, or to the invoice's only jurisdiction when it charged one).
+    With a `request_key`, asking again with the same key returns the first request's outcome.
     """
     _refuse_unless_allowed(user, invoice)
     currency = invoice.currency
     net = _amount(amount, currency, "amount")
     tax_lines = _taxes(invoice, tax_amount=tax_amount, tax_jurisdiction=tax_jurisdiction, taxes=taxes)
     reason = _reason(reason)
+    identity = request_identity(user, "credit_note", request_key)
+    repeated = _already_sent(invoice, identity, kind="credit_note", amount=fmt(net, currency)) if request_key else None
+    if repeated is not None:
+        return repeated
     gross = net + sum((t["amount"] for t in tax_lines), ZERO)
     _precheck(documents._check_credit, invoice, gross, "amount")
-    document_id = f"MAN-CN-{_short()}"
+    document_id = f"MAN-CN-{identity.hex[:12].upper()}"
     payload = _payload(invoice, "credit_note.issued", {
         "credit_note_id": document_id, "invoice_id": invoice.invoice_id, "currency": currency,
         "amount": fmt(net, currency),
         "taxes": [{"jurisdiction": t["jurisdiction"], "amount": fmt(t["amount"], currency)} for t in tax_lines],
-        "reason": reason})
-    return _send(payload, user=user, remote_addr=remote_addr, kind="credit_note", document_id=document_id)
+        "reason": reason}, identity)
+    return _send(payload, user=user, remote_addr=remote_addr, kind="credit_note")
 
 
-def manual_write_off_raise(*, invoice: Invoice, amount, reason, user, remote_addr=None) -> ManualAdjustment:
-    """Write off part of `invoice`'s open amount on `user`'s request (`write_off.requested`, id MAN-WO-...)."""
+def manual_write_off_raise(*, invoice: Invoice, amount, reason, user, remote_addr=None,
+                           request_key: str | None = None) -> ManualAdjustment:
+    """Write off part of `invoice`'s open amount on `user`'s request (`write_off.requested`, id MAN-WO-...).
+
+    With a `request_key`, asking again with the same key returns the first request's outcome.
+    """
     _refuse_unless_allowed(user, invoice)
     currency = invoice.currency
     value = _amount(amount, currency, "amount")
     reason = _reason(reason)
+    identity = request_identity(user, "write_off", request_key)
+    repeated = _already_sent(invoice, identity, kind="write_off", amount=fmt(value, currency)) if request_key else None
+    if repeated is not None:
+        return repeated
     _precheck(documents._check_write_off, invoice, value, "amount")
-    document_id = f"MAN-WO-{_short()}"
+    document_id = f"MAN-WO-{identity.hex[:12].upper()}"
     payload = _payload(invoice, "write_off.requested", {
         "write_off_id": document_id, "invoice_id": invoice.invoice_id, "currency": currency,
-        "amount": fmt(value, currency), "reason": reason})
-    return _send(payload, user=user, remote_addr=remote_addr, kind="write_off", document_id=document_id)
+        "amount": fmt(value, currency), "reason": reason}, identity)
+    return _send(payload, user=user, remote_addr=remote_addr, kind="write_off")
 
 
 def creditable_room(invoice: Invoice) -> Decimal:

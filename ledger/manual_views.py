@@ -4,6 +4,7 @@ The view translates the request into `ledger.services.manual_journal_create`, wh
 (active accounts of the entity, one side each, balanced, open period) and asks for approval under the
 entity's policy. 201 with the journal and its approval (null when none was needed); refusals are RFC 9457
 problems (`invalid_request`, `unknown_account`, `unbalanced_journal`, `period_closed`) naming the fields.
+An optional `Idempotency-Key` header makes a retried call return the journal the first call created.
 """
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
@@ -53,7 +54,7 @@ class ManualJournalView(APIView):
         journal = services.manual_journal_create(
             entity=entity, accounting_date=data["accounting_date"], description=data["description"],
             lines=[(ln["account"], ln["debit"], ln["credit"], ln["memo"]) for ln in data["lines"]],
-            user=request.user)
+            user=request.user, request_key=(request.headers.get("Idempotency-Key") or "").strip()[:200] or None)
         journal = selectors.journals().get(pk=journal.pk)
         approval = getattr(journal, "approval", None)  # the reverse one-to-one raises AttributeError when absent
         return Response({"journal": JournalSerializer(journal).data,

@@ -895,7 +895,7 @@ def _manual_money(value, currency: str, field: str, errors: list[dict]) -> Decim
 
 @transaction.atomic
 def manual_journal_create(*, entity: Entity, accounting_date: datetime.date, lines, description: str, user,
-                          reason: str | None = None) -> Journal:
+                          reason: str | None = None, request_key: str | None = None) -> Journal:
     """A journal a person writes by hand: balanced, into an open period, on active accounts of `entity`.
 
     `lines` are `(account_code, debit, credit, memo)`; each line has exactly one side. Under the entity's
@@ -903,7 +903,8 @@ def manual_journal_create(*, entity: Entity, accounting_date: datetime.date, lin
     someone other than `user` (approve releases it, reject refuses it for good); below the threshold it
     is ready to post at once. Every problem is refused up front with its field named (code
     `invalid_request`, `unknown_account`, `unbalanced_journal` or `period_closed`); the database's
-    balance trigger stands behind the check.
+    balance trigger stands behind the check. With a `request_key` (a form's hidden token, an API
+    Idempotency-Key), the same key from the same person returns the journal it first created.
     """
     import uuid
 
@@ -966,8 +967,18 @@ def manual_journal_create(*, entity: Entity, accounting_date: datetime.date, lin
         message = f"Period {accounting_date:%Y-%m} of {entity.code} is closed; choose a date in an open period."
         raise TieoutError(message, code=Codes.PERIOD_CLOSED, status=422, title="The period is closed",
                           errors=[{"field": "accounting_date", "message": message}])
+    if request_key:
+        identity = uuid.uuid5(uuid.UUID("5d0c1c3e-7f43-4d8e-9b4e-2f0d3c9a61a7"), f"{user.pk}:{request_key}")
+        document_id = f"MJ-{identity.hex[:12].upper()}"
+        # Two submits of one form at once: the second waits here for the first, then finds its journal.
+        with transaction.get_connection().cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"manual_journal:{document_id}"])
+        existing = Journal.objects.filter(entity=entity, kind="manual", document_id=document_id).first()
+        if existing is not None:
+            return existing
+    else:
+        document_id = f"MJ-{uuid.uuid4().hex[:12].upper()}"
     required = queue.approvals_required(entity=entity, kind="manual_journal", amount=total_debit)
-    document_id = f"MJ-{uuid.uuid4().hex[:12].upper()}"
     journal = journal_create(JournalSpec(
         entity=entity, accounting_date=accounting_date, kind="manual",
         lines=[LineSpec(debit=d, credit=c, account_code=code, memo=memo) for _, code, d, c, memo in parsed],

@@ -8,6 +8,7 @@ the refusals those give inline, field by field, with their stable codes. After a
 browser goes to the approval that now waits (or to the posted result when the policy needs none).
 """
 import datetime
+import uuid
 
 from django import forms
 from django.contrib import messages
@@ -89,13 +90,29 @@ def invoice_page(request, pk):
 
 
 # --------------------------------------------------------------------------------------------- credit memo, write-off
-class WriteOffForm(forms.Form):
+class _OneSubmit(forms.Form):
+    # A token minted when the form is shown: submitting the same form twice (a double click, a reload)
+    # is one request, answered with the first outcome.
+    request_key = forms.UUIDField(required=False, widget=forms.HiddenInput)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not self.is_bound:
+            self.initial.setdefault("request_key", uuid.uuid4())
+
+    @property
+    def key(self) -> str | None:
+        value = self.cleaned_data.get("request_key")
+        return str(value) if value else None
+
+
+class WriteOffForm(_OneSubmit):
     amount = forms.CharField(label="Amount to write off", max_length=40,
                              widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}))
     reason = forms.CharField(label="Reason", max_length=adjustments.MAX_REASON, widget=forms.Textarea)
 
 
-class CreditMemoForm(forms.Form):
+class CreditMemoForm(_OneSubmit):
     amount = forms.CharField(label="Amount to credit (before tax)", max_length=40,
                              widget=forms.TextInput(attrs={"inputmode": "decimal", "autocomplete": "off"}))
     tax_amount = forms.CharField(label="Tax to credit (optional)", max_length=40, required=False,
@@ -141,11 +158,11 @@ def _raise_view(request, pk, *, kind: str):
                     result = adjustments.manual_credit_memo_raise(
                         invoice=invoice, amount=data["amount"], tax_amount=data.get("tax_amount"),
                         tax_jurisdiction=data.get("tax_jurisdiction"), reason=data["reason"], user=request.user,
-                        remote_addr=request.META.get("REMOTE_ADDR"))
+                        remote_addr=request.META.get("REMOTE_ADDR"), request_key=form.key)
                 else:
                     result = adjustments.manual_write_off_raise(
                         invoice=invoice, amount=data["amount"], reason=data["reason"], user=request.user,
-                        remote_addr=request.META.get("REMOTE_ADDR"))
+                        remote_addr=request.META.get("REMOTE_ADDR"), request_key=form.key)
             except TieoutError as exc:
                 _apply_errors(form, exc)
                 form.refusal = {"code": exc.code, "detail": exc.detail}
@@ -172,7 +189,7 @@ def write_off(request, pk):
 
 
 # --------------------------------------------------------------------------------------------- manual journal
-class JournalHeaderForm(forms.Form):
+class JournalHeaderForm(_OneSubmit):
     accounting_date = forms.DateField(label="Accounting date", widget=forms.DateInput(attrs={"type": "date"}),
                                       input_formats=["%Y-%m-%d"])
     description = forms.CharField(label="Description", max_length=300,
@@ -262,7 +279,8 @@ def manual_journal(request):
             try:
                 journal = ledger.manual_journal_create(
                     entity=entity, accounting_date=header.cleaned_data["accounting_date"],
-                    description=header.cleaned_data["description"], lines=lines, user=request.user)
+                    description=header.cleaned_data["description"], lines=lines, user=request.user,
+                    request_key=header.key)
             except TieoutError as exc:
                 _journal_error_fields(exc, header, formset)
                 refusal = {"code": exc.code, "detail": exc.detail}

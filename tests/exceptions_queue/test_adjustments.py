@@ -442,3 +442,52 @@ def test_api_approvals_carry_the_reason_and_stay_inside_the_callers_entities(inv
     assert outsider.get(f"/api/v1/approvals/{result.approval.pk}").status_code == 404
     _problem(outsider.post(f"/api/v1/approvals/{result.approval.pk}/approve", {}), 404, "not_found")
     assert Approval.objects.get(pk=result.approval.pk).status == "pending"
+
+
+# ------------------------------------------------------------------------------------------- one request, once
+def test_the_same_request_key_is_one_write_off(invoice, finance, run):
+    fiona = _user("fiona-ops")
+    first = run(adjustments.manual_write_off_raise, invoice=invoice, amount="40.00", reason="x", user=fiona,
+                request_key="form-1")
+    again = run(adjustments.manual_write_off_raise, invoice=invoice, amount="40.00", reason="x", user=fiona,
+                request_key="form-1")
+    assert (again.event.pk, again.document_id, again.approval.pk) == (first.event.pk, first.document_id,
+                                                                     first.approval.pk)
+    assert WriteOff.objects.count() == 1 and Approval.objects.count() == 1
+    with pytest.raises(ApiError) as excinfo:
+        run(adjustments.manual_write_off_raise, invoice=invoice, amount="41.00", reason="x", user=fiona,
+            request_key="form-1")
+    assert (excinfo.value.code, excinfo.value.status) == (Codes.IDEMPOTENCY_CONFLICT, 409)
+    # Another key, or the same key from someone else, is another request.
+    run(adjustments.manual_write_off_raise, invoice=invoice, amount="40.00", reason="x", user=fiona,
+        request_key="form-2")
+    tokens.token_issue(username="felix-ops", role="finance_ops", actor="test")
+    run(adjustments.manual_write_off_raise, invoice=invoice, amount="40.00", reason="x", user=_user("felix-ops"),
+        request_key="form-1")
+    assert WriteOff.objects.count() == 3
+
+
+def test_the_same_request_key_is_one_manual_journal(entity, finance, run):
+    fiona = _user("fiona-ops")
+    kwargs = {"entity": entity, "accounting_date": datetime.date(2026, 11, 30), "lines": ACCRUAL,
+              "description": "accrual", "user": fiona, "request_key": "journal-form-1"}
+    first = run(ledger.manual_journal_create, **kwargs)
+    again = run(ledger.manual_journal_create, **kwargs)
+    assert again.pk == first.pk
+    assert Journal.objects.filter(kind="manual").count() == 1 and Approval.objects.count() == 1
+
+
+def test_api_idempotency_keys(invoice, finance):
+    body = {"source_system": f.SOURCE, "invoice_id": invoice.invoice_id, "amount": "15.00", "reason": "dup?"}
+    first = finance.post("/api/v1/adjustments/write-offs", body, HTTP_IDEMPOTENCY_KEY="k-1")
+    again = finance.post("/api/v1/adjustments/write-offs", body, HTTP_IDEMPOTENCY_KEY="k-1")
+    assert first.status_code == again.status_code == 201
+    assert first.json()["document_id"] == again.json()["document_id"]
+    assert WriteOff.objects.count() == 1
+    _problem(finance.post("/api/v1/adjustments/write-offs", {**body, "amount": "16.00"}, HTTP_IDEMPOTENCY_KEY="k-1"),
+             409, "idempotency_conflict")
+    journal = {"entity": "US01", "accounting_date": "2026-11-30", "description": "x",
+               "lines": [{"account": "4000", "debit": "1.00"}, {"account": "4900", "credit": "1.00"}]}
+    a = finance.post("/api/v1/journals/manual", journal, HTTP_IDEMPOTENCY_KEY="j-1").json()
+    b = finance.post("/api/v1/journals/manual", journal, HTTP_IDEMPOTENCY_KEY="j-1").json()
+    assert a["journal"]["id"] == b["journal"]["id"] and a["approval"]["id"] == b["approval"]["id"]

@@ -393,3 +393,19 @@ def test_a_manual_journal_below_the_policy_threshold_goes_to_its_posted_result(e
     text = _text(client.get(response["Location"]))
     assert "no approval needed under the policy" in text and 'id="journal-status">posted' in text
     assert staff("aude-auditor").get(response["Location"]).status_code == 403
+
+
+def test_submitting_the_same_form_twice_raises_one_write_off(invoice, staff, django_capture_on_commit_callbacks):
+    client = staff("fiona-ops")
+    url = f"/adjustments/invoices/{invoice.pk}/write-off/"
+    key = re.search(r'name="request_key" value="([^"]+)"', client.get(url).content.decode()).group(1)
+    data = {"amount": "33.00", "reason": "Double click", "request_key": key}
+    first = _post(client, url, data, django_capture_on_commit_callbacks)
+    second = _post(client, url, data, django_capture_on_commit_callbacks)
+    assert first.status_code == second.status_code == 302 and first["Location"] == second["Location"]
+    assert WriteOff.objects.count() == 1 and Approval.objects.count() == 1
+    changed = _post(client, url, {**data, "amount": "34.00"}, django_capture_on_commit_callbacks)
+    assert changed.status_code == 422 and "idempotency_conflict" in _text(changed)
+    # A fresh form is a fresh request.
+    fresh = re.search(r'name="request_key" value="([^"]+)"', client.get(url).content.decode()).group(1)
+    assert fresh != key
