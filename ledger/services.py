@@ -975,6 +975,12 @@ def manual_journal_create(*, entity: Entity, accounting_date: datetime.date, lin
             cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"manual_journal:{document_id}"])
         existing = Journal.objects.filter(entity=entity, kind="manual", document_id=document_id).first()
         if existing is not None:
+            same = (existing.accounting_date == accounting_date and sorted(
+                (ln.account.code, ln.debit, ln.credit) for ln in existing.lines.select_related("account")) == sorted(
+                (code, quantize(d, currency), quantize(c, currency)) for _, code, d, c, _ in parsed))
+            if not same:
+                raise TieoutError("this request (form or Idempotency-Key) was already used for a different journal; "
+                                  "start a new one to write another", code=Codes.IDEMPOTENCY_CONFLICT, status=409)
             return existing
     else:
         document_id = f"MJ-{uuid.uuid4().hex[:12].upper()}"

@@ -475,6 +475,9 @@ def test_the_same_request_key_is_one_manual_journal(entity, finance, run):
     again = run(ledger.manual_journal_create, **kwargs)
     assert again.pk == first.pk
     assert Journal.objects.filter(kind="manual").count() == 1 and Approval.objects.count() == 1
+    with pytest.raises(TieoutError) as excinfo:
+        run(ledger.manual_journal_create, **{**kwargs, "lines": [("6100", "251.00", "", ""), ("2300", "", "251.00", "")]})
+    assert (excinfo.value.code, excinfo.value.status) == (Codes.IDEMPOTENCY_CONFLICT, 409)
 
 
 def test_api_idempotency_keys(invoice, finance):
