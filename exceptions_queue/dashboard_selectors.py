@@ -32,7 +32,6 @@ DAY = datetime.timedelta(days=1)
 _BUCKETS = {"<1h": (None, HOUR), "1-24h": (HOUR, DAY), "1-7d": (DAY, 7 * DAY), ">7d": (7 * DAY, None)}
 _ALIASES = {"lt1h": "<1h", "gt7d": ">7d"}
 BUCKET_LABELS = {"<1h": "< 1 h", "1-24h": "1–24 h", "1-7d": "1–7 days", ">7d": "> 7 days"}
-OPEN_STATUSES = ("open", "assigned")
 UNPOSTED_STATUSES = ("pending_approval", "ready", "posting", "failed")
 FAILED_EVENT_STATUSES = ("exception", "rejected")
 FAILED_ATTEMPT_OUTCOMES = ("transient", "permanent", "ambiguous", "abandoned")
@@ -142,7 +141,9 @@ def compute(codes, *, now: datetime.datetime | None = None) -> dict:
     events_last_hour = _rows(
         "SELECT count(*) FROM billing_sync_event WHERE received_at >= %(hour_ago)s" + event_scope, params)[0][0]
 
-    # Open exceptions: bounded by status (the open ones are a small part of the table), by code and age.
+    # Open exceptions (unresolved, as the queue's status=unresolved): a small part of the table, by code
+    # and age. The dashboard's one heap pass: a partial index on the unresolved rows covering code,
+    # created_at, entity_code and retry_count would make it index-only (~5x faster at 80,000 open rows).
     buckets = _age_buckets()
     case = ["CASE"]
     for index, bucket in enumerate(buckets[:-1]):
@@ -155,7 +156,7 @@ def compute(codes, *, now: datetime.datetime | None = None) -> dict:
     oldest_open = None
     for code, bucket, count, retries, oldest in _rows(
         "SELECT code, " + "".join(case) + ", count(*), coalesce(sum(retry_count), 0), min(created_at)"
-        " FROM exceptions_queue_exceptionrecord WHERE status IN ('open', 'assigned')" + event_scope +
+        " FROM exceptions_queue_exceptionrecord WHERE status <> 'resolved'" + event_scope +
         " GROUP BY 1, 2", params):
         row = by_code.setdefault(code, {"code": code, "count": 0, "retries": 0, "ages": [0] * len(buckets)})
         row["count"] += count

@@ -72,8 +72,8 @@ def test_figures_of_a_known_data_set_and_the_links_behind_them(known_data, finan
     assert response.status_code == 200
     html = response.content.decode()
 
-    # Events: 4 received in the last 24 h; 2 posted (customer + invoice are processed/posted: the invoice
-    # is posted; the customer has no journal), 1 failed (the unknown customer).
+    # Events: 4 received in the last 24 h; 1 posted (the invoice; the customer has no journal and the
+    # credit note waits for approval), 1 failed (the unknown customer).
     figures = response.context["f"]
     assert figures["events_24h"] == {"received": 4, "posted": 1, "failed": 1}
     href, text = _figure(html, "events-24h")
