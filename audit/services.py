@@ -294,11 +294,20 @@ class _Bad(Exception):
         self.problem, self.entry_id, self.seq = problem, entry_id, seq
 
 
-_VERIFY_SQL = """
-SELECT s.seq, s.entry_id, s.entry_hash, s.prev_hash, s.chain_hash, e.id, e.at, e.actor, e.action, e.object_type,
-       e.object_id, e.event_id::text, e.before, e.after, e.correlation_id, e.entry_hash
-FROM audit_auditseal s LEFT JOIN audit_auditentry e ON e.id = s.entry_id
-WHERE s.seq >= %s ORDER BY s.seq
+# Seals and entries are streamed by two cursors and merged here (the chain is in id order), which is
+# cheaper than a join. `at` is formatted by PostgreSQL exactly as Python's isoformat() of the UTC time
+# (no fraction when the microseconds are 0), which saves parsing and re-formatting a datetime per row.
+_VERIFY_SEALS_SQL = """
+SELECT seq, entry_id, entry_hash, prev_hash, chain_hash FROM audit_auditseal WHERE seq >= %s ORDER BY seq
+"""
+_VERIFY_ENTRIES_SQL = """
+SELECT e.id,
+       to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+         || CASE WHEN date_part('microseconds', e.at)::bigint %% 1000000 = 0 THEN ''
+                 ELSE to_char(e.at AT TIME ZONE 'UTC', '.US') END || '+00:00',
+       e.actor, e.action, e.object_type, e.object_id, e.event_id::text, e.before::text, e.after::text,
+       e.correlation_id, e.entry_hash
+FROM audit_auditentry e WHERE e.id > %s ORDER BY e.id
 """
 
 
@@ -345,7 +354,7 @@ class _DigestTracker:
                        f"seq {head_seq}: entries after it were deleted", None, head_seq + 1)
 
 
-def verify(*, chunk: int = 50_000, from_digest: AuditDigest | None = None, from_seq: int = 1,
+def verify(*, chunk: int = 10_000, from_digest: AuditDigest | None = None, from_seq: int = 1,
            prev_hash: str = GENESIS, prev_entry_id: int = 0, check_digests: bool = True) -> VerifyResult:
     """Re-check sealed entries and the chain in seq order, streamed (server-side cursor, constant memory).
 
@@ -379,13 +388,16 @@ def verify(*, chunk: int = 50_000, from_digest: AuditDigest | None = None, from_
                 if digests:
                     raw_public = digest_mod.public_key_bytes()
             tracker = _DigestTracker(digests, tree, raw_public)
-            with connection.cursor() as cursor:
-                cursor.execute(f"DECLARE audit_verify_cur NO SCROLL CURSOR FOR {_VERIFY_SQL}", [from_seq])
+            with connection.cursor() as cursor, connection.cursor() as entries:
+                cursor.execute(f"DECLARE audit_verify_cur NO SCROLL CURSOR FOR {_VERIFY_SEALS_SQL}", [from_seq])
+                entries.execute(f"DECLARE audit_verify_entries NO SCROLL CURSOR FOR {_VERIFY_ENTRIES_SQL}",
+                                [prev_entry_id])
                 try:
-                    count, head_seq, head_hash, last_id = _verify_rows(cursor, chunk, tracker, from_seq, prev_hash,
-                                                                       prev_entry_id)
+                    count, head_seq, head_hash, last_id = _verify_rows(cursor, entries, chunk, tracker, from_seq,
+                                                                       prev_hash, prev_entry_id)
                 finally:
                     cursor.execute("CLOSE audit_verify_cur")
+                    cursor.execute("CLOSE audit_verify_entries")
                 tracker.finish(head_seq)
                 cursor.execute("""SELECT min(e.id) FROM audit_auditentry e WHERE e.id <= %s
                                   AND NOT EXISTS (SELECT 1 FROM audit_auditseal s WHERE s.entry_id = e.id)""",
@@ -399,12 +411,46 @@ def verify(*, chunk: int = 50_000, from_digest: AuditDigest | None = None, from_
     return VerifyResult(True, count, head_seq=head_seq, head_hash=head_hash, digests_checked=tracker.checked)
 
 
-def _verify_rows(cursor, chunk: int, tracker: _DigestTracker, from_seq: int, prev: str, last_id: int):
-    """The hot loop: bound names, one prebuilt encoder, hashlib in C. Returns (count, head seq, head hash, id)."""
+def _entry_stream(cursor, chunk: int):
+    while True:
+        cursor.execute(f"FETCH {int(chunk)} FROM audit_verify_entries")
+        rows = cursor.fetchall()
+        if not rows:
+            return
+        yield from rows
+
+
+def _verify_rows(cursor, entries_cursor, chunk: int, tracker: _DigestTracker, from_seq: int, prev: str,
+                 last_id: int):
+    """The hot loop. Returns (count, head seq, head hash, last entry id).
+
+    Walks the seals in seq order and the entries in id order side by side. An entry the walk passes
+    without a seal asking for it is kept aside (only tampering produces one: a reordered chain asks for
+    it later, an inserted one is reported by the caller's check for unsealed entries below the head).
+    The canonical JSON of an entry is assembled by hand in `canonical_json`'s exact byte order (keys
+    sorted: action, actor, after, at, before, correlation_id, event_id, object_id, object_type), with
+    the C string escaper, and each distinct before/after text is parsed and re-encoded once (a bounded
+    cache: most are small status documents that repeat). A test keeps this equal to `compute_entry_hash`.
+    """
     encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-    sha256 = hashlib.sha256
-    utc = datetime.timezone.utc
+    quote = json.encoder.encode_basestring
     loads = json.loads
+    sha256 = hashlib.sha256
+    canon: dict = {}
+
+    def document(text):
+        if text is None:
+            return "null"
+        found = canon.get(text)
+        if found is None:
+            if len(canon) > 50_000:
+                canon.clear()
+            found = canon[text] = encode(loads(text))
+        return found
+
+    stream = _entry_stream(entries_cursor, chunk)
+    ahead = next(stream, None)
+    aside: dict = {}
     digests = tracker.pending
     expected = from_seq
     tracker.close_through(from_seq - 1, prev, None)  # empty digests that end just before the start
@@ -414,25 +460,28 @@ def _verify_rows(cursor, chunk: int, tracker: _DigestTracker, from_seq: int, pre
         rows = cursor.fetchall()
         if not rows:
             break
-        for (seq, entry_id, seal_hash, prev_hash, stored_chain, e_id, at, actor, action, otype, oid,
-             event_id, before, after, corr, stored_hash) in rows:
+        for seq, entry_id, seal_hash, prev_hash, stored_chain in rows:
             if seq != expected:
                 raise _Bad(f"chain position {expected} is missing (next is seq {seq}, entry {entry_id})",
                            entry_id, expected)
-            if e_id is None:
-                raise _Bad(f"entry {entry_id} (seq {seq}) was deleted", entry_id, seq)
+            while ahead is not None and ahead[0] < entry_id:
+                aside[ahead[0]] = ahead
+                ahead = next(stream, None)
+            if ahead is not None and ahead[0] == entry_id:
+                row, ahead = ahead, next(stream, None)
+            else:
+                row = aside.pop(entry_id, None)
+                if row is None:
+                    raise _Bad(f"entry {entry_id} (seq {seq}) was deleted", entry_id, seq)
             if entry_id <= last_id:
                 raise _Bad(f"entry {entry_id} (seq {seq}) is out of order: it comes after entry {last_id} in the chain",
                            entry_id, seq)
-            if before.__class__ is str:
-                before = loads(before)
-            if after.__class__ is str:
-                after = loads(after)
-            content = {"at": at.astimezone(utc).isoformat(), "actor": actor, "action": action, "object_type": otype,
-                       "object_id": oid, "event_id": event_id, "before": before, "after": after,
-                       "correlation_id": corr}
-            recomputed = sha256(encode(content).encode()).hexdigest()
-            if recomputed != seal_hash or stored_hash != seal_hash:
+            _, at, actor, action, otype, oid, event_id, before, after, corr, stored_hash = row
+            text = "".join(('{"action":', quote(action), ',"actor":', quote(actor), ',"after":', document(after),
+                            ',"at":"', at, '","before":', document(before), ',"correlation_id":', quote(corr),
+                            ',"event_id":', "null" if event_id is None else quote(event_id),
+                            ',"object_id":', quote(oid), ',"object_type":', quote(otype), "}"))
+            if sha256(text.encode()).hexdigest() != seal_hash or stored_hash != seal_hash:
                 raise _Bad(f"entry {entry_id} (seq {seq}) was altered", entry_id, seq)
             if prev_hash != prev or sha256(f"{prev}|{seq}|{entry_id}|{seal_hash}".encode()).hexdigest() != stored_chain:
                 raise _Bad(f"chain broken at entry {entry_id} (seq {seq})", entry_id, seq)

@@ -396,3 +396,33 @@ def test_audit_tables_refuse_update_delete_and_truncate():
                 with transaction.atomic(), connection.cursor() as cursor:
                     cursor.execute(statement)
             assert "append-only" in str(refused.value), (statement, str(refused.value))
+
+
+@pytest.mark.django_db
+def test_verify_recomputes_the_same_hash_as_record_for_awkward_content():
+    """verify assembles the canonical JSON by hand for speed: it must be byte for byte `canonical_json`'s."""
+    import datetime
+
+    awkward = [
+        {"before": None, "after": {"note": 'quote " backslash \\ tab \t newline \n bell \x07', "ünïcødé": "日本語 €"}},
+        {"before": {"b": [1, 2.5, None, True, {"z": "1", "a": "2"}]}, "after": {"": "", "A": "a", "a": "A"}},
+        {"before": [], "after": "a bare string"},
+        {"before": {"amount": "1234.5600"}, "after": 42},
+    ]
+    with transaction.atomic():
+        for i, item in enumerate(awkward):
+            audit.record(actor="tëster \"q\"", action="test.awkward", object_type="thing/ü", object_id=f"id {i} \\",
+                         event_id="6f1c1c8e-1d2b-4c44-9a53-0a2f7f2b1e3d" if i % 2 else None,
+                         correlation_id="corr\u2028x", **item)
+        # Whole seconds: isoformat() then has no fraction, and verify's SQL formatting must agree.
+        entry = audit._build(actor="t", action="test.whole_second", object_type="thing", object_id="w",
+                             after={"n": 1}, at=datetime.datetime(2026, 11, 30, 23, 59, 59, tzinfo=datetime.UTC))
+        with connection.cursor() as cursor:
+            cursor.execute(audit._RECORD_SQL, [entry.at, entry.actor, entry.action, entry.object_type,
+                                               entry.object_id, None, None, json.dumps(entry.after), "",
+                                               entry.entry_hash])
+    audit.seal()
+    for stored in AuditEntry.objects.all():
+        assert stored.entry_hash == audit.compute_entry_hash(stored)
+    result = audit.verify()
+    assert result.ok and result.count == len(awkward) + 1, result
