@@ -86,6 +86,8 @@ class ExceptionRecord(models.Model):
             # the great majority over time, stay out of it.
             models.Index(fields=["-created_at", "id"], name="exception_unresolved_idx",
                          condition=~Q(status="resolved")),
+            models.Index(fields=["-created_at", "id"], name="exception_escalated_idx",
+                         condition=Q(escalation_level__gt=0)),
         ]
 
     def __str__(self):

@@ -85,10 +85,14 @@ class ExceptionFilter(django_filters.FilterSet):
     event = django_filters.UUIDFilter(field_name="event_id")
     age = django_filters.CharFilter(method="filter_age", help_text="<1h, 1-24h, 1-7d or >7d (also lt1h, gt7d)")
     q = django_filters.CharFilter(method="filter_q", help_text="a source id: document id, event id, or uuid")
+    escalated = django_filters.BooleanFilter(method="filter_escalated", help_text="true: escalated at least once")
 
     class Meta:
         model = ExceptionRecord
-        fields = ["status", "code", "entity", "owner", "process", "event", "age", "q"]
+        fields = ["status", "code", "entity", "owner", "process", "event", "age", "q", "escalated"]
+
+    def filter_escalated(self, queryset, name, value):
+        return queryset.filter(escalation_level__gt=0) if value else queryset.filter(escalation_level=0)
 
     def filter_status(self, queryset, name, value):
         if value == "unresolved":

@@ -26,7 +26,7 @@ from exceptions_queue.models import ExceptionRecord
 from exceptions_queue.web.access import READERS, WORKERS, page
 from ledger.money import fmt
 
-FILTER_FIELDS = ("code", "process", "entity", "owner", "status", "age", "q")
+FILTER_FIELDS = ("code", "process", "entity", "owner", "status", "age", "q", "escalated")
 STATUS_CHOICES = [("unresolved", "Unresolved"), ("open", "Open"), ("assigned", "Assigned"),
                   ("resolved", "Resolved"), ("all", "All")]
 AGE_CHOICES = [(name, name) for name in sla.BUCKETS]

@@ -135,6 +135,9 @@ def test_filters(queue, finance, controller, auditor):
     assert ids(controller, owner="me") == set()
     assert ids(auditor, owner="fiona-ops") == {customer}
     assert ids(auditor, code="over_application", entity="US01") == {over}
+    controller.post(f"/api/v1/exceptions/{over}/escalate", {"reason": "Disputed by the customer"})
+    assert ids(auditor, escalated="true") == {over}
+    assert ids(auditor, escalated="false") == {customer, mapping}
     # Age buckets: one exception is moved back two days (test-only; nothing in the product rewrites it).
     ExceptionRecord.objects.filter(pk=over).update(created_at=timezone.now() - datetime.timedelta(days=2))
     assert ids(auditor, age="1-7d") == {over}

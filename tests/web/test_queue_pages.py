@@ -114,6 +114,8 @@ def test_filters_and_search(queue, fiona):
     assert listed(status="assigned") == {customer}
     assert listed(q="pay_w") == listed(q="evt_w_over") == listed(q=over) == {over}
     assert listed(q="inv_y") == {mapping}
+    fiona.post(detail(queue["mapping"]), {"action": "escalate", "reason": "Chart change needs the controller"})
+    assert listed(escalated="true") == {mapping}
     age(queue["over"], 30)
     assert listed(age="1-7d") == {over}
     assert listed(age="<1h") == {customer, mapping}
@@ -258,7 +260,7 @@ def test_bulk_assign_and_retry_report_each_failure(queue, fiona):
 def test_auditor_sees_everything_and_no_buttons(queue, aude):
     listing = aude.get(LIST).content.decode()
     assert len(rows(listing)) == 3
-    assert 'name="action"' not in listing and 'id="bulk-form"' not in listing and 'type="checkbox"' not in listing
+    assert 'name="action"' not in listing and 'id="bulk-form"' not in listing and 'name="ids"' not in listing
     page = aude.get(detail(queue["over"])).content.decode()
     assert "<code>over_application</code>" in page
     assert 'name="action"' not in page and "<textarea" not in page
