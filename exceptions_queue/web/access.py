@@ -44,7 +44,11 @@ def portal(request):
     """Template context: the signed-in user's roles and what the UI may offer them (never trusted)."""
     user = getattr(request, "user", None)
     held = roles.user_roles(user) if user is not None else frozenset()
+    from exceptions_queue.web.middleware import needs_second_factor
+
     return {
+        # Signed in by password only, 2FA still to do: the pages show no navigation until it is done.
+        "needs_2fa": user is not None and needs_second_factor(user),
         "user_roles": sorted(held),
         "can_work": bool(held & set(WORKERS)),
         "can_decide": bool(held & set(DECIDERS)),
