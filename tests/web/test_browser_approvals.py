@@ -251,3 +251,8 @@ def test_approval_pages_on_a_narrow_screen(new_page, invoice, integration):
     carl.goto("/approvals/")
     assert carl.evaluate("document.documentElement.scrollWidth") <= 390
     assert_accessible(carl)
+    for path in (f"/adjustments/invoices/{invoice.pk}/write-off/", f"/adjustments/invoices/{invoice.pk}/credit-memo/",
+                 "/adjustments/journal/", f"/adjustments/?q={invoice.number}"):
+        carl.goto(path)
+        assert carl.evaluate("document.documentElement.scrollWidth") <= 390, path
+        assert_accessible(carl)
