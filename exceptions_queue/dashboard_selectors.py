@@ -24,6 +24,7 @@ from config import roles
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+STALE_FACTOR = 4  # stale figures are served this many freshness periods at most, while one refreshes
 HOUR = datetime.timedelta(hours=1)
 DAY = datetime.timedelta(days=1)
 
@@ -60,24 +61,32 @@ def _scope_key(codes) -> str:
 
 
 def figures(user) -> dict:
-    """The dashboard's figures for `user`'s entities, from the cache when fresh enough."""
+    """The dashboard's figures for `user`'s entities, from the cache when fresh enough.
+
+    Figures are kept for STALE_FACTOR times their freshness: once stale, the one request that takes the
+    refresh lock recomputes them while every other request keeps getting the stale ones, so a busy room
+    never recomputes the same figures many times at once (no dogpile when they expire).
+    """
     codes = roles.entity_codes(user)
     seconds = cache_seconds()
+    if seconds <= 0:
+        return compute(codes)
     key = f"dashboard:v{CACHE_VERSION}:{_scope_key(codes)}"
-    if seconds > 0:
-        try:
-            cached = cache.get(key)
-        except Exception:  # noqa: BLE001 - the cache is an optimisation: Redis down means compute
-            log.warning("dashboard cache unavailable; computing figures", exc_info=True)
-            cached = None
-        if cached is not None:
+    now = timezone.now()
+    try:
+        cached = cache.get(key)
+        if cached is not None and (cached["computed_at"] + datetime.timedelta(seconds=seconds) > now
+                                   or not cache.add(f"{key}:refresh", 1, timeout=max(seconds, 30))):
             return cached
+    except Exception:  # noqa: BLE001 - the cache is an optimisation: Redis down means compute
+        log.warning("dashboard cache unavailable; computing figures", exc_info=True)
+        return compute(codes)
     result = compute(codes)
-    if seconds > 0:
-        try:
-            cache.set(key, result, timeout=seconds)
-        except Exception:  # noqa: BLE001
-            log.warning("dashboard cache unavailable; figures not kept", exc_info=True)
+    try:
+        cache.set(key, result, timeout=seconds * STALE_FACTOR)
+        cache.delete(f"{key}:refresh")
+    except Exception:  # noqa: BLE001
+        log.warning("dashboard cache unavailable; figures not kept", exc_info=True)
     return result
 
 

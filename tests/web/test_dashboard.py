@@ -213,6 +213,41 @@ def test_figures_are_cached_per_scope_for_a_few_seconds(known_data, finance, int
     assert third["events_24h"]["received"] == first["events_24h"]["received"] + 1
 
 
+def test_stale_figures_are_served_while_one_request_refreshes_them(known_data, finance, integration, settings):
+    settings.TIEOUT_DASHBOARD_CACHE_SECONDS = 15
+    key = f"dashboard:v{dashboard_selectors.CACHE_VERSION}:all"
+    cache.delete_many([key, f"{key}:refresh"])
+    client = _signed_in("fiona-ops")
+    stale = dict(client.get("/").context["f"], computed_at=timezone.now() - datetime.timedelta(seconds=20))
+    cache.set(key, stale, timeout=60)
+    integration.send(f.invoice(customer_id="cus_nobody_else"))
+
+    cache.add(f"{key}:refresh", 1, timeout=30)  # another request is refreshing them right now
+    served = client.get("/").context["f"]
+    assert served["computed_at"] == stale["computed_at"]
+    assert served["events_24h"] == stale["events_24h"]
+
+    cache.delete(f"{key}:refresh")  # nobody is: this request refreshes them, and frees the lock
+    fresh = client.get("/").context["f"]
+    assert fresh["computed_at"] > stale["computed_at"]
+    assert fresh["events_24h"]["received"] == stale["events_24h"]["received"] + 1
+    assert cache.get(f"{key}:refresh") is None
+    assert cache.get(key)["computed_at"] == fresh["computed_at"]
+
+
+def test_the_dashboard_still_answers_when_the_cache_is_down(known_data, finance, settings, monkeypatch):
+    settings.TIEOUT_DASHBOARD_CACHE_SECONDS = 15
+
+    def down(*args, **kwargs):
+        raise ConnectionError("redis is down")
+
+    monkeypatch.setattr(dashboard_selectors.cache, "get", down)
+    monkeypatch.setattr(dashboard_selectors.cache, "set", down)
+    response = _signed_in("fiona-ops").get("/")
+    assert response.status_code == 200
+    assert response.context["f"]["events_24h"]["received"] == 4
+
+
 # ------------------------------------------------------------------------------------------ browser
 @pytest.mark.browser
 def test_dashboard_in_a_browser_at_desktop_and_phone_widths(web_users, integration, new_page, live_server):
