@@ -409,3 +409,19 @@ def test_submitting_the_same_form_twice_raises_one_write_off(invoice, staff, dja
     # A fresh form is a fresh request.
     fresh = re.search(r'name="request_key" value="([^"]+)"', client.get(url).content.decode()).group(1)
     assert fresh != key
+
+
+def test_the_inbox_runs_a_fixed_number_of_queries(invoice, staff, raise_write_off):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = staff("carl-controller")
+    raise_write_off(invoice, "1.00", "fiona-ops")
+    with CaptureQueriesContext(connection) as one:
+        assert client.get("/approvals/").status_code == 200
+    for n in range(8):
+        raise_write_off(invoice, f"{n + 2}.00", "fiona-ops" if n % 2 else "carl-controller")
+    with CaptureQueriesContext(connection) as nine:
+        response = client.get("/approvals/")
+    assert len(response.context["rows"]) == 9
+    assert len(nine.captured_queries) == len(one.captured_queries)
