@@ -34,7 +34,7 @@ class _TieoutCollector:
         yield _gauge("tieout_outbox_pending", "Outbox rows not yet handed to Celery",
                      Outbox.objects.filter(dispatched_at__isnull=True).count())
 
-        figures = dashboard_selectors.compute(None)
+        figures = dashboard_selectors.compute(None, history=False)
         open_exc = figures["open_exceptions"]
         by_code = GaugeMetricFamily("tieout_open_exceptions", "Unresolved exceptions by code", labels=["code"])
         by_code_age = GaugeMetricFamily("tieout_open_exceptions_by_age",
