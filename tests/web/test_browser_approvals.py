@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import expect
 
 from billing_sync.models import CreditNote, Invoice
 from exceptions_queue.models import Approval
@@ -45,15 +46,15 @@ def raise_write_off_in_ui(page, invoice, amount: str, reason: str, *, screenshot
     page.get_by_label("Invoice id or number").fill(invoice.number)
     page.get_by_role("button", name="Search").click()
     page.get_by_role("link", name=f"Write-off of {invoice.number}").click()
-    assert page.get_by_role("heading", name=f"Raise a write-off on invoice {invoice.number}").is_visible()
+    expect(page.get_by_role("heading", name=f"Raise a write-off on invoice {invoice.number}")).to_be_visible()
     assert page.locator("#open-amount").inner_text() == "20000.00 USD"
     page.get_by_label("Amount to write off").fill(amount)
     page.get_by_label("Reason").fill(reason)
     if screenshot:
         assert_accessible(page)
         shot(page, screenshot)
-    page.get_by_role("button", name="Raise write-off").click()
-    page.wait_for_load_state()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Raise write-off").click()
     approval = Approval.objects.get(document_id__startswith="MAN-WO-", reason=reason)
     assert path_of(page) == f"/approvals/{approval.pk}/"
     return approval
@@ -63,7 +64,7 @@ def test_a_controller_approves_a_write_off_that_then_posts(new_page, invoice):
     fiona = login(new_page(), "fiona-ops")
     approval = raise_write_off_in_ui(fiona, invoice, "350.00", "Initech is in liquidation",
                                      screenshot="adjustment-write-off-form")
-    assert fiona.get_by_text("You raised this request; another controller must decide it.").is_visible()
+    expect(fiona.get_by_text("You raised this request; another controller must decide it.")).to_be_visible()
     assert approval.requested_by.username == "fiona-ops"
 
     carl = login(new_page(), "carl-controller")
@@ -73,7 +74,7 @@ def test_a_controller_approves_a_write_off_that_then_posts(new_page, invoice):
     assert_accessible(carl)
     shot(carl, "approvals-inbox")
     row.get_by_role("link", name=approval.document_id).click()
-    assert carl.get_by_role("heading", name=f"Write-off {approval.document_id}").is_visible()
+    expect(carl.get_by_role("heading", name=f"Write-off {approval.document_id}")).to_be_visible()
     assert carl.locator("#reason").inner_text() == "Initech is in liquidation"
     assert carl.locator("#invoice-open").inner_text() == "20000.00"
     assert carl.locator("#journal-status").inner_text() == "pending_approval"
@@ -81,9 +82,9 @@ def test_a_controller_approves_a_write_off_that_then_posts(new_page, invoice):
     shot(carl, "approval-detail")
 
     carl.get_by_label("Comment").fill("Liquidator confirmed no dividend")
-    carl.get_by_role("button", name="Approve").click()
-    carl.wait_for_load_state()
-    assert carl.get_by_text(f"Approved {approval.document_id}: its journal is released to post.").is_visible()
+    with carl.expect_navigation():
+        carl.get_by_role("button", name="Approve").click()
+    expect(carl.get_by_text(f"Approved {approval.document_id}: its journal is released to post.")).to_be_visible()
     assert carl.locator("#approval-status").inner_text() == "approved"
     assert carl.locator("#journal-status").inner_text() == "posted"
     assert carl.locator("#journal-erp-ref").inner_text().startswith("JE-US01-")
@@ -104,12 +105,12 @@ def test_a_controller_rejects_a_credit_note_that_then_never_posts(new_page, invo
 
     carl = login(new_page(), "carl-controller")
     carl.goto(f"/approvals/{approval.pk}/")
-    assert carl.get_by_role("heading", name=f"Credit note {credit_note_id}").is_visible()
+    expect(carl.get_by_role("heading", name=f"Credit note {credit_note_id}")).to_be_visible()
     assert "2000.00" in carl.locator("#journal").inner_text()
     carl.get_by_label("Comment").fill("Not agreed with the account manager")
-    carl.get_by_role("button", name="Reject").click()
-    carl.wait_for_load_state()
-    assert carl.get_by_text(f"Rejected {credit_note_id}: its journal will never post.").is_visible()
+    with carl.expect_navigation():
+        carl.get_by_role("button", name="Reject").click()
+    expect(carl.get_by_text(f"Rejected {credit_note_id}: its journal will never post.")).to_be_visible()
     assert carl.locator("#approval-status").inner_text() == "rejected"
     assert carl.locator("#journal-status").inner_text() == "rejected"
     assert carl.locator("#invoice-open").inner_text() == "20000.00"
@@ -125,7 +126,7 @@ def test_a_controller_rejects_a_credit_note_that_then_never_posts(new_page, invo
 def test_a_controller_cannot_approve_their_own_manual_write_off(new_page, invoice):
     carl = login(new_page(), "carl-controller")
     approval = raise_write_off_in_ui(carl, invoice, "45.00", "Bank charges the customer refused")
-    assert carl.get_by_text("You raised this request; another controller must decide it.").is_visible()
+    expect(carl.get_by_text("You raised this request; another controller must decide it.")).to_be_visible()
     assert carl.get_by_role("button", name="Approve").count() == 0
     assert carl.get_by_role("button", name="Reject").count() == 0
     assert carl.get_by_label("Comment").count() == 0
@@ -159,12 +160,12 @@ def test_a_two_approver_write_off_needs_a_second_controller(new_page, invoice):
     assert carl.locator("#approval-progress").inner_text() == "0 of 2 approvals"
     assert "two different controllers must approve it" in carl.locator("main").inner_text()
     carl.get_by_label("Comment").fill("First approval")
-    carl.get_by_role("button", name="Approve").click()
-    carl.wait_for_load_state()
+    with carl.expect_navigation():
+        carl.get_by_role("button", name="Approve").click()
     assert carl.locator("#approval-progress").inner_text() == "1 of 2 approvals"
     assert carl.locator("#approval-status").inner_text() == "pending"
     assert carl.locator("#journal-status").inner_text() == "pending_approval"
-    assert carl.get_by_text("You approved this on").is_visible()
+    expect(carl.get_by_text("You approved this on")).to_be_visible()
     assert carl.get_by_role("button", name="Approve").count() == 0
     shot(carl, "approval-two-approvers")
 
@@ -175,8 +176,8 @@ def test_a_two_approver_write_off_needs_a_second_controller(new_page, invoice):
     cora.keyboard.type("Second approval")
     cora.keyboard.press("Tab")
     assert cora.evaluate("document.activeElement.textContent.trim()") == "Approve"
-    cora.keyboard.press("Enter")
-    cora.wait_for_load_state()
+    with cora.expect_navigation():
+        cora.keyboard.press("Enter")
     assert cora.locator("#approval-progress").inner_text() == "2 of 2 approvals"
     assert cora.locator("#approval-status").inner_text() == "approved"
     assert cora.locator("#journal-status").inner_text() == "posted"
@@ -206,13 +207,13 @@ def test_the_manual_journal_form_adds_lines_and_goes_to_its_approval(new_page, w
     assert fiona.locator("#total-difference").inner_text() == "Balanced"
     assert_accessible(fiona)
     shot(fiona, "manual-journal-form")
-    fiona.get_by_role("button", name="Submit for approval").click()
-    fiona.wait_for_load_state()
+    with fiona.expect_navigation():
+        fiona.get_by_role("button", name="Submit for approval").click()
     journal = Journal.objects.get(kind="manual")
     assert path_of(fiona) == f"/approvals/{journal.approval.pk}/"
     assert [(ln.account.code, ln.debit, ln.credit) for ln in journal.lines.order_by("line_no")] == [
         ("6100", Decimal("75.00"), 0), ("2300", 0, Decimal("70.00")), ("2300", 0, Decimal("5.00"))]
-    assert fiona.get_by_text("You raised this request; another controller must decide it.").is_visible()
+    expect(fiona.get_by_text("You raised this request; another controller must decide it.")).to_be_visible()
 
 
 def test_the_manual_journal_form_works_without_javascript_and_shows_errors_inline(browser, live_server, web_users):
@@ -227,12 +228,12 @@ def test_the_manual_journal_form_works_without_javascript_and_shows_errors_inlin
         page.get_by_label("Line 1 debit").fill("10.00")
         page.get_by_label("Line 2 account").select_option("2300")
         page.get_by_label("Line 2 credit").fill("9.00")
-        page.get_by_role("button", name="Add a line").click()  # the server adds the row
-        page.wait_for_load_state()
+        with page.expect_navigation():  # the server adds the row
+            page.get_by_role("button", name="Add a line").click()
         assert page.locator("tr.journal-line").count() == 5
         assert page.get_by_label("Line 1 debit").input_value() == "10.00"
-        page.get_by_role("button", name="Submit for approval").click()
-        page.wait_for_load_state()
+        with page.expect_navigation():
+            page.get_by_role("button", name="Submit for approval").click()
         alert = page.get_by_role("alert").first
         assert "unbalanced_journal" in alert.inner_text() and "differ by 1.00" in alert.inner_text()
         assert not Journal.objects.filter(kind="manual").exists()
@@ -247,7 +248,7 @@ def test_approval_pages_on_a_narrow_screen(new_page, invoice, integration):
     carl.goto(f"/approvals/{approval.pk}/")
     # Nothing but the tables' own scroll areas may be wider than the screen.
     assert carl.evaluate("document.documentElement.scrollWidth") <= 390
-    assert carl.get_by_role("button", name="Approve").is_visible()
+    expect(carl.get_by_role("button", name="Approve")).to_be_visible()
     carl.goto("/approvals/")
     assert carl.evaluate("document.documentElement.scrollWidth") <= 390
     assert_accessible(carl)
