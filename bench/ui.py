@@ -8,8 +8,9 @@ time on a keep-alive connection, after a warm-up:
 
 * `/exceptions/` (the queue's first page), `/exceptions/?code=over_application&entity=US01` (a filtered
   page) and `/exceptions/<id>/` (an exception's trace): goal p95 < 300 ms each;
-* `/` (the dashboard) as most requests find it (figures cached for a few seconds) and cold (the cached
-  figures deleted from Redis before every request, so each one computes them): goal p95 < 500 ms;
+* `/` (the dashboard) as most requests find it (figures cached for a few seconds), as the request that
+  refreshes them finds it (the figures deleted before every request, the 14-day history still cached)
+  and cold (everything deleted, so each request reads all of it): goal p95 < 500 ms;
 * for information, with no goal: the admin's event and exception lists (estimated counts) and /metrics.
 
 It prints p50/p95/max per page and whether the goal is met. A page that does not exist yet (404) is
@@ -88,16 +89,21 @@ class Session:
             raise SystemExit(f"bench: sign-in failed ({status}, {headers.get('location')})")
 
 
-def _flush_dashboard_cache() -> None:
+def _flush_dashboard_cache(*, history: bool = True) -> None:
+    """Delete the cached dashboard figures (and the cached 14-day history unless history=False)."""
     import redis
 
     client = redis.Redis.from_url(c.REDIS_URL)
     try:
-        keys = list(client.scan_iter(match="*dashboard:*"))
+        keys = [k for k in client.scan_iter(match="*dashboard:*") if history or b":history:" not in k]
         if keys:
             client.delete(*keys)
     finally:
         client.close()
+
+
+def _flush_figures() -> None:
+    _flush_dashboard_cache(history=False)
 
 
 def measure(session: Session, path: str, *, before=None, deadline: float) -> dict | None:
@@ -150,7 +156,8 @@ def main() -> None:
         ("queue, filtered", "/exceptions/?code=over_application&entity=US01", 300, None),
         ("exception trace", f"/exceptions/{seeded['open_exception_id']}/", 300, None),
         ("dashboard", "/", 500, None),
-        ("dashboard, cold (no cached figures)", "/", 500, _flush_dashboard_cache),
+        ("dashboard, refresh (history cached)", "/", 500, _flush_figures),
+        ("dashboard, cold (nothing cached)", "/", 500, _flush_dashboard_cache),
         ("admin: events", "/admin/billing_sync/event/", None, None),
         ("admin: exceptions", "/admin/exceptions_queue/exceptionrecord/", None, None),
         ("admin: events, failed in the last 24 h", "/admin/billing_sync/event/?received=24h&outcome=failed",

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 STALE_FACTOR = 4  # stale figures are served this many freshness periods at most, while one refreshes
+HISTORY_SECONDS = 300  # the event series before the last 24 hours
 HOUR = datetime.timedelta(hours=1)
 DAY = datetime.timedelta(days=1)
 
@@ -90,6 +91,30 @@ def figures(user) -> dict:
     return result
 
 
+def _cache_get(key):
+    try:
+        return cache.get(key)
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _cache_set(key, value, seconds) -> None:
+    try:
+        cache.set(key, value, timeout=seconds)
+    except Exception:  # noqa: BLE001
+        log.warning("dashboard cache unavailable; figures not kept", exc_info=True)
+
+
+def _events_per_hour(event_scope: str, params: dict) -> dict:
+    """{hour: (received, posted, failed)} for events received in [since, until): index-only on received_at."""
+    until = "" if params.get("until") is None else " AND received_at < %(until)s"
+    return {_hour(hour): (received, posted, failed) for hour, received, posted, failed in _rows(
+        "SELECT date_trunc('hour', received_at), count(*),"
+        " count(*) FILTER (WHERE status = 'posted'),"
+        " count(*) FILTER (WHERE status IN ('exception', 'rejected'))"
+        " FROM billing_sync_event WHERE received_at >= %(since)s" + until + event_scope + " GROUP BY 1", params)}
+
+
 def _rows(sql: str, params: dict) -> list[tuple]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
@@ -126,15 +151,18 @@ def compute(codes, *, now: datetime.datetime | None = None, history: bool = True
     journal_scope = "" if codes is None else " AND j.entity_id = ANY(%(ids)s)"
 
     # Events: received per hour over 14 days (index range on received_at, covering status and entity),
-    # with how many of them are posted or failed by now.
-    hourly = {}
-    for hour, received, posted, failed in _rows(
-        "SELECT date_trunc('hour', received_at), count(*),"
-        " count(*) FILTER (WHERE status = 'posted'),"
-        " count(*) FILTER (WHERE status IN ('exception', 'rejected'))"
-        " FROM billing_sync_event WHERE received_at >= %(since)s" + event_scope + " GROUP BY 1",
-        dict(params, since=since_14d if history else since_24h)):
-        hourly[_hour(hour)] = (received, posted, failed)
+    # with how many of them are posted or failed by now (before the last 24 hours: as of a few minutes ago).
+    hourly = _events_per_hour(event_scope, dict(params, since=since_24h, until=None))
+    if history:
+        # The 13 days before the last 24 hours change slowly (only late postings and failures move them):
+        # they are kept HISTORY_SECONDS, keyed by their window, so that a refresh reads one day, not 14.
+        key = f"dashboard:v{CACHE_VERSION}:history:{_scope_key(codes)}:{since_24h.isoformat()}"
+        older = _cache_get(key) if cache_seconds() > 0 else None
+        if older is None:
+            older = _events_per_hour(event_scope, dict(params, since=since_14d, until=since_24h))
+            if cache_seconds() > 0:
+                _cache_set(key, older, HISTORY_SECONDS)
+        hourly.update(older)
     events_hourly = []
     for i in range(24):
         start = since_24h + i * HOUR

@@ -235,6 +235,21 @@ def test_stale_figures_are_served_while_one_request_refreshes_them(known_data, f
     assert cache.get(key)["computed_at"] == fresh["computed_at"]
 
 
+def test_days_before_the_last_24_hours_are_kept_for_minutes(known_data, integration, settings):
+    settings.TIEOUT_DASHBOARD_CACHE_SECONDS = 15
+    later = timezone.now() + datetime.timedelta(days=3)  # today's events are history then
+    since_24h = later.replace(minute=0, second=0, microsecond=0) - datetime.timedelta(hours=23)
+    cache.delete(f"dashboard:v{dashboard_selectors.CACHE_VERSION}:history:all:{since_24h.isoformat()}")
+    first = dashboard_selectors.compute(None, now=later)
+    assert sum(day["received"] for day in first["events_daily"]) == 4
+    integration.send(f.invoice(customer_id="cus_nobody_else"))
+    kept = dashboard_selectors.compute(None, now=later)
+    assert sum(day["received"] for day in kept["events_daily"]) == 4  # the history, as kept
+    assert dashboard_selectors.compute(None)["events_24h"]["received"] == 5  # the last 24 hours are live
+    settings.TIEOUT_DASHBOARD_CACHE_SECONDS = 0
+    assert sum(day["received"] for day in dashboard_selectors.compute(None, now=later)["events_daily"]) == 5
+
+
 def test_the_dashboard_still_answers_when_the_cache_is_down(known_data, finance, settings, monkeypatch):
     settings.TIEOUT_DASHBOARD_CACHE_SECONDS = 15
 
