@@ -125,3 +125,87 @@ def test_api_action_by_role(action, role, world, django_capture_on_commit_callba
             f"{role} was allowed '{action.name}': {response.status_code} {response.content[:300]}")
         if role == "anonymous":
             assert response.status_code == 401
+
+
+# --------------------------------------------------------------------------------------------- web pages
+@dataclass
+class WebAction:
+    name: str
+    method: str
+    path: str  # formatted with the World's fields (and invoice_pk)
+    allowed: set
+    data: dict | None = None
+
+
+WEB_ACTIONS = [
+    WebAction("dashboard", "get", "/", STAFF),
+    WebAction("exception queue", "get", "/exceptions/", STAFF),
+    WebAction("exception page", "get", "/exceptions/{exception_id}/", STAFF),
+    WebAction("assign to me", "post", "/exceptions/{exception_id}/", WORKERS, {"action": "assign_me"}),
+    WebAction("comment", "post", "/exceptions/{exception_id}/", WORKERS, {"action": "comment", "body": "called AP"}),
+    WebAction("retry", "post", "/exceptions/{exception_id}/", WORKERS, {"action": "retry"}),
+    WebAction("replay", "post", "/exceptions/{exception_id}/", WORKERS, {"action": "replay"}),
+    WebAction("escalate", "post", "/exceptions/{exception_id}/", WORKERS, {"action": "escalate", "reason": "SLA"}),
+    WebAction("resolve", "post", "/exceptions/{exception_id}/", WORKERS,
+              {"action": "resolve", "resolution": "customer paid by wire"}),
+    WebAction("bulk assign", "post", "/exceptions/bulk", WORKERS, {"action": "assign_me", "ids": "{exception_id}"}),
+    WebAction("bulk retry", "post", "/exceptions/bulk", WORKERS, {"action": "retry", "ids": "{exception_id}"}),
+    WebAction("approvals inbox", "get", "/approvals/", STAFF),
+    WebAction("approval page", "get", "/approvals/{approval_id}/", STAFF),
+    WebAction("approve", "post", "/approvals/{approval_id}/approve", DECIDERS, {"comment": "fine"}),
+    WebAction("reject", "post", "/approvals/{approval_id}/reject", DECIDERS, {"comment": "no"}),
+    WebAction("adjustments", "get", "/adjustments/", WORKERS),
+    WebAction("invoice for adjustment", "get", "/adjustments/invoices/{invoice_pk}/", WORKERS),
+    WebAction("credit memo form", "get", "/adjustments/invoices/{invoice_pk}/credit-memo/", WORKERS),
+    WebAction("raise a credit memo", "post", "/adjustments/invoices/{invoice_pk}/credit-memo/", WORKERS,
+              {"amount": "5.00", "reason": "goodwill"}),
+    WebAction("raise a write-off", "post", "/adjustments/invoices/{invoice_pk}/write-off/", WORKERS,
+              {"amount": "5.00", "reason": "uncollectible"}),
+    WebAction("manual journal form", "get", "/adjustments/journal/", WORKERS),
+    WebAction("raise a manual journal", "post", "/adjustments/journal/", WORKERS, {"entity": "US01"}),
+    WebAction("admin: entity list", "get", "/admin/ledger/entity/", STAFF),
+    WebAction("admin: audit entries", "get", "/admin/audit/auditentry/", STAFF),
+    WebAction("admin: change an entity", "post", "/admin/ledger/entity/{entity_pk}/change/", {"admin"},
+              {"name": "Renamed", "erp_connector": "builtin", "erp_settings": "{}", "posting_mode": "single"}),
+    WebAction("admin: users", "get", "/admin/auth/user/", {"admin"}),
+]
+
+
+def web_client_for(role) -> Client:
+    client = Client()
+    if role != "anonymous":
+        with correlation.bound(None):
+            tokens.token_issue(username=USERNAMES[role], role=role, actor="test")
+        client.force_login(get_user_model().objects.get(username=USERNAMES[role]))
+    return client
+
+
+@pytest.mark.parametrize(("action", "role"), _cells(WEB_ACTIONS))
+def test_web_action_by_role(action, role, world, django_capture_on_commit_callbacks):
+    from billing_sync.models import Invoice
+
+    fields = {**world.__dict__, "invoice_pk": Invoice.objects.get(invoice_id=world.invoice_id).pk,
+              "entity_pk": world_entity_pk()}
+    client = web_client_for(role)
+    path = action.path.format(**fields)
+    data = {k: v.format(**fields) if v.startswith("{") and v.endswith("_id}") else v
+            for k, v in (action.data or {}).items()}
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.get(path) if action.method == "get" else client.post(path, data)
+    # The admin's own login page only forwards to ours (one guarded door).
+    to_login = response.status_code == 302 and response["Location"].startswith(("/accounts/login/", "/admin/login/"))
+    if role in action.allowed:
+        assert response.status_code not in (401, 403, 404) and not to_login, (
+            f"{role} was refused '{action.name}': {response.status_code} {response.content[:300]}")
+    elif role == "anonymous":
+        assert to_login, f"anonymous reached '{action.name}': {response.status_code}"
+    else:
+        # Django's admin sends a signed-in user who is not staff back to its login page: refused too.
+        assert response.status_code in (403, 404) or (path.startswith("/admin/") and to_login), (
+            f"{role} was allowed '{action.name}': {response.status_code} {response.content[:300]}")
+
+
+def world_entity_pk():
+    from ledger.models import Entity
+
+    return Entity.objects.get(code="US01").pk
