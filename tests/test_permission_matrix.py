@@ -101,6 +101,19 @@ API_ACTIONS = [
     ApiAction("retry an exception", "post", "/api/v1/exceptions/{exception_id}/retry", WORKERS),
     ApiAction("resolve an exception", "post", "/api/v1/exceptions/{exception_id}/resolve", WORKERS,
               body={"resolution": "checked with the customer"}),
+    ApiAction("comment on an exception", "post", "/api/v1/exceptions/{exception_id}/comment", WORKERS,
+              body={"body": "asked the customer"}),
+    ApiAction("escalate an exception", "post", "/api/v1/exceptions/{exception_id}/escalate", WORKERS,
+              body={"reason": "past SLA"}),
+    ApiAction("replay an exception", "post", "/api/v1/exceptions/{exception_id}/replay", WORKERS),
+    ApiAction("raise a credit memo", "post", "/api/v1/adjustments/credit-memos", WORKERS,
+              body={"source_system": f.SOURCE, "invoice_id": "{invoice_id}", "amount": "5.00", "reason": "goodwill"}),
+    ApiAction("raise a write-off", "post", "/api/v1/adjustments/write-offs", WORKERS,
+              body={"source_system": f.SOURCE, "invoice_id": "{invoice_id}", "amount": "5.00", "reason": "bad debt"}),
+    ApiAction("raise a manual journal", "post", "/api/v1/journals/manual", WORKERS,
+              body={"entity": "US01", "accounting_date": "2026-11-15", "description": "accrual",
+                    "lines": [{"account": "6200", "debit": "1.00", "credit": "0", "memo": ""},
+                              {"account": "1200", "debit": "0", "credit": "1.00", "memo": ""}]}),
 ]
 
 
@@ -115,7 +128,9 @@ def test_api_action_by_role(action, role, world, django_capture_on_commit_callba
     if action.method == "get":
         response = api.get(path, **(action.params or {}))
     else:
-        response = api.post(path, action.body if action.body is not None else {})
+        body = {k: v.format(**world.__dict__) if isinstance(v, str) and v.endswith("_id}") else v
+                for k, v in (action.body or {}).items()}
+        response = api.post(path, body)
     # 404 is a refusal too where existence is not disclosed (a source system reading another's event).
     if role in action.allowed:
         assert response.status_code not in (401, 403, 404), (
