@@ -5,8 +5,9 @@ journals posted by posted_at, unposted journals, open exceptions by status), nev
 table: the dashboard must answer in well under half a second with millions of events and exceptions.
 `figures(user)` narrows every query to the user's entities (config.roles.entity_codes) and keeps the
 result in the Django cache for TIEOUT_DASHBOARD_CACHE_SECONDS (15 s by default) per entity scope, so a
-room full of open dashboards costs one computation per scope and interval. `compute(codes)` is the
-uncached reading that /metrics uses (all entities). Times are UTC.
+room full of open dashboards costs one computation per scope and interval (stale figures are served
+while one request refreshes them; the event series before the last 24 hours is kept 5 minutes).
+`compute(codes)` is the reading itself, which /metrics calls directly (all entities). Times are UTC.
 """
 from __future__ import annotations
 
