@@ -67,6 +67,14 @@ def shot(page, name: str) -> Path:
     return path
 
 
+def assert_accessible(page, where: str = ""):
+    """axe-core (bundled with axe-playwright-python) finds no violation on the page as it is now."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page)
+    assert results.violations_count == 0, f"{where}\n{results.generate_report()}"
+
+
 def login(page, username: str, password: str = PASSWORD, *, next_path: str = "/"):
     page.goto(f"/accounts/login/?next={next_path}")
     page.get_by_label("Username").fill(username)

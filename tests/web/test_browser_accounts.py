@@ -6,11 +6,10 @@ from base64 import b32decode
 from urllib.parse import urlsplit
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 from django_otp.oath import TOTP
 
-from tests.web.conftest import PASSWORD, login, shot
+from tests.web.conftest import PASSWORD, assert_accessible, login, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -29,10 +28,6 @@ def path_of(page) -> str:
 def wait_for_path(page, path: str):
     page.wait_for_url(lambda url: urlsplit(url).path == path)
 
-
-def assert_accessible(page):
-    results = Axe().run(page)
-    assert results.violations_count == 0, results.generate_report()
 
 
 def test_lockout_after_repeated_bad_passwords(page, web_users):

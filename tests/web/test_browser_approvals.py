@@ -9,21 +9,16 @@ from decimal import Decimal
 from urllib.parse import urlsplit
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
 from billing_sync.models import CreditNote, Invoice
 from exceptions_queue.models import Approval
 from ledger.models import Journal
 from tests import factories as f
-from tests.web.conftest import login, shot
+from tests.web.conftest import assert_accessible, login, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-
-def assert_accessible(page):
-    results = Axe().run(page)
-    assert results.violations_count == 0, results.generate_report()
 
 
 def path_of(page) -> str:

@@ -5,7 +5,6 @@ then sees it posted. Keyboard use, a narrow screen and an axe-core accessibility
 import re
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from django.db import transaction
 
 from exceptions_queue.models import ExceptionRecord
@@ -13,14 +12,10 @@ from ledger import services as ledger
 from ledger.models import Journal
 from tests import factories as f
 from tests.standins.erpnext import ErpNextStandin
-from tests.web.conftest import login, shot
+from tests.web.conftest import assert_accessible, login, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-
-def assert_accessible(page):
-    results = Axe().run(page)
-    assert results.violations_count == 0, results.generate_report()
 
 
 def send(api, payload):
