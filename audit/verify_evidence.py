@@ -309,22 +309,20 @@ def check_digests(pack, manifest, public, report, kept):
                        f"; seq {signed_through + 1}..{chain['last_seq']} is not covered by a digest yet"))
 
 
-def _chain_lookup(pack, seqs):
-    wanted = {}
-    for row in _rows(pack, "chain.csv"):
-        seq = int(row["seq"])
-        if seq in seqs:
-            wanted[seq] = (int(row["entry_id"]), row["entry_hash"], row["chain_hash"])
-    return wanted
-
-
 def check_entries(pack, report):
-    """Entry hashes from content, and each entry's place in the chain. Returns what later checks need."""
+    """Entry hashes from content, and each entry's place in the chain. Returns what later checks need.
+
+    Both files are in seq order, so they are walked side by side: memory stays flat however many
+    entries the pack holds (only the journal.created and event.received records are kept, for later).
+    """
     created, received = {}, {}
-    seqs = {}
-    bad = 0
+    chain = _rows(pack, "chain.csv")
+    link = next(chain, None)
+    checked = bad = 0
+    last_seq = 0
     for number, row in enumerate(_rows(pack, "audit_entries.csv"), start=2):
         try:
+            seq = int(row["seq"])
             content = {"at": row["at"], "actor": row["actor"], "action": row["action"],
                        "object_type": row["object_type"], "object_id": row["object_id"],
                        "event_id": row["event_id"] or None, "before": json.loads(row["before"]),
@@ -337,18 +335,25 @@ def check_entries(pack, report):
             report.fail(f"audit_entries.csv line {number}: entry {row['id']} (seq {row['seq']}) does not hash to "
                         "its entry hash: its content was changed")
             bad += 1
-        seqs[int(row["seq"])] = (int(row["id"]), row["entry_hash"], row["chain_hash"], number)
+        if seq <= last_seq:
+            report.fail(f"audit_entries.csv line {number}: entry {row['id']} is out of seq order")
+            bad += 1
+        last_seq = seq
+        while link is not None and int(link["seq"]) < seq:
+            link = next(chain, None)
+        if link is None or (int(link["seq"]), link["entry_id"], link["entry_hash"], link["chain_hash"]) != (
+                seq, row["id"], row["entry_hash"], row["chain_hash"]):
+            report.fail(f"audit_entries.csv line {number}: entry {row['id']} is not at seq {seq} of the chain")
+            bad += 1
+        checked += 1
         if row["action"] == "journal.created":
             created[row["object_id"]] = content["after"]
         elif row["action"] == "event.received" and isinstance(content["after"], dict):
             received[row["object_id"]] = content["after"].get("payload_sha256")
         if bad >= 20:
+            report.fail("audit_entries.csv: stopped after 20 problems")
             break
-    found = _chain_lookup(pack, set(seqs))
-    for seq, (entry_id, entry_hash, chain_hash, number) in sorted(seqs.items()):
-        if found.get(seq) != (entry_id, entry_hash, chain_hash):
-            report.fail(f"audit_entries.csv line {number}: entry {entry_id} is not at seq {seq} of the chain")
-    report.note(f"audit entries: {len(seqs)} recomputed and placed in the chain")
+    report.note(f"audit entries: {checked} recomputed and placed in the chain")
     return created, received
 
 

@@ -233,3 +233,12 @@ def test_digests_kept_earlier_are_compared(tmp_path, pack):
     (tmp_path / "kept.json").write_text(json.dumps(kept))
     code, output = _run_verifier(tmp_path, pack, "--digests", str(tmp_path / "kept.json"))
     assert code == 1 and "differs from the one you kept" in output
+
+
+def test_an_entry_moved_to_another_place_in_the_chain_is_named(tmp_path, pack):
+    entry = _rows(pack, "audit_entries.csv")[2]
+    forged = _rewrite(pack, tmp_path / "forged.zip", "audit_entries.csv",
+                      _change_csv(lambda r: r == entry, "chain_hash", "a" * 64), fix_manifest=True)
+    code, output = _run_verifier(tmp_path, forged)
+    assert code == 1
+    assert f"entry {entry['id']} is not at seq {entry['seq']} of the chain" in output
