@@ -20,7 +20,7 @@ from exceptions_queue.models import ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Journal
 from tests import factories as f
-from tests.web.conftest import shot
+from tests.web.conftest import assert_accessible, shot
 
 pytestmark = pytest.mark.django_db
 
@@ -264,14 +264,6 @@ def test_the_dashboard_still_answers_when_the_cache_is_down(known_data, finance,
 
 
 # ------------------------------------------------------------------------------------------ browser
-def _assert_accessible(page, where: str) -> None:
-    """axe-core (bundled with axe-playwright-python) finds no violation on the page as it is now."""
-    from axe_playwright_python.sync_playwright import Axe
-
-    results = Axe().run(page)
-    assert results.violations_count == 0, f"{where}\n{results.generate_report()}"
-
-
 @pytest.mark.browser
 def test_dashboard_in_a_browser_at_desktop_and_phone_widths(web_users, integration, new_page, live_server):
     customer = f.customer()
@@ -297,7 +289,7 @@ def test_dashboard_in_a_browser_at_desktop_and_phone_widths(web_users, integrati
         assert page.locator("[data-figure=events-24h]").inner_text() == "3"
         assert page.evaluate("document.documentElement.scrollWidth") <= width + 1
         page.locator("details").first.evaluate("d => d.open = true")  # the data table, as a reader opens it
-        _assert_accessible(page, f"dashboard at {width} px")
+        assert_accessible(page, f"dashboard at {width} px")
         shot(page, name)
 
     # Keyboard: the figure links are reachable and lead to the filtered lists.
