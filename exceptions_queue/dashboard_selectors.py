@@ -184,8 +184,7 @@ def compute(codes, *, now: datetime.datetime | None = None, history: bool = True
         "SELECT count(*) FROM billing_sync_event WHERE received_at >= %(hour_ago)s" + event_scope, params)[0][0]
 
     # Open exceptions (unresolved, as the queue's status=unresolved): a small part of the table, by code
-    # and age. The dashboard's one heap pass: a partial index on the unresolved rows covering code,
-    # created_at, entity_code and retry_count would make it index-only (~5x faster at 80,000 open rows).
+    # and age, read index-only from exception_open_dash_idx (code, created_at, entity_code, retry_count).
     buckets = _age_buckets()
     case = ["CASE"]
     for index, bucket in enumerate(buckets[:-1]):

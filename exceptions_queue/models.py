@@ -88,6 +88,10 @@ class ExceptionRecord(models.Model):
                          condition=~Q(status="resolved")),
             models.Index(fields=["-created_at", "id"], name="exception_escalated_idx",
                          condition=Q(escalation_level__gt=0)),
+            # The dashboard's open exceptions by code and age (with retries): an index-only scan of the
+            # unresolved rows instead of a pass over their heap pages.
+            models.Index(fields=["code", "created_at"], include=["entity_code", "retry_count"],
+                         name="exception_open_dash_idx", condition=~Q(status="resolved")),
         ]
 
     def __str__(self):
