@@ -1,6 +1,7 @@
 """API routes of billing sync."""
 from django.urls import path
 
+from audit import api_views as trace_views
 from billing_sync import adjustment_views, views
 
 urlpatterns = [
@@ -10,6 +11,8 @@ urlpatterns = [
     path("events/<uuid:pk>/trace", views.EventTraceView.as_view(), name="event-trace"),
     path("events/<uuid:pk>/callbacks", views.EventCallbacksView.as_view(), name="event-callbacks"),
     path("invoices/<str:source_system>/<str:invoice_id>", views.InvoiceDetailView.as_view(), name="invoice-detail"),
+    path("invoices/<str:source_system>/<str:invoice_id>/trace", trace_views.InvoiceTraceView.as_view(),
+         name="invoice-trace"),
     path("adjustments/credit-memos", adjustment_views.CreditMemoView.as_view(), name="adjustment-credit-memo"),
     path("adjustments/write-offs", adjustment_views.WriteOffView.as_view(), name="adjustment-write-off"),
 ]

@@ -1,6 +1,7 @@
 """Routes of the staff web UI, one module per area (each module holds its own `urlpatterns`)."""
 from django.urls import include, path
 
+from audit import web as audit_web
 from exceptions_queue.web import accounts, adjustments, approvals, dashboard, queue
 
 urlpatterns = [
@@ -8,5 +9,6 @@ urlpatterns = [
     path("exceptions/", include(queue)),
     path("approvals/", include(approvals)),
     path("adjustments/", include(adjustments)),
+    path("", include(audit_web)),  # trace/ and evidence/
     path("", include(dashboard)),
 ]

@@ -1,0 +1,213 @@
+"""Web pages of the audit trail: the trace search and timelines (event, journal, invoice, ERP document
+reference), and the evidence pack, digests and public key for auditors and admins.
+
+Reads go through `audit.lineage` (scoped to the user's entities: anything outside is a 404, the same
+answer as for something that does not exist, so ids of other entities cannot be probed). The evidence
+pack is written by `audit.evidence.export_evidence` (which audits the export) into a temporary file that
+the response streams, so a large pack never sits in memory. Exporting is a POST with CSRF: it writes an
+audit entry, and a link that did so on GET could be triggered from another site.
+"""
+import datetime
+import json
+import re
+import tempfile
+import uuid
+
+from django.http import FileResponse, Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import include, path, reverse
+
+from audit import lineage
+from config import roles
+from exceptions_queue.web.access import READERS, page
+from exceptions_queue.web.queue import _with_datetimes
+
+EVIDENCE_ROLES = (roles.AUDITOR, roles.ADMIN)
+SEARCH_LABEL = "Find by event id, journal id, invoice id or ERP document reference"
+# One more key the lineage traces carry that the pages show as times.
+_EXTRA_TIMES = {"history_date"}
+
+
+def _entities(user) -> list[str]:
+    from ledger.models import Entity
+
+    return list(roles.scope(Entity.objects.order_by("code"), user, "code").values_list("code", flat=True))
+
+
+def _as_uuid(text: str):
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
+
+
+def _locate(user, query: str, entity: str) -> str | None:
+    """Where the search text leads (a page URL), looking only inside the user's entities."""
+    from billing_sync.models import Event, Invoice
+    from ledger.models import ErpBatch, Journal
+
+    codes = [entity] if entity else None  # None: every entity the user sees
+    events = roles.scope(Event.objects.all(), user, "entity_code")
+    journals = roles.scope(Journal.objects.all(), user, "entity__code")
+    invoices = roles.scope(Invoice.objects.all(), user, "entity__code")
+    if codes:
+        events, journals, invoices = (events.filter(entity_code__in=codes), journals.filter(entity__code__in=codes),
+                                      invoices.filter(entity__code__in=codes))
+    as_uuid = _as_uuid(query)
+    if as_uuid is not None:
+        if events.filter(pk=as_uuid).exists():
+            return reverse("web-trace-event", args=[as_uuid])
+        if journals.filter(pk=as_uuid).exists():
+            return reverse("web-trace-journal", args=[as_uuid])
+        from exceptions_queue.selectors import visible_exception
+
+        if visible_exception(user, as_uuid) is not None:
+            return reverse("web-exception-detail", args=[as_uuid])
+    # ERP references are unique per entity, not globally: the entity chosen (or the only one that has it).
+    ref_entities = set(journals.filter(erp_document_ref=query).values_list("entity__code", flat=True))
+    ref_entities |= set(roles.scope(ErpBatch.objects.filter(erp_document_ref=query), user, "entity__code")
+                        .filter(**({"entity__code__in": codes} if codes else {}))
+                        .values_list("entity__code", flat=True))
+    if len(ref_entities) == 1:
+        return reverse("web-trace-erp", args=[ref_entities.pop(), query])
+    invoice = invoices.filter(invoice_id=query).order_by("source_system").first()
+    if invoice is not None:
+        return reverse("web-trace-invoice", args=[invoice.source_system, invoice.invoice_id])
+    event = events.filter(event_id=query).order_by("received_at").first()
+    if event is not None:
+        return reverse("web-trace-event", args=[event.pk])
+    return None
+
+
+@page(read=READERS)
+def trace_search(request):
+    query = (request.GET.get("q") or "").strip()
+    entity = (request.GET.get("entity") or "").strip()
+    entities = _entities(request.user)
+    context = {"query": query, "entity": entity, "entities": entities, "label": SEARCH_LABEL, "not_found": False}
+    if query:
+        if entity and entity not in entities:
+            entity = ""  # not one of theirs: search what they may see, never the other entity
+        target = _locate(request.user, query, entity)
+        if target:
+            return redirect(target)
+        context["not_found"] = True
+        return render(request, "audit/search.html", context, status=404)
+    return render(request, "audit/search.html", context)
+
+
+def _trace_or_404(build, *args, user):
+    try:
+        return _with_datetimes(build(*args, user=user))
+    except lineage.TraceNotFound as missing:
+        raise Http404(str(missing)) from None
+
+
+@page(read=READERS)
+def trace_event(request, pk):
+    trace = _trace_or_404(lineage.event_trace_for, pk, user=request.user)
+    return render(request, "audit/trace_event.html", {"trace": trace, "title": f"Event {trace['event']['event_id']}"})
+
+
+@page(read=READERS)
+def trace_journal(request, pk):
+    trace = _trace_or_404(lineage.journal_trace, pk, user=request.user)
+    return render(request, "audit/trace_journal.html", {"trace": trace, "title": f"Journal {pk}"})
+
+
+@page(read=READERS)
+def trace_invoice(request, source_system, invoice_id):
+    trace = _trace_or_404(lineage.invoice_trace, source_system, invoice_id, user=request.user)
+    return render(request, "audit/trace_invoice.html", {"trace": trace, "title": f"Invoice {invoice_id}"})
+
+
+@page(read=READERS)
+def trace_erp(request, entity, ref):
+    trace = _trace_or_404(lineage.erp_reference_trace, entity, ref, user=request.user)
+    return render(request, "audit/trace_erp.html", {"trace": trace, "title": f"ERP document {ref}"})
+
+
+# --------------------------------------------------------------------------------------------- evidence
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def _evidence_form(request, entities):
+    """The form's values and errors (field -> message); a period of UTC days, both ends included."""
+    data = request.POST
+    values = {"entity": data.get("entity", ""), "date_from": data.get("date_from", ""),
+              "date_to": data.get("date_to", "")}
+    errors, parsed = {}, {}
+    if values["entity"] not in entities:
+        errors["entity"] = "Choose one of your entities."
+    for key in ("date_from", "date_to"):
+        try:
+            if not _DATE.match(values[key]):
+                raise ValueError
+            parsed[key] = datetime.date.fromisoformat(values[key])
+        except ValueError:
+            errors[key] = "Enter a date as YYYY-MM-DD."
+    if not errors and parsed["date_to"] < parsed["date_from"]:
+        errors["date_to"] = "The period ends before it starts."
+    return values, errors, parsed
+
+
+@page(read=EVIDENCE_ROLES, write=EVIDENCE_ROLES)
+def evidence(request):
+    entities = _entities(request.user)
+    today = datetime.datetime.now(datetime.UTC).date()
+    if request.method != "POST":
+        values = {"entity": entities[0] if entities else "", "date_from": today.replace(day=1).isoformat(),
+                  "date_to": today.isoformat()}
+        return render(request, "audit/evidence.html", {"values": values, "errors": {}, "entities": entities})
+    values, errors, parsed = _evidence_form(request, entities)
+    if errors:
+        return render(request, "audit/evidence.html", {"values": values, "errors": errors, "entities": entities},
+                      status=400)
+    from audit.evidence import export_evidence
+
+    filename = f"evidence-{values['entity']}-{parsed['date_from']}-{parsed['date_to']}.zip"
+    # On disk, not in memory: a month of a busy entity is hundreds of megabytes. The file has no name
+    # (deleted on close), and FileResponse closes it once the last chunk is sent.
+    handle = tempfile.TemporaryFile(prefix="tieout-evidence-")
+    try:
+        export_evidence(entity_code=values["entity"], date_from=parsed["date_from"], date_to=parsed["date_to"],
+                        out=handle, name=filename, actor=request.user)
+        handle.seek(0)
+    except BaseException:
+        handle.close()
+        raise
+    return FileResponse(handle, as_attachment=True, filename=filename, content_type="application/zip")
+
+
+@page(read=EVIDENCE_ROLES)
+def evidence_digests(request):
+    from audit import digests
+
+    response = HttpResponse(json.dumps(digests.export(), indent=2), content_type="application/json")
+    response["Content-Disposition"] = 'attachment; filename="tieout-audit-digests.json"'
+    return response
+
+
+@page(read=EVIDENCE_ROLES)
+def evidence_public_key(request):
+    from audit import digests
+
+    response = HttpResponse(digests.public_key_pem(), content_type="application/x-pem-file")
+    response["Content-Disposition"] = 'attachment; filename="tieout-audit-public-key.pem"'
+    return response
+
+
+trace_patterns = [
+    path("", trace_search, name="web-trace"),
+    path("event/<uuid:pk>/", trace_event, name="web-trace-event"),
+    path("journal/<uuid:pk>/", trace_journal, name="web-trace-journal"),
+    path("invoice/<str:source_system>/<str:invoice_id>/", trace_invoice, name="web-trace-invoice"),
+    path("erp/<str:entity>/<path:ref>/", trace_erp, name="web-trace-erp"),
+]
+evidence_patterns = [
+    path("", evidence, name="web-evidence"),
+    path("digests.json", evidence_digests, name="web-evidence-digests"),
+    path("public-key.pem", evidence_public_key, name="web-evidence-public-key"),
+]
+# Mounted at the site root by exceptions_queue/web/urls.py.
+urlpatterns = [path("trace/", include(trace_patterns)), path("evidence/", include(evidence_patterns))]
