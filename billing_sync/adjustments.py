@@ -24,7 +24,7 @@ from billing_sync import documents, services
 from billing_sync.models import Event, Invoice
 from config import correlation, roles
 from config.errors import ApiError, BusinessRuleError, Codes, Conflict, NotFound, PermissionRefused
-from ledger.money import ZERO, fmt, parse_money
+from ledger.money import ZERO, fmt, parse_money_input
 
 RAISERS = (roles.FINANCE_OPS, roles.CONTROLLER, roles.ADMIN)
 USER_AGENT = "Tieout-Portal/1.0 (manual adjustment)"
@@ -70,16 +70,14 @@ def _field_error(field: str, message: str, *, code: str = Codes.INVALID_EVENT, s
 
 def _amount(value, currency: str, field: str, *, required: bool = True) -> Decimal:
     """A money string (or Decimal) in the invoice's currency, with the API's rules: no floats, no exponents."""
-    if value is None or (isinstance(value, str) and not value.strip()):
+    try:
+        amount = parse_money_input(value, currency)
+    except ValueError as exc:
+        raise _field_error(field, f"Money {exc}.") from None
+    if amount is None:
         if required:
             raise _field_error(field, "This field is required.")
         return ZERO
-    if isinstance(value, Decimal):
-        value = format(value, "f")
-    try:
-        amount = parse_money(value.strip() if isinstance(value, str) else value, currency)
-    except ValueError as exc:
-        raise _field_error(field, f"Money {exc}.") from None
     if amount < ZERO or (required and amount == ZERO):
         raise _field_error(field, "Must be greater than 0.")
     return amount

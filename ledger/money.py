@@ -54,6 +54,18 @@ def parse_money(value, currency: str | None) -> Decimal:
         raise ValueError("is not a decimal number") from None
 
 
+def parse_money_input(value, currency: str) -> Decimal | None:
+    """A person's money input (a form or an API field): None when blank, else `parse_money`'s rules.
+
+    A Decimal (from a form field) is taken as its plain digits, so the same minor-unit check applies.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, Decimal):
+        value = format(value, "f")
+    return parse_money(value.strip() if isinstance(value, str) else value, currency)
+
+
 def fmt(amount: Decimal | None, currency: str) -> str | None:
     """The API's money string: exactly the currency's minor-unit digits."""
     if amount is None:

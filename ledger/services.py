@@ -876,16 +876,14 @@ MANUAL_JOURNAL_MAX_LINES = 200
 
 def _manual_money(value, currency: str, field: str, errors: list[dict]) -> Decimal:
     """A line's debit or credit: blank is 0; otherwise the API's money rules (no floats, no exponents)."""
-    from ledger.money import parse_money
+    from ledger.money import parse_money_input
 
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return ZERO
-    if isinstance(value, Decimal):
-        value = format(value, "f")
     try:
-        amount = parse_money(value.strip() if isinstance(value, str) else value, currency)
+        amount = parse_money_input(value, currency)
     except ValueError as exc:
         errors.append({"field": field, "message": f"Money {exc}."})
+        return ZERO
+    if amount is None:
         return ZERO
     if amount < ZERO:
         errors.append({"field": field, "message": "Must not be negative."})

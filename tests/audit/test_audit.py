@@ -14,7 +14,6 @@
 import hashlib
 import io
 import json
-from contextlib import contextmanager
 
 import pytest
 from django.core.management import call_command
@@ -26,6 +25,7 @@ from billing_sync.services import canonical_bytes
 from ledger import services as ledger
 from ledger.models import Journal, Period
 from tests import factories as f
+from tests.audit.tamper import triggers_off
 
 pytestmark = pytest.mark.django_db
 
@@ -50,16 +50,6 @@ def _verify() -> tuple[int, str]:
         return exc.code, out.getvalue()
     return 0, out.getvalue()
 
-
-@contextmanager
-def _triggers_off():
-    """Superuser only: ordinary triggers (our append-only guards) do not fire on this session."""
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        try:
-            yield cursor
-        finally:
-            cursor.execute("SET session_replication_role = DEFAULT")
 
 
 def _history(integration) -> dict:
@@ -206,7 +196,7 @@ def test_audit_verify_names_an_entry_whose_content_was_changed(entity, integrati
     entries = _sealed_history(integration)
     victim = next(e for e in entries if e.action == "journal.posted")
     seq = AuditSeal.objects.get(entry=victim).seq
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         cursor.execute("""UPDATE audit_auditentry SET after = jsonb_set(after, '{erp_document_ref}', '"JE-FAKE"')
                           WHERE id = %s""", [victim.pk])
     code, out = _verify()
@@ -221,7 +211,7 @@ def test_audit_verify_catches_a_change_whose_entry_hash_was_recomputed(entity, i
     victim = next(e for e in entries if e.action == "invoice.created")
     victim.actor = "someone-else"
     forged = audit.compute_entry_hash(victim)
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         cursor.execute("UPDATE audit_auditentry SET actor = %s, entry_hash = %s WHERE id = %s",
                        ["someone-else", forged, victim.pk])
     code, out = _verify()
@@ -233,7 +223,7 @@ def test_audit_verify_names_a_deleted_entry(entity, integration):
     entries = _sealed_history(integration)
     victim = entries[len(entries) // 2]
     seq = AuditSeal.objects.get(entry=victim).seq
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         cursor.execute("DELETE FROM audit_auditentry WHERE id = %s", [victim.pk])
     code, out = _verify()
     assert code == 1
@@ -245,7 +235,7 @@ def test_audit_verify_names_a_deleted_entry(entity, integration):
 def test_audit_verify_names_a_deleted_entry_and_its_seal(entity, integration):
     entries = _sealed_history(integration)
     victim = entries[3]
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         cursor.execute("DELETE FROM audit_auditseal WHERE entry_id = %s", [victim.pk])
         cursor.execute("DELETE FROM audit_auditentry WHERE id = %s", [victim.pk])
     code, out = _verify()
@@ -257,7 +247,7 @@ def test_audit_verify_names_a_deleted_entry_and_its_seal(entity, integration):
 def test_audit_verify_names_a_broken_chain_link(entity, integration):
     entries = _sealed_history(integration)
     victim = entries[5]
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         cursor.execute("UPDATE audit_auditseal SET chain_hash = repeat('a', 64) WHERE entry_id = %s", [victim.pk])
     code, out = _verify()
     assert code == 1
@@ -369,7 +359,7 @@ def test_audit_verify_gives_the_same_answer_when_asked_again(entity, integration
     same transaction a second run fails with `cursor "audit_verify_cur" already exists`."""
     entries = _sealed_history(integration)
     victim = entries[2]
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         cursor.execute("UPDATE audit_auditentry SET actor = 'mallory' WHERE id = %s", [victim.pk])
     first = audit.verify()
     assert not first.ok and first.bad_entry_id == victim.pk

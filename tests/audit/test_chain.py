@@ -17,7 +17,6 @@ import logging
 import random
 import threading
 import time
-from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -28,6 +27,7 @@ from audit import digests
 from audit import services as audit
 from audit.models import AuditCheck, AuditEntry, AuditSeal
 from exceptions_queue.models import ExceptionRecord
+from tests.audit.tamper import triggers_off
 
 
 def _verify_cmd(*args) -> tuple[int, str]:
@@ -65,16 +65,6 @@ def _record_on(conn, object_id: str) -> int:
 def _chain() -> list[tuple[int, int]]:
     return list(AuditSeal.objects.order_by("seq").values_list("seq", "entry_id"))
 
-
-@contextmanager
-def _triggers_off():
-    """Superuser only: ordinary triggers (the append-only guards) do not fire on this session."""
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        try:
-            yield cursor
-        finally:
-            cursor.execute("SET session_replication_role = DEFAULT")
 
 
 def _flush_deferred():
@@ -210,7 +200,7 @@ def test_eight_concurrent_writers_make_one_gap_free_chain_that_verifies():
 def test_an_edited_entry_is_named():
     entries = _sealed()
     victim = entries[4]
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         cursor.execute("""UPDATE audit_auditentry SET after = '{"n": "forged"}' WHERE id = %s""", [victim.pk])
     assert _verify_cmd() == (1, f"FAIL entry {victim.pk}: entry {victim.pk} (seq 5) was altered")
 
@@ -219,7 +209,7 @@ def test_an_edited_entry_is_named():
 def test_a_deleted_entry_is_named():
     entries = _sealed()
     victim = entries[6]
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         cursor.execute("DELETE FROM audit_auditentry WHERE id = %s", [victim.pk])
     assert _verify_cmd() == (1, f"FAIL entry {victim.pk}: entry {victim.pk} (seq 7) was deleted")
 
@@ -233,7 +223,7 @@ def test_an_entry_inserted_into_the_past_is_named():
     assert entries[0].pk > free_id
     forged = audit._build(actor="mallory", action="journal.posted", object_type="journal", object_id="x",
                           after={"status": "posted"})
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         cursor.execute("""INSERT INTO audit_auditentry (id, at, actor, action, object_type, object_id, after,
                                                         correlation_id, entry_hash)
                           VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, '', %s)""",
@@ -252,7 +242,7 @@ def test_an_entry_inserted_with_a_link_into_the_middle_of_the_chain_is_named():
     _sealed()
     forged = audit._build(actor="mallory", action="journal.posted", object_type="journal", object_id="x",
                           after={"status": "posted"})
-    with _triggers_off() as cursor:  # make room at seq 5, then fill it with a correctly linked forgery
+    with triggers_off() as cursor:  # make room at seq 5, then fill it with a correctly linked forgery
         cursor.execute("""INSERT INTO audit_auditentry (id, at, actor, action, object_type, object_id, after,
                                                         correlation_id, entry_hash)
                           VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, '', %s)""",
@@ -282,7 +272,7 @@ def _swap(cursor, a: int, b: int):
 def test_reordered_entries_are_named():
     entries = _sealed()
     a, b = entries[3], entries[4]  # seq 4 and 5
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         _swap(cursor, a.pk, b.pk)
     assert _verify_cmd() == (1, f"FAIL entry {b.pk}: chain broken at entry {b.pk} (seq 4)")
 
@@ -303,7 +293,7 @@ def _rechain(cursor, from_seq: int):
 def test_reordered_and_rechained_entries_are_named_by_their_order():
     entries = _sealed()
     a, b = entries[3], entries[4]
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         _swap(cursor, a.pk, b.pk)
         _rechain(cursor, 4)
     code, last = _verify_cmd()
@@ -320,7 +310,7 @@ def test_a_rewrite_that_rechains_everything_after_it_is_caught_by_the_signed_dig
     victim = entries[2]
     victim.after = {"n": "rewritten"}
     forged_hash = audit.compute_entry_hash(victim)
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         cursor.execute("UPDATE audit_auditentry SET after = %s::jsonb, entry_hash = %s WHERE id = %s",
                        [json.dumps(victim.after), forged_hash, victim.pk])
         cursor.execute("UPDATE audit_auditseal SET entry_hash = %s WHERE entry_id = %s", [forged_hash, victim.pk])
@@ -349,7 +339,7 @@ def test_the_scheduled_check_goes_incremental_and_raises_the_alarm_once(caplog, 
     assert (second.ok, second.full, second.from_seq, second.to_seq, second.checked) == (True, False, 7, 10, 4)
     assert 'tieout_audit_chain_ok 1.0' in client.get("/metrics").content.decode()
 
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         cursor.execute("UPDATE audit_auditentry SET actor = 'mallory' WHERE id = %s", [entries[1].pk])
     _record(object_id="after-the-tampering")
     incremental = audit.chain_check()
@@ -374,7 +364,7 @@ def test_the_scheduled_check_goes_incremental_and_raises_the_alarm_once(caplog, 
 def test_the_incremental_check_notices_that_its_anchor_changed():
     _sealed(5)
     assert audit.chain_check().ok
-    with _triggers_off() as cursor:
+    with triggers_off() as cursor:
         cursor.execute("UPDATE audit_auditseal SET chain_hash = repeat('b', 64) WHERE seq = 5")
     check = audit.chain_check()
     assert not check.ok and check.to_seq == 5

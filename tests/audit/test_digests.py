@@ -24,6 +24,7 @@ from audit import digests, merkle
 from audit import services as audit
 from audit import verify_evidence
 from audit.models import AuditDigest, AuditSeal
+from tests.audit.tamper import execute_with_triggers_off
 
 
 # ------------------------------------------------------------------------------------------- RFC 6962, naively
@@ -238,18 +239,10 @@ def test_a_consistency_proof_checks_against_an_independent_recomputation(two_dig
                                      bytes.fromhex(second.tree_root), [bytes.fromhex(p) for p in doc["proof"]])
 
 
-def _triggers_off_update(sql, params):
-    with connection.cursor() as cursor:
-        cursor.execute("SET session_replication_role = replica")
-        try:
-            cursor.execute(sql, params)
-        finally:
-            cursor.execute("SET session_replication_role = DEFAULT")
-
 
 def test_a_digest_with_an_altered_root_is_a_forgery(two_digests):
     first, _ = two_digests
-    _triggers_off_update("UPDATE audit_auditdigest SET day_root = repeat('c', 64) WHERE id = %s", [first.pk])
+    execute_with_triggers_off("UPDATE audit_auditdigest SET day_root = repeat('c', 64) WHERE id = %s", [first.pk])
     result = audit.verify()
     assert not result.ok
     assert result.problem == f"digest {first.day} (seq 1..11) has a bad signature: it was forged or altered"
@@ -260,7 +253,7 @@ def test_a_digest_signed_with_another_key_is_a_forgery(two_digests):
     other = Ed25519PrivateKey.generate()
     second.head_hash = "d" * 64
     forged = base64.b64encode(other.sign(digests.signed_message(digests.digest_body(second)))).decode()
-    _triggers_off_update("UPDATE audit_auditdigest SET head_hash = %s, signature = %s WHERE id = %s",
+    execute_with_triggers_off("UPDATE audit_auditdigest SET head_hash = %s, signature = %s WHERE id = %s",
                          ["d" * 64, forged, second.pk])
     result = audit.verify()
     assert not result.ok and result.problem.startswith(f"digest {second.day}") and "bad signature" in result.problem
