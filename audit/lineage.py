@@ -53,13 +53,17 @@ def _audit_bodies(entries) -> list[dict]:
 
 
 def _callbacks(event_id) -> list[dict]:
+    return _callbacks_of([event_id])
+
+
+def _callbacks_of(event_ids) -> list[dict]:
     from billing_sync.models import CallbackDelivery
 
     return [{"id": str(d.pk), "source_system": d.source_system.name, "kind": d.kind, "status": d.status,
              "attempts": d.attempts, "last_status_code": d.last_status_code, "last_error": d.last_error or None,
              "created_at": _iso(d.created_at), "delivered_at": _iso(d.delivered_at)}
-            for d in CallbackDelivery.objects.filter(event_id=event_id).select_related("source_system")
-            .order_by("created_at")]
+            for d in CallbackDelivery.objects.filter(event_id__in=list(event_ids)).select_related("source_system")
+            .order_by("created_at", "id")]
 
 
 def exception_trace(exception_id) -> dict:
@@ -279,7 +283,7 @@ def _common(*, events, journals, approvals, exceptions, invoices, extra_objects=
         "approvals": [_attach(_approval_step(a), "approval", a.pk, grouped) for a in approvals],
         "exceptions": [_attach(_exception_step(x), "exception", x.pk, grouped) for x in exceptions],
         "reconciliation": {"invoices": [_reconciliation(i) for i in invoices]},
-        "callbacks": [c for e in events for c in _callbacks(e.pk)],
+        "callbacks": _callbacks_of(event_ids) if event_ids else [],
         "audit": bodies,
         "_grouped": grouped,
     }
@@ -370,9 +374,17 @@ def _related_journal_ids(journal, invoices) -> set:
         query = Q()
         for i in invoices:
             query |= Q(journal__source_system=i.source_system, invoice_id=i.invoice_id)
-        ids |= set(JournalLine.objects.filter(query, journal__entity=journal.entity)
-                   .values_list("journal_id", flat=True))
+        ids |= set(_lines_on_invoices(journal.entity, query).values_list("journal_id", flat=True))
     return ids
+
+
+def _lines_on_invoices(entity, query):
+    """Lines of `entity` matching `query` (invoice ids), through the (account, invoice_id) index: naming
+    the entity's accounts lets PostgreSQL probe it per account instead of reading every line."""
+    from ledger.models import Account, JournalLine
+
+    accounts = list(Account.objects.filter(entity=entity).values_list("pk", flat=True))
+    return JournalLine.objects.filter(query, account_id__in=accounts, journal__entity=entity)
 
 
 def _batch_step(batch, grouped) -> dict:
@@ -401,10 +413,11 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
     credit_notes = list(CreditNote.objects.filter(invoice=invoice).order_by("id"))
     write_offs = list(WriteOff.objects.filter(invoice=invoice).order_by("id"))
     refunds = list(Refund.objects.filter(invoice=invoice).order_by("id"))
-    journal_ids = set(_journals_qs().filter(
-        Q(source_system=source_system, lines__invoice_id=invoice_id) |
-        Q(source_system=source_system, document_type="invoice", document_id=invoice_id),
-        entity=invoice.entity).values_list("pk", flat=True))
+    journal_ids = set(_lines_on_invoices(invoice.entity, Q(journal__source_system=source_system,
+                                                           invoice_id=invoice_id)).values_list("journal_id", flat=True))
+    journal_ids |= set(_journals_qs().filter(source_system=source_system, document_type="invoice",
+                                             document_id=invoice_id, entity=invoice.entity)
+                       .values_list("pk", flat=True))
     journals = list(_journals_qs().filter(pk__in=journal_ids))
     event_ids = set(CanonicalChange.objects.filter(
         event__source_system=source_system, document_type="invoice", document_id=invoice_id)
@@ -470,7 +483,7 @@ _HISTORY_SKIP = {"history_id", "history_date", "history_change_reason", "history
 def history_diffs(obj) -> list[dict]:
     """The object's simple-history versions, newest first, each with what changed against the one before
     (`changes`: field, old, new, as text) and who/when/type; the first version lists its values as new."""
-    records = list(obj.history.all().order_by("-history_date", "-history_id"))
+    records = list(obj.history.all().select_related("history_user").order_by("-history_date", "-history_id"))
     out = []
     for index, record in enumerate(records):
         previous = records[index + 1] if index + 1 < len(records) else None
@@ -506,22 +519,18 @@ def invoice_versions(invoice) -> list[dict]:
 def erp_reference_trace(entity_code: str, erp_document_ref: str, *, user=None) -> dict:
     """An ERP document reference back to what produced it: the journal that carries it (single mode) or
     the ERP batch and its member journals (batch mode), their attempts that returned it, then the events,
-    invoices, approvals and exceptions behind them. Scoped like the others (TraceNotFound outside)."""
-    from ledger.models import ErpBatch, PostingAttempt
+    invoices, approvals and exceptions behind them. Scoped like the others (TraceNotFound outside).
+    Both look-ups are unique-index probes (a journal outside a batch, or the batch)."""
+    from ledger.models import ErpBatch
 
     ref = (erp_document_ref or "").strip()
     if not ref:
         raise TraceNotFound("no ERP document reference given")
     _check_scope(user, entity_code)
-    journals = list(_journals_qs().filter(entity__code=entity_code, erp_document_ref=ref))
+    journals = list(_journals_qs().filter(entity__code=entity_code, erp_batch__isnull=True, erp_document_ref=ref))
     batch = ErpBatch.objects.filter(entity__code=entity_code, erp_document_ref=ref).first()
     if batch is not None:
         journals = list({j.pk: j for j in journals + list(_journals_qs().filter(erp_batch=batch))}.values())
-    if not journals:
-        # An attempt may have received a reference the journal does not (yet) carry: an ambiguous answer.
-        attempt_journals = PostingAttempt.objects.filter(journal__entity__code=entity_code,
-                                                         erp_document_ref=ref).values_list("journal_id", flat=True)
-        journals = list(_journals_qs().filter(pk__in=set(attempt_journals)))
     if not journals and batch is None:
         raise TraceNotFound(f"no ERP document {ref} for {entity_code}")
     journals.sort(key=lambda j: (j.created_at, str(j.pk)))

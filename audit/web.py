@@ -64,7 +64,9 @@ def _locate(user, query: str, entity: str) -> str | None:
         if visible_exception(user, as_uuid) is not None:
             return reverse("web-exception-detail", args=[as_uuid])
     # ERP references are unique per entity, not globally: the entity chosen (or the only one that has it).
-    ref_entities = set(journals.filter(erp_document_ref=query).values_list("entity__code", flat=True))
+    # Journals outside a batch and batches: both probe their unique (entity, erp_document_ref) index.
+    ref_entities = set(journals.filter(erp_batch__isnull=True, erp_document_ref=query)
+                       .values_list("entity__code", flat=True))
     ref_entities |= set(roles.scope(ErpBatch.objects.filter(erp_document_ref=query), user, "entity__code")
                         .filter(**({"entity__code__in": codes} if codes else {}))
                         .values_list("entity__code", flat=True))

@@ -204,3 +204,25 @@ def test_erp_batch_reference_finds_every_member_journal(entity, integration, aud
     assert {j["erp_batch"] for j in trace["journals"]} == {str(batch.pk)} and len(trace["journals"]) == 2
     assert {i["invoice_id"] for i in trace["reconciliation"]["invoices"]} == {"inv_b1", "inv_b2"}
     assert len(trace["events"]) == 2
+
+
+def test_invoice_and_journal_traces_run_a_fixed_number_of_queries(entity, integration):
+    """More payments on the invoice add rows, not queries (no per-event or per-journal look-ups)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    integration.send(f.customer("cus_q"))
+    integration.send(f.invoice("inv_q", customer_id="cus_q", lines=[("500.00", "0")]))
+    counts = []
+    for batch in range(2):
+        for n in range(3):
+            integration.send(f.payment(f"pay_q{batch}{n}", customer_id="cus_q", amount="10.00",
+                                       allocations=[("inv_q", "10.00")]))
+        journal = Journal.objects.filter(document_id="inv_q").order_by("created_at").first()
+        with CaptureQueriesContext(connection) as invoice_queries:
+            trace = lineage.invoice_trace(f.SOURCE, "inv_q")
+        with CaptureQueriesContext(connection) as journal_queries:
+            lineage.journal_trace(journal.pk)
+        counts.append((len(invoice_queries), len(journal_queries)))
+        assert len(trace["payments"]) == 3 * (batch + 1)
+    assert counts[0] == counts[1], counts

@@ -10,9 +10,9 @@ from django.test import Client
 
 from audit.models import AuditEntry
 from billing_sync import tokens
-from billing_sync.models import Invoice
+from billing_sync.models import Customer, Invoice
 from config import correlation
-from exceptions_queue.models import ExceptionRecord
+from exceptions_queue.models import ApprovalPolicy, ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Account, AccountMapping, Entity, Journal
 from tests import factories as f
@@ -132,7 +132,8 @@ def test_nav_offers_trace_to_readers_and_evidence_to_auditors_and_admins(book):
 
 @pytest.mark.parametrize(("model", "lookup"), [
     (Invoice, {"invoice_id": "inv_tp"}), (Entity, {"code": "US01"}), (Account, {"entity__code": "US01", "code": "1200"}),
-    (AccountMapping, {"entity__code": "US01", "role": "receivable"}),
+    (AccountMapping, {"entity__code": "US01", "role": "receivable"}), (Customer, {"customer_id": "cus_tp"}),
+    (ApprovalPolicy, {"entity__code": "US01"}),
 ])
 def test_admin_history_view_renders_with_changes(book, model, lookup):
     obj = model.objects.filter(**lookup).first()
@@ -140,6 +141,11 @@ def test_admin_history_view_renders_with_changes(book, model, lookup):
     if model is Entity:
         with correlation.bound(None):
             ledger.entity_rename(entity=obj, name="Tieout US Inc.", actor="test")
+    if model is ApprovalPolicy:
+        from exceptions_queue import services as queue
+
+        with correlation.bound(None):
+            queue.approval_policy_update(entity=obj.entity, values={"credit_note_threshold": "432.00"}, actor="test")
     if model is Account:
         with correlation.bound(None):
             ledger.account_update(entity=obj.entity, account_code=obj.code, name="Receivables (trade)",
@@ -155,3 +161,5 @@ def test_admin_history_view_renders_with_changes(book, model, lookup):
         assert "Tieout US Inc." in html
     if model is Account:
         assert "Receivables (trade)" in html
+    if model is ApprovalPolicy:
+        assert "432" in html
