@@ -426,6 +426,8 @@ PATHS = [
         stdout=io.StringIO()), {"audit.evidence_exported"}),
     Path("command: load_demo", lambda c, _: c.after_commit(call_command, "load_demo", stdout=io.StringIO()),
          {"event.received", "invoice.created", "journal.posted"}),
+    Path("task: post a journal", lambda c, j: ledger_tasks().post_journal.apply(args=[str(j)]), {"journal.posted"},
+         prepare=lambda c: _ready_journal(c)),
     Path("task: process an event", lambda c, e: billing_tasks().process_events.apply(args=[[str(e)]]), {"event.processed", "customer.created"}, prepare=lambda c: _accepted_event(c)),
 ]
 
@@ -449,6 +451,23 @@ def _accepted_event(ctx):
     response = ctx.api.client.post("/api/v1/events", data=json.dumps(f.customer("cus_t")),
                                    content_type="application/json")
     return response.json()["id"]
+
+
+def _ready_journal(ctx):
+    """A journal created by processing (the task, not the request) whose posting has not been handed on."""
+    ctx.send(f.customer("cus_c"))
+    response = ctx.api.client.post("/api/v1/events", content_type="application/json",
+                                   data=json.dumps(f.invoice("inv_t", customer_id="cus_c", lines=[("9.00", "0")])))
+    billing_tasks().process_events.apply(args=[[response.json()["id"]]])
+    journal = Journal.objects.get(document_id="inv_t")
+    assert journal.status == "ready"
+    return journal.pk
+
+
+def ledger_tasks():
+    from ledger import tasks
+
+    return tasks
 
 
 def billing_services():

@@ -66,6 +66,7 @@ def test_auditor_follows_an_erp_reference_to_invoice_and_event_and_downloads_a_p
     page.get_by_label("From (UTC day, included)").fill(day)
     page.get_by_label("To (UTC day, included)").fill(day)
     shot(page, "evidence")
+    assert_accessible(page, "/evidence/ at 1280px")
     with page.expect_download() as info:
         page.get_by_role("button", name="Download evidence pack").click()
     download = info.value
@@ -97,3 +98,12 @@ def test_trace_pages_by_keyboard_fit_the_screen_and_pass_axe(new_page, posted, w
         overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
         assert overflow <= 0, (path, width, overflow)
         assert_accessible(page, f"{path} at {width}px")
+
+
+def test_evidence_page_fits_a_phone_and_passes_axe(new_page, posted):
+    page = new_page(width=390, height=900)
+    login(page, "aude-auditor")
+    page.goto("/evidence/")
+    overflow = page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    assert overflow <= 0, overflow
+    assert_accessible(page, "/evidence/ at 390px")
