@@ -41,6 +41,14 @@ def _as_uuid(text: str):
         return None
 
 
+class _Ambiguous(Exception):
+    """The reference is an ERP document of several entities: the reader must say which."""
+
+    def __init__(self, entities):
+        super().__init__(entities)
+        self.entities = entities
+
+
 def _locate(user, query: str, entity: str) -> str | None:
     """Where the search text leads (a page URL), looking only inside the user's entities."""
     from billing_sync.models import Event, Invoice
@@ -72,6 +80,8 @@ def _locate(user, query: str, entity: str) -> str | None:
                         .values_list("entity__code", flat=True))
     if len(ref_entities) == 1:
         return reverse("web-trace-erp", args=[ref_entities.pop(), query])
+    if len(ref_entities) > 1:
+        raise _Ambiguous(sorted(ref_entities))
     invoice = invoices.filter(invoice_id=query).order_by("source_system").first()
     if invoice is not None:
         return reverse("web-trace-invoice", args=[invoice.source_system, invoice.invoice_id])
@@ -90,7 +100,11 @@ def trace_search(request):
     if query:
         if entity and entity not in entities:
             entity = ""  # not one of theirs: search what they may see, never the other entity
-        target = _locate(request.user, query, entity)
+        try:
+            target = _locate(request.user, query, entity)
+        except _Ambiguous as ambiguous:
+            context["ambiguous"] = ambiguous.entities
+            return render(request, "audit/search.html", context)
         if target:
             return redirect(target)
         context["not_found"] = True

@@ -163,3 +163,34 @@ def test_admin_history_view_renders_with_changes(book, model, lookup):
         assert "Receivables (trade)" in html
     if model is ApprovalPolicy:
         assert "432" in html
+
+
+def test_an_erp_reference_of_two_entities_asks_which(book, integration, monkeypatch):
+    """ERP document numbers are unique per entity only (each entity's ERP numbers its own): two ERPNext
+    stand-ins both answer ACC-JV-2026-00001, and the search lists both entities instead of guessing."""
+    from tests.standins.erpnext import ErpNextStandin
+
+    monkeypatch.setenv("TEST_ERPNEXT_TOKEN", "key:secret")
+    with correlation.bound(None), transaction.atomic():
+        ledger.entity_setup(code="GB01", currency="GBP", name="Tieout UK", actor="test")
+    servers = [ErpNextStandin(company=name).start() for name in ("Tieout US", "Tieout UK")]
+    try:
+        for code, server in zip(("US01", "GB01"), servers):
+            ledger.entity_configure_erp(entity=Entity.objects.get(code=code), connector="erpnext", actor="test",
+                                        erp_settings={"url": server.url, "company": server.company,
+                                                      "token_env": "TEST_ERPNEXT_TOKEN"})
+        integration.send(f.invoice("inv_us2", customer_id="cus_tp", lines=[("10.00", "0")]))
+        integration.send(f.customer("cus_gb", entity="GB01"))
+        integration.send(f.invoice("inv_gb", customer_id="cus_gb", currency="GBP", entity="GB01"))
+    finally:
+        for server in servers:
+            server.stop()
+    ref = Journal.objects.get(document_id="inv_gb").erp_document_ref
+    assert Journal.objects.get(document_id="inv_us2").erp_document_ref == ref
+    aude = client_for("aude-auditor")
+    response = aude.get("/trace/", {"q": ref})
+    html = response.content.decode()
+    assert response.status_code == 200 and "is an ERP document of several entities" in html
+    assert f'href="/trace/erp/US01/{ref}/"' in html and f'href="/trace/erp/GB01/{ref}/"' in html
+    chosen = aude.get("/trace/", {"q": ref, "entity": "GB01"})
+    assert chosen.status_code == 302 and chosen["Location"] == f"/trace/erp/GB01/{ref}/"
