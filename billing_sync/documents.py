@@ -386,6 +386,11 @@ def payment_refunded(event: Event, data: dict, actor) -> Outcome:
     invoice = None
     if data.get("invoice_id"):
         invoice = _invoice_locked(ss, data["invoice_id"], payment.entity)
+        if invoice.status == Invoice.Status.VOIDED:
+            # A voided invoice has nothing open and nothing paid on it: naming it would put the refund on a
+            # receivable that billing shows as 0 (a reconciliation break the property test found).
+            raise BusinessRuleError(Codes.OVER_REFUND, f"refund of {amount} names invoice {invoice.invoice_id}, "
+                                                       f"which is voided: nothing was paid on it to refund")
         before = _snapshot_invoice(invoice)
         invoice.refunded_total += amount
         invoice.save(update_fields=["refunded_total"])

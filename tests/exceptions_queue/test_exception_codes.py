@@ -323,6 +323,16 @@ def test_refund_without_invoice_above_the_unapplied_balance(invoiced, integratio
     assert open_amounts(auditor) == ("67.25", "67.25")
 
 
+def test_refund_naming_a_voided_invoice_is_refused_and_books_nothing(invoiced, integration, auditor):
+    """Found by the property test: the refund's Dr 1200 would reopen a receivable billing shows as 0."""
+    send(integration, f.invoice("inv_v", customer_id=CUS, lines=[("20.00", "0")]))
+    send(integration, f.invoice_voided("inv_v"))
+    send(integration, f.payment("pay_v", customer_id=CUS, amount="30.00"))
+    send_exception(integration, f.refund("pay_v", "2.28", invoice_id="inv_v"), "over_refund")
+    assert open_amounts(auditor, "inv_v") == ("0.00", "0.00")
+    assert Payment.objects.get(payment_id="pay_v").refunded_total == 0
+
+
 # --------------------------------------------------------------------------------------------- over_credit
 def test_credit_note_above_the_invoice_total(invoiced, integration, auditor):
     send_exception(integration, f.credit_note(INV, "100.00", tax="7.26"), "over_credit")
