@@ -30,6 +30,7 @@ class ExceptionRecord(models.Model):
         POSTING = "posting"
         CALLBACK = "callback"
         APPROVAL = "approval"
+        SYSTEM = "system"  # Tieout's own alarms, e.g. audit_chain_broken
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     code = models.CharField(max_length=50, db_index=True)

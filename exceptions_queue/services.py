@@ -532,7 +532,7 @@ def exception_open_system(*, code: str, message: str, actor) -> ExceptionRecord:
         code=code, event__isnull=True, journal__isnull=True).exclude(status=ExceptionRecord.Status.RESOLVED).first()
     if exc is not None:
         return exc
-    exc = ExceptionRecord.objects.create(code=code, message=message, process="system")
+    exc = ExceptionRecord.objects.create(code=code, message=message, process=ExceptionRecord.Process.SYSTEM)
     audit.record(actor=actor, action="exception.opened", object_type="exception", object_id=exc.pk,
                  after=_snapshot(exc))
     return exc
