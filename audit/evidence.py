@@ -109,6 +109,13 @@ def _json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _entry_row(r) -> list:
+    """One audit_entries.csv row: the columns, with before/after taken from the hashed content itself."""
+    document = json.loads(r[8])
+    return [r[0], r[1], _iso(r[2]), r[3], r[4], r[5], r[6], r[7] or "", _json(document.get("before")),
+            _json(document.get("after")), r[9], r[10], r[11]]
+
+
 def _tables() -> dict:
     from billing_sync.models import Event, Receipt
     from exceptions_queue.models import Approval, ApprovalDecision, ExceptionRecord
@@ -307,12 +314,9 @@ def export_evidence(*, entity_code: str, date_from: datetime.date, date_to: date
                                                "event_id", "before", "after", "correlation_id", "entry_hash",
                                                "chain_hash"],
                          f"""SELECT e.id, s.seq, e.at, e.actor, e.action, e.object_type, e.object_id,
-                                    e.event_id::text, e.before, e.after, e.correlation_id, e.entry_hash,
-                                    s.chain_hash
+                                    e.event_id::text, e.content, e.correlation_id, e.entry_hash, s.chain_hash
                              FROM audit_auditentry e JOIN audit_auditseal s ON s.entry_id = e.id
-                             WHERE {_entity_entries_where(t)} ORDER BY s.seq""", params,
-                         lambda r: [r[0], r[1], _iso(r[2]), r[3], r[4], r[5], r[6], r[7] or "", _json(r[8]),
-                                    _json(r[9]), r[10], r[11], r[12]])
+                             WHERE {_entity_entries_where(t)} ORDER BY s.seq""", params, _entry_row)
 
                 first_seq, last_seq = _chain_range(cursor, t, params, date_from, date_to)
                 cursor.execute("SELECT chain_hash, entry_id FROM audit_auditseal WHERE seq = %s", [first_seq - 1])

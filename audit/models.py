@@ -1,13 +1,20 @@
 """The audit log: entries written in the same transaction as the change, and the chain that seals them.
 
 An `AuditEntry` is inserted by `audit.services.record` inside the transaction that makes the change, so
-an entry exists exactly when its change committed. Its `entry_hash` covers its content. The chain
+an entry exists exactly when its change committed. Its `content` is the canonical JSON of the record
+(the bytes that were hashed, kept verbatim) and `entry_hash` is their SHA-256; the columns beside it
+(`at`, `actor`, `action`, the object, `event_id`, `correlation_id`) are its indexed projection, and the
+database refuses a row whose projection differs from its content (constraint `audit_entry_fields_match`,
+migration 0005), so verification only has to hash `content`. The chain
 (`AuditSeal`) is appended by the sealer in commit-visible order: seq 1, 2, 3 ... without gaps, each
 hash covering the previous one. Sealing outside the writers' transactions keeps writers from queueing
 on one chain-head lock. The database refuses UPDATE, DELETE and TRUNCATE on both tables.
 """
+import json
+
 from django.db import models
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 
 class AuditEntry(models.Model):
@@ -18,9 +25,10 @@ class AuditEntry(models.Model):
     object_type = models.CharField(max_length=60)
     object_id = models.CharField(max_length=100)
     event_id = models.UUIDField(null=True, blank=True)
-    before = models.JSONField(null=True, blank=True)
-    after = models.JSONField(null=True, blank=True)
     correlation_id = models.CharField(max_length=128, blank=True, default="")
+    # Canonical JSON (keys sorted, no spaces, UTF-8): what `entry_hash` is the SHA-256 of. Text, not jsonb,
+    # because jsonb would re-format it and the hash must be re-computable from what is stored.
+    content = models.TextField()
     entry_hash = models.CharField(max_length=64)
 
     class Meta:
@@ -33,6 +41,19 @@ class AuditEntry(models.Model):
 
     def __str__(self):
         return f"#{self.pk} {self.action} {self.object_type}:{self.object_id} by {self.actor}"
+
+    @cached_property
+    def document(self) -> dict:
+        return json.loads(self.content) if self.content else {}
+
+    @property
+    def before(self):
+        """The object's state before the change, as recorded (from `content`)."""
+        return self.document.get("before")
+
+    @property
+    def after(self):
+        return self.document.get("after")
 
 
 class AuditSeal(models.Model):

@@ -15,7 +15,7 @@ import logging
 import time
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from audit import merkle
@@ -74,10 +74,7 @@ def entry_content(*, at, actor, action, object_type, object_id, event_id, before
 
 
 def compute_entry_hash(entry: AuditEntry) -> str:
-    content = entry_content(at=entry.at, actor=entry.actor, action=entry.action, object_type=entry.object_type,
-                            object_id=entry.object_id, event_id=entry.event_id, before=entry.before,
-                            after=entry.after, correlation_id=entry.correlation_id)
-    return hashlib.sha256(canonical_json(content)).hexdigest()
+    return hashlib.sha256(entry.content.encode()).hexdigest()
 
 
 def chain_hash(prev_hash: str, seq: int, entry_id: int, entry_hash: str) -> str:
@@ -85,20 +82,16 @@ def chain_hash(prev_hash: str, seq: int, entry_id: int, entry_hash: str) -> str:
 
 
 def _build(*, actor, action, object_type, object_id, event_id=None, before=None, after=None,
-           correlation_id=None, at=None, native=False) -> AuditEntry:
-    entry = AuditEntry(
-        at=at or timezone.now(),
-        actor=actor_label(actor),
-        action=action,
-        object_type=object_type,
-        object_id=str(object_id),
-        event_id=event_id,
-        # `native`: the caller promises plain JSON values (str, int, bool, None, lists, dicts), so the
-        # round trip that turns Decimals and dates into strings can be skipped (hot batch paths).
-        before=before if native else jsonable(before),
-        after=after if native else jsonable(after),
-        correlation_id=correlation_id or correlation.get() or "",
-    )
+           correlation_id=None, at=None) -> AuditEntry:
+    at = at or timezone.now()
+    actor, object_id = actor_label(actor), str(object_id)
+    correlation_id = correlation_id or correlation.get() or ""
+    # Money and dates become strings here, once: `content` is what is stored, hashed and read back.
+    content = canonical_json(entry_content(at=at, actor=actor, action=action, object_type=object_type,
+                                           object_id=object_id, event_id=event_id, before=before, after=after,
+                                           correlation_id=correlation_id)).decode()
+    entry = AuditEntry(at=at, actor=actor, action=action, object_type=object_type, object_id=object_id,
+                       event_id=event_id, correlation_id=correlation_id, content=content)
     # TIEOUT_AUDIT_HASHING=off exists for bench/audit_chain.py only (the cost of the chain, measured):
     # entries written that way never verify, and nothing else may turn it off.
     entry.entry_hash = compute_entry_hash(entry) if settings.TIEOUT_AUDIT_HASHING else UNHASHED
@@ -115,14 +108,16 @@ def _require_transaction():
 # entry still being written from a gap left by a rollback (see `seal`). Costs nothing measurable.
 _RECORD_SQL = """
 WITH tx AS MATERIALIZED (SELECT pg_current_xact_id() AS xid)
-INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, event_id, before, after, correlation_id,
+INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, event_id, correlation_id, content,
                               entry_hash)
-SELECT %s, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb, %s, %s FROM tx WHERE tx.xid IS NOT NULL RETURNING id
+SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s FROM tx WHERE tx.xid IS NOT NULL RETURNING id
 """
 
 
-def _json_or_none(value):
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+def record_params(entry: AuditEntry) -> list:
+    """`_RECORD_SQL`'s parameters for a built entry."""
+    return [entry.at, entry.actor, entry.action, entry.object_type, entry.object_id, entry.event_id,
+            entry.correlation_id, entry.content, entry.entry_hash]
 
 
 def record(*, actor, action: str, object_type: str, object_id, event_id=None, before=None, after=None,
@@ -133,9 +128,7 @@ def record(*, actor, action: str, object_type: str, object_id, event_id=None, be
     # A plain INSERT: this runs several times in every transaction of the system, and the ORM's
     # save() machinery (signals, field preparation) costs more than the statement itself.
     with connection.cursor() as cursor:
-        cursor.execute(_RECORD_SQL, [entry.at, entry.actor, entry.action, entry.object_type, entry.object_id,
-                                     entry.event_id, _json_or_none(entry.before), _json_or_none(entry.after),
-                                     entry.correlation_id, entry.entry_hash])
+        cursor.execute(_RECORD_SQL, record_params(entry))
         entry.pk = cursor.fetchone()[0]
     entry._state.adding = False
     return entry
@@ -143,27 +136,26 @@ def record(*, actor, action: str, object_type: str, object_id, event_id=None, be
 
 _RECORD_MANY_SQL = """
 WITH tx AS MATERIALIZED (SELECT pg_current_xact_id() AS xid)
-INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, event_id, before, after, correlation_id,
+INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, event_id, correlation_id, content,
                               entry_hash)
-SELECT %s, u.actor, u.action, u.object_type, u.object_id, u.event_id, u.before, u.after, u.correlation_id,
-       u.entry_hash
+SELECT %s, u.actor, u.action, u.object_type, u.object_id, u.event_id, u.correlation_id, u.content, u.entry_hash
 FROM tx, jsonb_to_recordset(%s::jsonb) AS u(actor text, action text, object_type text, object_id text, event_id uuid,
-                                            before jsonb, after jsonb, correlation_id text, entry_hash text)
+                                            correlation_id text, content text, entry_hash text)
 WHERE tx.xid IS NOT NULL
 """
 
 
-def record_many(items: list[dict], *, native: bool = False) -> int:
+def record_many(items: list[dict]) -> int:
     """Many entries in one INSERT (batch ingest); each dict takes `record`'s keyword arguments.
 
     The rows travel as one JSON document: binding them as arrays costs far more in client-side escaping.
     """
     _require_transaction()
     now = timezone.now()
-    entries = [_build(at=now, native=native, **item) for item in items]
+    entries = [_build(at=now, **item) for item in items]
     rows = [{"actor": e.actor, "action": e.action, "object_type": e.object_type, "object_id": e.object_id,
-             "event_id": str(e.event_id) if e.event_id else None, "before": e.before, "after": e.after,
-             "correlation_id": e.correlation_id, "entry_hash": e.entry_hash} for e in entries]
+             "event_id": str(e.event_id) if e.event_id else None, "correlation_id": e.correlation_id,
+             "content": e.content, "entry_hash": e.entry_hash} for e in entries]
     with connection.cursor() as cursor:
         cursor.execute(_RECORD_MANY_SQL, [now, json.dumps(rows, separators=(",", ":"))])
     return len(rows)
@@ -294,21 +286,63 @@ class _Bad(Exception):
         self.problem, self.entry_id, self.seq = problem, entry_id, seq
 
 
-# Seals and entries are streamed by two cursors and merged here (the chain is in id order), which is
-# cheaper than a join. `at` is formatted by PostgreSQL exactly as Python's isoformat() of the UTC time
-# (no fraction when the microseconds are 0), which saves parsing and re-formatting a datetime per row.
+# The thorough pass streams seals and entries with two cursors and merges them here (the chain is in id
+# order), so that whatever was done to either table it can say which entry and what.
 _VERIFY_SEALS_SQL = """
 SELECT seq, entry_id, entry_hash, prev_hash, chain_hash FROM audit_auditseal WHERE seq >= %s ORDER BY seq
 """
 _VERIFY_ENTRIES_SQL = """
-SELECT e.id,
-       to_char(e.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
-         || CASE WHEN date_part('microseconds', e.at)::bigint %% 1000000 = 0 THEN ''
-                 ELSE to_char(e.at AT TIME ZONE 'UTC', '.US') END || '+00:00',
-       e.actor, e.action, e.object_type, e.object_id, e.event_id::text, e.before::text, e.after::text,
-       e.correlation_id, e.entry_hash
-FROM audit_auditentry e WHERE e.id > %s ORDER BY e.id
+SELECT e.id, e.content, e.entry_hash FROM audit_auditentry e WHERE e.id > %s ORDER BY e.id
 """
+
+# The fast pass: one COPY stream of every entry after the start, in id order, with its seal (a merge join
+# of two index scans: no sort, no hash table), each line carrying exactly the bytes to hash: PostgreSQL
+# builds the link text "prev|seq|entry_id|entry_hash" (its integer output is Python's) and Python hashes it
+# and the content. Entries not sealed yet come last, with empty seal columns.
+_FAST_SQL = """
+COPY (SELECT s.seq, s.prev_hash || '|' || s.seq || '|' || s.entry_id || '|' || s.entry_hash, s.chain_hash,
+             e.entry_hash = s.entry_hash, e.content
+      FROM audit_auditentry e LEFT JOIN audit_auditseal s ON s.entry_id = e.id
+      WHERE e.id > {after} ORDER BY e.id) TO STDOUT
+"""
+
+# What migration 0005 installed, as PostgreSQL prints it back: verification is only as good as the
+# guarantee that the indexed columns are the hashed content, so it first checks that nobody (a superuser
+# included) dropped, re-defined or un-validated that guarantee, or switched off the append-only guards.
+_FIELDS_CONSTRAINT = (
+    "CHECK ((NOT (ROW(at, (actor)::text, (action)::text, (object_type)::text, (object_id)::text, event_id, "
+    "(correlation_id)::text)::audit_entry_fields IS DISTINCT FROM jsonb_populate_record(NULL::audit_entry_fields, "
+    "(content)::jsonb))))")
+_FIELDS_TYPE = [("at", "timestamp with time zone"), ("actor", "text"), ("action", "text"), ("object_type", "text"),
+                ("object_id", "text"), ("event_id", "uuid"), ("correlation_id", "text")]
+_GUARDS = {"audit_auditentry": ["audit_entry_append_only", "audit_entry_no_truncate"],
+           "audit_auditseal": ["audit_seal_append_only", "audit_seal_no_truncate"]}
+
+
+def schema_problem(cursor) -> str:
+    """'' when the audit tables still carry their guarantees, else what was changed."""
+    cursor.execute("""SELECT pg_get_constraintdef(c.oid), c.convalidated FROM pg_constraint c
+                      WHERE c.conrelid = 'audit_auditentry'::regclass AND c.conname = 'audit_entry_fields_match'""")
+    found = cursor.fetchone()
+    if found is None:
+        return "the audit table's guarantee that its columns are the hashed content (audit_entry_fields_match) was dropped"
+    if " ".join(found[0].split()) != _FIELDS_CONSTRAINT or not found[1]:
+        return ("the audit table's guarantee that its columns are the hashed content (audit_entry_fields_match) was "
+                f"altered or not validated: {found[0]}")
+    cursor.execute("""SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_type t
+                      JOIN pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+                      WHERE t.typname = 'audit_entry_fields' AND t.typnamespace = current_schema()::regnamespace
+                      ORDER BY a.attnum""")
+    if [tuple(r) for r in cursor.fetchall()] != _FIELDS_TYPE:
+        return "the row type audit_entry_fields behind the audit table's content check was altered"
+    for table, names in _GUARDS.items():
+        cursor.execute("SELECT tgname, tgenabled FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
+                       [table])
+        state = dict(cursor.fetchall())
+        for name in names:
+            if state.get(name) != "O":
+                return f"the append-only guard {name} on {table} was {'disabled' if name in state else 'dropped'}"
+    return ""
 
 
 class _DigestTracker:
@@ -355,14 +389,23 @@ class _DigestTracker:
 
 
 def verify(*, chunk: int = 10_000, from_digest: AuditDigest | None = None, from_seq: int = 1,
-           prev_hash: str = GENESIS, prev_entry_id: int = 0, check_digests: bool = True) -> VerifyResult:
-    """Re-check sealed entries and the chain in seq order, streamed (server-side cursor, constant memory).
+           prev_hash: str = GENESIS, prev_entry_id: int = 0, check_digests: bool = True,
+           roots: bool = False) -> VerifyResult:
+    """Re-check sealed entries and the chain in seq order, streamed (constant memory). Names the first bad entry.
 
     From the start (default), from a signed digest (its range onwards, starting from the head it signs
     before it), or from a seq whose predecessor's chain hash and entry id the caller vouches for (the
-    scheduled incremental run). Every digest met on the way is checked too. Then entries that are not in
-    the chain but lie before its head are looked for: an entry inserted into the past. Names the first
-    bad entry.
+    scheduled incremental run). What it proves: the audit tables still carry their database guarantees;
+    every sealed entry's content hashes to its entry hash; the chain links without a gap, in entry-id
+    order, from the start to the head; every signed digest met on the way has a valid signature and its
+    signed heads are the chain's (so nothing it signed changed); and no entry before the head is missing
+    from the chain (inserted into the past).
+
+    The fast pass checks exactly that and no more. When it finds anything wrong, or with `roots=True`, the
+    thorough pass runs: it walks seals and entries separately so that it can say what happened to which
+    entry (edited, deleted, inserted, reordered), and it also re-computes every digest's Merkle roots
+    (day and whole tree) from the entry hashes: the roots are a function of the very hashes the signed
+    heads already bind, so re-computing them checks the signer's arithmetic, which costs as much again.
     """
     from audit import digests as digest_mod
 
@@ -377,6 +420,10 @@ def verify(*, chunk: int = 10_000, from_digest: AuditDigest | None = None, from_
         tree = merkle.Frontier()
     with transaction.atomic():
         try:
+            with connection.cursor() as cursor:
+                problem = schema_problem(cursor)
+                if problem:
+                    raise _Bad(problem)
             digests = []
             raw_public = b""
             if check_digests:
@@ -387,7 +434,11 @@ def verify(*, chunk: int = 10_000, from_digest: AuditDigest | None = None, from_
                     digests = [d for d in digests if d.first_seq >= from_seq]
                 if digests:
                     raw_public = digest_mod.public_key_bytes()
-            tracker = _DigestTracker(digests, tree, raw_public)
+            tracker = _DigestTracker(digests, tree, raw_public)  # checks every signature first
+            fast = None if roots else _fast_pass(digests, from_seq, prev_hash, prev_entry_id)
+            if fast is not None:
+                count, head_seq, head_hash, last_id = fast
+                return VerifyResult(True, count, head_seq=head_seq, head_hash=head_hash, digests_checked=len(digests))
             with connection.cursor() as cursor, connection.cursor() as entries:
                 cursor.execute(f"DECLARE audit_verify_cur NO SCROLL CURSOR FOR {_VERIFY_SEALS_SQL}", [from_seq])
                 entries.execute(f"DECLARE audit_verify_entries NO SCROLL CURSOR FOR {_VERIFY_ENTRIES_SQL}",
@@ -398,17 +449,86 @@ def verify(*, chunk: int = 10_000, from_digest: AuditDigest | None = None, from_
                 finally:
                     cursor.execute("CLOSE audit_verify_cur")
                     cursor.execute("CLOSE audit_verify_entries")
-                tracker.finish(head_seq)
-                cursor.execute("""SELECT min(e.id) FROM audit_auditentry e WHERE e.id <= %s
-                                  AND NOT EXISTS (SELECT 1 FROM audit_auditseal s WHERE s.entry_id = e.id)""",
-                               [last_id])
-                inserted = cursor.fetchone()[0]
-                if inserted is not None:
-                    raise _Bad(f"entry {inserted} was inserted: it is not in the chain, yet the chain has sealed "
-                               f"later entries (up to entry {last_id})", inserted, None)
+            tracker.finish(head_seq)
+            _check_nothing_inserted(last_id)
         except _Bad as bad:
             return VerifyResult(False, 0, bad.problem, bad.entry_id, bad.seq)
     return VerifyResult(True, count, head_seq=head_seq, head_hash=head_hash, digests_checked=tracker.checked)
+
+
+def _check_nothing_inserted(last_id: int) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("""SELECT min(e.id) FROM audit_auditentry e WHERE e.id <= %s
+                          AND NOT EXISTS (SELECT 1 FROM audit_auditseal s WHERE s.entry_id = e.id)""", [last_id])
+        inserted = cursor.fetchone()[0]
+    if inserted is not None:
+        raise _Bad(f"entry {inserted} was inserted: it is not in the chain, yet the chain has sealed "
+                   f"later entries (up to entry {last_id})", inserted, None)
+
+
+def _fast_pass(digests: list[AuditDigest], from_seq: int, prev_hash: str, prev_entry_id: int):
+    """(count, head seq, head hash, last entry id) when everything holds; None at the first thing that does not.
+
+    Sound on its own: walking the entries after `prev_entry_id` in id order, their seals' seqs must run
+    from `from_seq` one by one (so the chain order is the id order, and a deleted entry, whose seal drops
+    out of the join, leaves a gap), every entry must be sealed up to the last sealed one (an unsealed one
+    below it was inserted), each link must hash from the previous chain hash, each content to its entry
+    hash, and the chain must pass through every signed head. It does not say what is wrong: the
+    thorough pass does.
+    """
+    marks: dict[int, bytes] = {}
+    for digest in digests:
+        for seq, expected in ((digest.first_seq - 1, digest.prev_head_hash), (digest.last_seq, digest.head_hash)):
+            if seq < from_seq - 1:
+                continue
+            if marks.setdefault(seq, expected.encode()) != expected.encode():
+                return None  # two digests disagree about one head
+    prev = prev_hash.encode()
+    if marks.get(from_seq - 1, prev) != prev:
+        return None
+    try:
+        # A savepoint: stopping the COPY half-way (cancelling it) aborts only this, not the caller's
+        # transaction, in which the thorough pass then runs.
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL jit = off")  # plain scans: compiling them costs more than it saves
+            expected_seq, prev, last_id = _fast_stream(cursor, marks, from_seq, prev, prev_entry_id)
+    except (_FastPassFailed, DatabaseError):
+        return None
+    head_seq = expected_seq - 1
+    if any(seq > head_seq for seq in marks):
+        return None  # a signed head beyond the end of the chain: its entries are gone
+    return head_seq - from_seq + 1, head_seq, prev.decode(), last_id
+
+
+class _FastPassFailed(Exception):
+    pass
+
+
+def _fast_stream(cursor, marks: dict, from_seq: int, prev: bytes, last_id: int) -> tuple[int, bytes, int]:
+    """The hot loop of the fast pass: (next seq, head hash, last sealed entry id), or _FastPassFailed."""
+    sha256 = hashlib.sha256
+    expected_seq = from_seq
+    unsealed = False
+    with cursor.cursor.copy(_FAST_SQL.format(after=int(last_id))) as copy:
+        for row in copy:
+            seq, link, chain, same, content = bytes(row)[:-1].split(b"\t", 4)
+            if seq == b"\\N":  # not sealed yet: from here on, nothing may be
+                unsealed = True
+                continue
+            if b"\\" in content:  # COPY's text format doubles backslashes (JSON has no raw control chars)
+                content = content.replace(b"\\\\", b"\\")
+            if (unsealed or int(seq) != expected_seq or link[:64] != prev or same != b"t"
+                    or sha256(content).hexdigest().encode() != link[-64:]
+                    or sha256(link).hexdigest().encode() != chain
+                    or (expected_seq in marks and marks[expected_seq] != chain)):
+                cursor.connection.cancel_safe()  # the rest of the stream is not needed
+                raise _FastPassFailed
+            prev = chain
+            expected_seq += 1
+            last_id = link
+    if expected_seq > from_seq:
+        last_id = int(last_id.split(b"|")[2])
+    return expected_seq, prev, last_id
 
 
 def _entry_stream(cursor, chunk: int):
@@ -422,32 +542,13 @@ def _entry_stream(cursor, chunk: int):
 
 def _verify_rows(cursor, entries_cursor, chunk: int, tracker: _DigestTracker, from_seq: int, prev: str,
                  last_id: int):
-    """The hot loop. Returns (count, head seq, head hash, last entry id).
+    """The thorough loop. Returns (count, head seq, head hash, last entry id).
 
     Walks the seals in seq order and the entries in id order side by side. An entry the walk passes
     without a seal asking for it is kept aside (only tampering produces one: a reordered chain asks for
     it later, an inserted one is reported by the caller's check for unsealed entries below the head).
-    The canonical JSON of an entry is assembled by hand in `canonical_json`'s exact byte order (keys
-    sorted: action, actor, after, at, before, correlation_id, event_id, object_id, object_type), with
-    the C string escaper, and each distinct before/after text is parsed and re-encoded once (a bounded
-    cache: most are small status documents that repeat). A test keeps this equal to `compute_entry_hash`.
     """
-    encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
-    quote = json.encoder.encode_basestring
-    loads = json.loads
     sha256 = hashlib.sha256
-    canon: dict = {}
-
-    def document(text):
-        if text is None:
-            return "null"
-        found = canon.get(text)
-        if found is None:
-            if len(canon) > 50_000:
-                canon.clear()
-            found = canon[text] = encode(loads(text))
-        return found
-
     stream = _entry_stream(entries_cursor, chunk)
     ahead = next(stream, None)
     aside: dict = {}
@@ -476,12 +577,8 @@ def _verify_rows(cursor, entries_cursor, chunk: int, tracker: _DigestTracker, fr
             if entry_id <= last_id:
                 raise _Bad(f"entry {entry_id} (seq {seq}) is out of order: it comes after entry {last_id} in the chain",
                            entry_id, seq)
-            _, at, actor, action, otype, oid, event_id, before, after, corr, stored_hash = row
-            text = "".join(('{"action":', quote(action), ',"actor":', quote(actor), ',"after":', document(after),
-                            ',"at":"', at, '","before":', document(before), ',"correlation_id":', quote(corr),
-                            ',"event_id":', "null" if event_id is None else quote(event_id),
-                            ',"object_id":', quote(oid), ',"object_type":', quote(otype), "}"))
-            if sha256(text.encode()).hexdigest() != seal_hash or stored_hash != seal_hash:
+            _, content, stored_hash = row
+            if sha256(content.encode()).hexdigest() != seal_hash or stored_hash != seal_hash:
                 raise _Bad(f"entry {entry_id} (seq {seq}) was altered", entry_id, seq)
             if prev_hash != prev or sha256(f"{prev}|{seq}|{entry_id}|{seal_hash}".encode()).hexdigest() != stored_chain:
                 raise _Bad(f"chain broken at entry {entry_id} (seq {seq})", entry_id, seq)

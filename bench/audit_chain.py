@@ -3,9 +3,10 @@
 The same gunicorn set-up, database and clients as bench/ingest.py (whose `hammer` it reuses), run in
 alternating rounds (on, off, on, off) so that drift on a shared machine hits both sides alike; the ratio
 is the on rounds' total accepted events over the off rounds'. "Hashing off" is the bench-only setting
-TIEOUT_AUDIT_HASHING=off: `audit.services.record` then skips the entry hash (canonical JSON + SHA-256
-per entry) and writes a placeholder that can never verify. Everything else an audited write does stays
-(the entry row, its transaction id taken first); the sealer is a beat task off the request path and does
+TIEOUT_AUDIT_HASHING=off: `audit.services.record` then skips the entry hash (SHA-256 of the entry's
+canonical content) and writes a placeholder that can never verify. Everything else an audited write does
+stays (the canonical content, which is stored either way, the entry row and the database's check of its
+columns against that content, its transaction id taken first); the sealer is a beat task off the request path and does
 not run here (as in bench/ingest.py: no Celery worker, no beat). Goal: on / off >= 0.90.
 
 Knobs: BENCH_SECONDS per round (10), BENCH_ROUNDS pairs (2), BENCH_CLIENTS (8), BENCH_DB (tieout_bench_chain).

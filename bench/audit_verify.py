@@ -1,13 +1,15 @@
 """`manage.py audit_verify` over 1,000,000 sealed entries: entries/s and peak memory (it streams).
 
 Seeds the bench database set-based: entries built and hashed by the application's own code
-(`audit.services._build`, so verification recomputes real hashes), spread over one month (November
+(`audit.services._build`, so verification recomputes real hashes, and the database checks each row's
+columns against its content as it does for `record`), spread over one month (November
 2026) and loaded with COPY, then chained in seq order exactly as the sealer does and loaded with COPY,
 then signed into daily digests by `audit.digests.digests_build` (so verification also recomputes every
 day's Merkle root and the whole tree). Then runs `manage.py audit_verify` as its own process and reports
 its wall time, the time it reports for the check itself, entries/s and the process's peak RSS, first
 at BENCH_AUDIT_SMALL entries and again at BENCH_AUDIT_ENTRIES: the same peak at both sizes is what
-"constant memory, streamed" means. The entries are synthetic changes of entity US01's objects
+"constant memory, streamed" means; then once more with `--roots` (the thorough pass, which also
+re-computes every digest's Merkle roots), for comparison. The entries are synthetic changes of entity US01's objects
 (object ids "US01:..."), with small before/after documents like the real ones.
 
 Knobs: BENCH_AUDIT_ENTRIES (1,000,000), BENCH_AUDIT_SMALL (200,000), BENCH_DB (tieout_bench_audit).
@@ -59,14 +61,13 @@ def seed(total: int, *, start: int = 0, batch: int = 100_000) -> float:
             entries.append(services._build(
                 actor="bench", action="journal.posted", object_type="journal", object_id=f"US01:{n}",
                 before={"status": "ready"}, after={"status": "posted", "erp_document_ref": f"JE-{n:08d}"},
-                correlation_id=f"corr-{n % 977}", at=at, native=True))
+                correlation_id=f"corr-{n % 977}", at=at))
         with raw.cursor() as cur:
-            with cur.copy("COPY audit_auditentry (at, actor, action, object_type, object_id, before, after, "
-                          "correlation_id, entry_hash) FROM STDIN") as copy:
+            with cur.copy("COPY audit_auditentry (at, actor, action, object_type, object_id, correlation_id, "
+                          "content, entry_hash) FROM STDIN") as copy:
                 for e in entries:
-                    copy.write_row((e.at, e.actor, e.action, e.object_type, e.object_id,
-                                    services._json_or_none(e.before), services._json_or_none(e.after),
-                                    e.correlation_id, e.entry_hash))
+                    copy.write_row((e.at, e.actor, e.action, e.object_type, e.object_id, e.correlation_id,
+                                    e.content, e.entry_hash))
             cur.execute("SELECT id, entry_hash FROM audit_auditentry WHERE id > coalesce((SELECT max(entry_id) "
                         "FROM audit_auditseal), 0) ORDER BY id")
             rows = cur.fetchall()
@@ -128,8 +129,8 @@ def timed_child(argv: list[str], env: dict) -> tuple[float, int, str, str]:
     return wall, peak, stdout, stderr
 
 
-def run_verify(env: dict, count: int) -> dict:
-    wall, rss, stdout, stderr = timed_child([str(c.BIN / "python"), "manage.py", "audit_verify"], env)
+def run_verify(env: dict, count: int, *extra: str) -> dict:
+    wall, rss, stdout, stderr = timed_child([str(c.BIN / "python"), "manage.py", "audit_verify", *extra], env)
     assert stdout.strip().splitlines()[-1].startswith("OK "), stdout
     reported = float(stderr.strip().split(" in ")[-1].split()[0])
     return {"count": count, "wall": wall, "check": reported, "rate": count / reported, "rss_mib": rss / 1024}
@@ -163,10 +164,13 @@ def main() -> None:
         done = size
         c.say(f"seeded and sealed {size:,} entries in {seconds:.1f} s; digest signed in {digest_all(round_no):.1f} s")
         figures.append(run_verify(env, size + round_no + 1))  # + the digests' own audit entries
+    thorough = run_verify(env, figures[-1]["count"], "--roots")
     c.say("")
     for f in figures:
         c.say(f"audit_verify over {f['count']:>9,} entries: {f['rate']:>9,.0f} entries/s (check {f['check']:.1f} s, "
               f"process wall {f['wall']:.1f} s incl. Django start-up), peak RSS {f['rss_mib']:.0f} MiB")
+    c.say(f"audit_verify --roots (the thorough pass, Merkle roots re-computed) over {thorough['count']:,} entries: "
+          f"{thorough['rate']:,.0f} entries/s (check {thorough['check']:.1f} s), peak RSS {thorough['rss_mib']:.0f} MiB")
     c.say(f"goal >= 200,000 entries/s: {'met' if figures[-1]['rate'] >= 200_000 else 'NOT met'}; memory "
           f"{figures[0]['rss_mib']:.0f} MiB at {figures[0]['count']:,} vs {figures[-1]['rss_mib']:.0f} MiB at "
           f"{figures[-1]['count']:,}")

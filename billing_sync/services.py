@@ -236,7 +236,9 @@ def receive_batch(*, body: bytes, user, headers, remote_addr=None) -> Answer:
                                   correlation_id=cid, received_at=now)
         fresh[identity] = {"index": index, "id": new_id, "payload": payload, "canonical": canonical.decode(),
                            "hash": phash, "cid": cid, "response": response}
-    rows = list(fresh.values())
+    # Inserted in one fixed order (by identity), whatever the batch's order: two batches that share events
+    # in different orders would otherwise each hold a key the other waits for, and deadlock.
+    rows = sorted(fresh.values(), key=lambda r: (r["payload"]["source_system"], r["payload"]["event_id"]))
     with transaction.atomic():
         receipt = Receipt.objects.create(
             received_at=now, endpoint="batch", client=_client_label(user), remote_addr=remote_addr,
@@ -286,7 +288,7 @@ def receive_batch(*, body: bytes, user, headers, remote_addr=None) -> Answer:
                  "event_id": r["id"], "correlation_id": r["cid"],
                  "after": {"source_system": r["payload"]["source_system"], "event_id": r["payload"]["event_id"],
                            "type": r["payload"]["type"], "payload_sha256": r["hash"], "receipt": receipt.pk}}
-                for r in rows if r["id"] in inserted], native=True)
+                for r in rows if r["id"] in inserted])
             ids = [r["id"] for r in rows if r["id"] in inserted]
             transaction.on_commit(lambda: schedule_processing(ids))
     return Answer(200, {"results": results})

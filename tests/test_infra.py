@@ -6,8 +6,10 @@ from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
 INSERT_AUDIT_ENTRY = """
-    INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, correlation_id, entry_hash)
-    VALUES (now(), 'test', 'infra.check', 'test', '1', '', repeat('0', 64))
+    INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, correlation_id, content, entry_hash)
+    VALUES ('2026-12-01T00:00:00Z', 'test', 'infra.check', 'test', '1', '',
+            '{"action":"infra.check","actor":"test","after":null,"at":"2026-12-01T00:00:00+00:00","before":null,'
+            '"correlation_id":"","event_id":null,"object_id":"1","object_type":"test"}', repeat('0', 64))
 """
 
 

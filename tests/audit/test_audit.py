@@ -25,7 +25,7 @@ from billing_sync.services import canonical_bytes
 from ledger import services as ledger
 from ledger.models import Journal, Period
 from tests import factories as f
-from tests.audit.tamper import triggers_off
+from tests.audit.tamper import edit_entry, triggers_off
 
 pytestmark = pytest.mark.django_db
 
@@ -197,8 +197,7 @@ def test_audit_verify_names_an_entry_whose_content_was_changed(entity, integrati
     victim = next(e for e in entries if e.action == "journal.posted")
     seq = AuditSeal.objects.get(entry=victim).seq
     with triggers_off() as cursor:
-        cursor.execute("""UPDATE audit_auditentry SET after = jsonb_set(after, '{erp_document_ref}', '"JE-FAKE"')
-                          WHERE id = %s""", [victim.pk])
+        edit_entry(cursor, victim.pk, after={**victim.after, "erp_document_ref": "JE-FAKE"})
     code, out = _verify()
     assert code == 1
     last = out.strip().splitlines()[-1]
@@ -209,11 +208,8 @@ def test_audit_verify_names_an_entry_whose_content_was_changed(entity, integrati
 def test_audit_verify_catches_a_change_whose_entry_hash_was_recomputed(entity, integration):
     entries = _sealed_history(integration)
     victim = next(e for e in entries if e.action == "invoice.created")
-    victim.actor = "someone-else"
-    forged = audit.compute_entry_hash(victim)
     with triggers_off() as cursor:
-        cursor.execute("UPDATE audit_auditentry SET actor = %s, entry_hash = %s WHERE id = %s",
-                       ["someone-else", forged, victim.pk])
+        edit_entry(cursor, victim.pk, actor="someone-else", rehash=True)
     code, out = _verify()
     assert code == 1
     assert out.strip().splitlines()[-1].startswith(f"FAIL entry {victim.pk}:")
@@ -360,7 +356,7 @@ def test_audit_verify_gives_the_same_answer_when_asked_again(entity, integration
     entries = _sealed_history(integration)
     victim = entries[2]
     with triggers_off() as cursor:
-        cursor.execute("UPDATE audit_auditentry SET actor = 'mallory' WHERE id = %s", [victim.pk])
+        edit_entry(cursor, victim.pk, actor="mallory")
     first = audit.verify()
     assert not first.ok and first.bad_entry_id == victim.pk
     second = audit.verify()

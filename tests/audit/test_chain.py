@@ -27,7 +27,7 @@ from audit import digests
 from audit import services as audit
 from audit.models import AuditCheck, AuditEntry, AuditSeal
 from exceptions_queue.models import ExceptionRecord
-from tests.audit.tamper import triggers_off
+from tests.audit.tamper import edit_entry, insert_entry, triggers_off
 
 
 def _verify_cmd(*args) -> tuple[int, str]:
@@ -56,9 +56,7 @@ def _record_on(conn, object_id: str) -> int:
     entry = audit._build(actor="other", action="test.late", object_type="thing", object_id=object_id,
                          after={"n": object_id})
     with conn.cursor() as cursor:
-        cursor.execute(audit._RECORD_SQL, [entry.at, entry.actor, entry.action, entry.object_type, entry.object_id,
-                                           None, None, json.dumps(entry.after), entry.correlation_id,
-                                           entry.entry_hash])
+        cursor.execute(audit._RECORD_SQL, audit.record_params(entry))
         return cursor.fetchone()[0]
 
 
@@ -201,8 +199,46 @@ def test_an_edited_entry_is_named():
     entries = _sealed()
     victim = entries[4]
     with triggers_off() as cursor:
-        cursor.execute("""UPDATE audit_auditentry SET after = '{"n": "forged"}' WHERE id = %s""", [victim.pk])
+        edit_entry(cursor, victim.pk, after={"n": "forged"})
     assert _verify_cmd() == (1, f"FAIL entry {victim.pk}: entry {victim.pk} (seq 5) was altered")
+
+
+@pytest.mark.django_db
+def test_a_column_that_differs_from_the_hashed_content_is_refused_by_the_database():
+    from django.db import IntegrityError
+
+    victim = _sealed()[1]
+    for column, value in (("actor", "mallory"), ("object_id", "other"), ("at", "2020-01-01T00:00:00Z"),
+                          ("event_id", "6f1c1c8e-1d2b-4c44-9a53-0a2f7f2b1e3d"), ("correlation_id", "x")):
+        with triggers_off() as cursor, pytest.raises(IntegrityError, match="audit_entry_fields_match"):
+            with transaction.atomic():
+                cursor.execute(f"UPDATE audit_auditentry SET {column} = %s WHERE id = %s", [value, victim.pk])
+
+
+@pytest.mark.django_db
+def test_a_column_edited_after_dropping_the_database_check_is_caught():
+    victim = _sealed()[1]
+    with triggers_off() as cursor:
+        cursor.execute("ALTER TABLE audit_auditentry DROP CONSTRAINT audit_entry_fields_match")
+        cursor.execute("UPDATE audit_auditentry SET actor = 'mallory' WHERE id = %s", [victim.pk])
+        cursor.execute("""ALTER TABLE audit_auditentry ADD CONSTRAINT audit_entry_fields_match CHECK (
+            ROW(at, actor, action, object_type, object_id, event_id, correlation_id)::audit_entry_fields
+            IS NOT DISTINCT FROM jsonb_populate_record(NULL::audit_entry_fields, content::jsonb)) NOT VALID""")
+    code, last = _verify_cmd()
+    assert code == 1 and "audit_entry_fields_match) was altered or not validated" in last
+    with triggers_off() as cursor:
+        cursor.execute("ALTER TABLE audit_auditentry DROP CONSTRAINT audit_entry_fields_match")
+    code, last = _verify_cmd()
+    assert code == 1 and "audit_entry_fields_match) was dropped" in last
+
+
+@pytest.mark.django_db
+def test_a_disabled_append_only_guard_is_caught():
+    _sealed(2)
+    with connection.cursor() as cursor:
+        cursor.execute("ALTER TABLE audit_auditseal DISABLE TRIGGER audit_seal_append_only")
+    code, last = _verify_cmd()
+    assert code == 1 and "the append-only guard audit_seal_append_only on audit_auditseal was disabled" in last
 
 
 @pytest.mark.django_db
@@ -224,11 +260,7 @@ def test_an_entry_inserted_into_the_past_is_named():
     forged = audit._build(actor="mallory", action="journal.posted", object_type="journal", object_id="x",
                           after={"status": "posted"})
     with triggers_off() as cursor:
-        cursor.execute("""INSERT INTO audit_auditentry (id, at, actor, action, object_type, object_id, after,
-                                                        correlation_id, entry_hash)
-                          VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, '', %s)""",
-                       [free_id, forged.at, forged.actor, forged.action, forged.object_type, forged.object_id,
-                        json.dumps(forged.after), forged.entry_hash])
+        insert_entry(cursor, free_id, forged)
     code, last = _verify_cmd()
     assert code == 1
     assert last.startswith(f"FAIL entry {free_id}: entry {free_id} was inserted")
@@ -243,11 +275,7 @@ def test_an_entry_inserted_with_a_link_into_the_middle_of_the_chain_is_named():
     forged = audit._build(actor="mallory", action="journal.posted", object_type="journal", object_id="x",
                           after={"status": "posted"})
     with triggers_off() as cursor:  # make room at seq 5, then fill it with a correctly linked forgery
-        cursor.execute("""INSERT INTO audit_auditentry (id, at, actor, action, object_type, object_id, after,
-                                                        correlation_id, entry_hash)
-                          VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, '', %s)""",
-                       [free_id, forged.at, forged.actor, forged.action, forged.object_type, forged.object_id,
-                        json.dumps(forged.after), forged.entry_hash])
+        insert_entry(cursor, free_id, forged)
         cursor.execute("UPDATE audit_auditseal SET seq = seq + 100 WHERE seq >= 5")
         cursor.execute("UPDATE audit_auditseal SET seq = seq - 99 WHERE seq >= 105")
         cursor.execute("SELECT chain_hash FROM audit_auditseal WHERE seq = 4")
@@ -308,11 +336,8 @@ def test_a_rewrite_that_rechains_everything_after_it_is_caught_by_the_signed_dig
     [digest] = digests.digests_build(through=digests.timezone.now().date())
     assert audit.verify().ok
     victim = entries[2]
-    victim.after = {"n": "rewritten"}
-    forged_hash = audit.compute_entry_hash(victim)
     with triggers_off() as cursor:
-        cursor.execute("UPDATE audit_auditentry SET after = %s::jsonb, entry_hash = %s WHERE id = %s",
-                       [json.dumps(victim.after), forged_hash, victim.pk])
+        forged_hash = edit_entry(cursor, victim.pk, after={"n": "rewritten"}, rehash=True)
         cursor.execute("UPDATE audit_auditseal SET entry_hash = %s WHERE entry_id = %s", [forged_hash, victim.pk])
         _rechain(cursor, 3)
     # Without the digests the chain is internally consistent again...
@@ -340,7 +365,7 @@ def test_the_scheduled_check_goes_incremental_and_raises_the_alarm_once(caplog, 
     assert 'tieout_audit_chain_ok 1.0' in client.get("/metrics").content.decode()
 
     with triggers_off() as cursor:
-        cursor.execute("UPDATE audit_auditentry SET actor = 'mallory' WHERE id = %s", [entries[1].pk])
+        edit_entry(cursor, entries[1].pk, actor="mallory")
     _record(object_id="after-the-tampering")
     incremental = audit.chain_check()
     assert incremental.ok  # the incremental run only looks at what is new...
@@ -389,8 +414,9 @@ def test_audit_tables_refuse_update_delete_and_truncate():
 
 
 @pytest.mark.django_db
-def test_verify_recomputes_the_same_hash_as_record_for_awkward_content():
-    """verify assembles the canonical JSON by hand for speed: it must be byte for byte `canonical_json`'s."""
+def test_awkward_content_is_stored_canonically_and_verifies_on_the_fast_pass():
+    """What is stored is `canonical_json` of the record, byte for byte; and the fast pass, which reads it
+    through COPY's escaped text format, hashes exactly those bytes (backslashes, quotes, non-ASCII)."""
     import datetime
 
     awkward = [
@@ -404,15 +430,47 @@ def test_verify_recomputes_the_same_hash_as_record_for_awkward_content():
             audit.record(actor="tëster \"q\"", action="test.awkward", object_type="thing/ü", object_id=f"id {i} \\",
                          event_id="6f1c1c8e-1d2b-4c44-9a53-0a2f7f2b1e3d" if i % 2 else None,
                          correlation_id="corr\u2028x", **item)
-        # Whole seconds: isoformat() then has no fraction, and verify's SQL formatting must agree.
+        # Whole seconds: isoformat() then has no fraction, and the database's check must still agree.
         entry = audit._build(actor="t", action="test.whole_second", object_type="thing", object_id="w",
                              after={"n": 1}, at=datetime.datetime(2026, 11, 30, 23, 59, 59, tzinfo=datetime.UTC))
         with connection.cursor() as cursor:
-            cursor.execute(audit._RECORD_SQL, [entry.at, entry.actor, entry.action, entry.object_type,
-                                               entry.object_id, None, None, json.dumps(entry.after), "",
-                                               entry.entry_hash])
+            cursor.execute(audit._RECORD_SQL, audit.record_params(entry))
     audit.seal()
-    for stored in AuditEntry.objects.all():
+    for stored, item in zip(AuditEntry.objects.order_by("id"), awkward + [{"before": None, "after": {"n": 1}}]):
+        assert stored.content.encode() == audit.canonical_json(audit.entry_content(
+            at=stored.at, actor=stored.actor, action=stored.action, object_type=stored.object_type,
+            object_id=stored.object_id, event_id=stored.event_id, before=item["before"], after=item["after"],
+            correlation_id=stored.correlation_id))
+        assert (stored.before, stored.after) == (item["before"], item["after"])
         assert stored.entry_hash == audit.compute_entry_hash(stored)
+    with transaction.atomic():
+        fast = audit._fast_pass([], 1, audit.GENESIS, 0)
+    assert fast is not None and fast[0] == len(awkward) + 1  # no fall-back to the thorough pass was needed
     result = audit.verify()
     assert result.ok and result.count == len(awkward) + 1, result
+
+
+@pytest.mark.django_db
+def test_the_fast_pass_trusts_signed_heads_and_roots_re_computes_the_merkle_roots():
+    """A digest signed with the right key over a wrong day root: the heads it signs are the chain's, so the
+    log itself is intact (the default pass says so); only `roots=True` re-computes the roots and names it.
+    Only the key's holder can make such a digest, so this checks the signer's arithmetic, not an attacker."""
+    import base64
+
+    _sealed(6)
+    [digest] = digests.digests_build(through=digests.timezone.now().date())
+    fast, thorough = audit.verify(), audit.verify(roots=True)
+    assert (fast.ok, fast.count, fast.head_hash) == (thorough.ok, thorough.count, thorough.head_hash) == (
+        True, digest.last_seq, digest.head_hash)
+    assert fast.digests_checked == thorough.digests_checked == 1
+    wrong = "ab" * 32
+    body = {**digests.digest_body(digest), "day_root": wrong}
+    signature = base64.b64encode(digests.signing_key().sign(digests.signed_message(body))).decode()
+    with triggers_off() as cursor:
+        cursor.execute("UPDATE audit_auditdigest SET day_root = %s, signature = %s WHERE id = %s",
+                       [wrong, signature, digest.pk])
+    assert audit.verify().ok
+    result = audit.verify(roots=True)
+    assert not result.ok and "the day's entries are not the signed ones (Merkle root differs)" in result.problem
+    code, last = _verify_cmd("--roots")
+    assert code == 1 and "Merkle root differs" in last

@@ -431,7 +431,7 @@ def _entry(action="test.happened") -> AuditEntry:
 
 def _entry_row(entry):
     return AuditEntry.objects.filter(pk=entry.pk).values(
-        "at", "actor", "action", "object_type", "object_id", "before", "after", "correlation_id", "entry_hash").first()
+        "at", "actor", "action", "object_type", "object_id", "content", "correlation_id", "entry_hash").first()
 
 
 def _entry_save(entry):
@@ -440,7 +440,7 @@ def _entry_save(entry):
 
 
 def _entry_update(entry):
-    AuditEntry.objects.filter(pk=entry.pk).update(after={"amount": "1000000.00"})
+    AuditEntry.objects.filter(pk=entry.pk).update(content=entry.content.replace("}", ",\"x\":1}", 1))
 
 
 def _entry_update_all(entry):
