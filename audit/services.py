@@ -49,7 +49,7 @@ def _default(value):
 
 
 def jsonable(value):
-    """Money and dates as strings, so that what is hashed survives the round trip through jsonb."""
+    """Money and dates as strings: plain JSON values, as an audit entry records them."""
     if value is None:
         return None
     return json.loads(json.dumps(value, default=_default))
