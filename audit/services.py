@@ -15,7 +15,8 @@ import logging
 import time
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+import psycopg
+from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import merkle
@@ -295,16 +296,19 @@ _VERIFY_ENTRIES_SQL = """
 SELECT e.id, e.content, e.entry_hash FROM audit_auditentry e WHERE e.id > %s ORDER BY e.id
 """
 
-# The fast pass: one COPY stream of every entry after the start, in id order, with its seal (a merge join
-# of two index scans: no sort, no hash table), each line carrying exactly the bytes to hash: PostgreSQL
-# builds the link text "prev|seq|entry_id|entry_hash" (its integer output is Python's) and Python hashes it
-# and the content. Entries not sealed yet come last, with empty seal columns.
+# The fast pass: every entry after the start, in id order, with its seal (a merge join of two index
+# scans: no sort, no hash table), each row carrying exactly the texts to hash: PostgreSQL builds the link
+# "prev|seq|entry_id|entry_hash" (its integer output is Python's), Python hashes it and the content.
+# Entries not sealed yet come last, with empty seal columns. Fetched through a server-side cursor in
+# pipeline mode, two FETCHes in flight, so that PostgreSQL reads the next batch while Python hashes this one.
 _FAST_SQL = """
-COPY (SELECT s.seq, s.prev_hash || '|' || s.seq || '|' || s.entry_id || '|' || s.entry_hash, s.chain_hash,
-             e.entry_hash = s.entry_hash, e.content
-      FROM audit_auditentry e LEFT JOIN audit_auditseal s ON s.entry_id = e.id
-      WHERE e.id > {after} ORDER BY e.id) TO STDOUT
+DECLARE audit_verify_fast NO SCROLL CURSOR FOR
+SELECT s.seq, s.prev_hash || '|' || s.seq || '|' || s.entry_id || '|' || s.entry_hash, s.chain_hash,
+       e.entry_hash = s.entry_hash, e.content
+FROM audit_auditentry e LEFT JOIN audit_auditseal s ON s.entry_id = e.id
+WHERE e.id > %s ORDER BY e.id
 """
+_FAST_BATCH = 5000
 
 # What migration 0005 installed, as PostgreSQL prints it back: verification is only as good as the
 # guarantee that the indexed columns are the hashed content, so it first checks that nobody (a superuser
@@ -476,58 +480,61 @@ def _fast_pass(digests: list[AuditDigest], from_seq: int, prev_hash: str, prev_e
     hash, and the chain must pass through every signed head. It does not say what is wrong: the
     thorough pass does.
     """
-    marks: dict[int, bytes] = {}
+    marks: dict[int, str] = {}
     for digest in digests:
         for seq, expected in ((digest.first_seq - 1, digest.prev_head_hash), (digest.last_seq, digest.head_hash)):
             if seq < from_seq - 1:
                 continue
-            if marks.setdefault(seq, expected.encode()) != expected.encode():
+            if marks.setdefault(seq, expected) != expected:
                 return None  # two digests disagree about one head
-    prev = prev_hash.encode()
-    if marks.get(from_seq - 1, prev) != prev:
+    if marks.get(from_seq - 1, prev_hash) != prev_hash:
         return None
-    try:
-        # A savepoint: stopping the COPY half-way (cancelling it) aborts only this, not the caller's
-        # transaction, in which the thorough pass then runs.
-        with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute("SET LOCAL jit = off")  # plain scans: compiling them costs more than it saves
-            expected_seq, prev, last_id = _fast_stream(cursor, marks, from_seq, prev, prev_entry_id)
-    except (_FastPassFailed, DatabaseError):
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL jit = off")  # plain scans: compiling them costs more than it saves
+        cursor.execute(_FAST_SQL, [prev_entry_id])
+        try:
+            result = _fast_stream(connection.connection, marks, from_seq, prev_hash, prev_entry_id)
+        finally:
+            cursor.execute("CLOSE audit_verify_fast")
+    if result is None:
         return None
+    expected_seq, head_hash, last_id = result
     head_seq = expected_seq - 1
     if any(seq > head_seq for seq in marks):
         return None  # a signed head beyond the end of the chain: its entries are gone
-    return head_seq - from_seq + 1, head_seq, prev.decode(), last_id
+    return head_seq - from_seq + 1, head_seq, head_hash, last_id
 
 
-class _FastPassFailed(Exception):
-    pass
-
-
-def _fast_stream(cursor, marks: dict, from_seq: int, prev: bytes, last_id: int) -> tuple[int, bytes, int]:
-    """The hot loop of the fast pass: (next seq, head hash, last sealed entry id), or _FastPassFailed."""
+def _fast_stream(raw, marks: dict, from_seq: int, prev: str, last_id: int) -> tuple[int, str, int] | None:
+    """The hot loop of the fast pass: (next seq, head hash, last sealed entry id), or None at the first fault."""
     sha256 = hashlib.sha256
     expected_seq = from_seq
     unsealed = False
-    with cursor.cursor.copy(_FAST_SQL.format(after=int(last_id))) as copy:
-        for row in copy:
-            seq, link, chain, same, content = bytes(row)[:-1].split(b"\t", 4)
-            if seq == b"\\N":  # not sealed yet: from here on, nothing may be
-                unsealed = True
-                continue
-            if b"\\" in content:  # COPY's text format doubles backslashes (JSON has no raw control chars)
-                content = content.replace(b"\\\\", b"\\")
-            if (unsealed or int(seq) != expected_seq or link[:64] != prev or same != b"t"
-                    or sha256(content).hexdigest().encode() != link[-64:]
-                    or sha256(link).hexdigest().encode() != chain
-                    or (expected_seq in marks and marks[expected_seq] != chain)):
-                cursor.connection.cancel_safe()  # the rest of the stream is not needed
-                raise _FastPassFailed
-            prev = chain
-            expected_seq += 1
-            last_id = link
-    if expected_seq > from_seq:
-        last_id = int(last_id.split(b"|")[2])
+    link = None
+    fetch = f"FETCH {_FAST_BATCH} FROM audit_verify_fast"
+    with raw.pipeline():
+        cursors = [psycopg.Cursor(raw), psycopg.Cursor(raw)]  # server-side binding: what pipelines need
+        cursors[0].execute(fetch)
+        turn = 0
+        while True:
+            cursors[1 - turn].execute(fetch)  # the next batch, read by the server while this one is hashed
+            rows = cursors[turn].fetchall()
+            if not rows:
+                break
+            for seq, link_text, chain, same, content in rows:
+                if seq is None:  # not sealed yet: from here on, nothing may be
+                    unsealed = True
+                    continue
+                if (unsealed or seq != expected_seq or not same or not link_text.startswith(prev)
+                        or sha256(content.encode()).hexdigest() != link_text[-64:]
+                        or sha256(link_text.encode()).hexdigest() != chain
+                        or (expected_seq in marks and marks[expected_seq] != chain)):
+                    return None
+                prev, link = chain, link_text
+                expected_seq += 1
+            turn = 1 - turn
+    if link is not None:
+        last_id = int(link.split("|")[2])
     return expected_seq, prev, last_id
 
 

@@ -474,3 +474,27 @@ def test_the_fast_pass_trusts_signed_heads_and_roots_re_computes_the_merkle_root
     assert not result.ok and "the day's entries are not the signed ones (Merkle root differs)" in result.problem
     code, last = _verify_cmd("--roots")
     assert code == 1 and "Merkle root differs" in last
+
+
+@pytest.mark.django_db
+def test_the_fast_pass_passes_entries_not_sealed_yet_at_the_end_but_not_in_the_middle():
+    entries = _sealed(5)
+    tail = [_record(object_id=f"tail-{i}") for i in range(3)]  # written after the sealer ran
+    with transaction.atomic():
+        fast = audit._fast_pass([], 1, audit.GENESIS, 0)
+    assert fast is not None and fast[:2] == (5, 5) and fast[3] == entries[-1].pk
+    assert audit.verify().count == 5
+    # An unsealed entry below the head is one inserted into the past: the fast pass refuses, the thorough names it.
+    with triggers_off() as cursor:
+        cursor.execute("DELETE FROM audit_auditseal WHERE seq = 5")
+        cursor.execute("""INSERT INTO audit_auditseal (seq, entry_id, entry_hash, prev_hash, chain_hash, sealed_at)
+                          SELECT 5, %s, e.entry_hash, s.chain_hash, '', now() FROM audit_auditentry e, audit_auditseal s
+                          WHERE e.id = %s AND s.seq = 4""", [tail[0].pk, tail[0].pk])
+        cursor.execute("SELECT chain_hash, entry_hash FROM audit_auditseal WHERE seq = 4")
+        prev = cursor.fetchone()[0]
+        cursor.execute("UPDATE audit_auditseal SET chain_hash = %s WHERE seq = 5",
+                       [audit.chain_hash(prev, 5, tail[0].pk, tail[0].entry_hash)])
+    with transaction.atomic():
+        assert audit._fast_pass([], 1, audit.GENESIS, 0) is None
+    result = audit.verify()
+    assert not result.ok and result.bad_entry_id == entries[-1].pk and "was inserted" in result.problem
