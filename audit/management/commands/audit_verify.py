@@ -3,8 +3,8 @@
 Checks the audit tables' database guarantees, every entry hash, the chain links, the order, entries
 inserted into the past, and every signed daily digest met on the way (signature, count, the signed chain
 heads). `--roots` also re-computes each digest's Merkle roots from the entry hashes (about half the
-speed). `--record` also stores the run (as the scheduled task does) and raises the audit_chain_broken
-alarm on failure.
+speed). `--record` runs it as the scheduled daily full check does (the thorough pass, roots included),
+stores the run and raises the audit_chain_broken alarm on failure.
 """
 import sys
 import time
