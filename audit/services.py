@@ -300,7 +300,8 @@ SELECT e.id, e.content, e.entry_hash FROM audit_auditentry e WHERE e.id > %s ORD
 # scans: no sort, no hash table), each row carrying exactly the texts to hash: PostgreSQL builds the link
 # "prev|seq|entry_id|entry_hash" (its integer output is Python's), Python hashes it and the content.
 # Entries not sealed yet come last, with empty seal columns. Fetched through a server-side cursor in
-# pipeline mode, two FETCHes in flight, so that PostgreSQL reads the next batch while Python hashes this one.
+# pipeline mode with several FETCHes queued, so that PostgreSQL reads ahead while Python hashes (six small
+# batches in flight measured ~20 % faster than one large one; memory stays bounded by them).
 _FAST_SQL = """
 DECLARE audit_verify_fast NO SCROLL CURSOR FOR
 SELECT s.seq, s.prev_hash || '|' || s.seq || '|' || s.entry_id || '|' || s.entry_hash, s.chain_hash,
@@ -308,7 +309,8 @@ SELECT s.seq, s.prev_hash || '|' || s.seq || '|' || s.entry_id || '|' || s.entry
 FROM audit_auditentry e LEFT JOIN audit_auditseal s ON s.entry_id = e.id
 WHERE e.id > %s ORDER BY e.id
 """
-_FAST_BATCH = 5000
+_FAST_BATCH = 2000
+_FAST_AHEAD = 6
 
 # What migration 0005 installed, as PostgreSQL prints it back: verification is only as good as the
 # guarantee that the indexed columns are the hashed content, so it first checks that nobody (a superuser
@@ -513,11 +515,13 @@ def _fast_stream(raw, marks: dict, from_seq: int, prev: str, last_id: int) -> tu
     link = None
     fetch = f"FETCH {_FAST_BATCH} FROM audit_verify_fast"
     with raw.pipeline():
-        cursors = [psycopg.Cursor(raw), psycopg.Cursor(raw)]  # server-side binding: what pipelines need
-        cursors[0].execute(fetch)
+        # Server-side binding (what pipelines need); _FAST_AHEAD FETCHes queued ahead of the one being hashed.
+        cursors = [psycopg.Cursor(raw) for _ in range(_FAST_AHEAD + 1)]
+        for cursor in cursors[:-1]:
+            cursor.execute(fetch)
         turn = 0
         while True:
-            cursors[1 - turn].execute(fetch)  # the next batch, read by the server while this one is hashed
+            cursors[(turn - 1) % len(cursors)].execute(fetch)
             rows = cursors[turn].fetchall()
             if not rows:
                 break
@@ -532,7 +536,7 @@ def _fast_stream(raw, marks: dict, from_seq: int, prev: str, last_id: int) -> tu
                     return None
                 prev, link = chain, link_text
                 expected_seq += 1
-            turn = 1 - turn
+            turn = (turn + 1) % len(cursors)
     if link is not None:
         last_id = int(link.split("|")[2])
     return expected_seq, prev, last_id
