@@ -75,6 +75,16 @@ def assert_accessible(page, where: str = ""):
     assert results.violations_count == 0, f"{where}\n{results.generate_report()}"
 
 
+def client_for(username: str, **kwargs):
+    """A Django test client signed in as `username` (no password, no second factor: server-side pages only)."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    client = Client(**kwargs)
+    client.force_login(get_user_model().objects.get(username=username))
+    return client
+
+
 def login(page, username: str, password: str = PASSWORD, *, next_path: str = "/"):
     page.goto(f"/accounts/login/?next={next_path}")
     page.get_by_label("Username").fill(username)

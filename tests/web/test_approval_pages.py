@@ -21,6 +21,7 @@ from exceptions_queue.models import Approval
 from ledger import services as ledger
 from ledger.models import Journal
 from tests import factories as f
+from tests.web.conftest import client_for
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -30,10 +31,6 @@ User = get_user_model()
 @pytest.fixture
 def staff(finance, controller, controller2, auditor, admin_api):
     """Every staff role exists (the API fixtures create the users); returns a client factory per username."""
-    def client_for(username, **kwargs):
-        client = Client(**kwargs)
-        client.force_login(User.objects.get(username=username))
-        return client
     return client_for
 
 

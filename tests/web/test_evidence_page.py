@@ -13,7 +13,6 @@ import sys
 import zipfile
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.http import FileResponse
 from django.test import Client
@@ -25,15 +24,9 @@ from billing_sync import tokens
 from config import correlation
 from ledger import services as ledger
 from tests import factories as f
+from tests.web.conftest import client_for
 
 pytestmark = pytest.mark.django_db
-User = get_user_model()
-
-
-def client_for(username) -> Client:
-    client = Client()
-    client.force_login(User.objects.get(username=username))
-    return client
 
 
 def today() -> str:
@@ -140,8 +133,7 @@ def test_anonymous_goes_to_sign_in(history):
 
 
 def test_csrf_is_required(history):
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(User.objects.get(username="aude-auditor"))
+    client = client_for("aude-auditor", enforce_csrf_checks=True)
     assert _download(client).status_code == 403
 
 

@@ -6,7 +6,6 @@ import datetime
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -17,9 +16,9 @@ from exceptions_queue.models import ExceptionComment, ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Journal
 from tests import factories as f
+from tests.web.conftest import client_for
 
 pytestmark = pytest.mark.django_db
-User = get_user_model()
 LIST = "/exceptions/"
 
 
@@ -44,12 +43,6 @@ def queue(entity, integration, finance, controller, auditor):
         "mapping": exception_of(integration, f.invoice("inv_y", customer_id="cus_w", lines=[("9.00", "0", "4999")]),
                                 "no_account_mapping"),
     }
-
-
-def client_for(username, **kwargs) -> Client:
-    client = Client(**kwargs)
-    client.force_login(User.objects.get(username=username))
-    return client
 
 
 @pytest.fixture

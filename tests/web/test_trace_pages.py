@@ -4,7 +4,6 @@ page shows readable version diffs, other entities' objects are 404 (searched or 
 page links here, and the admin history view of canonical documents and configuration renders its diffs.
 """
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.test import Client
 
@@ -16,15 +15,9 @@ from exceptions_queue.models import ApprovalPolicy, ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Account, AccountMapping, Entity, Journal
 from tests import factories as f
+from tests.web.conftest import client_for
 
 pytestmark = pytest.mark.django_db
-User = get_user_model()
-
-
-def client_for(username) -> Client:
-    client = Client()
-    client.force_login(User.objects.get(username=username))
-    return client
 
 
 @pytest.fixture
