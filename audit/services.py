@@ -14,8 +14,8 @@ from uuid import UUID
 import logging
 import time
 
-from django.conf import settings
 import psycopg
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
