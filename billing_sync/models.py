@@ -9,6 +9,8 @@ carry running totals that check constraints keep honest (an invoice's open amoun
 import uuid
 
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
+from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
@@ -86,10 +88,17 @@ class Event(models.Model):
     response_body = models.TextField(help_text="The first answer, byte for byte, replayed to duplicates.")
     processed_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    # Acceptance order and the documents touched (billing_sync/ordering.py): events sharing a key are
+    # processed in `seq` order. The sequence is the database's, so every writer numbers alike.
+    seq = models.BigIntegerField(editable=False, db_default=models.Func(
+        template="nextval('billing_sync_event_seq')", output_field=models.BigIntegerField()))
+    order_keys = ArrayField(models.TextField(), default=list, blank=True, db_default=models.Value([], ArrayField(
+        models.TextField())))
 
     class Meta:
         constraints = [
             models.UniqueConstraint(fields=["source_system", "event_id"], name="event_unique_identity"),
+            models.UniqueConstraint(fields=["seq"], name="event_unique_seq"),
             models.UniqueConstraint(fields=["source_system", "idempotency_key"], name="event_unique_idem_key",
                                     condition=Q(idempotency_key__isnull=False)),
         ]
@@ -99,6 +108,9 @@ class Event(models.Model):
             # Dashboard windows (events per hour/day) are index-only scans: status and entity ride along.
             models.Index(fields=["received_at"], include=["status", "entity_code"], name="event_received_idx"),
             models.Index(fields=["event_id"], name="event_event_id_idx"),  # admin/support search by id
+            # Only pending events: the hold check and the wake-up read the few events still in play.
+            GinIndex(fields=["order_keys"], name="event_pending_keys_idx",
+                     condition=Q(status__in=["accepted", "exception"])),
         ]
 
     def __str__(self):

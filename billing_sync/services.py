@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import services as audit
-from billing_sync import callbacks, documents
+from billing_sync import callbacks, documents, ordering
 from billing_sync.models import Event, Receipt
 from billing_sync.schemas import validate_event
 from config import correlation
@@ -101,9 +101,9 @@ WITH r AS (
 ), e AS (
     INSERT INTO billing_sync_event (id, source_system, event_id, type, entity_code, occurred_at, payload, payload_hash,
                                     idempotency_key, status, correlation_id, received_at, receipt_id, sent_by_id,
-                                    response_body, attempts)
+                                    response_body, attempts, order_keys)
     SELECT %(id)s, %(ss)s, %(eid)s, %(type)s, %(entity)s, %(occurred_at)s, %(payload)s, %(phash)s, %(ikey)s,
-           'accepted', %(ecid)s, %(now)s, r.id, %(user_id)s, %(response)s, 0 FROM r
+           'accepted', %(ecid)s, %(now)s, r.id, %(user_id)s, %(response)s, 0, %(keys)s::text[] FROM r
     ON CONFLICT DO NOTHING
     RETURNING id
 )
@@ -150,7 +150,7 @@ def receive_event(*, body: bytes, user, headers, remote_addr=None) -> Answer:
                 "ss": payload["source_system"], "eid": payload["event_id"], "type": payload["type"],
                 "entity": payload["entity"], "occurred_at": payload["occurred_at"], "payload": canonical.decode(),
                 "phash": payload_hash, "ikey": idem_key, "ecid": cid, "user_id": user.pk if user else None,
-                "response": response_text,
+                "response": response_text, "keys": ordering.order_keys(payload),
             })
             receipt_id, inserted = cursor.fetchone()
         if inserted:
@@ -179,16 +179,23 @@ def receive_event(*, body: bytes, user, headers, remote_addr=None) -> Answer:
 
 
 # One JSON parameter unpacked by the server: binding 1,000 rows as text[] arrays costs ~30x more in
-# client-side escaping than passing a single JSON document.
+# client-side escaping than passing a single JSON document. Rows are inserted in identity order (see
+# receive_batch) but numbered in the batch's order (`ix`): the batch's order is the acceptance order.
 _BATCH_SQL = """
+WITH s AS (
+    SELECT array_agg(n ORDER BY n) AS seqs
+    FROM (SELECT nextval('billing_sync_event_seq') AS n FROM generate_series(1, %(count)s)) AS g
+)
 INSERT INTO billing_sync_event (id, source_system, event_id, type, entity_code, occurred_at, payload, payload_hash,
                                 idempotency_key, status, correlation_id, received_at, receipt_id, sent_by_id,
-                                response_body, attempts)
+                                response_body, attempts, seq, order_keys)
 SELECT u.id, u.ss, u.eid, u.type, u.entity, u.occurred_at, u.payload, u.phash, NULL, 'accepted', u.cid,
-       %(now)s, %(receipt)s, %(user_id)s, u.response, 0
+       %(now)s, %(receipt)s, %(user_id)s, u.response, 0, s.seqs[u.ix],
+       ARRAY(SELECT jsonb_array_elements_text(u.keys))
 FROM jsonb_to_recordset(%(rows)s::jsonb) AS u(id uuid, ss text, eid text, type text, entity text,
                                                occurred_at timestamptz, payload jsonb, phash text, cid text,
-                                               response text)
+                                               response text, ix int, keys jsonb)
+CROSS JOIN s
 ON CONFLICT DO NOTHING
 RETURNING id
 """
@@ -238,6 +245,9 @@ def receive_batch(*, body: bytes, user, headers, remote_addr=None) -> Answer:
                            "hash": phash, "cid": cid, "response": response}
     # Inserted in one fixed order (by identity), whatever the batch's order: two batches that share events
     # in different orders would otherwise each hold a key the other waits for, and deadlock.
+    # Numbered in the batch's order (1-based, for the SQL array), inserted in identity order.
+    for ix, r in enumerate(sorted(fresh.values(), key=lambda r: r["index"]), start=1):
+        r["ix"] = ix
     rows = sorted(fresh.values(), key=lambda r: (r["payload"]["source_system"], r["payload"]["event_id"]))
     with transaction.atomic():
         receipt = Receipt.objects.create(
@@ -250,14 +260,14 @@ def receive_batch(*, body: bytes, user, headers, remote_addr=None) -> Answer:
             with connection.cursor() as cursor:
                 document = ",".join(
                     '{"id":"%s","ss":%s,"eid":%s,"type":%s,"entity":%s,"occurred_at":%s,"payload":%s,"phash":"%s",'
-                    '"cid":%s,"response":%s}' % (
+                    '"cid":%s,"response":%s,"ix":%d,"keys":%s}' % (
                         r["id"], json.dumps(r["payload"]["source_system"]), json.dumps(r["payload"]["event_id"]),
                         json.dumps(r["payload"]["type"]), json.dumps(r["payload"]["entity"]),
                         json.dumps(r["payload"]["occurred_at"]), r["canonical"], r["hash"], json.dumps(r["cid"]),
-                        json.dumps(_dumps(r["response"])))
+                        json.dumps(_dumps(r["response"])), r["ix"], json.dumps(ordering.order_keys(r["payload"])))
                     for r in rows)
                 cursor.execute(_BATCH_SQL, {"now": now, "receipt": receipt.pk, "user_id": user.pk if user else None,
-                                            "rows": f"[{document}]"})
+                                            "rows": f"[{document}]", "count": len(rows)})
                 inserted = {row[0] for row in cursor.fetchall()}
 
         for r in rows:
@@ -289,7 +299,7 @@ def receive_batch(*, body: bytes, user, headers, remote_addr=None) -> Answer:
                  "after": {"source_system": r["payload"]["source_system"], "event_id": r["payload"]["event_id"],
                            "type": r["payload"]["type"], "payload_sha256": r["hash"], "receipt": receipt.pk}}
                 for r in rows if r["id"] in inserted])
-            ids = [r["id"] for r in rows if r["id"] in inserted]
+            ids = [r["id"] for r in sorted(rows, key=lambda r: r["ix"]) if r["id"] in inserted]  # batch order
             transaction.on_commit(lambda: schedule_processing(ids))
     return Answer(200, {"results": results})
 
@@ -313,14 +323,24 @@ def sweep_accepted(*, older_than_seconds: int = 30) -> int:
 
 # --------------------------------------------------------------------------------------------- processing
 def process_event(*, event_id, actor="system") -> str:
-    """Process one accepted event under its row lock; returns its new status. Safe to call twice."""
+    """Process one accepted event under its row lock; returns its new status. Safe to call twice.
+
+    An event held behind an earlier one on the same documents (billing_sync/ordering.py) is left
+    `accepted`, untouched: the event holding it wakes it when it is done.
+    """
     from exceptions_queue import services as queue
 
-    woken: list[str] = []
     with transaction.atomic():
         event = Event.objects.select_for_update().filter(pk=event_id).first()
         if event is None or event.status != Event.Status.ACCEPTED:
             return event.status if event else "missing"
+        holder = ordering.held_by(event)
+        if holder is not None:
+            log.info("event.held", event_id=str(event.pk), behind=str(holder))
+            return event.status
+        seq, keys = event.seq, event.order_keys
+        # Whatever the outcome, the events queued behind this one may go next.
+        transaction.on_commit(lambda: wake_successors(seq=seq, keys=keys))
         with correlation.bound(event.correlation_id or None):
             event.attempts += 1
             try:
@@ -352,10 +372,19 @@ def process_event(*, event_id, actor="system") -> str:
             if event.attempts > 1:  # only a retried event can have an exception to close
                 queue.exceptions_resolve_for_event(event=event, resolution="Processed successfully on retry.",
                                                    actor=actor)
-            woken = outcome.provides
-        if woken:
-            transaction.on_commit(lambda: wake_dependents(woken))
+            if outcome.provides:
+                # In this transaction, not after it: the events that waited for these documents are
+                # `accepted` again the moment they exist, so nothing accepted after them can pass them.
+                wake_dependents(outcome.provides)
     return event.status
+
+
+def wake_successors(*, seq: int, keys: list[str]) -> int:
+    """After an event was processed, parked or resolved: schedule the events queued behind it."""
+    ids = ordering.successors_of(seq=seq, keys=keys)
+    if ids:
+        schedule_processing(ids)
+    return len(ids)
 
 
 def wake_dependents(keys: list[str]) -> int:
@@ -461,6 +490,10 @@ def events_refresh_status(*, event_ids, actor="system") -> dict:
             changed.append((event, event.status, new))
     for new in {n for _, _, n in changed}:
         Event.objects.filter(pk__in=[e.pk for e, _, n in changed if n == new]).update(status=new)
+    for event, before, _ in changed:
+        if before == Event.Status.EXCEPTION:  # resolved or re-derived: it no longer holds its documents
+            seq, keys = event.seq, event.order_keys
+            transaction.on_commit(lambda seq=seq, keys=keys: wake_successors(seq=seq, keys=keys))
     if changed:
         audit.record_many([{"actor": actor, "action": "event.status_changed", "object_type": "event",
                             "object_id": event.pk, "event_id": event.pk, "before": {"status": before},

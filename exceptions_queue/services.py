@@ -166,8 +166,9 @@ def exceptions_resolve_for_journal(*, journal, resolution: str, actor) -> int:
 
 
 def events_waiting_for(keys: list[str]) -> list:
+    """Events parked until one of these documents arrives, in acceptance order (they keep their places)."""
     return list(ExceptionRecord.objects.filter(dependency_key__in=keys, event__isnull=False).exclude(
-        status=ExceptionRecord.Status.RESOLVED).values_list("event_id", flat=True))
+        status=ExceptionRecord.Status.RESOLVED).order_by("event__seq").values_list("event_id", flat=True))
 
 
 WORK_ROLES = (roles.FINANCE_OPS, roles.CONTROLLER, roles.ADMIN)

@@ -6,7 +6,7 @@ Two things here are not obvious:
   journals. Django flushes the test database with TRUNCATE after every `transaction=True` /
   `transactional_db` test, so, in tests only, the flush runs with `session_replication_role = replica`
   (we connect as a superuser), which keeps ordinary triggers from firing for those statements alone.
-* `celery_worker_proc` starts one real `celery worker` subprocess per test session, pointed at the
+* `celery_worker_proc` starts one real `celery worker` (prefork, two processes) per test session, pointed at the
   pytest-django test database and at a dedicated Redis database, so that asynchronous behaviour is
   tested as it runs in production. Tests use it through `live_worker`, which also turns eager mode off
   (the test settings run tasks eagerly by default) and needs committed data (`transactional_db`).
@@ -143,7 +143,8 @@ class CeleryWorkerProcess:
 
 @pytest.fixture(scope="session")
 def celery_worker_proc(django_db_setup, tmp_path_factory):
-    """A real `celery worker` (threads pool, queues celery and posting) on the test database.
+    """A real `celery worker` as production runs it (prefork, two processes; queues celery, posting and
+    callbacks) on the test database.
 
     Session-scoped: starting a worker takes a couple of seconds. Prefer `live_worker` in tests.
     """
@@ -179,7 +180,7 @@ def celery_worker_proc(django_db_setup, tmp_path_factory):
     )
     argv = [
         str(Path(sys.executable).parent / "celery"), "-A", "config", "worker",
-        "-Q", ",".join(WORKER_QUEUES), "--pool=threads", "-c", "4", "-l", "warning",
+        "-Q", ",".join(WORKER_QUEUES), "--pool=prefork", "-c", "2", "-l", "warning",
         "-n", nodename, "--without-gossip", "--without-mingle",
     ]
     log_file = open(log_path, "wb")

@@ -535,6 +535,7 @@ ALLOWED = {
     "billing_sync.services.sweep_accepted": "dispatch only: re-schedules process_event",
     "billing_sync.services.dependency_exists": "read",
     "billing_sync.services.recheck_dependency": "dispatch: calls event_requeue (audited) when the dependency exists",
+    "billing_sync.services.wake_successors": "dispatch only: schedules the events held behind one; process_event records",
     "billing_sync.services.event_refresh_status": "derived status of an event from its audited journals/exceptions",
     "billing_sync.services.events_refresh_status": "the same, for many events",
     "billing_sync.documents.key": "pure: a dependency key",

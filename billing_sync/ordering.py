@@ -1,0 +1,167 @@
+"""Acceptance order per document: which events must wait for which, whichever worker takes them.
+
+Every event is numbered when it is accepted (`Event.seq`, from a database sequence; a batch numbers its
+events in the batch's order) and carries the documents it touches (`Event.order_keys`: keys such as
+`invoice:billing-prod:in_1`, the form of dependency keys, with those it changes marked again `w|`). Two
+events *conflict* when one changes a document the other touches (an invoice and its payments, credit
+notes, refunds, write-offs; a customer and the documents that read it); conflicting events are processed
+in acceptance order, so the outcome is the one of processing the history one event at a time, however
+many worker processes take its events at once. Events that do not conflict (other customers, other
+invoices of the same customer) go on in parallel.
+
+An event is *held* (it stays `accepted`, untouched) while an earlier conflicting event is *pending*:
+accepted and not yet processed, or *parked*: waiting in the exception queue for a document that has not
+arrived (an open exception with a dependency key: `awaiting_dependency`, `unknown_customer`,
+`unknown_entity`). A parked event keeps its place: later events on its documents wait behind it until
+it is processed or resolved. The one way past a parked event is to be what it waits for: an event that
+provides a dependency key (an invoice, a customer or a payment arriving) passes the events parked on
+that key, and the events held only behind them, and wakes the parked ones in its own transaction, so
+they are `accepted` again before anything after them can run. An event refused by a business rule
+(`over_application`, `no_account_mapping`, ...) is done as far as order goes, as it would be one event
+at a time: what follows goes on (an amendment that fixes the cause among it), and a person retries it.
+
+Held events are woken by the event that held them once it is processed, parked or resolved
+(`successors_of`), and the events sweep re-schedules any accepted event left behind, so a lost wake-up
+only delays an event. A worker decides under the event's row lock and reads only committed states, so
+two workers never both run two conflicting events: the later one sees the earlier one still accepted.
+"""
+from django.db import connection
+
+SUCCESSOR_LIMIT = 100  # events woken at once; the rest are reached by the chain of wake-ups and the sweep
+
+
+def _key(kind: str, source_system: str, document_id) -> str:
+    return f"{kind}:{source_system}:{document_id}"
+
+
+WRITE = "w|"  # marks, in `order_keys`, a document the event changes (beside its plain key)
+
+
+def documents_of(payload: dict) -> tuple[set[str], set[str], list[str]]:
+    """The documents an event changes, those it only reads, and those it creates (parked events may
+    wait for them). Computed from the validated payload alone, at acceptance, so that the order is
+    fixed before any worker sees the event.
+
+    Reads matter for order only against changes: two invoices of one customer both read the customer
+    and do not wait for each other, but both wait for an earlier `customer.upserted` of it.
+    """
+    ss, kind, data = payload["source_system"], payload["type"], payload.get("data") or {}
+    writes: set[str] = set()
+    reads: set[str] = set()
+    provides: list[str] = []
+    if kind == "customer.upserted":
+        provides.append(_key("customer", ss, data["customer_id"]))
+    elif kind in ("invoice.issued", "invoice.amended"):
+        provides.append(_key("invoice", ss, data["invoice_id"]))
+        reads.add(_key("customer", ss, data["customer_id"]))
+    elif kind == "invoice.voided":
+        writes.add(_key("invoice", ss, data["invoice_id"]))
+    elif kind in ("payment.received", "payment.applied"):
+        key = _key("payment", ss, data["payment_id"])
+        if kind == "payment.received":
+            provides.append(key)
+            reads.add(_key("customer", ss, data["customer_id"]))
+        writes.add(key)
+        writes.update(_key("invoice", ss, a["invoice_id"]) for a in data.get("allocations") or ())
+    elif kind == "payment.refunded":
+        writes.update((_key("payment", ss, data["payment_id"]), _key("refund", ss, data["refund_id"])))
+        if data.get("invoice_id"):
+            writes.add(_key("invoice", ss, data["invoice_id"]))
+    elif kind == "credit_note.issued":
+        writes.update((_key("invoice", ss, data["invoice_id"]), _key("credit_note", ss, data["credit_note_id"])))
+    elif kind == "write_off.requested":
+        writes.update((_key("invoice", ss, data["invoice_id"]), _key("write_off", ss, data["write_off_id"])))
+    writes.update(provides)
+    return writes, reads - writes, provides
+
+
+def order_keys(payload: dict) -> list[str]:
+    """What `Event.order_keys` stores: every document touched, and each changed one again marked `w|`."""
+    writes, reads, _ = documents_of(payload)
+    return sorted(writes | reads | {WRITE + k for k in writes})
+
+
+def provides_of(payload: dict) -> list[str]:
+    return documents_of(payload)[2]
+
+
+def _probe(keys: list[str]) -> list[str]:
+    """The array that overlaps the `order_keys` of exactly the events in conflict with this one: any
+    event touching a document this one changes, and any event changing a document this one reads."""
+    writes = {k[len(WRITE):] for k in keys if k.startswith(WRITE)}
+    reads = {k for k in keys if not k.startswith(WRITE)} - writes
+    return sorted(writes | {WRITE + k for k in reads})
+
+
+# Earlier events in conflict that are still pending, with the dependency a parked one waits for.
+# Reads through the partial GIN index on order_keys, which holds only accepted and exception events.
+_PENDING_BEFORE = """
+SELECT e.id, e.seq, e.status, e.order_keys, x.dependency_key, (x.id IS NOT NULL) AS parked
+FROM billing_sync_event e
+LEFT JOIN exceptions_queue_exceptionrecord x
+       ON x.event_id = e.id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL
+WHERE e.order_keys && %s::text[] AND e.seq < %s AND e.status IN ('accepted', 'exception')
+ORDER BY e.seq
+"""
+
+
+def _pending_before(seq: int, keys: list[str]) -> list[dict]:
+    with connection.cursor() as cursor:
+        cursor.execute(_PENDING_BEFORE, [_probe(keys), seq])
+        rows = [dict(zip(("id", "seq", "status", "keys", "dependency", "parked"), r)) for r in cursor.fetchall()]
+    # An `exception` event that waits for no document (a business rule refused it, a journal failed to
+    # post, a callback failed) is done as far as order goes: it holds nothing.
+    return [r for r in rows if r["status"] == "accepted" or r["parked"]]
+
+
+def blocker(*, seq: int, keys: list[str], provides: list[str]):
+    """The first earlier pending event that holds this one, or None when it may be processed now."""
+    if not keys:
+        return None
+    provided = set(provides)
+    memo: dict = {}
+    for row in _pending_before(seq, keys):
+        if provided and _waits_for(row, provided, memo):
+            continue
+        return row["id"]
+    return None
+
+
+def held_by(event):
+    """The event holding this accepted one back, or None."""
+    return blocker(seq=event.seq, keys=event.order_keys, provides=provides_of(event.payload))
+
+
+def _waits_for(row: dict, provided: set, memo: dict) -> bool:
+    """Whether a pending event waits only for documents in `provided` (so their provider may pass it).
+
+    Parked: its dependency is one of them. Accepted: it is held, and every event holding it waits for
+    them too (the events queued behind a parked payment, when its invoice arrives).
+    """
+    if row["id"] in memo:
+        return memo[row["id"]]
+    if row["status"] != "accepted":
+        result = row["dependency"] in provided
+    else:
+        memo[row["id"]] = False  # a cycle cannot happen (seq decreases), but never recurse forever
+        holders = _pending_before(row["seq"], row["keys"])
+        result = bool(holders) and all(_waits_for(h, provided, memo) for h in holders)
+    memo[row["id"]] = result
+    return result
+
+
+_SUCCESSORS = """
+SELECT e.id FROM billing_sync_event e
+WHERE e.order_keys && %s::text[] AND e.seq > %s AND e.status = 'accepted'
+ORDER BY e.seq
+LIMIT %s
+"""
+
+
+def successors_of(*, seq: int, keys: list[str]) -> list:
+    """Accepted events after this one on its documents: those it may have been holding."""
+    if not keys:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(_SUCCESSORS, [_probe(keys), seq, SUCCESSOR_LIMIT])
+        return [r[0] for r in cursor.fetchall()]
