@@ -94,6 +94,9 @@ class Event(models.Model):
         template="nextval('billing_sync_event_seq')", output_field=models.BigIntegerField()))
     order_keys = ArrayField(models.TextField(), default=list, blank=True, db_default=models.Value([], ArrayField(
         models.TextField())))
+    # The earlier event this one last waited behind (set when it was held, kept after as its history).
+    held_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+                                db_index=False)
 
     class Meta:
         constraints = [

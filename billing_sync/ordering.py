@@ -165,3 +165,21 @@ def successors_of(*, seq: int, keys: list[str]) -> list:
     with connection.cursor() as cursor:
         cursor.execute(_SUCCESSORS, [_probe(keys), seq, SUCCESSOR_LIMIT])
         return [r[0] for r in cursor.fetchall()]
+
+
+# Accepted events, oldest first, except those whose recorded holder is still parked on a dependency.
+_SWEEPABLE = """
+SELECT e.id FROM billing_sync_event e
+WHERE e.status = 'accepted' AND e.received_at <= %s
+  AND NOT EXISTS (SELECT 1 FROM exceptions_queue_exceptionrecord x
+                  WHERE x.event_id = e.held_by_id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL)
+ORDER BY e.seq
+LIMIT %s
+"""
+
+
+def accepted_not_parked_behind(*, received_before, limit: int) -> list:
+    """What the events sweep may schedule again: accepted events not waiting behind a parked one."""
+    with connection.cursor() as cursor:
+        cursor.execute(_SWEEPABLE, [received_before, limit])
+        return [r[0] for r in cursor.fetchall()]

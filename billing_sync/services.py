@@ -312,10 +312,13 @@ def schedule_processing(event_ids) -> None:
 
 
 def sweep_accepted(*, older_than_seconds: int = 30) -> int:
-    """Events accepted but never processed (broker outage, crash after commit): schedule them again."""
+    """Events accepted but never processed (broker outage, crash after commit): schedule them again.
+
+    Not those held behind an event parked in the queue: that one wakes them when it is done, and until
+    then looking again would find them held again.
+    """
     cutoff = timezone.now() - timezone.timedelta(seconds=older_than_seconds)
-    ids = list(Event.objects.filter(status=Event.Status.ACCEPTED, received_at__lte=cutoff)
-               .order_by("received_at").values_list("id", flat=True)[:5000])
+    ids = ordering.accepted_not_parked_behind(received_before=cutoff, limit=5000)
     if ids:
         schedule_processing(ids)
     return len(ids)
@@ -336,7 +339,11 @@ def process_event(*, event_id, actor="system") -> str:
             return event.status if event else "missing"
         holder = ordering.held_by(event)
         if holder is not None:
-            log.info("event.held", event_id=str(event.pk), behind=str(holder))
+            if event.held_by_id != holder:  # recorded once per holder, not at every look
+                event.held_by_id = holder
+                event.save(update_fields=["held_by"])
+                audit.record(actor=actor, action="event.held", object_type="event", object_id=event.pk,
+                             event_id=event.pk, after={"behind": str(holder)})
             return event.status
         seq, keys = event.seq, event.order_keys
         # Whatever the outcome, the events queued behind this one may go next.

@@ -6,17 +6,20 @@ numbers its events in the batch's order. The second part sends histories in orde
 a real Celery worker of two processes on real Redis, and compares the outcome with one-at-a-time
 processing of the same history: the two cases of issue #10 by name, then random histories (hypothesis).
 """
+import datetime
 import time
 import uuid
 from decimal import Decimal
 
 import pytest
 from django.db import transaction
+from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from rest_framework.test import APIClient
 
+from audit.models import AuditEntry
 from billing_sync import ordering, tokens
 from billing_sync.models import CreditNote, Event, Invoice, Payment, Refund
 from config import correlation
@@ -402,3 +405,23 @@ def test_random_histories_give_the_one_at_a_time_outcome_with_two_worker_process
     # And the books tie out: the trial balance balances over what posted.
     lines = JournalLine.objects.filter(journal__status="posted")
     assert sum(line.debit for line in lines) == sum(line.credit for line in lines)
+
+
+@needs_db
+def test_the_sweep_leaves_events_held_behind_a_parked_one_and_takes_the_rest(entity, integration):
+    from billing_sync import services as billing
+
+    send(integration, f.customer("cus_s"))
+    void = send(integration, f.invoice_voided("inv_s"))
+    note = send(integration, f.credit_note("inv_s", "5.00"))
+    held = Event.objects.get(pk=note["id"])
+    assert held.status == "accepted" and held.held_by_id == Event.objects.get(pk=void["id"]).pk
+    later = timezone.now() + datetime.timedelta(minutes=5)
+    assert note["id"] not in map(str, ordering.accepted_not_parked_behind(received_before=later, limit=100))
+    # A lost message: an accepted event that nothing holds is swept.
+    lost = send(integration, f.customer("cus_s2"))
+    Event.objects.filter(pk=lost["id"]).update(status="accepted")
+    assert [str(i) for i in ordering.accepted_not_parked_behind(received_before=later, limit=100)] == [lost["id"]]
+    assert billing.sweep_accepted(older_than_seconds=-600) == 1
+    # The audit trail says what it waited behind.
+    assert AuditEntry.objects.filter(action="event.held", event_id=note["id"]).count() == 1
