@@ -13,6 +13,7 @@ from django.db.models import Sum
 from simple_history.utils import bulk_create_with_history
 
 from audit import services as audit
+from billing_sync import ordering
 from billing_sync.models import (
     ApprovalStatus, CanonicalChange, CreditNote, Customer, Event, Invoice, InvoiceLine, Payment, PaymentAllocation,
     Refund, WriteOff,
@@ -33,8 +34,7 @@ class Outcome:
     provides: list = field(default_factory=list)
 
 
-def key(kind: str, source_system: str, document_id: str) -> str:
-    return f"{kind}:{source_system}:{document_id}"
+key = ordering.document_key  # dependency keys and order keys name documents alike
 
 
 def _money(value, currency) -> Decimal:

@@ -30,8 +30,12 @@ from django.db import connection
 SUCCESSOR_LIMIT = 100  # events woken at once; the rest are reached by the chain of wake-ups and the sweep
 
 
-def _key(kind: str, source_system: str, document_id) -> str:
+def document_key(kind: str, source_system: str, document_id) -> str:
+    """A document's key, as order keys and dependency keys write it: `invoice:billing-prod:in_1`."""
     return f"{kind}:{source_system}:{document_id}"
+
+
+_key = document_key
 
 
 WRITE = "w|"  # marks, in `order_keys`, a document the event changes (beside its plain key)

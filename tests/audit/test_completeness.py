@@ -538,7 +538,6 @@ ALLOWED = {
     "billing_sync.services.wake_successors": "dispatch only: schedules the events held behind one; process_event records",
     "billing_sync.services.event_refresh_status": "derived status of an event from its audited journals/exceptions",
     "billing_sync.services.events_refresh_status": "the same, for many events",
-    "billing_sync.documents.key": "pure: a dependency key",
     "billing_sync.documents.apply": "dispatch to the document handler of the event type (each audited)",
     "billing_sync.adjustments.request_identity": "pure: the idempotency identity of a request",
     "billing_sync.adjustments.invoice_tax_jurisdictions": "read",
