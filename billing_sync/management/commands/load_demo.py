@@ -52,7 +52,7 @@ from config import correlation, roles
 from exceptions_queue import services as queue
 from exceptions_queue.models import Approval, ApprovalDecision, ExceptionRecord
 from ledger import services as ledger
-from ledger.models import Entity, Journal, Period
+from ledger.models import Journal, Period
 
 DEMO_PASSWORD_DEFAULT = "tieout-demo-2026"  # development only; documented in README and printed below
 SOURCE = "demo-billing"
