@@ -456,6 +456,9 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
     from billing_sync.selectors import invoice_resource
 
     trace["invoice"] = _attach(invoice_resource(invoice), "invoice", f"{source_system}:{invoice_id}", grouped)
+    # Additive: what finance calls it (paid, overdue, ...), derived from the amounts (Invoice.settlement_on).
+    trace["invoice"]["settlement"] = invoice.settlement
+    trace["invoice"]["settlement_label"] = invoice.settlement_label
     trace["versions"] = invoice_versions(invoice)
     trace["allocations"] = [{"payment_id": a.payment.payment_id, "amount": fmt(a.amount, c),
                              "event_id": str(a.event_id), "at": _iso(a.created_at)} for a in allocations]

@@ -19,7 +19,7 @@ from billing_sync.models import (
 )
 from billing_sync.schemas import EVENT_TYPES
 from config.admin_mixins import (
-    LargeTableAdminMixin, ReadOnlyAdminMixin, choices_filter, condition_filter, window_filter,
+    LargeTableAdminMixin, ReadOnlyAdminMixin, choices_filter, condition_filter, money_column, window_filter,
 )
 from config.errors import TieoutError
 
@@ -75,7 +75,8 @@ class CustomerAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, SimpleHistoryAdmin
 
 @admin.register(Invoice)
 class InvoiceAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, SimpleHistoryAdmin):
-    list_display = ["source_system", "invoice_id", "number", "entity", "total", "status", "version"]
+    list_display = ["source_system", "invoice_id", "number", "entity", "total_display", "status", "version"]
+    total_display = money_column("total")
     list_select_related = ["entity"]
     search_fields = ["invoice_id"]
     entity_field = "entity__code"
@@ -83,7 +84,9 @@ class InvoiceAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, SimpleHistoryAdmin)
 
 @admin.register(Payment)
 class PaymentAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, SimpleHistoryAdmin):
-    list_display = ["source_system", "payment_id", "entity", "amount", "allocated_total"]
+    list_display = ["source_system", "payment_id", "entity", "amount_display", "allocated_total_display"]
+    amount_display = money_column("amount")
+    allocated_total_display = money_column("allocated_total")
     list_select_related = ["entity"]
     search_fields = ["payment_id"]
     entity_field = "entity__code"
@@ -91,21 +94,25 @@ class PaymentAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, SimpleHistoryAdmin)
 
 @admin.register(CreditNote)
 class CreditNoteAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, SimpleHistoryAdmin):
-    list_display = ["source_system", "credit_note_id", "invoice", "amount", "tax_amount", "status"]
+    list_display = ["source_system", "credit_note_id", "invoice", "amount_display", "tax_amount_display", "status"]
+    amount_display = money_column("amount")
+    tax_amount_display = money_column("tax_amount")
     list_select_related = ["invoice"]
     entity_field = "invoice__entity__code"
 
 
 @admin.register(WriteOff)
 class WriteOffAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, SimpleHistoryAdmin):
-    list_display = ["source_system", "write_off_id", "invoice", "amount", "status"]
+    list_display = ["source_system", "write_off_id", "invoice", "amount_display", "status"]
+    amount_display = money_column("amount")
     list_select_related = ["invoice"]
     entity_field = "invoice__entity__code"
 
 
 @admin.register(Refund)
 class RefundAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, SimpleHistoryAdmin):
-    list_display = ["source_system", "refund_id", "payment", "invoice", "amount"]
+    list_display = ["source_system", "refund_id", "payment", "invoice", "amount_display"]
+    amount_display = money_column("amount")
     list_select_related = ["payment", "invoice"]
     entity_field = "payment__entity__code"
 

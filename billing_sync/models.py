@@ -219,6 +219,40 @@ class Invoice(models.Model):
             return Decimal("0")
         return self.total - self.applied_total - self.credited_total - self.written_off_total + self.refunded_total
 
+    # What finance calls the invoice on the pages (the stored `status` only knows open / voided, and the API
+    # keeps it): derived from the amounts here, in one place, for every page that shows an invoice.
+    SETTLEMENT_LABELS = {"paid": "paid", "partially_paid": "partially paid", "open": "open", "overdue": "overdue",
+                         "voided": "voided", "written_off": "written off", "credited": "credited"}
+
+    def settlement_on(self, today) -> str:
+        """paid / partially_paid / open / overdue / voided / written_off / credited, as of the date `today`.
+
+        Nothing open: written off if a write-off closed it, credited if credit notes did (or left a credit
+        balance), else paid. Something open: overdue once past the due date, partially paid if some cash
+        stayed on it, else open.
+        """
+        if self.status == self.Status.VOIDED:
+            return "voided"
+        open_amount = self.open_amount
+        cash = self.applied_total - self.refunded_total
+        if open_amount <= 0:
+            if self.written_off_total > 0:
+                return "written_off"
+            if self.credited_total > 0 and (open_amount < 0 or cash < self.total):
+                return "credited"
+            return "paid"
+        if self.due_date < today:
+            return "overdue"
+        return "partially_paid" if cash > 0 else "open"
+
+    @property
+    def settlement(self) -> str:
+        return self.settlement_on(timezone.localdate())
+
+    @property
+    def settlement_label(self) -> str:
+        return self.SETTLEMENT_LABELS[self.settlement]
+
 
 class InvoiceLine(models.Model):
     invoice = models.ForeignKey(Invoice, on_delete=models.CASCADE, related_name="lines")

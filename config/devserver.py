@@ -5,7 +5,12 @@ configuration, waits until the web process answers /healthz, prints the URL and 
 output of `manage.py load_demo`, saved by `make run` in var/demo-logins.txt) and then waits. Ctrl-C or
 SIGTERM stops all three gracefully (SIGTERM, then SIGKILL after a grace period); if one of them dies on
 its own, the others are stopped too and the exit status is non-zero, so a broken start never looks
-like a running system. Each child runs in its own session so that the terminal's Ctrl-C reaches only
+like a running system.
+
+The console stays readable: worker, beat, gunicorn and the application loggers log at WARNING unless
+asked (`CELERY_LOG_LEVEL=INFO` for Celery alone, `LOG_LEVEL=INFO` for everything), and gunicorn's access
+log is off unless `GUNICORN_ACCESSLOG=-` (or a file) asks for it; the URL and logins are printed last,
+once everything answers. Each child runs in its own session so that the terminal's Ctrl-C reaches only
 this supervisor, which then shuts the children down in order; on Linux a child also gets SIGTERM if
 the supervisor itself is killed.
 """
@@ -36,14 +41,41 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass  # not Linux: the supervisor's own shutdown path still stops the children
 
 
-def _commands(port: str) -> dict[str, list[str]]:
+DEFAULT_CONSOLE_LEVEL = "WARNING"  # Celery logs a line per task and beat tick at INFO: the URL would scroll away
+
+
+def console_levels(environ) -> tuple[str, str]:
+    """(application and gunicorn level, Celery level) for the dev console: WARNING unless the environment asks."""
+    app_level = (environ.get("LOG_LEVEL") or DEFAULT_CONSOLE_LEVEL).upper()
+    celery_level = (environ.get("CELERY_LOG_LEVEL") or app_level).upper()
+    return app_level, celery_level
+
+
+def child_env(environ) -> dict[str, str]:
+    """The environment of web, worker and beat: the caller's, with the quiet console defaults filled in."""
+    env = dict(environ)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.setdefault("PORT", "8000")
+    if "GUNICORN_BIND" not in env:
+        env.setdefault("HOST", "127.0.0.1")  # a developer's machine: not reachable from the network
+    app_level, _ = console_levels(environ)
+    env["LOG_LEVEL"] = app_level
+    env.setdefault("GUNICORN_LOGLEVEL", app_level.lower())
+    # An empty GUNICORN_ACCESSLOG turns the access log off (config/gunicorn.conf.py); `-` asks for it.
+    env.setdefault("GUNICORN_ACCESSLOG", "")
+    return env
+
+
+def _commands(port: str, celery_level: str = DEFAULT_CONSOLE_LEVEL) -> dict[str, list[str]]:
     celery = str(BIN_DIR / "celery")
+    level = celery_level.lower()
     return {
         "web": [str(BIN_DIR / "gunicorn"), "-c", str(BASE_DIR / "config" / "gunicorn.conf.py"), "config.wsgi"],
-        "worker": [celery, "-A", "config", "worker", "-Q", "celery,posting,callbacks", "-l", "info",
+        "worker": [celery, "-A", "config", "worker", "-Q", "celery,posting,callbacks", "-l", level,
                    "-n", "tieout-dev@%h"],
         "beat": [
-            celery, "-A", "config", "beat", "-l", "info",
+            celery, "-A", "config", "beat", "-l", level,
             "-s", str(VAR_DIR / "celerybeat-schedule"),
             "--pidfile", str(VAR_DIR / "celerybeat.pid"),
         ],
@@ -111,13 +143,19 @@ def _wait_for_web(url: str, sup: Supervisor, timeout: float = 90) -> bool:
     return False
 
 
+def banner(url: str, logins: str) -> str:
+    """What the console shows last, once web answers: the URL, the demo logins (if any) and how to stop."""
+    lines = ["", "=" * 72, f"Tieout is running at {url}   (API docs: {url}api/v1/docs, admin: {url}admin/)"]
+    if logins.strip():
+        lines += ["Demo logins:", logins.rstrip()]
+    lines += ["Ctrl-C stops web, worker and beat.", "=" * 72, ""]
+    return "\n".join(lines)
+
+
 def main() -> int:
-    env = dict(os.environ)
-    env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    port = env.setdefault("PORT", "8000")
-    if "GUNICORN_BIND" not in env:
-        env.setdefault("HOST", "127.0.0.1")  # a developer's machine: not reachable from the network
+    env = child_env(os.environ)
+    port = env["PORT"]
+    _, celery_level = console_levels(os.environ)
     VAR_DIR.mkdir(exist_ok=True)
     url = f"http://127.0.0.1:{port}/"
 
@@ -132,19 +170,15 @@ def main() -> int:
     signal.signal(signal.SIGINT, sup.request_stop)
     signal.signal(signal.SIGTERM, sup.request_stop)
     signal.signal(signal.SIGHUP, sup.request_stop)
-    for name, argv in _commands(port).items():
+    print(f"devserver: starting web, worker and beat (logs at {env['LOG_LEVEL']}, Celery at {celery_level};"
+          " LOG_LEVEL=INFO make run shows more) ...", flush=True)
+    for name, argv in _commands(port, celery_level).items():
         sup.start(name, argv, env)
 
     status = 0
     if _wait_for_web(url, sup):
         logins = VAR_DIR / "demo-logins.txt"
-        print("\n" + "=" * 72, flush=True)
-        print(f"Tieout is running at {url}   (API docs: {url}api/v1/docs, admin: {url}admin/)")
-        if logins.exists() and logins.read_text().strip():
-            print("Demo logins:")
-            print(logins.read_text().rstrip())
-        print("Ctrl-C stops web, worker and beat.")
-        print("=" * 72 + "\n", flush=True)
+        print(banner(url, logins.read_text() if logins.exists() else ""), flush=True)
     elif not sup.stopping:
         print(f"devserver: the web process did not answer {url}healthz", file=sys.stderr)
         status = 1

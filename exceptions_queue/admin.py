@@ -7,7 +7,7 @@ counts, filters on indexed columns with fixed choices, exact search, the user's 
 from django.contrib import admin
 from simple_history.admin import SimpleHistoryAdmin
 
-from config.admin_mixins import LargeTableAdminMixin, ReadOnlyAdminMixin, choices_filter
+from config.admin_mixins import LargeTableAdminMixin, ReadOnlyAdminMixin, choices_filter, money_column
 from config.errors import Codes
 from exceptions_queue import services
 from exceptions_queue.models import Approval, ApprovalPolicy, ExceptionRecord
@@ -47,8 +47,9 @@ class ExceptionRecordAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, SimpleHisto
 
 @admin.register(Approval)
 class ApprovalAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["id", "kind", "entity", "amount", "currency", "status", "requested_by_label",
+    list_display = ["id", "kind", "entity", "amount_display", "currency", "status", "requested_by_label",
                     "required_approvals", "created_at"]
+    amount_display = money_column("amount")
     list_filter = ["status"]
     list_select_related = ["entity"]
     search_fields = ["id", "event"]

@@ -209,6 +209,7 @@ def invoice_view(invoice) -> dict:
     return {
         "pk": invoice.pk, "number": invoice.number, "invoice_id": invoice.invoice_id,
         "source_system": invoice.source_system, "status": invoice.status, "version": invoice.version,
+        "settlement": invoice.settlement, "settlement_label": invoice.settlement_label,
         "issue_date": invoice.issue_date, "due_date": invoice.due_date, "currency": c,
         "total": fmt(invoice.total, c), "applied": fmt(invoice.applied_total, c),
         "credited": fmt(invoice.credited_total, c), "written_off": fmt(invoice.written_off_total, c),

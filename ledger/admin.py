@@ -9,7 +9,8 @@ from django.db.models import Q
 from django.utils import timezone
 from simple_history.admin import SimpleHistoryAdmin
 
-from config.admin_mixins import LargeTableAdminMixin, ReadOnlyAdminMixin, condition_filter, window_filter
+from config.admin_mixins import (LargeTableAdminMixin, ReadOnlyAdminMixin, condition_filter, money_column,
+                                 window_filter)
 from ledger import connectors, services
 from ledger.models import Account, AccountMapping, Entity, Journal, JournalLine, Period, PostingAttempt
 
@@ -148,8 +149,10 @@ class JournalAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
 
 @admin.register(JournalLine)
 class JournalLineAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
-    list_display = ["journal", "line_no", "account", "debit", "credit", "customer_id", "invoice_id", "memo"]
-    list_select_related = ["journal", "account"]
+    list_display = ["journal", "line_no", "account", "debit_display", "credit_display", "customer_id", "invoice_id", "memo"]
+    debit_display = money_column("debit", "journal.entity.currency")
+    credit_display = money_column("credit", "journal.entity.currency")
+    list_select_related = ["journal", "journal__entity", "account"]
     search_fields = ["journal"]
     entity_field = "journal__entity__code"
 

@@ -71,3 +71,25 @@ def fmt(amount: Decimal | None, currency: str) -> str | None:
     if amount is None:
         return None
     return str(quantize(Decimal(amount), currency))
+
+
+def display(amount, currency: str | None = None) -> str:
+    """Money for people: thousands grouped with commas, the currency's minor-unit digits, a leading minus.
+
+    `16087.5` in USD is `16,087.50`, in JPY `16,088`, in KWD `16,087.500`; `-1234.5` is `-1,234.50`.
+    Without a currency the amount keeps its own digits. Accepts a Decimal, an int or the API's money
+    string (`fmt`'s output); None and "" give "" and anything that is not a number is returned as is.
+    Only for pages: CSV, JSON and the API keep `fmt`'s plain digits, which machines read.
+    """
+    if amount is None or (isinstance(amount, str) and not amount.strip()):
+        return ""
+    try:
+        value = amount if isinstance(amount, Decimal) else Decimal(str(amount).strip())
+    except (InvalidOperation, ValueError):
+        return str(amount)
+    if not value.is_finite():
+        return str(amount)
+    if currency:
+        value = quantize(value, currency)
+    text = f"{abs(value):,f}"
+    return f"-{text}" if value < 0 else text

@@ -85,6 +85,8 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "exceptions_queue.web.access.portal",
             ],
+            # `{{ amount|money:currency }}` in every template (exceptions_queue/templatetags/money.py).
+            "builtins": ["exceptions_queue.templatetags.money"],
         },
     },
 ]

@@ -49,7 +49,8 @@ def _summary(invoice: Invoice) -> dict:
     return {"pk": invoice.pk, "number": invoice.number, "invoice_id": invoice.invoice_id,
             "source_system": invoice.source_system, "entity": invoice.entity.code, "currency": c,
             "customer": invoice.customer.name, "customer_id": invoice.customer.customer_id,
-            "status": invoice.status, "issue_date": invoice.issue_date, "due_date": invoice.due_date,
+            "status": invoice.status, "settlement": invoice.settlement, "settlement_label": invoice.settlement_label,
+            "issue_date": invoice.issue_date, "due_date": invoice.due_date,
             "total": fmt(invoice.total, c), "open_amount": fmt(invoice.open_amount, c),
             "creditable": fmt(adjustments.creditable_room(invoice), c),
             "write_off_room": fmt(adjustments.write_off_room(invoice), c)}

@@ -24,7 +24,7 @@ from config.errors import TieoutError
 from exceptions_queue import selectors, services, sla
 from exceptions_queue.models import ExceptionRecord
 from exceptions_queue.web.access import READERS, WORKERS, page
-from ledger.money import fmt
+from ledger.money import display
 
 FILTER_FIELDS = ("code", "process", "entity", "owner", "status", "age", "q", "escalated")
 STATUS_CHOICES = [("unresolved", "Unresolved"), ("open", "Open"), ("assigned", "Assigned"),
@@ -52,7 +52,8 @@ def _amount(exc, currencies) -> str:
     if exc.amount is None:
         return ""
     currency = currencies.get(exc.entity_code)
-    return f"{fmt(exc.amount, currency)} {currency}" if currency else f"{exc.amount.normalize():f}"
+    # For the pages only (grouped thousands, the currency's digits): exports and the API keep plain digits.
+    return f"{display(exc.amount, currency)} {currency}" if currency else display(exc.amount.normalize())
 
 
 def _visible_entities(user) -> list[str]:

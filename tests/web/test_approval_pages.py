@@ -137,7 +137,7 @@ def test_the_detail_shows_everything_needed_to_decide(invoice, staff, raise_writ
     changes = [c for v in inv["history"] for c in v["changes"]]
     assert {"field": "Payments applied", "old": "0.00", "new": "5000.00"} in changes
     assert {"field": "Credited", "old": "0.00", "new": "200.00"} in changes
-    for shown in ("INV-GLOBEX-1", "Globex Ltd", "14800.00", "Uncollectible remainder", "fiona-ops",
+    for shown in ("INV-GLOBEX-1", "Globex Ltd", "14,800.00", "Uncollectible remainder", "fiona-ops",
                   "Payments applied: 0.00 → 5000.00", "Credited: 0.00 → 200.00"):
         assert shown in text, shown
     policy = context["policy"]
@@ -271,7 +271,7 @@ def test_the_write_off_form_refuses_over_the_open_amount_inline(invoice, staff, 
     client = staff("fiona-ops")
     url = f"/adjustments/invoices/{invoice.pk}/write-off/"
     page = _text(client.get(url))
-    assert 'id="open-amount">20000.00 USD' in page
+    assert 'id="open-amount">20,000.00 USD' in page
     assert '<label for="id_amount">Amount to write off</label>' in page and '<label for="id_reason">Reason</label>' in page
     response = _post(client, url, {"amount": "20000.01", "reason": "too much"}, django_capture_on_commit_callbacks)
     assert response.status_code == 422
@@ -308,7 +308,7 @@ def test_a_small_credit_memo_from_the_form_posts_and_lands_on_the_invoice(invoic
                      django_capture_on_commit_callbacks)
     assert response.status_code == 302 and response["Location"] == f"/adjustments/invoices/{invoice.pk}/"
     text = _text(client.get(response["Location"]))
-    assert "no approval needed under the policy" in text and 'id="open-amount">19892.75 USD' in text
+    assert "no approval needed under the policy" in text and 'id="open-amount">19,892.75 USD' in text
     invoice.refresh_from_db()
     assert invoice.credited_total == Decimal("107.25")
 

@@ -42,7 +42,7 @@ def raise_write_off_in_ui(page, invoice, amount: str, reason: str, *, screenshot
     page.get_by_role("button", name="Search").click()
     page.get_by_role("link", name=f"Write-off of {invoice.number}").click()
     expect(page.get_by_role("heading", name=f"Raise a write-off on invoice {invoice.number}")).to_be_visible()
-    assert page.locator("#open-amount").inner_text() == "20000.00 USD"
+    assert page.locator("#open-amount").inner_text() == "20,000.00 USD"
     page.get_by_label("Amount to write off").fill(amount)
     page.get_by_label("Reason").fill(reason)
     if screenshot:
@@ -71,7 +71,7 @@ def test_a_controller_approves_a_write_off_that_then_posts(new_page, invoice):
     row.get_by_role("link", name=approval.document_id).click()
     expect(carl.get_by_role("heading", name=f"Write-off {approval.document_id}")).to_be_visible()
     assert carl.locator("#reason").inner_text() == "Initech is in liquidation"
-    assert carl.locator("#invoice-open").inner_text() == "20000.00"
+    assert carl.locator("#invoice-open").inner_text() == "20,000.00"
     assert carl.locator("#journal-status").inner_text() == "pending_approval"
     assert_accessible(carl)
     shot(carl, "approval-detail")
@@ -83,8 +83,8 @@ def test_a_controller_approves_a_write_off_that_then_posts(new_page, invoice):
     assert carl.locator("#approval-status").inner_text() == "approved"
     assert carl.locator("#journal-status").inner_text() == "posted"
     assert carl.locator("#journal-erp-ref").inner_text().startswith("JE-US01-")
-    assert carl.locator("#invoice-open").inner_text() == "19650.00"
-    assert carl.locator("#invoice-ledger-open").inner_text() == "19650.00"
+    assert carl.locator("#invoice-open").inner_text() == "19,650.00"
+    assert carl.locator("#invoice-ledger-open").inner_text() == "19,650.00"
     assert "Liquidator confirmed no dividend" in carl.locator("#decisions").inner_text()
     assert carl.get_by_role("button", name="Approve").count() == 0
     shot(carl, "approval-approved")
@@ -101,14 +101,14 @@ def test_a_controller_rejects_a_credit_note_that_then_never_posts(new_page, invo
     carl = login(new_page(), "carl-controller")
     carl.goto(f"/approvals/{approval.pk}/")
     expect(carl.get_by_role("heading", name=f"Credit note {credit_note_id}")).to_be_visible()
-    assert "2000.00" in carl.locator("#journal").inner_text()
+    assert "2,000.00" in carl.locator("#journal").inner_text()
     carl.get_by_label("Comment").fill("Not agreed with the account manager")
     with carl.expect_navigation():
         carl.get_by_role("button", name="Reject").click()
     expect(carl.get_by_text(f"Rejected {credit_note_id}: its journal will never post.")).to_be_visible()
     assert carl.locator("#approval-status").inner_text() == "rejected"
     assert carl.locator("#journal-status").inner_text() == "rejected"
-    assert carl.locator("#invoice-open").inner_text() == "20000.00"
+    assert carl.locator("#invoice-open").inner_text() == "20,000.00"
     shot(carl, "approval-rejected")
 
     journal = Journal.objects.get(pk=approval.journal_id)

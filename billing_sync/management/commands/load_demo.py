@@ -1,23 +1,39 @@
-"""`manage.py load_demo`: a small, believable billing history for the portal (development only).
+"""`manage.py load_demo`: a small month of a business for the portal (development only).
 
-Sets up entity US01 (USD) as `setup_entity` does, creates one user per role with a known password, and
-sends a fixed billing history through the same write path as the API (`receive_event`, as the
-`billing` integration user), then does the worker's job inline: it processes each accepted event and
-posts the journals that are ready through the built-in ERP connector, so the demo needs no Celery
-worker and no broker. Nothing is sent to the broker while it runs (see `_inline_worker`).
+Sets up two entities as `setup_entity` does (US01 in USD, UK01 in GBP: each entity's documents are in its
+own currency), creates one user per role with a known password, and sends about a month of billing history
+through the same write path as the API (`receive_event`, as the `billing` integration user): a few dozen
+customers, invoices over the last 30 days, payments in full, in part and early (unapplied cash applied
+later), credit notes and write-offs (some posted, some waiting for one approver, one for two), and events
+that stop in the exception queue with several codes (awaiting_dependency, unknown_customer,
+over_application, no_account_mapping, currency_mismatch, period_closed, posting_failed), assigned to
+`ops` with comments. It does the worker's job inline (processes each event, posts the ready journals
+through the built-in ERP connector), so it needs no Celery worker and no broker (see `_inline_worker`).
+The previous month is closed (`period_set_status`) once its journals are posted; a payment dated in it
+that arrives afterwards is the period_closed exception. Controllers' decisions go through the approval
+services (one two-approver credit note stays at "1 of 2").
 
-Every event has a stable `event_id`, so a rerun is a replay of the same identities: it creates no
-second event, document or journal. Only the `billing` API token is new on each run (the raw token is
-never stored, so it cannot be printed again); the previous demo token is revoked.
+Time: the history is laid out backwards from an anchor, the moment of the first load, which the first
+event carries (30 days before it): a rerun reads it back, so every payload is the same and the run is a
+replay (no second event, document or journal). The services stamp rows with the time they run, so once
+the events are processed the demo moves their received/created times back to when the history says they
+arrived (`_backdate`, plain UPDATEs, explicit and commented there); posted journals are immutable, so they
+are posted with the ledger's clock set to their arrival plus a short delay (`_ledger_clock`). The audit log
+is append-only and keeps the real times of the load. Only the `billing` API token is new on each run (the
+raw token is never stored, so it cannot be printed again); the previous demo token is revoked.
 
 The passwords come from TIEOUT_DEMO_PASSWORD, else the documented development default below. Never run
 this against a production database: the command refuses production settings.
 
 The last line of stdout is the portal URL, for scripts (`make run` prints the whole block).
 """
+import datetime
+import hashlib
 import json
 import os
+import random
 from contextlib import contextmanager
+from decimal import Decimal
 from unittest import mock
 
 from django.conf import settings
@@ -25,7 +41,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
+from django.db import connection, transaction
+from django.utils import timezone
 
 from billing_sync import services as billing
 from billing_sync import tokens
@@ -33,16 +50,23 @@ from billing_sync.authentication import hash_token
 from billing_sync.models import ApiToken, Event
 from config import correlation, roles
 from exceptions_queue import services as queue
-from exceptions_queue.models import Approval, ExceptionRecord
+from exceptions_queue.models import Approval, ApprovalDecision, ExceptionRecord
 from ledger import services as ledger
-from ledger.models import Journal
+from ledger.models import Journal, Period
 
 DEMO_PASSWORD_DEFAULT = "tieout-demo-2026"  # development only; documented in README and printed below
-ENTITY = "US01"
-CURRENCY = "USD"
 SOURCE = "demo-billing"
 TOKEN_NAME = "load_demo"
 ACTOR = "cli:load_demo"
+DAYS = 30  # the history covers the 30 days before the anchor
+
+# (code, currency, name, country, tax jurisdiction, tax rate, customers, invoices)
+ENTITIES = [
+    ("US01", "USD", "Tieout Demo Inc. (US)", "US", "US-CA", Decimal("0.0725"), 26, 64),
+    ("UK01", "GBP", "Tieout Demo Ltd (UK)", "GB", "GB-VAT", Decimal("0.20"), 10, 22),
+]
+ENTITY = ENTITIES[0][0]  # the first entity (kept for callers of the earlier single-entity demo)
+CURRENCY = ENTITIES[0][1]
 
 # (username, role, what the person does in the demo)
 USERS = [
@@ -54,119 +78,222 @@ USERS = [
     ("admin", roles.ADMIN, "administration (Django admin too)"),
 ]
 
+_COMPANIES = {
+    "US01": ["Acme Corp", "Globex Corporation", "Initech", "Umbrella Health", "Hooli", "Stark Logistics",
+             "Wayne Foods", "Cyberdyne Labs", "Soylent Nutrition", "Vandelay Industries", "Pied Piper",
+             "Dunder Mifflin", "Monarch Analytics", "Tyrell Robotics", "Wonka Confections", "Oscorp Energy",
+             "Massive Dynamic", "Aperture Science", "Gringotts Capital", "Bluth Company", "Prestige Worldwide",
+             "Nakatomi Trading", "Sterling Cooper", "Buy n Large", "Virtucon", "Los Pollos Hermanos"],
+    "UK01": ["Albion Freight", "Bramble & Co", "Cotswold Mills", "Dartmoor Digital", "Essex Analytics",
+             "Fenwick Retail", "Greenwich Labs", "Harrow Health", "Islington Media", "Jubilee Foods"],
+}
+_PLANS = [("Starter plan", "480.00"), ("Team plan", "1200.00"), ("Growth plan", "2500.00"),
+          ("Business plan", "3600.00"), ("Enterprise plan", "7500.00"), ("API usage", "860.40"),
+          ("Support add-on", "640.00"), ("Implementation services", "3000.00")]
+
 
 # ------------------------------------------------------------------------------------------- payloads
-def _event(seq: int, type_: str, occurred_at: str, data: dict) -> dict:
-    return {"schema_version": "1", "source_system": SOURCE, "event_id": f"demo-evt-{seq:04d}", "type": type_,
-            "occurred_at": occurred_at, "entity": ENTITY, "data": data}
+def _tax(amount: Decimal, rate: Decimal) -> Decimal:
+    return (amount * rate).quantize(Decimal("0.01"))
 
 
-def _customer(customer_id, name, email, version=1):
-    return {"customer_id": customer_id, "name": name, "email": email, "country": "US", "version": version}
+class _History:
+    """One entity's month, as the events a billing platform would have sent (identities never change).
+
+    `at(days, minutes)` is a moment `days` before the anchor (minus `minutes`); everything is derived from
+    the anchor and a random generator seeded with the entity's code, so the same anchor gives the same
+    payloads. `late` events are sent after the previous month is closed.
+    """
+
+    def __init__(self, anchor: datetime.datetime, spec):
+        self.anchor = anchor
+        self.code, self.currency, _, self.country, self.jurisdiction, self.rate, n_customers, n_invoices = spec
+        self.rng = random.Random(self.code)
+        self.month_start = anchor.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        self.events, self.late = [], []
+        self.prefix = self.code.lower()
+        self.customers = [f"{self.prefix}-cus-{i:02d}" for i in range(1, n_customers + 1)]
+        self.invoices: dict[str, dict] = {}
+        self.n_invoices = n_invoices
+
+    def at(self, days: float, minutes: int = 0) -> datetime.datetime:
+        return self.anchor - datetime.timedelta(days=days, minutes=minutes)
+
+    def this_month(self, minutes: int) -> datetime.datetime:
+        """`minutes` before the anchor, but never before the 1st of its month (approvals must stay open)."""
+        return max(self.anchor - datetime.timedelta(minutes=minutes),
+                   min(self.month_start + datetime.timedelta(minutes=1), self.anchor))
+
+    def add(self, type_: str, at: datetime.datetime, data: dict, *, late=False) -> None:
+        (self.late if late else self.events).append(
+            (at, {"schema_version": "1", "source_system": SOURCE, "type": type_,
+                  "occurred_at": at.strftime("%Y-%m-%dT%H:%M:%SZ"), "entity": self.code, "data": data}))
+
+    # -------------------------------------------------------------------------------- documents
+    def customer(self, customer_id: str, name: str, at) -> None:
+        slug = "".join(ch for ch in name.lower() if ch.isalnum())[:20]
+        self.add("customer.upserted", at, {"customer_id": customer_id, "name": name, "email": f"ap@{slug}.example",
+                                           "country": self.country, "version": 1})
+
+    def invoice(self, number: int, customer_id: str, at, lines, *, net_days=30, revenue_account=None) -> str:
+        invoice_id = f"{self.prefix}-inv-{number}"
+        out, subtotal, tax_total = [], Decimal("0.00"), Decimal("0.00")
+        for index, (description, amount) in enumerate(lines, start=1):
+            amount = Decimal(amount)
+            tax = _tax(amount, self.rate)
+            line = {"line_id": f"{invoice_id}-l{index}", "description": description, "amount": f"{amount:.2f}",
+                    "taxes": [{"jurisdiction": self.jurisdiction, "rate": str(self.rate), "amount": f"{tax:.2f}"}]}
+            if revenue_account:
+                line["revenue_account"] = revenue_account
+            out.append(line)
+            subtotal += amount
+            tax_total += tax
+        issued = at.date()
+        total = subtotal + tax_total
+        self.add("invoice.issued", at, {
+            "invoice_id": invoice_id, "number": f"{self.code[:2]}-{number}", "customer_id": customer_id,
+            "currency": self.currency, "issue_date": issued.isoformat(),
+            "due_date": (issued + datetime.timedelta(days=net_days)).isoformat(), "lines": out,
+            "subtotal": f"{subtotal:.2f}", "tax_total": f"{tax_total:.2f}", "total": f"{total:.2f}", "version": 1})
+        self.invoices[invoice_id] = {"customer": customer_id, "total": total, "tax": tax_total, "at": at}
+        return invoice_id
+
+    def payment(self, number: int, customer_id: str, at, amount, allocations, *, method="card", fee=None,
+                currency=None, late=False) -> str:
+        payment_id = f"{self.prefix}-pay-{number}"
+        data = {"payment_id": payment_id, "customer_id": customer_id, "currency": currency or self.currency,
+                "amount": f"{Decimal(amount):.2f}", "received_at": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "method": method, "allocations": [{"invoice_id": i, "amount": f"{Decimal(a):.2f}"}
+                                                  for i, a in allocations]}
+        if fee:
+            data["fee"] = fee
+        self.add("payment.received", at, data, late=late)
+        return payment_id
+
+    def credit_note(self, number: int, invoice_id: str, at, net: Decimal, reason: str) -> None:
+        self.add("credit_note.issued", at, {
+            "credit_note_id": f"{self.prefix}-cn-{number}", "invoice_id": invoice_id, "currency": self.currency,
+            "amount": f"{net:.2f}", "taxes": [{"jurisdiction": self.jurisdiction,
+                                               "amount": f"{_tax(net, self.rate):.2f}"}], "reason": reason})
+
+    def write_off(self, number: int, invoice_id: str, at, amount: Decimal, reason: str) -> None:
+        self.add("write_off.requested", at, {"write_off_id": f"{self.prefix}-wo-{number}", "invoice_id": invoice_id,
+                                             "currency": self.currency, "amount": f"{amount:.2f}", "reason": reason})
+
+    # -------------------------------------------------------------------------------- the month
+    def build(self) -> "_History":
+        rng = self.rng
+        for index, (customer_id, name) in enumerate(zip(self.customers, _COMPANIES[self.code])):
+            self.customer(customer_id, name, self.at(DAYS, 60 - index))
+
+        # Invoices spread over the month, one or two lines each; a few on 14-day terms (overdue soon).
+        fates = {}
+        for i in range(self.n_invoices):
+            days = DAYS - 1 - (DAYS - 2) * i / self.n_invoices
+            lines = [rng.choice(_PLANS)]
+            if rng.random() < 0.3:
+                lines.append(rng.choice(_PLANS))
+            invoice_id = self.invoice(1001 + i, self.customers[i % len(self.customers)],
+                                      self.at(days, rng.randint(5, 600)), lines,
+                                      net_days=14 if i % 5 == 0 else 30)
+            fates[invoice_id] = rng.random()
+        if self.code == "US01":  # the headline invoice of the walkthrough: 15,000.00 + 7.25% = 16,087.50
+            big = self.invoice(1900, self.customers[1], self.at(21, 45),
+                               [("Annual platform licence", "12000.00"), ("Implementation services", "3000.00")])
+            fates[big] = 0.9  # unpaid: the two-approver credit note below is on it
+
+        # Payments: most invoices paid in full within days, some in part, some not yet (open or overdue).
+        pay_no = 2001
+        for invoice_id, fate in fates.items():
+            doc = self.invoices[invoice_id]
+            paid_at = doc["at"] + datetime.timedelta(days=2 + rng.random() * 10, minutes=rng.randint(0, 300))
+            if paid_at >= self.anchor - datetime.timedelta(minutes=10):
+                continue
+            if fate < 0.6:
+                amount = doc["total"]
+            elif fate < 0.75:
+                amount = (doc["total"] / 2).quantize(Decimal("0.01"))
+            else:
+                continue
+            method = rng.choice(["card", "ach", "wire"])
+            fee = f"{(amount * Decimal('0.029')).quantize(Decimal('0.01'))}" if method == "card" else None
+            self.payment(pay_no, doc["customer"], paid_at, amount, [(invoice_id, amount)], method=method, fee=fee)
+            doc["paid"] = amount
+            pay_no += 1
+
+        unpaid = [i for i, d in self.invoices.items() if not d.get("paid")]
+        # An early payment: cash before the customer's next invoice, unapplied until applied to it later.
+        early_inv = unpaid[-2]
+        early = self.invoices[early_inv]
+        pay_id = self.payment(pay_no, early["customer"], early["at"] - datetime.timedelta(hours=20),
+                              early["total"] + Decimal("250.00"), [], method="wire")
+        pay_no += 1
+        self.add("payment.applied", early["at"] + datetime.timedelta(hours=3),
+                 {"payment_id": pay_id, "allocations": [{"invoice_id": early_inv, "amount": f"{early['total']:.2f}"}]})
+        early["paid"] = early["total"]
+
+        # Adjustments: a small credit note posts at once; the others wait for the controllers.
+        paid_in_part = [i for i, d in self.invoices.items() if d.get("paid") and d["paid"] < d["total"]]
+        open_ones = [i for i, d in self.invoices.items() if not d.get("paid") and i != f"{self.prefix}-inv-1900"]
+        open_ones.sort(key=lambda i: -self.invoices[i]["total"])  # the largest first: room for the credits
+        self.credit_note(4001, paid_in_part[0], self.at(9, 30), Decimal("50.00"), "service credit: outage")
+        self.credit_note(4002, open_ones[0], self.this_month(60 * 50), Decimal("1100.00") if self.code == "US01"
+                         else Decimal("400.00"), "price agreed before renewal was not applied")
+        self.write_off(5001, open_ones[1], self.this_month(60 * 30), Decimal("180.00"),
+                       "small balance after dispute; not worth collecting")
+        if self.code == "US01":
+            self.credit_note(4003, "us01-inv-1900", self.this_month(60 * 26), Decimal("12000.00"),
+                             "licence downgraded to monthly billing")
+            self.write_off(5002, open_ones[2], self.this_month(60 * 20), Decimal("95.00"), "bank charges short-paid")
+            self.write_off(5003, open_ones[3], self.this_month(60 * 8), Decimal("310.00"), "customer in administration")
+
+        # Exceptions: what stops in the queue, aged over the last days.
+        c = self.customers
+        if self.code == "US01":
+            self.payment(2901, c[3], self.at(6, 200), "500.00", [(f"{self.prefix}-inv-9999", "500.00")], method="ach")
+            self.invoice(1950, f"{self.prefix}-cus-99", self.at(4, 90), [("Team plan", "1200.00")])
+            full = next(i for i, d in self.invoices.items() if d.get("paid") == d["total"] and i != early_inv)
+            self.payment(2902, self.invoices[full]["customer"], self.at(3, 60), self.invoices[full]["total"],
+                         [(full, self.invoices[full]["total"])], method="ach")  # paid twice: over-application
+            self.invoice(1951, c[5], self.at(2, 120), [("Consulting (new service line)", "2200.00")],
+                         revenue_account="4100")  # no such account in the chart: no_account_mapping
+            # Dated on the last day of the closed month, delivered after the close: period_closed.
+            last_day = self.month_start - datetime.timedelta(hours=6)
+            late_inv = open_ones[4]
+            self.payment(2903, self.invoices[late_inv]["customer"], last_day, "100.00", [(late_inv, "100.00")],
+                         method="wire", late=True)
+        else:
+            self.payment(2901, c[2], self.at(5, 100), "300.00", [], currency="USD", method="wire")  # wrong currency
+        self.events.sort(key=lambda pair: pair[0])
+        return self
 
 
-def _invoice(invoice_id, number, customer_id, issue_date, due_date, lines, version=1):
-    """`lines` are (description, amount, tax) with amounts as decimal strings; tax in US-CA at 7.25%."""
-    from decimal import Decimal
-
-    out, subtotal, tax_total = [], Decimal("0.00"), Decimal("0.00")
-    for index, (description, amount, tax) in enumerate(lines, start=1):
-        taxes = [{"jurisdiction": "US-CA", "rate": "0.0725", "amount": tax}] if Decimal(tax) else []
-        out.append({"line_id": f"{invoice_id}-l{index}", "description": description, "amount": amount,
-                    "taxes": taxes})
-        subtotal += Decimal(amount)
-        tax_total += Decimal(tax)
-    return {"invoice_id": invoice_id, "number": number, "customer_id": customer_id, "currency": CURRENCY,
-            "issue_date": issue_date, "due_date": due_date, "lines": out, "subtotal": f"{subtotal:.2f}",
-            "tax_total": f"{tax_total:.2f}", "total": f"{subtotal + tax_total:.2f}", "version": version}
+def demo_events(anchor: datetime.datetime | None = None) -> list[tuple[dict, bool]]:
+    """(payload, late) for every demo event in sending order, with stable event ids; late ones come after
+    the previous month is closed."""
+    anchor = anchor or _anchor()
+    out = []
+    for spec in ENTITIES:
+        history = _History(anchor, spec).build()
+        for seq, (_, payload) in enumerate(history.events + history.late, start=1):
+            payload["event_id"] = f"demo-{spec[0]}-{seq:04d}"
+            out.append((payload, seq > len(history.events)))
+    return out
 
 
-def _payment(payment_id, customer_id, amount, received_at, allocations, fee=None, method="card"):
-    data = {"payment_id": payment_id, "customer_id": customer_id, "currency": CURRENCY, "amount": amount,
-            "received_at": received_at, "method": method,
-            "allocations": [{"invoice_id": i, "amount": a} for i, a in allocations]}
-    if fee:
-        data["fee"] = fee
-    return data
+def _anchor() -> datetime.datetime:
+    """The moment of the first load: the first event (the first customer, DAYS before it) carries it."""
+    first = Event.objects.filter(source_system=SOURCE, event_id=f"demo-{ENTITY}-0001").values_list(
+        "payload", flat=True).first()
+    if first:
+        occurred = datetime.datetime.fromisoformat(first["occurred_at"].replace("Z", "+00:00"))
+        return occurred + datetime.timedelta(days=DAYS, minutes=60)
+    return timezone.now().replace(second=0, microsecond=0)
 
 
-def demo_events() -> list[dict]:
-    """The fixed history, in the order a billing platform would have sent it (identities never change)."""
-    e = []
-
-    def add(type_, at, data):
-        e.append(_event(len(e) + 1, type_, at, data))
-
-    # Five customers.
-    add("customer.upserted", "2026-10-01T09:00:00Z", _customer("cus_acme", "Acme Corp", "ap@acme.example"))
-    add("customer.upserted", "2026-10-01T09:01:00Z", _customer("cus_globex", "Globex Corporation",
-                                                               "payables@globex.example"))
-    add("customer.upserted", "2026-10-01T09:02:00Z", _customer("cus_initech", "Initech", "finance@initech.example"))
-    add("customer.upserted", "2026-10-01T09:03:00Z", _customer("cus_umbrella", "Umbrella Health",
-                                                               "ap@umbrella.example"))
-    add("customer.upserted", "2026-10-01T09:04:00Z", _customer("cus_hooli", "Hooli", "billing@hooli.example"))
-
-    # Twelve invoices.
-    inv = [
-        ("inv_1001", "INV-1001", "cus_acme", "2026-10-02", [("Platform subscription, October", "1200.00", "87.00")]),
-        ("inv_1002", "INV-1002", "cus_acme", "2026-10-05", [("Extra seats (5)", "450.00", "32.63")]),
-        ("inv_1003", "INV-1003", "cus_globex", "2026-10-06", [("Enterprise plan, Q4", "2500.00", "181.25")]),
-        ("inv_1004", "INV-1004", "cus_globex", "2026-10-08", [("Annual platform licence", "12000.00", "870.00"),
-                                                              ("Implementation services", "3000.00", "217.50")]),
-        ("inv_1005", "INV-1005", "cus_initech", "2026-10-09", [("Team plan, October", "800.00", "58.00")]),
-        ("inv_1006", "INV-1006", "cus_initech", "2026-10-12", [("Training workshop", "300.00", "0")]),
-        ("inv_1007", "INV-1007", "cus_umbrella", "2026-10-14", [("Health-data connector", "5000.00", "362.50")]),
-        ("inv_1008", "INV-1008", "cus_umbrella", "2026-10-15", [("Support add-on", "640.00", "46.40")]),
-        ("inv_1009", "INV-1009", "cus_hooli", "2026-10-20", [("Growth plan, October", "980.00", "71.05")]),
-        ("inv_1010", "INV-1010", "cus_hooli", "2026-10-21", [("API usage overage", "2200.00", "159.50")]),
-        ("inv_1011", "INV-1011", "cus_acme", "2026-11-02", [("Platform subscription, November", "1200.00", "87.00"),
-                                                            ("Premium support, November", "250.00", "18.13")]),
-        ("inv_1012", "INV-1012", "cus_globex", "2026-11-03", [("Usage overage, October", "750.00", "54.38")]),
-    ]
-    for invoice_id, number, customer_id, issued, lines in inv:
-        year, month, day = issued.split("-")
-        due = f"{year}-{int(month) + 1:02d}-{day}"
-        add("invoice.issued", f"{issued}T10:00:00Z", _invoice(invoice_id, number, customer_id, issued, due, lines))
-
-    # An amendment (Initech's team plan grew before payment) and a void (workshop cancelled).
-    add("invoice.amended", "2026-10-16T11:00:00Z", _invoice(
-        "inv_1005", "INV-1005", "cus_initech", "2026-10-09", "2026-11-09",
-        [("Team plan, October (12 seats)", "900.00", "65.25")], version=2))
-    add("invoice.voided", "2026-10-17T08:30:00Z", {"invoice_id": "inv_1006", "reason": "workshop cancelled"})
-
-    # Payments: two in full (one with a card fee), two partial, one with unapplied cash.
-    add("payment.received", "2026-10-20T14:00:00Z", _payment(
-        "pay_2001", "cus_acme", "1287.00", "2026-10-20T14:00:00Z", [("inv_1001", "1287.00")], fee="37.62"))
-    add("payment.received", "2026-10-22T09:15:00Z", _payment(
-        "pay_2002", "cus_acme", "200.00", "2026-10-22T09:15:00Z", [("inv_1002", "200.00")]))
-    add("payment.received", "2026-10-28T16:40:00Z", _payment(
-        "pay_2003", "cus_globex", "2681.25", "2026-10-28T16:40:00Z", [("inv_1003", "2681.25")], fee="78.05",
-        method="ach"))
-    add("payment.received", "2026-10-30T10:05:00Z", _payment(
-        "pay_2004", "cus_umbrella", "2000.00", "2026-10-30T10:05:00Z", [("inv_1007", "2000.00")], method="wire"))
-    add("payment.received", "2026-11-04T12:00:00Z", _payment(
-        "pay_2005", "cus_hooli", "3000.00", "2026-11-04T12:00:00Z", [("inv_1010", "2359.50")], method="wire"))
-    # Hooli's unapplied cash is partly applied to another invoice, and part of it refunded.
-    add("payment.applied", "2026-11-06T09:00:00Z", {"payment_id": "pay_2005",
-                                                    "allocations": [{"invoice_id": "inv_1009", "amount": "400.00"}]})
-    add("payment.refunded", "2026-11-09T15:30:00Z", {"refund_id": "re_3001", "payment_id": "pay_2005",
-                                                     "amount": "100.00", "currency": CURRENCY})
-
-    # A small credit note (posts at once), a write-off and a large credit note (both await approval).
-    add("credit_note.issued", "2026-11-10T10:00:00Z", {
-        "credit_note_id": "cn_4001", "invoice_id": "inv_1009", "currency": CURRENCY, "amount": "50.00",
-        "taxes": [{"jurisdiction": "US-CA", "amount": "3.63"}], "reason": "service credit: outage on 2026-10-24"})
-    add("write_off.requested", "2026-11-12T10:00:00Z", {
-        "write_off_id": "wo_5001", "invoice_id": "inv_1008", "currency": CURRENCY, "amount": "686.40",
-        "reason": "uncollectible: customer disputes the support add-on"})
-    add("credit_note.issued", "2026-11-13T10:00:00Z", {
-        "credit_note_id": "cn_4002", "invoice_id": "inv_1004", "currency": CURRENCY, "amount": "12000.00",
-        "taxes": [{"jurisdiction": "US-CA", "amount": "870.00"}], "reason": "licence downgraded to monthly billing"})
-
-    # A payment for an invoice that never arrived: waits in the queue (awaiting_dependency).
-    add("payment.received", "2026-11-16T13:20:00Z", _payment(
-        "pay_2006", "cus_initech", "500.00", "2026-11-16T13:20:00Z", [("inv_1099", "500.00")], method="ach"))
-    return e
+def _delay(event_id: str, low: int, high: int) -> int:
+    """A stable pseudo-random number of seconds per event (the same on every run)."""
+    return low + int(hashlib.sha256(event_id.encode()).hexdigest()[:8], 16) % (high - low)
 
 
 # ------------------------------------------------------------------------------------------- the command
@@ -184,9 +311,29 @@ def _inline_worker():
         yield
 
 
+@contextmanager
+def _ledger_clock(moment: datetime.datetime):
+    """The ledger's clock (only `ledger.services`' own `timezone`) set to `moment` while one journal posts.
+
+    A posted journal is immutable (a trigger refuses any UPDATE), so its posting time cannot be moved back
+    afterwards like the other rows' times: it is posted "at" the moment the history says. Only the
+    ledger module's reference is replaced: the audit log keeps the real time.
+    """
+    class _Clock:
+        def __getattr__(self, name):
+            return getattr(timezone, name)
+
+        @staticmethod
+        def now():
+            return moment
+
+    with mock.patch.object(ledger, "timezone", _Clock()):
+        yield
+
+
 class Command(BaseCommand):
-    help = ("Load demo data (development only): entity US01, one user per role, and a billing history "
-            "processed and posted. Idempotent.")
+    help = ("Load demo data (development only): entities US01 (USD) and UK01 (GBP), one user per role, and a "
+            "month of billing history processed, approved in part and posted. Idempotent.")
 
     def add_arguments(self, parser):
         parser.add_argument("--allow-production-settings", action="store_true",
@@ -203,22 +350,37 @@ class Command(BaseCommand):
             self.stderr.write(f"warning: the demo password is weak: {' '.join(exc.messages)}")
 
         with correlation.bound(None), _inline_worker():
-            entity = self._entity()
+            entities = self._entities()
             token = self._users(password)
-            billing_user = get_user_model().objects.get(username="billing")
-            counts = self._history(billing_user)
+            User = get_user_model()
+            billing_user = User.objects.get(username="billing")
+            anchor = _anchor()
+            events = demo_events(anchor)
+            self._late_ids = {p["event_id"] for p, late in events if late}
+            counts = {"new": 0, "replayed": 0, "refused": 0}
+            self._history([p for p, late in events if not late], billing_user, counts)
             self._drain()
+            self._backdate(anchor)
+            self._fail_one_posting(anchor)
             posted = self._post_ready()
+            self._close_previous_month(entities, anchor)
+            self._history([p for p, late in events if late], billing_user, counts)
+            self._backdate(anchor)
+            self._decide(User)
+            posted += self._post_ready()
+            self._work_the_queue(User.objects.get(username="ops"), anchor)
 
-        self._report(entity, counts, posted, token, password if not password_from_env else None)
+        self._report(entities, counts, posted, token, password if not password_from_env else None)
 
     # -------------------------------------------------------------------------------------- steps
-    def _entity(self):
-        with transaction.atomic():
-            entity, _ = ledger.entity_setup(code=ENTITY, currency=CURRENCY, name="Tieout Demo Inc. (US)",
-                                            actor=ACTOR)
-            queue.approval_policy_ensure(entity=entity, actor=ACTOR)
-        return entity
+    def _entities(self) -> list:
+        out = []
+        for code, currency, name, *_ in ENTITIES:
+            with transaction.atomic():
+                entity, _ = ledger.entity_setup(code=code, currency=currency, name=name, actor=ACTOR)
+                queue.approval_policy_ensure(entity=entity, actor=ACTOR)
+            out.append(entity)
+        return out
 
     def _users(self, password: str) -> str:
         """Create the users (only what is missing changes on a rerun); return a fresh `billing` token."""
@@ -239,9 +401,8 @@ class Command(BaseCommand):
             tokens.token_revoke(token_id=token_id, actor=ACTOR)
         return raw_billing
 
-    def _history(self, user) -> dict:
-        counts = {"new": 0, "replayed": 0, "refused": 0}
-        for payload in demo_events():
+    def _history(self, payloads, user, counts) -> dict:
+        for payload in payloads:
             body = json.dumps(payload).encode()
             with correlation.bound(None):  # one correlation id per delivery, as for separate requests
                 answer = billing.receive_event(body=body, user=user, headers={}, remote_addr="127.0.0.1")
@@ -269,35 +430,163 @@ class Command(BaseCommand):
             for event_id in ids:
                 billing.process_event(event_id=event_id, actor=ACTOR)
 
+    def _backdate(self, anchor: datetime.datetime) -> None:
+        """Move the demo's rows back to when the history says they happened (explicit UPDATEs, on purpose).
+
+        The services stamp `received_at` / `created_at` with the time they run, so a month loaded in a few
+        seconds would all look a minute old: no per-day chart, no ages in the queue or the approvals inbox.
+        Only timestamps of demo rows move, to deterministic values (a rerun writes the same ones): an event
+        arrives 20-120 s after it occurred (a late one two hours before the anchor); its receipt with it;
+        what processing it created (canonical changes, exceptions, approvals, unposted journals) a second
+        later. Posted journals are immutable and were posted at their time already (`_post_ready`); the
+        audit log is append-only and is never touched: it keeps the real time of the load.
+        """
+        ids, times = [], []
+        late_at = anchor - datetime.timedelta(hours=2)
+        for event_id, occurred_at in Event.objects.filter(source_system=SOURCE, event_id__startswith="demo-") \
+                .values_list("event_id", "occurred_at"):
+            at = occurred_at + datetime.timedelta(seconds=_delay(event_id, 20, 120))
+            if at < anchor - datetime.timedelta(days=DAYS + 1) or at > anchor:
+                continue  # not this demo's history (an earlier demo's fixed dates): left as it is
+            if event_id in self._late_ids:  # delivered after the close, though it occurred before
+                at = late_at + datetime.timedelta(seconds=_delay(event_id, 20, 120))
+            ids.append(event_id)
+            times.append(at)
+        with transaction.atomic(), connection.cursor() as cur:
+            cur.execute(
+                "UPDATE billing_sync_event e SET received_at = v.at,"
+                " processed_at = CASE WHEN e.processed_at IS NULL THEN NULL ELSE v.at + interval '1 second' END"
+                " FROM unnest(%s::text[], %s::timestamptz[]) AS v(event_id, at)"
+                " WHERE e.source_system = %s AND e.event_id = v.event_id", [ids, times, SOURCE])
+            demo = ("FROM billing_sync_event e WHERE e.source_system = %s AND e.event_id = ANY(%s)")
+            cur.execute("UPDATE billing_sync_receipt r SET received_at = e.received_at "
+                        + demo + " AND e.receipt_id = r.id", [SOURCE, ids])
+            cur.execute("UPDATE billing_sync_canonicalchange c SET at = e.received_at + interval '1 second' "
+                        + demo + " AND c.event_id = e.id", [SOURCE, ids])
+            cur.execute("UPDATE exceptions_queue_exceptionrecord x SET created_at = e.received_at + interval "
+                        "'1 second', updated_at = GREATEST(e.received_at + interval '1 second', LEAST(x.updated_at,"
+                        " e.received_at + interval '1 second')) " + demo + " AND x.event_id = e.id"
+                        " AND x.created_at > e.received_at + interval '1 second'", [SOURCE, ids])
+            cur.execute("UPDATE exceptions_queue_approval a SET created_at = e.received_at + interval '1 second' "
+                        + demo + " AND a.event_id = e.id", [SOURCE, ids])
+            # Unposted journals only: a trigger keeps posted ones immutable (they were posted at their time).
+            cur.execute("UPDATE ledger_journal j SET created_at = e.received_at + interval '1 second' "
+                        + demo + " AND j.event_id = e.id AND j.status <> 'posted'", [SOURCE, ids])
+
     def _post_ready(self) -> int:
-        """Post every ready demo journal through the connector, oldest first (gapless JE numbers in order)."""
+        """Post every ready demo journal through the connector, oldest first (gapless JE numbers in order).
+
+        A journal of the billing history is posted at its time (created + 15-240 s, `_ledger_clock`), so
+        the dashboard's latency and posted-per-hour figures mean something; one that a controller just
+        approved is posted now, after the decision.
+        """
         posted = 0
-        ids = (Journal.objects.filter(entity__code=ENTITY, source_system=SOURCE, status=Journal.Status.READY)
-               .order_by("created_at", "id").values_list("pk", flat=True))
-        for journal_id in list(ids):
-            outcome = ledger.journal_post(journal_id=journal_id, actor=ACTOR)
+        now = timezone.now()
+        rows = (Journal.objects.filter(source_system=SOURCE, status=Journal.Status.READY)
+                .order_by("created_at", "id").values_list("pk", "created_at", "approval__id"))
+        for journal_id, created_at, approval_id in list(rows):
+            moment = min(created_at + datetime.timedelta(seconds=_delay(str(journal_id), 15, 240)), now)
+            if approval_id is not None:
+                outcome = ledger.journal_post(journal_id=journal_id, actor=ACTOR)
+            else:
+                with _ledger_clock(moment):
+                    outcome = ledger.journal_post(journal_id=journal_id, actor=ACTOR)
             posted += outcome.status == Journal.Status.POSTED
         return posted
 
-    def _report(self, entity, counts, posted_now, token, shown_password) -> None:
+    def _fail_one_posting(self, anchor) -> None:
+        """The ERP refuses one journal (as the posting task reports after its retries): posting_failed."""
+        journals = Journal.objects.filter(source_system=SOURCE, entity__code=ENTITY)
+        if journals.filter(status=Journal.Status.FAILED, last_error__contains="ERP rejected").exists():
+            return
+        journal = (journals.filter(status=Journal.Status.READY, document_type="payment",
+                                   accounting_date__gte=anchor.replace(day=1).date())
+                   .order_by("-created_at").first()
+                   or journals.filter(status=Journal.Status.READY).order_by("-created_at").first())
+        if journal is None:
+            return
+        with _ledger_clock(journal.created_at + datetime.timedelta(minutes=25)):
+            ledger.journal_post_failed(
+                journal_id=journal.pk, actor=ACTOR,
+                message="ERP rejected the journal: account 1200 is locked for the bank reconciliation (HTTP 423)")
+
+    def _close_previous_month(self, entities, anchor) -> None:
+        """The controller closes last month once its journals are posted (a rerun finds it closed)."""
+        last_month = anchor.replace(day=1) - datetime.timedelta(days=1)
+        controller = get_user_model().objects.get(username="controller")
+        for entity in entities:
+            ledger.period_set_status(entity=entity, year=last_month.year, month=last_month.month,
+                                     status=Period.Status.CLOSED, actor=controller)
+
+    def _decide(self, User) -> None:
+        """Some decisions already made: one write-off approved, one rejected, the big credit note at 1 of 2."""
+        plan = [("us01-wo-5002", "controller", "approve", "Agreed: bank charges, below the collection cost."),
+                ("us01-wo-5003", "controller2", "reject", "Administrator's dividend not announced yet; wait."),
+                ("us01-cn-4003", "controller", "approve", "Downgrade confirmed with the account manager.")]
+        for document_id, username, decision, comment in plan:
+            approval = Approval.objects.filter(event__source_system=SOURCE, document_id=document_id).first()
+            user = User.objects.get(username=username)
+            if approval is None or approval.status != Approval.Status.PENDING or \
+                    ApprovalDecision.objects.filter(approval=approval, user=user).exists():
+                continue
+            decide = queue.approval_approve if decision == "approve" else queue.approval_reject
+            decide(approval_id=approval.pk, user=user, comment=comment)
+
+    _NOTES = {
+        "awaiting_dependency": "Asked billing for the missing invoice; the customer paid a pro-forma.",
+        "unknown_customer": "New customer created in CRM but not synced yet; billing is re-sending it.",
+        "over_application": "Looks like a duplicate payment. Checking with the customer whether to refund.",
+        "no_account_mapping": "Consulting needs its own revenue account (4100); asked the controller to add it.",
+        "posting_failed": "ERP account locked during the bank reconciliation; retry after it is unlocked.",
+        "period_closed": "Payment dated in the closed month. Controller to decide: reopen or book in this one.",
+    }
+
+    def _work_the_queue(self, ops, anchor) -> None:
+        """`ops` owns most open demo exceptions and left a note on each; posting_failed is escalated."""
+        open_ = ExceptionRecord.objects.filter(event__source_system=SOURCE).exclude(
+            status=ExceptionRecord.Status.RESOLVED).order_by("created_at")
+        for exc in open_:
+            note = self._NOTES.get(exc.code)
+            if note is None:
+                continue  # left unassigned on purpose (the queue's "unassigned" filter has something)
+            if exc.owner_id is None:
+                queue.exception_assign(exception_id=exc.pk, owner=ops, actor=ops)
+            if not exc.comments.exists():
+                queue.exception_comment(exception_id=exc.pk, body=note, actor=ops)
+            if exc.code == "posting_failed" and not exc.escalation_level:
+                queue.exception_escalate(exception_id=exc.pk, reason="Blocks the daily posting run.", actor=ops)
+        # The notes were written a couple of hours after each exception opened (never after the anchor);
+        # comments are not audit entries, so their time moves like the other rows' (see `_backdate`).
+        with connection.cursor() as cur:
+            cur.execute("UPDATE exceptions_queue_exceptioncomment c SET created_at = LEAST(x.created_at + "
+                        "interval '2 hours', %s) FROM exceptions_queue_exceptionrecord x JOIN billing_sync_event e"
+                        " ON e.id = x.event_id WHERE c.exception_id = x.id AND e.source_system = %s"
+                        " AND c.created_at > x.created_at + interval '2 hours'", [anchor, SOURCE])
+
+    def _report(self, entities, counts, posted_now, token, shown_password) -> None:
         events = Event.objects.filter(source_system=SOURCE)
         by_status = {}
         for status in events.values_list("status", flat=True):
             by_status[status] = by_status.get(status, 0) + 1
         journals = Journal.objects.filter(source_system=SOURCE)
-        pending_approvals = Approval.objects.filter(entity=entity, status=Approval.Status.PENDING).count()
+        pending_approvals = Approval.objects.filter(entity__in=entities, status=Approval.Status.PENDING).count()
         open_exceptions = ExceptionRecord.objects.filter(event__source_system=SOURCE).exclude(
-            status=ExceptionRecord.Status.RESOLVED).count()
+            status=ExceptionRecord.Status.RESOLVED)
+        codes = sorted(set(open_exceptions.values_list("code", flat=True)))
+        closed = Period.objects.filter(entity__in=entities, status=Period.Status.CLOSED).order_by("year", "month")
         port = os.environ.get("PORT") or "8000"
         url = f"http://127.0.0.1:{port}/"
         w = self.stdout.write
-        w(f"Demo data: entity {entity.code} ({entity.currency}), source system {SOURCE!r}")
+        w("Demo data: entities " + ", ".join(f"{e.code} ({e.currency})" for e in entities)
+          + f", source system {SOURCE!r}")
         w(f"  events: {events.count()} ({counts['new']} new, {counts['replayed']} already loaded"
           f"{', %d refused' % counts['refused'] if counts['refused'] else ''}); by status: "
           + ", ".join(f"{k} {v}" for k, v in sorted(by_status.items())))
         w(f"  journals: {journals.filter(status=Journal.Status.POSTED).count()} posted ({posted_now} just now), "
           f"{journals.filter(status=Journal.Status.PENDING_APPROVAL).count()} awaiting approval; "
-          f"approvals pending: {pending_approvals}; open exceptions: {open_exceptions}")
+          f"approvals pending: {pending_approvals}; open exceptions: {open_exceptions.count()} ({', '.join(codes)})")
+        if closed:
+            w("  closed periods: " + ", ".join(sorted({f"{p.year}-{p.month:02d}" for p in closed})))
         w("")
         w("=" * 72)
         w("Tieout demo logins (DEVELOPMENT ONLY: known passwords, never use in production)")
