@@ -51,7 +51,8 @@ class TokenRevokeView(APIView):
     permission_classes = [ADMINS]
 
     @extend_schema(request=None, responses={200: OpenApiResponse(description="The revoked token"),
+                                            404: OpenApiResponse(description="not_found"),
                                             409: OpenApiResponse(description="already_revoked")})
     def post(self, request, pk):
-        tokens.token_revoke(token_id=_token(pk).pk, actor=request.user)
+        tokens.token_revoke(token_id=pk, actor=request.user)  # 404 for no such token, 409 when already revoked
         return Response(selectors.api_token_resource(_token(pk)))

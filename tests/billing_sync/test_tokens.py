@@ -21,6 +21,7 @@ from audit.models import AuditEntry
 from billing_sync import authentication, tokens
 from billing_sync.models import ApiToken, Event, Receipt
 from config import correlation
+from config.errors import Conflict, TieoutError
 from ledger.models import EntityAccess
 from tests import factories as f
 from tests.fixtures import Api
@@ -151,7 +152,7 @@ def test_an_unknown_token_keeps_the_not_authenticated_code(entity, db):
 
 
 def test_a_token_cannot_be_issued_already_expired(entity):
-    with pytest.raises(Exception) as excinfo:
+    with pytest.raises(TieoutError) as excinfo:
         _issue(expires_at=timezone.now() - datetime.timedelta(minutes=1))
     assert excinfo.value.code == "invalid_request"
     assert not ApiToken.objects.exists()
@@ -191,7 +192,7 @@ def test_without_redis_the_cache_is_bypassed_and_the_database_decides(entity, in
 def test_revoking_twice_is_a_conflict(entity, integration):
     token_id = _token(integration.token).pk
     tokens.token_revoke(token_id=token_id, actor="test")
-    with pytest.raises(Exception) as excinfo:
+    with pytest.raises(Conflict) as excinfo:
         tokens.token_revoke(token_id=token_id, actor="test")
     assert (excinfo.value.status, excinfo.value.code) == (409, "already_revoked")
     assert AuditEntry.objects.filter(action="token.revoked", object_id=str(token_id)).count() == 1
