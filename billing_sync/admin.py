@@ -1,5 +1,6 @@
 """Admin for billing data: events, receipts and deliveries (read-only), canonical documents (read-only,
-with their history) and source systems (edited through the audited `callbacks.source_system_configure`).
+with their history), source systems (edited through the audited `callbacks.source_system_configure`) and
+API tokens (read-only, with an audited "Revoke" action for admins).
 
 Events, receipts and deliveries are the large tables: their list pages use `LargeTableAdminMixin`
 (estimated or capped counts, filters and exact searches on indexed columns only, entity scope).
@@ -7,12 +8,12 @@ Events, receipts and deliveries are the large tables: their list pages use `Larg
 import datetime
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import Q
 from simple_history.admin import SimpleHistoryAdmin
 
-from billing_sync import callbacks
+from billing_sync import callbacks, tokens
 from billing_sync.models import (
     ApiToken, CallbackDelivery, CreditNote, Customer, Event, Invoice, Payment, Receipt, Refund, SourceSystem,
     WriteOff,
@@ -21,7 +22,8 @@ from billing_sync.schemas import EVENT_TYPES
 from config.admin_mixins import (
     LargeTableAdminMixin, ReadOnlyAdminMixin, choices_filter, condition_filter, money_column, window_filter,
 )
-from config.errors import TieoutError
+from config import roles
+from config.errors import Conflict, TieoutError
 
 WINDOWS = {"1h": ("Last hour", datetime.timedelta(hours=1)), "24h": ("Last 24 hours", datetime.timedelta(days=1)),
            "14d": ("Last 14 days", datetime.timedelta(days=14))}
@@ -119,10 +121,32 @@ class RefundAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, SimpleHistoryAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
-    """Tokens are issued and revoked with `issue_token` (audited); only their prefix is ever shown."""
+    """Tokens are issued with `issue_token` and revoked with `revoke_token` or the "Revoke" action here
+    (admins only; through the audited `tokens.token_revoke`). Only their prefix is ever shown."""
 
-    list_display = ["prefix", "user", "name", "created_at", "revoked_at"]
-    fields = ["prefix", "user", "name", "created_at", "revoked_at"]
+    list_display = ["id", "prefix", "user", "name", "source_systems", "entities", "created_at", "expires_at",
+                    "last_used_at", "revoked_at"]
+    list_select_related = ["user"]
+    search_fields = ["user__username", "prefix"]
+    fields = ["prefix", "user", "name", "source_systems", "entities", "created_at", "expires_at", "last_used_at",
+              "revoked_at"]
+    ordering = ["-created_at"]
+    actions = ["revoke"]
+
+    def has_revoke_permission(self, request):
+        return roles.has_role(request.user, roles.ADMIN)
+
+    @admin.action(description="Revoke selected tokens", permissions=["revoke"])
+    def revoke(self, request, queryset):
+        revoked, skipped = [], 0
+        for token_id in queryset.order_by("pk").values_list("pk", flat=True):
+            try:
+                revoked.append(tokens.token_revoke(token_id=token_id, actor=request.user))
+            except Conflict:  # already revoked: nothing to do
+                skipped += 1
+        note = f" ({skipped} already revoked)" if skipped else ""
+        self.message_user(request, f"Revoked {len(revoked)} token(s){note}: "
+                                   + (", ".join(t.prefix for t in revoked) or "none"), messages.SUCCESS)
 
 
 class SourceSystemForm(forms.ModelForm):

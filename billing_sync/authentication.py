@@ -2,20 +2,35 @@
 
 Tokens are random (256 bits), so a plain SHA-256 is the right digest: it is what GitHub and Stripe do
 for API keys, and it keeps the lookup to one indexed query. A short in-process cache (default 5 s,
-TIEOUT_TOKEN_CACHE_SECONDS) saves that query on hot ingest paths; revocation takes effect within it.
+TIEOUT_TOKEN_CACHE_SECONDS) saves that query on hot ingest paths.
+
+Revocation must not wait for that cache, and it may happen in another process (the `revoke_token`
+command, the admin, another web worker): every revocation bumps a counter in Redis after it commits, and
+a cached token is trusted only while the counter still holds the value read before the token was looked
+up (one Redis GET, much cheaper than the query it saves). When Redis cannot answer, the cache is not used
+and the database decides. An expired token is refused with its own code (`token_expired`); unknown and
+revoked tokens share one answer (`not_authenticated`), which tells a guesser nothing.
 """
+import datetime
 import hashlib
 import secrets
 import time
 
+import structlog
 from django.conf import settings
+from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from config.errors import Codes
 from config.roles import user_roles
 
 TOKEN_PREFIX = "tko_"
-_cache: dict[str, tuple[float, object, object]] = {}
+# A token's last_used_at is written at most this often (not once per request).
+TOUCH_INTERVAL = datetime.timedelta(minutes=1)
+_cache: dict[str, tuple[float, int, object, object]] = {}  # digest -> (until, epoch, user, token)
+_redis = None
+log = structlog.get_logger("tieout.auth")
 
 
 def hash_token(raw: str) -> str:
@@ -24,6 +39,45 @@ def hash_token(raw: str) -> str:
 
 def generate_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+class TokenExpired(exceptions.AuthenticationFailed):
+    default_detail = "This token has expired; ask for a new one."
+    default_code = Codes.TOKEN_EXPIRED
+    problem_code = Codes.TOKEN_EXPIRED  # config.api answers it with this stable code
+    problem_title = "Token expired"
+
+
+def _redis_client():
+    global _redis
+    if _redis is None:
+        import redis
+
+        _redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    return _redis
+
+
+def _epoch_key() -> str:
+    return f"{settings.CACHES['default'].get('KEY_PREFIX', 'tieout')}:api-token-revocations"
+
+
+def revocation_epoch() -> int | None:
+    """The shared revocation counter, or None when Redis cannot say (then the cache is not trusted)."""
+    try:
+        return int(_redis_client().get(_epoch_key()) or 0)
+    except Exception as exc:  # redis.ConnectionError, TimeoutError, ...
+        log.warning("token_cache.unavailable", error=str(exc))
+        return None
+
+
+def tokens_revoked() -> None:
+    """A token was revoked (call after commit): no process trusts a token it cached before this."""
+    _cache.clear()
+    try:
+        _redis_client().incr(_epoch_key())
+    except Exception as exc:
+        # Other processes cannot read the counter either, so they bypass their caches until it is back.
+        log.warning("token_cache.revocation_not_shared", error=str(exc))
 
 
 class BearerTokenAuthentication(authentication.BaseAuthentication):
@@ -42,9 +96,10 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         digest = hash_token(raw)
         ttl = settings.TIEOUT_TOKEN_CACHE_SECONDS
         now = time.monotonic()
-        hit = _cache.get(digest) if ttl > 0 else None
-        if hit and hit[0] > now:
-            return hit[1], hit[2]
+        epoch = revocation_epoch() if ttl > 0 else None  # read before the lookup: see the module docstring
+        hit = _cache.get(digest) if epoch is not None else None
+        if hit and hit[0] > now and hit[1] == epoch:
+            return self._admit(hit[2], hit[3])
         from billing_sync.models import ApiToken
 
         token = (ApiToken.objects.select_related("user")
@@ -53,11 +108,21 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
             _cache.pop(digest, None)
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
         user_roles(token.user)  # load once, cached on the user object with the token
-        if ttl > 0:
+        if epoch is not None:
             if len(_cache) > 10_000:
                 _cache.clear()
-            _cache[digest] = (now + ttl, token.user, token)
-        return token.user, token
+            _cache[digest] = (now + ttl, epoch, token.user, token)
+        return self._admit(token.user, token)
+
+    def _admit(self, user, token):
+        now = timezone.now()
+        if token.is_expired(now):
+            raise TokenExpired()
+        if token.last_used_at is None or now - token.last_used_at >= TOUCH_INTERVAL:
+            from billing_sync import tokens
+
+            tokens.token_touch(token=token, now=now)
+        return user, token
 
     def authenticate_header(self, request):
         return 'Bearer realm="api"'

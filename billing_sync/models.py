@@ -20,7 +20,12 @@ MONEY = {"max_digits": 20, "decimal_places": 4}
 
 
 class ApiToken(models.Model):
-    """A bearer token; only its SHA-256 is stored. The owner's role (group) decides what it may do."""
+    """A bearer token; only its SHA-256 is stored. The owner's role (group) decides what it may do.
+
+    A token may be bound to source systems and entities (`source_systems`, `entities`): it may then send
+    only events whose envelope names one of each. NULL means unbound (any), which is what every token
+    issued before bindings existed is; an empty list would allow nothing, so the services never store one.
+    """
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="api_tokens")
     key_hash = models.CharField(max_length=64, unique=True)
@@ -28,9 +33,26 @@ class ApiToken(models.Model):
     name = models.CharField(max_length=100, blank=True, default="")
     created_at = models.DateTimeField(default=timezone.now)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # Written at most once a minute per token (authentication), not on every request.
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    source_systems = ArrayField(models.CharField(max_length=100), null=True, blank=True)
+    entities = ArrayField(models.CharField(max_length=20), null=True, blank=True)
 
     def __str__(self):
         return f"{self.prefix}… ({self.user})"
+
+    @property
+    def is_bound(self) -> bool:
+        return self.source_systems is not None or self.entities is not None
+
+    def allows(self, source_system, entity) -> bool:
+        """May this token send an event of `source_system` for `entity`?"""
+        return ((self.source_systems is None or source_system in self.source_systems)
+                and (self.entities is None or entity in self.entities))
+
+    def is_expired(self, now=None) -> bool:
+        return self.expires_at is not None and self.expires_at <= (now or timezone.now())
 
 
 class Receipt(models.Model):

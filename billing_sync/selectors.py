@@ -1,7 +1,8 @@
-"""Billing-sync reads: event resources (batched, no N+1), event lists, canonical invoices, status callbacks."""
+"""Billing-sync reads: event resources (batched, no N+1), event lists, canonical invoices, status callbacks,
+API tokens (never their secret)."""
 import django_filters
 
-from billing_sync.models import CallbackDelivery, Event, Invoice
+from billing_sync.models import ApiToken, CallbackDelivery, Event, Invoice
 from billing_sync.services import event_resource
 from config import roles
 from ledger.money import fmt
@@ -91,3 +92,55 @@ def callback_delivery_resource(delivery) -> dict:
             "created_at": iso(delivery.created_at), "delivered_at": iso(delivery.delivered_at),
             "next_attempt_at": iso(delivery.next_attempt_at) if delivery.status == "pending" else None,
             "exception": str(delivery.exception_id) if delivery.exception_id else None}
+
+
+# --------------------------------------------------------------------------------------------- API tokens
+class ApiTokenFilter(django_filters.FilterSet):
+    user = django_filters.CharFilter(field_name="user__username")
+    state = django_filters.ChoiceFilter(choices=[(s, s) for s in ("active", "expired", "revoked")],
+                                        method="filter_state")
+
+    class Meta:
+        model = ApiToken
+        fields = ["user", "state"]
+
+    def filter_state(self, queryset, name, value):
+        from django.db.models import Q
+        from django.utils import timezone
+
+        now = timezone.now()
+        if value == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        expired = Q(expires_at__isnull=False, expires_at__lte=now)
+        queryset = queryset.filter(revoked_at__isnull=True)
+        return queryset.filter(expired) if value == "expired" else queryset.exclude(expired)
+
+
+def api_tokens():
+    """Every API token, newest first, with its user (never the secret: only its SHA-256 is stored)."""
+    return ApiToken.objects.select_related("user").defer("key_hash").order_by("-created_at", "-id")
+
+
+def api_token(token_id) -> ApiToken | None:
+    return api_tokens().filter(pk=token_id).first()
+
+
+def unrevoked_tokens_of(username: str) -> list[ApiToken]:
+    """A user's tokens not revoked yet (expired ones included), oldest first."""
+    return list(api_tokens().filter(user__username=username, revoked_at__isnull=True).order_by("created_at", "id"))
+
+
+def token_state(token: ApiToken) -> str:
+    if token.revoked_at is not None:
+        return "revoked"
+    return "expired" if token.is_expired() else "active"
+
+
+def api_token_resource(token: ApiToken) -> dict:
+    def iso(value):
+        return value.isoformat().replace("+00:00", "Z") if value else None
+
+    return {"id": token.pk, "user": token.user.get_username(), "name": token.name, "prefix": token.prefix,
+            "state": token_state(token), "created_at": iso(token.created_at), "expires_at": iso(token.expires_at),
+            "last_used_at": iso(token.last_used_at), "revoked_at": iso(token.revoked_at),
+            "source_systems": token.source_systems, "entities": token.entities}

@@ -120,8 +120,16 @@ def _key_maps_to(existing: dict, idem_key: str | None, source_system: str) -> bo
     return not Event.objects.filter(source_system=source_system, idempotency_key=idem_key).exists()
 
 
-def receive_event(*, body: bytes, user, headers, remote_addr=None) -> Answer:
-    """Answer one delivery of one event: 202 new, 200 replay, 409 conflict, 422 invalid."""
+def _outside_binding(payload: dict) -> dict:
+    """The answer to a valid event its token may not send (`allowed` said no): before any replay lookup."""
+    return problem(403, Codes.SOURCE_NOT_ALLOWED, "Not allowed for this token",
+                   f"this token may not send events of source system {payload['source_system']!r} "
+                   f"for entity {payload['entity']!r}")
+
+
+def receive_event(*, body: bytes, user, headers, remote_addr=None, allowed=None) -> Answer:
+    """Answer one delivery of one event: 202 new, 200 replay, 403 outside the token's binding (`allowed`,
+    a predicate on the envelope), 409 conflict, 422 invalid."""
     payload, errors = _parse(body)
     if errors is None:
         errors = validate_event(payload)
@@ -131,6 +139,11 @@ def receive_event(*, body: bytes, user, headers, remote_addr=None) -> Answer:
         receipt_reject(body=body, endpoint="single", user=user, headers=headers, remote_addr=remote_addr,
                        status=422, outcome=Receipt.Outcome.INVALID, detail={"errors": errors})
         return answer
+    if allowed is not None and not allowed(payload):
+        receipt_reject(body=body, endpoint="single", user=user, headers=headers, remote_addr=remote_addr, status=403,
+                       outcome=Receipt.Outcome.FORBIDDEN, detail={"code": Codes.SOURCE_NOT_ALLOWED, **{
+                           k: payload[k] for k in ("source_system", "event_id", "entity")}})
+        return Answer(403, _outside_binding(payload))
     idem_key = headers.get("Idempotency-Key") or None
     canonical = canonical_bytes(payload)
     payload_hash = hashlib.sha256(canonical).hexdigest()
@@ -201,8 +214,9 @@ RETURNING id
 """
 
 
-def receive_batch(*, body: bytes, user, headers, remote_addr=None) -> Answer:
-    """Up to 1,000 events in one request and one transaction; one answer per event, in order."""
+def receive_batch(*, body: bytes, user, headers, remote_addr=None, allowed=None) -> Answer:
+    """Up to 1,000 events in one request and one transaction; one answer per event, in order (an event
+    outside the token's binding, see `receive_event`, gets its own 403)."""
     document, errors = _parse(body)
     if errors is None:
         if not isinstance(document, dict) or not isinstance(document.get("events"), list):
@@ -222,6 +236,7 @@ def receive_batch(*, body: bytes, user, headers, remote_addr=None) -> Answer:
     fresh: dict[tuple[str, str], dict] = {}  # identity -> first new row in this batch
     pending: list[tuple[int, dict, str]] = []  # (index, payload, hash) needing a look at existing rows
     invalid_count = 0
+    refused: list[dict] = []
     for index, payload in enumerate(events):
         errs = validate_event(payload)
         if errs:
@@ -229,6 +244,10 @@ def receive_batch(*, body: bytes, user, headers, remote_addr=None) -> Answer:
             errs = [{"field": f"events[{index}].{e['field']}", "message": e["message"]} for e in errs]
             results[index] = {"status": 422, "body": problem(422, Codes.INVALID_EVENT, "The event breaks the schema",
                                                              f"{len(errs)} field(s) are invalid", errs)}
+            continue
+        if allowed is not None and not allowed(payload):
+            refused.append({"index": index, **{k: payload[k] for k in ("source_system", "event_id", "entity")}})
+            results[index] = {"status": 403, "body": _outside_binding(payload)}
             continue
         canonical = canonical_bytes(payload)
         phash = hashlib.sha256(canonical).hexdigest()
@@ -254,7 +273,12 @@ def receive_batch(*, body: bytes, user, headers, remote_addr=None) -> Answer:
             received_at=now, endpoint="batch", client=_client_label(user), remote_addr=remote_addr,
             headers=_kept_headers(headers), body=body, sha256=hashlib.sha256(body).hexdigest(),
             outcome=Receipt.Outcome.BATCH, status_code=200, correlation_id=request_cid,
-            detail={"events": len(events), "invalid": invalid_count})
+            detail={"events": len(events), "invalid": invalid_count,
+                    **({"forbidden": len(refused)} if refused else {})})
+        if refused:
+            audit.record(actor=user, action="receipt.forbidden", object_type="receipt", object_id=receipt.pk,
+                         after={"endpoint": "batch", "status": 403, "code": Codes.SOURCE_NOT_ALLOWED,
+                                "events": refused})
         inserted: set = set()
         if rows:
             with connection.cursor() as cursor:

@@ -2,7 +2,7 @@
 from django.urls import path
 
 from audit import api_views as trace_views
-from billing_sync import adjustment_views, views
+from billing_sync import adjustment_views, token_views, views
 
 urlpatterns = [
     path("events", views.EventCollectionView.as_view(), name="events"),
@@ -15,4 +15,7 @@ urlpatterns = [
          name="invoice-trace"),
     path("adjustments/credit-memos", adjustment_views.CreditMemoView.as_view(), name="adjustment-credit-memo"),
     path("adjustments/write-offs", adjustment_views.WriteOffView.as_view(), name="adjustment-write-off"),
+    path("tokens", token_views.TokenListView.as_view(), name="tokens"),
+    path("tokens/<int:pk>", token_views.TokenDetailView.as_view(), name="token-detail"),
+    path("tokens/<int:pk>/revoke", token_views.TokenRevokeView.as_view(), name="token-revoke"),
 ]

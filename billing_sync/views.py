@@ -12,7 +12,7 @@ from rest_framework.views import APIView
 
 from audit.lineage import event_trace
 from billing_sync import selectors, services
-from billing_sync.models import Event, Receipt
+from billing_sync.models import ApiToken, Event, Receipt
 from config import roles
 from config.api import PROBLEM_CONTENT_TYPE
 from config.errors import NotFound
@@ -39,10 +39,18 @@ class _ReceiveView(generics.GenericAPIView):
             outcome, status = Receipt.Outcome.FORBIDDEN, 403
         if outcome and self.request.method == "POST":
             user = getattr(self.request, "_user", None)
+            code = getattr(exc, "problem_code", None)  # token_expired: worth telling apart in the receipt
             services.receipt_reject(body=self.request.body, endpoint=self.endpoint, user=user,
                                     headers=self.request.headers, remote_addr=self.request.META.get("REMOTE_ADDR"),
-                                    status=status, outcome=outcome)
+                                    status=status, outcome=outcome, detail={"code": code} if code else None)
         return super().handle_exception(exc)
+
+    def allowed(self):
+        """The token's binding as a predicate on an event envelope, or None for an unbound token/session."""
+        token = self.request.auth
+        if isinstance(token, ApiToken) and token.is_bound:
+            return lambda payload: token.allows(payload["source_system"], payload["entity"])
+        return None
 
     def respond(self, answer: services.Answer):
         if answer.raw is not None:
@@ -71,20 +79,22 @@ class EventCollectionView(_ReceiveView):
     @extend_schema(request={"application/json": dict}, responses={
         202: OpenApiResponse(description="Accepted: the event resource"),
         200: OpenApiResponse(description="Replay (Idempotent-Replayed: true), the first answer's body"),
+        403: OpenApiResponse(description="source_not_allowed (outside the token's binding), permission_denied"),
         409: OpenApiResponse(description="idempotency_conflict"), 422: OpenApiResponse(description="invalid_event")})
     def post(self, request):
         return self.respond(services.receive_event(body=request.body, user=request.user, headers=request.headers,
-                                                   remote_addr=request.META.get("REMOTE_ADDR")))
+                                                   remote_addr=request.META.get("REMOTE_ADDR"), allowed=self.allowed()))
 
 
 class EventBatchView(_ReceiveView):
     endpoint = "batch"
 
     @extend_schema(request={"application/json": dict}, responses={200: OpenApiResponse(
-        description='{"results": [{"status": 202|200|409|422, "headers"?: {...}, "body": {...}}]} in request order')})
+        description='{"results": [{"status": 202|200|403|409|422, "headers"?: {...}, "body": {...}}]} in request '
+                    "order (403: source_not_allowed, outside the token's binding)")})
     def post(self, request):
         return self.respond(services.receive_batch(body=request.body, user=request.user, headers=request.headers,
-                                                   remote_addr=request.META.get("REMOTE_ADDR")))
+                                                   remote_addr=request.META.get("REMOTE_ADDR"), allowed=self.allowed()))
 
 
 def _event_for(request, pk) -> Event:

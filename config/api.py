@@ -64,6 +64,8 @@ def problem_exception_handler(exc, context):
             if isinstance(exc, klass):
                 code, title = pair
                 break
+        # A subclass may name its own stable code (an expired API token: token_expired).
+        code, title = getattr(exc, "problem_code", code), getattr(exc, "problem_title", title)
         headers = {}
         if getattr(exc, "auth_header", None):
             headers["WWW-Authenticate"] = exc.auth_header

@@ -17,6 +17,10 @@ class Codes:
     ALREADY_DECIDED = "already_decided"
     INVALID_REQUEST = "invalid_request"
     INVALID_STATE = "invalid_state"
+    # API tokens: an event outside the token's binding, an expired token, revoking twice.
+    SOURCE_NOT_ALLOWED = "source_not_allowed"
+    TOKEN_EXPIRED = "token_expired"
+    ALREADY_REVOKED = "already_revoked"
     # Business rules (exception queue).
     UNKNOWN_ENTITY = "unknown_entity"
     UNKNOWN_CUSTOMER = "unknown_customer"

@@ -14,6 +14,8 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from billing_sync import tokens
+from billing_sync.authentication import hash_token
+from billing_sync.models import ApiToken
 from config import correlation
 from exceptions_queue.models import Approval, ExceptionRecord
 from ledger.models import Journal
@@ -36,6 +38,7 @@ class World:
     event_id: str
     journal_id: str
     invoice_id: str
+    token_id: int = 0  # another source system's token (for the tokens API)
     extra: dict = field(default_factory=dict)
 
 
@@ -52,8 +55,11 @@ def world(entity, integration) -> World:
     integration.send(f.write_off(inv["data"]["invoice_id"], "10.00"))
     approval = Approval.objects.get(kind="write_off", status="pending")
     journal = Journal.objects.filter(event_id=event_id).first()
+    with correlation.bound(None):
+        raw = tokens.token_issue(username="perm-other-system", role="integration", actor="test")
+    token_id = ApiToken.objects.get(key_hash=hash_token(raw)).pk
     return World(exception_id=str(exception.pk), approval_id=str(approval.pk), event_id=event_id,
-                 journal_id=str(journal.pk), invoice_id=inv["data"]["invoice_id"])
+                 journal_id=str(journal.pk), invoice_id=inv["data"]["invoice_id"], token_id=token_id)
 
 
 USERNAMES = {"integration": "perm-billing", "finance_ops": "perm-ops", "controller": "perm-controller",
@@ -117,6 +123,9 @@ API_ACTIONS = [
               body={"entity": "US01", "accounting_date": "2026-11-15", "description": "accrual",
                     "lines": [{"account": "6200", "debit": "1.00", "credit": "0", "memo": ""},
                               {"account": "1200", "debit": "0", "credit": "1.00", "memo": ""}]}),
+    ApiAction("list API tokens", "get", "/api/v1/tokens", {"admin"}),
+    ApiAction("read an API token", "get", "/api/v1/tokens/{token_id}", {"admin"}),
+    ApiAction("revoke an API token", "post", "/api/v1/tokens/{token_id}/revoke", {"admin"}),
 ]
 
 
@@ -143,6 +152,49 @@ def test_api_action_by_role(action, role, world, django_capture_on_commit_callba
             f"{role} was allowed '{action.name}': {response.status_code} {response.content[:300]}")
         if role == "anonymous":
             assert response.status_code == 401
+
+
+# ------------------------------------------------------------------------------- a bound integration token
+@dataclass
+class BoundAction:
+    name: str
+    method: str
+    path: str
+    status: int
+    body: object = None  # a function of nothing (fresh ids per test), or None
+    code: str | None = None  # the problem code of a refusal
+    results: list | None = None  # the per-event statuses of a batch
+
+
+BOUND_ACTIONS = [
+    BoundAction("send inside its binding", "post", "/api/v1/events", 202, lambda: f.customer()),
+    BoundAction("send for another source system", "post", "/api/v1/events", 403,
+                lambda: f.customer(source_system="billing-staging"), code="source_not_allowed"),
+    BoundAction("send for another entity", "post", "/api/v1/events", 403, lambda: f.customer(entity="GB01"),
+                code="source_not_allowed"),
+    BoundAction("send a batch with one event outside", "post", "/api/v1/events/batch", 200,
+                lambda: {"events": [f.customer(), f.customer(source_system="billing-staging")]}, results=[202, 403]),
+    BoundAction("list its events", "get", "/api/v1/events", 200),
+    BoundAction("read another's event", "get", "/api/v1/events/{event_id}", 404),
+    BoundAction("list API tokens", "get", "/api/v1/tokens", 403, code="permission_denied"),
+    BoundAction("revoke a token", "post", "/api/v1/tokens/{token_id}/revoke", 403, code="permission_denied"),
+]
+
+
+@pytest.mark.parametrize("action", [pytest.param(a, id=f"bound integration token / {a.name}") for a in BOUND_ACTIONS])
+def test_bound_integration_token(action, world, django_capture_on_commit_callbacks):
+    """An integration token bound to billing-prod and US01 (`issue_token --source-system --entity`)."""
+    with correlation.bound(None):
+        raw = tokens.token_issue(username="perm-bound", role="integration", source_systems=[f.SOURCE],
+                                 token_entities=["US01"], actor="test")
+    api = Api(raw, django_capture_on_commit_callbacks)
+    path = action.path.format(**world.__dict__)
+    response = api.get(path) if action.method == "get" else api.post(path, action.body() if action.body else None)
+    assert response.status_code == action.status, response.content[:300]
+    if action.code:
+        assert response.json()["code"] == action.code
+    if action.results:
+        assert [r["status"] for r in response.json()["results"]] == action.results
 
 
 # --------------------------------------------------------------------------------------------- web pages

@@ -264,6 +264,18 @@ PATHS = [
     Path("token revoked", lambda c, _: tokens.token_revoke(token_id=ApiToken.objects.order_by("id").first().pk,
                                                            actor=c.ada),
          {"token.revoked"}, ("billing_sync.tokens.token_revoke",)),
+    Path("token issued with a binding and an expiry", lambda c, _: tokens.token_issue(
+        username="bound-sys", role="integration", source_systems=[f.SOURCE], token_entities=["US01"],
+        expires_at=timezone.now() + datetime.timedelta(days=30), actor=c.ada), {"user.created", "token.issued"}),
+    Path("API: token revoked", lambda c, t: _api_as(c.ada).post(f"/api/v1/tokens/{t}/revoke"), {"token.revoked"},
+         prepare=lambda c: _token_id(c.api.token)),
+    Path("refused: event outside the token's binding", lambda c, api: api.send(f.customer(entity="GB01")),
+         {"receipt.forbidden"}, prepare=lambda c: _bound_api(c)),
+    Path("refused: batch events outside the token's binding",
+         lambda c, api: api.post("/api/v1/events/batch", {"events": [f.customer(source_system="billing-other")]}),
+         {"receipt.forbidden"}, prepare=lambda c: _bound_api(c)),
+    Path("refused: expired token: receipt kept", lambda c, api: api.send(f.customer()), {"receipt.unauthorized"},
+         prepare=lambda c: _expired_api(c)),
     Path("manual credit memo", lambda c, inv: c.after_commit(adjustments().manual_credit_memo_raise, invoice=inv,
                                                              amount="5.00", reason="goodwill", user=c.fiona),
          {"event.received", "credit_note.created"}, ("billing_sync.adjustments.manual_credit_memo_raise",),
@@ -404,6 +416,9 @@ PATHS = [
     Path("admin: 2FA reset action", lambda c, _: _ok(c.admin().post(
         "/admin/auth/user/", {"action": "reset_two_factor", "_selected_action": [c.carl.pk]})), {"user.2fa_reset"},
          prepare=lambda c: _enrolled(c)),
+    Path("admin: revoke tokens action", lambda c, t: _ok(c.admin().post(
+        "/admin/billing_sync/apitoken/", {"action": "revoke", "_selected_action": [t]})), {"token.revoked"},
+         prepare=lambda c: _token_id(c.api.token)),
     Path("admin: unlock action", lambda c, _: _ok(c.admin().post(
         "/admin/auth/user/", {"action": "unlock_sign_in", "_selected_action": [c.fiona.pk]})),
          {"user.sign_in_unlocked"}, prepare=_locked_out),
@@ -413,6 +428,8 @@ PATHS = [
          {"entity.created", "approval_policy.created"}),
     Path("command: issue_token", lambda c, _: call_command("issue_token", "cli-sys", "--role", "integration",
                                                            stdout=io.StringIO()), {"token.issued", "user.created"}),
+    Path("command: revoke_token", lambda c, _: c.after_commit(call_command, "revoke_token", "--user", "billing-system",
+                                                              stdout=io.StringIO()), {"token.revoked"}),
     Path("command: setup_source_system", lambda c, _: call_command(
         "setup_source_system", "billing-cli", "--callback-url", "https://b.example/h", "--secret-env", "CLI_SECRET",
         stdout=io.StringIO()), {"source_system.created"}),
@@ -430,6 +447,34 @@ PATHS = [
          prepare=lambda c: _ready_journal(c)),
     Path("task: process an event", lambda c, e: billing_tasks().process_events.apply(args=[[str(e)]]), {"event.processed", "customer.created"}, prepare=lambda c: _accepted_event(c)),
 ]
+
+
+def _token_id(raw: str) -> int:
+    from billing_sync.authentication import hash_token
+
+    return ApiToken.objects.get(key_hash=hash_token(raw)).pk
+
+
+def _api_as(user) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(user=user)
+    return client
+
+
+def _bound_api(ctx):
+    from tests.fixtures import Api
+
+    return Api(tokens.token_issue(username="bound-sys", role="integration", source_systems=[f.SOURCE],
+                                  token_entities=["US01"], actor="test"), ctx.capture)
+
+
+def _expired_api(ctx):
+    from tests.fixtures import Api
+
+    raw = tokens.token_issue(username="soon-sys", role="integration", actor="test",
+                             expires_at=timezone.now() + datetime.timedelta(days=1))
+    ApiToken.objects.filter(pk=_token_id(raw)).update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
+    return Api(raw, ctx.capture)
 
 
 def _today() -> str:
@@ -563,6 +608,8 @@ ALLOWED = {
     "exceptions_queue.auth_services.user_2fa_device": "read",
     "exceptions_queue.auth_services.user_2fa_enrolled": "read",
     "exceptions_queue.auth_services.connect_signals": "wiring at start-up",
+    "billing_sync.tokens.token_touch": "usage statistic (a token's last_used_at, at most once a minute), like a "
+                                       "session's last activity; the requests leave their receipts",
 }
 
 
