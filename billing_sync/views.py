@@ -3,6 +3,7 @@
 The receive views read the raw body themselves (never `request.data`) so that the exact bytes are kept
 in the receipt log, and they record a receipt for refused requests too (401/403).
 """
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions as drf_exceptions
@@ -39,7 +40,11 @@ class _ReceiveView(generics.GenericAPIView):
             outcome, status = Receipt.Outcome.FORBIDDEN, 403
         if outcome and self.request.method == "POST":
             user = getattr(self.request, "_user", None)
-            services.receipt_reject(body=self.request.body, endpoint=self.endpoint, user=user,
+            try:
+                body = self.request.body
+            except RequestDataTooBig:  # too large to keep: the receipt records the refusal without it
+                body = b""
+            services.receipt_reject(body=body, endpoint=self.endpoint, user=user,
                                     headers=self.request.headers, remote_addr=self.request.META.get("REMOTE_ADDR"),
                                     status=status, outcome=outcome)
         return super().handle_exception(exc)

@@ -17,6 +17,12 @@ class Codes:
     ALREADY_DECIDED = "already_decided"
     INVALID_REQUEST = "invalid_request"
     INVALID_STATE = "invalid_state"
+    # HTTP-level refusals (any path under /api/): wrong method, body type or size, unknown path, our fault.
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_ACCEPTABLE = "not_acceptable"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    SERVER_ERROR = "server_error"
     # Business rules (exception queue).
     UNKNOWN_ENTITY = "unknown_entity"
     UNKNOWN_CUSTOMER = "unknown_customer"
