@@ -3,6 +3,7 @@
 The receive views read the raw body themselves (never `request.data`) so that the exact bytes are kept
 in the receipt log, and they record a receipt for refused requests too (401/403).
 """
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions as drf_exceptions
@@ -40,7 +41,11 @@ class _ReceiveView(generics.GenericAPIView):
         if outcome and self.request.method == "POST":
             user = getattr(self.request, "_user", None)
             code = getattr(exc, "problem_code", None)  # token_expired: worth telling apart in the receipt
-            services.receipt_reject(body=self.request.body, endpoint=self.endpoint, user=user,
+            try:
+                body = self.request.body
+            except RequestDataTooBig:  # too large to keep: the receipt records the refusal without it
+                body = b""
+            services.receipt_reject(body=body, endpoint=self.endpoint, user=user,
                                     headers=self.request.headers, remote_addr=self.request.META.get("REMOTE_ADDR"),
                                     status=status, outcome=outcome, detail={"code": code} if code else None)
         return super().handle_exception(exc)

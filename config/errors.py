@@ -21,6 +21,12 @@ class Codes:
     SOURCE_NOT_ALLOWED = "source_not_allowed"
     TOKEN_EXPIRED = "token_expired"
     ALREADY_REVOKED = "already_revoked"
+    # HTTP-level refusals (any path under /api/): wrong method, body type or size, unknown path, our fault.
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_ACCEPTABLE = "not_acceptable"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    SERVER_ERROR = "server_error"
     # Business rules (exception queue).
     UNKNOWN_ENTITY = "unknown_entity"
     UNKNOWN_CUSTOMER = "unknown_customer"
