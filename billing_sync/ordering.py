@@ -85,10 +85,6 @@ def order_keys(payload: dict) -> list[str]:
     return sorted(writes | reads | {WRITE + k for k in writes})
 
 
-def provides_of(payload: dict) -> list[str]:
-    return documents_of(payload)[2]
-
-
 def _probe(keys: list[str]) -> list[str]:
     """The array that overlaps the `order_keys` of exactly the events in conflict with this one: any
     event touching a document this one changes, and any event changing a document this one reads."""
@@ -100,7 +96,7 @@ def _probe(keys: list[str]) -> list[str]:
 # Earlier events in conflict that are still pending, with the dependency a parked one waits for.
 # Reads through the partial GIN index on order_keys, which holds only accepted and exception events.
 _PENDING_BEFORE = """
-SELECT e.id, e.seq, e.status, e.order_keys, x.dependency_key, (x.id IS NOT NULL) AS parked
+SELECT e.id, e.seq, e.status, e.type, e.order_keys, x.dependency_key, (x.id IS NOT NULL) AS parked
 FROM billing_sync_event e
 LEFT JOIN exceptions_queue_exceptionrecord x
        ON x.event_id = e.id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL
@@ -108,50 +104,65 @@ WHERE e.order_keys && %s::text[] AND e.seq < %s AND e.status IN ('accepted', 'ex
 ORDER BY e.seq
 """
 
+# What each type creates, read back from its stored keys (see documents_of): a parked event may wait for it.
+_PROVIDED_KIND = {"customer.upserted": "customer:", "invoice.issued": "invoice:", "invoice.amended": "invoice:",
+                  "payment.received": "payment:"}
+
+
+def provides_from_keys(type_: str, keys: list[str]) -> list[str]:
+    kind = _PROVIDED_KIND.get(type_)
+    if kind is None:
+        return []
+    return sorted(k[len(WRITE):] for k in keys if k.startswith(WRITE + kind))
+
 
 def _pending_before(seq: int, keys: list[str]) -> list[dict]:
     with connection.cursor() as cursor:
         cursor.execute(_PENDING_BEFORE, [_probe(keys), seq])
-        rows = [dict(zip(("id", "seq", "status", "keys", "dependency", "parked"), r)) for r in cursor.fetchall()]
+        rows = [dict(zip(("id", "seq", "status", "type", "keys", "dependency", "parked"), r))
+                for r in cursor.fetchall()]
     # An `exception` event that waits for no document (a business rule refused it, a journal failed to
     # post, a callback failed) is done as far as order goes: it holds nothing.
     return [r for r in rows if r["status"] == "accepted" or r["parked"]]
+
+
+def _blockers(seq: int, keys: list[str], provides, memo: dict) -> list[dict]:
+    """The earlier pending events that hold an event back: all of them but those waiting only for what it
+    provides (which it may pass)."""
+    provided = frozenset(provides)
+    return [row for row in _pending_before(seq, keys) if not (provided and _waits_for(row, provided, memo))]
 
 
 def blocker(*, seq: int, keys: list[str], provides: list[str]):
     """The first earlier pending event that holds this one, or None when it may be processed now."""
     if not keys:
         return None
-    provided = set(provides)
-    memo: dict = {}
-    for row in _pending_before(seq, keys):
-        if provided and _waits_for(row, provided, memo):
-            continue
-        return row["id"]
-    return None
+    found = _blockers(seq, keys, provides, {})
+    return found[0]["id"] if found else None
 
 
 def held_by(event):
     """The event holding this accepted one back, or None."""
-    return blocker(seq=event.seq, keys=event.order_keys, provides=provides_of(event.payload))
+    return blocker(seq=event.seq, keys=event.order_keys, provides=provides_from_keys(event.type, event.order_keys))
 
 
-def _waits_for(row: dict, provided: set, memo: dict) -> bool:
+def _waits_for(row: dict, provided: frozenset, memo: dict) -> bool:
     """Whether a pending event waits only for documents in `provided` (so their provider may pass it).
 
-    Parked: its dependency is one of them. Accepted: it is held, and every event holding it waits for
-    them too (the events queued behind a parked payment, when its invoice arrives).
+    Parked: its dependency is one of them. Accepted: it is held (by what holds it given what it provides
+    itself: an accepted provider that may pass its parked predecessors is not waiting, it is running),
+    and every event holding it waits for them too (the events queued behind a parked payment, when its
+    invoice arrives).
     """
-    if row["id"] in memo:
-        return memo[row["id"]]
-    if row["status"] != "accepted":
-        result = row["dependency"] in provided
-    else:
-        memo[row["id"]] = False  # a cycle cannot happen (seq decreases), but never recurse forever
-        holders = _pending_before(row["seq"], row["keys"])
-        result = bool(holders) and all(_waits_for(h, provided, memo) for h in holders)
-    memo[row["id"]] = result
-    return result
+    key = (row["id"], provided)
+    if key not in memo:
+        if row["status"] != "accepted":
+            memo[key] = row["dependency"] in provided
+        else:
+            memo[key] = False  # seq decreases along the recursion, so it ends; this only guards re-entry
+            holders = _blockers(row["seq"], row["keys"], provides_from_keys(row["type"], row["keys"]), memo)
+            memo[key] = bool(holders) and all(_waits_for(h, provided, memo) for h in holders)
+    return memo[key]
 
 
 _SUCCESSORS = """

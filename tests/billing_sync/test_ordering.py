@@ -9,7 +9,6 @@ processing of the same history: the two cases of issue #10 by name, then random 
 import datetime
 import time
 import uuid
-from decimal import Decimal
 
 import pytest
 from django.db import transaction
@@ -21,14 +20,14 @@ from rest_framework.test import APIClient
 
 from audit.models import AuditEntry
 from billing_sync import ordering, tokens
-from billing_sync.models import CreditNote, Event, Invoice, Payment, Refund
+from billing_sync.models import Event, Invoice, Payment
 from config import correlation
-from config.celery import app as celery_app
 from exceptions_queue import services as queue
 from exceptions_queue.models import ExceptionRecord
 from ledger import services as ledger
-from ledger.models import Journal, JournalLine
+from ledger.models import JournalLine
 from tests import factories as f
+from tests.histories import CUSTOMER_HISTORY, customer_events, eager, interleave, outcome, settled
 
 SS = f.SOURCE
 
@@ -177,36 +176,10 @@ def source(live_worker):
     return client
 
 
-class eager:
-    """One event at a time: each event processed (and posted) in its own request, as the test settings do."""
-
-    def __init__(self, settings):
-        self.settings = settings
-
-    def __enter__(self):
-        self.previous = celery_app.conf.task_always_eager
-        celery_app.conf.task_always_eager = True
-        self.settings.CELERY_TASK_ALWAYS_EAGER = True
-
-    def __exit__(self, *exc):
-        celery_app.conf.task_always_eager = self.previous
-        self.settings.CELERY_TASK_ALWAYS_EAGER = self.previous
-
-
 def post_all(client, payloads) -> None:
     for payload in payloads:
         response = client.post("/api/v1/events", payload, format="json")
         assert response.status_code == 202, response.content
-
-
-def settled(prefix: str, count: int) -> bool:
-    """Every event of the run arrived and is at rest (processed, or held behind a parked one), nothing unposted."""
-    events = Event.objects.filter(event_id__startswith=prefix)
-    if events.count() < count:
-        return False
-    if any(ordering.held_by(e) is None for e in events.filter(status="accepted")):
-        return False
-    return not Journal.objects.filter(event__in=events, status__in=["ready", "posting"]).exists()
 
 
 def wait_settled(prefix: str, count: int, worker) -> None:
@@ -218,33 +191,6 @@ def wait_settled(prefix: str, count: int, worker) -> None:
             return
         time.sleep(0.2)
     pytest.fail(f"run {prefix} did not settle\n--- worker log ---\n{worker.log_tail()}")
-
-
-def outcome(prefix: str) -> dict:
-    """The run's result with its id prefix taken out: per event (by its place in the history) the status,
-    exceptions and journals, and the documents' running totals."""
-    def plain(value):
-        return str(value).replace(prefix, "") if value is not None else None
-
-    result = {}
-    for event in Event.objects.filter(event_id__startswith=prefix).order_by("seq"):
-        journals = sorted(
-            (j.kind, j.status, tuple(sorted((line.account.code, str(line.debit), str(line.credit), plain(line.invoice_id))
-                                            for line in j.lines.select_related("account"))))
-            for j in Journal.objects.filter(event=event).prefetch_related("lines"))
-        exceptions = sorted((x.code, x.status, plain(x.dependency_key))
-                            for x in ExceptionRecord.objects.filter(event=event))
-        result[plain(event.event_id)] = {"type": event.type, "status": event.status, "journals": journals,
-                                         "exceptions": exceptions}
-    result["invoices"] = {plain(i.invoice_id): (i.status, i.version, str(i.total), str(i.applied_total),
-                                                 str(i.credited_total), str(i.written_off_total), str(i.refunded_total))
-                          for i in Invoice.objects.filter(invoice_id__startswith=prefix)}
-    result["payments"] = {plain(p.payment_id): (str(p.amount), str(p.allocated_total), str(p.refunded_total))
-                          for p in Payment.objects.filter(payment_id__startswith=prefix)}
-    result["credit_notes"] = sorted(plain(c.credit_note_id) for c in CreditNote.objects.filter(
-        credit_note_id__startswith=prefix))
-    result["refunds"] = sorted(plain(r.refund_id) for r in Refund.objects.filter(refund_id__startswith=prefix))
-    return result
 
 
 def run_both(source, settings, worker, build) -> tuple[dict, dict]:
@@ -307,88 +253,6 @@ def test_an_amendment_accepted_after_its_issue_never_makes_the_issue_stale(live_
         assert workers["invoices"][f"inv{n}"][1:3] == (2, "120.0000")
 
 
-# Random histories: a couple of customers, invoices that may come after their payments, credit notes,
-# refunds, voids, applications of unapplied cash and write-offs, each customer's events in order and the
-# customers interleaved.
-POOL = 3
-cents = st.integers(min_value=1, max_value=40_000)
-OP = st.one_of(
-    st.tuples(st.just("invoice"), st.integers(0, POOL - 1), cents),
-    st.tuples(st.just("invoice"), st.integers(0, POOL - 1), cents),
-    st.tuples(st.just("payment"), st.integers(0, POOL - 1), cents, st.integers(0, 40_000)),
-    st.tuples(st.just("payment"), st.integers(0, POOL - 1), cents, st.integers(0, 40_000)),
-    st.tuples(st.just("credit"), st.integers(0, POOL - 1), st.integers(1, 20_000)),
-    st.tuples(st.just("refund"), st.integers(0, 3), st.integers(1, 20_000), st.booleans()),
-    st.tuples(st.just("apply"), st.integers(0, 3), st.integers(0, POOL - 1), st.integers(1, 20_000)),
-    st.tuples(st.just("void"), st.integers(0, POOL - 1)),
-    st.tuples(st.just("write_off"), st.integers(0, POOL - 1), st.integers(1, 20_000)),
-)
-CUSTOMER_HISTORY = st.tuples(st.booleans(), st.lists(OP, min_size=1, max_size=8))  # (customer first?, ops)
-
-
-def _money(value: int) -> str:
-    return str((Decimal(value) / 100).quantize(Decimal("0.01")))
-
-
-def _customer_events(p: str, c: int, customer_first: bool, ops) -> list[dict]:
-    cus = f"{p}c{c}"
-    invoices = [f"{cus}_inv{i}" for i in range(POOL)]
-    versions: dict[str, int] = {}
-    payments: list[str] = []
-    out: list[dict] = []
-
-    def add(payload):
-        payload["event_id"] = f"{cus}_e{len(out):02d}"
-        out.append(payload)
-
-    for op in ops:
-        kind = op[0]
-        if kind == "invoice":
-            invoice_id = invoices[op[1]]
-            versions[invoice_id] = versions.get(invoice_id, 0) + 1
-            add(f.invoice(invoice_id, customer_id=cus, lines=[(_money(op[2]), "0")], version=versions[invoice_id],
-                          type_="invoice.issued" if versions[invoice_id] == 1 else "invoice.amended"))
-        elif kind == "payment":
-            payment_id = f"{cus}_pay{len(payments)}"
-            payments.append(payment_id)
-            allocated = min(op[2], op[3])
-            add(f.payment(payment_id, customer_id=cus, amount=_money(op[2]),
-                          allocations=[(invoices[op[1]], _money(allocated))] if allocated else []))
-        elif kind == "credit":
-            add(f.credit_note(invoices[op[1]], _money(op[2]), credit_note_id=f"{cus}_cn{len(out)}"))
-        elif kind == "refund" and payments:
-            payment_id = payments[op[1] % len(payments)]
-            add(f.refund(payment_id, _money(op[2]), refund_id=f"{cus}_re{len(out)}",
-                         invoice_id=invoices[0] if op[3] else None))
-        elif kind == "apply" and payments:
-            add(f.payment_applied(payments[op[1] % len(payments)], [(invoices[op[2]], _money(op[3]))]))
-        elif kind == "void":
-            add(f.invoice_voided(invoices[op[1]]))
-        elif kind == "write_off":
-            add(f.write_off(invoices[op[1]], _money(op[2]), write_off_id=f"{cus}_wo{len(out)}"))
-    customer = f.customer(cus)
-    if customer_first:
-        out.insert(0, customer)
-    else:
-        out.insert(min(2, len(out)), customer)  # after an event or two that need it: they wait for it
-    customer["event_id"] = f"{cus}_cust"
-    return out
-
-
-def _interleave(histories: list[list[dict]], picks: list[int]) -> list[dict]:
-    """Merge the customers' histories, each kept in order, in the drawn interleaving."""
-    queues = [list(h) for h in histories]
-    merged = []
-    for pick in picks:
-        live = [q for q in queues if q]
-        if not live:
-            break
-        merged.append(live[pick % len(live)].pop(0))
-    for q in queues:
-        merged.extend(q)
-    return merged
-
-
 @pytest.mark.worker
 @pytest.mark.slow
 @hsettings(max_examples=8, deadline=None, derandomize=False,
@@ -398,7 +262,7 @@ def _interleave(histories: list[list[dict]], picks: list[int]) -> list[dict]:
 def test_random_histories_give_the_one_at_a_time_outcome_with_two_worker_processes(
         live_worker, us01, source, settings, customers, picks):
     def build(p):
-        return _interleave([_customer_events(p, c, first, ops) for c, (first, ops) in enumerate(customers)], picks)
+        return interleave([customer_events(p, c, first, ops) for c, (first, ops) in enumerate(customers)], picks)
 
     reference, workers = run_both(source, settings, live_worker, build)
     assert workers == reference
@@ -425,3 +289,43 @@ def test_the_sweep_leaves_events_held_behind_a_parked_one_and_takes_the_rest(ent
     assert billing.sweep_accepted(older_than_seconds=-600) == 1
     # The audit trail says what it waited behind.
     assert AuditEntry.objects.filter(action="event.held", event_id=note["id"]).count() == 1
+
+
+@pytest.mark.parametrize("payload", [
+    f.customer("c1"), f.invoice("in1", customer_id="c1"),
+    f.invoice("in1", customer_id="c1", version=2, type_="invoice.amended"), f.invoice_voided("in1"),
+    f.payment("p1", customer_id="c1", amount="5.00", allocations=[("in1", "5.00")]),
+    f.payment_applied("p1", [("in1", "1.00")]), f.refund("p1", "1.00", invoice_id="in1"),
+    f.credit_note("in1", "1.00"), f.write_off("in1", "1.00"),
+], ids=lambda p: p["type"])
+def test_what_an_event_provides_reads_back_from_its_stored_keys(payload):
+    assert ordering.provides_from_keys(payload["type"], ordering.order_keys(payload)) == \
+        sorted(ordering.documents_of(payload)[2])
+
+
+@needs_db
+def test_a_provider_that_passes_a_parked_event_holds_the_next_provider(entity, integration, monkeypatch):
+    """Credit note parked on its invoice; the issue and the amendment of that invoice both accepted and not yet
+    processed (two workers would take them at once): the issue may pass the parked credit note, the
+    amendment must wait for the issue, which is running, not waiting (a random history found this)."""
+    from billing_sync import services as billing
+
+    send(integration, f.customer("cus_p"))
+    note = send(integration, f.credit_note("inv_p", "5.00"))
+    assert note["exception"]["code"] == "awaiting_dependency"
+    monkeypatch.setattr(billing, "schedule_processing", lambda ids: None)  # accepted, not yet taken
+    issued = send(integration, f.invoice("inv_p", customer_id="cus_p", lines=[("100.00", "0")]))
+    amended = send(integration, f.invoice("inv_p", customer_id="cus_p", lines=[("120.00", "0")], version=2,
+                                          type_="invoice.amended"))
+    assert (issued["status"], amended["status"]) == ("accepted", "accepted")
+    assert ordering.held_by(Event.objects.get(pk=issued["id"])) is None
+    assert ordering.held_by(Event.objects.get(pk=amended["id"])) == Event.objects.get(pk=issued["id"]).pk
+    monkeypatch.undo()
+    assert billing.process_event(event_id=amended["id"]) == "accepted"  # held
+    assert billing.process_event(event_id=issued["id"]) == "processed"
+    # The issue woke the credit note in its own transaction: it goes before the amendment.
+    assert Event.objects.get(pk=note["id"]).status == "accepted"
+    assert ordering.held_by(Event.objects.get(pk=amended["id"])) == Event.objects.get(pk=note["id"]).pk
+    assert billing.process_event(event_id=note["id"]) == "processed"
+    assert billing.process_event(event_id=amended["id"]) == "processed"
+    assert Invoice.objects.get(invoice_id="inv_p").version == 2

@@ -340,7 +340,9 @@ class Command(BaseCommand):
                             help="Run even under config.settings.prod (it creates users with a known password).")
 
     def handle(self, *args, allow_production_settings=False, **options):
-        if settings.SETTINGS_MODULE.endswith(".prod") and not allow_production_settings:
+        # Under override_settings Django's holder has no SETTINGS_MODULE: the environment names it too.
+        module = getattr(settings, "SETTINGS_MODULE", None) or os.environ.get("DJANGO_SETTINGS_MODULE", "")
+        if module.endswith(".prod") and not allow_production_settings:
             raise CommandError("load_demo creates users with a known password; it refuses production settings.")
         password = os.environ.get("TIEOUT_DEMO_PASSWORD") or DEMO_PASSWORD_DEFAULT
         password_from_env = bool(os.environ.get("TIEOUT_DEMO_PASSWORD"))
