@@ -182,12 +182,15 @@ def successors_of(*, seq: int, keys: list[str]) -> list:
         return [r[0] for r in cursor.fetchall()]
 
 
-# Accepted events, oldest first, except those whose recorded holder is still parked on a dependency.
-_SWEEPABLE = """
+# Accepted events, oldest first, except those whose recorded holder is still parked on a dependency that
+# they do not provide (those still wait for it; a provider may pass it, so it must not be left behind).
+_PROVIDER_CLAUSE = " OR ".join(f"(e.type = '{t}' AND x.dependency_key LIKE '{k}%%')" for t, k in _PROVIDED_KIND.items())
+_SWEEPABLE = f"""
 SELECT e.id FROM billing_sync_event e
 WHERE e.status = 'accepted' AND e.received_at <= %s
   AND NOT EXISTS (SELECT 1 FROM exceptions_queue_exceptionrecord x
-                  WHERE x.event_id = e.held_by_id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL)
+                  WHERE x.event_id = e.held_by_id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL
+                    AND NOT ('{WRITE}' || x.dependency_key = ANY(e.order_keys) AND ({_PROVIDER_CLAUSE})))
 ORDER BY e.seq
 LIMIT %s
 """

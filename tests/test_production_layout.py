@@ -180,7 +180,7 @@ def _wait_settled(prefix: str, count: int, stack: Stack) -> None:
     pytest.fail(f"not settled: accepted {left}, unposted {unposted}\n{stack.log_tail()}")
 
 
-@pytest.mark.parametrize("seed", [20261203])
+@pytest.mark.parametrize("seed", [20261203, 7])
 def test_histories_over_http_with_a_worker_killed_half_way_match_one_at_a_time(stack, settings, seed):
     reference_prefix, prefix = f"r{uuid.uuid4().hex[:6]}_", f"p{uuid.uuid4().hex[:6]}_"
 

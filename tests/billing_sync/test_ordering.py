@@ -329,3 +329,21 @@ def test_a_provider_that_passes_a_parked_event_holds_the_next_provider(entity, i
     assert billing.process_event(event_id=note["id"]) == "processed"
     assert billing.process_event(event_id=amended["id"]) == "processed"
     assert Invoice.objects.get(invoice_id="inv_p").version == 2
+
+
+@needs_db
+def test_the_sweep_takes_a_provider_whose_recorded_holder_now_waits_for_it(entity, integration, monkeypatch):
+    """The customer was held behind its invoice while that was running; the invoice then parked waiting for
+    the customer. Had the wake-up been lost with a killed worker, the sweep must still take the customer
+    (the production-layout test found it left behind)."""
+    from billing_sync import services as billing
+
+    monkeypatch.setattr(billing, "schedule_processing", lambda ids: None)
+    invoice = send(integration, f.invoice("inv_h", customer_id="cus_h", lines=[("10.00", "0")]))
+    customer = send(integration, f.customer("cus_h"))
+    assert billing.process_event(event_id=customer["id"]) == "accepted"  # behind the invoice, running
+    assert billing.process_event(event_id=invoice["id"]) == "exception"  # unknown_customer: parked on it
+    held = Event.objects.get(pk=customer["id"])
+    assert held.held_by_id == Event.objects.get(pk=invoice["id"]).pk and ordering.held_by(held) is None
+    later = timezone.now() + datetime.timedelta(minutes=5)
+    assert customer["id"] in map(str, ordering.accepted_not_parked_behind(received_before=later, limit=100))
