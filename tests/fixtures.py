@@ -44,15 +44,37 @@ class Api:
         return self.get(f"/api/v1/events/{event_id}").json()
 
 
+def setup_us01():
+    """Entity US01 with its chart, mappings and approval policy, in a transaction of its own."""
+    from django.db import transaction
+
+    with correlation.bound(None), transaction.atomic():
+        ent, _ = ledger.entity_setup(code="US01", currency="USD", name="Tieout US", actor="test")
+        queue.approval_policy_ensure(entity=ent, actor="test")
+    return ent
+
+
+def integration_client() -> APIClient:
+    """An API client holding a new integration token, as a billing platform would."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens.token_issue(username='billing-system', role='integration', actor='test')}")
+    return client
+
+
 @pytest.fixture
 def entity(db):
-    with correlation.bound(None):
-        from django.db import transaction
+    return setup_us01()
 
-        with transaction.atomic():
-            ent, _ = ledger.entity_setup(code="US01", currency="USD", name="Tieout US", actor="test")
-            queue.approval_policy_ensure(entity=ent, actor="test")
-    return ent
+
+@pytest.fixture
+def us01(live_worker):
+    """US01 committed, for tests with a real worker (it must see it)."""
+    return setup_us01()
+
+
+@pytest.fixture
+def source(live_worker):
+    return integration_client()
 
 
 def _user_api(username, role, capture):

@@ -9,13 +9,9 @@ import time
 from unittest import mock
 
 import pytest
-from rest_framework.test import APIClient
 
 from billing_sync import services as billing
-from billing_sync import tokens
 from billing_sync.models import Event
-from config import correlation
-from exceptions_queue import services as queue
 from ledger import services as ledger
 from ledger.models import Journal, Outbox
 from tests import factories as f
@@ -26,24 +22,6 @@ POLL_SECONDS = 30
 SETTLED_ELSEWHERE = {"exception", "rejected", "ignored"}  # none of these turns into `posted` by itself
 
 
-@pytest.fixture
-def us01(live_worker):
-    """Entity US01 with its chart, mappings and approval policy, committed (the worker must see it)."""
-    from django.db import transaction
-
-    with correlation.bound(None), transaction.atomic():
-        entity, _ = ledger.entity_setup(code="US01", currency="USD", name="Tieout US", actor="test")
-        queue.approval_policy_ensure(entity=entity, actor="test")
-    return entity
-
-
-@pytest.fixture
-def source(live_worker):
-    """An API client holding an integration token, as a billing platform would."""
-    raw = tokens.token_issue(username="billing-system", role="integration", actor="test")
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
-    return client
 
 
 def send(client, payload) -> dict:

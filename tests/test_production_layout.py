@@ -21,16 +21,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
-from django.db import transaction
 from rest_framework.test import APIClient
 
 from billing_sync import tokens
 from billing_sync.models import Event
-from config import correlation
-from exceptions_queue import services as queue
-from ledger import services as ledger
 from ledger.models import Journal, JournalLine
 from tests.conftest import _stop, _test_database_url
+from tests.fixtures import setup_us01
 from tests.histories import customer_events, eager, interleave, outcome, settled
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -123,9 +120,7 @@ def stack(transactional_db, tmp_path):
     client.flushdb()
     client.close()
     handle = Stack(tmp_path, _test_database_url(connection.settings_dict), redis_url)
-    with correlation.bound(None), transaction.atomic():
-        entity, _ = ledger.entity_setup(code="US01", currency="USD", name="Tieout US", actor="test")
-        queue.approval_policy_ensure(entity=entity, actor="test")
+    setup_us01()
     handle.token = tokens.token_issue(username="billing-system", role="integration", actor="test")
     handle.start("web", [str(BIN / "gunicorn"), "-c", "config/gunicorn.conf.py", "config.wsgi"])
     handle.start_worker()

@@ -11,20 +11,15 @@ import time
 import uuid
 
 import pytest
-from django.db import transaction
 from django.utils import timezone
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from rest_framework.test import APIClient
 
 from audit.models import AuditEntry
-from billing_sync import ordering, tokens
+from billing_sync import ordering
 from billing_sync.models import Event, Invoice, Payment
-from config import correlation
-from exceptions_queue import services as queue
 from exceptions_queue.models import ExceptionRecord
-from ledger import services as ledger
 from ledger.models import JournalLine
 from tests import factories as f
 from tests.histories import CUSTOMER_HISTORY, customer_events, eager, interleave, outcome, settled
@@ -161,19 +156,6 @@ def test_the_provider_passes_events_queued_behind_a_parked_one(entity, integrati
 POLL_SECONDS = 60
 
 
-@pytest.fixture
-def us01(live_worker):
-    with correlation.bound(None), transaction.atomic():
-        entity, _ = ledger.entity_setup(code="US01", currency="USD", name="Tieout US", actor="test")
-        queue.approval_policy_ensure(entity=entity, actor="test")
-    return entity
-
-
-@pytest.fixture
-def source(live_worker):
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens.token_issue(username='billing-system', role='integration', actor='test')}")
-    return client
 
 
 def post_all(client, payloads) -> None:
