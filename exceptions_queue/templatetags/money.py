@@ -3,6 +3,8 @@
 A builtin (settings TEMPLATES `builtins`), so every template has it without `{% load %}`. The one
 formatting rule lives in `ledger.money.display`; CSV, JSON and the API keep plain digits.
 """
+import re
+
 from django import template
 
 from ledger.money import display
@@ -13,3 +15,14 @@ register = template.Library()
 @register.filter(is_safe=True)
 def money(amount, currency=None) -> str:
     return display(amount, currency or None)
+
+
+_DECIMAL_TEXT = re.compile(r"^-?\d+\.\d+$")
+
+
+@register.filter(is_safe=True)
+def money_text(value, currency=None) -> str:
+    """A version diff's value: amounts (decimal text, as the history stores them) as money, the rest as is."""
+    if isinstance(value, str) and _DECIMAL_TEXT.match(value):
+        return display(value, currency or None)
+    return value

@@ -138,7 +138,7 @@ def test_the_detail_shows_everything_needed_to_decide(invoice, staff, raise_writ
     assert {"field": "Payments applied", "old": "0.00", "new": "5000.00"} in changes
     assert {"field": "Credited", "old": "0.00", "new": "200.00"} in changes
     for shown in ("INV-GLOBEX-1", "Globex Ltd", "14,800.00", "Uncollectible remainder", "fiona-ops",
-                  "Payments applied: 0.00 → 5000.00", "Credited: 0.00 → 200.00"):
+                  "Payments applied: 0.00 → 5,000.00", "Credited: 0.00 → 200.00"):
         assert shown in text, shown
     policy = context["policy"]
     assert (policy["write_off_threshold"], policy["two_approver_threshold"], policy["required"]) == (

@@ -108,3 +108,13 @@ def test_a_paid_invoice_reads_paid_with_grouped_amounts(entity, integration, fin
     assert ">paid</span>" in trace.content.decode() and "16,087.50" in trace.content.decode()
     api = finance.get(f"/api/v1/invoices/{invoice.source_system}/{invoice.invoice_id}")
     assert api.status_code == 200 and api.json()["status"] == "open"  # the API's field keeps its values
+
+
+@pytest.mark.parametrize("value, currency, shown", [
+    ("16087.5000", "USD", "16,087.50"), ("-1234.5", "USD", "-1,234.50"), ("2", None, "2"), ("inv_1", "USD", "inv_1"),
+    ("2026-11-03", "USD", "2026-11-03"), (None, "USD", None),
+])
+def test_version_diff_values_show_amounts_as_money_and_the_rest_as_they_are(value, currency, shown):
+    from exceptions_queue.templatetags.money import money_text
+
+    assert money_text(value, currency) == shown

@@ -79,7 +79,7 @@ def test_event_erp_and_invoice_pages(book):
     assert f'href="/trace/journal/{journal.pk}/"' in erp_html and f'href="/trace/event/{book["issued"]}/"' in erp_html
     invoice_html = aude.get(f"/trace/invoice/{f.SOURCE}/inv_tp/").content.decode()
     # Readable diffs: field, before, after.
-    assert '<th scope="row">total</th><td><del>107.2500</del></td><td><ins>160.8800</ins></td>' in invoice_html
+    assert '<th scope="row">total</th><td><del>107.25</del></td><td><ins>160.88</ins></td>' in invoice_html
     assert '<th scope="row">version</th><td><del>1</del></td><td><ins>2</ins></td>' in invoice_html
     assert f'href="/exceptions/{book["exception"].pk}/"' in invoice_html
     assert 'id="billing-open"' in invoice_html and "ties out" in invoice_html
