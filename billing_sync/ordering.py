@@ -35,9 +35,6 @@ def document_key(kind: str, source_system: str, document_id) -> str:
     return f"{kind}:{source_system}:{document_id}"
 
 
-_key = document_key
-
-
 WRITE = "w|"  # marks, in `order_keys`, a document the event changes (beside its plain key)
 
 
@@ -54,27 +51,29 @@ def documents_of(payload: dict) -> tuple[set[str], set[str], list[str]]:
     reads: set[str] = set()
     provides: list[str] = []
     if kind == "customer.upserted":
-        provides.append(_key("customer", ss, data["customer_id"]))
+        provides.append(document_key("customer", ss, data["customer_id"]))
     elif kind in ("invoice.issued", "invoice.amended"):
-        provides.append(_key("invoice", ss, data["invoice_id"]))
-        reads.add(_key("customer", ss, data["customer_id"]))
+        provides.append(document_key("invoice", ss, data["invoice_id"]))
+        reads.add(document_key("customer", ss, data["customer_id"]))
     elif kind == "invoice.voided":
-        writes.add(_key("invoice", ss, data["invoice_id"]))
+        writes.add(document_key("invoice", ss, data["invoice_id"]))
     elif kind in ("payment.received", "payment.applied"):
-        key = _key("payment", ss, data["payment_id"])
+        key = document_key("payment", ss, data["payment_id"])
         if kind == "payment.received":
             provides.append(key)
-            reads.add(_key("customer", ss, data["customer_id"]))
+            reads.add(document_key("customer", ss, data["customer_id"]))
         writes.add(key)
-        writes.update(_key("invoice", ss, a["invoice_id"]) for a in data.get("allocations") or ())
+        writes.update(document_key("invoice", ss, a["invoice_id"]) for a in data.get("allocations") or ())
     elif kind == "payment.refunded":
-        writes.update((_key("payment", ss, data["payment_id"]), _key("refund", ss, data["refund_id"])))
+        writes.update((document_key("payment", ss, data["payment_id"]), document_key("refund", ss, data["refund_id"])))
         if data.get("invoice_id"):
-            writes.add(_key("invoice", ss, data["invoice_id"]))
+            writes.add(document_key("invoice", ss, data["invoice_id"]))
     elif kind == "credit_note.issued":
-        writes.update((_key("invoice", ss, data["invoice_id"]), _key("credit_note", ss, data["credit_note_id"])))
+        writes.update((document_key("invoice", ss, data["invoice_id"]),
+                       document_key("credit_note", ss, data["credit_note_id"])))
     elif kind == "write_off.requested":
-        writes.update((_key("invoice", ss, data["invoice_id"]), _key("write_off", ss, data["write_off_id"])))
+        writes.update((document_key("invoice", ss, data["invoice_id"]),
+                       document_key("write_off", ss, data["write_off_id"])))
     writes.update(provides)
     return writes, reads - writes, provides
 

@@ -57,7 +57,8 @@ def setup_us01():
 def integration_client() -> APIClient:
     """An API client holding a new integration token, as a billing platform would."""
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {tokens.token_issue(username='billing-system', role='integration', actor='test')}")
+    raw = tokens.token_issue(username="billing-system", role="integration", actor="test")
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     return client
 
 

@@ -51,9 +51,10 @@ def outcome(prefix: str) -> dict:
     result = {}
     for event in Event.objects.filter(event_id__startswith=prefix).order_by("seq"):
         journals = sorted(
-            (j.kind, j.status, tuple(sorted((line.account.code, str(line.debit), str(line.credit), plain(line.invoice_id))
-                                            for line in j.lines.select_related("account"))))
-            for j in Journal.objects.filter(event=event).prefetch_related("lines"))
+            (j.kind, j.status, tuple(sorted(
+                (line.account.code, str(line.debit), str(line.credit), plain(line.invoice_id))
+                for line in j.lines.select_related("account"))))
+            for j in Journal.objects.filter(event=event))
         exceptions = sorted((x.code, x.status, plain(x.dependency_key))
                             for x in ExceptionRecord.objects.filter(event=event))
         result[plain(event.event_id)] = {"type": event.type, "status": event.status, "journals": journals,
