@@ -229,3 +229,9 @@ def test_source_systems_are_edited_through_the_audited_service(entity, admin_api
     source.refresh_from_db()
     assert source.secret_env == "BILLING_WEBHOOK_SECRET"
     assert client.post(f"/admin/billing_sync/sourcesystem/{source.pk}/delete/", {"post": "yes"}).status_code == 403
+
+
+def test_money_columns_read_grouped_and_right_aligned(data, admin_api):
+    html = _client("ada-admin").get("/admin/billing_sync/invoice/").content.decode()
+    assert re.search(r'<span style="display:block;text-align:right;[^"]*">2,000.00</span>', html), html[-3000:]
+    assert "2000.0000" not in html
