@@ -43,6 +43,7 @@ from standardwebhooks import Webhook
 from audit import services as audit
 from billing_sync.models import CallbackDelivery, Event, SourceSystem
 from config.errors import ApiError, Codes, Conflict
+from exceptions_queue import services as queue
 
 log = structlog.get_logger("tieout.callbacks")
 
@@ -360,8 +361,6 @@ def _open_exception(delivery: CallbackDelivery, *, actor) -> None:
     Not attached to the event: the event's status and its one open exception are about the books, and a
     receiver that is down must not turn posted events into exceptions (nor trigger callbacks about that).
     """
-    from exceptions_queue import services as queue
-
     # The source system's row lock serialises give-ups, so that two at once do not open two exceptions.
     source = SourceSystem.objects.select_for_update().get(pk=delivery.source_system_id)
     open_ids = (CallbackDelivery.objects.filter(source_system=source, exception__isnull=False)
@@ -380,8 +379,6 @@ def _open_exception(delivery: CallbackDelivery, *, actor) -> None:
 
 
 def _resolve_exception_when_all_delivered(exception_id, *, actor) -> None:
-    from exceptions_queue import services as queue
-
     if CallbackDelivery.objects.filter(exception_id=exception_id).exclude(
             status=CallbackDelivery.Status.DELIVERED).exists():
         return

@@ -19,7 +19,9 @@ from billing_sync.models import (
     Refund, WriteOff,
 )
 from config.errors import BusinessRuleError, Codes
+from exceptions_queue import services as queue
 from ledger import rules
+from ledger import selectors as ledger_selectors
 from ledger import services as ledger
 from ledger.money import ZERO, parse_money
 
@@ -61,7 +63,7 @@ def _change(event, out: Outcome, document_type, document_id, outcome, version=No
 
 
 def _entity(event: Event):
-    entity = ledger.entity_for_code(event.entity_code)
+    entity = ledger_selectors.entity_for_code(event.entity_code)
     if entity is None:
         raise BusinessRuleError(Codes.UNKNOWN_ENTITY, f"entity {event.entity_code} is not set up",
                                 dependency=f"entity:{event.entity_code}")
@@ -457,14 +459,16 @@ def _approvable_target(event: Event, data: dict, out: Outcome, *, model, id_fiel
 
 def _request_approval_or_book(event: Event, out: Outcome, *, entity, journal, kind: str, document_id: str,
                               amount: Decimal, currency: str, required: int, book, actor) -> None:
-    """Maker-checker: with approvals required the journal waits for them; otherwise it is booked now."""
-    from exceptions_queue import services as queue
+    """Maker-checker: with approvals required the journal waits for them; otherwise it is booked now.
 
+    The approver reads the reason the source system gave (credit notes and write-offs carry one).
+    """
     out.journals.append(journal)
     if required:
+        reason = ((event.payload or {}).get("data") or {}).get("reason") or ""
         queue.approval_request(entity=entity, event=event, journal=journal, kind=kind, document_id=document_id,
                                amount=amount, currency=currency, requested_by=event.sent_by, required=required,
-                               actor=actor)
+                               actor=actor, reason=reason)
         out.status = Event.Status.PENDING_APPROVAL
     else:
         book()
@@ -472,8 +476,6 @@ def _request_approval_or_book(event: Event, out: Outcome, *, entity, journal, ki
 
 
 def credit_note_issued(event: Event, data: dict, actor) -> Outcome:
-    from exceptions_queue import services as queue
-
     out = Outcome(Event.Status.PROCESSED)
     entity, invoice = _approvable_target(event, data, out, model=CreditNote, id_field="credit_note_id",
                                          kind="credit_note")
@@ -521,8 +523,6 @@ def _book_credit(invoice: Invoice, note: CreditNote, *, actor, event_id) -> None
 
 
 def write_off_requested(event: Event, data: dict, actor) -> Outcome:
-    from exceptions_queue import services as queue
-
     out = Outcome(Event.Status.PROCESSED)
     entity, invoice = _approvable_target(event, data, out, model=WriteOff, id_field="write_off_id", kind="write_off")
     if invoice is None:
@@ -590,10 +590,6 @@ def document_approved(*, kind: str, journal, actor) -> None:
         write_off.save(update_fields=["status"])
         _book_write_off(invoice, write_off, actor=actor, event_id=journal.event_id)
     ledger.journal_release(journal_id=journal.pk, actor=actor)
-    if journal.event_id:
-        from billing_sync.services import event_refresh_status
-
-        event_refresh_status(event_id=journal.event_id, actor=actor)
 
 
 def document_rejected(*, kind: str, journal, actor) -> None:
@@ -605,7 +601,3 @@ def document_rejected(*, kind: str, journal, actor) -> None:
         doc.status = ApprovalStatus.REJECTED
         doc.save(update_fields=["status"])
     ledger.journal_reject(journal_id=journal.pk, actor=actor)
-    if journal.event_id:
-        from billing_sync.services import event_refresh_status
-
-        event_refresh_status(event_id=journal.event_id, actor=actor)

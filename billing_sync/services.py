@@ -10,6 +10,7 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import structlog
 from django.db import connection, transaction
@@ -17,10 +18,13 @@ from django.utils import timezone
 
 from audit import services as audit
 from billing_sync import callbacks, documents, ordering
-from billing_sync.models import Event, Receipt
+from billing_sync.models import Customer, Event, Invoice, Payment, Receipt
 from billing_sync.schemas import validate_event
 from config import correlation
 from config.errors import BusinessRuleError, Codes
+from exceptions_queue import services as queue
+from exceptions_queue.models import ExceptionRecord
+from ledger.models import Entity, Journal
 
 log = structlog.get_logger("tieout.billing_sync")
 
@@ -349,14 +353,47 @@ def sweep_accepted(*, older_than_seconds: int = 30) -> int:
 
 
 # --------------------------------------------------------------------------------------------- processing
+# What an event's exception is about (the workflow's subject kind), by event type.
+PROCESS_BY_TYPE = {
+    "customer.upserted": ExceptionRecord.Process.CUSTOMER,
+    "invoice.issued": ExceptionRecord.Process.INVOICE,
+    "invoice.amended": ExceptionRecord.Process.INVOICE,
+    "invoice.voided": ExceptionRecord.Process.INVOICE,
+    "payment.received": ExceptionRecord.Process.PAYMENT,
+    "payment.applied": ExceptionRecord.Process.PAYMENT,
+    "payment.refunded": ExceptionRecord.Process.PAYMENT,
+    "credit_note.issued": ExceptionRecord.Process.CREDIT,
+    "write_off.requested": ExceptionRecord.Process.WRITE_OFF,
+}
+# The payload field naming the document an event is about, most specific first (a credit note names its
+# invoice too; a payment names its customer).
+SOURCE_REF_FIELDS = ("credit_note_id", "write_off_id", "refund_id", "payment_id", "invoice_id", "customer_id")
+
+
+def source_ref_of(payload: dict) -> str:
+    data = (payload or {}).get("data") or {}
+    for name in SOURCE_REF_FIELDS:
+        value = data.get(name)
+        if isinstance(value, str) and value:
+            return value[:200]
+    return ""
+
+
+def _amount_of(event) -> Decimal | None:
+    data = event.payload.get("data", {})
+    value = data.get("total") or data.get("amount")
+    try:
+        return Decimal(value) if isinstance(value, str) else None
+    except ArithmeticError:
+        return None
+
+
 def process_event(*, event_id, actor="system") -> str:
     """Process one accepted event under its row lock; returns its new status. Safe to call twice.
 
     An event held behind an earlier one on the same documents (billing_sync/ordering.py) is left
     `accepted`, untouched: the event holding it wakes it when it is done.
     """
-    from exceptions_queue import services as queue
-
     with transaction.atomic():
         event = Event.objects.select_for_update().filter(pk=event_id).first()
         if event is None or event.status != Event.Status.ACCEPTED:
@@ -381,8 +418,10 @@ def process_event(*, event_id, actor="system") -> str:
                 event.status = Event.Status.EXCEPTION
                 event.processed_at = timezone.now()
                 event.save(update_fields=["status", "processed_at", "attempts"])
-                queue.exception_open_for_event(event=event, code=exc.code, message=exc.detail,
-                                               dependency=exc.dependency, actor=actor)
+                queue.exception_open_for_event(
+                    event=event, process=PROCESS_BY_TYPE[event.type], code=exc.code, message=exc.detail,
+                    dependency=exc.dependency, amount=_amount_of(event), source_ref=source_ref_of(event.payload),
+                    actor=actor)
                 audit.record(actor=actor, action="event.exception", object_type="event", object_id=event.pk,
                              event_id=event.pk, after={"status": "exception", "code": exc.code,
                                                        "message": exc.detail})
@@ -420,8 +459,6 @@ def wake_successors(*, seq: int, keys: list[str]) -> int:
 
 def wake_dependents(keys: list[str]) -> int:
     """Documents arrived: send the events that waited for them back through processing."""
-    from exceptions_queue import services as queue
-
     event_ids = queue.events_waiting_for(keys)
     for event_id in event_ids:
         event_requeue(event_id=event_id, actor="system", reason="dependency arrived")
@@ -429,9 +466,6 @@ def wake_dependents(keys: list[str]) -> int:
 
 
 def dependency_exists(dependency: str) -> bool:
-    from billing_sync.models import Customer, Invoice, Payment
-    from ledger.models import Entity
-
     kind, _, rest = dependency.partition(":")
     if kind == "entity":
         return Entity.objects.filter(code=rest).exists()
@@ -477,8 +511,6 @@ def event_reprocess(*, event_id, actor) -> str:
 
 def _derived_status(current: str, journal_statuses: list[str], has_open_exception: bool) -> str:
     """An event's status from its journals and whether an exception is open (API.md's meanings)."""
-    from ledger.models import Journal
-
     live = [s for s in journal_statuses if s != Journal.Status.REJECTED]
     if has_open_exception:
         return Event.Status.EXCEPTION
@@ -500,9 +532,6 @@ def event_refresh_status(*, event_id, actor="system") -> str:
 
 def events_refresh_status(*, event_ids, actor="system") -> dict:
     """The same for many events at once (a batch document acknowledged): a few queries, not a few per event."""
-    from exceptions_queue.models import ExceptionRecord
-    from ledger.models import Journal
-
     events = list(Event.objects.select_for_update().filter(pk__in=event_ids).order_by("pk"))
     ids = [e.pk for e in events if e.status not in (Event.Status.ACCEPTED, Event.Status.IGNORED)]
     journal_statuses: dict = {}

@@ -12,7 +12,16 @@ AUDITOR = "auditor"
 ADMIN = "admin"
 ROLES = (INTEGRATION, FINANCE_OPS, CONTROLLER, AUDITOR, ADMIN)
 
-READ_ALL = (FINANCE_OPS, CONTROLLER, AUDITOR, ADMIN)
+# The role sets, each named once; every permission check in the code uses one of these.
+# Staff: everyone but source systems; they read every page and list (within their entities).
+STAFF = (FINANCE_OPS, CONTROLLER, AUDITOR, ADMIN)
+READ_ALL = STAFF
+# Workers: work the exception queue and raise adjustments (credit memos, write-offs, manual journals).
+WORKERS = (FINANCE_OPS, CONTROLLER, ADMIN)
+# Deciders: decide approvals (maker-checker); in the web UI they must use a second factor.
+DECIDERS = (CONTROLLER, ADMIN)
+# Evidence readers: export evidence packs for auditors.
+EVIDENCE_READERS = (AUDITOR, ADMIN)
 
 
 def user_roles(user) -> frozenset[str]:

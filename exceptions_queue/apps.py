@@ -7,7 +7,10 @@ class ExceptionsQueueConfig(AppConfig):
     verbose_name = "Exceptions and approvals"
 
     def ready(self):
-        # Sign-in, sign-out and failed sign-in become audit entries (thin adapters over one service).
-        from exceptions_queue import auth_services
+        # Models are loaded only now; the modules below import them.
+        from exceptions_queue import auth_services, handlers
 
+        # The queue's own subject kinds and its receivers of the ledger's hooks.
+        handlers.register()
+        # Sign-in, sign-out and failed sign-in become audit entries (thin adapters over one service).
         auth_services.connect_signals()

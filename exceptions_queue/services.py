@@ -3,9 +3,10 @@ or in bulk); request, approve, reject.
 
 Exceptions record failures a person can fix, with a stable code, linked to their event or journal.
 Approvals implement maker-checker: the requester never decides, no one decides twice, and the number of
-distinct approvers comes from the entity's policy. Every change is audited in its own transaction.
+distinct approvers comes from the entity's policy. What approving, retrying or replaying does to the
+subject is the subject's owner's business: the handlers it registered in `exceptions_queue.workflow`.
+Every change is audited in its own transaction.
 """
-import hashlib
 import uuid
 from decimal import Decimal
 
@@ -15,46 +16,12 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from audit import services as audit
-from billing_sync import callbacks
 from config import roles
 from config.errors import ApiError, BusinessRuleError, Codes, Conflict, NotFound, PermissionRefused, TieoutError
+from exceptions_queue import workflow
 from exceptions_queue.models import Approval, ApprovalDecision, ApprovalPolicy, ExceptionComment, ExceptionRecord
-
-PROCESS_BY_TYPE = {
-    "customer.upserted": ExceptionRecord.Process.CUSTOMER,
-    "invoice.issued": ExceptionRecord.Process.INVOICE,
-    "invoice.amended": ExceptionRecord.Process.INVOICE,
-    "invoice.voided": ExceptionRecord.Process.INVOICE,
-    "payment.received": ExceptionRecord.Process.PAYMENT,
-    "payment.applied": ExceptionRecord.Process.PAYMENT,
-    "payment.refunded": ExceptionRecord.Process.PAYMENT,
-    "credit_note.issued": ExceptionRecord.Process.CREDIT,
-    "write_off.requested": ExceptionRecord.Process.WRITE_OFF,
-}
-
-
-def _amount_of(event) -> Decimal | None:
-    data = event.payload.get("data", {})
-    value = data.get("total") or data.get("amount")
-    try:
-        return Decimal(value) if isinstance(value, str) else None
-    except ArithmeticError:
-        return None
-
-
-# The payload field naming the document an event is about, most specific first (a credit note names its
-# invoice too; a payment names its customer).
-SOURCE_REF_FIELDS = ("credit_note_id", "write_off_id", "refund_id", "payment_id", "invoice_id", "customer_id")
-
-
-def source_ref_of(payload: dict) -> str:
-    data = (payload or {}).get("data") or {}
-    for name in SOURCE_REF_FIELDS:
-        value = data.get(name)
-        if isinstance(value, str) and value:
-            return value[:200]
-    return ""
-
+from ledger import services as ledger
+from ledger.models import Journal
 
 def _snapshot(exc: ExceptionRecord) -> dict:
     return {"code": exc.code, "status": exc.status, "message": exc.message,
@@ -62,15 +29,20 @@ def _snapshot(exc: ExceptionRecord) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- exceptions
-def exception_open_for_event(*, event, code: str, message: str, dependency: str | None, actor) -> ExceptionRecord:
-    """Open (or update) the event's one unresolved exception. Caller holds the event's lock."""
+def exception_open_for_event(*, event, process: str, code: str, message: str, dependency: str | None,
+                             amount: Decimal | None, source_ref: str, actor) -> ExceptionRecord:
+    """Open (or update) the event's one unresolved exception. Caller holds the event's lock.
+
+    The caller, who knows the event, says what it is about: its kind (`process`), the amount at stake
+    and the source document's id (`source_ref`, for search).
+    """
+    workflow.exception_handlers(process)  # an exception nobody could retry is refused before it exists
     exc = ExceptionRecord.objects.select_for_update().filter(event=event).exclude(
         status=ExceptionRecord.Status.RESOLVED).first()
     if exc is None:
         exc = ExceptionRecord.objects.create(
-            code=code, message=message, process=PROCESS_BY_TYPE.get(event.type, ExceptionRecord.Process.INVOICE),
-            entity_code=event.entity_code, event=event, dependency_key=dependency, amount=_amount_of(event),
-            source_ref=source_ref_of(event.payload))
+            code=code, message=message, process=process, entity_code=event.entity_code, event=event,
+            dependency_key=dependency, amount=amount, source_ref=source_ref[:200])
         audit.record(actor=actor, action="exception.opened", object_type="exception", object_id=exc.pk,
                      event_id=event.pk, after=_snapshot(exc))
         return exc
@@ -83,7 +55,10 @@ def exception_open_for_event(*, event, code: str, message: str, dependency: str 
 
 
 def exception_open_for_journal(*, journal, code: str, message: str, actor) -> ExceptionRecord:
-    """A journal could not post: one unresolved exception per event (or per journal without an event)."""
+    """A journal could not post: one unresolved exception per event (or per journal without an event).
+
+    The event's owner hears of it through `workflow.event_exceptions_changed` (its status follows).
+    """
     scope = {"event_id": journal.event_id} if journal.event_id else {"journal": journal, "event__isnull": True}
     exc = ExceptionRecord.objects.select_for_update().filter(**scope).exclude(
         status=ExceptionRecord.Status.RESOLVED).first()
@@ -102,9 +77,7 @@ def exception_open_for_journal(*, journal, code: str, message: str, actor) -> Ex
         audit.record(actor=actor, action="exception.updated", object_type="exception", object_id=exc.pk,
                      event_id=journal.event_id, before=before, after=_snapshot(exc))
     if journal.event_id:
-        from billing_sync.services import event_refresh_status
-
-        event_refresh_status(event_id=journal.event_id, actor=actor)
+        workflow.event_exceptions_changed.send(event_id=journal.event_id, actor=actor)
     return exc
 
 
@@ -139,7 +112,7 @@ def _resolve(exc: ExceptionRecord, *, resolution: str, actor) -> None:
     exc.save(update_fields=["status", "resolution", "resolved_at", "updated_at", "resolved_by"])
     audit.record(actor=actor, action="exception.resolved", object_type="exception", object_id=exc.pk,
                  event_id=exc.event_id, before=before, after={**_snapshot(exc), "resolution": resolution})
-    callbacks.notify(event=exc.event, kind=callbacks.RESOLVED, actor=actor)  # no-op without an event
+    workflow.exception_resolved.send(exception=exc, actor=actor)
 
 
 def exceptions_resolve_for_event(*, event, resolution: str, actor) -> int:
@@ -152,8 +125,6 @@ def exceptions_resolve_for_event(*, event, resolution: str, actor) -> int:
 
 def exceptions_resolve_for_journal(*, journal, resolution: str, actor) -> int:
     """A journal posted: close the posting exception that waited for it (when no other journal still fails)."""
-    from ledger.models import Journal
-
     qs = ExceptionRecord.objects.select_for_update().filter(journal=journal, code__in=[
         Codes.POSTING_FAILED, Codes.PERIOD_CLOSED]).exclude(status=ExceptionRecord.Status.RESOLVED)
     count = 0
@@ -169,9 +140,6 @@ def events_waiting_for(keys: list[str]) -> list:
     """Events parked until one of these documents arrives, in acceptance order (they keep their places)."""
     return list(ExceptionRecord.objects.filter(dependency_key__in=keys, event__isnull=False).exclude(
         status=ExceptionRecord.Status.RESOLVED).order_by("event__seq").values_list("event_id", flat=True))
-
-
-WORK_ROLES = (roles.FINANCE_OPS, roles.CONTROLLER, roles.ADMIN)
 
 
 def _is_person(actor) -> bool:
@@ -196,7 +164,7 @@ def _locked_exception(exception_id, actor=None) -> ExceptionRecord:
     if _is_person(actor):
         if not may_see_exception(actor, exc):
             raise NotFound(f"no exception {exception_id}")
-        if not roles.has_role(actor, *WORK_ROLES):
+        if not roles.has_role(actor, *roles.WORKERS):
             raise PermissionRefused("your role may not work the exception queue")
     return exc
 
@@ -214,7 +182,7 @@ def exception_assign(*, exception_id, owner, actor) -> ExceptionRecord:
     exc = _locked_exception(exception_id, actor)
     if exc.status == ExceptionRecord.Status.RESOLVED:
         raise Conflict("the exception is resolved", code=Codes.INVALID_STATE)
-    if not roles.has_role(owner, roles.FINANCE_OPS, roles.CONTROLLER, roles.ADMIN):
+    if not roles.has_role(owner, *roles.WORKERS):
         raise ApiError(f"{owner.get_username()} cannot own exceptions", code=Codes.INVALID_REQUEST, status=422)
     if not may_see_exception(owner, exc):
         raise ApiError(f"{owner.get_username()} has no access to entity {exc.entity_code}",
@@ -238,19 +206,14 @@ def exception_resolve(*, exception_id, resolution: str, actor) -> ExceptionRecor
         raise Conflict("the exception is already resolved", code=Codes.INVALID_STATE)
     _resolve(exc, resolution=resolution, actor=actor)
     if exc.event_id:
-        from billing_sync.services import event_refresh_status
-
-        event_refresh_status(event_id=exc.event_id, actor=actor)
+        workflow.event_exceptions_changed.send(event_id=exc.event_id, actor=actor)
     return exc
 
 
 @transaction.atomic
 def exception_retry(*, exception_id, actor) -> ExceptionRecord:
-    """Reprocess the event (business rules) or re-send the failed journals (posting), after a fix."""
-    from billing_sync import services as billing
-    from ledger import services as ledger
-    from ledger.models import Journal
-
+    """Repeat the step that failed, after a fix: the kind's `retry` handler (reprocess the event, re-send
+    the failed journals, deliver the callbacks again)."""
     exc = _locked_exception(exception_id, actor)
     if exc.status == ExceptionRecord.Status.RESOLVED:
         raise Conflict("the exception is resolved", code=Codes.INVALID_STATE)
@@ -260,15 +223,7 @@ def exception_retry(*, exception_id, actor) -> ExceptionRecord:
     exc.save(update_fields=["retry_count", "updated_at"])
     audit.record(actor=actor, action="exception.retry", object_type="exception", object_id=exc.pk,
                  event_id=exc.event_id, before=before, after=_snapshot(exc))
-    if exc.process == ExceptionRecord.Process.POSTING:
-        failed = Journal.objects.filter(status=Journal.Status.FAILED)
-        failed = failed.filter(event_id=exc.event_id) if exc.event_id else failed.filter(pk=exc.journal_id)
-        for journal_id in failed.values_list("pk", flat=True):
-            ledger.journal_retry(journal_id=journal_id, actor=actor)
-    elif exc.process == ExceptionRecord.Process.CALLBACK:
-        callbacks.callbacks_retry(exception_id=exc.pk, actor=actor)
-    elif exc.event_id:
-        billing.event_reprocess(event_id=exc.event_id, actor=actor)
+    workflow.exception_handlers(exc.process).retry(exception=exc, actor=actor)
     exc.refresh_from_db()
     return exc
 
@@ -311,50 +266,40 @@ def exception_escalate(*, exception_id, reason: str, actor) -> ExceptionRecord:
 
 
 def replay_refusal(exc: ExceptionRecord) -> str | None:
-    """Why the exception's event may not be replayed from the start, or None when it may."""
-    from ledger.models import Journal
-
+    """Why the exception's subject may not be replayed from the start, or None when it may."""
     if exc.status == ExceptionRecord.Status.RESOLVED:
         return "the exception is resolved"
     if not exc.event_id:
         return "the exception has no event to replay"
-    if exc.process in (ExceptionRecord.Process.POSTING, ExceptionRecord.Process.CALLBACK) or (
-            Journal.objects.filter(event_id=exc.event_id).exists()):
-        # Processing succeeded and booked journals: starting over would book them twice.
-        return "the event was already processed into journals; use retry to send them again"
-    return None
+    handlers = workflow.exception_handlers(exc.process)
+    refusal = handlers.replay_refusal(exception=exc) if handlers.replay_refusal else None
+    if refusal is None and handlers.replay is None:
+        return f"{exc.process} exceptions are not replayed; use retry"
+    return refusal
 
 
 @transaction.atomic
 def exception_replay(*, exception_id, actor) -> ExceptionRecord:
-    """Replay after a fix: process the event again from the start, from the payload stored at receipt.
+    """Replay after a fix: start the subject over from what the source sent (the kind's `replay` handler).
 
     Retry repeats the step that failed (a posting, a callback, or processing); replay always starts over
     and is for business-rule failures whose cause was fixed elsewhere (an account mapping added, a
-    period reopened). It is refused where starting over could book twice, and when the stored payload
-    no longer hashes to the SHA-256 recorded at receipt (what we replay is what the source sent).
+    period reopened). It is refused where starting over could book twice, and when the kind's
+    `replay_check` finds the stored input no longer what the source sent.
     """
-    from billing_sync import services as billing
-    from billing_sync.models import Event
-
     exc = _locked_exception(exception_id, actor)
     refusal = replay_refusal(exc)
     if refusal:
         raise Conflict(refusal, code=Codes.INVALID_STATE)
-    event = Event.objects.select_for_update().get(pk=exc.event_id)
-    if event.status != Event.Status.EXCEPTION:
-        raise Conflict(f"the event is {event.status}, not waiting in the queue", code=Codes.INVALID_STATE)
-    digest = hashlib.sha256(billing.canonical_bytes(event.payload)).hexdigest()
-    if digest != event.payload_hash:
-        raise Conflict("the stored payload no longer matches the SHA-256 recorded at receipt; not replayed",
-                       code=Codes.INVALID_STATE)
+    handlers = workflow.exception_handlers(exc.process)
+    detail = handlers.replay_check(exception=exc) if handlers.replay_check else {}
     before = _snapshot(exc)
     exc.retry_count += 1
     exc.updated_at = timezone.now()
     exc.save(update_fields=["retry_count", "updated_at"])
     audit.record(actor=actor, action="exception.replayed", object_type="exception", object_id=exc.pk,
-                 event_id=exc.event_id, before=before, after={**_snapshot(exc), "payload_sha256": digest})
-    billing.event_reprocess(event_id=event.pk, actor=actor)
+                 event_id=exc.event_id, before=before, after={**_snapshot(exc), **detail})
+    handlers.replay(exception=exc, actor=actor)
     exc.refresh_from_db()
     return exc
 
@@ -425,21 +370,25 @@ def approval_policy_update(*, entity, values: dict, actor) -> ApprovalPolicy:
 
 
 def approvals_required(*, entity, kind: str, amount: Decimal) -> int:
-    """0 when no approval is needed, else the number of distinct approvers (API.md's defaults)."""
+    """0 when no approval is needed, else the number of distinct approvers (API.md's defaults).
+
+    The policy holds one threshold per kind (`<kind>_threshold`); a kind without handlers or without a
+    threshold is a wiring error and fails loudly.
+    """
+    workflow.approval_handlers(kind)
     policy = ApprovalPolicy.objects.filter(entity=entity).first() or ApprovalPolicy(entity=entity)
-    threshold = {"credit_note": policy.credit_note_threshold, "write_off": policy.write_off_threshold,
-                 "manual_journal": policy.manual_journal_threshold}[kind]
+    threshold = getattr(policy, f"{kind}_threshold", None)
+    if threshold is None:
+        raise workflow.UnknownKind(f"the approval policy has no threshold for kind {kind!r}")
     if amount < threshold:
         return 0
     return 2 if amount >= policy.two_approver_threshold else 1
 
 
 def approval_request(*, entity, event, journal, kind, document_id, amount, currency, requested_by, required,
-                     actor, reason: str | None = None) -> Approval:
-    """Open a pending approval for `journal`. The requester's reason, when not given, is the event's own
-    (credit notes and write-offs carry one), so the approver always reads why it was asked for."""
-    if reason is None:
-        reason = ((event.payload or {}).get("data") or {}).get("reason") or "" if event is not None else ""
+                     actor, reason: str) -> Approval:
+    """Open a pending approval for `journal`, with the requester's reason (the approver reads why)."""
+    workflow.approval_handlers(kind)  # a kind nobody could approve is refused before it waits for anyone
     approval = Approval.objects.create(
         entity=entity, event=event, journal=journal, kind=kind, document_id=document_id, amount=amount,
         currency=currency, requested_by=requested_by,
@@ -454,7 +403,7 @@ def approval_request(*, entity, event, journal, kind, document_id, amount, curre
 
 
 def _decide(approval_id, *, user, decision: str, comment: str) -> Approval:
-    if not roles.has_role(user, roles.CONTROLLER, roles.ADMIN):
+    if not roles.has_role(user, *roles.DECIDERS):
         raise PermissionRefused("only controllers and admins decide approvals")
     approval = (Approval.objects.select_for_update(of=("self", "journal")).select_related("journal", "entity")
                 .filter(pk=approval_id).first())
@@ -487,18 +436,13 @@ def _close(approval: Approval, status: str, actor) -> None:
 
 @transaction.atomic
 def approval_approve(*, approval_id, user, comment: str = "") -> Approval:
-    from billing_sync import documents
-    from ledger import services as ledger
-
+    """One approver's yes; with the last one required, the kind's `approve` handler books the subject."""
     approval = _decide(approval_id, user=user, decision=ApprovalDecision.Decision.APPROVE, comment=comment)
     approvals = approval.decisions.filter(decision=ApprovalDecision.Decision.APPROVE).count()
     if approvals >= approval.required_approvals:
         _close(approval, Approval.Status.APPROVED, user)
         try:
-            if approval.kind == Approval.Kind.MANUAL_JOURNAL:
-                ledger.journal_release(journal_id=approval.journal_id, actor=user)
-            else:
-                documents.document_approved(kind=approval.kind, journal=approval.journal, actor=user)
+            workflow.approval_handlers(approval.kind).approve(approval=approval, actor=user)
         except BusinessRuleError as exc:
             # The world moved on since the request (a payment arrived, the period closed): refuse, change nothing.
             raise Conflict(exc.detail, code=exc.code) from None
@@ -507,15 +451,10 @@ def approval_approve(*, approval_id, user, comment: str = "") -> Approval:
 
 @transaction.atomic
 def approval_reject(*, approval_id, user, comment: str = "") -> Approval:
-    from billing_sync import documents
-    from ledger import services as ledger
-
+    """One no closes the request; the kind's `reject` handler refuses the subject for good."""
     approval = _decide(approval_id, user=user, decision=ApprovalDecision.Decision.REJECT, comment=comment)
     _close(approval, Approval.Status.REJECTED, user)
-    if approval.kind == Approval.Kind.MANUAL_JOURNAL:
-        ledger.journal_reject(journal_id=approval.journal_id, actor=user)
-    else:
-        documents.document_rejected(kind=approval.kind, journal=approval.journal, actor=user)
+    workflow.approval_handlers(approval.kind).reject(approval=approval, actor=user)
     return approval
 
 
@@ -537,3 +476,28 @@ def exception_open_system(*, code: str, message: str, actor) -> ExceptionRecord:
     audit.record(actor=actor, action="exception.opened", object_type="exception", object_id=exc.pk,
                  after=_snapshot(exc))
     return exc
+
+
+# --------------------------------------------------------------------------------------------- manual journals
+@transaction.atomic
+def manual_journal_create(*, entity, accounting_date, lines, description: str, user, reason: str | None = None,
+                          request_key: str | None = None) -> Journal:
+    """A journal a person writes by hand, under the entity's approval policy.
+
+    The ledger checks it (`manual_journal_check`: balanced, open period, active accounts, each problem
+    with its field named) and books it; with the policy's `manual_journal_threshold` (default 0: every
+    one) reached, it waits for approval by someone other than `user`, with `reason` (default: the
+    description) for the approver. The same `request_key` from the same person returns the journal it
+    first created, without a second approval request.
+    """
+    draft = ledger.manual_journal_check(entity=entity, accounting_date=accounting_date, lines=lines,
+                                        description=description, user=user)
+    required = approvals_required(entity=entity, kind=Approval.Kind.MANUAL_JOURNAL, amount=draft.total)
+    journal, created = ledger.manual_journal_book(draft=draft, user=user, needs_approval=bool(required),
+                                                  request_key=request_key)
+    if created and required:
+        approval_request(entity=entity, event=None, journal=journal, kind=Approval.Kind.MANUAL_JOURNAL,
+                         document_id=journal.document_id, amount=draft.total, currency=entity.currency,
+                         requested_by=user, required=required, actor=user,
+                         reason=reason if reason is not None else draft.description)
+    return journal

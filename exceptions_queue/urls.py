@@ -1,4 +1,4 @@
-"""API routes of exceptions and approvals."""
+"""API routes of exceptions, approvals and manual journals."""
 from django.urls import path
 
 from audit import api_views as trace_views
@@ -18,4 +18,5 @@ urlpatterns = [
     path("exceptions/<uuid:pk>/comment", views.ExceptionCommentView.as_view(), name="exception-comment"),
     path("exceptions/<uuid:pk>/escalate", views.ExceptionEscalateView.as_view(), name="exception-escalate"),
     path("exceptions/<uuid:pk>/replay", views.ExceptionReplayView.as_view(), name="exception-replay"),
+    path("journals/manual", views.ManualJournalView.as_view(), name="journal-manual"),
 ]

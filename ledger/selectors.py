@@ -53,6 +53,10 @@ class JournalFilter(django_filters.FilterSet):
         fields = ["entity", "status", "event", "erp_document_ref"]
 
 
+def entity_for_code(code: str) -> Entity | None:
+    return Entity.objects.filter(code=code).first()
+
+
 def journals():
     return (Journal.objects.select_related("entity", "reverses")
             .prefetch_related("lines__account").order_by("-created_at", "id"))

@@ -5,6 +5,7 @@ transaction. Journals that are ready to post get an outbox row in the same trans
 the relay hands them to Celery, and a periodic sweep re-sends anything a crash left behind.
 """
 import datetime
+import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 
@@ -15,13 +16,13 @@ from django.db.models import F
 from django.utils import timezone
 
 from audit import services as audit
-from config import correlation
+from config import correlation, roles
 from config.errors import BusinessRuleError, Codes, TieoutError
-from ledger import connectors
+from ledger import connectors, hooks
 from ledger.models import (
     Account, AccountMapping, Entity, EntityAccess, ErpBatch, ErpBatchLine, Journal, JournalLine, Outbox, Period, PostingAttempt,
 )
-from ledger.money import ZERO, quantize
+from ledger.money import ZERO, parse_money_input, quantize
 
 log = structlog.get_logger("tieout.ledger")
 
@@ -210,10 +211,6 @@ def entity_test_connection(*, entity: Entity) -> str:
     return connectors.get_connector(entity).test_connection()
 
 
-def entity_for_code(code: str) -> Entity | None:
-    return Entity.objects.filter(code=code).first()
-
-
 # --------------------------------------------------------------------------------------------- periods
 def period_is_closed(entity: Entity, day: datetime.date) -> bool:
     return Period.objects.filter(entity=entity, year=day.year, month=day.month, status=Period.Status.CLOSED).exists()
@@ -274,11 +271,11 @@ class JournalSpec:
 
 
 def _resolve_accounts(entity: Entity, lines: list[LineSpec]) -> dict[str, Account]:
-    roles = {line.role for line in lines if line.role}
+    wanted = {line.role for line in lines if line.role}
     codes = {line.account_code for line in lines if line.account_code}
     mapped = {m.role: m.account for m in AccountMapping.objects.select_related("account")
-              .filter(entity=entity, role__in=roles)}
-    missing = roles - set(mapped)
+              .filter(entity=entity, role__in=wanted)}
+    missing = wanted - set(mapped)
     if missing:
         raise BusinessRuleError(Codes.NO_ACCOUNT_MAPPING,
                                 f"{entity.code} has no account mapped for {', '.join(sorted(missing))}")
@@ -577,13 +574,7 @@ def _mark_posted(journal: Journal, result: connectors.PostResult, connector_name
     audit.record(actor=actor, action="journal.posted", object_type="journal", object_id=journal.pk,
                  event_id=journal.event_id, before={"status": before},
                  after={"status": "posted", "erp_document_ref": result.erp_document_ref})
-    from exceptions_queue import services as queue
-
-    queue.exceptions_resolve_for_journal(journal=journal, resolution="Posted to the ERP.", actor=actor)
-    if journal.event_id:
-        from billing_sync import services as billing
-
-        billing.event_refresh_status(event_id=journal.event_id, actor=actor)
+    hooks.journals_posted.send(journals=[journal], actor=actor)
 
 
 def _fail(journal: Journal, code: str, message: str, *, actor) -> None:
@@ -600,9 +591,7 @@ def _fail(journal: Journal, code: str, message: str, *, actor) -> None:
                                   outcome=PostingAttempt.Outcome.PERMANENT, message=message)
     audit.record(actor=actor, action="journal.failed", object_type="journal", object_id=journal.pk,
                  event_id=journal.event_id, before={"status": before}, after={"status": "failed", "error": message})
-    from exceptions_queue import services as queue
-
-    queue.exception_open_for_journal(journal=journal, code=code, message=message, actor=actor)
+    hooks.journal_failed.send(journal=journal, code=code, message=message, actor=actor)
 
 
 def journal_post_failed(*, journal_id, message: str, actor="system") -> None:
@@ -824,9 +813,6 @@ def _mark_batch_journals_posted(batch: ErpBatch, result: connectors.PostResult, 
                                 actor) -> None:
     """Every member journal is posted by the batch's acknowledgement: set-based, so a batch of 500 costs
     a handful of statements rather than a dozen per journal."""
-    from billing_sync import services as billing
-    from exceptions_queue import services as queue
-
     journals = list(Journal.objects.select_for_update().filter(erp_batch=batch, status=Journal.Status.POSTING)
                     .only("pk", "event_id"))
     if not journals:
@@ -844,12 +830,7 @@ def _mark_batch_journals_posted(batch: ErpBatch, result: connectors.PostResult, 
                         "event_id": j.event_id, "before": {"status": "posting"},
                         "after": {"status": "posted", "erp_document_ref": result.erp_document_ref,
                                   "erp_batch": str(batch.pk)}} for j in journals])
-    from exceptions_queue.models import ExceptionRecord
-
-    for journal in Journal.objects.filter(pk__in=ExceptionRecord.objects.filter(journal_id__in=ids).exclude(
-            status=ExceptionRecord.Status.RESOLVED).values("journal_id")):
-        queue.exceptions_resolve_for_journal(journal=journal, resolution="Posted to the ERP.", actor=actor)
-    billing.events_refresh_status(event_ids={j.event_id for j in journals if j.event_id}, actor=actor)
+    hooks.journals_posted.send(journals=journals, actor=actor)
 
 
 def erp_batch_failed(*, batch_id, message: str, actor="system") -> None:
@@ -870,14 +851,11 @@ def erp_batch_failed(*, batch_id, message: str, actor="system") -> None:
 
 
 # --------------------------------------------------------------------------------------------- manual journals
-MANUAL_JOURNAL_RAISERS = ("finance_ops", "controller", "admin")
 MANUAL_JOURNAL_MAX_LINES = 200
 
 
 def _manual_money(value, currency: str, field: str, errors: list[dict]) -> Decimal:
     """A line's debit or credit: blank is 0; otherwise the API's money rules (no floats, no exponents)."""
-    from ledger.money import parse_money_input
-
     try:
         amount = parse_money_input(value, currency)
     except ValueError as exc:
@@ -891,25 +869,27 @@ def _manual_money(value, currency: str, field: str, errors: list[dict]) -> Decim
     return amount
 
 
-@transaction.atomic
-def manual_journal_create(*, entity: Entity, accounting_date: datetime.date, lines, description: str, user,
-                          reason: str | None = None, request_key: str | None = None) -> Journal:
-    """A journal a person writes by hand: balanced, into an open period, on active accounts of `entity`.
+@dataclass(frozen=True)
+class ManualJournalDraft:
+    """A manual journal that passed every check: lines `(account_code, debit, credit, memo)`, balanced."""
 
-    `lines` are `(account_code, debit, credit, memo)`; each line has exactly one side. Under the entity's
-    approval policy (`manual_journal_threshold`, default 0: every one) the journal waits for approval by
-    someone other than `user` (approve releases it, reject refuses it for good); below the threshold it
-    is ready to post at once. Every problem is refused up front with its field named (code
-    `invalid_request`, `unknown_account`, `unbalanced_journal` or `period_closed`); the database's
-    balance trigger stands behind the check. With a `request_key` (a form's hidden token, an API
-    Idempotency-Key), the same key from the same person returns the journal it first created.
+    entity: Entity
+    accounting_date: datetime.date
+    description: str
+    lines: tuple
+    total: Decimal
+
+
+def manual_journal_check(*, entity: Entity, accounting_date: datetime.date, lines, description: str,
+                         user) -> ManualJournalDraft:
+    """Check a journal a person writes by hand: balanced, into an open period, on active accounts of `entity`.
+
+    `lines` are `(account_code, debit, credit, memo)`; each line has exactly one side. Every problem is
+    refused up front with its field named (code `invalid_request`, `unknown_account`,
+    `unbalanced_journal` or `period_closed`); the database's balance trigger stands behind the check.
+    Whether it then needs approval is the approval policy's business (`exceptions_queue`).
     """
-    import uuid
-
-    from config import roles
-    from exceptions_queue import services as queue
-
-    if not roles.has_role(user, *MANUAL_JOURNAL_RAISERS):
+    if not roles.has_role(user, *roles.WORKERS):
         raise TieoutError("only finance operations, controllers and admins write manual journals",
                           code=Codes.PERMISSION_DENIED, status=403)
     if not roles.may_see_entity(user, entity.code):
@@ -965,6 +945,20 @@ def manual_journal_create(*, entity: Entity, accounting_date: datetime.date, lin
         message = f"Period {accounting_date:%Y-%m} of {entity.code} is closed; choose a date in an open period."
         raise TieoutError(message, code=Codes.PERIOD_CLOSED, status=422, title="The period is closed",
                           errors=[{"field": "accounting_date", "message": message}])
+    return ManualJournalDraft(entity=entity, accounting_date=accounting_date, description=description,
+                              lines=tuple((code, d, c, memo) for _, code, d, c, memo in parsed), total=total_debit)
+
+
+@transaction.atomic
+def manual_journal_book(*, draft: ManualJournalDraft, user, needs_approval: bool,
+                        request_key: str | None = None) -> tuple[Journal, bool]:
+    """Book a checked manual journal; returns `(journal, created)`.
+
+    Waiting for approval when `needs_approval` (approve releases it, reject refuses it for good), else
+    ready to post at once. With a `request_key` (a form's hidden token, an API Idempotency-Key), the same
+    key from the same person returns the journal it first created (`created` False).
+    """
+    entity, accounting_date, currency = draft.entity, draft.accounting_date, draft.entity.currency
     if request_key:
         identity = uuid.uuid5(uuid.UUID("5d0c1c3e-7f43-4d8e-9b4e-2f0d3c9a61a7"), f"{user.pk}:{request_key}")
         document_id = f"MJ-{identity.hex[:12].upper()}"
@@ -975,21 +969,16 @@ def manual_journal_create(*, entity: Entity, accounting_date: datetime.date, lin
         if existing is not None:
             same = (existing.accounting_date == accounting_date and sorted(
                 (ln.account.code, ln.debit, ln.credit) for ln in existing.lines.select_related("account")) == sorted(
-                (code, quantize(d, currency), quantize(c, currency)) for _, code, d, c, _ in parsed))
+                (code, quantize(d, currency), quantize(c, currency)) for code, d, c, _ in draft.lines))
             if not same:
                 raise TieoutError("this request (form or Idempotency-Key) was already used for a different journal; "
                                   "start a new one to write another", code=Codes.IDEMPOTENCY_CONFLICT, status=409)
-            return existing
+            return existing, False
     else:
         document_id = f"MJ-{uuid.uuid4().hex[:12].upper()}"
-    required = queue.approvals_required(entity=entity, kind="manual_journal", amount=total_debit)
     journal = journal_create(JournalSpec(
         entity=entity, accounting_date=accounting_date, kind="manual",
-        lines=[LineSpec(debit=d, credit=c, account_code=code, memo=memo) for _, code, d, c, memo in parsed],
-        document_type="manual_journal", document_id=document_id, description=description,
-        needs_approval=bool(required)), actor=user)
-    if required:
-        queue.approval_request(entity=entity, event=None, journal=journal, kind="manual_journal",
-                               document_id=document_id, amount=total_debit, currency=currency, requested_by=user,
-                               required=required, actor=user, reason=reason if reason is not None else description)
-    return journal
+        lines=[LineSpec(debit=d, credit=c, account_code=code, memo=memo) for code, d, c, memo in draft.lines],
+        document_type="manual_journal", document_id=document_id, description=draft.description,
+        needs_approval=needs_approval), actor=user)
+    return journal, True

@@ -2,13 +2,12 @@
 from django.urls import path
 
 from audit import api_views as trace_views
-from ledger import manual_views, views
+from ledger import views
 from ledger.models import Period
 
 urlpatterns = [
     path("ledger/trial-balance", views.TrialBalanceView.as_view(), name="trial-balance"),
     path("journals", views.JournalListView.as_view(), name="journal-list"),
-    path("journals/manual", manual_views.ManualJournalView.as_view(), name="journal-manual"),
     path("journals/<uuid:pk>", views.JournalDetailView.as_view(), name="journal-detail"),
     path("journals/<uuid:pk>/trace", trace_views.JournalTraceView.as_view(), name="journal-trace"),
     path("trace", trace_views.ErpReferenceTraceView.as_view(), name="erp-reference-trace"),

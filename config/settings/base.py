@@ -44,10 +44,11 @@ INSTALLED_APPS = [
     "axes",
     "django_otp",
     "django_otp.plugins.otp_totp",
+    # Lowest layer first (ARCHITECTURE.md): receivers of a hook run in this order.
     "audit",
     "ledger",
-    "billing_sync",
     "exceptions_queue",
+    "billing_sync",
 ]
 
 MIDDLEWARE = [

@@ -23,6 +23,7 @@ from billing_sync.models import Invoice
 from config import roles
 from config.errors import TieoutError
 from exceptions_queue import approval_selectors
+from exceptions_queue import services as queue
 from exceptions_queue.web.access import WORKERS, page
 from ledger import services as ledger
 from ledger.models import Account, Entity, Journal
@@ -278,7 +279,7 @@ def manual_journal(request):
             lines = [(f.cleaned_data.get("account", ""), f.cleaned_data.get("debit", ""),
                       f.cleaned_data.get("credit", ""), f.cleaned_data.get("memo", "")) for f in formset.forms]
             try:
-                journal = ledger.manual_journal_create(
+                journal = queue.manual_journal_create(
                     entity=entity, accounting_date=header.cleaned_data["accounting_date"],
                     description=header.cleaned_data["description"], lines=lines, user=request.user,
                     request_key=header.key)

@@ -268,7 +268,7 @@ ACCRUAL = [("6100", "250.00", "", "Processor fees for October"), ("2300", "", "2
 
 def test_a_manual_journal_waits_for_approval_and_posts_when_approved(entity, finance, controller, run):
     fiona = _user("fiona-ops")
-    journal = run(ledger.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
+    journal = run(queue.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
                   lines=ACCRUAL, description="October fee accrual", user=fiona)
     assert (journal.kind, journal.status, journal.document_type) == ("manual", "pending_approval", "manual_journal")
     assert journal.document_id.startswith("MJ-")
@@ -292,7 +292,7 @@ def test_a_manual_journal_waits_for_approval_and_posts_when_approved(entity, fin
 
 
 def test_a_rejected_manual_journal_never_posts(entity, finance, controller, run):
-    journal = run(ledger.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
+    journal = run(queue.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
                   lines=ACCRUAL, description="accrual", user=_user("fiona-ops"))
     response = controller.post(f"/api/v1/approvals/{journal.approval.pk}/reject", {"comment": "wrong month"})
     assert response.status_code == 200, response.content
@@ -303,7 +303,7 @@ def test_a_rejected_manual_journal_never_posts(entity, finance, controller, run)
 
 def test_an_unbalanced_manual_journal_is_refused(entity, finance, run):
     with pytest.raises(TieoutError) as excinfo:
-        run(ledger.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
+        run(queue.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
             lines=[("6100", "250.00", "", ""), ("2300", "", "249.99", "")], description="x", user=_user("fiona-ops"))
     _refused(excinfo, Codes.UNBALANCED_JOURNAL, "lines")
     assert "differ by 0.01" in excinfo.value.detail
@@ -313,7 +313,7 @@ def test_an_unbalanced_manual_journal_is_refused(entity, finance, run):
 
 def test_manual_journal_lines_are_checked_one_by_one(entity, finance, run):
     with pytest.raises(TieoutError) as excinfo:
-        run(ledger.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
+        run(queue.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
             lines=[("6100", "250.001", "", ""), ("2300", "10.00", "10.00", ""), ("", "5.00", "", ""), ("", "", "", "")],
             description="", user=_user("fiona-ops"))
     _refused(excinfo, Codes.INVALID_REQUEST)
@@ -325,7 +325,7 @@ def test_an_inactive_or_unknown_account_is_refused(entity, finance, run):
     ledger.account_update(entity=entity, account_code="6100", name="Fees (retired)", is_active=False,
                           erp_account="", actor="test")
     with pytest.raises(TieoutError) as excinfo:
-        run(ledger.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
+        run(queue.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
             lines=[("6100", "250.00", "", ""), ("9999", "", "250.00", "")], description="x", user=_user("fiona-ops"))
     _refused(excinfo, Codes.UNKNOWN_ACCOUNT)
     assert [(e["field"], e["message"]) for e in excinfo.value.errors] == [
@@ -336,7 +336,7 @@ def test_an_inactive_or_unknown_account_is_refused(entity, finance, run):
 def test_a_manual_journal_into_a_closed_period_is_refused(entity, finance, run):
     ledger.period_set_status(entity=entity, year=2026, month=10, status="closed", actor="test")
     with pytest.raises(TieoutError) as excinfo:
-        run(ledger.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 10, 31),
+        run(queue.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 10, 31),
             lines=ACCRUAL, description="late accrual", user=_user("fiona-ops"))
     _refused(excinfo, Codes.PERIOD_CLOSED, "accounting_date")
     assert not Journal.objects.filter(kind="manual").exists()
@@ -344,7 +344,7 @@ def test_a_manual_journal_into_a_closed_period_is_refused(entity, finance, run):
 
 def test_below_the_policy_threshold_a_manual_journal_posts_without_approval(entity, finance, run):
     queue.approval_policy_update(entity=entity, values={"manual_journal_threshold": Decimal("1000")}, actor="test")
-    journal = run(ledger.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
+    journal = run(queue.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
                   lines=ACCRUAL, description="small accrual", user=_user("fiona-ops"))
     journal.refresh_from_db()
     assert journal.status == Journal.Status.POSTED
@@ -353,7 +353,7 @@ def test_below_the_policy_threshold_a_manual_journal_posts_without_approval(enti
 
 def test_auditors_cannot_write_manual_journals(entity, auditor, run):
     with pytest.raises(TieoutError) as excinfo:
-        run(ledger.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
+        run(queue.manual_journal_create, entity=entity, accounting_date=datetime.date(2026, 11, 30),
             lines=ACCRUAL, description="x", user=_user("aude-auditor"))
     assert excinfo.value.status == 403
     assert not Journal.objects.filter(kind="manual").exists()
@@ -471,12 +471,12 @@ def test_the_same_request_key_is_one_manual_journal(entity, finance, run):
     fiona = _user("fiona-ops")
     kwargs = {"entity": entity, "accounting_date": datetime.date(2026, 11, 30), "lines": ACCRUAL,
               "description": "accrual", "user": fiona, "request_key": "journal-form-1"}
-    first = run(ledger.manual_journal_create, **kwargs)
-    again = run(ledger.manual_journal_create, **kwargs)
+    first = run(queue.manual_journal_create, **kwargs)
+    again = run(queue.manual_journal_create, **kwargs)
     assert again.pk == first.pk
     assert Journal.objects.filter(kind="manual").count() == 1 and Approval.objects.count() == 1
     with pytest.raises(TieoutError) as excinfo:
-        run(ledger.manual_journal_create, **{**kwargs, "lines": [("6100", "251.00", "", ""), ("2300", "", "251.00", "")]})
+        run(queue.manual_journal_create, **{**kwargs, "lines": [("6100", "251.00", "", ""), ("2300", "", "251.00", "")]})
     assert (excinfo.value.code, excinfo.value.status) == (Codes.IDEMPOTENCY_CONFLICT, 409)
 
 
