@@ -103,11 +103,12 @@ def processing(client: Client) -> dict:
     from unittest import mock
 
     from billing_sync import services as billing
+    from billing_sync.services import processing as processing_module
     from ledger import services as ledger
     from ledger.models import Journal
 
     run = run_id()
-    with mock.patch.object(billing, "schedule_processing", lambda ids: None):
+    with mock.patch.object(processing_module, "schedule_processing", lambda ids: None):
         ids = [json.loads(client.post("/api/v1/events", invoice_body(f"p{run}", n),
                                       content_type="application/json").content)["id"] for n in range(203)]
     # Processing as the worker runs it, after-commit relay included (it publishes post_journal to the

@@ -17,6 +17,8 @@ import threading
 import structlog
 from django.conf import settings
 
+from billing_sync import tasks
+
 log = structlog.get_logger("tieout.dispatch")
 
 CHUNK = 50
@@ -24,12 +26,10 @@ FLUSH_INTERVAL = 0.01  # seconds
 
 
 def publish(event_ids: list[str]) -> None:
-    from billing_sync.tasks import process_events
-
     for start in range(0, len(event_ids), CHUNK):
         ids = event_ids[start:start + CHUNK]
         try:
-            process_events.apply_async(args=[ids])
+            tasks.process_events.apply_async(args=[ids])
         except Exception as exc:  # broker down: the sweep re-schedules accepted events
             log.warning("events.schedule_failed", count=len(ids), error=str(exc))
             return

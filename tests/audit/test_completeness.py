@@ -15,6 +15,7 @@ import inspect
 import io
 import json
 import os
+import pkgutil
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Callable
@@ -35,6 +36,7 @@ from config import correlation
 from exceptions_queue import auth_services, services as queue
 from exceptions_queue.models import Approval, ApprovalPolicy, ExceptionRecord
 from ledger import services as ledger
+from ledger.services import entities
 from ledger.models import Account, AccountMapping, Entity, Journal
 from tests import factories as f
 from tests.fixtures import _user_api
@@ -43,8 +45,22 @@ pytestmark = pytest.mark.django_db
 User = get_user_model()
 PASSWORD = "correct-horse-battery-staple"
 
-MODULES = ["billing_sync.services", "billing_sync.documents", "billing_sync.tokens", "billing_sync.adjustments",
-           "billing_sync.callbacks", "ledger.services", "exceptions_queue.services", "exceptions_queue.auth_services"]
+# Service modules, or packages of them (every submodule counts).
+SERVICE_MODULES = ["billing_sync.services", "billing_sync.documents", "billing_sync.tokens", "billing_sync.adjustments",
+                   "billing_sync.callbacks", "ledger.services", "exceptions_queue.services",
+                   "exceptions_queue.auth_services"]
+
+
+def _expand(names):
+    for name in names:
+        module = import_module(name)
+        if hasattr(module, "__path__"):
+            yield from sorted(info.name for info in pkgutil.iter_modules(module.__path__, f"{name}."))
+        else:
+            yield name
+
+
+MODULES = list(_expand(SERVICE_MODULES))
 
 
 class Ctx:
@@ -199,13 +215,13 @@ PATHS = [
     # ---------------------------------------------------------------- receipt, events, canonical documents
     Path("event received and processed (customer)", lambda c, _: c.send(f.customer("cus_c")),
          {"event.received", "event.processed", "customer.created"},
-         ("billing_sync.services.receive_event", "billing_sync.services.process_event",
+         ("billing_sync.services.ingest.receive_event", "billing_sync.services.processing.process_event",
           "billing_sync.documents.customer_upserted")),
     Path("invoice issued, journal created and posted", _issue_and_post,
          {"invoice.created", "journal.created", "journal.posted"},
-         ("billing_sync.documents.invoice_issued", "ledger.services.journal_create", "ledger.services.journal_post")),
+         ("billing_sync.documents.invoice_issued", "ledger.services.journals.journal_create", "ledger.services.posting.journal_post")),
     Path("invoice amended (reversal and new journal)", _amend, {"invoice.amended", "journal.created", "journal.posted"},
-         ("billing_sync.documents.invoice_amended", "ledger.services.journal_reversal"),
+         ("billing_sync.documents.invoice_amended", "ledger.services.journals.journal_reversal"),
          prepare=lambda c: c.invoice("inv_a")),
     Path("invoice voided", lambda c, _: c.send(f.invoice_voided("inv_v")), {"invoice.voided", "journal.created"},
          ("billing_sync.documents.invoice_voided",), prepare=lambda c: c.invoice("inv_v")),
@@ -225,39 +241,39 @@ PATHS = [
          prepare=lambda c: c.invoice("inv_4")),
     Path("write-off requested (waits for approval)", lambda c, _: c.send(f.write_off("inv_5", "10.00")),
          {"write_off.created", "approval.requested", "journal.created"},
-         ("billing_sync.documents.write_off_requested", "exceptions_queue.services.approval_request"),
+         ("billing_sync.documents.write_off_requested", "exceptions_queue.services.approvals.approval_request"),
          prepare=lambda c: c.invoice("inv_5")),
     Path("approval approved (write-off booked, journal released)",
          lambda c, a: c.after_commit(queue.approval_approve, approval_id=a.pk, user=c.carl, comment="ok"),
          {"approval.approved", "invoice.written_off", "journal.released"},
-         ("exceptions_queue.services.approval_approve", "billing_sync.documents.document_approved",
-          "ledger.services.journal_release"), prepare=lambda c: c.write_off_approval()),
+         ("exceptions_queue.services.approvals.approval_approve", "billing_sync.documents.document_approved",
+          "ledger.services.journals.journal_release"), prepare=lambda c: c.write_off_approval()),
     Path("approval rejected (journal rejected)",
          lambda c, a: c.after_commit(queue.approval_reject, approval_id=a.pk, user=c.carl, comment="no"),
          {"approval.rejected", "journal.rejected"},
-         ("exceptions_queue.services.approval_reject", "billing_sync.documents.document_rejected",
-          "ledger.services.journal_reject"), prepare=lambda c: c.write_off_approval()),
+         ("exceptions_queue.services.approvals.approval_reject", "billing_sync.documents.document_rejected",
+          "ledger.services.journals.journal_reject"), prepare=lambda c: c.write_off_approval()),
     Path("business rule failed: event to the exception queue",
          lambda c, _: c.send(f.payment("pay_o", customer_id="cus_c", amount="900.00", allocations=[("inv_o", "900.00")])),
          {"event.received", "event.exception", "exception.opened"},
-         ("exceptions_queue.services.exception_open_for_event",), prepare=lambda c: c.invoice("inv_o")),
+         ("exceptions_queue.services.exceptions.exception_open_for_event",), prepare=lambda c: c.invoice("inv_o")),
     Path("dependency arrives: waiting exception resolved",
          lambda c, _: c.send(f.customer("cus_late")), {"customer.created", "exception.resolved", "event.processed"},
-         ("exceptions_queue.services.exceptions_resolve_for_event", "billing_sync.services.wake_dependents"),
+         ("exceptions_queue.services.exceptions.exceptions_resolve_for_event", "billing_sync.services.processing.wake_dependents"),
          prepare=lambda c: c.send(f.invoice("inv_late", customer_id="cus_late", lines=[("5.00", "0")]))),
     Path("refused request: receipt kept", lambda c, _: APIClient().post("/api/v1/events", {"x": 1}, format="json"),
-         {"receipt.unauthorized"}, ("billing_sync.services.receipt_reject",)),
+         {"receipt.unauthorized"}, ("billing_sync.services.ingest.receipt_reject",)),
     Path("idempotency conflict: receipt kept",
          lambda c, _: c.api.send(f.customer("cus_k", name="Other name", event_id="evt_k")), {"receipt.conflict"},
          (), prepare=lambda c: c.send(f.customer("cus_k", event_id="evt_k"))),
     Path("batch of events", lambda c, _: c.api.post("/api/v1/events/batch", {"events": [f.customer("cus_b")]}),
-         {"event.received", "customer.created"}, ("billing_sync.services.receive_batch",)),
+         {"event.received", "customer.created"}, ("billing_sync.services.ingest.receive_batch",)),
     Path("event requeued", lambda c, x: billing_services().event_requeue(event_id=x.event_id, actor=c.fiona,
                                                                          reason="customer fixed"),
-         {"event.requeued"}, ("billing_sync.services.event_requeue",), prepare=lambda c: c.exception()),
+         {"event.requeued"}, ("billing_sync.services.processing.event_requeue",), prepare=lambda c: c.exception()),
     Path("event reprocessed", lambda c, x: c.after_commit(billing_services().event_reprocess, event_id=x.event_id,
                                                           actor=c.fiona),
-         {"event.retry"}, ("billing_sync.services.event_reprocess",), prepare=lambda c: c.exception()),
+         {"event.retry"}, ("billing_sync.services.processing.event_reprocess",), prepare=lambda c: c.exception()),
     # ---------------------------------------------------------------- tokens, adjustments, callbacks
     Path("token issued (new user)", lambda c, _: tokens.token_issue(username="new-sys", role="integration", actor=c.ada),
          {"user.created", "user.role_granted", "token.issued"}, ("billing_sync.tokens.token_issue",)),
@@ -294,75 +310,75 @@ PATHS = [
          lambda c, _: c.after_commit(callbacks.callbacks_retry,
                                      exception_id=ExceptionRecord.objects.get(code="callback_failed").pk, actor=c.fiona),
          {"callback.retry"}, ("billing_sync.callbacks.callbacks_retry",
-                              "exceptions_queue.services.exception_open_for_callback"), prepare=_dead_callbacks),
+                              "exceptions_queue.services.exceptions.exception_open_for_callback"), prepare=_dead_callbacks),
     # ---------------------------------------------------------------- ledger configuration and posting
     Path("entity set up", lambda c, _: ledger.entity_setup(code="DE01", currency="EUR", name="Tieout DE", actor=c.ada),
-         {"entity.created", "account.created", "account_mapping.created"}, ("ledger.services.entity_setup",)),
+         {"entity.created", "account.created", "account_mapping.created"}, ("ledger.services.entities.entity_setup",)),
     Path("posting rule remapped", lambda c, _: ledger.account_mapping_set(entity=c.entity, role="revenue",
                                                                           account_code="4900", actor=c.ada),
-         {"account_mapping.changed"}, ("ledger.services.account_mapping_set",)),
+         {"account_mapping.changed"}, ("ledger.services.entities.account_mapping_set",)),
     Path("ERP configured", lambda c, _: ledger.entity_configure_erp(
         entity=c.entity, connector="erpnext", actor=c.ada,
         erp_settings={"url": "http://127.0.0.1:9", "company": "Tieout US", "token_env": "ERP_TOKEN"}),
-         {"entity.erp_configured"}, ("ledger.services.entity_configure_erp",)),
+         {"entity.erp_configured"}, ("ledger.services.entities.entity_configure_erp",)),
     Path("account created", lambda c, _: ledger.account_create(entity=c.entity, code="6300", name="Bank fees",
                                                                type_="expense", actor=c.ada),
-         {"account.created"}, ("ledger.services.account_create",)),
+         {"account.created"}, ("ledger.services.entities.account_create",)),
     Path("account changed", lambda c, _: ledger.account_update(entity=c.entity, account_code="1200", name="AR",
                                                                is_active=True, erp_account="", actor=c.ada),
-         {"account.changed"}, ("ledger.services.account_update",)),
+         {"account.changed"}, ("ledger.services.entities.account_update",)),
     Path("account's ERP name", lambda c, _: ledger.account_set_erp_name(entity=c.entity, account_code="1200",
                                                                         erp_account="Debtors", actor=c.ada),
-         {"account.erp_mapped"}, ("ledger.services.account_set_erp_name",)),
+         {"account.erp_mapped"}, ("ledger.services.entities.account_set_erp_name",)),
     Path("entity renamed", lambda c, _: ledger.entity_rename(entity=c.entity, name="Tieout US Inc.", actor=c.ada),
-         {"entity.renamed"}, ("ledger.services.entity_rename",)),
+         {"entity.renamed"}, ("ledger.services.entities.entity_rename",)),
     Path("entity access granted", lambda c, _: ledger.entity_access_set(user=c.fiona, entity_codes=["US01"], actor=c.ada),
-         {"user.entities_granted"}, ("ledger.services.entity_access_set",)),
+         {"user.entities_granted"}, ("ledger.services.entities.entity_access_set",)),
     Path("period closed", lambda c, _: ledger.period_set_status(entity=c.entity, year=2026, month=10, status="closed",
                                                                 actor=c.carl),
-         {"period.closed"}, ("ledger.services.period_set_status",)),
+         {"period.closed"}, ("ledger.services.periods.period_set_status",)),
     Path("posting failed for good: journal exception",
-         lambda c, _: None, set(), ("ledger.services.journal_post_failed",
-                                    "exceptions_queue.services.exception_open_for_journal")),  # replaced below
+         lambda c, _: None, set(), ("ledger.services.posting.journal_post_failed",
+                                    "exceptions_queue.services.exceptions.exception_open_for_journal")),  # replaced below
     Path("manual journal", lambda c, _: c.after_commit(
         queue.manual_journal_create, entity=c.entity, accounting_date=timezone.now().date(), description="accrual",
         user=c.fiona, lines=[("6200", "1.00", "0", ""), ("1200", "0", "1.00", "")]),
          {"journal.created", "approval.requested"},
-         ("exceptions_queue.services.manual_journal_create", "ledger.services.manual_journal_book")),
+         ("exceptions_queue.services.manual_journals.manual_journal_create", "ledger.services.manual.manual_journal_book")),
     Path("batch formed, closed and posted", lambda c, _: c.after_commit(ledger.sweep_erp_batches, window_seconds=0),
          {"journal.batched", "erp_batch.closed", "erp_batch.posted", "journal.posted"},
-         ("ledger.services.form_erp_batches", "ledger.services.sweep_erp_batches", "ledger.services.erp_batch_post"),
+         ("ledger.services.batches.form_erp_batches", "ledger.services.batches.sweep_erp_batches", "ledger.services.batches.erp_batch_post"),
          prepare=_batch),
     Path("batch failed", lambda c, b: ledger.erp_batch_failed(batch_id=b.pk, message="ERP down for good"),
-         {"erp_batch.failed", "journal.failed"}, ("ledger.services.erp_batch_failed",), prepare=_ready_batch),
+         {"erp_batch.failed", "journal.failed"}, ("ledger.services.batches.erp_batch_failed",), prepare=_ready_batch),
     # ---------------------------------------------------------------- exception queue and approvals policy
     Path("exception assigned", lambda c, x: queue.exception_assign(exception_id=x.pk, owner=c.fiona, actor=c.fiona),
-         {"exception.assigned"}, ("exceptions_queue.services.exception_assign",), prepare=lambda c: c.exception()),
+         {"exception.assigned"}, ("exceptions_queue.services.exceptions.exception_assign",), prepare=lambda c: c.exception()),
     Path("exception resolved", lambda c, x: c.after_commit(queue.exception_resolve, exception_id=x.pk,
                                                            resolution="refunded off-system", actor=c.fiona),
-         {"exception.resolved"}, ("exceptions_queue.services.exception_resolve",), prepare=lambda c: c.exception()),
+         {"exception.resolved"}, ("exceptions_queue.services.exceptions.exception_resolve",), prepare=lambda c: c.exception()),
     Path("exception retried", lambda c, x: c.after_commit(queue.exception_retry, exception_id=x.pk, actor=c.fiona),
-         {"exception.retry"}, ("exceptions_queue.services.exception_retry",), prepare=lambda c: c.exception()),
+         {"exception.retry"}, ("exceptions_queue.services.exceptions.exception_retry",), prepare=lambda c: c.exception()),
     Path("exception commented", lambda c, x: queue.exception_comment(exception_id=x.pk, body="called", actor=c.fiona),
-         {"exception.commented"}, ("exceptions_queue.services.exception_comment",), prepare=lambda c: c.exception()),
+         {"exception.commented"}, ("exceptions_queue.services.exceptions.exception_comment",), prepare=lambda c: c.exception()),
     Path("exception escalated", lambda c, x: queue.exception_escalate(exception_id=x.pk, reason="SLA", actor=c.fiona),
-         {"exception.escalated"}, ("exceptions_queue.services.exception_escalate",), prepare=lambda c: c.exception()),
+         {"exception.escalated"}, ("exceptions_queue.services.exceptions.exception_escalate",), prepare=lambda c: c.exception()),
     Path("exception replayed", lambda c, x: c.after_commit(queue.exception_replay, exception_id=x.pk, actor=c.fiona),
-         {"exception.replayed"}, ("exceptions_queue.services.exception_replay",), prepare=lambda c: c.exception()),
+         {"exception.replayed"}, ("exceptions_queue.services.exceptions.exception_replay",), prepare=lambda c: c.exception()),
     Path("exceptions assigned in bulk", lambda c, x: queue.exceptions_assign_bulk(exception_ids=[x.pk], owner=c.fiona,
                                                                                   actor=c.fiona),
-         {"exception.assigned"}, ("exceptions_queue.services.exceptions_assign_bulk",), prepare=lambda c: c.exception()),
+         {"exception.assigned"}, ("exceptions_queue.services.exceptions.exceptions_assign_bulk",), prepare=lambda c: c.exception()),
     Path("exceptions retried in bulk", lambda c, x: c.after_commit(queue.exceptions_retry_bulk, exception_ids=[x.pk],
                                                                    actor=c.fiona),
-         {"exception.retry"}, ("exceptions_queue.services.exceptions_retry_bulk",), prepare=lambda c: c.exception()),
+         {"exception.retry"}, ("exceptions_queue.services.exceptions.exceptions_retry_bulk",), prepare=lambda c: c.exception()),
     Path("approval policy ensured for a new entity", lambda c, e: queue.approval_policy_ensure(entity=e, actor=c.ada),
-         {"approval_policy.created"}, ("exceptions_queue.services.approval_policy_ensure",),
+         {"approval_policy.created"}, ("exceptions_queue.services.approvals.approval_policy_ensure",),
          prepare=lambda c: ledger.entity_setup(code="FR01", currency="EUR", name="Tieout FR", actor="test")[0]),
     Path("approval policy changed", lambda c, _: queue.approval_policy_update(
         entity=c.entity, values={"credit_note_threshold": "500.00"}, actor=c.carl),
-         {"approval_policy.changed"}, ("exceptions_queue.services.approval_policy_update",)),
+         {"approval_policy.changed"}, ("exceptions_queue.services.approvals.approval_policy_update",)),
     Path("system exception", lambda c, _: queue.exception_open_system(code="audit_chain_broken", message="x", actor="system"),
-         {"exception.opened"}, ("exceptions_queue.services.exception_open_system",)),
+         {"exception.opened"}, ("exceptions_queue.services.exceptions.exception_open_system",)),
     # ---------------------------------------------------------------- people, sign-in and 2FA
     Path("user created", lambda c, _: auth_services.user_create(username="nina", password="a-long-password", actor=c.ada),
          {"user.created"}, ("exceptions_queue.auth_services.user_create",)),
@@ -545,7 +561,7 @@ PATHS.append(Path("journal retried after the ERP recovers",
                   lambda c, j: (setattr(c.erp, "fail_validation", None),
                                 c.after_commit(ledger.journal_retry, journal_id=j.pk, actor=c.fiona)),
                   {"journal.retry", "journal.posted", "exception.resolved"},
-                  ("ledger.services.journal_retry", "exceptions_queue.services.exceptions_resolve_for_journal"),
+                  ("ledger.services.journals.journal_retry", "exceptions_queue.services.exceptions.exceptions_resolve_for_journal"),
                   prepare=lambda c: c.failed_journal()))
 
 
@@ -574,16 +590,16 @@ def test_write_path_leaves_its_audit_entries(write_path, ctx):
 
 # Public functions of the service modules that change nothing themselves, with the reason.
 ALLOWED = {
-    "billing_sync.services.canonical_bytes": "pure: the bytes hashed",
-    "billing_sync.services.event_resource": "pure: a response body",
-    "billing_sync.services.problem": "pure: a problem body",
-    "billing_sync.services.schedule_processing": "dispatch only: process_event records",
-    "billing_sync.services.sweep_accepted": "dispatch only: re-schedules process_event",
-    "billing_sync.services.dependency_exists": "read",
-    "billing_sync.services.recheck_dependency": "dispatch: calls event_requeue (audited) when the dependency exists",
-    "billing_sync.services.wake_successors": "dispatch only: schedules the events held behind one; process_event records",
-    "billing_sync.services.event_refresh_status": "derived status of an event from its audited journals/exceptions",
-    "billing_sync.services.events_refresh_status": "the same, for many events",
+    "billing_sync.services.ingest.canonical_bytes": "pure: the bytes hashed",
+    "billing_sync.services.ingest.event_resource": "pure: a response body",
+    "billing_sync.services.ingest.problem": "pure: a problem body",
+    "billing_sync.services.processing.schedule_processing": "dispatch only: process_event records",
+    "billing_sync.services.processing.sweep_accepted": "dispatch only: re-schedules process_event",
+    "billing_sync.services.processing.dependency_exists": "read",
+    "billing_sync.services.processing.recheck_dependency": "dispatch: calls event_requeue (audited) when the dependency exists",
+    "billing_sync.services.processing.wake_successors": "dispatch only: schedules the events held behind one; process_event records",
+    "billing_sync.services.status.event_refresh_status": "derived status of an event from its audited journals/exceptions",
+    "billing_sync.services.status.events_refresh_status": "the same, for many events",
     "billing_sync.documents.apply": "dispatch to the document handler of the event type (each audited)",
     "billing_sync.adjustments.request_identity": "pure: the idempotency identity of a request",
     "billing_sync.adjustments.invoice_tax_jurisdictions": "read",
@@ -592,19 +608,19 @@ ALLOWED = {
     "billing_sync.callbacks.schedule": "dispatch only: deliver records",
     "billing_sync.callbacks.sweep_callbacks": "dispatch only: re-queues deliver",
     "billing_sync.callbacks.backoff": "pure",
-    "ledger.services.erp_settings_problems": "pure validation",
-    "ledger.services.entity_test_connection": "read: asks the ERP, changes nothing",
-    "ledger.services.period_is_closed": "read",
-    "ledger.services.require_open_period": "check",
-    "ledger.services.relay": "dispatch: hands outbox rows to Celery (operational table)",
-    "ledger.services.sweep_outbox": "dispatch: re-sends stale outbox rows",
-    "billing_sync.services.source_ref_of": "pure",
-    "ledger.services.manual_journal_check": "check: refuses a bad journal, writes nothing",
-    "exceptions_queue.services.events_waiting_for": "read",
-    "exceptions_queue.services.may_see_exception": "read",
-    "exceptions_queue.services.replay_refusal": "check",
-    "exceptions_queue.services.approvals_required": "read",
-    "exceptions_queue.services.user_by_username": "read",
+    "ledger.services.entities.erp_settings_problems": "pure validation",
+    "ledger.services.entities.entity_test_connection": "read: asks the ERP, changes nothing",
+    "ledger.services.periods.period_is_closed": "read",
+    "ledger.services.periods.require_open_period": "check",
+    "ledger.services.outbox.relay": "dispatch: hands outbox rows to Celery (operational table)",
+    "ledger.services.outbox.sweep_outbox": "dispatch: re-sends stale outbox rows",
+    "billing_sync.services.processing.source_ref_of": "pure",
+    "ledger.services.manual.manual_journal_check": "check: refuses a bad journal, writes nothing",
+    "exceptions_queue.services.exceptions.events_waiting_for": "read",
+    "exceptions_queue.services.exceptions.may_see_exception": "read",
+    "exceptions_queue.services.exceptions.replay_refusal": "check",
+    "exceptions_queue.services.approvals.approvals_required": "read",
+    "exceptions_queue.services.exceptions.user_by_username": "read",
     "exceptions_queue.auth_services.client_address": "pure",
     "exceptions_queue.auth_services.user_2fa_device": "read",
     "exceptions_queue.auth_services.user_2fa_enrolled": "read",
@@ -636,13 +652,11 @@ def test_every_public_service_function_is_covered_or_excused():
 
 def test_the_meta_test_catches_a_new_unlisted_write_path(monkeypatch):
     """A new audited-looking service function with no row makes the meta-test fail."""
-    from ledger import services as module
-
     @transaction.atomic
     def entity_archive(*, entity, actor):  # pragma: no cover - never called
         return entity
 
-    entity_archive.__module__ = inspect.unwrap(entity_archive).__module__ = "ledger.services"
-    monkeypatch.setattr(module, "entity_archive", entity_archive, raising=False)
-    with pytest.raises(AssertionError, match="ledger.services.entity_archive"):
+    entity_archive.__module__ = inspect.unwrap(entity_archive).__module__ = "ledger.services.entities"
+    monkeypatch.setattr(entities, "entity_archive", entity_archive, raising=False)
+    with pytest.raises(AssertionError, match="ledger.services.entities.entity_archive"):
         test_every_public_service_function_is_covered_or_excused()

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from audit.models import AuditEntry
 from billing_sync import ordering
 from billing_sync.models import Event, Invoice, Payment
+from billing_sync.services import processing
 from exceptions_queue.models import ExceptionRecord
 from ledger.models import JournalLine
 from tests import factories as f
@@ -295,7 +296,7 @@ def test_a_provider_that_passes_a_parked_event_holds_the_next_provider(entity, i
     send(integration, f.customer("cus_p"))
     note = send(integration, f.credit_note("inv_p", "5.00"))
     assert note["exception"]["code"] == "awaiting_dependency"
-    monkeypatch.setattr(billing, "schedule_processing", lambda ids: None)  # accepted, not yet taken
+    monkeypatch.setattr(processing, "schedule_processing", lambda ids: None)  # accepted, not yet taken
     issued = send(integration, f.invoice("inv_p", customer_id="cus_p", lines=[("100.00", "0")]))
     amended = send(integration, f.invoice("inv_p", customer_id="cus_p", lines=[("120.00", "0")], version=2,
                                           type_="invoice.amended"))
@@ -320,7 +321,7 @@ def test_the_sweep_takes_a_provider_whose_recorded_holder_now_waits_for_it(entit
     (the production-layout test found it left behind)."""
     from billing_sync import services as billing
 
-    monkeypatch.setattr(billing, "schedule_processing", lambda ids: None)
+    monkeypatch.setattr(processing, "schedule_processing", lambda ids: None)
     invoice = send(integration, f.invoice("inv_h", customer_id="cus_h", lines=[("10.00", "0")]))
     customer = send(integration, f.customer("cus_h"))
     assert billing.process_event(event_id=customer["id"]) == "accepted"  # behind the invoice, running

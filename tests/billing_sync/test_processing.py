@@ -8,6 +8,7 @@ payment under a new event id books nothing.
 import pytest
 
 from billing_sync.models import CanonicalChange, Customer, Event, Invoice, Payment, PaymentAllocation
+from billing_sync.services import processing
 from exceptions_queue.models import ExceptionRecord
 from ledger.models import Journal
 from tests import factories as f
@@ -263,10 +264,9 @@ def test_a_dependency_that_committed_during_processing_is_not_waited_for_forever
 
 
 def test_the_recheck_is_scheduled_when_an_event_starts_waiting(entity, integration, monkeypatch):
-    from billing_sync import services as billing
 
     seen = []
-    monkeypatch.setattr(billing, "recheck_dependency", lambda **kw: seen.append(kw))
+    monkeypatch.setattr(processing, "recheck_dependency", lambda **kw: seen.append(kw))
     customer_id = "cus_missing"
     integration.send(f.invoice(customer_id=customer_id))
     assert seen and seen[0]["dependency"].endswith(f":{customer_id}")

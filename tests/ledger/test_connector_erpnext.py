@@ -5,12 +5,13 @@ failure class (429 with Retry-After, 5xx, 417, 401, connection refused), and the
 import pytest
 
 from ledger import connectors, services
+from ledger.services import outbox
 from ledger.models import Journal, PostingAttempt
 from tests import factories as f
 from tests.standins.erpnext import ErpNextStandin
 
 pytestmark = pytest.mark.django_db
-REAL_RELAY = services.relay
+REAL_RELAY = outbox.relay
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def erp_entity(entity, erp):
 @pytest.fixture
 def journal(erp_entity, integration, monkeypatch):
     """A ready invoice journal whose posting task has not run (the relay is held back)."""
-    monkeypatch.setattr(services, "relay", lambda ids: None)
+    monkeypatch.setattr(outbox, "relay", lambda ids: None)
     customer = f.customer()
     integration.send(customer)
     integration.send(f.invoice(customer_id=customer["data"]["customer_id"]))
@@ -164,7 +165,7 @@ def test_permanent_failure_in_the_task_opens_posting_failed_and_retry_posts(erp,
     assert exc.journal_id == journal.pk
     assert finance.event(journal.event_id)["status"] == "exception"
     erp.fail_validation = None
-    monkeypatch.setattr(services, "relay", REAL_RELAY)  # retry hands the journal to the (eager) worker
+    monkeypatch.setattr(outbox, "relay", REAL_RELAY)  # retry hands the journal to the (eager) worker
     response = finance.post(f"/api/v1/exceptions/{exc.pk}/retry")
     assert response.status_code == 200
     journal.refresh_from_db()

@@ -12,13 +12,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ledger import connectors, services
+from ledger.services import outbox
 from ledger.connectors import netsuite
 from ledger.models import Journal
 from tests import factories as f
 from tests.standins.netsuite import RECORD_PATH, NetSuiteStandin
 
 pytestmark = pytest.mark.django_db
-REAL_RELAY = services.relay
+REAL_RELAY = outbox.relay
 ACCOUNT = "1234567_SB1"
 
 
@@ -75,7 +76,7 @@ def erp_entity(entity, erp):
 
 @pytest.fixture
 def held_relay(monkeypatch):
-    monkeypatch.setattr(services, "relay", lambda ids: None)
+    monkeypatch.setattr(outbox, "relay", lambda ids: None)
 
 
 def make_journal(integration, **invoice):
@@ -320,7 +321,7 @@ def test_a_validation_error_in_the_task_opens_posting_failed_and_retry_posts(erp
     exc = ExceptionRecord.objects.get(code="posting_failed")
     assert "USER_ERROR: The period you are trying to post to is closed." in exc.message
     erp.fail_validation = None
-    monkeypatch.setattr(services, "relay", REAL_RELAY)
+    monkeypatch.setattr(outbox, "relay", REAL_RELAY)
     assert finance.post(f"/api/v1/exceptions/{exc.pk}/retry").status_code == 200
     journal.refresh_from_db()
     assert journal.status == "posted"

@@ -12,13 +12,14 @@ import pytest
 from django.core.management import call_command
 
 from ledger import connectors, services
+from ledger.services import outbox
 from ledger.connectors.odoo import classify_odoo_error, move_lines
 from ledger.models import Entity, Journal, PostingAttempt
 from tests import factories as f
 from tests.standins.odoo import ACCOUNTS, OdooStandin, raw_json2
 
 pytestmark = pytest.mark.django_db
-REAL_RELAY = services.relay
+REAL_RELAY = outbox.relay
 APIS = ["json2", "jsonrpc"]
 
 
@@ -45,7 +46,7 @@ def odoo_entity(entity, odoo, api):
 @pytest.fixture
 def journal(odoo_entity, integration, monkeypatch):
     """A ready invoice journal whose posting task has not run (the relay is held back)."""
-    monkeypatch.setattr(services, "relay", lambda ids: None)
+    monkeypatch.setattr(outbox, "relay", lambda ids: None)
     customer = f.customer()
     integration.send(customer)
     integration.send(f.invoice(customer_id=customer["data"]["customer_id"]))
@@ -291,7 +292,7 @@ def test_permanent_failure_in_the_task_opens_posting_failed_and_retry_posts(odoo
     exc = ExceptionRecord.objects.get(code="posting_failed")
     assert "The entry is not balanced." in exc.message
     odoo.fail_validation = None
-    monkeypatch.setattr(services, "relay", REAL_RELAY)
+    monkeypatch.setattr(outbox, "relay", REAL_RELAY)
     assert finance.post(f"/api/v1/exceptions/{exc.pk}/retry").status_code == 200
     journal.refresh_from_db()
     assert journal.status == "posted"

@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import random
+import contextlib
 from contextlib import contextmanager
 from decimal import Decimal
 from unittest import mock
@@ -46,12 +47,17 @@ from django.utils import timezone
 
 from billing_sync import services as billing
 from billing_sync import tokens
+from billing_sync.services import processing as billing_processing
 from billing_sync.authentication import hash_token
 from billing_sync.models import ApiToken, Event
 from config import correlation, roles
 from exceptions_queue import services as queue
 from exceptions_queue.models import Approval, ApprovalDecision, ExceptionRecord
 from ledger import services as ledger
+from ledger.services import batches as ledger_batches
+from ledger.services import outbox as ledger_outbox
+from ledger.services import outcomes as ledger_outcomes
+from ledger.services import posting as ledger_posting
 from ledger.models import Journal, Period
 
 DEMO_PASSWORD_DEFAULT = "tieout-demo-2026"  # development only; documented in README and printed below
@@ -306,8 +312,8 @@ def _inline_worker():
     to reach Redis (which may not run yet, and a publish to a dead broker retries for seconds). Anything
     left behind (an outbox row, an accepted event) is what the periodic sweeps exist for.
     """
-    with mock.patch.object(billing, "schedule_processing", lambda event_ids: None), \
-            mock.patch.object(ledger, "relay", lambda outbox_ids: None):
+    with mock.patch.object(billing_processing, "schedule_processing", lambda event_ids: None), \
+            mock.patch.object(ledger_outbox, "relay", lambda outbox_ids: None):
         yield
 
 
@@ -317,7 +323,7 @@ def _ledger_clock(moment: datetime.datetime):
 
     A posted journal is immutable (a trigger refuses any UPDATE), so its posting time cannot be moved back
     afterwards like the other rows' times: it is posted "at" the moment the history says. Only the
-    ledger module's reference is replaced: the audit log keeps the real time.
+    ledger posting modules' reference is replaced: the audit log keeps the real time.
     """
     class _Clock:
         def __getattr__(self, name):
@@ -327,7 +333,9 @@ def _ledger_clock(moment: datetime.datetime):
         def now():
             return moment
 
-    with mock.patch.object(ledger, "timezone", _Clock()):
+    with contextlib.ExitStack() as stack:
+        for module in (ledger_posting, ledger_outcomes, ledger_batches):  # where posting times are set
+            stack.enter_context(mock.patch.object(module, "timezone", _Clock()))
         yield
 
 

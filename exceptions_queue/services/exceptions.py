@@ -1,34 +1,28 @@
-"""Exception and approval write paths: open, assign, retry, replay, comment, escalate, resolve (one by one
-or in bulk); request, approve, reject.
-
-Exceptions record failures a person can fix, with a stable code, linked to their event or journal.
-Approvals implement maker-checker: the requester never decides, no one decides twice, and the number of
-distinct approvers comes from the entity's policy. What approving, retrying or replaying does to the
-subject is the subject's owner's business: the handlers it registered in `exceptions_queue.workflow`.
-Every change is audited in its own transaction.
+"""Exceptions: failures a person can fix, with a stable code, linked to their event or journal; open (one
+unresolved per event), assign, comment, escalate, retry, replay and resolve, one by one or in bulk. What a
+retry or a replay does is the subject kind's handler (`exceptions_queue.workflow`).
 """
 import uuid
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
 from audit import services as audit
 from config import roles
-from config.errors import ApiError, BusinessRuleError, Codes, Conflict, NotFound, PermissionRefused, TieoutError
+from config.errors import ApiError, Codes, Conflict, NotFound, PermissionRefused, TieoutError
 from exceptions_queue import workflow
-from exceptions_queue.models import Approval, ApprovalDecision, ApprovalPolicy, ExceptionComment, ExceptionRecord
-from ledger import services as ledger
+from exceptions_queue.models import ExceptionComment, ExceptionRecord
 from ledger.models import Journal
+
 
 def _snapshot(exc: ExceptionRecord) -> dict:
     return {"code": exc.code, "status": exc.status, "message": exc.message,
             "owner": exc.owner.get_username() if exc.owner_id else None, "retry_count": exc.retry_count}
 
 
-# --------------------------------------------------------------------------------------------- exceptions
 def exception_open_for_event(*, event, process: str, code: str, message: str, dependency: str | None,
                              amount: Decimal | None, source_ref: str, actor) -> ExceptionRecord:
     """Open (or update) the event's one unresolved exception. Caller holds the event's lock.
@@ -340,124 +334,6 @@ def exceptions_retry_bulk(*, exception_ids, actor) -> list[dict]:
     return _bulk(exception_ids, lambda pk: exception_retry(exception_id=pk, actor=actor))
 
 
-# --------------------------------------------------------------------------------------------- approvals
-POLICY_FIELDS = ["credit_note_threshold", "write_off_threshold", "manual_journal_threshold", "two_approver_threshold"]
-
-
-def approval_policy_ensure(*, entity, actor) -> ApprovalPolicy:
-    policy, created = ApprovalPolicy.objects.get_or_create(entity=entity)
-    if created:
-        audit.record(actor=actor, action="approval_policy.created", object_type="approval_policy",
-                     object_id=entity.code, after=audit.model_snapshot(policy, POLICY_FIELDS))
-    return policy
-
-
-@transaction.atomic
-def approval_policy_update(*, entity, values: dict, actor) -> ApprovalPolicy:
-    """Change an entity's approval thresholds (versioned by simple-history, audited here)."""
-    unknown = set(values) - set(POLICY_FIELDS)
-    if unknown:
-        raise ApiError(f"unknown policy fields: {', '.join(sorted(unknown))}", code=Codes.INVALID_REQUEST, status=422)
-    policy, created = ApprovalPolicy.objects.select_for_update().get_or_create(entity=entity)
-    before = None if created else audit.model_snapshot(policy, POLICY_FIELDS)
-    for name, value in values.items():
-        setattr(policy, name, value)
-    policy.save()
-    audit.record(actor=actor, action="approval_policy.created" if created else "approval_policy.changed",
-                 object_type="approval_policy", object_id=entity.code, before=before,
-                 after=audit.model_snapshot(policy, POLICY_FIELDS))
-    return policy
-
-
-def approvals_required(*, entity, kind: str, amount: Decimal) -> int:
-    """0 when no approval is needed, else the number of distinct approvers (API.md's defaults).
-
-    The policy holds one threshold per kind (`<kind>_threshold`); a kind without handlers or without a
-    threshold is a wiring error and fails loudly.
-    """
-    workflow.approval_handlers(kind)
-    policy = ApprovalPolicy.objects.filter(entity=entity).first() or ApprovalPolicy(entity=entity)
-    threshold = getattr(policy, f"{kind}_threshold", None)
-    if threshold is None:
-        raise workflow.UnknownKind(f"the approval policy has no threshold for kind {kind!r}")
-    if amount < threshold:
-        return 0
-    return 2 if amount >= policy.two_approver_threshold else 1
-
-
-def approval_request(*, entity, event, journal, kind, document_id, amount, currency, requested_by, required,
-                     actor, reason: str) -> Approval:
-    """Open a pending approval for `journal`, with the requester's reason (the approver reads why)."""
-    workflow.approval_handlers(kind)  # a kind nobody could approve is refused before it waits for anyone
-    approval = Approval.objects.create(
-        entity=entity, event=event, journal=journal, kind=kind, document_id=document_id, amount=amount,
-        currency=currency, requested_by=requested_by,
-        requested_by_label=requested_by.get_username() if requested_by else audit.actor_label(actor),
-        required_approvals=required, reason=str(reason)[:2000])
-    audit.record(actor=actor, action="approval.requested", object_type="approval", object_id=approval.pk,
-                 event_id=event.pk if event else None,
-                 after={"kind": kind, "amount": amount, "currency": currency, "required": required,
-                        "requested_by": approval.requested_by_label, "journal": journal.pk,
-                        "reason": approval.reason})
-    return approval
-
-
-def _decide(approval_id, *, user, decision: str, comment: str) -> Approval:
-    if not roles.has_role(user, *roles.DECIDERS):
-        raise PermissionRefused("only controllers and admins decide approvals")
-    approval = (Approval.objects.select_for_update(of=("self", "journal")).select_related("journal", "entity")
-                .filter(pk=approval_id).first())
-    if approval is None or not roles.may_see_entity(user, approval.entity.code):
-        raise NotFound(f"no approval {approval_id}")  # outside the user's entities it does not exist for them
-    if approval.status != Approval.Status.PENDING:
-        raise Conflict(f"the approval is already {approval.status}", code=Codes.ALREADY_DECIDED)
-    if approval.requested_by_id == user.pk:
-        raise PermissionRefused("you raised this request; someone else must decide it",
-                                code=Codes.SEGREGATION_OF_DUTIES)
-    if approval.decisions.filter(user=user).exists():
-        raise PermissionRefused("you have already decided this request", code=Codes.SEGREGATION_OF_DUTIES)
-    try:
-        with transaction.atomic():
-            ApprovalDecision.objects.create(approval=approval, user=user, decision=decision, comment=comment or "")
-    except IntegrityError:  # a concurrent second click by the same user
-        raise PermissionRefused("you have already decided this request", code=Codes.SEGREGATION_OF_DUTIES) from None
-    audit.record(actor=user, action=f"approval.{decision}", object_type="approval", object_id=approval.pk,
-                 event_id=approval.event_id, after={"decision": decision, "comment": comment or ""})
-    return approval
-
-
-def _close(approval: Approval, status: str, actor) -> None:
-    approval.status = status
-    approval.decided_at = timezone.now()
-    approval.save(update_fields=["status", "decided_at"])
-    audit.record(actor=actor, action=f"approval.{status}", object_type="approval", object_id=approval.pk,
-                 event_id=approval.event_id, before={"status": "pending"}, after={"status": status})
-
-
-@transaction.atomic
-def approval_approve(*, approval_id, user, comment: str = "") -> Approval:
-    """One approver's yes; with the last one required, the kind's `approve` handler books the subject."""
-    approval = _decide(approval_id, user=user, decision=ApprovalDecision.Decision.APPROVE, comment=comment)
-    approvals = approval.decisions.filter(decision=ApprovalDecision.Decision.APPROVE).count()
-    if approvals >= approval.required_approvals:
-        _close(approval, Approval.Status.APPROVED, user)
-        try:
-            workflow.approval_handlers(approval.kind).approve(approval=approval, actor=user)
-        except BusinessRuleError as exc:
-            # The world moved on since the request (a payment arrived, the period closed): refuse, change nothing.
-            raise Conflict(exc.detail, code=exc.code) from None
-    return approval
-
-
-@transaction.atomic
-def approval_reject(*, approval_id, user, comment: str = "") -> Approval:
-    """One no closes the request; the kind's `reject` handler refuses the subject for good."""
-    approval = _decide(approval_id, user=user, decision=ApprovalDecision.Decision.REJECT, comment=comment)
-    _close(approval, Approval.Status.REJECTED, user)
-    workflow.approval_handlers(approval.kind).reject(approval=approval, actor=user)
-    return approval
-
-
 def user_by_username(username: str):
     return get_user_model().objects.filter(username=username).first()
 
@@ -476,28 +352,3 @@ def exception_open_system(*, code: str, message: str, actor) -> ExceptionRecord:
     audit.record(actor=actor, action="exception.opened", object_type="exception", object_id=exc.pk,
                  after=_snapshot(exc))
     return exc
-
-
-# --------------------------------------------------------------------------------------------- manual journals
-@transaction.atomic
-def manual_journal_create(*, entity, accounting_date, lines, description: str, user, reason: str | None = None,
-                          request_key: str | None = None) -> Journal:
-    """A journal a person writes by hand, under the entity's approval policy.
-
-    The ledger checks it (`manual_journal_check`: balanced, open period, active accounts, each problem
-    with its field named) and books it; with the policy's `manual_journal_threshold` (default 0: every
-    one) reached, it waits for approval by someone other than `user`, with `reason` (default: the
-    description) for the approver. The same `request_key` from the same person returns the journal it
-    first created, without a second approval request.
-    """
-    draft = ledger.manual_journal_check(entity=entity, accounting_date=accounting_date, lines=lines,
-                                        description=description, user=user)
-    required = approvals_required(entity=entity, kind=Approval.Kind.MANUAL_JOURNAL, amount=draft.total)
-    journal, created = ledger.manual_journal_book(draft=draft, user=user, needs_approval=bool(required),
-                                                  request_key=request_key)
-    if created and required:
-        approval_request(entity=entity, event=None, journal=journal, kind=Approval.Kind.MANUAL_JOURNAL,
-                         document_id=journal.document_id, amount=draft.total, currency=entity.currency,
-                         requested_by=user, required=required, actor=user,
-                         reason=reason if reason is not None else draft.description)
-    return journal

@@ -1,34 +1,31 @@
-"""Billing-sync write paths: receive events (single and batch), process them into canonical documents
-and journals, and react to approvals, retries and arriving dependencies.
-
-Receipt is one short transaction: the receipt row, the event row (whose unique identity makes the
-database the judge of duplicates: `INSERT ... ON CONFLICT DO NOTHING`) and the audit entry. Processing
-runs after commit in a Celery task (`process_event`) under the event's row lock, so a duplicate
-delivery, a second worker or a retry can never produce a second canonical change or journal.
+"""Receiving events: one short transaction per request (or batch) keeps the raw bytes and their SHA-256 (a
+receipt, always, even for what is refused), inserts the event with the database as the judge of duplicates
+(`INSERT ... ON CONFLICT DO NOTHING` on its unique identity) and hands accepted events to processing after
+commit.
 """
 import hashlib
 import json
 import uuid
 from dataclasses import dataclass, field
-from decimal import Decimal
 
 import structlog
 from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import services as audit
-from billing_sync import callbacks, documents, ordering
-from billing_sync.models import Customer, Event, Invoice, Payment, Receipt
+from billing_sync import ordering
+from billing_sync.models import Event, Receipt
 from billing_sync.schemas import validate_event
+from billing_sync.services import processing
 from config import correlation
-from config.errors import BusinessRuleError, Codes
-from exceptions_queue import services as queue
-from exceptions_queue.models import ExceptionRecord
-from ledger.models import Entity, Journal
+from config.errors import Codes
 
 log = structlog.get_logger("tieout.billing_sync")
 
+
 KEPT_HEADERS = ("Content-Type", "Idempotency-Key", "User-Agent", "X-Correlation-ID", "Content-Length")
+
+
 MAX_BATCH = 1000
 
 
@@ -175,7 +172,7 @@ def receive_event(*, body: bytes, user, headers, remote_addr=None, allowed=None)
                          event_id=new_id, correlation_id=cid,
                          after={"source_system": payload["source_system"], "event_id": payload["event_id"],
                                 "type": payload["type"], "payload_sha256": payload_hash, "receipt": receipt_id})
-            transaction.on_commit(lambda: schedule_processing([new_id]))
+            transaction.on_commit(lambda: processing.schedule_processing([new_id]))
             return Answer(202, response, raw=response_text.encode())
         existing = (Event.objects.filter(source_system=payload["source_system"], event_id=payload["event_id"])
                     .values("id", "payload_hash", "response_body", "idempotency_key").first())
@@ -328,237 +325,5 @@ def receive_batch(*, body: bytes, user, headers, remote_addr=None, allowed=None)
                            "type": r["payload"]["type"], "payload_sha256": r["hash"], "receipt": receipt.pk}}
                 for r in rows if r["id"] in inserted])
             ids = [r["id"] for r in sorted(rows, key=lambda r: r["ix"]) if r["id"] in inserted]  # batch order
-            transaction.on_commit(lambda: schedule_processing(ids))
+            transaction.on_commit(lambda: processing.schedule_processing(ids))
     return Answer(200, {"results": results})
-
-
-def schedule_processing(event_ids) -> None:
-    """Hand accepted events to the workers (batched off the request path; the sweep covers any loss)."""
-    from billing_sync import dispatch
-
-    dispatch.schedule(event_ids)
-
-
-def sweep_accepted(*, older_than_seconds: int = 30) -> int:
-    """Events accepted but never processed (broker outage, crash after commit): schedule them again.
-
-    Not those held behind an event parked in the queue: that one wakes them when it is done, and until
-    then looking again would find them held again.
-    """
-    cutoff = timezone.now() - timezone.timedelta(seconds=older_than_seconds)
-    ids = ordering.accepted_not_parked_behind(received_before=cutoff, limit=5000)
-    if ids:
-        schedule_processing(ids)
-    return len(ids)
-
-
-# --------------------------------------------------------------------------------------------- processing
-# What an event's exception is about (the workflow's subject kind), by event type.
-PROCESS_BY_TYPE = {
-    "customer.upserted": ExceptionRecord.Process.CUSTOMER,
-    "invoice.issued": ExceptionRecord.Process.INVOICE,
-    "invoice.amended": ExceptionRecord.Process.INVOICE,
-    "invoice.voided": ExceptionRecord.Process.INVOICE,
-    "payment.received": ExceptionRecord.Process.PAYMENT,
-    "payment.applied": ExceptionRecord.Process.PAYMENT,
-    "payment.refunded": ExceptionRecord.Process.PAYMENT,
-    "credit_note.issued": ExceptionRecord.Process.CREDIT,
-    "write_off.requested": ExceptionRecord.Process.WRITE_OFF,
-}
-# The payload field naming the document an event is about, most specific first (a credit note names its
-# invoice too; a payment names its customer).
-SOURCE_REF_FIELDS = ("credit_note_id", "write_off_id", "refund_id", "payment_id", "invoice_id", "customer_id")
-
-
-def source_ref_of(payload: dict) -> str:
-    data = (payload or {}).get("data") or {}
-    for name in SOURCE_REF_FIELDS:
-        value = data.get(name)
-        if isinstance(value, str) and value:
-            return value[:200]
-    return ""
-
-
-def _amount_of(event) -> Decimal | None:
-    data = event.payload.get("data", {})
-    value = data.get("total") or data.get("amount")
-    try:
-        return Decimal(value) if isinstance(value, str) else None
-    except ArithmeticError:
-        return None
-
-
-def process_event(*, event_id, actor="system") -> str:
-    """Process one accepted event under its row lock; returns its new status. Safe to call twice.
-
-    An event held behind an earlier one on the same documents (billing_sync/ordering.py) is left
-    `accepted`, untouched: the event holding it wakes it when it is done.
-    """
-    with transaction.atomic():
-        event = Event.objects.select_for_update().filter(pk=event_id).first()
-        if event is None or event.status != Event.Status.ACCEPTED:
-            return event.status if event else "missing"
-        holder = ordering.held_by(event)
-        if holder is not None:
-            if event.held_by_id != holder:  # recorded once per holder, not at every look
-                event.held_by_id = holder
-                event.save(update_fields=["held_by"])
-                audit.record(actor=actor, action="event.held", object_type="event", object_id=event.pk,
-                             event_id=event.pk, after={"behind": str(holder)})
-            return event.status
-        seq, keys = event.seq, event.order_keys
-        # Whatever the outcome, the events queued behind this one may go next.
-        transaction.on_commit(lambda: wake_successors(seq=seq, keys=keys))
-        with correlation.bound(event.correlation_id or None):
-            event.attempts += 1
-            try:
-                with transaction.atomic():
-                    outcome = documents.apply(event, actor=actor)
-            except BusinessRuleError as exc:
-                event.status = Event.Status.EXCEPTION
-                event.processed_at = timezone.now()
-                event.save(update_fields=["status", "processed_at", "attempts"])
-                queue.exception_open_for_event(
-                    event=event, process=PROCESS_BY_TYPE[event.type], code=exc.code, message=exc.detail,
-                    dependency=exc.dependency, amount=_amount_of(event), source_ref=source_ref_of(event.payload),
-                    actor=actor)
-                audit.record(actor=actor, action="event.exception", object_type="event", object_id=event.pk,
-                             event_id=event.pk, after={"status": "exception", "code": exc.code,
-                                                       "message": exc.detail})
-                callbacks.notify(event=event, kind=callbacks.EXCEPTION, actor=actor)
-                if exc.dependency:
-                    # The document may have committed while we processed (its wake-up found no waiting
-                    # exception yet): look again once ours is committed, so nothing waits forever.
-                    dependency, waiting_id = exc.dependency, event.pk
-                    transaction.on_commit(lambda: recheck_dependency(event_id=waiting_id, dependency=dependency))
-                return event.status
-            event.status = outcome.status
-            event.processed_at = timezone.now()
-            event.save(update_fields=["status", "processed_at", "attempts"])
-            audit.record(actor=actor, action="event.processed", object_type="event", object_id=event.pk,
-                         event_id=event.pk, before={"status": "accepted"},
-                         after={"status": event.status, "journals": [str(j.pk) for j in outcome.journals],
-                                "changes": outcome.changes})
-            if event.attempts > 1:  # only a retried event can have an exception to close
-                queue.exceptions_resolve_for_event(event=event, resolution="Processed successfully on retry.",
-                                                   actor=actor)
-            if outcome.provides:
-                # In this transaction, not after it: the events that waited for these documents are
-                # `accepted` again the moment they exist, so nothing accepted after them can pass them.
-                wake_dependents(outcome.provides)
-    return event.status
-
-
-def wake_successors(*, seq: int, keys: list[str]) -> int:
-    """After an event was processed, parked or resolved: schedule the events queued behind it."""
-    ids = ordering.successors_of(seq=seq, keys=keys)
-    if ids:
-        schedule_processing(ids)
-    return len(ids)
-
-
-def wake_dependents(keys: list[str]) -> int:
-    """Documents arrived: send the events that waited for them back through processing."""
-    event_ids = queue.events_waiting_for(keys)
-    for event_id in event_ids:
-        event_requeue(event_id=event_id, actor="system", reason="dependency arrived")
-    return len(event_ids)
-
-
-def dependency_exists(dependency: str) -> bool:
-    kind, _, rest = dependency.partition(":")
-    if kind == "entity":
-        return Entity.objects.filter(code=rest).exists()
-    source_system, _, document_id = rest.partition(":")
-    model, field_name = {"customer": (Customer, "customer_id"), "invoice": (Invoice, "invoice_id"),
-                         "payment": (Payment, "payment_id")}.get(kind, (None, None))
-    if model is None:
-        return False
-    return model.objects.filter(source_system=source_system, **{field_name: document_id}).exists()
-
-
-def recheck_dependency(*, event_id, dependency: str) -> bool:
-    if dependency_exists(dependency):
-        return event_requeue(event_id=event_id, actor="system", reason=f"{dependency} arrived")
-    return False
-
-
-def event_requeue(*, event_id, actor, reason: str) -> bool:
-    """An event in `exception` goes back to `accepted` and is scheduled for processing again."""
-    with transaction.atomic():
-        event = Event.objects.select_for_update().get(pk=event_id)
-        if event.status != Event.Status.EXCEPTION:
-            return False
-        event.status = Event.Status.ACCEPTED
-        event.save(update_fields=["status"])
-        audit.record(actor=actor, action="event.requeued", object_type="event", object_id=event.pk, event_id=event.pk,
-                     before={"status": "exception"}, after={"status": "accepted", "reason": reason})
-        transaction.on_commit(lambda: schedule_processing([event.pk]))
-    return True
-
-
-def event_reprocess(*, event_id, actor) -> str:
-    """Retry from the exception queue: reprocess now, in the caller's transaction, and report the outcome."""
-    event = Event.objects.select_for_update().get(pk=event_id)
-    if event.status != Event.Status.EXCEPTION:
-        return event.status
-    event.status = Event.Status.ACCEPTED
-    event.save(update_fields=["status"])
-    audit.record(actor=actor, action="event.retry", object_type="event", object_id=event.pk, event_id=event.pk,
-                 before={"status": "exception"}, after={"status": "accepted"})
-    return process_event(event_id=event_id, actor=actor)
-
-
-def _derived_status(current: str, journal_statuses: list[str], has_open_exception: bool) -> str:
-    """An event's status from its journals and whether an exception is open (API.md's meanings)."""
-    live = [s for s in journal_statuses if s != Journal.Status.REJECTED]
-    if has_open_exception:
-        return Event.Status.EXCEPTION
-    if current == Event.Status.EXCEPTION and not journal_statuses:
-        return Event.Status.IGNORED  # resolved by a person without processing: nothing was booked
-    if journal_statuses and not live:
-        return Event.Status.REJECTED
-    if Journal.Status.PENDING_APPROVAL in live:
-        return Event.Status.PENDING_APPROVAL
-    if live and all(s == Journal.Status.POSTED for s in live):
-        return Event.Status.POSTED
-    return Event.Status.PROCESSED
-
-
-def event_refresh_status(*, event_id, actor="system") -> str:
-    """Derive an event's status from its journals and open exception after a journal changed."""
-    return events_refresh_status(event_ids=[event_id], actor=actor).get(event_id, "missing")
-
-
-def events_refresh_status(*, event_ids, actor="system") -> dict:
-    """The same for many events at once (a batch document acknowledged): a few queries, not a few per event."""
-    events = list(Event.objects.select_for_update().filter(pk__in=event_ids).order_by("pk"))
-    ids = [e.pk for e in events if e.status not in (Event.Status.ACCEPTED, Event.Status.IGNORED)]
-    journal_statuses: dict = {}
-    for event_id, status in Journal.objects.filter(event_id__in=ids).values_list("event_id", "status"):
-        journal_statuses.setdefault(event_id, []).append(status)
-    open_exceptions = set(ExceptionRecord.objects.filter(event_id__in=ids).exclude(
-        status=ExceptionRecord.Status.RESOLVED).values_list("event_id", flat=True))
-    result, changed = {}, []
-    for event in events:
-        if event.pk not in ids:
-            result[event.pk] = event.status
-            continue
-        new = _derived_status(event.status, journal_statuses.get(event.pk, []), event.pk in open_exceptions)
-        result[event.pk] = new
-        if new != event.status:
-            changed.append((event, event.status, new))
-    for new in {n for _, _, n in changed}:
-        Event.objects.filter(pk__in=[e.pk for e, _, n in changed if n == new]).update(status=new)
-    for event, before, _ in changed:
-        if before == Event.Status.EXCEPTION:  # resolved or re-derived: it no longer holds its documents
-            seq, keys = event.seq, event.order_keys
-            transaction.on_commit(lambda seq=seq, keys=keys: wake_successors(seq=seq, keys=keys))
-    if changed:
-        audit.record_many([{"actor": actor, "action": "event.status_changed", "object_type": "event",
-                            "object_id": event.pk, "event_id": event.pk, "before": {"status": before},
-                            "after": {"status": new}} for event, before, new in changed])
-    for event, _, new in changed:
-        event.status = new
-        callbacks.notify(event=event, kind=callbacks.KIND_FOR_STATUS.get(new), actor=actor)  # posted, exception
-    return result

@@ -1,0 +1,76 @@
+"""The transactional outbox: a ready journal gets its outbox row in the transaction that made it ready; after
+commit the relay hands rows to the posting workers (or posts in-database ledgers inline), and the sweep re-
+sends what a crash or a broker outage left behind.
+"""
+import datetime
+
+import structlog
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from ledger import connectors, tasks
+from ledger.models import Entity, Journal, Outbox
+from ledger.services.posting import journal_post
+
+log = structlog.get_logger("tieout.ledger")
+
+
+def _enqueue(journal: Journal) -> None:
+    outbox = Outbox.objects.create(journal=journal)
+    transaction.on_commit(lambda: relay([outbox.pk]))
+
+
+def relay(outbox_ids: list[int]) -> None:
+    """Hand outbox rows to Celery (after commit). A crash before this line is repaired by the sweep."""
+    rows = (Outbox.objects.filter(pk__in=outbox_ids, dispatched_at__isnull=True)
+            .values_list("pk", "journal_id", "journal__entity__erp_connector", "journal__entity__posting_mode"))
+    for pk, journal_id, connector_name, posting_mode in rows:
+        if posting_mode == Entity.PostingMode.BATCH and connector_name != "builtin":
+            continue  # batch mode: the sweep gathers ready journals into batches (form_erp_batches)
+        if connectors.connector_class(connector_name).in_database and not settings.CELERY_TASK_ALWAYS_EAGER:
+            # The built-in ledger needs no network: post right here rather than pay a broker round trip
+            # and a second task. Whatever goes wrong falls back to the queue (and the sweep).
+            try:
+                journal_post(journal_id=journal_id)
+                Outbox.objects.filter(pk=pk, dispatched_at__isnull=True).update(
+                    dispatched_at=timezone.now(), dispatch_count=F("dispatch_count") + 1)
+                continue
+            except Exception as exc:
+                log.warning("outbox.inline_post_failed", outbox=pk, error=str(exc))
+        try:
+            tasks.post_journal.apply_async(args=[str(journal_id)], queue="posting")
+        except Exception as exc:  # broker down: the sweep re-sends; the API must not fail for it
+            log.warning("outbox.relay_failed", outbox=pk, error=str(exc))
+            continue
+        Outbox.objects.filter(pk=pk, dispatched_at__isnull=True).update(
+            dispatched_at=timezone.now(), dispatch_count=F("dispatch_count") + 1)
+
+
+def sweep_outbox(*, older_than_seconds: int) -> int:
+    """Re-send outbox rows that were never dispatched (crash between commit and enqueue, broker outage)."""
+    cutoff = timezone.now() - datetime.timedelta(seconds=older_than_seconds)
+    ids = list(Outbox.objects.filter(dispatched_at__isnull=True, created_at__lte=cutoff)
+               .order_by("created_at").values_list("pk", flat=True)[:1000])
+    if ids:
+        relay(ids)
+    # A worker died while it held a journal (SIGKILL, OOM): once the lease is over, post it again;
+    # journal_post looks it up in the ERP first, so an entry the ERP already took is not sent twice.
+    expired = list(Journal.objects.filter(status=Journal.Status.POSTING, posting_claimed_until__lt=timezone.now())
+                   .values_list("pk", flat=True)[:1000])
+    for journal_id in expired:
+        with transaction.atomic():
+            journal = Journal.objects.select_for_update().get(pk=journal_id)
+            if journal.status == Journal.Status.POSTING and journal.posting_claimed_until < timezone.now():
+                _enqueue(journal)
+    # Journals still ready long after dispatch (a lost message) get a fresh outbox row.
+    stale = (Journal.objects.filter(status=Journal.Status.READY, created_at__lte=cutoff - datetime.timedelta(minutes=10))
+             .exclude(outbox__dispatched_at__gte=cutoff - datetime.timedelta(minutes=10))
+             .values_list("pk", flat=True)[:1000])
+    for journal_id in stale:
+        with transaction.atomic():
+            journal = Journal.objects.select_for_update().get(pk=journal_id)
+            if journal.status == Journal.Status.READY:
+                _enqueue(journal)
+    return len(ids)

@@ -1,0 +1,152 @@
+"""Posting one journal to the ERP: claim it, ask the connector (looking up by our reference first when an
+earlier attempt's outcome is unknown), mark it posted (announced through `ledger.hooks`) or release it for a
+retry.
+"""
+import datetime
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from audit import services as audit
+from config import correlation
+from config.errors import Codes, TieoutError
+from ledger import connectors, hooks
+from ledger.models import Entity, Journal, Outbox, PostingAttempt
+from ledger.services.batches import _batch_add
+from ledger.services.outcomes import PostOutcome, _fail
+from ledger.services.periods import period_is_closed
+
+
+def journal_post(*, journal_id, actor="system") -> PostOutcome:
+    """Post one journal through its entity's connector. Safe to run twice and after a crash.
+
+    The built-in connector posts inside our own transaction. An external ERP is called outside any
+    transaction, between a claim (status `posting`, a lease, an attempt row) and the acknowledgement.
+    Once a journal has been attempted, every later attempt looks it up by our reference first: a
+    crash or an ambiguous failure may have left it in the ERP, and it must never be created twice.
+    """
+    with transaction.atomic():
+        journal = Journal.objects.select_for_update().select_related("entity").filter(pk=journal_id).first()
+        if journal is None:
+            raise TieoutError(f"no journal {journal_id}", code=Codes.NOT_FOUND, status=404)
+        if journal.status not in (Journal.Status.READY, Journal.Status.POSTING):  # failed: only a retry re-posts
+            return PostOutcome(journal.pk, journal.status, journal.erp_document_ref)
+        with correlation.bound(journal.correlation_id or None):
+            if period_is_closed(journal.entity, journal.accounting_date):
+                _fail(journal, Codes.PERIOD_CLOSED,
+                      f"period {journal.accounting_date:%Y-%m} of {journal.entity.code} is closed", actor=actor)
+                return PostOutcome(journal.pk, journal.status)
+            connector = connectors.get_connector(journal.entity)
+            if connector.in_database:
+                result = connector.post_journal(journal)
+                _mark_posted(journal, result, connector.name, actor=actor)
+                return PostOutcome(journal.pk, Journal.Status.POSTED, result.erp_document_ref)
+            if journal.entity.posting_mode == Entity.PostingMode.BATCH:
+                if journal.erp_batch_id is None:
+                    _batch_add(journal, actor=actor)
+                return PostOutcome(journal.pk, journal.status)
+            attempt, look_up_first = _claim(journal, connector.name, actor=actor)
+    with correlation.bound(journal.correlation_id or None):
+        try:
+            result = connector.lookup(journal) if look_up_first else None
+            if result is None:
+                result = connector.post_journal(journal)
+        except connectors.base.ConnectorError as exc:
+            _release(journal.pk, attempt.pk, exc, actor=actor)
+            raise
+        with transaction.atomic():
+            journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
+            if journal.status == Journal.Status.POSTED:
+                return PostOutcome(journal.pk, journal.status, journal.erp_document_ref)
+            _mark_posted(journal, result, connector.name, actor=actor, attempt_id=attempt.pk)
+    return PostOutcome(journal.pk, Journal.Status.POSTED, result.erp_document_ref)
+
+
+def _claim(journal: Journal, connector_name: str, *, actor) -> tuple[PostingAttempt, bool]:
+    now = timezone.now()
+    if journal.status == Journal.Status.POSTING and journal.posting_claimed_until and \
+            journal.posting_claimed_until > now:
+        wait = (journal.posting_claimed_until - now).total_seconds()
+        raise connectors.TransientError("another worker is posting this journal", retry_after=wait)
+    # An attempt still in progress was abandoned by a worker that died (SIGKILL, OOM, a crash in the
+    # connector). Transient ERP failures are bounded by the task's retries; deaths are bounded here, so a
+    # task that kills its worker every time is parked instead of looping.
+    lost = journal.attempts.filter(outcome=PostingAttempt.Outcome.IN_PROGRESS).update(
+        outcome=PostingAttempt.Outcome.ABANDONED, finished_at=now, message="the worker stopped before the ERP answered")
+    if lost:
+        journal.deliveries_lost += lost
+        journal.save(update_fields=["deliveries_lost"])
+    if journal.deliveries_lost >= settings.TIEOUT_POSTING_MAX_DELIVERIES:
+        raise connectors.PermanentError(
+            f"parked after {journal.deliveries_lost} deliveries whose worker died; last error: "
+            f"{journal.last_error or 'none'}")
+    # Any earlier attempt may have reached the ERP (a crash, an ambiguous answer): look before sending.
+    look_up_first = journal.status == Journal.Status.POSTING or journal.attempts.exists()
+    before = journal.status
+    journal.status = Journal.Status.POSTING
+    journal.posting_claimed_until = now + datetime.timedelta(seconds=settings.TIEOUT_POSTING_LEASE_SECONDS)
+    journal.posting_attempts += 1
+    journal.save(update_fields=["status", "posting_claimed_until", "posting_attempts"])
+    attempt = PostingAttempt.objects.create(journal=journal, started_at=now, connector=connector_name,
+                                            outcome=PostingAttempt.Outcome.IN_PROGRESS)
+    if before != Journal.Status.POSTING:
+        audit.record(actor=actor, action="journal.posting", object_type="journal", object_id=journal.pk,
+                     event_id=journal.event_id, before={"status": before},
+                     after={"status": "posting", "attempt": journal.posting_attempts})
+    return attempt, look_up_first
+
+
+def _release(journal_id, attempt_id, exc, *, actor) -> None:
+    """An attempt failed: record its outcome and free the journal for the next try (or the exception)."""
+    outcome = {connectors.TransientError: PostingAttempt.Outcome.TRANSIENT,
+               connectors.AmbiguousError: PostingAttempt.Outcome.AMBIGUOUS}.get(type(exc),
+                                                                                 PostingAttempt.Outcome.PERMANENT)
+    with transaction.atomic():
+        journal = Journal.objects.select_for_update().get(pk=journal_id)
+        PostingAttempt.objects.filter(pk=attempt_id).update(finished_at=timezone.now(), outcome=outcome,
+                                                            message=f"{exc}: {exc.erp_message}"[:4000])
+        if journal.status == Journal.Status.POSTING:
+            journal.status = Journal.Status.READY
+            journal.posting_claimed_until = None
+            journal.last_error = exc.erp_message[:4000]
+            journal.save(update_fields=["status", "posting_claimed_until", "last_error"])
+            audit.record(actor=actor, action="journal.attempt_failed", object_type="journal", object_id=journal.pk,
+                         event_id=journal.event_id, before={"status": "posting"},
+                         after={"status": "ready", "outcome": outcome, "error": exc.erp_message[:1000]})
+
+
+def _mark_posted(journal: Journal, result: connectors.PostResult, connector_name: str, *, actor,
+                 attempt_id=None) -> None:
+    now = timezone.now()
+    before = journal.status
+    journal.status = Journal.Status.POSTED
+    journal.erp_document_ref = result.erp_document_ref
+    journal.posted_at = now
+    journal.posting_claimed_until = None
+    if attempt_id is None:
+        journal.posting_attempts += 1
+    journal.last_error = ""
+    journal.save(update_fields=["status", "erp_document_ref", "posted_at", "posting_attempts", "posting_claimed_until",
+                                "last_error"])
+    outcome = PostingAttempt.Outcome.ALREADY_POSTED if result.already_existed else PostingAttempt.Outcome.POSTED
+    if attempt_id is None:
+        PostingAttempt.objects.create(journal=journal, started_at=now, finished_at=now, connector=connector_name,
+                                      outcome=outcome, erp_document_ref=result.erp_document_ref)
+    else:
+        PostingAttempt.objects.filter(pk=attempt_id).update(finished_at=now, outcome=outcome,
+                                                            erp_document_ref=result.erp_document_ref)
+    Outbox.objects.filter(journal=journal, dispatched_at__isnull=True).update(dispatched_at=now)
+    audit.record(actor=actor, action="journal.posted", object_type="journal", object_id=journal.pk,
+                 event_id=journal.event_id, before={"status": before},
+                 after={"status": "posted", "erp_document_ref": result.erp_document_ref})
+    hooks.journals_posted.send(journals=[journal], actor=actor)
+
+
+def journal_post_failed(*, journal_id, message: str, actor="system") -> None:
+    """The posting task gave up (retries spent or a permanent ERP error): record it and open an exception."""
+    with transaction.atomic():
+        journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
+        if journal.status in (Journal.Status.POSTED, Journal.Status.FAILED):
+            return
+        _fail(journal, Codes.POSTING_FAILED, message, actor=actor)
