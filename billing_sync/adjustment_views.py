@@ -16,6 +16,8 @@ from billing_sync import adjustments, selectors
 from billing_sync.services import event_resource
 from config import roles
 from config.errors import NotFound
+from exceptions_queue.selectors import exception_brief
+from exceptions_queue.serializers import ApprovalSerializer
 
 RAISERS = roles.roles_allowed(*adjustments.RAISERS)
 
@@ -44,9 +46,6 @@ class WriteOffRequest(_Target):
 
 
 def adjustment_resource(result: adjustments.ManualAdjustment) -> dict:
-    from exceptions_queue.selectors import exception_brief
-    from exceptions_queue.serializers import ApprovalSerializer
-
     event = result.event
     journal = result.journal
     return {

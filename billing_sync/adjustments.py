@@ -18,12 +18,15 @@ import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 
+from django.db.models import F, Sum
 from django.utils import timezone
 
 from billing_sync import documents, services
-from billing_sync.models import Event, Invoice
+from billing_sync.models import ApprovalStatus, CreditNote, Event, Invoice, WriteOff
 from config import correlation, roles
 from config.errors import ApiError, BusinessRuleError, Codes, Conflict, NotFound, PermissionRefused
+from exceptions_queue.models import Approval, ExceptionRecord
+from ledger.models import Journal
 from ledger.money import ZERO, fmt, parse_money_input
 
 RAISERS = (roles.FINANCE_OPS, roles.CONTROLLER, roles.ADMIN)
@@ -149,9 +152,6 @@ def _payload(invoice: Invoice, type_: str, data: dict, identity: uuid.UUID) -> d
 def _result(event: Event, *, kind: str) -> ManualAdjustment:
     """What became of a manual event. Processing is idempotent under the event's row lock: if a worker
     (or eager Celery) got there first, this only reads the status it left."""
-    from exceptions_queue.models import Approval, ExceptionRecord
-    from ledger.models import Journal
-
     status = services.process_event(event_id=event.pk, actor="system")
     event.refresh_from_db()
     data = event.payload["data"]
@@ -247,10 +247,6 @@ def manual_write_off_raise(*, invoice: Invoice, amount, reason, user, remote_add
 
 def creditable_room(invoice: Invoice) -> Decimal:
     """What a credit note may still take (total minus credits booked and pending), never below 0."""
-    from django.db.models import F, Sum
-
-    from billing_sync.models import ApprovalStatus, CreditNote
-
     if invoice.status == Invoice.Status.VOIDED:
         return ZERO
     pending = CreditNote.objects.filter(invoice=invoice, status=ApprovalStatus.PENDING_APPROVAL).aggregate(
@@ -260,10 +256,6 @@ def creditable_room(invoice: Invoice) -> Decimal:
 
 def write_off_room(invoice: Invoice) -> Decimal:
     """What a write-off may still take (the open amount minus write-offs pending), never below 0."""
-    from django.db.models import Sum
-
-    from billing_sync.models import ApprovalStatus, WriteOff
-
     if invoice.status == Invoice.Status.VOIDED:
         return ZERO
     pending = WriteOff.objects.filter(invoice=invoice, status=ApprovalStatus.PENDING_APPROVAL).aggregate(

@@ -16,12 +16,15 @@ import hashlib
 import secrets
 import time
 
+import redis
 import structlog
 from django.conf import settings
 from django.utils import timezone
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 
+from billing_sync import tokens
+from billing_sync.models import ApiToken
 from config.errors import Codes
 from config.roles import user_roles
 
@@ -51,8 +54,6 @@ class TokenExpired(exceptions.AuthenticationFailed):
 def _redis_client():
     global _redis
     if _redis is None:
-        import redis
-
         _redis = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
     return _redis
 
@@ -100,7 +101,6 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         hit = _cache.get(digest) if epoch is not None else None
         if hit and hit[0] > now and hit[1] == epoch:
             return self._admit(hit[2], hit[3])
-        from billing_sync.models import ApiToken
 
         token = (ApiToken.objects.select_related("user")
                  .filter(key_hash=digest, revoked_at__isnull=True, user__is_active=True).first())
@@ -119,8 +119,6 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         if token.is_expired(now):
             raise TokenExpired()
         if token.last_used_at is None or now - token.last_used_at >= TOUCH_INTERVAL:
-            from billing_sync import tokens
-
             tokens.token_touch(token=token, now=now)
         return user, token
 

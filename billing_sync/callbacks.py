@@ -41,6 +41,7 @@ from django.utils import timezone
 from standardwebhooks import Webhook
 
 from audit import services as audit
+from billing_sync import selectors, tasks
 from billing_sync.models import CallbackDelivery, Event, SourceSystem
 from config.errors import ApiError, Codes, Conflict
 from exceptions_queue import services as queue
@@ -145,8 +146,6 @@ def _after_commit(delivery_id) -> None:
 
 
 def _payload(delivery: CallbackDelivery) -> str:
-    from billing_sync import selectors
-
     event = Event.objects.defer("payload", "response_body").get(pk=delivery.event_id)
     body = {"type": delivery.kind, "timestamp": _iso(delivery.created_at),
             "data": selectors.event_resources([event])[0]}
@@ -164,11 +163,9 @@ def _seal(delivery_id) -> None:
 
 def schedule(items) -> None:
     """Queue deliveries, each with the attempt count it was queued at (a copy that finds more is stale)."""
-    from billing_sync.tasks import deliver_callback
-
     for delivery_id, attempt in items:
         try:
-            deliver_callback.apply_async(args=[str(delivery_id), attempt])
+            tasks.deliver_callback.apply_async(args=[str(delivery_id), attempt])
         except Exception as exc:  # broker down: the sweep queues it again; the caller must not fail
             log.warning("callback.schedule_failed", delivery=str(delivery_id), error=str(exc))
             return

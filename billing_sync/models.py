@@ -7,6 +7,7 @@ write-offs) are keyed by `(source_system, <document>_id)`, versioned with django
 carry running totals that check constraints keep honest (an invoice's open amount never goes below 0).
 """
 import uuid
+from decimal import Decimal
 
 from django.conf import settings
 from django.contrib.postgres.fields import ArrayField
@@ -235,8 +236,6 @@ class Invoice(models.Model):
 
     @property
     def open_amount(self):
-        from decimal import Decimal
-
         if self.status == self.Status.VOIDED:
             return Decimal("0")
         return self.total - self.applied_total - self.credited_total - self.written_off_total + self.refunded_total

@@ -1,11 +1,15 @@
 """Billing-sync reads: event resources (batched, no N+1), event lists, canonical invoices, status callbacks,
 API tokens (never their secret)."""
 import django_filters
+from django.db.models import Q
+from django.utils import timezone
 
 from billing_sync.models import ApiToken, CallbackDelivery, Event, Invoice
 from billing_sync.services import event_resource
 from config import roles
+from exceptions_queue.selectors import latest_exceptions
 from ledger.money import fmt
+from ledger.selectors import journals_for_event_ids, receivable_balance
 
 
 class EventFilter(django_filters.FilterSet):
@@ -29,9 +33,6 @@ def events_visible_to(user, *, own_only: bool):
 
 
 def event_resources(events) -> list[dict]:
-    from exceptions_queue.selectors import latest_exceptions
-    from ledger.selectors import journals_for_event_ids
-
     ids = [e.pk for e in events]
     journals = journals_for_event_ids(ids)
     exceptions = latest_exceptions(ids)
@@ -42,8 +43,6 @@ def event_resources(events) -> list[dict]:
 
 
 def invoice_resource(invoice: Invoice) -> dict:
-    from ledger.selectors import receivable_balance
-
     c = invoice.currency
     return {
         "source_system": invoice.source_system, "invoice_id": invoice.invoice_id, "number": invoice.number,
@@ -105,9 +104,6 @@ class ApiTokenFilter(django_filters.FilterSet):
         fields = ["user", "state"]
 
     def filter_state(self, queryset, name, value):
-        from django.db.models import Q
-        from django.utils import timezone
-
         now = timezone.now()
         if value == "revoked":
             return queryset.filter(revoked_at__isnull=False)

@@ -16,6 +16,7 @@ from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.paginator import Paginator
 from django.db import connections
 from django.db.models import Q
+from django.utils import timezone
 from django.utils.functional import cached_property
 from django.utils.html import format_html
 
@@ -158,8 +159,6 @@ def window_filter(field: str, title: str, windows: dict, *, parameter: str, also
             return [(value, label) for value, (label, _delta) in windows.items()]
 
         def queryset(self, request, queryset):
-            from django.utils import timezone
-
             value = self.value()
             if value in windows:
                 queryset = queryset.filter(**{f"{field}__gte": timezone.now() - windows[value][1]})

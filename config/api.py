@@ -2,6 +2,9 @@
 OPTIONS metadata, the JSON body limit, pagination, per-token throttling."""
 import time
 
+import redis
+import structlog
+from django.conf import settings
 from django.conf import settings as django_settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, JsonResponse
@@ -242,9 +245,6 @@ class TokenRateThrottle(BaseThrottle):
     @classmethod
     def client(cls):
         if cls._client is None:
-            import redis
-            from django.conf import settings
-
             cls._client = redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
         return cls._client
 
@@ -260,7 +260,6 @@ class TokenRateThrottle(BaseThrottle):
         ident = self.ident(request)
         if ident is None:
             return True
-        from django.conf import settings
 
         now = time.time()
         window = int(now // self.duration)
@@ -271,7 +270,6 @@ class TokenRateThrottle(BaseThrottle):
             pipe.expire(key, self.duration + 1)
             count, _ = pipe.execute()
         except Exception as exc:  # redis.ConnectionError, TimeoutError, ...
-            import structlog
 
             structlog.get_logger("tieout.throttle").warning("throttle.unavailable", error=str(exc))
             return True

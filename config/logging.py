@@ -3,10 +3,10 @@ import logging
 
 import structlog
 
+from config import correlation
+
 
 def _add_correlation_id(_logger, _method, event_dict):
-    from config import correlation
-
     cid = correlation.get()
     if cid and "correlation_id" not in event_dict:
         event_dict["correlation_id"] = cid
