@@ -20,7 +20,7 @@ def _iso(value):
 
 
 def _journal_body(j) -> dict:
-    from ledger.money import fmt
+    from config.money import fmt
 
     c = j.entity.currency
     return {"id": str(j.pk), "kind": j.kind, "status": j.status, "accounting_date": _iso(j.accounting_date),
@@ -101,7 +101,7 @@ def event_trace(event_id) -> dict:
     from billing_sync.selectors import event_resources
     from exceptions_queue.models import Approval, ExceptionRecord
     from ledger.models import Journal
-    from ledger.money import fmt
+    from config.money import fmt
     from ledger.selectors import receivable_balance
 
     event = Event.objects.select_related("receipt").get(pk=event_id)
@@ -238,7 +238,7 @@ def _exception_step(x) -> dict:
 
 
 def _reconciliation(invoice) -> dict:
-    from ledger.money import fmt
+    from config.money import fmt
     from ledger.selectors import receivable_balance
 
     ledger_open = receivable_balance(entity=invoice.entity, source_system=invoice.source_system,
@@ -400,7 +400,7 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
     write-offs, refunds, ERP attempts, exceptions, and the reconciliation (billing open vs ledger open)."""
     from billing_sync.models import CanonicalChange, CreditNote, Event, Invoice, PaymentAllocation, Refund, WriteOff
     from django.db.models import Q
-    from ledger.money import fmt
+    from config.money import fmt
 
     invoice = Invoice.objects.select_related("entity", "customer").filter(
         source_system=source_system, invoice_id=invoice_id).first()

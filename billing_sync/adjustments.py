@@ -27,7 +27,7 @@ from config import correlation, roles
 from config.errors import ApiError, BusinessRuleError, Codes, Conflict, NotFound, PermissionRefused
 from exceptions_queue.models import Approval, ExceptionRecord
 from ledger.models import Journal
-from ledger.money import ZERO, fmt, parse_money_input
+from config.money import ZERO, fmt, parse_money_input
 
 RAISERS = (roles.FINANCE_OPS, roles.CONTROLLER, roles.ADMIN)
 USER_AGENT = "Tieout-Portal/1.0 (manual adjustment)"

@@ -23,7 +23,7 @@ from exceptions_queue import services as queue
 from ledger import rules
 from ledger import selectors as ledger_selectors
 from ledger import services as ledger
-from ledger.money import ZERO, parse_money
+from config.money import ZERO, parse_money
 
 C = CanonicalChange.Outcome
 

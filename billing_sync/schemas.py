@@ -9,7 +9,7 @@ Business rules that need the database (does the invoice exist, is the period ope
 import datetime
 from decimal import Decimal
 
-from ledger.money import ZERO, parse_money
+from config.money import ZERO, parse_money
 
 SCHEMA_VERSIONS = {"1"}
 EVENT_TYPES = {

@@ -8,7 +8,7 @@ from billing_sync.models import ApiToken, CallbackDelivery, Event, Invoice
 from billing_sync.services import event_resource
 from config import roles
 from exceptions_queue.selectors import latest_exceptions
-from ledger.money import fmt
+from config.money import fmt
 from ledger.selectors import journals_for_event_ids, receivable_balance
 
 

@@ -21,6 +21,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from config import roles
+from config.money import display
 
 COUNT_CAP = 10_000
 
@@ -198,8 +199,6 @@ def money_column(field: str, currency: str = "currency", description: str | None
     `currency` is the attribute path (dotted) of the row's currency code; the stored value has four
     decimals whatever the currency, which reads badly in a list.
     """
-    from ledger.money import display
-
     def column(_admin, obj):
         code = obj
         for part in currency.split("."):

@@ -3,6 +3,9 @@
 A user's roles are its group names among ROLES; superusers count as admin. Views declare what they
 allow with `roles_allowed(...)`: the server decides, never the client.
 """
+from collections.abc import Callable
+
+from django.core.exceptions import ImproperlyConfigured
 from rest_framework.permissions import BasePermission
 
 INTEGRATION = "integration"
@@ -60,6 +63,17 @@ def roles_allowed(*roles: str, read_roles: tuple[str, ...] | None = None):
 
 
 # Entity scope ------------------------------------------------------------------------------------------
+# Which entities a person was granted is ledger data (EntityAccess). The ledger provides the lookup at
+# start-up (`entity_access_provide` in LedgerConfig.ready), so that this kernel module imports no app.
+_entity_access_lookup: Callable[[object], frozenset[str] | None] | None = None
+
+
+def entity_access_provide(lookup: Callable[[object], frozenset[str] | None]) -> None:
+    """Install the lookup of a user's granted entity codes (None: every entity)."""
+    global _entity_access_lookup
+    _entity_access_lookup = lookup
+
+
 def entity_codes(user) -> frozenset[str] | None:
     """The entity codes the user may see and act on, or None for every entity (admins, `all_entities`).
 
@@ -70,18 +84,12 @@ def entity_codes(user) -> frozenset[str] | None:
     cached = getattr(user, "_tieout_entities", False)
     if cached is not False:
         return cached
-    from ledger.models import EntityAccess
-
     if has_role(user, ADMIN):
         codes = None
+    elif _entity_access_lookup is None:
+        raise ImproperlyConfigured("no entity access lookup installed (the ledger app provides it at start-up)")
     else:
-        access = EntityAccess.objects.filter(user=user).first()
-        if access is None:
-            codes = frozenset()
-        elif access.all_entities:
-            codes = None
-        else:
-            codes = frozenset(access.entities.values_list("code", flat=True))
+        codes = _entity_access_lookup(user)
     user._tieout_entities = codes
     return codes
 

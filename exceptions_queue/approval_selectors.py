@@ -17,7 +17,7 @@ from django.utils import timezone
 from config import roles
 from exceptions_queue.models import Approval, ApprovalDecision, ApprovalPolicy
 from exceptions_queue.selectors import ApprovalFilter
-from ledger.money import ZERO, fmt
+from config.money import ZERO, fmt
 
 KIND_LABELS = {"credit_note": "Credit note", "write_off": "Write-off", "manual_journal": "Manual journal"}
 STATUS_CHOICES = [("pending", "Pending"), ("approved", "Approved"), ("rejected", "Rejected"), ("all", "All")]

@@ -3,7 +3,7 @@ from rest_framework import serializers
 
 from exceptions_queue import sla
 from exceptions_queue.models import Approval, ExceptionComment, ExceptionRecord
-from ledger.money import fmt
+from config.money import fmt
 
 
 class ApprovalSerializer(serializers.ModelSerializer):

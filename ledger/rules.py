@@ -8,7 +8,7 @@ import datetime
 from decimal import Decimal
 
 from ledger.models import AccountMapping, Entity
-from ledger.money import ZERO
+from config.money import ZERO
 from ledger.services import JournalSpec, LineSpec
 
 R = AccountMapping.Role

@@ -6,8 +6,8 @@ import django_filters
 from django.db.models import Sum
 from django.db.models.functions import Coalesce
 
-from ledger.models import Account, AccountMapping, Entity, Journal, JournalLine
-from ledger.money import ZERO
+from ledger.models import Account, AccountMapping, Entity, EntityAccess, Journal, JournalLine
+from config.money import ZERO
 
 def trial_balance(*, entity: Entity, as_of: datetime.date | None = None) -> dict:
     """Debits, credits and balance per account over posted journals up to `as_of`."""
@@ -51,6 +51,19 @@ class JournalFilter(django_filters.FilterSet):
     class Meta:
         model = Journal
         fields = ["entity", "status", "event", "erp_document_ref"]
+
+
+def entity_codes_granted(user) -> frozenset[str] | None:
+    """The entity codes `user` was granted (EntityAccess), or None when granted every entity.
+
+    `config.roles.entity_codes` asks this (admins see everything without asking).
+    """
+    access = EntityAccess.objects.filter(user=user).first()
+    if access is None:
+        return frozenset()
+    if access.all_entities:
+        return None
+    return frozenset(access.entities.values_list("code", flat=True))
 
 
 def entity_for_code(code: str) -> Entity | None:

@@ -2,7 +2,7 @@
 from rest_framework import serializers
 
 from ledger.models import Journal
-from ledger.money import fmt
+from config.money import fmt
 
 
 class JournalSerializer(serializers.ModelSerializer):

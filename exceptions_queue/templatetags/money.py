@@ -1,13 +1,13 @@
 """`{{ amount|money:currency }}`: money on the pages, grouped and at the currency's minor-unit digits.
 
 A builtin (settings TEMPLATES `builtins`), so every template has it without `{% load %}`. The one
-formatting rule lives in `ledger.money.display`; CSV, JSON and the API keep plain digits.
+formatting rule lives in `config.money.display`; CSV, JSON and the API keep plain digits.
 """
 import re
 
 from django import template
 
-from ledger.money import display
+from config.money import display
 
 register = template.Library()
 

@@ -27,7 +27,7 @@ from exceptions_queue import services as queue
 from exceptions_queue.web.access import WORKERS, page
 from ledger import services as ledger
 from ledger.models import Account, Entity, Journal
-from ledger.money import fmt, minor_units
+from config.money import fmt, minor_units
 
 SEARCH_LIMIT = 50
 DEFAULT_LINES = 4

@@ -24,7 +24,7 @@ from config.errors import TieoutError
 from exceptions_queue import selectors, services, sla
 from exceptions_queue.models import ExceptionRecord
 from exceptions_queue.web.access import READERS, WORKERS, page
-from ledger.money import display
+from config.money import display
 
 FILTER_FIELDS = ("code", "process", "entity", "owner", "status", "age", "q", "escalated")
 STATUS_CHOICES = [("unresolved", "Unresolved"), ("open", "Open"), ("assigned", "Assigned"),

@@ -13,7 +13,7 @@ from audit import services as audit
 from config.errors import Codes
 from ledger import connectors, hooks, tasks
 from ledger.models import Entity, ErpBatch, ErpBatchLine, Journal, Outbox, PostingAttempt
-from ledger.money import ZERO
+from config.money import ZERO
 from ledger.services.outcomes import PostOutcome, _fail
 
 log = structlog.get_logger("tieout.ledger")

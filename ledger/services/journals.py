@@ -11,7 +11,7 @@ from audit import services as audit
 from config import correlation
 from config.errors import BusinessRuleError, Codes, TieoutError
 from ledger.models import Account, AccountMapping, Entity, Journal, JournalLine
-from ledger.money import ZERO, quantize
+from config.money import ZERO, quantize
 from ledger.services.outbox import _enqueue
 from ledger.services.periods import require_open_period
 

@@ -11,7 +11,7 @@ from django.db import transaction
 from config import roles
 from config.errors import Codes, TieoutError
 from ledger.models import Account, Entity, Journal
-from ledger.money import ZERO, parse_money_input, quantize
+from config.money import ZERO, parse_money_input, quantize
 from ledger.services.journals import JournalSpec, LineSpec, journal_create
 from ledger.services.periods import period_is_closed
 

@@ -8,7 +8,7 @@ import pytest
 from django.template import Context, Template
 
 from billing_sync.models import Invoice
-from ledger.money import display, fmt
+from config.money import display, fmt
 from tests import factories as f
 from tests.web.conftest import client_for
 
@@ -25,7 +25,7 @@ def _render(amount, currency=None) -> str:
     (D("16087.5"), "USD", "16,087.50"),
     ("16087.50", None, "16,087.50"),            # the API's money string, digits kept
     (D("1234567.891"), "KWD", "1,234,567.891"),  # three minor-unit digits
-    (D("16087.5"), "JPY", "16,088"),             # none (half up, as ledger.money.quantize)
+    (D("16087.5"), "JPY", "16,088"),             # none (half up, as config.money.quantize)
     (D("999.999"), "USD", "1,000.00"),
     (D("0"), "USD", "0.00"),
     (D("12.3400"), "USD", "12.34"),              # the database's four decimals cut to the currency's
