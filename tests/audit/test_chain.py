@@ -25,6 +25,8 @@ from django.db import connection, connections, transaction
 
 from audit import digests
 from audit import services as audit
+from audit.services import entries as audit_entries
+from audit.services import verification
 from audit.models import AuditCheck, AuditEntry, AuditSeal
 from exceptions_queue.models import ExceptionRecord
 from tests.audit.tamper import edit_entry, insert_entry, triggers_off
@@ -53,10 +55,10 @@ def _other_connection():
 
 def _record_on(conn, object_id: str) -> int:
     """`record`'s own SQL on another session: the transaction stays open until the caller commits."""
-    entry = audit._build(actor="other", action="test.late", object_type="thing", object_id=object_id,
+    entry = audit_entries._build(actor="other", action="test.late", object_type="thing", object_id=object_id,
                          after={"n": object_id})
     with conn.cursor() as cursor:
-        cursor.execute(audit._RECORD_SQL, audit.record_params(entry))
+        cursor.execute(audit_entries._RECORD_SQL, audit.record_params(entry))
         return cursor.fetchone()[0]
 
 
@@ -260,7 +262,7 @@ def test_an_entry_inserted_into_the_past_is_named():
         free_id = cursor.fetchone()[0]
     entries = _sealed()
     assert entries[0].pk > free_id
-    forged = audit._build(actor="mallory", action="journal.posted", object_type="journal", object_id="x",
+    forged = audit_entries._build(actor="mallory", action="journal.posted", object_type="journal", object_id="x",
                           after={"status": "posted"})
     with triggers_off() as cursor:
         insert_entry(cursor, free_id, forged)
@@ -275,7 +277,7 @@ def test_an_entry_inserted_with_a_link_into_the_middle_of_the_chain_is_named():
         cursor.execute("SELECT nextval(pg_get_serial_sequence('audit_auditentry', 'id'))")
         free_id = cursor.fetchone()[0]
     _sealed()
-    forged = audit._build(actor="mallory", action="journal.posted", object_type="journal", object_id="x",
+    forged = audit_entries._build(actor="mallory", action="journal.posted", object_type="journal", object_id="x",
                           after={"status": "posted"})
     with triggers_off() as cursor:  # make room at seq 5, then fill it with a correctly linked forgery
         insert_entry(cursor, free_id, forged)
@@ -434,10 +436,10 @@ def test_awkward_content_is_stored_canonically_and_verifies_on_the_fast_pass():
                          event_id="6f1c1c8e-1d2b-4c44-9a53-0a2f7f2b1e3d" if i % 2 else None,
                          correlation_id="corr\u2028x", **item)
         # Whole seconds: isoformat() then has no fraction, and the database's check must still agree.
-        entry = audit._build(actor="t", action="test.whole_second", object_type="thing", object_id="w",
+        entry = audit_entries._build(actor="t", action="test.whole_second", object_type="thing", object_id="w",
                              after={"n": 1}, at=datetime.datetime(2026, 11, 30, 23, 59, 59, tzinfo=datetime.UTC))
         with connection.cursor() as cursor:
-            cursor.execute(audit._RECORD_SQL, audit.record_params(entry))
+            cursor.execute(audit_entries._RECORD_SQL, audit.record_params(entry))
     audit.seal()
     for stored, item in zip(AuditEntry.objects.order_by("id"), awkward + [{"before": None, "after": {"n": 1}}]):
         assert stored.content.encode() == audit.canonical_json(audit.entry_content(
@@ -447,7 +449,7 @@ def test_awkward_content_is_stored_canonically_and_verifies_on_the_fast_pass():
         assert (stored.before, stored.after) == (item["before"], item["after"])
         assert stored.entry_hash == audit.compute_entry_hash(stored)
     with transaction.atomic():
-        fast = audit._fast_pass([], 1, audit.GENESIS, 0)
+        fast = verification._fast_pass([], 1, audit.GENESIS, 0)
     assert fast is not None and fast[0] == len(awkward) + 1  # no fall-back to the thorough pass was needed
     result = audit.verify()
     assert result.ok and result.count == len(awkward) + 1, result
@@ -484,7 +486,7 @@ def test_the_fast_pass_passes_entries_not_sealed_yet_at_the_end_but_not_in_the_m
     entries = _sealed(5)
     tail = [_record(object_id=f"tail-{i}") for i in range(3)]  # written after the sealer ran
     with transaction.atomic():
-        fast = audit._fast_pass([], 1, audit.GENESIS, 0)
+        fast = verification._fast_pass([], 1, audit.GENESIS, 0)
     assert fast is not None and fast[:2] == (5, 5) and fast[3] == entries[-1].pk
     assert audit.verify().count == 5
     # An unsealed entry below the head is one inserted into the past: the fast pass refuses, the thorough names it.
@@ -498,6 +500,6 @@ def test_the_fast_pass_passes_entries_not_sealed_yet_at_the_end_but_not_in_the_m
         cursor.execute("UPDATE audit_auditseal SET chain_hash = %s WHERE seq = 5",
                        [audit.chain_hash(prev, 5, tail[0].pk, tail[0].entry_hash)])
     with transaction.atomic():
-        assert audit._fast_pass([], 1, audit.GENESIS, 0) is None
+        assert verification._fast_pass([], 1, audit.GENESIS, 0) is None
     result = audit.verify()
     assert not result.ok and result.bad_entry_id == entries[-1].pk and "was inserted" in result.problem
