@@ -17,6 +17,4 @@ def verify_audit_chain(full: bool = False):
 
 @shared_task(name="audit.tasks.build_audit_digests", ignore_result=True)
 def build_audit_digests():
-    from audit import digests
-
-    digests.digests_build()
+    services.digests_build()

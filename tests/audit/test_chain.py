@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from django.core.management import call_command
 from django.db import connection, connections, transaction
+from django.utils import timezone
 
 from audit import digests
 from audit import services as audit
@@ -338,7 +339,7 @@ def test_reordered_and_rechained_entries_are_named_by_their_order():
 @pytest.mark.django_db
 def test_a_rewrite_that_rechains_everything_after_it_is_caught_by_the_signed_digest():
     entries = _sealed()
-    [digest] = digests.digests_build(through=digests.timezone.now().date())
+    [digest] = audit.digests_build(through=timezone.now().date())
     assert audit.verify().ok
     victim = entries[2]
     with triggers_off() as cursor:
@@ -406,7 +407,7 @@ def test_audit_tables_refuse_update_delete_and_truncate():
     from django.db import DatabaseError
 
     _sealed(2)
-    digests.digests_build(through=digests.timezone.now().date())
+    audit.digests_build(through=timezone.now().date())
     audit.chain_check()
     _flush_deferred()
     for table in ("audit_auditentry", "audit_auditseal", "audit_auditdigest", "audit_auditcheck"):
@@ -463,7 +464,7 @@ def test_the_fast_pass_trusts_signed_heads_and_roots_re_computes_the_merkle_root
     import base64
 
     _sealed(6)
-    [digest] = digests.digests_build(through=digests.timezone.now().date())
+    [digest] = audit.digests_build(through=timezone.now().date())
     fast, thorough = audit.verify(), audit.verify(roots=True)
     assert (fast.ok, fast.count, fast.head_hash) == (thorough.ok, thorough.count, thorough.head_hash) == (
         True, digest.last_seq, digest.head_hash)

@@ -151,10 +151,10 @@ def _flush_deferred():
 @pytest.fixture
 def two_digests(db):
     _records(11, "a")
-    [first] = digests.digests_build(through=_today())
+    [first] = audit.digests_build(through=_today())
     _records(6, "b")
     # The next day's digest covers what was sealed after the first one (cut here "tomorrow" in advance).
-    [second] = digests.digests_build(through=_today() + datetime.timedelta(days=1))
+    [second] = audit.digests_build(through=_today() + datetime.timedelta(days=1))
     _flush_deferred()
     return first, second
 
@@ -176,7 +176,7 @@ def test_a_digest_signs_the_day_head_count_and_both_roots(two_digests):
         key.verify(base64.b64decode(d.signature), digests.signed_message(body))  # raises if invalid
         assert verify_evidence.ed25519_verify(digests.public_key_bytes(), digests.signed_message(body),
                                               base64.b64decode(d.signature))
-    assert digests.digests_build(through=_today() + datetime.timedelta(days=1)) == []  # once per day
+    assert audit.digests_build(through=_today() + datetime.timedelta(days=1)) == []  # once per day
     result = audit.verify()
     assert result.ok and result.digests_checked == 2
 
@@ -184,7 +184,7 @@ def test_a_digest_signs_the_day_head_count_and_both_roots(two_digests):
 def test_a_day_with_nothing_sealed_still_gets_a_digest(two_digests):
     first, second = two_digests
     # Each digest's own audit entry lands in the next day; the day after that has nothing at all.
-    third, empty = digests.digests_build(through=_today() + datetime.timedelta(days=3))
+    third, empty = audit.digests_build(through=_today() + datetime.timedelta(days=3))
     assert third.count == 1 and AuditSeal.objects.get(seq=third.last_seq).entry.action == "audit.digest_signed"
     assert (empty.count, empty.first_seq, empty.last_seq) == (0, third.last_seq + 1, third.last_seq)
     assert empty.head_hash == empty.prev_head_hash == third.head_hash
@@ -284,7 +284,7 @@ def test_production_refuses_to_sign_without_a_key(db, settings):
     settings.TIEOUT_AUDIT_DEV_KEY = False
     _records(1, "p")
     with pytest.raises(ImproperlyConfigured, match="TIEOUT_AUDIT_SIGNING_KEY"):
-        digests.digests_build(through=_today())
+        audit.digests_build(through=_today())
     assert not AuditDigest.objects.exists()
 
 
@@ -295,7 +295,7 @@ def test_a_configured_key_signs(db, settings):
     settings.TIEOUT_AUDIT_SIGNING_KEY = line.split("=", 1)[1]
     settings.TIEOUT_AUDIT_DEV_KEY = False
     _records(2, "k")
-    [d] = digests.digests_build(through=_today())
+    [d] = audit.digests_build(through=_today())
     public = verify_evidence.public_key_from_pem("\n".join(pem))
     assert d.key_id == hashlib.sha256(public).hexdigest() != digests.key_id(
         digests.public_key_bytes(Ed25519PrivateKey.from_private_bytes(digests.DEV_SEED).public_key()))
