@@ -97,6 +97,15 @@ def digest_signature_valid(digest: AuditDigest, raw_public: bytes | None = None)
     return signature_valid(digest_body(digest), digest.signature, raw_public or public_key_bytes())
 
 
+def digest_find(value: str) -> AuditDigest:
+    """The digest an operator names by its day (YYYY-MM-DD) or its id; ValueError when there is none."""
+    digest = (AuditDigest.objects.filter(day=value).first() if "-" in value
+              else AuditDigest.objects.filter(pk=int(value)).first())
+    if digest is None:
+        raise ValueError(f"no digest {value!r} (give its day YYYY-MM-DD or its id)")
+    return digest
+
+
 def export() -> dict:
     """Every digest with the public key: the file an auditor keeps."""
     return {"algorithm": "Ed25519", "merkle": "RFC 6962 (leaf = SHA-256(0x00 || entry_hash), "

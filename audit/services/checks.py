@@ -1,4 +1,6 @@
-"""The scheduled chain check: seal, verify from the last good check, and keep the run as an `AuditCheck`."""
+"""The scheduled chain check: seal, verify from the last good check (or everything), keep the run as an
+`AuditCheck` and return it; a failed run is logged, and the alarm it calls for is raised by the caller one
+layer up (`exceptions_queue.tasks`), never from here."""
 import logging
 
 from django.db import transaction
@@ -10,8 +12,11 @@ from audit.services.verification import VerifyResult, verify
 log = logging.getLogger(__name__)
 
 
-def chain_check(*, full: bool = False, actor="system") -> AuditCheck:
-    """Seal, then verify from the last good check (or everything); record the run; raise the alarm on failure.
+def chain_check(*, full: bool = False) -> AuditCheck:
+    """Seal, then verify from the last good check (or everything); store the run and return it.
+
+    The returned row says whether the chain holds (`ok`) and, when it does not, what is wrong (`problem`,
+    `bad_entry_id`, `to_seq`); opening `audit_chain_broken` is the caller's business.
 
     The incremental run trusts nothing but what it saw itself: it re-reads the chain hash at the seq where
     the last good run stopped and refuses to go on if it changed (or the chain got shorter). The daily
@@ -36,16 +41,7 @@ def chain_check(*, full: bool = False, actor="system") -> AuditCheck:
             full=last is None, from_seq=start_seq, to_seq=result.head_seq if result.ok else (result.bad_seq or 0),
             to_chain_hash=result.head_hash if result.ok else "", ok=result.ok, checked=result.count,
             problem=result.problem, bad_entry_id=result.bad_entry_id)
-        if not result.ok:
-            _raise_alarm(result, actor=actor)
+    if not result.ok:
+        log.error("audit chain broken", extra={"problem": result.problem, "bad_entry_id": result.bad_entry_id,
+                                                "bad_seq": result.bad_seq})
     return check
-
-
-def _raise_alarm(result: VerifyResult, *, actor) -> None:
-    from config.errors import Codes
-    from exceptions_queue.services import exception_open_system
-
-    log.error("audit chain broken", extra={"problem": result.problem, "bad_entry_id": result.bad_entry_id,
-                                            "bad_seq": result.bad_seq})
-    exception_open_system(code=Codes.AUDIT_CHAIN_BROKEN, message=f"Audit chain broken: {result.problem}",
-                          actor=actor)

@@ -12,7 +12,6 @@
   audit_chain_broken exception once, logs an error and sets the metric to 0.
 """
 import io
-import json
 import logging
 import random
 import threading
@@ -28,8 +27,7 @@ from audit import digests
 from audit import services as audit
 from audit.services import entries as audit_entries
 from audit.services import verification
-from audit.models import AuditCheck, AuditEntry, AuditSeal
-from exceptions_queue.models import ExceptionRecord
+from audit.models import AuditEntry, AuditSeal
 from tests.audit.tamper import edit_entry, insert_entry, triggers_off
 
 
@@ -357,51 +355,7 @@ def test_a_rewrite_that_rechains_everything_after_it_is_caught_by_the_signed_dig
     assert code == 1 and "is not the signed head" in last
 
 
-# ------------------------------------------------------------------------------------------- scheduled check
-@pytest.mark.django_db
-def test_the_scheduled_check_goes_incremental_and_raises_the_alarm_once(caplog, client):
-    entries = _sealed(6)
-    first = audit.chain_check()
-    assert (first.ok, first.full, first.from_seq, first.to_seq, first.checked) == (True, True, 1, 6, 6)
-    for i in range(4):
-        _record(object_id=f"more-{i}")
-    second = audit.chain_check()
-    # Only what is new, anchored on what the last good run saw.
-    assert (second.ok, second.full, second.from_seq, second.to_seq, second.checked) == (True, False, 7, 10, 4)
-    assert 'tieout_audit_chain_ok 1.0' in client.get("/metrics").content.decode()
-
-    with triggers_off() as cursor:
-        edit_entry(cursor, entries[1].pk, actor="mallory")
-    _record(object_id="after-the-tampering")
-    incremental = audit.chain_check()
-    assert incremental.ok  # the incremental run only looks at what is new...
-    with caplog.at_level(logging.ERROR, logger="audit.services"):
-        full = audit.chain_check(full=True)  # ...the daily full run finds the old edit
-    assert not full.ok and full.bad_entry_id == entries[1].pk
-    assert f"entry {entries[1].pk} (seq 2) was altered" in full.problem
-    assert any(r.message == "audit chain broken" for r in caplog.records)
-    [alarm] = ExceptionRecord.objects.filter(code="audit_chain_broken")
-    assert alarm.status == "open" and f"entry {entries[1].pk}" in alarm.message
-    assert AuditEntry.objects.filter(action="exception.opened", object_id=str(alarm.pk)).exists()
-    assert 'tieout_audit_chain_ok 0.0' in client.get("/metrics").content.decode()
-
-    again = audit.chain_check(full=True)
-    assert not again.ok
-    assert ExceptionRecord.objects.filter(code="audit_chain_broken").count() == 1  # raised once
-    assert AuditCheck.objects.count() == 5
-
-
-@pytest.mark.django_db
-def test_the_incremental_check_notices_that_its_anchor_changed():
-    _sealed(5)
-    assert audit.chain_check().ok
-    with triggers_off() as cursor:
-        cursor.execute("UPDATE audit_auditseal SET chain_hash = repeat('b', 64) WHERE seq = 5")
-    check = audit.chain_check()
-    assert not check.ok and check.to_seq == 5
-    assert "the chain at seq 5" in check.problem and "is gone or changed since" in check.problem
-
-
+# ------------------------------------------------------------------------------------------- tables
 @pytest.mark.django_db
 def test_audit_tables_refuse_update_delete_and_truncate():
     from django.db import DatabaseError

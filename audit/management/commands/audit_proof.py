@@ -10,7 +10,6 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from audit import digests
-from audit.management.commands.audit_verify import find_digest
 from audit.models import AuditSeal
 
 
@@ -29,10 +28,10 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         try:
             if options["kind"] == "inclusion":
-                digest = find_digest(options["digest"]) if options.get("digest") else None
+                digest = digests.digest_find(options["digest"]) if options.get("digest") else None
                 proof = digests.inclusion_proof(entry_id=options["entry_id"], digest=digest)
             else:
-                proof = digests.consistency_proof(old=find_digest(options["old"]), new=find_digest(options["new"]))
+                proof = digests.consistency_proof(old=digests.digest_find(options["old"]), new=digests.digest_find(options["new"]))
         except (ValueError, AuditSeal.DoesNotExist) as exc:
             raise CommandError(str(exc) or "that entry is not sealed yet") from None
         proof["public_key_pem"] = digests.public_key_pem()
