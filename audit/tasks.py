@@ -7,7 +7,7 @@ from audit import services
 
 @shared_task(name="audit.tasks.seal_audit_chain", ignore_result=True)
 def seal_audit_chain():
-    services.seal()
+    services.chain_seal()
 
 
 @shared_task(name="audit.tasks.build_audit_digests", ignore_result=True)

@@ -6,8 +6,8 @@ import logging
 from django.db import transaction
 
 from audit.models import AuditCheck, AuditSeal
-from audit.services.sealing import GENESIS, seal
-from audit.services.verification import VerifyResult, verify
+from audit.services.sealing import GENESIS, chain_seal
+from audit.services.verification import VerifyResult, chain_verify
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def chain_check(*, full: bool = False) -> AuditCheck:
     full run (`full=True`) is the thorough pass with the digests' Merkle roots re-computed: it runs in the
     background, where twice the time costs nothing.
     """
-    seal()
+    chain_seal()
     last = None if full else AuditCheck.objects.filter(ok=True).order_by("-at", "-id").first()
     start_seq, start_hash, start_entry = 1, GENESIS, 0
     problem = None
@@ -35,7 +35,8 @@ def chain_check(*, full: bool = False) -> AuditCheck:
                                    last.to_seq)
         else:
             start_seq, start_hash, start_entry = last.to_seq + 1, last.to_chain_hash, anchor["entry_id"]
-    result = problem or verify(from_seq=start_seq, prev_hash=start_hash, prev_entry_id=start_entry, roots=full)
+    result = problem or chain_verify(from_seq=start_seq, prev_hash=start_hash, prev_entry_id=start_entry,
+                                     roots=full)
     with transaction.atomic():
         check = AuditCheck.objects.create(
             full=last is None, from_seq=start_seq, to_seq=result.head_seq if result.ok else (result.bad_seq or 0),

@@ -89,7 +89,7 @@ def _require_transaction():
 
 # The transaction takes its id (xid) before the entry takes its id from the sequence (the materialised CTE
 # runs first): the sealer relies on "whoever drew an entry id is already a known transaction" to tell an
-# entry still being written from a gap left by a rollback (see `seal`). Costs nothing measurable.
+# entry still being written from a gap left by a rollback (see `chain_seal`). Costs nothing measurable.
 _RECORD_SQL = """
 WITH tx AS MATERIALIZED (SELECT pg_current_xact_id() AS xid)
 INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, event_id, correlation_id, content,

@@ -64,7 +64,7 @@ def _contiguous_prefix(rows, floor: int) -> int:
     return len(rows)
 
 
-def seal(*, batch_size: int = 5000, wait_seconds: float = 2.0, **_legacy) -> SealResult:
+def chain_seal(*, batch_size: int = 5000, wait_seconds: float = 2.0) -> SealResult:
     """Append committed entries to the chain in id order, one seq each, without gaps.
 
     Writers never take a lock for the chain: `record` only INSERTs. Only sealers take the advisory lock

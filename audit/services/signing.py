@@ -11,7 +11,7 @@ from django.utils import timezone
 from audit import digests, merkle
 from audit.models import AuditDigest, AuditSeal
 from audit.services.entries import record
-from audit.services.sealing import GENESIS, SEAL_LOCK_KEY, seal
+from audit.services.sealing import GENESIS, SEAL_LOCK_KEY, chain_seal
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def digests_build(*, through: datetime.date | None = None, actor="system") -> li
     Holds the sealer's lock, so no seal is being appended while a day is cut. A day with nothing sealed
     still gets a digest (count 0): a missing day would be indistinguishable from a deleted one.
     """
-    seal()
+    chain_seal()
     today = timezone.now().astimezone(datetime.UTC).date()
     through = through or today - datetime.timedelta(days=1)
     key = digests.signing_key()

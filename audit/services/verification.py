@@ -136,7 +136,7 @@ class _DigestTracker:
                        f"seq {head_seq}: entries after it were deleted", None, head_seq + 1)
 
 
-def verify(*, chunk: int = 10_000, from_digest: AuditDigest | None = None, from_seq: int = 1,
+def chain_verify(*, chunk: int = 10_000, from_digest: AuditDigest | None = None, from_seq: int = 1,
            prev_hash: str = GENESIS, prev_entry_id: int = 0, check_digests: bool = True,
            roots: bool = False) -> VerifyResult:
     """Re-check sealed entries and the chain in seq order, streamed (constant memory). Names the first bad entry.

@@ -39,7 +39,7 @@ def sealed(n: int = 12) -> list[AuditEntry]:
     """`n` committed entries, sealed; the chain is checked to be exactly them, in id order."""
     for i in range(n):
         record_change(object_id=str(i))
-    audit.seal()
+    audit.chain_seal()
     flush_deferred()
     entries = list(AuditEntry.objects.order_by("id"))
     assert [e for _, e in chain()] == [e.pk for e in entries]

@@ -183,7 +183,7 @@ def test_audit_verify_on_an_empty_log(db):
 
 def _sealed_history(integration) -> list[AuditEntry]:
     _history(integration)
-    audit.seal()
+    audit.chain_seal()
     with connection.cursor() as cursor:  # run the seals' deferred FK checks now, as their commit would
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
         cursor.execute("SET CONSTRAINTS ALL DEFERRED")
@@ -295,7 +295,7 @@ def test_trace_of_a_posted_invoice(entity, integration, auditor):
         assert entry["entry_hash"] == stored.entry_hash and len(entry["entry_hash"]) == 64
         assert entry["chain_seq"] is None  # not sealed yet
 
-    audit.seal()
+    audit.chain_seal()
     sealed = auditor.get(f"/api/v1/events/{event_id}/trace").json()["audit"]
     assert [e["id"] for e in sealed] == ids
     seqs = [e["chain_seq"] for e in sealed]
@@ -351,13 +351,13 @@ def test_trace_shows_approvals(entity, integration, controller, auditor):
 def test_audit_verify_gives_the_same_answer_when_asked_again(entity, integration):
     """An operator (or a script, or an admin view inside one transaction) re-runs the check after a failure.
 
-    Today `verify()` returns from inside its `DECLARE audit_verify_cur` loop without `CLOSE`, so in the
+    Today `chain_verify()` returns from inside its `DECLARE audit_verify_cur` loop without `CLOSE`, so in the
     same transaction a second run fails with `cursor "audit_verify_cur" already exists`."""
     entries = _sealed_history(integration)
     victim = entries[2]
     with triggers_off() as cursor:
         edit_entry(cursor, victim.pk, actor="mallory")
-    first = audit.verify()
+    first = audit.chain_verify()
     assert not first.ok and first.bad_entry_id == victim.pk
-    second = audit.verify()
+    second = audit.chain_verify()
     assert (second.ok, second.bad_entry_id, second.problem) == (False, victim.pk, first.problem)

@@ -75,7 +75,7 @@ def _flush_deferred():
 def _sealed(n: int = 12) -> list[AuditEntry]:
     for i in range(n):
         _record(object_id=str(i))
-    audit.seal()
+    audit.chain_seal()
     _flush_deferred()
     entries = list(AuditEntry.objects.order_by("id"))
     assert [e for _, e in _chain()] == [e.pk for e in entries]
@@ -86,23 +86,23 @@ def _sealed(n: int = 12) -> list[AuditEntry]:
 @pytest.mark.django_db(transaction=True)
 def test_an_entry_committed_after_a_higher_one_is_sealed_in_its_place_not_skipped():
     first = _record(object_id="before")
-    audit.seal()
+    audit.chain_seal()
     other = _other_connection()
     try:
         late_id = _record_on(other, "late")          # drew the lower id; its transaction stays open
         early = _record(object_id="early")           # a higher id, committed first
         assert first.pk < late_id < early.pk
 
-        result = audit.seal(wait_seconds=0.3)        # the late writer is still running: wait, then stop short
+        result = audit.chain_seal(wait_seconds=0.3)        # the late writer is still running: wait, then stop short
         assert result.sealed == 0
         assert _chain() == [(1, first.pk)]
 
         other.commit()
-        assert audit.seal().sealed == 2
+        assert audit.chain_seal().sealed == 2
         assert _chain() == [(1, first.pk), (2, late_id), (3, early.pk)]
     finally:
         other.close()
-    assert audit.verify().ok
+    assert audit.chain_verify().ok
 
 
 @pytest.mark.django_db(transaction=True)
@@ -113,7 +113,7 @@ def test_the_sealer_waits_for_a_writer_that_commits_while_it_waits():
         early = _record(object_id="early")
         timer = threading.Timer(0.2, other.commit)
         timer.start()
-        result = audit.seal(wait_seconds=5)
+        result = audit.chain_seal(wait_seconds=5)
         timer.join()
     finally:
         other.close()
@@ -130,7 +130,7 @@ def test_the_sealer_seals_past_an_id_that_was_rolled_back():
         other.rollback()
     finally:
         other.close()
-    assert audit.seal(wait_seconds=5).sealed == 1
+    assert audit.chain_seal(wait_seconds=5).sealed == 1
     assert _chain() == [(1, kept.pk)]
     assert kept.pk == lost_id + 1
     code, last = _verify_cmd()
@@ -161,7 +161,7 @@ def test_eight_concurrent_writers_make_one_gap_free_chain_that_verifies():
     def sealer():
         try:
             while not done.is_set():
-                audit.seal(wait_seconds=1.0)
+                audit.chain_seal(wait_seconds=1.0)
                 time.sleep(0.01)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
@@ -183,7 +183,7 @@ def test_eight_concurrent_writers_make_one_gap_free_chain_that_verifies():
     # A thread still running here would race the last pass below (CI once saw the chain one entry short):
     # say so plainly instead.
     assert not [t.name for t in [*threads, seal_thread] if t.is_alive()], f"threads still running after {elapsed:.0f} s"
-    audit.seal()
+    audit.chain_seal()
 
     total = writers * per_writer
     assert AuditEntry.objects.count() == total
@@ -192,7 +192,7 @@ def test_eight_concurrent_writers_make_one_gap_free_chain_that_verifies():
     ids = [entry_id for _, entry_id in chain]
     assert ids == sorted(ids) and len(set(ids)) == total                 # in id order, each once
     assert set(ids) == set(AuditEntry.objects.values_list("id", flat=True))
-    result = audit.verify()
+    result = audit.chain_verify()
     assert result.ok and result.count == total, result
     logging.getLogger(__name__).info("8 writers x 1000: %.1f s, %.0f audited commits/s", elapsed, total / elapsed)
 
@@ -338,16 +338,16 @@ def test_reordered_and_rechained_entries_are_named_by_their_order():
 def test_a_rewrite_that_rechains_everything_after_it_is_caught_by_the_signed_digest():
     entries = _sealed()
     [digest] = audit.digests_build(through=timezone.now().date())
-    assert audit.verify().ok
+    assert audit.chain_verify().ok
     victim = entries[2]
     with triggers_off() as cursor:
         forged_hash = edit_entry(cursor, victim.pk, after={"n": "rewritten"}, rehash=True)
         cursor.execute("UPDATE audit_auditseal SET entry_hash = %s WHERE entry_id = %s", [forged_hash, victim.pk])
         _rechain(cursor, 3)
     # Without the digests the chain is internally consistent again...
-    assert audit.verify(check_digests=False).ok
+    assert audit.chain_verify(check_digests=False).ok
     # ...but it is not the chain that was signed.
-    result = audit.verify()
+    result = audit.chain_verify()
     assert not result.ok
     assert result.problem.startswith(f"digest {digest.day} (seq 1..{digest.last_seq}): the chain at seq "
                                      f"{digest.last_seq}")
@@ -395,7 +395,7 @@ def test_awkward_content_is_stored_canonically_and_verifies_on_the_fast_pass():
                              after={"n": 1}, at=datetime.datetime(2026, 11, 30, 23, 59, 59, tzinfo=datetime.UTC))
         with connection.cursor() as cursor:
             cursor.execute(audit_entries._RECORD_SQL, audit.record_params(entry))
-    audit.seal()
+    audit.chain_seal()
     for stored, item in zip(AuditEntry.objects.order_by("id"), awkward + [{"before": None, "after": {"n": 1}}]):
         assert stored.content.encode() == audit.canonical_json(audit.entry_content(
             at=stored.at, actor=stored.actor, action=stored.action, object_type=stored.object_type,
@@ -406,7 +406,7 @@ def test_awkward_content_is_stored_canonically_and_verifies_on_the_fast_pass():
     with transaction.atomic():
         fast = verification._fast_pass([], 1, audit.GENESIS, 0)
     assert fast is not None and fast[0] == len(awkward) + 1  # no fall-back to the thorough pass was needed
-    result = audit.verify()
+    result = audit.chain_verify()
     assert result.ok and result.count == len(awkward) + 1, result
 
 
@@ -419,7 +419,7 @@ def test_the_fast_pass_trusts_signed_heads_and_roots_re_computes_the_merkle_root
 
     _sealed(6)
     [digest] = audit.digests_build(through=timezone.now().date())
-    fast, thorough = audit.verify(), audit.verify(roots=True)
+    fast, thorough = audit.chain_verify(), audit.chain_verify(roots=True)
     assert (fast.ok, fast.count, fast.head_hash) == (thorough.ok, thorough.count, thorough.head_hash) == (
         True, digest.last_seq, digest.head_hash)
     assert fast.digests_checked == thorough.digests_checked == 1
@@ -429,8 +429,8 @@ def test_the_fast_pass_trusts_signed_heads_and_roots_re_computes_the_merkle_root
     with triggers_off() as cursor:
         cursor.execute("UPDATE audit_auditdigest SET day_root = %s, signature = %s WHERE id = %s",
                        [wrong, signature, digest.pk])
-    assert audit.verify().ok
-    result = audit.verify(roots=True)
+    assert audit.chain_verify().ok
+    result = audit.chain_verify(roots=True)
     assert not result.ok and "the day's entries are not the signed ones (Merkle root differs)" in result.problem
     code, last = _verify_cmd("--roots")
     assert code == 1 and "Merkle root differs" in last
@@ -443,7 +443,7 @@ def test_the_fast_pass_passes_entries_not_sealed_yet_at_the_end_but_not_in_the_m
     with transaction.atomic():
         fast = verification._fast_pass([], 1, audit.GENESIS, 0)
     assert fast is not None and fast[:2] == (5, 5) and fast[3] == entries[-1].pk
-    assert audit.verify().count == 5
+    assert audit.chain_verify().count == 5
     # An unsealed entry below the head is one inserted into the past: the fast pass refuses, the thorough names it.
     with triggers_off() as cursor:
         cursor.execute("DELETE FROM audit_auditseal WHERE seq = 5")
@@ -456,5 +456,5 @@ def test_the_fast_pass_passes_entries_not_sealed_yet_at_the_end_but_not_in_the_m
                        [audit.chain_hash(prev, 5, tail[0].pk, tail[0].entry_hash)])
     with transaction.atomic():
         assert verification._fast_pass([], 1, audit.GENESIS, 0) is None
-    result = audit.verify()
+    result = audit.chain_verify()
     assert not result.ok and result.bad_entry_id == entries[-1].pk and "was inserted" in result.problem

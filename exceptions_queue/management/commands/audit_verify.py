@@ -27,7 +27,7 @@ class Command(BaseCommand):
                             help="record the run and raise the alarm on failure, like the scheduled check")
 
     def handle(self, *args, **options):
-        audit.seal()
+        audit.chain_seal()
         started = time.monotonic()
         if options["record"]:
             check = audit.chain_check(full=True)
@@ -38,9 +38,9 @@ class Command(BaseCommand):
                 digest = digests.digest_find(options["from_digest"])
             except ValueError as exc:
                 raise CommandError(str(exc)) from None
-            result = audit.verify(from_digest=digest, roots=options["roots"])
+            result = audit.chain_verify(from_digest=digest, roots=options["roots"])
         else:
-            result = audit.verify(roots=options["roots"])
+            result = audit.chain_verify(roots=options["roots"])
         elapsed = time.monotonic() - started
         if result.ok:
             self.stderr.write(f"verified {result.count} entries and {result.digests_checked} digests "
