@@ -25,7 +25,7 @@ def record_change(action="test.change", object_id="1") -> AuditEntry:
                             after={"n": object_id})
 
 
-def chain() -> list[tuple[int, int]]:
+def chain_pairs() -> list[tuple[int, int]]:
     return list(AuditSeal.objects.order_by("seq").values_list("seq", "entry_id"))
 
 
@@ -42,5 +42,5 @@ def sealed(n: int = 12) -> list[AuditEntry]:
     audit.chain_seal()
     flush_deferred()
     entries = list(AuditEntry.objects.order_by("id"))
-    assert [e for _, e in chain()] == [e.pk for e in entries]
+    assert [e for _, e in chain_pairs()] == [e.pk for e in entries]
     return entries
