@@ -1,9 +1,7 @@
-"""Read-only admin for the audit log: nothing here can change an entry (the database refuses it too).
-
-The audit table is the largest one: its list page uses `LargeTableAdminMixin` (estimated counts, a
-filter on the indexed object_type with fixed choices, exact search on the indexed correlation and event
-ids). Entries span entities, so only staff who may see every entity list them.
-"""
+"""Read-only admin for the audit log: nothing here can change an entry (the database refuses it too), and
+its list page is built for the largest table (`LargeTableAdminMixin`: estimated counts, a fixed-choice
+filter on the indexed object_type, exact search on the indexed correlation and event ids); entries span
+entities, so only staff who may see every entity list them."""
 from django.contrib import admin
 
 from audit.models import AuditEntry

@@ -1,33 +1,24 @@
-"""Daily signed digests of the audit chain, the signing key, and the proofs an auditor can check offline.
-
-Once a UTC day is over, `digests_build` summarises what was sealed in it: first and last seq, count, the
-chain hash before and at its end, the RFC 6962 Merkle root of the day's entry hashes and the root of the
-whole tree (seq 1..last_seq), and signs that body with Ed25519. The private key comes from the
-environment (`TIEOUT_AUDIT_SIGNING_KEY`: base64 of the 32-byte seed, or a PKCS#8 PEM); outside
-production a fixed, published, non-secret development key stands in (`TIEOUT_AUDIT_DEV_KEY`), and
-production refuses to sign without a real one. An auditor who keeps a digest (or its export) can later
-ask for an inclusion proof (this entry is in that tree) or a consistency proof (that older tree is a
-prefix of this newer one) and check both against the signed roots without trusting this database.
+"""Daily signed digests of the audit chain: the Ed25519 signing key (`TIEOUT_AUDIT_SIGNING_KEY`, base64
+of the 32-byte seed or a PKCS#8 PEM; outside production a published, non-secret development key stands
+in, and production refuses to sign without a real one), the signed body of a digest, the export an
+auditor keeps, and the inclusion and consistency proofs they can check offline against the signed roots
+without trusting this database. Building and signing the digests is `audit.services.signing`.
 """
 from __future__ import annotations
 
 import base64
-import datetime
 import hashlib
 import json
-import logging
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connection, transaction
-from django.utils import timezone
 
 from audit import merkle
 from audit.models import AuditDigest, AuditSeal
-
-log = logging.getLogger(__name__)
 
 DIGEST_VERSION = 1
 # Published on purpose (README, tests): anything signed with it proves nothing outside development.
@@ -36,7 +27,7 @@ _STREAM_CHUNK = 20_000
 
 
 # --------------------------------------------------------------------------------------------- keys
-def _load_private_key() -> Ed25519PrivateKey:
+def signing_key() -> Ed25519PrivateKey:
     raw = (getattr(settings, "TIEOUT_AUDIT_SIGNING_KEY", "") or "").strip()
     if not raw:
         if getattr(settings, "TIEOUT_AUDIT_DEV_KEY", False):
@@ -52,10 +43,6 @@ def _load_private_key() -> Ed25519PrivateKey:
     if len(seed) != 32:
         raise ImproperlyConfigured("TIEOUT_AUDIT_SIGNING_KEY must be base64 of a 32-byte Ed25519 seed")
     return Ed25519PrivateKey.from_private_bytes(seed)
-
-
-def signing_key() -> Ed25519PrivateKey:
-    return _load_private_key()
 
 
 def public_key_bytes(key: Ed25519PublicKey | None = None) -> bytes:
@@ -98,8 +85,6 @@ def digest_export_item(digest: AuditDigest) -> dict:
 
 
 def signature_valid(body: dict, signature_b64: str, raw_public: bytes) -> bool:
-    from cryptography.exceptions import InvalidSignature
-
     try:
         Ed25519PublicKey.from_public_bytes(raw_public).verify(base64.b64decode(signature_b64),
                                                                signed_message(body))
@@ -112,7 +97,16 @@ def digest_signature_valid(digest: AuditDigest, raw_public: bytes | None = None)
     return signature_valid(digest_body(digest), digest.signature, raw_public or public_key_bytes())
 
 
-def export(*, public_only: bool = True) -> dict:
+def digest_find(value: str) -> AuditDigest:
+    """The digest an operator names by its day (YYYY-MM-DD) or its id; ValueError when there is none."""
+    digest = (AuditDigest.objects.filter(day=value).first() if "-" in value
+              else AuditDigest.objects.filter(pk=int(value)).first())
+    if digest is None:
+        raise ValueError(f"no digest {value!r} (give its day YYYY-MM-DD or its id)")
+    return digest
+
+
+def export() -> dict:
     """Every digest with the public key: the file an auditor keeps."""
     return {"algorithm": "Ed25519", "merkle": "RFC 6962 (leaf = SHA-256(0x00 || entry_hash), "
                                              "node = SHA-256(0x01 || left || right))",
@@ -121,11 +115,7 @@ def export(*, public_only: bool = True) -> dict:
             "digests": [digest_export_item(d) for d in AuditDigest.objects.order_by("day")]}
 
 
-# --------------------------------------------------------------------------------------------- build
-def _day_bounds(day: datetime.date) -> datetime.datetime:
-    return datetime.datetime.combine(day + datetime.timedelta(days=1), datetime.time.min, tzinfo=datetime.UTC)
-
-
+# --------------------------------------------------------------------------------------------- leaves
 def iter_entry_hashes(first_seq: int, last_seq: int):
     """Entry hashes (bytes) of seals first_seq..last_seq in seq order, streamed by a server-side cursor."""
     if last_seq < first_seq:
@@ -144,59 +134,6 @@ def iter_entry_hashes(first_seq: int, last_seq: int):
                     yield bytes.fromhex(entry_hash)
         finally:
             cursor.execute(f"CLOSE {name}")
-
-
-def digests_build(*, through: datetime.date | None = None, actor="system") -> list[AuditDigest]:
-    """Sign a digest for every day up to `through` (default: yesterday, UTC) that has none yet.
-
-    Holds the sealer's lock, so no seal is being appended while a day is cut. A day with nothing sealed
-    still gets a digest (count 0): a missing day would be indistinguishable from a deleted one.
-    """
-    from audit import services
-
-    services.seal()
-    today = timezone.now().astimezone(datetime.UTC).date()
-    through = through or today - datetime.timedelta(days=1)
-    key = signing_key()
-    raw_public = public_key_bytes(key.public_key())
-    kid = key_id(raw_public)
-    made = []
-    with transaction.atomic():
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [services.SEAL_LOCK_KEY])
-        last = AuditDigest.objects.order_by("-day").first()
-        if last is None:
-            first = AuditSeal.objects.order_by("seq").values_list("sealed_at", flat=True).first()
-            if first is None:
-                return []
-            day = first.astimezone(datetime.UTC).date()
-            prev_seq, prev_head, tree = 0, services.GENESIS, merkle.Frontier()
-        else:
-            day = last.day + datetime.timedelta(days=1)
-            prev_seq, prev_head, tree = last.last_seq, last.head_hash, merkle.Frontier.from_json(last.frontier)
-        while day <= through:
-            end = AuditSeal.objects.filter(seq__gt=prev_seq, sealed_at__lt=_day_bounds(day)).order_by(
-                "-seq").values("seq", "chain_hash").first()
-            last_seq, head = (end["seq"], end["chain_hash"]) if end else (prev_seq, prev_head)
-            day_tree = merkle.Frontier()
-            for entry_hash in iter_entry_hashes(prev_seq + 1, last_seq):
-                leaf = merkle.leaf_hash(entry_hash)
-                day_tree.append_leaf(leaf)
-                tree.append_leaf(leaf)
-            digest = AuditDigest(day=day, first_seq=prev_seq + 1, last_seq=last_seq, count=last_seq - prev_seq,
-                                 prev_head_hash=prev_head, head_hash=head, day_root=day_tree.root().hex(),
-                                 tree_size=tree.size, tree_root=tree.root().hex(), frontier=tree.to_json(),
-                                 key_id=kid)
-            digest.signature = base64.b64encode(key.sign(signed_message(digest_body(digest)))).decode()
-            digest.save(force_insert=True)
-            services.record(actor=actor, action="audit.digest_signed", object_type="audit_digest",
-                            object_id=day.isoformat(), after=digest_export_item(digest))
-            made.append(digest)
-            prev_seq, prev_head = last_seq, head
-            day += datetime.timedelta(days=1)
-    if made:
-        log.info("audit digests signed", extra={"days": [d.day.isoformat() for d in made]})
-    return made
 
 
 # --------------------------------------------------------------------------------------------- proofs

@@ -1,12 +1,8 @@
-"""RFC 6962 / RFC 9162 Merkle trees over audit entry hashes: roots, inclusion and consistency proofs.
-
-Leaves are the 32-byte entry hashes in chain (seq) order. leaf = SHA-256(0x00 || entry_hash) and
-node = SHA-256(0x01 || left || right), with the tree split at the largest power of two below the size
-(RFC 6962 §2.1), so any RFC 6962 / 9162 verifier can check the proofs printed here. `Frontier` folds
-leaves one at a time in O(log n) memory, which is how digests and `audit_verify` compute roots while
-streaming a million entries. Standard library only: the same algorithms are copied into the standalone
-verifier that ships in every evidence pack.
-"""
+"""RFC 6962 / RFC 9162 Merkle trees over the audit entry hashes in chain (seq) order, leaf = SHA-256(0x00 ||
+entry_hash) and node = SHA-256(0x01 || left || right): roots, inclusion and consistency proofs that any
+RFC 9162 verifier can check, and `Frontier`, which folds leaves in O(log n) memory so that digests and
+`audit_verify` compute roots while streaming; standard library only, because the same algorithms are
+copied into the standalone verifier that ships in every evidence pack."""
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +19,7 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 def _split(n: int) -> int:
-    """The largest power of two strictly smaller than n (n >= 2)."""
+    """The largest power of two strictly smaller than n (n >= 2): where RFC 6962 §2.1 splits a tree."""
     return 1 << ((n - 1).bit_length() - 1)
 
 

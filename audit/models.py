@@ -1,15 +1,6 @@
-"""The audit log: entries written in the same transaction as the change, and the chain that seals them.
-
-An `AuditEntry` is inserted by `audit.services.record` inside the transaction that makes the change, so
-an entry exists exactly when its change committed. Its `content` is the canonical JSON of the record
-(the bytes that were hashed, kept verbatim) and `entry_hash` is their SHA-256; the columns beside it
-(`at`, `actor`, `action`, the object, `event_id`, `correlation_id`) are its indexed projection, and the
-database refuses a row whose projection differs from its content (constraint `audit_entry_fields_match`,
-migration 0005), so verification only has to hash `content`. The chain
-(`AuditSeal`) is appended by the sealer in commit-visible order: seq 1, 2, 3 ... without gaps, each
-hash covering the previous one. Sealing outside the writers' transactions keeps writers from queueing
-on one chain-head lock. The database refuses UPDATE, DELETE and TRUNCATE on both tables.
-"""
+"""The audit log's tables: entries written in the same transaction as their change, the chain that seals
+them, the signed daily digests and the runs of the scheduled check; the database refuses UPDATE, DELETE
+and TRUNCATE on all of them."""
 import json
 
 from django.db import models
@@ -18,6 +9,14 @@ from django.utils.functional import cached_property
 
 
 class AuditEntry(models.Model):
+    """One recorded change, inserted by `audit.services.record` inside the transaction that makes it.
+
+    `content` is the canonical JSON of the record (the bytes that were hashed, kept verbatim) and
+    `entry_hash` their SHA-256; the columns beside it are its indexed projection, and the database refuses
+    a row whose projection differs from its content (constraint `audit_entry_fields_match`, migration
+    0005), so verification only has to hash `content`.
+    """
+
     id = models.BigAutoField(primary_key=True)
     at = models.DateTimeField(default=timezone.now)
     actor = models.CharField(max_length=150)
@@ -57,6 +56,10 @@ class AuditEntry(models.Model):
 
 
 class AuditSeal(models.Model):
+    """An entry's place in the hash chain: seq 1, 2, 3 ... without gaps, in entry-id order, each chain hash
+    covering the previous one. Appended by the sealer outside the writers' transactions, so that writers
+    never queue on one chain-head lock."""
+
     seq = models.BigIntegerField(primary_key=True)
     entry = models.OneToOneField(AuditEntry, on_delete=models.PROTECT, related_name="seal")
     entry_hash = models.CharField(max_length=64)

@@ -1,4 +1,5 @@
-"""Celery tasks of the audit app: seal the chain, verify it, sign the daily digests (all on the beat)."""
+"""Celery tasks of the audit core, on the beat: seal the chain and sign the daily digests (the scheduled
+chain check, which may raise an alarm in the queue, is `exceptions_queue.tasks.verify_audit_chain`)."""
 from celery import shared_task
 
 from audit import services
@@ -6,17 +7,9 @@ from audit import services
 
 @shared_task(name="audit.tasks.seal_audit_chain", ignore_result=True)
 def seal_audit_chain():
-    services.seal()
-
-
-@shared_task(name="audit.tasks.verify_audit_chain", ignore_result=True)
-def verify_audit_chain(full: bool = False):
-    """Incremental from the last good run (full=True: from the genesis); a failure raises the alarm."""
-    services.chain_check(full=full)
+    services.chain_seal()
 
 
 @shared_task(name="audit.tasks.build_audit_digests", ignore_result=True)
 def build_audit_digests():
-    from audit import digests
-
-    digests.digests_build()
+    services.digests_build()

@@ -1,25 +1,8 @@
 #!/usr/bin/env python3
-"""Standalone verifier of a Tieout evidence pack: Python 3.9+ standard library only, no access to Tieout.
-
-    python3 verify_evidence.py PACK.zip [--public-key KEY.pem] [--digests DIGESTS.json]
-
-It re-checks, from the pack alone:
-  1. the manifest's Ed25519 signature and every file's SHA-256 and row count (any changed byte fails);
-  2. the hash chain over the pack's seq range: every link SHA-256(prev|seq|entry_id|entry_hash), in order,
-     without gaps, starting from the chain hash the manifest names;
-  3. every signed daily digest in the pack: its signature, its head (the chain hash at its last seq), its
-     count, the RFC 6962 Merkle root of its day's entry hashes and the root of the whole tree (folded on
-     from the signed frontier of the digest before the pack);
-  4. every audit entry of the entity: its hash recomputed from its content, and its place in the chain;
-  5. that every journal balances, and that its lines are the ones its journal.created entry recorded;
-  6. that every receipt's raw body hashes to its recorded SHA-256, and each event's payload hash is the
-     one its event.received entry recorded.
-Give --public-key (the key Tieout gave you out of band) to pin the signer, and --digests (an export you
-kept earlier) to check that the pack's digests are the ones you already hold. Exit 0 when everything
-holds, 1 with the first problems named otherwise.
-
-Ed25519 is verified by a small pure-Python implementation of RFC 8032 §5.1.7 (below): slow (tens of
-milliseconds per signature) but only digests and the manifest are signed.
+"""Standalone verifier of a Tieout evidence pack (Python 3.9+ standard library only, no access to Tieout):
+`python3 verify_evidence.py PACK.zip [--public-key KEY.pem] [--digests DIGESTS.json]` re-checks, from the
+pack alone, its signed manifest, hash chain, signed digests, audit entries, journals, receipts and events
+(`verify` lists what exactly), and exits 0 when everything holds, 1 with the first problems named.
 """
 import argparse
 import base64
@@ -34,6 +17,8 @@ from decimal import Decimal, InvalidOperation
 csv.field_size_limit(1 << 30)
 
 # ------------------------------------------------------------------------------------------- Ed25519 (RFC 8032)
+# A small pure-Python implementation of RFC 8032 §5.1.7: slow (tens of milliseconds per signature), but
+# only the digests and the manifest are signed, and the auditor needs nothing but Python.
 _P = 2 ** 255 - 19
 _Q = 2 ** 252 + 27742317777372353535851937790883648493  # order of the base point
 _D = -121665 * pow(121666, _P - 2, _P) % _P
@@ -408,6 +393,21 @@ def check_receipts_and_events(pack, report, received):
 
 
 def verify(path, *, public_key_pem=None, kept_digests=None) -> Report:
+    """Re-check the pack at `path`; the report names every problem found.
+
+    1. the manifest's Ed25519 signature and every file's SHA-256 and row count (any changed byte fails);
+    2. the hash chain over the pack's seq range: every link SHA-256(prev|seq|entry_id|entry_hash), in order,
+       without gaps, starting from the chain hash the manifest names;
+    3. every signed daily digest in the pack: its signature, its head (the chain hash at its last seq), its
+       count, the RFC 6962 Merkle root of its day's entry hashes and the root of the whole tree (folded on
+       from the signed frontier of the digest before the pack);
+    4. every audit entry of the entity: its hash recomputed from its content, and its place in the chain;
+    5. that every journal balances, and that its lines are the ones its journal.created entry recorded;
+    6. that every receipt's raw body hashes to its recorded SHA-256, and each event's payload hash is the
+       one its event.received entry recorded.
+    `public_key_pem` (the key Tieout gave you out of band) pins the signer; `kept_digests` (an export you
+    kept earlier) checks that the pack's digests are the ones you already hold.
+    """
     report = Report()
     pinned = public_key_from_pem(public_key_pem) if public_key_pem else None
     with zipfile.ZipFile(path) as pack:

@@ -1,10 +1,10 @@
 """`manage.py audit_verify` over 1,000,000 sealed entries: entries/s and peak memory (it streams).
 
 Seeds the bench database set-based: entries built and hashed by the application's own code
-(`audit.services._build`, so verification recomputes real hashes, and the database checks each row's
+(`audit.services.entries._build`, so verification recomputes real hashes, and the database checks each row's
 columns against its content as it does for `record`), spread over one month (November
 2026) and loaded with COPY, then chained in seq order exactly as the sealer does and loaded with COPY,
-then signed into daily digests by `audit.digests.digests_build` (so verification also recomputes every
+then signed into daily digests by `audit.services.digests_build` (so verification also recomputes every
 day's Merkle root and the whole tree). Then runs `manage.py audit_verify` as its own process and reports
 its wall time, the time it reports for the check itself, entries/s and the process's peak RSS, first
 at BENCH_AUDIT_SMALL entries and again at BENCH_AUDIT_ENTRIES: the same peak at both sizes is what
@@ -46,6 +46,7 @@ def seed(total: int, *, start: int = 0, batch: int = 100_000) -> float:
     from django.db import connection
 
     from audit import services
+    from audit.services import entries as audit_entries
 
     began = time.monotonic()
     month = datetime.datetime(*MONTH_START, tzinfo=datetime.UTC)
@@ -60,7 +61,7 @@ def seed(total: int, *, start: int = 0, batch: int = 100_000) -> float:
         entries = []
         for n in range(lo, hi):
             at = month + datetime.timedelta(seconds=n * span)
-            entries.append(services._build(
+            entries.append(audit_entries._build(
                 actor="bench", action="journal.posted", object_type="journal", object_id=f"US01:{n}",
                 before={"status": "ready"}, after={"status": "posted", "erp_document_ref": f"JE-{n:08d}"},
                 correlation_id=f"corr-{n % 977}", at=at))
@@ -94,10 +95,10 @@ def digest_all(offset: int = 0) -> float:
     """Sign what is sealed so far (all of it carries today's sealed_at): one digest for "today + offset"."""
     import datetime
 
-    from audit import digests
+    from audit import services
 
     began = time.monotonic()
-    digests.digests_build(through=datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=offset))
+    services.digests_build(through=datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=offset))
     return time.monotonic() - began
 
 

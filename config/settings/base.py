@@ -230,10 +230,12 @@ CELERY_BEAT_SCHEDULE = {
     "outbox-sweep": {"task": "ledger.tasks.sweep_outbox", "schedule": 15.0},
     "events-sweep": {"task": "billing_sync.tasks.sweep_accepted_events", "schedule": 15.0},
     "audit-seal": {"task": "audit.tasks.seal_audit_chain", "schedule": 5.0},
-    # Incremental verification every 5 minutes, a full one daily; digests of finished UTC days hourly
-    # (a day gets its digest once, at the first run after midnight).
-    "audit-verify": {"task": "audit.tasks.verify_audit_chain", "schedule": 300.0},
-    "audit-verify-full": {"task": "audit.tasks.verify_audit_chain", "schedule": 86400.0, "kwargs": {"full": True}},
+    # Incremental verification every 5 minutes, a full one daily (a task of the queue, which opens
+    # audit_chain_broken when it fails); digests of finished UTC days hourly (a day gets its digest once,
+    # at the first run after midnight).
+    "audit-verify": {"task": "exceptions_queue.tasks.verify_audit_chain", "schedule": 300.0},
+    "audit-verify-full": {"task": "exceptions_queue.tasks.verify_audit_chain", "schedule": 86400.0,
+                          "kwargs": {"full": True}},
     "audit-digests": {"task": "audit.tasks.build_audit_digests", "schedule": 3600.0},
     "erp-batches-sweep": {"task": "ledger.tasks.sweep_erp_batches", "schedule": 5.0},
     "callbacks-sweep": {"task": "billing_sync.tasks.sweep_callbacks", "schedule": 10.0},

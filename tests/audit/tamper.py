@@ -44,7 +44,7 @@ def edit_entry(cursor, entry_id: int, *, rehash: bool = False, **changes) -> str
 
 
 def insert_entry(cursor, entry_id: int, entry) -> None:
-    """INSERT an entry built by `audit.services._build` under a chosen id, bypassing `record`."""
+    """INSERT an entry built by `audit.services.entries._build` under a chosen id, bypassing `record`."""
     cursor.execute("""INSERT INTO audit_auditentry (id, at, actor, action, object_type, object_id, event_id,
                                                     correlation_id, content, entry_hash)
                       VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)""",

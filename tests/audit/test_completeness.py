@@ -34,11 +34,14 @@ from billing_sync import callbacks, tokens
 from billing_sync.models import ApiToken, Customer, Invoice
 from config import correlation
 from exceptions_queue import auth_services, services as queue
+from exceptions_queue import tasks as queue_tasks
 from exceptions_queue.models import Approval, ApprovalPolicy, ExceptionRecord
 from ledger import services as ledger
 from ledger.services import entities
 from ledger.models import Account, AccountMapping, Entity, Journal
 from tests import factories as f
+from tests.audit.helpers import sealed
+from tests.audit.tamper import edit_entry, triggers_off
 from tests.fixtures import _user_api
 
 pytestmark = pytest.mark.django_db
@@ -463,7 +466,16 @@ PATHS = [
     Path("task: post a journal", lambda c, j: ledger_tasks().post_journal.apply(args=[str(j)]), {"journal.posted"},
          prepare=lambda c: _ready_journal(c)),
     Path("task: process an event", lambda c, e: billing_tasks().process_events.apply(args=[[str(e)]]), {"event.processed", "customer.created"}, prepare=lambda c: _accepted_event(c)),
+    Path("task: the audit chain check finds a break", lambda c, _: queue_tasks.verify_audit_chain.apply(
+        kwargs={"full": True}), {"exception.opened"}, prepare=lambda c: _broken_chain()),
 ]
+
+
+def _broken_chain() -> None:
+    """A sealed entry edited as a superuser would: the next full check fails."""
+    entries = sealed(2)
+    with triggers_off() as cursor:
+        edit_entry(cursor, entries[-1].pk, actor="mallory")
 
 
 def _token_id(raw: str) -> int:

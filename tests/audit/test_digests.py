@@ -151,10 +151,10 @@ def _flush_deferred():
 @pytest.fixture
 def two_digests(db):
     _records(11, "a")
-    [first] = digests.digests_build(through=_today())
+    [first] = audit.digests_build(through=_today())
     _records(6, "b")
     # The next day's digest covers what was sealed after the first one (cut here "tomorrow" in advance).
-    [second] = digests.digests_build(through=_today() + datetime.timedelta(days=1))
+    [second] = audit.digests_build(through=_today() + datetime.timedelta(days=1))
     _flush_deferred()
     return first, second
 
@@ -176,21 +176,21 @@ def test_a_digest_signs_the_day_head_count_and_both_roots(two_digests):
         key.verify(base64.b64decode(d.signature), digests.signed_message(body))  # raises if invalid
         assert verify_evidence.ed25519_verify(digests.public_key_bytes(), digests.signed_message(body),
                                               base64.b64decode(d.signature))
-    assert digests.digests_build(through=_today() + datetime.timedelta(days=1)) == []  # once per day
-    result = audit.verify()
+    assert audit.digests_build(through=_today() + datetime.timedelta(days=1)) == []  # once per day
+    result = audit.chain_verify()
     assert result.ok and result.digests_checked == 2
 
 
 def test_a_day_with_nothing_sealed_still_gets_a_digest(two_digests):
     first, second = two_digests
     # Each digest's own audit entry lands in the next day; the day after that has nothing at all.
-    third, empty = digests.digests_build(through=_today() + datetime.timedelta(days=3))
+    third, empty = audit.digests_build(through=_today() + datetime.timedelta(days=3))
     assert third.count == 1 and AuditSeal.objects.get(seq=third.last_seq).entry.action == "audit.digest_signed"
     assert (empty.count, empty.first_seq, empty.last_seq) == (0, third.last_seq + 1, third.last_seq)
     assert empty.head_hash == empty.prev_head_hash == third.head_hash
     assert empty.tree_root == third.tree_root and empty.day_root == hashlib.sha256(b"").hexdigest()
     _flush_deferred()
-    assert audit.verify().ok
+    assert audit.chain_verify().ok
 
 
 def test_the_digest_export_command(two_digests):
@@ -243,7 +243,7 @@ def test_a_consistency_proof_checks_against_an_independent_recomputation(two_dig
 def test_a_digest_with_an_altered_root_is_a_forgery(two_digests):
     first, _ = two_digests
     execute_with_triggers_off("UPDATE audit_auditdigest SET day_root = repeat('c', 64) WHERE id = %s", [first.pk])
-    result = audit.verify()
+    result = audit.chain_verify()
     assert not result.ok
     assert result.problem == f"digest {first.day} (seq 1..11) has a bad signature: it was forged or altered"
 
@@ -255,7 +255,7 @@ def test_a_digest_signed_with_another_key_is_a_forgery(two_digests):
     forged = base64.b64encode(other.sign(digests.signed_message(digests.digest_body(second)))).decode()
     execute_with_triggers_off("UPDATE audit_auditdigest SET head_hash = %s, signature = %s WHERE id = %s",
                          ["d" * 64, forged, second.pk])
-    result = audit.verify()
+    result = audit.chain_verify()
     assert not result.ok and result.problem.startswith(f"digest {second.day}") and "bad signature" in result.problem
 
 
@@ -265,7 +265,7 @@ def test_entries_deleted_from_the_end_of_a_signed_day_are_caught(two_digests):
         cursor.execute("SET session_replication_role = replica")
         cursor.execute("DELETE FROM audit_auditseal WHERE seq >= %s", [second.last_seq - 1])
         cursor.execute("SET session_replication_role = DEFAULT")
-    result = audit.verify()
+    result = audit.chain_verify()
     assert not result.ok
     assert f"signs seq {second.first_seq}..{second.last_seq} but the chain ends at seq {second.last_seq - 2}" in (
         result.problem)
@@ -284,7 +284,7 @@ def test_production_refuses_to_sign_without_a_key(db, settings):
     settings.TIEOUT_AUDIT_DEV_KEY = False
     _records(1, "p")
     with pytest.raises(ImproperlyConfigured, match="TIEOUT_AUDIT_SIGNING_KEY"):
-        digests.digests_build(through=_today())
+        audit.digests_build(through=_today())
     assert not AuditDigest.objects.exists()
 
 
@@ -295,7 +295,7 @@ def test_a_configured_key_signs(db, settings):
     settings.TIEOUT_AUDIT_SIGNING_KEY = line.split("=", 1)[1]
     settings.TIEOUT_AUDIT_DEV_KEY = False
     _records(2, "k")
-    [d] = digests.digests_build(through=_today())
+    [d] = audit.digests_build(through=_today())
     public = verify_evidence.public_key_from_pem("\n".join(pem))
     assert d.key_id == hashlib.sha256(public).hexdigest() != digests.key_id(
         digests.public_key_bytes(Ed25519PrivateKey.from_private_bytes(digests.DEV_SEED).public_key()))

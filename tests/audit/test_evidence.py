@@ -22,6 +22,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import digests
+from audit import services as audit
 from audit.models import AuditEntry, AuditSeal
 from billing_sync.models import Event, Receipt
 from exceptions_queue.models import Approval
@@ -124,7 +125,7 @@ def _change_csv(row_match, column, value):
 def pack(tmp_path, entity, integration, controller):
     _us_history(integration, controller)
     _gb_history(integration)
-    digests.digests_build(through=_today())  # today signed so far; what follows is chained, not yet signed
+    audit.digests_build(through=_today())  # today signed so far; what follows is chained, not yet signed
     _us_history(integration, controller)
     _flush_deferred()
     target, output = _export(tmp_path)

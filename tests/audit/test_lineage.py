@@ -129,7 +129,7 @@ def test_erp_reference_leads_back_to_journal_event_and_invoice(book, auditor):
 
 
 def test_seal_positions_appear_once_sealed(book, auditor):
-    audit.seal()
+    audit.chain_seal()
     trace = auditor.get(f"/api/v1/journals/{book['journal'].pk}/trace").json()
     from audit.models import AuditSeal
 

@@ -19,6 +19,7 @@ from django.test import Client
 from django.utils import timezone
 
 from audit import digests
+from audit import services as audit
 from audit.models import AuditEntry
 from billing_sync import tokens
 from config import correlation
@@ -37,7 +38,7 @@ def today() -> str:
 def history(entity, integration, auditor, admin_api, finance, controller):
     integration.send(f.customer("cus_ev"))
     integration.send(f.invoice("inv_ev", customer_id="cus_ev"))
-    digests.digests_build(through=timezone.now().astimezone(datetime.UTC).date())
+    audit.digests_build(through=timezone.now().astimezone(datetime.UTC).date())
     integration.send(f.invoice("inv_ev2", customer_id="cus_ev"))
 
 

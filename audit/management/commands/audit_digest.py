@@ -6,7 +6,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from audit import digests
+from audit import digests, services
 
 
 class Command(BaseCommand):
@@ -30,7 +30,7 @@ class Command(BaseCommand):
                     through = datetime.date.fromisoformat(through)
                 except ValueError:
                     raise CommandError("--through takes YYYY-MM-DD or 'today'") from None
-            made = digests.digests_build(through=through)
+            made = services.digests_build(through=through)
             for d in made:
                 self.stdout.write(f"{d.day} seq {d.first_seq}..{d.last_seq} ({d.count} entries) "
                                   f"root {d.day_root} head {d.head_hash}")

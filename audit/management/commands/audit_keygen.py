@@ -1,8 +1,6 @@
-"""`manage.py audit_keygen`: a new Ed25519 signing key for the audit digests.
-
-Prints the value for TIEOUT_AUDIT_SIGNING_KEY (keep it in the secret store, never in the repository) and
-the public key PEM (give it to the auditors). Nothing is stored.
-"""
+"""`manage.py audit_keygen`: a new Ed25519 signing key for the audit digests; prints the value for
+TIEOUT_AUDIT_SIGNING_KEY (keep it in the secret store, never in the repository) and the public key PEM
+(give it to the auditors), and stores nothing."""
 from django.core.management.base import BaseCommand
 
 from audit import digests

@@ -1,16 +1,12 @@
-"""`manage.py audit_proof inclusion ENTRY_ID [--digest DAY]` and
-`manage.py audit_proof consistency --from DAY --to DAY`: RFC 6962 / 9162 proofs as JSON.
-
-An inclusion proof shows that an entry is leaf seq-1 of the tree whose root a digest signs; a
-consistency proof shows that an older digest's tree is a prefix of a newer one's (nothing before the
-older digest changed). Both check with any RFC 9162 verifier, or with the pack's verify_evidence.py.
-"""
+"""`manage.py audit_proof inclusion ENTRY_ID [--digest DAY]` and `manage.py audit_proof consistency --from
+DAY --to DAY`: RFC 6962 / 9162 proofs as JSON, that an entry is leaf seq-1 of the tree whose root a digest
+signs, or that an older digest's tree is a prefix of a newer one's (nothing before it changed); both check
+with any RFC 9162 verifier, or with the evidence pack's verify_evidence.py."""
 import json
 
 from django.core.management.base import BaseCommand, CommandError
 
 from audit import digests
-from audit.management.commands.audit_verify import find_digest
 from audit.models import AuditSeal
 
 
@@ -29,10 +25,11 @@ class Command(BaseCommand):
     def handle(self, *args, **options):
         try:
             if options["kind"] == "inclusion":
-                digest = find_digest(options["digest"]) if options.get("digest") else None
+                digest = digests.digest_find(options["digest"]) if options.get("digest") else None
                 proof = digests.inclusion_proof(entry_id=options["entry_id"], digest=digest)
             else:
-                proof = digests.consistency_proof(old=find_digest(options["old"]), new=find_digest(options["new"]))
+                proof = digests.consistency_proof(old=digests.digest_find(options["old"]),
+                                                  new=digests.digest_find(options["new"]))
         except (ValueError, AuditSeal.DoesNotExist) as exc:
             raise CommandError(str(exc) or "that entry is not sealed yet") from None
         proof["public_key_pem"] = digests.public_key_pem()

@@ -1,274 +1,18 @@
-"""The one way to write the audit log, and the sealer that chains it.
-
-`record(...)` must be called inside the transaction that makes the change (it refuses otherwise), so
-that an entry exists exactly when its change committed. `seal()` appends committed entries to the hash
-chain in the order it sees them; `verify()` re-computes every entry hash and the chain, streaming.
-"""
-import datetime
+"""Verification of the audit log (the tables' database guarantees, entry hashes, the chain, the signed
+digests), streamed in constant memory; it returns a `VerifyResult` naming the first bad entry and
+changes nothing."""
 import hashlib
-import json
 from dataclasses import dataclass
-from decimal import Decimal
-from uuid import UUID
-
-import logging
-import time
 
 import psycopg
-from django.conf import settings
 from django.db import connection, transaction
-from django.utils import timezone
 
+from audit import digests as digest_mod
 from audit import merkle
-from audit.models import AuditCheck, AuditDigest, AuditEntry, AuditSeal
-from config import correlation
-
-log = logging.getLogger(__name__)
-
-GENESIS = "0" * 64
-UNHASHED = "-" * 64
-# Any fixed 64-bit key: only the sealer takes this lock, writers never do.
-SEAL_LOCK_KEY = 0x7469656F7574  # "tieout"
+from audit.models import AuditDigest, AuditSeal
+from audit.services.sealing import GENESIS
 
 
-def actor_label(actor) -> str:
-    if actor is None:
-        return "system"
-    if isinstance(actor, str):
-        return actor
-    return actor.get_username()
-
-
-def _default(value):
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, (datetime.datetime, datetime.date)):
-        return value.isoformat()
-    if isinstance(value, UUID):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable in an audit entry: {type(value).__name__}")
-
-
-def jsonable(value):
-    """Money and dates as strings: plain JSON values, as an audit entry records them."""
-    if value is None:
-        return None
-    return json.loads(json.dumps(value, default=_default))
-
-
-def canonical_json(value) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default).encode()
-
-
-def entry_content(*, at, actor, action, object_type, object_id, event_id, before, after, correlation_id) -> dict:
-    return {
-        "at": at.astimezone(datetime.timezone.utc).isoformat(),
-        "actor": actor,
-        "action": action,
-        "object_type": object_type,
-        "object_id": str(object_id),
-        "event_id": str(event_id) if event_id else None,
-        "before": before,
-        "after": after,
-        "correlation_id": correlation_id,
-    }
-
-
-def compute_entry_hash(entry: AuditEntry) -> str:
-    return hashlib.sha256(entry.content.encode()).hexdigest()
-
-
-def chain_hash(prev_hash: str, seq: int, entry_id: int, entry_hash: str) -> str:
-    return hashlib.sha256(f"{prev_hash}|{seq}|{entry_id}|{entry_hash}".encode()).hexdigest()
-
-
-def _build(*, actor, action, object_type, object_id, event_id=None, before=None, after=None,
-           correlation_id=None, at=None) -> AuditEntry:
-    at = at or timezone.now()
-    actor, object_id = actor_label(actor), str(object_id)
-    correlation_id = correlation_id or correlation.get() or ""
-    # Money and dates become strings here, once: `content` is what is stored, hashed and read back.
-    content = canonical_json(entry_content(at=at, actor=actor, action=action, object_type=object_type,
-                                           object_id=object_id, event_id=event_id, before=before, after=after,
-                                           correlation_id=correlation_id)).decode()
-    entry = AuditEntry(at=at, actor=actor, action=action, object_type=object_type, object_id=object_id,
-                       event_id=event_id, correlation_id=correlation_id, content=content)
-    # TIEOUT_AUDIT_HASHING=off exists for bench/audit_chain.py only (the cost of the chain, measured):
-    # entries written that way never verify, and nothing else may turn it off.
-    entry.entry_hash = compute_entry_hash(entry) if settings.TIEOUT_AUDIT_HASHING else UNHASHED
-    return entry
-
-
-def _require_transaction():
-    if not connection.in_atomic_block:
-        raise RuntimeError("audit entries are written inside the transaction of the change they record")
-
-
-# The transaction takes its id (xid) before the entry takes its id from the sequence (the materialised CTE
-# runs first): the sealer relies on "whoever drew an entry id is already a known transaction" to tell an
-# entry still being written from a gap left by a rollback (see `seal`). Costs nothing measurable.
-_RECORD_SQL = """
-WITH tx AS MATERIALIZED (SELECT pg_current_xact_id() AS xid)
-INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, event_id, correlation_id, content,
-                              entry_hash)
-SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s FROM tx WHERE tx.xid IS NOT NULL RETURNING id
-"""
-
-
-def record_params(entry: AuditEntry) -> list:
-    """`_RECORD_SQL`'s parameters for a built entry."""
-    return [entry.at, entry.actor, entry.action, entry.object_type, entry.object_id, entry.event_id,
-            entry.correlation_id, entry.content, entry.entry_hash]
-
-
-def record(*, actor, action: str, object_type: str, object_id, event_id=None, before=None, after=None,
-           correlation_id: str | None = None) -> AuditEntry:
-    _require_transaction()
-    entry = _build(actor=actor, action=action, object_type=object_type, object_id=object_id,
-                   event_id=event_id, before=before, after=after, correlation_id=correlation_id)
-    # A plain INSERT: this runs several times in every transaction of the system, and the ORM's
-    # save() machinery (signals, field preparation) costs more than the statement itself.
-    with connection.cursor() as cursor:
-        cursor.execute(_RECORD_SQL, record_params(entry))
-        entry.pk = cursor.fetchone()[0]
-    entry._state.adding = False
-    return entry
-
-
-_RECORD_MANY_SQL = """
-WITH tx AS MATERIALIZED (SELECT pg_current_xact_id() AS xid)
-INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, event_id, correlation_id, content,
-                              entry_hash)
-SELECT %s, u.actor, u.action, u.object_type, u.object_id, u.event_id, u.correlation_id, u.content, u.entry_hash
-FROM tx, jsonb_to_recordset(%s::jsonb) AS u(actor text, action text, object_type text, object_id text, event_id uuid,
-                                            correlation_id text, content text, entry_hash text)
-WHERE tx.xid IS NOT NULL
-"""
-
-
-def record_many(items: list[dict]) -> int:
-    """Many entries in one INSERT (batch ingest); each dict takes `record`'s keyword arguments.
-
-    The rows travel as one JSON document: binding them as arrays costs far more in client-side escaping.
-    """
-    _require_transaction()
-    now = timezone.now()
-    entries = [_build(at=now, **item) for item in items]
-    rows = [{"actor": e.actor, "action": e.action, "object_type": e.object_type, "object_id": e.object_id,
-             "event_id": str(e.event_id) if e.event_id else None, "correlation_id": e.correlation_id,
-             "content": e.content, "entry_hash": e.entry_hash} for e in entries]
-    with connection.cursor() as cursor:
-        cursor.execute(_RECORD_MANY_SQL, [now, json.dumps(rows, separators=(",", ":"))])
-    return len(rows)
-
-
-def model_snapshot(instance, fields: list[str]) -> dict:
-    return jsonable({name: getattr(instance, name) for name in fields})
-
-
-# --------------------------------------------------------------------------------------------- the sealer
-@dataclass
-class SealResult:
-    sealed: int
-    head_seq: int
-    head_hash: str
-
-
-_GAP_WAIT_SQL = """
-SELECT count(*) FROM pg_stat_activity a
-WHERE a.datid = (SELECT oid FROM pg_database WHERE datname = current_database())
-  AND a.pid <> pg_backend_pid() AND a.backend_xid IS NOT NULL
-  AND a.backend_xid::text::bigint IN (SELECT x::text::bigint %% 4294967296
-                                      FROM pg_snapshot_xip(%s::pg_snapshot) AS x)
-"""
-
-
-def _writers_finished(cursor, snapshot: str, wait_seconds: float) -> bool:
-    """Wait (bounded) until every transaction of this database that was running at `snapshot` has ended."""
-    deadline = time.monotonic() + wait_seconds
-    pause = 0.002
-    while True:
-        cursor.execute("SELECT pg_stat_clear_snapshot()")  # pg_stat_activity is cached per transaction
-        cursor.execute(_GAP_WAIT_SQL, [snapshot])
-        if cursor.fetchone()[0] == 0:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(pause)
-        pause = min(pause * 2, 0.05)
-
-
-def _contiguous_prefix(rows, floor: int) -> int:
-    """How many of `rows` (ordered by id) follow `floor` without a missing id."""
-    expected = floor + 1
-    for index, (entry_id, _) in enumerate(rows):
-        if entry_id != expected:
-            return index
-        expected += 1
-    return len(rows)
-
-
-def seal(*, batch_size: int = 5000, wait_seconds: float = 2.0, **_legacy) -> SealResult:
-    """Append committed entries to the chain in id order, one seq each, without gaps.
-
-    Writers never take a lock for the chain: `record` only INSERTs. Only sealers take the advisory lock
-    (a second sealer returns at once). The chain is in id order, so the next entries to seal are simply
-    those after the head's entry id: an index range scan, however long the log.
-
-    The hard case is an id that is not visible yet: a transaction that drew a lower id than one already
-    committed, and commits later. Sealing past it would leave it out of the chain forever, so at the
-    first missing id the sealer takes a snapshot (after reading the rows) and waits for every transaction
-    of this database that was running then. Whoever drew the missing id had a transaction id before the
-    higher entry committed (`record` takes its xid first), so it is among them: once they are all done,
-    the missing id either became visible (sealed now, in its place) or was rolled back (never will be).
-    If that takes longer than `wait_seconds` (a long writer), the pass seals the contiguous prefix only and
-    the next pass tries again; writers are never blocked by it.
-    """
-    total = 0
-    while True:
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SEAL_LOCK_KEY])
-                head = AuditSeal.objects.order_by("-seq").values("seq", "chain_hash", "entry_id").first()
-                seq = head["seq"] if head else 0
-                prev = head["chain_hash"] if head else GENESIS
-                floor = head["entry_id"] if head else 0
-                if not cursor.fetchone()[0]:
-                    return SealResult(total, seq, prev)
-                select = ("SELECT id, entry_hash FROM audit_auditentry WHERE id > %s AND id <= %s "
-                          "ORDER BY id LIMIT %s")
-                cursor.execute(select, [floor, 2 ** 62, batch_size])
-                rows = cursor.fetchall()
-                if not rows:
-                    return SealResult(total, seq, prev)
-                cut = _contiguous_prefix(rows, floor)
-                if cut < len(rows):
-                    cursor.execute("SELECT pg_current_snapshot()::text")
-                    snapshot = cursor.fetchone()[0]
-                    if _writers_finished(cursor, snapshot, wait_seconds):
-                        cursor.execute(select, [floor, rows[-1][0], batch_size])
-                        rows = cursor.fetchall()
-                    else:
-                        log.info("audit sealer: a writer is still running below the visible entries; "
-                                 "sealing the contiguous prefix", extra={"floor": floor, "prefix": cut})
-                        rows = rows[:cut]
-                if not rows:
-                    return SealResult(total, seq, prev)
-                now = timezone.now()
-                seals = []
-                for entry_id, entry_hash in rows:
-                    seq += 1
-                    prev_hash, prev = prev, chain_hash(prev, seq, entry_id, entry_hash)
-                    seals.append(AuditSeal(seq=seq, entry_id=entry_id, entry_hash=entry_hash,
-                                           prev_hash=prev_hash, chain_hash=prev, sealed_at=now))
-                # The audit log's own table, written by its one writer: the chain is the audit record.
-                AuditSeal.objects.bulk_create(seals, batch_size=2000)
-                total += len(seals)
-        if len(rows) < batch_size:
-            return SealResult(total, seq, prev)
-
-
-# --------------------------------------------------------------------------------------------- verification
 @dataclass
 class VerifyResult:
     ok: bool
@@ -355,8 +99,6 @@ class _DigestTracker:
     """Checks each signed digest as the stream passes its range: signature, head, count and both roots."""
 
     def __init__(self, digests: list[AuditDigest], tree: merkle.Frontier | None, raw_public: bytes):
-        from audit import digests as digest_mod
-
         self.pending = list(digests)
         self.tree = tree  # None: started mid-chain without a frontier, so the whole-tree root is not checked
         self.day_tree = merkle.Frontier()
@@ -394,7 +136,7 @@ class _DigestTracker:
                        f"seq {head_seq}: entries after it were deleted", None, head_seq + 1)
 
 
-def verify(*, chunk: int = 10_000, from_digest: AuditDigest | None = None, from_seq: int = 1,
+def chain_verify(*, chunk: int = 10_000, from_digest: AuditDigest | None = None, from_seq: int = 1,
            prev_hash: str = GENESIS, prev_entry_id: int = 0, check_digests: bool = True,
            roots: bool = False) -> VerifyResult:
     """Re-check sealed entries and the chain in seq order, streamed (constant memory). Names the first bad entry.
@@ -413,8 +155,6 @@ def verify(*, chunk: int = 10_000, from_digest: AuditDigest | None = None, from_
     (day and whole tree) from the entry hashes: the roots are a function of the very hashes the signed
     heads already bind, so re-computing them checks the signer's arithmetic, which costs as much again.
     """
-    from audit import digests as digest_mod
-
     tree = None
     if from_digest is not None:
         from_seq, prev_hash = from_digest.first_seq, from_digest.prev_head_hash
@@ -603,44 +343,3 @@ def _verify_rows(cursor, entries_cursor, chunk: int, tracker: _DigestTracker, fr
                     next_close = digests[0].last_seq if digests else None
     return expected - from_seq, expected - 1, prev, last_id
 
-
-# --------------------------------------------------------------------------------------------- scheduled check
-def chain_check(*, full: bool = False, actor="system") -> AuditCheck:
-    """Seal, then verify from the last good check (or everything); record the run; raise the alarm on failure.
-
-    The incremental run trusts nothing but what it saw itself: it re-reads the chain hash at the seq where
-    the last good run stopped and refuses to go on if it changed (or the chain got shorter). The daily
-    full run (`full=True`) is the thorough pass with the digests' Merkle roots re-computed: it runs in the
-    background, where twice the time costs nothing.
-    """
-    seal()
-    last = None if full else AuditCheck.objects.filter(ok=True).order_by("-at", "-id").first()
-    start_seq, start_hash, start_entry = 1, GENESIS, 0
-    problem = None
-    if last is not None and last.to_seq > 0:
-        anchor = AuditSeal.objects.filter(seq=last.to_seq).values("chain_hash", "entry_id").first()
-        if anchor is None or anchor["chain_hash"] != last.to_chain_hash:
-            problem = VerifyResult(False, 0, f"the chain at seq {last.to_seq}, verified at {last.at.isoformat()}, "
-                                             "is gone or changed since", anchor["entry_id"] if anchor else None,
-                                   last.to_seq)
-        else:
-            start_seq, start_hash, start_entry = last.to_seq + 1, last.to_chain_hash, anchor["entry_id"]
-    result = problem or verify(from_seq=start_seq, prev_hash=start_hash, prev_entry_id=start_entry, roots=full)
-    with transaction.atomic():
-        check = AuditCheck.objects.create(
-            full=last is None, from_seq=start_seq, to_seq=result.head_seq if result.ok else (result.bad_seq or 0),
-            to_chain_hash=result.head_hash if result.ok else "", ok=result.ok, checked=result.count,
-            problem=result.problem, bad_entry_id=result.bad_entry_id)
-        if not result.ok:
-            _raise_alarm(result, actor=actor)
-    return check
-
-
-def _raise_alarm(result: VerifyResult, *, actor) -> None:
-    from config.errors import Codes
-    from exceptions_queue.services import exception_open_system
-
-    log.error("audit chain broken", extra={"problem": result.problem, "bad_entry_id": result.bad_entry_id,
-                                            "bad_seq": result.bad_seq})
-    exception_open_system(code=Codes.AUDIT_CHAIN_BROKEN, message=f"Audit chain broken: {result.problem}",
-                          actor=actor)

@@ -1,0 +1,25 @@
+"""The audit log's write and check paths, one module per concern (entries, sealing, verification, checks,
+signing), re-exported here so that callers write `from audit import services as audit; audit.record(...)`."""
+from audit.services.checks import chain_check
+from audit.services.entries import (
+    actor_label,
+    canonical_json,
+    compute_entry_hash,
+    entry_content,
+    model_snapshot,
+    record,
+    record_many,
+    record_params,
+)
+from audit.services.sealing import GENESIS, SealResult, chain_hash, chain_seal
+from audit.services.signing import digests_build
+from audit.services.verification import VerifyResult, chain_verify
+
+# The sealer's old name, still called by audit/evidence.py (moving to the portal): drop it once that has moved.
+seal = chain_seal
+
+__all__ = [
+    "GENESIS", "SealResult", "VerifyResult", "actor_label", "canonical_json", "chain_check", "chain_hash",
+    "chain_seal", "chain_verify", "compute_entry_hash", "digests_build", "entry_content", "model_snapshot", "record",
+    "record_many", "record_params", "seal",
+]
