@@ -28,6 +28,10 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
+import redis
+from celery import Celery
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
@@ -127,8 +131,6 @@ def bench_env(**extra) -> dict:
 
 
 def psql(sql: str, *, db: str = "postgres") -> str:
-    import psycopg
-
     with psycopg.connect(database_url(db), autocommit=True) as conn:
         cur = conn.execute(sql)
         return cur.fetchall() if cur.description else None
@@ -152,16 +154,12 @@ def drop_database() -> None:
 
 
 def flush_redis() -> None:
-    import redis
-
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     client.close()
 
 
 def redis_queue_length(queue: str = "celery") -> int:
-    import redis
-
     client = redis.Redis.from_url(REDIS_URL)
     try:
         return client.llen(queue)
@@ -223,15 +221,11 @@ def start_gunicorn(env: dict) -> tuple[subprocess.Popen, int]:
 
 
 def start_celery_worker(env: dict, *, concurrency: int = 1) -> subprocess.Popen:
-    import redis  # noqa: F401 - fail early when the broker client is missing
-
     nodename = f"tieout-bench-{os.getpid()}@localhost"
     process = spawn([str(BIN / "celery"), "-A", "config", "worker", "-Q", "celery,posting,callbacks",
                      "-c", str(concurrency), "--pool=prefork", "-l", "warning", "-n", nodename,
                      "--without-gossip", "--without-mingle"],
                     env=env, log_name="celery.log")
-    from celery import Celery
-
     probe = Celery(broker=REDIS_URL)
     deadline = time.monotonic() + 60
     try:
@@ -392,8 +386,6 @@ def load() -> float:
 
 def throttle_history_bytes() -> int:
     """Size of the DRF throttle history values in the bench Redis (a list of every request timestamp)."""
-    import redis
-
     client = redis.Redis.from_url(REDIS_URL)
     try:
         return sum(client.strlen(key) for key in client.scan_iter(match="*throttle*"))

@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,6 +30,10 @@ from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
 from _common import invoice_body, run_id  # noqa: E402
+from billing_sync import services as billing  # noqa: E402
+from billing_sync.services import processing as processing_module  # noqa: E402
+from ledger import services as ledger  # noqa: E402
+from ledger.models import Journal  # noqa: E402
 
 redis_calls: list[str] = []
 _original = redis.connection.AbstractConnection.send_packed_command
@@ -100,13 +105,6 @@ def ingest(client: Client) -> dict:
 
 def processing(client: Client) -> dict:
     """What the worker does for one invoice event: process_event (with its after-commit relay), journal_post."""
-    from unittest import mock
-
-    from billing_sync import services as billing
-    from billing_sync.services import processing as processing_module
-    from ledger import services as ledger
-    from ledger.models import Journal
-
     run = run_id()
     with mock.patch.object(processing_module, "schedule_processing", lambda ids: None):
         ids = [json.loads(client.post("/api/v1/events", invoice_body(f"p{run}", n),

@@ -15,14 +15,34 @@ re-computes every digest's Merkle roots), for comparison. The entries are synthe
 Knobs: BENCH_AUDIT_ENTRIES (1,000,000), BENCH_AUDIT_SMALL (200,000), BENCH_AUDIT_REPEATS (5 runs at the
 full size, median reported), BENCH_DB (tieout_bench_audit).
 """
+import base64
+import datetime
 import os
+import secrets
 import subprocess
 import sys
 import time
 
+import django
+
 os.environ.setdefault("BENCH_DB", "tieout_bench_audit")
 
 import _common as c  # noqa: E402
+
+# This process seeds through the application's own code, so Django is configured here, at import and
+# before that code is imported below: production settings on the bench database (created and migrated
+# later by prepare(); setting Django up does not connect) with a throwaway signing key for the digests.
+# Every child process (manage.py migrate, audit_verify, export_evidence) gets this same environment, so
+# it verifies with the key the digests were signed with.
+ENV = c.bench_env(TIEOUT_AUDIT_SIGNING_KEY=base64.b64encode(secrets.token_bytes(32)).decode())
+os.environ.update(ENV)
+sys.path.insert(0, str(c.BASE_DIR))
+django.setup()
+
+from django.db import connection  # noqa: E402
+
+from audit import services  # noqa: E402
+from audit.services import entries as audit_entries  # noqa: E402
 
 ENTRIES = int(os.environ.get("BENCH_AUDIT_ENTRIES", "1000000"))
 SMALL = int(os.environ.get("BENCH_AUDIT_SMALL", "200000"))
@@ -31,23 +51,8 @@ MONTH_START = (2026, 11, 1)
 MONTH_DAYS = 30
 
 
-def django_setup(env: dict) -> None:
-    os.environ.update(env)
-    sys.path.insert(0, str(c.BASE_DIR))
-    import django
-
-    django.setup()
-
-
 def seed(total: int, *, start: int = 0, batch: int = 100_000) -> float:
     """Entries start..total-1 (hashed by the app's code), COPY'd, then sealed in order. Returns seconds."""
-    import datetime
-
-    from django.db import connection
-
-    from audit import services
-    from audit.services import entries as audit_entries
-
     began = time.monotonic()
     month = datetime.datetime(*MONTH_START, tzinfo=datetime.UTC)
     span = MONTH_DAYS * 86400 / max(total, 1)
@@ -93,10 +98,6 @@ def seed(total: int, *, start: int = 0, batch: int = 100_000) -> float:
 
 def digest_all(offset: int = 0) -> float:
     """Sign what is sealed so far (all of it carries today's sealed_at): one digest for "today + offset"."""
-    import datetime
-
-    from audit import services
-
     began = time.monotonic()
     services.digests_build(through=datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=offset))
     return time.monotonic() - began
@@ -147,19 +148,10 @@ def prepare(env: dict) -> None:
     c.say(f"database {c.DB_NAME} created and migrated in {time.monotonic() - started:.1f} s")
 
 
-def bench_env() -> dict:
-    # Digests need a signing key under production settings: a throwaway one for this run.
-    import base64
-    import secrets
-
-    return c.bench_env(TIEOUT_AUDIT_SIGNING_KEY=base64.b64encode(secrets.token_bytes(32)).decode())
-
-
 def main() -> None:
     c.say(f"audit_verify: {ENTRIES:,} sealed entries over one month ({c.machine()})")
-    env = bench_env()
+    env = ENV
     prepare(env)
-    django_setup(env)
     figures = []
     done = 0
     for round_no, size in enumerate(sorted({min(SMALL, ENTRIES), ENTRIES})):

@@ -14,6 +14,8 @@ import queue
 import threading
 import time
 
+import psycopg
+
 import _common as c
 
 BATCHES = int(os.environ.get("BENCH_BATCHES", "20"))
@@ -69,8 +71,6 @@ def send_batches(port: int, token: str, bodies: list[bytes]) -> dict:
 
 def insert_select_baseline(repeats: int) -> list[float]:
     """Seconds per committed `INSERT ... SELECT` of SIZE event-shaped rows into a scratch table."""
-    import psycopg
-
     timings = []
     with psycopg.connect(c.database_url(), autocommit=True) as conn:
         conn.execute("CREATE TABLE bench_event_scratch (LIKE billing_sync_event INCLUDING ALL)")

@@ -26,9 +26,8 @@ VERIFY = os.environ.get("BENCH_EVIDENCE_VERIFY", "1") not in ("", "0")
 
 def main() -> None:
     c.say(f"export_evidence: one month, {ENTRIES:,} audit entries of US01 ({c.machine()})")
-    env = seeding.bench_env()
+    env = seeding.ENV  # Django was set up with it when audit_verify was imported
     seeding.prepare(env)
-    seeding.django_setup(env)
     seconds = seeding.seed(ENTRIES)
     c.say(f"seeded and sealed {ENTRIES:,} entries in {seconds:.1f} s; digest signed in {seeding.digest_all():.1f} s")
 

@@ -18,6 +18,8 @@ import queue
 import threading
 import time
 
+import psycopg
+
 import _common as c
 
 RATE = float(os.environ.get("BENCH_RATE", "100"))
@@ -84,8 +86,6 @@ def count_posted(conn, tag: str) -> int:
 
 
 def main() -> None:
-    import psycopg
-
     c.say(f"latency: invoice.issued at {RATE:.0f} events/s for {SECONDS:.0f} s (open loop, {SENDERS} senders), "
           f"one Celery worker -c 1 prefork ({c.machine()})")
     env = c.bench_env()

@@ -19,6 +19,9 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
+from celery import Celery
+
 import _common as c
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,8 +39,6 @@ def start_worker(env: dict, *, queues: str, concurrency: int, pool: str, name: s
     process = c.spawn([str(c.BIN / "celery"), "-A", "config", "worker", "-Q", queues, "-c", str(concurrency),
                        f"--pool={pool}", "-l", "warning", "-n", nodename, "--without-gossip", "--without-mingle",
                        "--prefetch-multiplier", "1"], env=env, log_name=f"{name}.log")
-    from celery import Celery
-
     probe = Celery(broker=c.REDIS_URL)
     deadline = time.monotonic() + 60
     try:
@@ -114,8 +115,6 @@ def configure(env: dict, erp: ErpNextStandin, mode: str) -> None:
 
 
 def main() -> None:
-    import psycopg
-
     c.say(f"posting: ERPNext stand-in at {ERP_LATENCY * 1000:.0f} ms per request, backlog {JOURNALS} journals "
           f"({c.machine()})")
     erp = ErpNextStandin(latency=ERP_LATENCY).start()
@@ -148,7 +147,6 @@ def main() -> None:
         send_backlog(port, token, tag, JOURNALS)
         wait_for(db, READY_SQL, [f"evt_{tag}_%"], JOURNALS, 600)
         workers = []
-        started = time.monotonic()
         if pool == "threads":  # two processes of THREADS threads each
             workers = [start_worker(env, queues="posting", concurrency=concurrency, pool="threads", name=f"post{i}")
                        for i in range(2)]

@@ -27,6 +27,8 @@ import secrets
 import time
 from urllib.parse import urlencode
 
+import redis
+
 # A database and Redis database of its own (before _common reads them), so that it never meets another
 # script's run on the same machine.
 os.environ.setdefault("BENCH_DB", "tieout_bench_ui")
@@ -91,8 +93,6 @@ class Session:
 
 def _flush_dashboard_cache(*, history: bool = True) -> None:
     """Delete the cached dashboard figures (and the cached 14-day history unless history=False)."""
-    import redis
-
     client = redis.Redis.from_url(c.REDIS_URL)
     try:
         keys = [k for k in client.scan_iter(match="*dashboard:*") if history or b":history:" not in k]
