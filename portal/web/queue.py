@@ -18,13 +18,13 @@ from django.urls import path, reverse
 from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from audit import lineage
 from config import roles
 from config.errors import TieoutError
 from exceptions_queue import selectors, services, sla
 from exceptions_queue.models import ExceptionRecord
-from exceptions_queue.web.access import READERS, WORKERS, page
 from ledger.money import display
+from portal import lineage
+from portal.web.access import READERS, WORKERS, page
 
 FILTER_FIELDS = ("code", "process", "entity", "owner", "status", "age", "q", "escalated")
 STATUS_CHOICES = [("unresolved", "Unresolved"), ("open", "Open"), ("assigned", "Assigned"),

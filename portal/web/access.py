@@ -44,7 +44,7 @@ def portal(request):
     """Template context: the signed-in user's roles and what the UI may offer them (never trusted)."""
     user = getattr(request, "user", None)
     held = roles.user_roles(user) if user is not None else frozenset()
-    from exceptions_queue.web.middleware import needs_second_factor
+    from portal.web.middleware import needs_second_factor
 
     return {
         # Signed in by password only, 2FA still to do: the pages show no navigation until it is done.

@@ -32,12 +32,13 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import digests as digest_mod
-from audit import services
+from audit import services, verify_evidence
 from audit.models import AuditDigest
 
 FORMAT = "tieout-evidence/1"
 _CHUNK = 10_000
-VERIFIER_PATH = Path(__file__).with_name("verify_evidence.py")
+# The standalone verifier travels in the pack as it is in the audit app (standard library only).
+VERIFIER_PATH = Path(verify_evidence.__file__)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Prometheus metrics at /metrics, read from the database at scrape time (so every process agrees).
 
 The figures are the dashboard's, for every entity, read by the same selectors
-(`exceptions_queue.dashboard_selectors.compute`): time-windowed or status-bounded queries on indexed
+(`portal.selectors.dashboard.compute`): time-windowed or status-bounded queries on indexed
 columns, so a scrape stays cheap on tables of millions of rows. Also events and journals by status
 (grouped counts over the small-cardinality, indexed status columns) and the outbox backlog. Gauges only:
 Prometheus derives rates itself (`rate()` over `tieout_events` is not needed; the windowed gauges are
@@ -20,7 +20,7 @@ def _gauge(name: str, documentation: str, value) -> GaugeMetricFamily:
 class _TieoutCollector:
     def collect(self):
         from billing_sync.models import Event
-        from exceptions_queue import dashboard_selectors
+        from portal.selectors import dashboard as dashboard_selectors
         from ledger.models import Journal, Outbox
 
         events = GaugeMetricFamily("tieout_events", "Events by status", labels=["status"])

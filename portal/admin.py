@@ -10,8 +10,8 @@ list: an admin must not be able to read, or plant, someone else's second factor.
 """
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth import forms as auth_forms
+from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Prefetch
@@ -21,9 +21,9 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from config.admin_mixins import FastCountPaginator, ReadOnlyAdminMixin
 from config.errors import TieoutError
 from config.roles import ROLES
-from exceptions_queue import auth_services
 from ledger import services as ledger
 from ledger.models import Entity, EntityAccess
+from portal import auth_services
 
 User = get_user_model()
 

@@ -1,6 +1,6 @@
 """Staff sign-in, roles and the second factor: every change to who may do what goes through here, audited.
 
-The sign-in pages (exceptions_queue/web/accounts.py), the users admin (exceptions_queue/admin_users.py)
+The sign-in pages (portal/web/accounts.py), the users admin (portal/admin.py)
 and Django's auth signals only translate input and call these functions. Sign-in events are recorded by
 `user_session_record` (called from thin signal adapters); roles by `user_roles_set`; TOTP devices
 (django-otp) are started, confirmed, verified and reset by the `user_2fa_*` functions, which lock the

@@ -1,9 +1,9 @@
 """Web pages of the audit trail: the trace search and timelines (event, journal, invoice, ERP document
 reference), and the evidence pack, digests and public key for auditors and admins.
 
-Reads go through `audit.lineage` (scoped to the user's entities: anything outside is a 404, the same
+Reads go through `portal.lineage` (scoped to the user's entities: anything outside is a 404, the same
 answer as for something that does not exist, so ids of other entities cannot be probed). The evidence
-pack is written by `audit.evidence.export_evidence` (which audits the export) into a temporary file that
+pack is written by `portal.evidence.export_evidence` (which audits the export) into a temporary file that
 the response streams, so a large pack never sits in memory. Exporting is a POST with CSRF: it writes an
 audit entry, and a link that did so on GET could be triggered from another site.
 """
@@ -17,10 +17,10 @@ from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import include, path, reverse
 
-from audit import lineage
 from config import roles
-from exceptions_queue.web.access import READERS, page
-from exceptions_queue.web.queue import _with_datetimes
+from portal import lineage
+from portal.web.access import READERS, page
+from portal.web.queue import _with_datetimes
 
 EVIDENCE_ROLES = (roles.AUDITOR, roles.ADMIN)
 SEARCH_LABEL = "Find by event id, journal id, invoice id or ERP document reference"
@@ -179,7 +179,7 @@ def evidence(request):
     if errors:
         return render(request, "audit/evidence.html", {"values": values, "errors": errors, "entities": entities},
                       status=400)
-    from audit.evidence import export_evidence
+    from portal.evidence import export_evidence
 
     filename = f"evidence-{values['entity']}-{parsed['date_from']}-{parsed['date_to']}.zip"
     # On disk, not in memory: a month of a busy entity is hundreds of megabytes. The file has no name
@@ -225,5 +225,5 @@ evidence_patterns = [
     path("digests.json", evidence_digests, name="web-evidence-digests"),
     path("public-key.pem", evidence_public_key, name="web-evidence-public-key"),
 ]
-# Mounted at the site root by exceptions_queue/web/urls.py.
+# Mounted at the site root by portal/urls.py.
 urlpatterns = [path("trace/", include(trace_patterns)), path("evidence/", include(evidence_patterns))]

@@ -1,17 +1,19 @@
-"""Trace endpoints of the API: the chain of custody of a journal, an invoice, an exception or an ERP
-document reference, both ways, with every step's audit entries (see `audit.lineage`).
+"""Trace endpoints of the API: the chain of custody of an event, a journal, an invoice, an exception or an
+ERP document reference, both ways, with every step's audit entries (see `portal.lineage`).
 
-Every reader role may call them (finance_ops, controller, auditor, admin); source systems may not (they
-read their own events' traces at /events/{id}/trace). Anything outside the caller's entities answers 404
+Every reader role may call them (finance_ops, controller, auditor, admin); source systems may read only
+their own events' traces, at /events/{id}/trace. Anything outside the caller's entities answers 404
 problem+json, exactly like something that does not exist.
 """
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit import lineage
+from billing_sync.views import EVENT_READERS, event_for
 from config import roles
 from config.errors import ApiError, Codes, NotFound
+from exceptions_queue import selectors
+from portal import lineage
 
 TRACE_READERS = roles.roles_allowed(*roles.READ_ALL)
 _NOT_FOUND = OpenApiResponse(description="not_found (problem+json): unknown, or outside your entities")
@@ -22,6 +24,15 @@ def _traced(build, *args, user):
         return Response(build(*args, user=user))
     except lineage.TraceNotFound as missing:
         raise NotFound(str(missing)) from None
+
+
+# Source systems too: each reads the traces of the events it sent (billing_sync.views.event_for decides).
+class EventTraceView(APIView):
+    permission_classes = [EVENT_READERS]
+
+    @extend_schema(responses={200: dict})
+    def get(self, request, pk):
+        return Response(lineage.event_trace(event_for(request, pk).pk))
 
 
 class JournalTraceView(APIView):
@@ -51,8 +62,6 @@ class ExceptionTraceView(APIView):
     @extend_schema(operation_id="exception_trace", responses={200: dict, 404: _NOT_FOUND},
                    description="The exception's event trace (or its journal's) with its own audit entries.")
     def get(self, request, pk):
-        from exceptions_queue import selectors
-
         exc = selectors.visible_exception(request.user, pk)
         if exc is None:
             raise NotFound(f"no exception {pk}")

@@ -9,13 +9,14 @@ import json
 
 import pytest
 
-from audit import lineage, services as audit
+from audit import services as audit
 from audit.models import AuditEntry
 from billing_sync import tokens
 from config import correlation
 from exceptions_queue.models import ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Journal
+from portal import lineage
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
