@@ -13,6 +13,7 @@ from django.contrib import admin, messages
 from django.contrib.auth import forms as auth_forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Prefetch
 from django.http import HttpResponseRedirect
@@ -62,8 +63,6 @@ class UserAddForm(forms.ModelForm):
         fields = ["username"]
 
     def clean_password1(self):
-        from django.contrib.auth.password_validation import validate_password
-
         password = self.cleaned_data.get("password1")
         if password:
             validate_password(password, User(username=self.cleaned_data.get("username", "")))

@@ -34,6 +34,9 @@ from django.utils import timezone
 from audit import digests as digest_mod
 from audit import services, verify_evidence
 from audit.models import AuditDigest
+from billing_sync.models import Event, Receipt
+from exceptions_queue.models import Approval, ApprovalDecision, ExceptionRecord
+from ledger.models import Account, Entity, Journal, JournalLine
 
 FORMAT = "tieout-evidence/1"
 _CHUNK = 10_000
@@ -118,10 +121,6 @@ def _entry_row(r) -> list:
 
 
 def _tables() -> dict:
-    from billing_sync.models import Event, Receipt
-    from exceptions_queue.models import Approval, ApprovalDecision, ExceptionRecord
-    from ledger.models import Account, Entity, Journal, JournalLine
-
     models = {"event": Event, "receipt": Receipt, "approval": Approval, "decision": ApprovalDecision,
               "exception": ExceptionRecord, "account": Account, "entity": Entity, "journal": Journal,
               "line": JournalLine}
@@ -217,8 +216,6 @@ HASHES
 def export_evidence(*, entity_code: str, date_from: datetime.date, date_to: datetime.date, out,
                     name: str = "evidence.zip", actor="system") -> PackSummary:
     """Write the pack into `out` (a writable binary file object). The export itself is audited."""
-    from ledger.models import Entity
-
     if date_to < date_from:
         raise ValueError("the period ends before it starts")
     entity = Entity.objects.get(code=entity_code)

@@ -12,7 +12,27 @@ raise `TraceNotFound` for anything outside the user's entities, exactly as for s
 of their steps carries its own audit entries (`audit`), and `invoice_trace` has the invoice's versions
 as readable field diffs from django-simple-history (`history_diffs`).
 """
+from django.core.exceptions import ValidationError
+from django.db.models import Q
+
 from audit.models import AuditEntry, AuditSeal
+from billing_sync.documents import key as dependency_key
+from billing_sync.models import (
+    CallbackDelivery,
+    CanonicalChange,
+    CreditNote,
+    Event,
+    Invoice,
+    PaymentAllocation,
+    Refund,
+    WriteOff,
+)
+from billing_sync.selectors import event_resources, invoice_resource
+from config import roles
+from exceptions_queue.models import Approval, ExceptionRecord
+from ledger.models import Account, ErpBatch, Journal, JournalLine
+from ledger.money import fmt
+from ledger.selectors import receivable_balance
 
 
 def _iso(value):
@@ -20,8 +40,6 @@ def _iso(value):
 
 
 def _journal_body(j) -> dict:
-    from ledger.money import fmt
-
     c = j.entity.currency
     return {"id": str(j.pk), "kind": j.kind, "status": j.status, "accounting_date": _iso(j.accounting_date),
             "reverses": str(j.reverses_id) if j.reverses_id else None, "erp_document_ref": j.erp_document_ref,
@@ -57,8 +75,6 @@ def _callbacks(event_id) -> list[dict]:
 
 
 def _callbacks_of(event_ids) -> list[dict]:
-    from billing_sync.models import CallbackDelivery
-
     return [{"id": str(d.pk), "source_system": d.source_system.name, "kind": d.kind, "status": d.status,
              "attempts": d.attempts, "last_status_code": d.last_status_code, "last_error": d.last_error or None,
              "created_at": _iso(d.created_at), "delivered_at": _iso(d.delivered_at)}
@@ -72,9 +88,6 @@ def exception_trace(exception_id) -> dict:
     only a journal (a manual journal that could not post) or nothing at all, the journal and the entries.
     Keys are those of `event_trace` (empty where there is no event), with `callbacks` and `exception`.
     """
-    from exceptions_queue.models import ExceptionRecord
-    from ledger.models import Journal
-
     exc = ExceptionRecord.objects.select_related("owner").get(pk=exception_id)
     if exc.event_id:
         trace = event_trace(exc.event_id)
@@ -97,13 +110,6 @@ def exception_trace(exception_id) -> dict:
 
 
 def event_trace(event_id) -> dict:
-    from billing_sync.models import CanonicalChange, Event, Invoice
-    from billing_sync.selectors import event_resources
-    from exceptions_queue.models import Approval, ExceptionRecord
-    from ledger.models import Journal
-    from ledger.money import fmt
-    from ledger.selectors import receivable_balance
-
     event = Event.objects.select_related("receipt").get(pk=event_id)
     receipt = event.receipt
     journals = list(Journal.objects.filter(event_id=event.pk).select_related("entity", "reverses")
@@ -176,8 +182,6 @@ def _seal_map(ids) -> dict:
 
 def _entries_for(object_keys: set[tuple[str, str]], event_ids: set) -> list[AuditEntry]:
     """Entries on the named objects (type, id) plus every entry of the named events, once each, by id."""
-    from django.db.models import Q
-
     if not object_keys and not event_ids:
         return []
     query = Q()
@@ -238,9 +242,6 @@ def _exception_step(x) -> dict:
 
 
 def _reconciliation(invoice) -> dict:
-    from ledger.money import fmt
-    from ledger.selectors import receivable_balance
-
     ledger_open = receivable_balance(entity=invoice.entity, source_system=invoice.source_system,
                                      invoice_id=invoice.invoice_id)
     return {"source_system": invoice.source_system, "invoice_id": invoice.invoice_id,
@@ -250,16 +251,12 @@ def _reconciliation(invoice) -> dict:
 
 
 def _journals_qs():
-    from ledger.models import Journal
-
     return (Journal.objects.select_related("entity", "reverses", "event")
             .prefetch_related("lines__account", "attempts").order_by("created_at", "id"))
 
 
 def _common(*, events, journals, approvals, exceptions, invoices, extra_objects=()) -> dict:
     """Assemble the shared part of a journal/invoice/ERP-reference trace with every step's audit entries."""
-    from billing_sync.models import CanonicalChange
-
     event_ids = {e.pk for e in events}
     keys = {("journal", str(j.pk)) for j in journals} | {("approval", str(a.pk)) for a in approvals} | {
         ("exception", str(x.pk)) for x in exceptions} | {("event", str(e.pk)) for e in events} | {
@@ -295,9 +292,6 @@ def _finish(trace: dict) -> dict:
 
 
 def _invoices_of(journals) -> list:
-    from billing_sync.models import Invoice
-    from django.db.models import Q
-
     pairs = {(j.source_system, ln.invoice_id) for j in journals for ln in j.lines.all() if ln.invoice_id}
     pairs |= {(j.source_system, j.document_id) for j in journals if j.document_type == "invoice" and j.document_id}
     if not pairs:
@@ -310,10 +304,6 @@ def _invoices_of(journals) -> list:
 
 def _around_journals(journals, *, user=None) -> tuple[list, list, list, list]:
     """Events, approvals and exceptions of the journals, and the invoices their lines touch."""
-    from billing_sync.models import Event
-    from exceptions_queue.models import Approval, ExceptionRecord
-    from django.db.models import Q
-
     journal_ids = [j.pk for j in journals]
     event_ids = {j.event_id for j in journals if j.event_id}
     events = list(Event.objects.select_related("receipt").filter(pk__in=event_ids).order_by("received_at"))
@@ -325,8 +315,6 @@ def _around_journals(journals, *, user=None) -> tuple[list, list, list, list]:
 
 
 def _check_scope(user, entity_code: str):
-    from config import roles
-
     if user is not None and not roles.may_see_entity(user, entity_code):
         raise TraceNotFound("outside your entities")
 
@@ -336,9 +324,6 @@ def journal_trace(journal_id, *, user=None) -> dict:
     invoices its lines touch; forward to its ERP attempts and acknowledgement, its batch, reversals, the
     other journals on the same invoices, approvals, exceptions, callbacks and the reconciliation.
     `user` (when given) must see the journal's entity, else TraceNotFound."""
-    from django.core.exceptions import ValidationError
-    from ledger.models import Journal
-
     try:
         journal = _journals_qs().filter(pk=journal_id).first()
     except (ValidationError, ValueError):
@@ -363,9 +348,6 @@ def journal_trace(journal_id, *, user=None) -> dict:
 
 
 def _related_journal_ids(journal, invoices) -> set:
-    from django.db.models import Q
-    from ledger.models import Journal, JournalLine
-
     ids = set()
     if journal.reverses_id:
         ids.add(journal.reverses_id)
@@ -381,8 +363,6 @@ def _related_journal_ids(journal, invoices) -> set:
 def _lines_on_invoices(entity, query):
     """Lines of `entity` matching `query` (invoice ids), through the (account, invoice_id) index: naming
     the entity's accounts lets PostgreSQL probe it per account instead of reading every line."""
-    from ledger.models import Account, JournalLine
-
     accounts = list(Account.objects.filter(entity=entity).values_list("pk", flat=True))
     return JournalLine.objects.filter(query, account_id__in=accounts, journal__entity=entity)
 
@@ -398,10 +378,6 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
     wrote off or refunded it (with their receipts' hashes), its versions (simple-history, with field
     diffs), the journals whose lines name it, approvals, payments and allocations, credit notes,
     write-offs, refunds, ERP attempts, exceptions, and the reconciliation (billing open vs ledger open)."""
-    from billing_sync.models import CanonicalChange, CreditNote, Event, Invoice, PaymentAllocation, Refund, WriteOff
-    from django.db.models import Q
-    from ledger.money import fmt
-
     invoice = Invoice.objects.select_related("entity", "customer").filter(
         source_system=source_system, invoice_id=invoice_id).first()
     if invoice is None:
@@ -426,9 +402,6 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
     event_ids |= {j.event_id for j in journals if j.event_id}
     # Events that failed on the invoice changed nothing on it: their exceptions name it (the dependency
     # they wait for, the document they carry, or the rule's message, which always says "invoice <id>").
-    from billing_sync.documents import key as dependency_key
-    from exceptions_queue.models import ExceptionRecord
-
     failed = list(ExceptionRecord.objects.filter(
         Q(dependency_key=dependency_key("invoice", source_system, invoice_id)) |
         Q(entity_code=invoice.entity.code, source_ref=invoice_id) |
@@ -437,8 +410,6 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
     event_ids |= {x.event_id for x in failed if x.event_id}
     events = list(Event.objects.select_related("receipt").filter(pk__in=event_ids).order_by("received_at", "id"))
     _, approvals, exceptions, _ = _around_journals(journals)
-    from exceptions_queue.models import Approval
-
     approvals = list({a.pk: a for a in approvals + list(
         Approval.objects.filter(event_id__in=event_ids).prefetch_related("decisions__user"))}.values())
     exceptions = list({x.pk: x for x in exceptions + list(
@@ -453,8 +424,6 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
     trace = _common(events=events, journals=journals, approvals=approvals, exceptions=exceptions,
                     invoices=[invoice], extra_objects=extra)
     grouped = trace["_grouped"]
-    from billing_sync.selectors import invoice_resource
-
     trace["invoice"] = _attach(invoice_resource(invoice), "invoice", f"{source_system}:{invoice_id}", grouped)
     # Additive: what finance calls it (paid, overdue, ...), derived from the amounts (Invoice.settlement_on).
     trace["invoice"]["settlement"] = invoice.settlement
@@ -524,8 +493,6 @@ def erp_reference_trace(entity_code: str, erp_document_ref: str, *, user=None) -
     the ERP batch and its member journals (batch mode), their attempts that returned it, then the events,
     invoices, approvals and exceptions behind them. Scoped like the others (TraceNotFound outside).
     Both look-ups are unique-index probes (a journal outside a batch, or the batch)."""
-    from ledger.models import ErpBatch
-
     ref = (erp_document_ref or "").strip()
     if not ref:
         raise TraceNotFound("no ERP document reference given")
@@ -549,9 +516,6 @@ def erp_reference_trace(entity_code: str, erp_document_ref: str, *, user=None) -
 def event_trace_for(event_id, *, user=None) -> dict:
     """`event_trace` for the web pages: scoped to the user's entities (TraceNotFound outside), plus every
     step's own audit entries on journals, approvals and exceptions, and the invoices the event touched."""
-    from billing_sync.models import Event
-    from django.core.exceptions import ValidationError
-
     try:
         event = Event.objects.filter(pk=event_id).first()
     except (ValidationError, ValueError):

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import django_otp
 import segno
+from axes.helpers import get_client_username, get_cool_off, get_failure_limit
 from django import forms
 from django.conf import settings
 from django.contrib import messages
@@ -105,8 +106,6 @@ def admin_login(request, extra_context=None):
 
 def locked_out(request, original_response=None, credentials=None):
     """django-axes' answer to a locked username (AXES_LOCKOUT_CALLABLE): 429 with when to try again."""
-    from axes.helpers import get_client_username, get_cool_off, get_failure_limit
-
     cool_off = get_cool_off(request)
     seconds = int(cool_off.total_seconds()) if cool_off else 0
     context = {

@@ -17,8 +17,13 @@ from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import include, path, reverse
 
+from audit import digests
+from billing_sync.models import Event, Invoice
 from config import roles
+from exceptions_queue.selectors import visible_exception
+from ledger.models import Entity, ErpBatch, Journal
 from portal import lineage
+from portal.evidence import export_evidence
 from portal.web.access import READERS, page
 from portal.web.queue import _with_datetimes
 
@@ -29,8 +34,6 @@ _EXTRA_TIMES = {"history_date"}
 
 
 def _entities(user) -> list[str]:
-    from ledger.models import Entity
-
     return list(roles.scope(Entity.objects.order_by("code"), user, "code").values_list("code", flat=True))
 
 
@@ -51,9 +54,6 @@ class _Ambiguous(Exception):
 
 def _locate(user, query: str, entity: str) -> str | None:
     """Where the search text leads (a page URL), looking only inside the user's entities."""
-    from billing_sync.models import Event, Invoice
-    from ledger.models import ErpBatch, Journal
-
     codes = [entity] if entity else None  # None: every entity the user sees
     events = roles.scope(Event.objects.all(), user, "entity_code")
     journals = roles.scope(Journal.objects.all(), user, "entity__code")
@@ -67,8 +67,6 @@ def _locate(user, query: str, entity: str) -> str | None:
             return reverse("web-trace-event", args=[as_uuid])
         if journals.filter(pk=as_uuid).exists():
             return reverse("web-trace-journal", args=[as_uuid])
-        from exceptions_queue.selectors import visible_exception
-
         if visible_exception(user, as_uuid) is not None:
             return reverse("web-exception-detail", args=[as_uuid])
     # ERP references are unique per entity, not globally: the entity chosen (or the only one that has it).
@@ -179,8 +177,6 @@ def evidence(request):
     if errors:
         return render(request, "audit/evidence.html", {"values": values, "errors": errors, "entities": entities},
                       status=400)
-    from portal.evidence import export_evidence
-
     filename = f"evidence-{values['entity']}-{parsed['date_from']}-{parsed['date_to']}.zip"
     # On disk, not in memory: a month of a busy entity is hundreds of megabytes. The file has no name
     # (deleted on close), and FileResponse closes it once the last chunk is sent.
@@ -197,8 +193,6 @@ def evidence(request):
 
 @page(read=EVIDENCE_ROLES)
 def evidence_digests(request):
-    from audit import digests
-
     response = HttpResponse(json.dumps(digests.export(), indent=2), content_type="application/json")
     response["Content-Disposition"] = 'attachment; filename="tieout-audit-digests.json"'
     return response
@@ -206,8 +200,6 @@ def evidence_digests(request):
 
 @page(read=EVIDENCE_ROLES)
 def evidence_public_key(request):
-    from audit import digests
-
     response = HttpResponse(digests.public_key_pem(), content_type="application/x-pem-file")
     response["Content-Disposition"] = 'attachment; filename="tieout-audit-public-key.pem"'
     return response
