@@ -14,6 +14,13 @@ from config import roles
 from config.errors import ApiError, Codes, NotFound
 from exceptions_queue import selectors
 from portal import lineage
+from portal.serializers import (
+    ErpReferenceTraceSerializer,
+    EventTraceSerializer,
+    ExceptionTraceSerializer,
+    InvoiceTraceSerializer,
+    JournalTraceSerializer,
+)
 
 TRACE_READERS = roles.roles_allowed(*roles.READ_ALL)
 _NOT_FOUND = OpenApiResponse(description="not_found (problem+json): unknown, or outside your entities")
@@ -30,7 +37,7 @@ def _traced(build, *args, user):
 class EventTraceView(APIView):
     permission_classes = [EVENT_READERS]
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses={200: EventTraceSerializer})
     def get(self, request, pk):
         return Response(lineage.event_trace(event_for(request, pk).pk))
 
@@ -38,7 +45,7 @@ class EventTraceView(APIView):
 class JournalTraceView(APIView):
     permission_classes = [TRACE_READERS]
 
-    @extend_schema(operation_id="journal_trace", responses={200: dict, 404: _NOT_FOUND},
+    @extend_schema(operation_id="journal_trace", responses={200: JournalTraceSerializer, 404: _NOT_FOUND},
                    description="A journal back to its event and invoices, forward to its ERP attempts, batch, "
                                "reversals, related journals, approvals, exceptions and reconciliation.")
     def get(self, request, pk):
@@ -48,7 +55,7 @@ class JournalTraceView(APIView):
 class InvoiceTraceView(APIView):
     permission_classes = [TRACE_READERS]
 
-    @extend_schema(operation_id="invoice_trace", responses={200: dict, 404: _NOT_FOUND},
+    @extend_schema(operation_id="invoice_trace", responses={200: InvoiceTraceSerializer, 404: _NOT_FOUND},
                    description="Every event, version (field diffs), journal, approval, payment allocation, "
                                "credit note, write-off, refund, ERP attempt and exception of one invoice, and "
                                "its reconciliation (billing open vs ledger open).")
@@ -59,7 +66,7 @@ class InvoiceTraceView(APIView):
 class ExceptionTraceView(APIView):
     permission_classes = [TRACE_READERS]
 
-    @extend_schema(operation_id="exception_trace", responses={200: dict, 404: _NOT_FOUND},
+    @extend_schema(operation_id="exception_trace", responses={200: ExceptionTraceSerializer, 404: _NOT_FOUND},
                    description="The exception's event trace (or its journal's) with its own audit entries.")
     def get(self, request, pk):
         exc = selectors.visible_exception(request.user, pk)
@@ -71,8 +78,9 @@ class ExceptionTraceView(APIView):
 class ErpReferenceTraceView(APIView):
     permission_classes = [TRACE_READERS]
 
-    @extend_schema(operation_id="erp_reference_trace", responses={200: dict, 400: OpenApiResponse(
-        description="invalid_request: both parameters are required"), 404: _NOT_FOUND},
+    @extend_schema(operation_id="erp_reference_trace", responses={
+        200: ErpReferenceTraceSerializer,
+        400: OpenApiResponse(description="invalid_request: both parameters are required"), 404: _NOT_FOUND},
         parameters=[OpenApiParameter("erp_document_ref", str, required=True),
                     OpenApiParameter("entity", str, required=True)],
         description="An ERP document reference back to the journal (or batch and its journals) that carries "

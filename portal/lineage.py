@@ -11,6 +11,10 @@ on to the other journals, payments, credits and exceptions). Those three take th
 raise `TraceNotFound` for anything outside the user's entities, exactly as for something unknown; each
 of their steps carries its own audit entries (`audit`), and `invoice_trace` has the invoice's versions
 as readable field diffs from django-simple-history (`history_diffs`).
+
+Every trace leaves through its typed serializer (`portal.serializers`: `EventTraceSerializer`, ...), which
+declares its shape once for the API, the pages and the OpenAPI schema, and passes the values through
+unchanged.
 """
 from django.core.exceptions import ValidationError
 from django.db.models import Q
@@ -33,10 +37,22 @@ from exceptions_queue.models import Approval, ExceptionRecord
 from ledger.models import Account, ErpBatch, Journal, JournalLine
 from ledger.money import fmt
 from ledger.selectors import receivable_balance
+from portal.serializers import (
+    ErpReferenceTraceSerializer,
+    EventTraceSerializer,
+    ExceptionTraceSerializer,
+    InvoiceTraceSerializer,
+    JournalTraceSerializer,
+)
 
 
 def _iso(value):
     return value.isoformat() if value else None
+
+
+def _typed(serializer_class, trace: dict) -> dict:
+    """The trace as its serializer declares it (the same keys, in the same order, with the same values)."""
+    return serializer_class(trace).data
 
 
 def _journal_body(j) -> dict:
@@ -90,26 +106,33 @@ def exception_trace(exception_id) -> dict:
     """
     exc = ExceptionRecord.objects.select_related("owner").get(pk=exception_id)
     if exc.event_id:
-        trace = event_trace(exc.event_id)
+        trace = _event_trace(exc.event_id)
         known = {entry["id"] for entry in trace["audit"]}
         extra = [e for e in AuditEntry.objects.filter(object_id=str(exc.pk)).order_by("id") if e.pk not in known]
         if extra:
             trace["audit"] = sorted(trace["audit"] + _audit_bodies(extra), key=lambda entry: entry["id"])
         trace["exception"] = _exception_body(exc)
-        return trace
+        return _typed(ExceptionTraceSerializer, trace)
     journals = []
     if exc.journal_id:
         journals = list(Journal.objects.filter(pk=exc.journal_id).select_related("entity", "reverses")
                         .prefetch_related("lines__account", "attempts"))
     object_ids = {str(exc.pk)} | {str(j.pk) for j in journals}
     entries = list(AuditEntry.objects.filter(object_id__in=object_ids).order_by("id"))
-    return {"event": None, "receipt": None, "payload_sha256": None, "validation": None, "canonical_changes": [],
-            "approvals": [], "journals": [_journal_body(j) for j in journals],
-            "exceptions": [_exception_body(exc)], "reconciliation": {"invoices": []}, "callbacks": [],
-            "audit": _audit_bodies(entries), "exception": _exception_body(exc)}
+    return _typed(ExceptionTraceSerializer, {
+        "event": None, "receipt": None, "payload_sha256": None, "validation": None, "canonical_changes": [],
+        "approvals": [], "journals": [_journal_body(j) for j in journals], "exceptions": [_exception_body(exc)],
+        "reconciliation": {"invoices": []}, "callbacks": [], "audit": _audit_bodies(entries),
+        "exception": _exception_body(exc)})
 
 
 def event_trace(event_id) -> dict:
+    """Everything that happened to one event, in order: receipt, validation, canonical changes, approvals,
+    journals with their lines and ERP attempts, exceptions, reconciliation, callbacks and audit entries."""
+    return _typed(EventTraceSerializer, _event_trace(event_id))
+
+
+def _event_trace(event_id) -> dict:
     event = Event.objects.select_related("receipt").get(pk=event_id)
     receipt = event.receipt
     journals = list(Journal.objects.filter(event_id=event.pk).select_related("entity", "reverses")
@@ -286,9 +309,9 @@ def _common(*, events, journals, approvals, exceptions, invoices, extra_objects=
     }
 
 
-def _finish(trace: dict) -> dict:
+def _finish(trace: dict, serializer_class) -> dict:
     trace.pop("_grouped", None)
-    return trace
+    return _typed(serializer_class, trace)
 
 
 def _invoices_of(journals) -> list:
@@ -344,7 +367,7 @@ def journal_trace(journal_id, *, user=None) -> dict:
                                   "relation": ("reverses" if journal.reverses_id == j.pk else
                                                "reversed_by" if j.reverses_id == journal.pk else "same_invoice")}
                                  for j in related]
-    return _finish(trace)
+    return _finish(trace, JournalTraceSerializer)
 
 
 def _related_journal_ids(journal, invoices) -> set:
@@ -444,7 +467,7 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
                                    "write_off", f"{x.source_system}:{x.write_off_id}", grouped) for x in write_offs]
     trace["refunds"] = [_attach({"refund_id": x.refund_id, "amount": fmt(x.amount, c), "event_id": str(x.event_id)},
                                 "refund", f"{x.source_system}:{x.refund_id}", grouped) for x in refunds]
-    return _finish(trace)
+    return _finish(trace, InvoiceTraceSerializer)
 
 
 # Fields that change on every version for bookkeeping reasons, not content: left out of the diffs.
@@ -510,12 +533,13 @@ def erp_reference_trace(entity_code: str, erp_document_ref: str, *, user=None) -
     trace["erp_document_ref"] = ref
     trace["entity"] = entity_code
     trace["erp_batch"] = _batch_step(batch, trace["_grouped"]) if batch is not None else None
-    return _finish(trace)
+    return _finish(trace, ErpReferenceTraceSerializer)
 
 
 def event_trace_for(event_id, *, user=None) -> dict:
     """`event_trace` for the web pages: scoped to the user's entities (TraceNotFound outside), plus every
-    step's own audit entries on journals, approvals and exceptions, and the invoices the event touched."""
+    step's own audit entries on journals, approvals and exceptions, and the invoices the event touched
+    (keys for the pages only, added to the typed event trace; the API's event trace has none of them)."""
     try:
         event = Event.objects.filter(pk=event_id).first()
     except (ValidationError, ValueError):

@@ -3,6 +3,9 @@ journals; an invoice to every event, version (with field diffs), payment, credit
 reconciliation; an ERP document reference back to the journal and event; an exception to its trace.
 Every step carries its audit entries with their hashes (and seal once sealed). Scoped to the caller's
 entities (404 outside, the same as unknown); auditors may read; source systems may not (403).
+
+Every trace built in these tests leaves through its typed serializer (portal.serializers) with exactly the
+bytes it had as the plain dict lineage assembled (`typed_bodies_keep_their_bytes`, for each test here).
 """
 import hashlib
 import json
@@ -20,6 +23,27 @@ from portal import lineage
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
+TRACE_SERIALIZERS = {"EventTraceSerializer", "ExceptionTraceSerializer", "JournalTraceSerializer",
+                     "InvoiceTraceSerializer", "ErpReferenceTraceSerializer"}
+
+
+@pytest.fixture(autouse=True)
+def typed_bodies_keep_their_bytes(monkeypatch):
+    """Each trace's JSON through its serializer is byte for byte its JSON as lineage built it: the serializers
+    declare every key, in order, and change no value (a key they missed would be dropped and fail here)."""
+    seen = []
+    typed = lineage._typed
+
+    def checked(serializer_class, trace):
+        before = json.dumps(trace)
+        data = typed(serializer_class, trace)
+        seen.append((serializer_class.__name__, before, json.dumps(data)))
+        return data
+
+    monkeypatch.setattr(lineage, "_typed", checked)
+    yield seen
+    for name, before, after in seen:
+        assert after == before, f"{name} changed the body"
 
 
 @pytest.fixture
@@ -227,3 +251,38 @@ def test_invoice_and_journal_traces_run_a_fixed_number_of_queries(entity, integr
         counts.append((len(invoice_queries), len(journal_queries)))
         assert len(trace["payments"]) == 3 * (batch + 1)
     assert counts[0] == counts[1], counts
+
+
+def test_every_trace_is_typed_and_keeps_its_bytes(book, auditor, integration, typed_bodies_keep_their_bytes):
+    """All five trace shapes, the exception trace both with its event and with only a journal."""
+    journal = book["journal"]
+    exc = ExceptionRecord.objects.get(event_id=book["over"])
+    journal_only = ExceptionRecord.objects.create(code="posting_failed", process="posting", entity_code="US01",
+                                                  message="the ERP refused it", journal=journal)
+    for path, params in ((f"/api/v1/events/{book['issued']}/trace", {}), (f"/api/v1/journals/{journal.pk}/trace", {}),
+                         (f"/api/v1/invoices/{f.SOURCE}/inv_ln/trace", {}), (f"/api/v1/exceptions/{exc.pk}/trace", {}),
+                         (f"/api/v1/exceptions/{journal_only.pk}/trace", {}),
+                         ("/api/v1/trace", {"erp_document_ref": journal.erp_document_ref, "entity": "US01"})):
+        response = auditor.get(path, **params)
+        assert response.status_code == 200, (path, response.content[:300])
+    assert integration.get(f"/api/v1/events/{book['issued']}/trace").status_code == 200  # its own event
+    assert {name for name, _, _ in typed_bodies_keep_their_bytes} == TRACE_SERIALIZERS
+    no_event = auditor.get(f"/api/v1/exceptions/{journal_only.pk}/trace").json()
+    assert no_event["event"] is None and no_event["validation"] is None
+    assert [j["id"] for j in no_event["journals"]] == [str(journal.pk)]
+
+
+def test_trace_responses_are_typed_in_the_openapi_schema(auditor, entity):
+    schema = auditor.client.get("/api/v1/schema", HTTP_ACCEPT="application/json").json()
+    paths = schema["paths"]
+    for path, component in (("/api/v1/events/{id}/trace", "EventTrace"),
+                            ("/api/v1/journals/{id}/trace", "JournalTrace"),
+                            ("/api/v1/invoices/{source_system}/{invoice_id}/trace", "InvoiceTrace"),
+                            ("/api/v1/exceptions/{id}/trace", "ExceptionTrace"),
+                            ("/api/v1/trace", "ErpReferenceTrace")):
+        body = paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{component}"}, path
+    audit_entry = schema["components"]["schemas"]["TraceAuditEntry"]["properties"]
+    assert audit_entry["at"] == {"type": "string", "format": "date-time"}
+    assert audit_entry["chain_seq"]["nullable"] is True
+    assert schema["components"]["schemas"]["TraceJournalLine"]["properties"]["debit"]["format"] == "decimal"
