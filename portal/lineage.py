@@ -20,7 +20,6 @@ from django.core.exceptions import ValidationError
 from django.db.models import Q
 
 from audit.models import AuditEntry, AuditSeal
-from billing_sync.documents import key as dependency_key
 from billing_sync.models import (
     CallbackDelivery,
     CanonicalChange,
@@ -31,6 +30,7 @@ from billing_sync.models import (
     Refund,
     WriteOff,
 )
+from billing_sync.ordering import document_key
 from billing_sync.selectors import event_resources, invoice_resource
 from config import roles
 from exceptions_queue.models import Approval, ExceptionRecord
@@ -423,14 +423,12 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
         .values_list("event_id", flat=True))
     event_ids |= {a.event_id for a in allocations} | {x.event_id for x in credit_notes + write_offs + refunds}
     event_ids |= {j.event_id for j in journals if j.event_id}
-    # Events that failed on the invoice changed nothing on it: their exceptions name it (the dependency
-    # they wait for, the document they carry, or the rule's message, which always says "invoice <id>").
-    failed = list(ExceptionRecord.objects.filter(
-        Q(dependency_key=dependency_key("invoice", source_system, invoice_id)) |
-        Q(entity_code=invoice.entity.code, source_ref=invoice_id) |
-        Q(entity_code=invoice.entity.code, message__contains=f"invoice {invoice_id}"),
-        event__source_system=source_system).select_related("owner"))
-    event_ids |= {x.event_id for x in failed if x.event_id}
+    # Events that failed on the invoice changed nothing on it, but they touched it: acceptance recorded the
+    # documents each event touches (Event.order_keys: the invoice's document key among them, whether the
+    # event changes it, waits for it or carries it). Never the exception's words, which are for people.
+    event_ids |= set(ExceptionRecord.objects.filter(
+        event__order_keys__contains=[document_key("invoice", source_system, invoice_id)])
+        .values_list("event_id", flat=True))
     events = list(Event.objects.select_related("receipt").filter(pk__in=event_ids).order_by("received_at", "id"))
     _, approvals, exceptions, _ = _around_journals(journals)
     approvals = list({a.pk: a for a in approvals + list(

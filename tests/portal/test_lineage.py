@@ -286,3 +286,21 @@ def test_trace_responses_are_typed_in_the_openapi_schema(auditor, entity):
     assert audit_entry["at"] == {"type": "string", "format": "date-time"}
     assert audit_entry["chain_seq"]["nullable"] is True
     assert schema["components"]["schemas"]["TraceJournalLine"]["properties"]["debit"]["format"] == "decimal"
+
+
+def test_invoice_trace_finds_failed_events_by_the_documents_they_touch_not_by_the_message(book, auditor,
+                                                                                          integration):
+    """An exception's message is for people: the trace finds the failed events through the documents each
+    event touched (Event.order_keys), so a reworded message loses nothing and a message that happens to
+    name the invoice adds nothing."""
+    over = ExceptionRecord.objects.get(event_id=book["over"])
+    ExceptionRecord.objects.filter(pk=over.pk).update(message="allocation larger than the open amount")
+    integration.send(f.invoice("inv_other", customer_id="cus_ln", lines=[("5.00", "0")]))
+    other = integration.send(f.payment("pay_other", customer_id="cus_ln", amount="900.00",
+                                       allocations=[("inv_other", "900.00")])).json()["id"]
+    ExceptionRecord.objects.filter(event_id=other).update(message="over-application, see invoice inv_ln")
+    trace = auditor.get(f"/api/v1/invoices/{f.SOURCE}/inv_ln/trace").json()
+    assert book["over"] in {e["id"] for e in trace["events"]}
+    assert str(over.pk) in {x["id"] for x in trace["exceptions"]}
+    assert other not in {e["id"] for e in trace["events"]}
+    assert not [x for x in trace["exceptions"] if x["event_id"] == other]
