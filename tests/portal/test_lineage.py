@@ -11,16 +11,20 @@ import hashlib
 import json
 
 import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
 from audit import services as audit
-from audit.models import AuditEntry
+from audit.models import AuditEntry, AuditSeal
 from billing_sync import tokens
 from config import correlation
 from exceptions_queue.models import ExceptionRecord
 from ledger import services as ledger
-from ledger.models import Journal
+from ledger.models import ErpBatch, Journal
 from portal import lineage
 from tests import factories as f
+from tests.fixtures import Api
+from tests.standins.erpnext import ErpNextStandin
 
 pytestmark = pytest.mark.django_db
 TRACE_SERIALIZERS = {"EventTraceSerializer", "ExceptionTraceSerializer", "JournalTraceSerializer",
@@ -156,8 +160,6 @@ def test_erp_reference_leads_back_to_journal_event_and_invoice(book, auditor):
 def test_seal_positions_appear_once_sealed(book, auditor):
     audit.seal()
     trace = auditor.get(f"/api/v1/journals/{book['journal'].pk}/trace").json()
-    from audit.models import AuditSeal
-
     for entry in trace["journal"]["audit"]:
         seal = AuditSeal.objects.get(entry_id=entry["id"])
         assert entry["chain_seq"] == seal.seq and entry["chain_hash"] == seal.chain_hash
@@ -170,12 +172,9 @@ def test_exception_trace_endpoint(book, finance):
     assert trace == json.loads(json.dumps(lineage.exception_trace(exc.pk)))  # the selector the page uses
 
 
-def test_scope_not_found_outside_entities_and_integration_refused(book, integration, django_capture_on_commit_callbacks):
-    from tests.fixtures import Api
-
+def test_scope_not_found_outside_entities_and_integration_refused(book, integration,
+                                                                  django_capture_on_commit_callbacks):
     with correlation.bound(None):
-        from django.db import transaction
-
         with transaction.atomic():
             ledger.entity_setup(code="GB01", currency="GBP", name="Tieout UK", actor="test")
         raw = tokens.token_issue(username="gb-ops", role="finance_ops", entities=["GB01"], actor="test")
@@ -207,9 +206,6 @@ def test_trace_endpoints_are_in_the_openapi_schema(auditor, entity):
 
 def test_erp_batch_reference_finds_every_member_journal(entity, integration, auditor, monkeypatch,
                                                         django_capture_on_commit_callbacks):
-    from ledger.models import ErpBatch
-    from tests.standins.erpnext import ErpNextStandin
-
     erp = ErpNextStandin().start()
     try:
         monkeypatch.setenv("TEST_ERPNEXT_TOKEN", "key:secret")
@@ -233,9 +229,6 @@ def test_erp_batch_reference_finds_every_member_journal(entity, integration, aud
 
 def test_invoice_and_journal_traces_run_a_fixed_number_of_queries(entity, integration):
     """More payments on the invoice add rows, not queries (no per-event or per-journal look-ups)."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     integration.send(f.customer("cus_q"))
     integration.send(f.invoice("inv_q", customer_id="cus_q", lines=[("500.00", "0")]))
     counts = []
