@@ -1,4 +1,4 @@
-"""Events API: receive one or a batch, list, read, trace; canonical invoices. Views only translate HTTP.
+"""Events API: receive one or a batch, list, read; canonical invoices. Views only translate HTTP.
 
 The receive views read the raw body themselves (never `request.data`) so that the exact bytes are kept
 in the receipt log, and they record a receipt for refused requests too (401/403).
@@ -11,7 +11,6 @@ from rest_framework import generics
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit.lineage import event_trace
 from billing_sync import selectors, services
 from billing_sync.models import ApiToken, Event, Receipt
 from config import roles
@@ -102,7 +101,9 @@ class EventBatchView(_ReceiveView):
                                                    remote_addr=request.META.get("REMOTE_ADDR"), allowed=self.allowed()))
 
 
-def _event_for(request, pk) -> Event:
+def event_for(request, pk) -> Event:
+    """The event `pk` if the caller may read it (a source system: only its own), else 404 (the portal's
+    event trace asks the same)."""
     event = selectors.events_visible_to(request.user, own_only=_own_only(request.user)).filter(pk=pk).first()
     if event is None:
         raise NotFound(f"no event {pk}")
@@ -114,15 +115,7 @@ class EventDetailView(APIView):
 
     @extend_schema(responses={200: dict})
     def get(self, request, pk):
-        return Response(selectors.event_resources([_event_for(request, pk)])[0])
-
-
-class EventTraceView(APIView):
-    permission_classes = [EVENT_READERS]
-
-    @extend_schema(responses={200: dict})
-    def get(self, request, pk):
-        return Response(event_trace(_event_for(request, pk).pk))
+        return Response(selectors.event_resources([event_for(request, pk)])[0])
 
 
 class InvoiceDetailView(APIView):
@@ -145,7 +138,7 @@ class EventCallbacksView(generics.GenericAPIView):
     def get_queryset(self):
         if getattr(self, "swagger_fake_view", False):  # OpenAPI generation: no request, no event
             return selectors.callback_deliveries_for_event(None).none()
-        return selectors.callback_deliveries_for_event(_event_for(self.request, self.kwargs["pk"]).pk)
+        return selectors.callback_deliveries_for_event(event_for(self.request, self.kwargs["pk"]).pk)
 
     @extend_schema(operation_id="event_callbacks_list", responses={200: dict})
     def get(self, request, pk):

@@ -1,10 +1,15 @@
-"""URL map: health probes, the v1 API, its OpenAPI schema and docs, and the admin."""
+"""URL map: health probes, metrics, the v1 API, its OpenAPI schema and docs, the admin and the staff portal.
+
+The portal (the read side and the staff UI, the top layer) is reached from here only: its trace API
+routes sit under api/v1/ beside the domain apps' own, its pages at the site root.
+"""
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from config import health, metrics
-from exceptions_queue.web import accounts
+from config import health
+from portal import metrics
+from portal.web import accounts
 
 urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
@@ -15,8 +20,10 @@ urlpatterns = [
     path("api/v1/", include("billing_sync.urls")),
     path("api/v1/", include("ledger.urls")),
     path("api/v1/", include("exceptions_queue.urls")),
+    # Traces of events, invoices, journals, exceptions and ERP references (the read side).
+    path("api/v1/", include("portal.api_urls")),
     # One guarded door: the admin's login page sends people to ours (lockout, 2FA, audit).
     path("admin/login/", accounts.admin_login, name="admin-login"),
     path("admin/", admin.site.urls),
-    path("", include("exceptions_queue.web.urls")),
+    path("", include("portal.urls")),
 ]

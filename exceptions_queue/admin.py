@@ -57,5 +57,3 @@ class ApprovalAdmin(LargeTableAdminMixin, ReadOnlyAdminMixin, admin.ModelAdmin):
     sortable_by = ("created_at",)
     entity_field = "entity__code"
 
-
-from exceptions_queue import admin_users  # noqa: E402,F401  (users, roles and entity access)

@@ -7,10 +7,8 @@ class ExceptionsQueueConfig(AppConfig):
     verbose_name = "Exceptions and approvals"
 
     def ready(self):
-        # Models are loaded only now; the modules below import them.
-        from exceptions_queue import auth_services, handlers
+        # Models are loaded only now; the module below imports them.
+        from exceptions_queue import handlers
 
         # The queue's own subject kinds and its receivers of the ledger's hooks.
         handlers.register()
-        # Sign-in, sign-out and failed sign-in become audit entries (thin adapters over one service).
-        auth_services.connect_signals()

@@ -1,7 +1,7 @@
-"""API routes of exceptions, approvals and manual journals."""
+"""API routes of exceptions, approvals and manual journals (an exception's trace is the portal's:
+portal/api_urls.py)."""
 from django.urls import path
 
-from audit import api_views as trace_views
 from exceptions_queue import views
 
 urlpatterns = [
@@ -11,7 +11,6 @@ urlpatterns = [
     path("approvals/<uuid:pk>/reject", views.ApprovalRejectView.as_view(), name="approval-reject"),
     path("exceptions", views.ExceptionListView.as_view(), name="exception-list"),
     path("exceptions/<uuid:pk>", views.ExceptionDetailView.as_view(), name="exception-detail"),
-    path("exceptions/<uuid:pk>/trace", trace_views.ExceptionTraceView.as_view(), name="exception-trace"),
     path("exceptions/<uuid:pk>/assign", views.ExceptionAssignView.as_view(), name="exception-assign"),
     path("exceptions/<uuid:pk>/retry", views.ExceptionRetryView.as_view(), name="exception-retry"),
     path("exceptions/<uuid:pk>/resolve", views.ExceptionResolveView.as_view(), name="exception-resolve"),

@@ -49,6 +49,8 @@ INSTALLED_APPS = [
     "ledger",
     "exceptions_queue",
     "billing_sync",
+    # The read side and the staff portal: last, the top layer (nothing below imports it).
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -62,7 +64,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
-    "exceptions_queue.web.middleware.TwoFactorRequiredMiddleware",
+    "portal.web.middleware.TwoFactorRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
@@ -89,10 +91,10 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "exceptions_queue.web.access.portal",
+                "portal.web.access.portal",
             ],
-            # `{{ amount|money:currency }}` in every template (exceptions_queue/templatetags/money.py).
-            "builtins": ["exceptions_queue.templatetags.money"],
+            # `{{ amount|money:currency }}` in every template (portal/templatetags/money.py).
+            "builtins": ["portal.templatetags.money"],
         },
     },
 ]
@@ -143,8 +145,8 @@ AXES_LOCKOUT_PARAMETERS = ["username"]
 SILENCED_SYSTEM_CHECKS = ["axes.W006"]
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "accounts/locked_out.html"
-# Renders that template with when to retry (and a Retry-After header): exceptions_queue.web.accounts.
-AXES_LOCKOUT_CALLABLE = "exceptions_queue.web.accounts.locked_out"
+# Renders that template with when to retry (and a Retry-After header): portal.web.accounts.
+AXES_LOCKOUT_CALLABLE = "portal.web.accounts.locked_out"
 AXES_USERNAME_FORM_FIELD = "username"
 AXES_VERBOSE = False
 # Behind the proxies gunicorn trusts (FORWARDED_ALLOW_IPS), the client address is the forwarded one.

@@ -59,8 +59,8 @@ ALLOWED = {
     ("ledger/services/posting.py", "_claim"): ("journal.attempts is PostingAttempt (operational)", "exempt"),
     ("ledger/services/outcomes.py", "_fail"): ("journal.attempts is PostingAttempt (operational)", "exempt"),
     ("ledger/services/batches.py", "_batch_close"): ("row is an ErpBatchLine (operational)", "exempt"),
-    ("exceptions_queue/auth_services.py", "user_2fa_enrol"): ("unconfirmed TOTP devices", SAME_FUNCTION),
-    ("exceptions_queue/auth_services.py", "user_2fa_reset"): ("a user's TOTP devices", SAME_FUNCTION),
+    ("portal/auth_services.py", "user_2fa_enrol"): ("unconfirmed TOTP devices", SAME_FUNCTION),
+    ("portal/auth_services.py", "user_2fa_reset"): ("a user's TOTP devices", SAME_FUNCTION),
 }
 
 

@@ -33,7 +33,8 @@ from audit.models import AuditEntry
 from billing_sync import callbacks, tokens
 from billing_sync.models import ApiToken, Customer, Invoice
 from config import correlation
-from exceptions_queue import auth_services, services as queue
+from exceptions_queue import services as queue
+from portal import auth_services
 from exceptions_queue import tasks as queue_tasks
 from exceptions_queue.models import Approval, ApprovalPolicy, ExceptionRecord
 from ledger import services as ledger
@@ -51,7 +52,7 @@ PASSWORD = "correct-horse-battery-staple"
 # Service modules, or packages of them (every submodule counts).
 SERVICE_MODULES = ["billing_sync.services", "billing_sync.documents", "billing_sync.tokens", "billing_sync.adjustments",
                    "billing_sync.callbacks", "ledger.services", "exceptions_queue.services",
-                   "exceptions_queue.auth_services"]
+                   "portal.auth_services"]
 
 
 def _expand(names):
@@ -384,34 +385,34 @@ PATHS = [
          {"exception.opened"}, ("exceptions_queue.services.exceptions.exception_open_system",)),
     # ---------------------------------------------------------------- people, sign-in and 2FA
     Path("user created", lambda c, _: auth_services.user_create(username="nina", password="a-long-password", actor=c.ada),
-         {"user.created"}, ("exceptions_queue.auth_services.user_create",)),
+         {"user.created"}, ("portal.auth_services.user_create",)),
     Path("user profile changed", lambda c, _: auth_services.user_profile_update(user=c.fiona,
                                                                                 values={"email": "f@x.example"},
                                                                                 actor=c.ada),
-         {"user.profile_changed"}, ("exceptions_queue.auth_services.user_profile_update",)),
+         {"user.profile_changed"}, ("portal.auth_services.user_profile_update",)),
     Path("user roles set", lambda c, _: auth_services.user_roles_set(user=c.fiona, roles=["controller"], actor=c.ada),
-         {"user.roles_set"}, ("exceptions_queue.auth_services.user_roles_set",)),
+         {"user.roles_set"}, ("portal.auth_services.user_roles_set",)),
     Path("password set", lambda c, _: auth_services.user_password_set_record(user=c.fiona, actor=c.ada),
-         {"user.password_set"}, ("exceptions_queue.auth_services.user_password_set_record",)),
+         {"user.password_set"}, ("portal.auth_services.user_password_set_record",)),
     Path("signed in, signed out, failed sign-in", lambda c, _: (
         (lambda cl: (cl.post("/accounts/login/", {"username": "carl-controller", "password": PASSWORD}),
                      cl.post("/accounts/logout/")))(Client()),
         Client().post("/accounts/login/", {"username": "carl-controller", "password": "nope"})),
          {"user.signed_in", "user.signed_out", "user.sign_in_failed"},
-         ("exceptions_queue.auth_services.user_session_record", "exceptions_queue.auth_services.on_signed_in",
-          "exceptions_queue.auth_services.on_signed_out", "exceptions_queue.auth_services.on_sign_in_failed")),
+         ("portal.auth_services.user_session_record", "portal.auth_services.on_signed_in",
+          "portal.auth_services.on_signed_out", "portal.auth_services.on_sign_in_failed")),
     Path("sign-in unlocked", lambda c, _: auth_services.user_sign_in_unlock(user=c.fiona, actor=c.ada),
-         {"user.sign_in_unlocked"}, ("exceptions_queue.auth_services.user_sign_in_unlock",), prepare=_locked_out),
+         {"user.sign_in_unlocked"}, ("portal.auth_services.user_sign_in_unlock",), prepare=_locked_out),
     Path("2FA enrolment started", lambda c, _: auth_services.user_2fa_start(user=c.carl),
-         {"user.2fa_enrolment_started"}, ("exceptions_queue.auth_services.user_2fa_start",)),
+         {"user.2fa_enrolment_started"}, ("portal.auth_services.user_2fa_start",)),
     Path("2FA enrolled", lambda c, d: auth_services.user_2fa_enrol(user=c.carl, token=_totp(d)),
-         {"user.2fa_enrolled"}, ("exceptions_queue.auth_services.user_2fa_enrol",),
+         {"user.2fa_enrolled"}, ("portal.auth_services.user_2fa_enrol",),
          prepare=lambda c: auth_services.user_2fa_start(user=c.carl)),
     Path("2FA verified", lambda c, d: auth_services.user_2fa_verify(user=c.carl, token=_totp(d)),
-         {"user.2fa_verified"}, ("exceptions_queue.auth_services.user_2fa_verify",),
+         {"user.2fa_verified"}, ("portal.auth_services.user_2fa_verify",),
          prepare=lambda c: _enrolled(c)),
     Path("2FA reset", lambda c, _: auth_services.user_2fa_reset(user=c.carl, actor=c.ada),
-         {"user.2fa_reset"}, ("exceptions_queue.auth_services.user_2fa_reset",), prepare=lambda c: _enrolled(c)),
+         {"user.2fa_reset"}, ("portal.auth_services.user_2fa_reset",), prepare=lambda c: _enrolled(c)),
     # ---------------------------------------------------------------- admin forms and actions
     Path("admin: entity changed", lambda c, _: _ok(c.admin().post(
         f"/admin/ledger/entity/{c.entity.pk}/change/",
@@ -633,10 +634,10 @@ ALLOWED = {
     "exceptions_queue.services.exceptions.replay_refusal": "check",
     "exceptions_queue.services.approvals.approvals_required": "read",
     "exceptions_queue.services.exceptions.user_by_username": "read",
-    "exceptions_queue.auth_services.client_address": "pure",
-    "exceptions_queue.auth_services.user_2fa_device": "read",
-    "exceptions_queue.auth_services.user_2fa_enrolled": "read",
-    "exceptions_queue.auth_services.connect_signals": "wiring at start-up",
+    "portal.auth_services.client_address": "pure",
+    "portal.auth_services.user_2fa_device": "read",
+    "portal.auth_services.user_2fa_enrolled": "read",
+    "portal.auth_services.connect_signals": "wiring at start-up",
     "billing_sync.tokens.token_touch": "usage statistic (a token's last_used_at, at most once a minute), like a "
                                        "session's last activity; the requests leave their receipts",
 }

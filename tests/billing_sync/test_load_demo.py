@@ -6,11 +6,11 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from billing_sync.models import CreditNote, Event, Invoice, Payment, WriteOff
 from billing_sync.management.commands import load_demo
-from exceptions_queue import dashboard_selectors
+from billing_sync.models import CreditNote, Event, Invoice, Payment, WriteOff
 from exceptions_queue.models import Approval, ExceptionRecord
 from ledger.models import Journal, Period
+from portal.selectors import dashboard as dashboard_selectors
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

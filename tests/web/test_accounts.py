@@ -20,7 +20,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.models import AuditEntry
 from billing_sync import tokens
 from config import correlation
-from exceptions_queue import auth_services
+from portal import auth_services
 
 pytestmark = pytest.mark.django_db
 

@@ -15,10 +15,10 @@ from django.utils import timezone
 
 from billing_sync import tokens
 from config import correlation
-from exceptions_queue import dashboard_selectors
 from exceptions_queue.models import ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Journal
+from portal.selectors import dashboard as dashboard_selectors
 from tests import factories as f
 from tests.web.conftest import assert_accessible, shot
 

@@ -115,6 +115,6 @@ def test_a_paid_invoice_reads_paid_with_grouped_amounts(entity, integration, fin
     ("2026-11-03", "USD", "2026-11-03"), (None, "USD", None),
 ])
 def test_version_diff_values_show_amounts_as_money_and_the_rest_as_they_are(value, currency, shown):
-    from exceptions_queue.templatetags.money import money_text
+    from portal.templatetags.money import money_text
 
     assert money_text(value, currency) == shown

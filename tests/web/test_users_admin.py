@@ -15,9 +15,9 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from audit.models import AuditEntry
 from billing_sync import tokens
 from config import correlation, roles
-from exceptions_queue import admin_users
 from ledger import services as ledger
 from ledger.models import EntityAccess
+from portal import admin as admin_users
 
 pytestmark = pytest.mark.django_db
 

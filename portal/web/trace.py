@@ -1,9 +1,9 @@
 """Web pages of the audit trail: the trace search and timelines (event, journal, invoice, ERP document
 reference), and the evidence pack, digests and public key for auditors and admins.
 
-Reads go through `audit.lineage` (scoped to the user's entities: anything outside is a 404, the same
+Reads go through `portal.lineage` (scoped to the user's entities: anything outside is a 404, the same
 answer as for something that does not exist, so ids of other entities cannot be probed). The evidence
-pack is written by `audit.evidence.export_evidence` (which audits the export) into a temporary file that
+pack is written by `portal.evidence.export_evidence` (which audits the export) into a temporary file that
 the response streams, so a large pack never sits in memory. Exporting is a POST with CSRF: it writes an
 audit entry, and a link that did so on GET could be triggered from another site.
 """
@@ -17,10 +17,15 @@ from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import include, path, reverse
 
-from audit import lineage
+from audit import digests
+from billing_sync.models import Event, Invoice
 from config import roles
-from exceptions_queue.web.access import READERS, page
-from exceptions_queue.web.queue import _with_datetimes
+from exceptions_queue.selectors import visible_exception
+from ledger.models import Entity, ErpBatch, Journal
+from portal import lineage
+from portal.evidence import export_evidence
+from portal.web.access import READERS, page
+from portal.web.queue import _with_datetimes
 
 EVIDENCE_ROLES = (roles.AUDITOR, roles.ADMIN)
 SEARCH_LABEL = "Find by event id, journal id, invoice id or ERP document reference"
@@ -29,8 +34,6 @@ _EXTRA_TIMES = {"history_date"}
 
 
 def _entities(user) -> list[str]:
-    from ledger.models import Entity
-
     return list(roles.scope(Entity.objects.order_by("code"), user, "code").values_list("code", flat=True))
 
 
@@ -51,9 +54,6 @@ class _Ambiguous(Exception):
 
 def _locate(user, query: str, entity: str) -> str | None:
     """Where the search text leads (a page URL), looking only inside the user's entities."""
-    from billing_sync.models import Event, Invoice
-    from ledger.models import ErpBatch, Journal
-
     codes = [entity] if entity else None  # None: every entity the user sees
     events = roles.scope(Event.objects.all(), user, "entity_code")
     journals = roles.scope(Journal.objects.all(), user, "entity__code")
@@ -67,8 +67,6 @@ def _locate(user, query: str, entity: str) -> str | None:
             return reverse("web-trace-event", args=[as_uuid])
         if journals.filter(pk=as_uuid).exists():
             return reverse("web-trace-journal", args=[as_uuid])
-        from exceptions_queue.selectors import visible_exception
-
         if visible_exception(user, as_uuid) is not None:
             return reverse("web-exception-detail", args=[as_uuid])
     # ERP references are unique per entity, not globally: the entity chosen (or the only one that has it).
@@ -179,8 +177,6 @@ def evidence(request):
     if errors:
         return render(request, "audit/evidence.html", {"values": values, "errors": errors, "entities": entities},
                       status=400)
-    from audit.evidence import export_evidence
-
     filename = f"evidence-{values['entity']}-{parsed['date_from']}-{parsed['date_to']}.zip"
     # On disk, not in memory: a month of a busy entity is hundreds of megabytes. The file has no name
     # (deleted on close), and FileResponse closes it once the last chunk is sent.
@@ -197,8 +193,6 @@ def evidence(request):
 
 @page(read=EVIDENCE_ROLES)
 def evidence_digests(request):
-    from audit import digests
-
     response = HttpResponse(json.dumps(digests.export(), indent=2), content_type="application/json")
     response["Content-Disposition"] = 'attachment; filename="tieout-audit-digests.json"'
     return response
@@ -206,8 +200,6 @@ def evidence_digests(request):
 
 @page(read=EVIDENCE_ROLES)
 def evidence_public_key(request):
-    from audit import digests
-
     response = HttpResponse(digests.public_key_pem(), content_type="application/x-pem-file")
     response["Content-Disposition"] = 'attachment; filename="tieout-audit-public-key.pem"'
     return response
@@ -225,5 +217,5 @@ evidence_patterns = [
     path("digests.json", evidence_digests, name="web-evidence-digests"),
     path("public-key.pem", evidence_public_key, name="web-evidence-public-key"),
 ]
-# Mounted at the site root by exceptions_queue/web/urls.py.
+# Mounted at the site root by portal/urls.py.
 urlpatterns = [path("trace/", include(trace_patterns)), path("evidence/", include(evidence_patterns))]

@@ -14,10 +14,10 @@ from django.shortcuts import redirect, render
 from django.urls import path, reverse
 
 from config.errors import ApiError
-from exceptions_queue import approval_selectors as selectors
 from exceptions_queue import services
 from exceptions_queue.models import Approval
-from exceptions_queue.web.access import DECIDERS, READERS, page
+from portal.selectors import approvals as selectors
+from portal.web.access import DECIDERS, READERS, page
 
 PAGE_SIZE = 50
 MAX_COMMENT = 2000

@@ -11,6 +11,7 @@ from django.contrib.auth.views import redirect_to_login
 from django.shortcuts import render
 
 from config import roles
+from portal.web.middleware import needs_second_factor
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 WORKERS = (roles.FINANCE_OPS, roles.CONTROLLER, roles.ADMIN)
@@ -44,8 +45,6 @@ def portal(request):
     """Template context: the signed-in user's roles and what the UI may offer them (never trusted)."""
     user = getattr(request, "user", None)
     held = roles.user_roles(user) if user is not None else frozenset()
-    from exceptions_queue.web.middleware import needs_second_factor
-
     return {
         # Signed in by password only, 2FA still to do: the pages show no navigation until it is done.
         "needs_2fa": user is not None and needs_second_factor(user),

@@ -11,17 +11,51 @@ on to the other journals, payments, credits and exceptions). Those three take th
 raise `TraceNotFound` for anything outside the user's entities, exactly as for something unknown; each
 of their steps carries its own audit entries (`audit`), and `invoice_trace` has the invoice's versions
 as readable field diffs from django-simple-history (`history_diffs`).
+
+Every trace leaves through its typed serializer (`portal.serializers`: `EventTraceSerializer`, ...), which
+declares its shape once for the API, the pages and the OpenAPI schema, and passes the values through
+unchanged.
 """
+from django.core.exceptions import ValidationError
+from django.db.models import Q
+
 from audit.models import AuditEntry, AuditSeal
+from billing_sync.models import (
+    CallbackDelivery,
+    CanonicalChange,
+    CreditNote,
+    Event,
+    Invoice,
+    PaymentAllocation,
+    Refund,
+    WriteOff,
+)
+from billing_sync.ordering import document_key
+from billing_sync.selectors import event_resources, invoice_resource
+from config import roles
+from exceptions_queue.models import Approval, ExceptionRecord
+from ledger.models import Account, ErpBatch, Journal, JournalLine
+from config.money import fmt
+from ledger.selectors import receivable_balance
+from portal.serializers import (
+    ErpReferenceTraceSerializer,
+    EventTraceSerializer,
+    ExceptionTraceSerializer,
+    InvoiceTraceSerializer,
+    JournalTraceSerializer,
+)
 
 
 def _iso(value):
     return value.isoformat() if value else None
 
 
-def _journal_body(j) -> dict:
-    from config.money import fmt
+def _typed(serializer_class, trace: dict) -> dict:
+    """The trace as its serializer declares it (the same keys, in the same order, with the same values)."""
+    return serializer_class(trace).data
 
+
+def _journal_body(j) -> dict:
     c = j.entity.currency
     return {"id": str(j.pk), "kind": j.kind, "status": j.status, "accounting_date": _iso(j.accounting_date),
             "reverses": str(j.reverses_id) if j.reverses_id else None, "erp_document_ref": j.erp_document_ref,
@@ -57,8 +91,6 @@ def _callbacks(event_id) -> list[dict]:
 
 
 def _callbacks_of(event_ids) -> list[dict]:
-    from billing_sync.models import CallbackDelivery
-
     return [{"id": str(d.pk), "source_system": d.source_system.name, "kind": d.kind, "status": d.status,
              "attempts": d.attempts, "last_status_code": d.last_status_code, "last_error": d.last_error or None,
              "created_at": _iso(d.created_at), "delivered_at": _iso(d.delivered_at)}
@@ -72,38 +104,35 @@ def exception_trace(exception_id) -> dict:
     only a journal (a manual journal that could not post) or nothing at all, the journal and the entries.
     Keys are those of `event_trace` (empty where there is no event), with `callbacks` and `exception`.
     """
-    from exceptions_queue.models import ExceptionRecord
-    from ledger.models import Journal
-
     exc = ExceptionRecord.objects.select_related("owner").get(pk=exception_id)
     if exc.event_id:
-        trace = event_trace(exc.event_id)
+        trace = _event_trace(exc.event_id)
         known = {entry["id"] for entry in trace["audit"]}
         extra = [e for e in AuditEntry.objects.filter(object_id=str(exc.pk)).order_by("id") if e.pk not in known]
         if extra:
             trace["audit"] = sorted(trace["audit"] + _audit_bodies(extra), key=lambda entry: entry["id"])
         trace["exception"] = _exception_body(exc)
-        return trace
+        return _typed(ExceptionTraceSerializer, trace)
     journals = []
     if exc.journal_id:
         journals = list(Journal.objects.filter(pk=exc.journal_id).select_related("entity", "reverses")
                         .prefetch_related("lines__account", "attempts"))
     object_ids = {str(exc.pk)} | {str(j.pk) for j in journals}
     entries = list(AuditEntry.objects.filter(object_id__in=object_ids).order_by("id"))
-    return {"event": None, "receipt": None, "payload_sha256": None, "validation": None, "canonical_changes": [],
-            "approvals": [], "journals": [_journal_body(j) for j in journals],
-            "exceptions": [_exception_body(exc)], "reconciliation": {"invoices": []}, "callbacks": [],
-            "audit": _audit_bodies(entries), "exception": _exception_body(exc)}
+    return _typed(ExceptionTraceSerializer, {
+        "event": None, "receipt": None, "payload_sha256": None, "validation": None, "canonical_changes": [],
+        "approvals": [], "journals": [_journal_body(j) for j in journals], "exceptions": [_exception_body(exc)],
+        "reconciliation": {"invoices": []}, "callbacks": [], "audit": _audit_bodies(entries),
+        "exception": _exception_body(exc)})
 
 
 def event_trace(event_id) -> dict:
-    from billing_sync.models import CanonicalChange, Event, Invoice
-    from billing_sync.selectors import event_resources
-    from exceptions_queue.models import Approval, ExceptionRecord
-    from ledger.models import Journal
-    from config.money import fmt
-    from ledger.selectors import receivable_balance
+    """Everything that happened to one event, in order: receipt, validation, canonical changes, approvals,
+    journals with their lines and ERP attempts, exceptions, reconciliation, callbacks and audit entries."""
+    return _typed(EventTraceSerializer, _event_trace(event_id))
 
+
+def _event_trace(event_id) -> dict:
     event = Event.objects.select_related("receipt").get(pk=event_id)
     receipt = event.receipt
     journals = list(Journal.objects.filter(event_id=event.pk).select_related("entity", "reverses")
@@ -176,8 +205,6 @@ def _seal_map(ids) -> dict:
 
 def _entries_for(object_keys: set[tuple[str, str]], event_ids: set) -> list[AuditEntry]:
     """Entries on the named objects (type, id) plus every entry of the named events, once each, by id."""
-    from django.db.models import Q
-
     if not object_keys and not event_ids:
         return []
     query = Q()
@@ -238,9 +265,6 @@ def _exception_step(x) -> dict:
 
 
 def _reconciliation(invoice) -> dict:
-    from config.money import fmt
-    from ledger.selectors import receivable_balance
-
     ledger_open = receivable_balance(entity=invoice.entity, source_system=invoice.source_system,
                                      invoice_id=invoice.invoice_id)
     return {"source_system": invoice.source_system, "invoice_id": invoice.invoice_id,
@@ -250,16 +274,12 @@ def _reconciliation(invoice) -> dict:
 
 
 def _journals_qs():
-    from ledger.models import Journal
-
     return (Journal.objects.select_related("entity", "reverses", "event")
             .prefetch_related("lines__account", "attempts").order_by("created_at", "id"))
 
 
 def _common(*, events, journals, approvals, exceptions, invoices, extra_objects=()) -> dict:
     """Assemble the shared part of a journal/invoice/ERP-reference trace with every step's audit entries."""
-    from billing_sync.models import CanonicalChange
-
     event_ids = {e.pk for e in events}
     keys = {("journal", str(j.pk)) for j in journals} | {("approval", str(a.pk)) for a in approvals} | {
         ("exception", str(x.pk)) for x in exceptions} | {("event", str(e.pk)) for e in events} | {
@@ -289,15 +309,12 @@ def _common(*, events, journals, approvals, exceptions, invoices, extra_objects=
     }
 
 
-def _finish(trace: dict) -> dict:
+def _finish(trace: dict, serializer_class) -> dict:
     trace.pop("_grouped", None)
-    return trace
+    return _typed(serializer_class, trace)
 
 
 def _invoices_of(journals) -> list:
-    from billing_sync.models import Invoice
-    from django.db.models import Q
-
     pairs = {(j.source_system, ln.invoice_id) for j in journals for ln in j.lines.all() if ln.invoice_id}
     pairs |= {(j.source_system, j.document_id) for j in journals if j.document_type == "invoice" and j.document_id}
     if not pairs:
@@ -310,10 +327,6 @@ def _invoices_of(journals) -> list:
 
 def _around_journals(journals, *, user=None) -> tuple[list, list, list, list]:
     """Events, approvals and exceptions of the journals, and the invoices their lines touch."""
-    from billing_sync.models import Event
-    from exceptions_queue.models import Approval, ExceptionRecord
-    from django.db.models import Q
-
     journal_ids = [j.pk for j in journals]
     event_ids = {j.event_id for j in journals if j.event_id}
     events = list(Event.objects.select_related("receipt").filter(pk__in=event_ids).order_by("received_at"))
@@ -325,8 +338,6 @@ def _around_journals(journals, *, user=None) -> tuple[list, list, list, list]:
 
 
 def _check_scope(user, entity_code: str):
-    from config import roles
-
     if user is not None and not roles.may_see_entity(user, entity_code):
         raise TraceNotFound("outside your entities")
 
@@ -336,9 +347,6 @@ def journal_trace(journal_id, *, user=None) -> dict:
     invoices its lines touch; forward to its ERP attempts and acknowledgement, its batch, reversals, the
     other journals on the same invoices, approvals, exceptions, callbacks and the reconciliation.
     `user` (when given) must see the journal's entity, else TraceNotFound."""
-    from django.core.exceptions import ValidationError
-    from ledger.models import Journal
-
     try:
         journal = _journals_qs().filter(pk=journal_id).first()
     except (ValidationError, ValueError):
@@ -359,13 +367,10 @@ def journal_trace(journal_id, *, user=None) -> dict:
                                   "relation": ("reverses" if journal.reverses_id == j.pk else
                                                "reversed_by" if j.reverses_id == journal.pk else "same_invoice")}
                                  for j in related]
-    return _finish(trace)
+    return _finish(trace, JournalTraceSerializer)
 
 
 def _related_journal_ids(journal, invoices) -> set:
-    from django.db.models import Q
-    from ledger.models import Journal, JournalLine
-
     ids = set()
     if journal.reverses_id:
         ids.add(journal.reverses_id)
@@ -381,8 +386,6 @@ def _related_journal_ids(journal, invoices) -> set:
 def _lines_on_invoices(entity, query):
     """Lines of `entity` matching `query` (invoice ids), through the (account, invoice_id) index: naming
     the entity's accounts lets PostgreSQL probe it per account instead of reading every line."""
-    from ledger.models import Account, JournalLine
-
     accounts = list(Account.objects.filter(entity=entity).values_list("pk", flat=True))
     return JournalLine.objects.filter(query, account_id__in=accounts, journal__entity=entity)
 
@@ -398,10 +401,6 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
     wrote off or refunded it (with their receipts' hashes), its versions (simple-history, with field
     diffs), the journals whose lines name it, approvals, payments and allocations, credit notes,
     write-offs, refunds, ERP attempts, exceptions, and the reconciliation (billing open vs ledger open)."""
-    from billing_sync.models import CanonicalChange, CreditNote, Event, Invoice, PaymentAllocation, Refund, WriteOff
-    from django.db.models import Q
-    from config.money import fmt
-
     invoice = Invoice.objects.select_related("entity", "customer").filter(
         source_system=source_system, invoice_id=invoice_id).first()
     if invoice is None:
@@ -424,21 +423,14 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
         .values_list("event_id", flat=True))
     event_ids |= {a.event_id for a in allocations} | {x.event_id for x in credit_notes + write_offs + refunds}
     event_ids |= {j.event_id for j in journals if j.event_id}
-    # Events that failed on the invoice changed nothing on it: their exceptions name it (the dependency
-    # they wait for, the document they carry, or the rule's message, which always says "invoice <id>").
-    from billing_sync.documents import key as dependency_key
-    from exceptions_queue.models import ExceptionRecord
-
-    failed = list(ExceptionRecord.objects.filter(
-        Q(dependency_key=dependency_key("invoice", source_system, invoice_id)) |
-        Q(entity_code=invoice.entity.code, source_ref=invoice_id) |
-        Q(entity_code=invoice.entity.code, message__contains=f"invoice {invoice_id}"),
-        event__source_system=source_system).select_related("owner"))
-    event_ids |= {x.event_id for x in failed if x.event_id}
+    # Events that failed on the invoice changed nothing on it, but they touched it: acceptance recorded the
+    # documents each event touches (Event.order_keys: the invoice's document key among them, whether the
+    # event changes it, waits for it or carries it). Never the exception's words, which are for people.
+    event_ids |= set(ExceptionRecord.objects.filter(
+        event__order_keys__contains=[document_key("invoice", source_system, invoice_id)])
+        .values_list("event_id", flat=True))
     events = list(Event.objects.select_related("receipt").filter(pk__in=event_ids).order_by("received_at", "id"))
     _, approvals, exceptions, _ = _around_journals(journals)
-    from exceptions_queue.models import Approval
-
     approvals = list({a.pk: a for a in approvals + list(
         Approval.objects.filter(event_id__in=event_ids).prefetch_related("decisions__user"))}.values())
     exceptions = list({x.pk: x for x in exceptions + list(
@@ -453,8 +445,6 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
     trace = _common(events=events, journals=journals, approvals=approvals, exceptions=exceptions,
                     invoices=[invoice], extra_objects=extra)
     grouped = trace["_grouped"]
-    from billing_sync.selectors import invoice_resource
-
     trace["invoice"] = _attach(invoice_resource(invoice), "invoice", f"{source_system}:{invoice_id}", grouped)
     # Additive: what finance calls it (paid, overdue, ...), derived from the amounts (Invoice.settlement_on).
     trace["invoice"]["settlement"] = invoice.settlement
@@ -475,7 +465,7 @@ def invoice_trace(source_system: str, invoice_id: str, *, user=None) -> dict:
                                    "write_off", f"{x.source_system}:{x.write_off_id}", grouped) for x in write_offs]
     trace["refunds"] = [_attach({"refund_id": x.refund_id, "amount": fmt(x.amount, c), "event_id": str(x.event_id)},
                                 "refund", f"{x.source_system}:{x.refund_id}", grouped) for x in refunds]
-    return _finish(trace)
+    return _finish(trace, InvoiceTraceSerializer)
 
 
 # Fields that change on every version for bookkeeping reasons, not content: left out of the diffs.
@@ -524,8 +514,6 @@ def erp_reference_trace(entity_code: str, erp_document_ref: str, *, user=None) -
     the ERP batch and its member journals (batch mode), their attempts that returned it, then the events,
     invoices, approvals and exceptions behind them. Scoped like the others (TraceNotFound outside).
     Both look-ups are unique-index probes (a journal outside a batch, or the batch)."""
-    from ledger.models import ErpBatch
-
     ref = (erp_document_ref or "").strip()
     if not ref:
         raise TraceNotFound("no ERP document reference given")
@@ -543,15 +531,13 @@ def erp_reference_trace(entity_code: str, erp_document_ref: str, *, user=None) -
     trace["erp_document_ref"] = ref
     trace["entity"] = entity_code
     trace["erp_batch"] = _batch_step(batch, trace["_grouped"]) if batch is not None else None
-    return _finish(trace)
+    return _finish(trace, ErpReferenceTraceSerializer)
 
 
 def event_trace_for(event_id, *, user=None) -> dict:
     """`event_trace` for the web pages: scoped to the user's entities (TraceNotFound outside), plus every
-    step's own audit entries on journals, approvals and exceptions, and the invoices the event touched."""
-    from billing_sync.models import Event
-    from django.core.exceptions import ValidationError
-
+    step's own audit entries on journals, approvals and exceptions, and the invoices the event touched
+    (keys for the pages only, added to the typed event trace; the API's event trace has none of them)."""
     try:
         event = Event.objects.filter(pk=event_id).first()
     except (ValidationError, ValueError):

@@ -28,6 +28,7 @@ from billing_sync.models import Event, Receipt
 from exceptions_queue.models import Approval
 from ledger import services as ledger
 from ledger.models import Journal
+from portal import evidence
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -167,6 +168,17 @@ def test_the_pack_holds_the_entity_and_only_its_content(pack):
     [approval] = [r for r in _rows(pack, "approvals.csv")][:1]
     assert json.loads(approval["decisions"])[0]["user"] == "carl-controller"
     assert AuditEntry.objects.filter(action="audit.evidence_exported", object_id="US01").exists()
+
+
+def test_each_csv_file_is_one_row_of_the_export_table(pack):
+    """The pack's CSV files are the table's, in its order, each with its declared header and rows that fit it."""
+    specs = (*evidence.ENTITY_FILES, evidence.CHAIN_FILE)
+    with zipfile.ZipFile(pack) as zf:
+        assert [n for n in zf.namelist() if n.endswith(".csv")] == [spec.name for spec in specs]
+        for spec in specs:
+            header, *rows = csv.reader(io.StringIO(zf.read(spec.name).decode()))
+            assert tuple(header) == spec.columns, spec.name
+            assert all(len(row) == len(spec.columns) for row in rows), spec.name
 
 
 def test_a_pack_with_one_csv_row_changed_fails(tmp_path, pack):

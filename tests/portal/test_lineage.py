@@ -3,22 +3,51 @@ journals; an invoice to every event, version (with field diffs), payment, credit
 reconciliation; an ERP document reference back to the journal and event; an exception to its trace.
 Every step carries its audit entries with their hashes (and seal once sealed). Scoped to the caller's
 entities (404 outside, the same as unknown); auditors may read; source systems may not (403).
+
+Every trace built in these tests leaves through its typed serializer (portal.serializers) with exactly the
+bytes it had as the plain dict lineage assembled (`typed_bodies_keep_their_bytes`, for each test here).
 """
 import hashlib
 import json
 
 import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 
-from audit import lineage, services as audit
-from audit.models import AuditEntry
+from audit import services as audit
+from audit.models import AuditEntry, AuditSeal
 from billing_sync import tokens
 from config import correlation
 from exceptions_queue.models import ExceptionRecord
 from ledger import services as ledger
-from ledger.models import Journal
+from ledger.models import ErpBatch, Journal
+from portal import lineage
 from tests import factories as f
+from tests.fixtures import Api
+from tests.standins.erpnext import ErpNextStandin
 
 pytestmark = pytest.mark.django_db
+TRACE_SERIALIZERS = {"EventTraceSerializer", "ExceptionTraceSerializer", "JournalTraceSerializer",
+                     "InvoiceTraceSerializer", "ErpReferenceTraceSerializer"}
+
+
+@pytest.fixture(autouse=True)
+def typed_bodies_keep_their_bytes(monkeypatch):
+    """Each trace's JSON through its serializer is byte for byte its JSON as lineage built it: the serializers
+    declare every key, in order, and change no value (a key they missed would be dropped and fail here)."""
+    seen = []
+    typed = lineage._typed
+
+    def checked(serializer_class, trace):
+        before = json.dumps(trace)
+        data = typed(serializer_class, trace)
+        seen.append((serializer_class.__name__, before, json.dumps(data)))
+        return data
+
+    monkeypatch.setattr(lineage, "_typed", checked)
+    yield seen
+    for name, before, after in seen:
+        assert after == before, f"{name} changed the body"
 
 
 @pytest.fixture
@@ -131,8 +160,6 @@ def test_erp_reference_leads_back_to_journal_event_and_invoice(book, auditor):
 def test_seal_positions_appear_once_sealed(book, auditor):
     audit.chain_seal()
     trace = auditor.get(f"/api/v1/journals/{book['journal'].pk}/trace").json()
-    from audit.models import AuditSeal
-
     for entry in trace["journal"]["audit"]:
         seal = AuditSeal.objects.get(entry_id=entry["id"])
         assert entry["chain_seq"] == seal.seq and entry["chain_hash"] == seal.chain_hash
@@ -145,12 +172,9 @@ def test_exception_trace_endpoint(book, finance):
     assert trace == json.loads(json.dumps(lineage.exception_trace(exc.pk)))  # the selector the page uses
 
 
-def test_scope_not_found_outside_entities_and_integration_refused(book, integration, django_capture_on_commit_callbacks):
-    from tests.fixtures import Api
-
+def test_scope_not_found_outside_entities_and_integration_refused(book, integration,
+                                                                  django_capture_on_commit_callbacks):
     with correlation.bound(None):
-        from django.db import transaction
-
         with transaction.atomic():
             ledger.entity_setup(code="GB01", currency="GBP", name="Tieout UK", actor="test")
         raw = tokens.token_issue(username="gb-ops", role="finance_ops", entities=["GB01"], actor="test")
@@ -182,9 +206,6 @@ def test_trace_endpoints_are_in_the_openapi_schema(auditor, entity):
 
 def test_erp_batch_reference_finds_every_member_journal(entity, integration, auditor, monkeypatch,
                                                         django_capture_on_commit_callbacks):
-    from ledger.models import ErpBatch
-    from tests.standins.erpnext import ErpNextStandin
-
     erp = ErpNextStandin().start()
     try:
         monkeypatch.setenv("TEST_ERPNEXT_TOKEN", "key:secret")
@@ -208,9 +229,6 @@ def test_erp_batch_reference_finds_every_member_journal(entity, integration, aud
 
 def test_invoice_and_journal_traces_run_a_fixed_number_of_queries(entity, integration):
     """More payments on the invoice add rows, not queries (no per-event or per-journal look-ups)."""
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     integration.send(f.customer("cus_q"))
     integration.send(f.invoice("inv_q", customer_id="cus_q", lines=[("500.00", "0")]))
     counts = []
@@ -226,3 +244,56 @@ def test_invoice_and_journal_traces_run_a_fixed_number_of_queries(entity, integr
         counts.append((len(invoice_queries), len(journal_queries)))
         assert len(trace["payments"]) == 3 * (batch + 1)
     assert counts[0] == counts[1], counts
+
+
+def test_every_trace_is_typed_and_keeps_its_bytes(book, auditor, integration, typed_bodies_keep_their_bytes):
+    """All five trace shapes, the exception trace both with its event and with only a journal."""
+    journal = book["journal"]
+    exc = ExceptionRecord.objects.get(event_id=book["over"])
+    journal_only = ExceptionRecord.objects.create(code="posting_failed", process="posting", entity_code="US01",
+                                                  message="the ERP refused it", journal=journal)
+    for path, params in ((f"/api/v1/events/{book['issued']}/trace", {}), (f"/api/v1/journals/{journal.pk}/trace", {}),
+                         (f"/api/v1/invoices/{f.SOURCE}/inv_ln/trace", {}), (f"/api/v1/exceptions/{exc.pk}/trace", {}),
+                         (f"/api/v1/exceptions/{journal_only.pk}/trace", {}),
+                         ("/api/v1/trace", {"erp_document_ref": journal.erp_document_ref, "entity": "US01"})):
+        response = auditor.get(path, **params)
+        assert response.status_code == 200, (path, response.content[:300])
+    assert integration.get(f"/api/v1/events/{book['issued']}/trace").status_code == 200  # its own event
+    assert {name for name, _, _ in typed_bodies_keep_their_bytes} == TRACE_SERIALIZERS
+    no_event = auditor.get(f"/api/v1/exceptions/{journal_only.pk}/trace").json()
+    assert no_event["event"] is None and no_event["validation"] is None
+    assert [j["id"] for j in no_event["journals"]] == [str(journal.pk)]
+
+
+def test_trace_responses_are_typed_in_the_openapi_schema(auditor, entity):
+    schema = auditor.client.get("/api/v1/schema", HTTP_ACCEPT="application/json").json()
+    paths = schema["paths"]
+    for path, component in (("/api/v1/events/{id}/trace", "EventTrace"),
+                            ("/api/v1/journals/{id}/trace", "JournalTrace"),
+                            ("/api/v1/invoices/{source_system}/{invoice_id}/trace", "InvoiceTrace"),
+                            ("/api/v1/exceptions/{id}/trace", "ExceptionTrace"),
+                            ("/api/v1/trace", "ErpReferenceTrace")):
+        body = paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert body == {"$ref": f"#/components/schemas/{component}"}, path
+    audit_entry = schema["components"]["schemas"]["TraceAuditEntry"]["properties"]
+    assert audit_entry["at"] == {"type": "string", "format": "date-time"}
+    assert audit_entry["chain_seq"]["nullable"] is True
+    assert schema["components"]["schemas"]["TraceJournalLine"]["properties"]["debit"]["format"] == "decimal"
+
+
+def test_invoice_trace_finds_failed_events_by_the_documents_they_touch_not_by_the_message(book, auditor,
+                                                                                          integration):
+    """An exception's message is for people: the trace finds the failed events through the documents each
+    event touched (Event.order_keys), so a reworded message loses nothing and a message that happens to
+    name the invoice adds nothing."""
+    over = ExceptionRecord.objects.get(event_id=book["over"])
+    ExceptionRecord.objects.filter(pk=over.pk).update(message="allocation larger than the open amount")
+    integration.send(f.invoice("inv_other", customer_id="cus_ln", lines=[("5.00", "0")]))
+    other = integration.send(f.payment("pay_other", customer_id="cus_ln", amount="900.00",
+                                       allocations=[("inv_other", "900.00")])).json()["id"]
+    ExceptionRecord.objects.filter(event_id=other).update(message="over-application, see invoice inv_ln")
+    trace = auditor.get(f"/api/v1/invoices/{f.SOURCE}/inv_ln/trace").json()
+    assert book["over"] in {e["id"] for e in trace["events"]}
+    assert str(over.pk) in {x["id"] for x in trace["exceptions"]}
+    assert other not in {e["id"] for e in trace["events"]}
+    assert not [x for x in trace["exceptions"] if x["event_id"] == other]

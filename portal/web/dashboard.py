@@ -1,6 +1,6 @@
 """Web page: the operations dashboard at "/" (every staff role may read it; nothing on it writes).
 
-The figures come from `exceptions_queue.dashboard_selectors` (scoped to the user's entities, cached a
+The figures come from `portal.selectors.dashboard` (scoped to the user's entities, cached a
 few seconds); this module only shapes them for the template: the inline SVG charts (server-rendered, no
 script), readable durations, and the link behind every figure to the filtered list it summarises (the
 exception queue for exceptions, the admin's changelists for events, journals and ERP attempts).
@@ -12,8 +12,8 @@ from urllib.parse import urlencode
 from django.shortcuts import render
 from django.urls import path, reverse
 
-from exceptions_queue import dashboard_selectors
-from exceptions_queue.web.access import READERS, page
+from portal.selectors import dashboard as dashboard_selectors
+from portal.web.access import READERS, page
 
 # Charts are as wide as their card (x in percent) and a fixed height in pixels, so that their text keeps
 # its size on a phone instead of shrinking with a scaled viewBox.

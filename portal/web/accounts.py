@@ -5,8 +5,8 @@ LoginView checks the password through `authenticate(request=...)`, which lets dj
 per username and lock the account (answered by `locked_out` below with a 429 page). A controller or
 admin who has passed the password step is only half signed in until they enter a code from their
 authenticator (`/accounts/2fa/`), or enrol one (`/accounts/2fa/setup/`); the middleware in
-`exceptions_queue/web/middleware.py` keeps them off every other page meanwhile. The decisions and the
-audit entries live in `exceptions_queue/auth_services.py`; these views translate forms and sessions.
+`portal/web/middleware.py` keeps them off every other page meanwhile. The decisions and the
+audit entries live in `portal/auth_services.py`; these views translate forms and sessions.
 """
 import math
 from base64 import b32encode
@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import django_otp
 import segno
+from axes.helpers import get_client_username, get_cool_off, get_failure_limit
 from django import forms
 from django.conf import settings
 from django.contrib import messages
@@ -34,9 +35,9 @@ from django.views.decorators.debug import sensitive_post_parameters
 
 from config import roles
 from config.errors import TieoutError
-from exceptions_queue import auth_services
-from exceptions_queue.web.access import READERS, page
-from exceptions_queue.web.middleware import needs_second_factor, second_factor_required_for_role
+from portal import auth_services
+from portal.web.access import READERS, page
+from portal.web.middleware import needs_second_factor, second_factor_required_for_role
 
 
 def safe_next(request, fallback: str | None = None) -> str:
@@ -105,8 +106,6 @@ def admin_login(request, extra_context=None):
 
 def locked_out(request, original_response=None, credentials=None):
     """django-axes' answer to a locked username (AXES_LOCKOUT_CALLABLE): 429 with when to try again."""
-    from axes.helpers import get_client_username, get_cool_off, get_failure_limit
-
     cool_off = get_cool_off(request)
     seconds = int(cool_off.total_seconds()) if cool_off else 0
     context = {

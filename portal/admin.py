@@ -10,9 +10,10 @@ list: an admin must not be able to read, or plant, someone else's second factor.
 """
 from django import forms
 from django.contrib import admin, messages
-from django.contrib.auth import get_user_model
 from django.contrib.auth import forms as auth_forms
+from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.password_validation import validate_password
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Prefetch
 from django.http import HttpResponseRedirect
@@ -21,9 +22,9 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from config.admin_mixins import FastCountPaginator, ReadOnlyAdminMixin
 from config.errors import TieoutError
 from config.roles import ROLES
-from exceptions_queue import auth_services
 from ledger import services as ledger
 from ledger.models import Entity, EntityAccess
+from portal import auth_services
 
 User = get_user_model()
 
@@ -62,8 +63,6 @@ class UserAddForm(forms.ModelForm):
         fields = ["username"]
 
     def clean_password1(self):
-        from django.contrib.auth.password_validation import validate_password
-
         password = self.cleaned_data.get("password1")
         if password:
             validate_password(password, User(username=self.cleaned_data.get("username", "")))

@@ -22,12 +22,12 @@ from billing_sync import adjustments
 from billing_sync.models import Invoice
 from config import roles
 from config.errors import TieoutError
-from exceptions_queue import approval_selectors
 from exceptions_queue import services as queue
-from exceptions_queue.web.access import WORKERS, page
 from ledger import services as ledger
 from ledger.models import Account, Entity, Journal
 from config.money import fmt, minor_units
+from portal.selectors import approvals as approval_selectors
+from portal.web.access import WORKERS, page
 
 SEARCH_LIMIT = 50
 DEFAULT_LINES = 4

@@ -14,10 +14,13 @@ from django.db.models import Count, DecimalField, ExpressionWrapper, F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from billing_sync.models import CreditNote, Invoice, WriteOff
 from config import roles
 from exceptions_queue.models import Approval, ApprovalDecision, ApprovalPolicy
 from exceptions_queue.selectors import ApprovalFilter
+from ledger.models import Entity
 from config.money import ZERO, fmt
+from ledger.selectors import receivable_balance
 
 KIND_LABELS = {"credit_note": "Credit note", "write_off": "Write-off", "manual_journal": "Manual journal"}
 STATUS_CHOICES = [("pending", "Pending"), ("approved", "Approved"), ("rejected", "Rejected"), ("all", "All")]
@@ -41,8 +44,6 @@ def may_decide(user) -> bool:
 
 def entity_choices(user) -> list[str]:
     """Entity codes the user may filter on (their granted ones; every entity for admins)."""
-    from ledger.models import Entity
-
     return list(roles.scope(Entity.objects.order_by("code"), user, "code").values_list("code", flat=True))
 
 
@@ -144,8 +145,6 @@ def journal_view(journal) -> dict:
 
 def _document(approval: Approval):
     """The credit note or write-off the approval is about, and its invoice (None for manual journals)."""
-    from billing_sync.models import CreditNote, WriteOff
-
     journal = approval.journal
     if approval.kind == Approval.Kind.CREDIT_NOTE:
         doc = (CreditNote.objects.select_related("invoice").filter(
@@ -198,9 +197,6 @@ def invoice_history(invoice) -> list[dict]:
 
 
 def invoice_view(invoice) -> dict:
-    from billing_sync.models import Invoice
-    from ledger.selectors import receivable_balance
-
     c = invoice.currency
     customer = invoice.customer
     balance = (Invoice.objects.filter(customer=customer, status=Invoice.Status.OPEN)

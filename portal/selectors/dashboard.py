@@ -21,6 +21,8 @@ from django.db import connection
 from django.utils import timezone
 
 from config import roles
+from exceptions_queue import sla
+from ledger.models import Entity
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ HOUR = datetime.timedelta(hours=1)
 DAY = datetime.timedelta(days=1)
 
 # Age buckets of open exceptions: {key: (at least this old, younger than this)}, the keys being the queue's
-# ?age= filter values. exceptions_queue/sla.py owns them; these are the same, for when it is absent.
+# ?age= filter values. exceptions_queue/sla.py owns them; these are the same, for when it lacks them.
 _BUCKETS = {"<1h": (None, HOUR), "1-24h": (HOUR, DAY), "1-7d": (DAY, 7 * DAY), ">7d": (7 * DAY, None)}
 _ALIASES = {"lt1h": "<1h", "gt7d": ">7d"}
 BUCKET_LABELS = {"<1h": "< 1 h", "1-24h": "1–24 h", "1-7d": "1–7 days", ">7d": "> 7 days"}
@@ -43,9 +45,8 @@ FAILED_ATTEMPT_OUTCOMES = ("transient", "permanent", "ambiguous", "abandoned")
 def _age_buckets() -> list[dict]:
     """[{key, param, label, upper}] youngest first; `param` is the URL spelling (no < or >)."""
     try:
-        from exceptions_queue import sla  # noqa: PLC0415
         buckets, aliases = dict(sla.BUCKETS), dict(getattr(sla, "BUCKET_ALIASES", {}))
-    except (ImportError, AttributeError, TypeError, ValueError):
+    except (AttributeError, TypeError, ValueError):
         buckets, aliases = _BUCKETS, _ALIASES
     spelling = {key: alias for alias, key in aliases.items()}
     return [{"key": key, "param": spelling.get(key, key), "label": BUCKET_LABELS.get(key, key), "upper": upper}
@@ -125,8 +126,6 @@ def _rows(sql: str, params: dict) -> list[tuple]:
 def _entity_ids(codes) -> list[int] | None:
     if codes is None:
         return None
-    from ledger.models import Entity
-
     return list(Entity.objects.filter(code__in=codes).values_list("id", flat=True))
 
 

@@ -18,13 +18,15 @@ from django.urls import path, reverse
 from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from audit import lineage
+from billing_sync.models import Event
 from config import roles
 from config.errors import TieoutError
 from exceptions_queue import selectors, services, sla
 from exceptions_queue.models import ExceptionRecord
-from exceptions_queue.web.access import READERS, WORKERS, page
+from ledger.models import Entity
 from config.money import display
+from portal import lineage
+from portal.web.access import READERS, WORKERS, page
 
 FILTER_FIELDS = ("code", "process", "entity", "owner", "status", "age", "q", "escalated")
 STATUS_CHOICES = [("unresolved", "Unresolved"), ("open", "Open"), ("assigned", "Assigned"),
@@ -43,8 +45,6 @@ def _workers(entity_code: str = ""):
 
 
 def _currencies() -> dict:
-    from ledger.models import Entity
-
     return dict(Entity.objects.values_list("code", "currency"))
 
 
@@ -57,8 +57,6 @@ def _amount(exc, currencies) -> str:
 
 
 def _visible_entities(user) -> list[str]:
-    from ledger.models import Entity
-
     return list(roles.scope(Entity.objects.order_by("code"), user, "code").values_list("code", flat=True))
 
 
@@ -216,8 +214,6 @@ def exception_detail(request, pk):
     trace = _with_datetimes(lineage.exception_trace(exc.pk))
     payload = None
     if exc.event_id:
-        from billing_sync.models import Event
-
         payload = json.dumps(Event.objects.values_list("payload", flat=True).get(pk=exc.event_id), indent=2,
                              sort_keys=True, ensure_ascii=False)
     resolved = exc.status == ExceptionRecord.Status.RESOLVED

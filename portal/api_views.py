@@ -1,17 +1,26 @@
-"""Trace endpoints of the API: the chain of custody of a journal, an invoice, an exception or an ERP
-document reference, both ways, with every step's audit entries (see `audit.lineage`).
+"""Trace endpoints of the API: the chain of custody of an event, a journal, an invoice, an exception or an
+ERP document reference, both ways, with every step's audit entries (see `portal.lineage`).
 
-Every reader role may call them (finance_ops, controller, auditor, admin); source systems may not (they
-read their own events' traces at /events/{id}/trace). Anything outside the caller's entities answers 404
+Every reader role may call them (finance_ops, controller, auditor, admin); source systems may read only
+their own events' traces, at /events/{id}/trace. Anything outside the caller's entities answers 404
 problem+json, exactly like something that does not exist.
 """
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit import lineage
+from billing_sync.views import EVENT_READERS, event_for
 from config import roles
 from config.errors import ApiError, Codes, NotFound
+from exceptions_queue import selectors
+from portal import lineage
+from portal.serializers import (
+    ErpReferenceTraceSerializer,
+    EventTraceSerializer,
+    ExceptionTraceSerializer,
+    InvoiceTraceSerializer,
+    JournalTraceSerializer,
+)
 
 TRACE_READERS = roles.roles_allowed(*roles.READ_ALL)
 _NOT_FOUND = OpenApiResponse(description="not_found (problem+json): unknown, or outside your entities")
@@ -24,10 +33,19 @@ def _traced(build, *args, user):
         raise NotFound(str(missing)) from None
 
 
+# Source systems too: each reads the traces of the events it sent (billing_sync.views.event_for decides).
+class EventTraceView(APIView):
+    permission_classes = [EVENT_READERS]
+
+    @extend_schema(responses={200: EventTraceSerializer})
+    def get(self, request, pk):
+        return Response(lineage.event_trace(event_for(request, pk).pk))
+
+
 class JournalTraceView(APIView):
     permission_classes = [TRACE_READERS]
 
-    @extend_schema(operation_id="journal_trace", responses={200: dict, 404: _NOT_FOUND},
+    @extend_schema(operation_id="journal_trace", responses={200: JournalTraceSerializer, 404: _NOT_FOUND},
                    description="A journal back to its event and invoices, forward to its ERP attempts, batch, "
                                "reversals, related journals, approvals, exceptions and reconciliation.")
     def get(self, request, pk):
@@ -37,7 +55,7 @@ class JournalTraceView(APIView):
 class InvoiceTraceView(APIView):
     permission_classes = [TRACE_READERS]
 
-    @extend_schema(operation_id="invoice_trace", responses={200: dict, 404: _NOT_FOUND},
+    @extend_schema(operation_id="invoice_trace", responses={200: InvoiceTraceSerializer, 404: _NOT_FOUND},
                    description="Every event, version (field diffs), journal, approval, payment allocation, "
                                "credit note, write-off, refund, ERP attempt and exception of one invoice, and "
                                "its reconciliation (billing open vs ledger open).")
@@ -48,11 +66,9 @@ class InvoiceTraceView(APIView):
 class ExceptionTraceView(APIView):
     permission_classes = [TRACE_READERS]
 
-    @extend_schema(operation_id="exception_trace", responses={200: dict, 404: _NOT_FOUND},
+    @extend_schema(operation_id="exception_trace", responses={200: ExceptionTraceSerializer, 404: _NOT_FOUND},
                    description="The exception's event trace (or its journal's) with its own audit entries.")
     def get(self, request, pk):
-        from exceptions_queue import selectors
-
         exc = selectors.visible_exception(request.user, pk)
         if exc is None:
             raise NotFound(f"no exception {pk}")
@@ -62,8 +78,9 @@ class ExceptionTraceView(APIView):
 class ErpReferenceTraceView(APIView):
     permission_classes = [TRACE_READERS]
 
-    @extend_schema(operation_id="erp_reference_trace", responses={200: dict, 400: OpenApiResponse(
-        description="invalid_request: both parameters are required"), 404: _NOT_FOUND},
+    @extend_schema(operation_id="erp_reference_trace", responses={
+        200: ErpReferenceTraceSerializer,
+        400: OpenApiResponse(description="invalid_request: both parameters are required"), 404: _NOT_FOUND},
         parameters=[OpenApiParameter("erp_document_ref", str, required=True),
                     OpenApiParameter("entity", str, required=True)],
         description="An ERP document reference back to the journal (or batch and its journals) that carries "

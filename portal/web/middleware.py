@@ -13,6 +13,7 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.http import JsonResponse
 from django.shortcuts import redirect
+from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from config import roles
 from config.errors import Codes
@@ -32,8 +33,6 @@ def second_factor_required_for_role(user) -> bool:
 def _has_enrolled(user) -> bool:
     cached = getattr(user, "_tieout_has_2fa", None)
     if cached is None:
-        from django_otp.plugins.otp_totp.models import TOTPDevice
-
         cached = TOTPDevice.objects.filter(user_id=user.pk, confirmed=True).exists()
         user._tieout_has_2fa = cached
     return cached

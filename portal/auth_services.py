@@ -1,6 +1,6 @@
 """Staff sign-in, roles and the second factor: every change to who may do what goes through here, audited.
 
-The sign-in pages (exceptions_queue/web/accounts.py), the users admin (exceptions_queue/admin_users.py)
+The sign-in pages (portal/web/accounts.py), the users admin (portal/admin.py)
 and Django's auth signals only translate input and call these functions. Sign-in events are recorded by
 `user_session_record` (called from thin signal adapters); roles by `user_roles_set`; TOTP devices
 (django-otp) are started, confirmed, verified and reset by the `user_2fa_*` functions, which lock the
@@ -9,7 +9,8 @@ device row so that two tabs cannot both spend one code or race past the throttle
 from dataclasses import dataclass
 from datetime import datetime
 
-from django.contrib.auth import get_user_model
+from axes.utils import reset as axes_reset
+from django.contrib.auth import get_user_model, signals
 from django.contrib.auth.models import Group
 from django.db import transaction
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -138,10 +139,8 @@ def user_password_set_record(*, user, actor) -> None:
 @transaction.atomic
 def user_sign_in_unlock(*, user, actor) -> int:
     """Clear django-axes' failed attempts for the username (the lockout), audited; returns how many went."""
-    from axes.utils import reset
-
     get_user_model().objects.select_for_update().get(pk=user.pk)
-    cleared = reset(username=user.get_username())
+    cleared = axes_reset(username=user.get_username())
     audit.record(actor=actor, action="user.sign_in_unlocked", object_type="user", object_id=user.get_username(),
                  after={"attempts_cleared": cleared})
     return cleared
@@ -263,8 +262,6 @@ def on_sign_in_failed(sender, credentials, request=None, **kwargs):
 
 
 def connect_signals() -> None:
-    from django.contrib.auth import signals
-
     signals.user_logged_in.connect(on_signed_in, dispatch_uid="tieout.user_signed_in")
     signals.user_logged_out.connect(on_signed_out, dispatch_uid="tieout.user_signed_out")
     signals.user_login_failed.connect(on_sign_in_failed, dispatch_uid="tieout.user_sign_in_failed")

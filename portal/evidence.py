@@ -15,6 +15,9 @@ memory stays flat whatever the period's size. The pack holds:
 * digests.json (the signed digests of the range, the one before it, and the frontier that carries the
   whole-tree root into the range), public_key.pem, README.txt, verify_evidence.py (standard library
   only), and manifest.json with every file's SHA-256, signed (manifest.sig) with the digest key.
+
+Each CSV file is one row of a table (`ENTITY_FILES`, then `CHAIN_FILE`): its name, its columns, the query
+that reads it and how each selected value is written; the export walks the table.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import hashlib
 import io
 import json
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,12 +36,16 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from audit import digests as digest_mod
-from audit import services
-from audit.models import AuditDigest
+from audit import services, verify_evidence
+from audit.models import AuditDigest, AuditEntry, AuditSeal
+from billing_sync.models import Event, Receipt
+from exceptions_queue.models import Approval, ApprovalDecision, ExceptionRecord
+from ledger.models import Account, Entity, Journal, JournalLine
 
 FORMAT = "tieout-evidence/1"
 _CHUNK = 10_000
-VERIFIER_PATH = Path(__file__).with_name("verify_evidence.py")
+# The standalone verifier travels in the pack as it is in the audit app (standard library only).
+VERIFIER_PATH = Path(verify_evidence.__file__)
 
 
 @dataclass
@@ -109,6 +117,33 @@ def _json(value) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def _as_is(value):
+    return value
+
+
+def _blank_if_null(value):
+    return "" if value is None else value
+
+
+def _decimal(value) -> str:
+    return str(value)
+
+
+def _decimal_or_blank(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _base64(value) -> str:
+    return base64.b64encode(bytes(value)).decode()
+
+
+def _cells(*writers: Callable) -> Callable[[tuple], list]:
+    """A row writer from one writer per selected column, in order."""
+    def write(row) -> list:
+        return [w(v) for w, v in zip(writers, row, strict=True)]
+    return write
+
+
 def _entry_row(r) -> list:
     """One audit_entries.csv row: the columns, with before/after taken from the hashed content itself."""
     document = json.loads(r[8])
@@ -116,37 +151,142 @@ def _entry_row(r) -> list:
             _json(document.get("after")), r[9], r[10], r[11]]
 
 
-def _tables() -> dict:
-    from billing_sync.models import Event, Receipt
-    from exceptions_queue.models import Approval, ApprovalDecision, ExceptionRecord
-    from ledger.models import Account, Entity, Journal, JournalLine
+@dataclass(frozen=True)
+class PackFile:
+    """One CSV file of the pack: its name, its header, the query that reads its rows in order, and how a
+    fetched row becomes the CSV row. The query names tables in braces ({event}: `TABLES`) and the export's
+    parameters as %(name)s: the period (start, end), the entity (code, entity_id, prefix for object ids
+    "<code>:..."), and for the chain its seq range (first_seq, last_seq)."""
 
-    models = {"event": Event, "receipt": Receipt, "approval": Approval, "decision": ApprovalDecision,
-              "exception": ExceptionRecord, "account": Account, "entity": Entity, "journal": Journal,
-              "line": JournalLine}
-    return {key: model._meta.db_table for key, model in models.items()}
+    name: str
+    columns: tuple[str, ...]
+    query: str
+    row: Callable[[tuple], list]
+
+    def sql(self) -> str:
+        return self.query.format(**TABLES, entity_entries=ENTITY_ENTRIES.format(**TABLES),
+                                 journals_of_period=JOURNALS_OF_PERIOD.format(**TABLES))
 
 
-def _entity_entries_where(t: dict) -> str:
-    """The entity's audit entries of the period, plus the journal.created entry of every journal in the pack."""
-    return f"""(
+TABLES = {key: model._meta.db_table for key, model in {
+    "event": Event, "receipt": Receipt, "approval": Approval, "decision": ApprovalDecision,
+    "exception": ExceptionRecord, "account": Account, "entity": Entity, "journal": Journal, "line": JournalLine,
+    "entry": AuditEntry, "seal": AuditSeal}.items()}
+
+# The entity's audit entries of the period, plus the journal.created entry of every journal in the pack
+# (`e` is the entry).
+ENTITY_ENTRIES = """(
       (e.at >= %(start)s AND e.at < %(end)s AND (
-          e.event_id IN (SELECT id FROM {t['event']} WHERE entity_code = %(code)s)
-          OR (e.object_type = 'journal' AND e.object_id IN (SELECT id::text FROM {t['journal']}
+          e.event_id IN (SELECT id FROM {event} WHERE entity_code = %(code)s)
+          OR (e.object_type = 'journal' AND e.object_id IN (SELECT id::text FROM {journal}
                                                             WHERE entity_id = %(entity_id)s))
-          OR (e.object_type = 'exception' AND e.object_id IN (SELECT id::text FROM {t['exception']}
+          OR (e.object_type = 'exception' AND e.object_id IN (SELECT id::text FROM {exception}
                                                               WHERE entity_code = %(code)s))
-          OR (e.object_type = 'approval' AND e.object_id IN (SELECT id::text FROM {t['approval']}
+          OR (e.object_type = 'approval' AND e.object_id IN (SELECT id::text FROM {approval}
                                                              WHERE entity_id = %(entity_id)s))
           OR e.object_id = %(code)s OR e.object_id LIKE %(prefix)s))
       OR (e.object_type = 'journal' AND e.action = 'journal.created' AND e.object_id IN (
-          SELECT id::text FROM {t['journal']} WHERE entity_id = %(entity_id)s
+          SELECT id::text FROM {journal} WHERE entity_id = %(entity_id)s
           AND created_at >= %(start)s AND created_at < %(end)s)))"""
+# The entity's journals created in the period (`j`).
+JOURNALS_OF_PERIOD = ("FROM {journal} j WHERE j.entity_id = %(entity_id)s "
+                      "AND j.created_at >= %(start)s AND j.created_at < %(end)s")
+
+# The entity's files, in the pack's order.
+ENTITY_FILES = (
+    PackFile(
+        "events.csv",
+        ("id", "source_system", "event_id", "type", "entity_code", "occurred_at", "received_at", "status",
+         "payload_hash", "idempotency_key", "correlation_id", "receipt_id", "payload"),
+        """SELECT id::text, source_system, event_id, type, entity_code, occurred_at, received_at,
+                  status, payload_hash, coalesce(idempotency_key, ''), correlation_id, receipt_id, payload::text
+           FROM {event} WHERE entity_code = %(code)s AND received_at >= %(start)s
+           AND received_at < %(end)s ORDER BY received_at, id""",
+        _cells(_as_is, _as_is, _as_is, _as_is, _as_is, _iso, _iso, _as_is, _as_is, _as_is, _as_is,
+               _blank_if_null, _as_is)),
+    PackFile(
+        "receipts.csv",
+        ("id", "received_at", "endpoint", "client", "sha256", "outcome", "status_code", "correlation_id",
+         "body_base64"),
+        """SELECT r.id, r.received_at, r.endpoint, r.client, r.sha256, r.outcome, r.status_code,
+                  r.correlation_id, r.body FROM {receipt} r
+           WHERE r.id IN (SELECT receipt_id FROM {event} WHERE entity_code = %(code)s
+                          AND received_at >= %(start)s AND received_at < %(end)s)
+           ORDER BY r.id""",
+        _cells(_as_is, _iso, _as_is, _as_is, _as_is, _as_is, _as_is, _as_is, _base64)),
+    PackFile(
+        "journals.csv",
+        ("id", "entity", "kind", "status", "accounting_date", "event_id", "reverses", "source_system",
+         "document_type", "document_id", "document_version", "description", "erp_document_ref", "posted_at",
+         "created_at", "created_by", "correlation_id"),
+        """SELECT j.id::text, %(code)s, j.kind, j.status, j.accounting_date, j.event_id::text,
+                  j.reverses_id::text, j.source_system, j.document_type, j.document_id,
+                  j.document_version, j.description, j.erp_document_ref, j.posted_at,
+                  j.created_at, j.created_by, j.correlation_id {journals_of_period}
+           ORDER BY j.created_at, j.id""",
+        _cells(_as_is, _as_is, _as_is, _as_is, _iso, _blank_if_null, _blank_if_null, _as_is, _as_is, _as_is,
+               _blank_if_null, _as_is, _blank_if_null, _iso, _iso, _as_is, _as_is)),
+    PackFile(
+        "journal_lines.csv",
+        ("journal_id", "line_no", "account", "debit", "credit", "customer_id", "invoice_id", "payment_id",
+         "jurisdiction", "memo"),
+        """SELECT l.journal_id::text, l.line_no, a.code, l.debit, l.credit, l.customer_id,
+                  l.invoice_id, l.payment_id, l.jurisdiction, l.memo
+           FROM {line} l JOIN {account} a ON a.id = l.account_id
+           WHERE l.journal_id IN (SELECT j.id {journals_of_period})
+           ORDER BY l.journal_id, l.line_no""",
+        _cells(_as_is, _as_is, _as_is, _decimal, _decimal, _as_is, _as_is, _as_is, _as_is, _as_is)),
+    PackFile(
+        "approvals.csv",
+        ("id", "kind", "status", "journal_id", "event_id", "document_id", "amount", "currency", "requested_by",
+         "required_approvals", "reason", "created_at", "decided_at", "decisions"),
+        """SELECT a.id::text, a.kind, a.status, a.journal_id::text, a.event_id::text, a.document_id,
+                  a.amount, a.currency, a.requested_by_label, a.required_approvals, a.reason,
+                  a.created_at, a.decided_at,
+                  (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                      'user', u.username, 'decision', d.decision, 'comment', d.comment,
+                      'at', d.at) ORDER BY d.at, d.id), '[]'::jsonb)
+                   FROM {decision} d JOIN auth_user u ON u.id = d.user_id
+                   WHERE d.approval_id = a.id)::text
+           FROM {approval} a WHERE a.entity_id = %(entity_id)s
+           AND a.created_at >= %(start)s AND a.created_at < %(end)s
+           ORDER BY a.created_at, a.id""",
+        _cells(_as_is, _as_is, _as_is, _as_is, _blank_if_null, _as_is, _decimal, _as_is, _as_is, _as_is, _as_is,
+               _iso, _iso, _as_is)),
+    PackFile(
+        "exceptions.csv",
+        ("id", "code", "status", "process", "event_id", "journal_id", "message", "amount", "created_at",
+         "resolved_at", "resolved_by", "resolution"),
+        """SELECT x.id::text, x.code, x.status, x.process, x.event_id::text, x.journal_id::text,
+                  x.message, x.amount, x.created_at, x.resolved_at, x.resolved_by, x.resolution
+           FROM {exception} x WHERE x.entity_code = %(code)s
+           AND x.created_at >= %(start)s AND x.created_at < %(end)s
+           ORDER BY x.created_at, x.id""",
+        _cells(_as_is, _as_is, _as_is, _as_is, _blank_if_null, _blank_if_null, _as_is, _decimal_or_blank, _iso,
+               _iso, _as_is, _as_is)),
+    PackFile(
+        "audit_entries.csv",
+        ("id", "seq", "at", "actor", "action", "object_type", "object_id", "event_id", "before", "after",
+         "correlation_id", "entry_hash", "chain_hash"),
+        # before and after both come from `content` (read once): the verifier re-hashes the entry from them.
+        """SELECT e.id, s.seq, e.at, e.actor, e.action, e.object_type, e.object_id,
+                  e.event_id::text, e.content, e.correlation_id, e.entry_hash, s.chain_hash
+           FROM {entry} e JOIN {seal} s ON s.entry_id = e.id
+           WHERE {entity_entries} ORDER BY s.seq""",
+        _entry_row),
+)
+# Every link of the global chain over the pack's seq range (other entities' entries as hashes only).
+CHAIN_FILE = PackFile(
+    "chain.csv",
+    ("seq", "entry_id", "entry_hash", "chain_hash"),
+    "SELECT seq, entry_id, entry_hash, chain_hash FROM {seal} WHERE seq BETWEEN %(first_seq)s AND %(last_seq)s "
+    "ORDER BY seq",
+    list)
 
 
-def _chain_range(cursor, t: dict, params: dict, date_from, date_to) -> tuple[int, int]:
-    cursor.execute(f"""SELECT min(s.seq), max(s.seq) FROM audit_auditentry e
-                       JOIN audit_auditseal s ON s.entry_id = e.id WHERE {_entity_entries_where(t)}""", params)
+def _chain_range(cursor, params: dict, date_from, date_to) -> tuple[int, int]:
+    cursor.execute("SELECT min(s.seq), max(s.seq) FROM {entry} e JOIN {seal} s ON s.entry_id = e.id "
+                   "WHERE {entity_entries}".format(**TABLES, entity_entries=ENTITY_ENTRIES.format(**TABLES)), params)
     smin, smax = cursor.fetchone()
     days = AuditDigest.objects.filter(day__gte=date_from, day__lte=date_to, count__gt=0)
     bounds = [v for v in (smin, days.order_by("first_seq").values_list("first_seq", flat=True).first()) if v]
@@ -216,15 +356,12 @@ HASHES
 def export_evidence(*, entity_code: str, date_from: datetime.date, date_to: datetime.date, out,
                     name: str = "evidence.zip", actor="system") -> PackSummary:
     """Write the pack into `out` (a writable binary file object). The export itself is audited."""
-    from ledger.models import Entity
-
     if date_to < date_from:
         raise ValueError("the period ends before it starts")
     entity = Entity.objects.get(code=entity_code)
     services.seal()
     key = digest_mod.signing_key()
     raw_public = digest_mod.public_key_bytes(key.public_key())
-    t = _tables()
     start = datetime.datetime.combine(date_from, datetime.time.min, tzinfo=datetime.UTC)
     end = datetime.datetime.combine(date_to + datetime.timedelta(days=1), datetime.time.min, tzinfo=datetime.UTC)
     params = {"start": start, "end": end, "code": entity.code, "entity_id": entity.pk, "prefix": f"{entity.code}:%"}
@@ -237,97 +374,24 @@ def export_evidence(*, entity_code: str, date_from: datetime.date, date_to: date
                 if outermost:  # one snapshot for every file of the pack (inside a caller's transaction: theirs)
                     cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
 
-                def csv_file(filename, header, sql, sql_params, convert):
-                    member = _CsvMember(zf, filename, header)
-                    for rows in _stream(cursor, sql, sql_params, f"pack_{filename.split('.')[0]}"):
-                        member.write_rows([convert(r) for r in rows])
+                def csv_file(spec: PackFile, sql_params: dict):
+                    member = _CsvMember(zf, spec.name, list(spec.columns))
+                    for rows in _stream(cursor, spec.sql(), sql_params, f"pack_{spec.name.split('.')[0]}"):
+                        member.write_rows([spec.row(r) for r in rows])
                     member.close()
-                    files[filename] = {"sha256": member.hash.hexdigest(), "rows": member.rows}
+                    files[spec.name] = {"sha256": member.hash.hexdigest(), "rows": member.rows}
 
-                csv_file("events.csv", ["id", "source_system", "event_id", "type", "entity_code", "occurred_at",
-                                        "received_at", "status", "payload_hash", "idempotency_key",
-                                        "correlation_id", "receipt_id", "payload"],
-                         f"""SELECT id::text, source_system, event_id, type, entity_code, occurred_at, received_at,
-                                    status, payload_hash, coalesce(idempotency_key, ''), correlation_id,
-                                    receipt_id, payload::text
-                             FROM {t['event']} WHERE entity_code = %(code)s AND received_at >= %(start)s
-                             AND received_at < %(end)s ORDER BY received_at, id""", params,
-                         lambda r: [r[0], r[1], r[2], r[3], r[4], _iso(r[5]), _iso(r[6]), r[7], r[8], r[9], r[10],
-                                    r[11] or "", r[12]])
-                csv_file("receipts.csv", ["id", "received_at", "endpoint", "client", "sha256", "outcome",
-                                          "status_code", "correlation_id", "body_base64"],
-                         f"""SELECT r.id, r.received_at, r.endpoint, r.client, r.sha256, r.outcome, r.status_code,
-                                    r.correlation_id, r.body FROM {t['receipt']} r
-                             WHERE r.id IN (SELECT receipt_id FROM {t['event']} WHERE entity_code = %(code)s
-                                            AND received_at >= %(start)s AND received_at < %(end)s)
-                             ORDER BY r.id""", params,
-                         lambda r: [r[0], _iso(r[1]), r[2], r[3], r[4], r[5], r[6], r[7],
-                                    base64.b64encode(bytes(r[8])).decode()])
-                journal_where = (f"FROM {t['journal']} j WHERE j.entity_id = %(entity_id)s "
-                                 "AND j.created_at >= %(start)s AND j.created_at < %(end)s")
-                csv_file("journals.csv", ["id", "entity", "kind", "status", "accounting_date", "event_id",
-                                          "reverses", "source_system", "document_type", "document_id",
-                                          "document_version", "description", "erp_document_ref", "posted_at",
-                                          "created_at", "created_by", "correlation_id"],
-                         f"""SELECT j.id::text, %(code)s, j.kind, j.status, j.accounting_date, j.event_id::text,
-                                    j.reverses_id::text, j.source_system, j.document_type, j.document_id,
-                                    j.document_version, j.description, j.erp_document_ref, j.posted_at,
-                                    j.created_at, j.created_by, j.correlation_id {journal_where}
-                             ORDER BY j.created_at, j.id""", params,
-                         lambda r: [r[0], r[1], r[2], r[3], _iso(r[4]), r[5] or "", r[6] or "", r[7], r[8], r[9],
-                                    "" if r[10] is None else r[10], r[11], r[12] or "", _iso(r[13]), _iso(r[14]),
-                                    r[15], r[16]])
-                csv_file("journal_lines.csv", ["journal_id", "line_no", "account", "debit", "credit", "customer_id",
-                                               "invoice_id", "payment_id", "jurisdiction", "memo"],
-                         f"""SELECT l.journal_id::text, l.line_no, a.code, l.debit, l.credit, l.customer_id,
-                                    l.invoice_id, l.payment_id, l.jurisdiction, l.memo
-                             FROM {t['line']} l JOIN {t['account']} a ON a.id = l.account_id
-                             WHERE l.journal_id IN (SELECT j.id {journal_where})
-                             ORDER BY l.journal_id, l.line_no""", params,
-                         lambda r: [r[0], r[1], r[2], str(r[3]), str(r[4]), r[5], r[6], r[7], r[8], r[9]])
-                csv_file("approvals.csv", ["id", "kind", "status", "journal_id", "event_id", "document_id", "amount",
-                                           "currency", "requested_by", "required_approvals", "reason", "created_at",
-                                           "decided_at", "decisions"],
-                         f"""SELECT a.id::text, a.kind, a.status, a.journal_id::text, a.event_id::text, a.document_id,
-                                    a.amount, a.currency, a.requested_by_label, a.required_approvals, a.reason,
-                                    a.created_at, a.decided_at,
-                                    (SELECT coalesce(jsonb_agg(jsonb_build_object(
-                                        'user', u.username, 'decision', d.decision, 'comment', d.comment,
-                                        'at', d.at) ORDER BY d.at, d.id), '[]'::jsonb)
-                                     FROM {t['decision']} d JOIN auth_user u ON u.id = d.user_id
-                                     WHERE d.approval_id = a.id)::text
-                             FROM {t['approval']} a WHERE a.entity_id = %(entity_id)s
-                             AND a.created_at >= %(start)s AND a.created_at < %(end)s
-                             ORDER BY a.created_at, a.id""", params,
-                         lambda r: [r[0], r[1], r[2], r[3], r[4] or "", r[5], str(r[6]), r[7], r[8], r[9], r[10],
-                                    _iso(r[11]), _iso(r[12]), r[13]])
-                csv_file("exceptions.csv", ["id", "code", "status", "process", "event_id", "journal_id", "message",
-                                            "amount", "created_at", "resolved_at", "resolved_by", "resolution"],
-                         f"""SELECT x.id::text, x.code, x.status, x.process, x.event_id::text, x.journal_id::text,
-                                    x.message, x.amount, x.created_at, x.resolved_at, x.resolved_by, x.resolution
-                             FROM {t['exception']} x WHERE x.entity_code = %(code)s
-                             AND x.created_at >= %(start)s AND x.created_at < %(end)s
-                             ORDER BY x.created_at, x.id""", params,
-                         lambda r: [r[0], r[1], r[2], r[3], r[4] or "", r[5] or "", r[6],
-                                    "" if r[7] is None else str(r[7]), _iso(r[8]), _iso(r[9]), r[10], r[11]])
-                csv_file("audit_entries.csv", ["id", "seq", "at", "actor", "action", "object_type", "object_id",
-                                               "event_id", "before", "after", "correlation_id", "entry_hash",
-                                               "chain_hash"],
-                         f"""SELECT e.id, s.seq, e.at, e.actor, e.action, e.object_type, e.object_id,
-                                    e.event_id::text, e.content, e.correlation_id, e.entry_hash, s.chain_hash
-                             FROM audit_auditentry e JOIN audit_auditseal s ON s.entry_id = e.id
-                             WHERE {_entity_entries_where(t)} ORDER BY s.seq""", params, _entry_row)
-
-                first_seq, last_seq = _chain_range(cursor, t, params, date_from, date_to)
-                cursor.execute("SELECT chain_hash, entry_id FROM audit_auditseal WHERE seq = %s", [first_seq - 1])
+                for spec in ENTITY_FILES:
+                    csv_file(spec, params)
+                first_seq, last_seq = _chain_range(cursor, params, date_from, date_to)
+                cursor.execute("SELECT chain_hash, entry_id FROM {seal} WHERE seq = %s".format(**TABLES),
+                               [first_seq - 1])
                 before = cursor.fetchone()
                 prev_hash, prev_entry = (before[0], before[1]) if before else (services.GENESIS, 0)
-                cursor.execute("SELECT chain_hash FROM audit_auditseal WHERE seq = %s", [last_seq])
+                cursor.execute("SELECT chain_hash FROM {seal} WHERE seq = %s".format(**TABLES), [last_seq])
                 last = cursor.fetchone()
                 last_hash = last[0] if last else prev_hash
-                csv_file("chain.csv", ["seq", "entry_id", "entry_hash", "chain_hash"],
-                         "SELECT seq, entry_id, entry_hash, chain_hash FROM audit_auditseal "
-                         "WHERE seq BETWEEN %s AND %s ORDER BY seq", [first_seq, last_seq], list)
+                csv_file(CHAIN_FILE, {"first_seq": first_seq, "last_seq": last_seq})
 
                 in_range = list(AuditDigest.objects.filter(first_seq__gte=first_seq, last_seq__lte=last_seq)
                                 .order_by("day")) if last_seq >= first_seq else []

@@ -8,8 +8,8 @@ import os
 
 from django.core.management.base import BaseCommand, CommandError
 
-from audit.evidence import export_evidence
 from ledger.models import Entity
+from portal.evidence import export_evidence
 
 
 def _date(value: str) -> datetime.date:

@@ -1,7 +1,7 @@
 """Prometheus metrics at /metrics, read from the database at scrape time (so every process agrees).
 
 The figures are the dashboard's, for every entity, read by the same selectors
-(`exceptions_queue.dashboard_selectors.compute`): time-windowed or status-bounded queries on indexed
+(`portal.selectors.dashboard.compute`): time-windowed or status-bounded queries on indexed
 columns, so a scrape stays cheap on tables of millions of rows. Also events and journals by status
 (grouped counts over the small-cardinality, indexed status columns) and the outbox backlog. Gauges only:
 Prometheus derives rates itself (`rate()` over `tieout_events` is not needed; the windowed gauges are
@@ -12,6 +12,11 @@ from django.http import HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from audit.models import AuditCheck
+from billing_sync.models import Event
+from ledger.models import Journal, Outbox
+from portal.selectors import dashboard as dashboard_selectors
+
 
 def _gauge(name: str, documentation: str, value) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=float(value or 0))
@@ -19,10 +24,6 @@ def _gauge(name: str, documentation: str, value) -> GaugeMetricFamily:
 
 class _TieoutCollector:
     def collect(self):
-        from billing_sync.models import Event
-        from exceptions_queue import dashboard_selectors
-        from ledger.models import Journal, Outbox
-
         events = GaugeMetricFamily("tieout_events", "Events by status", labels=["status"])
         for row in Event.objects.values("status").annotate(n=Count("id")).order_by():
             events.add_metric([row["status"]], row["n"])
@@ -91,8 +92,6 @@ class _TieoutCollector:
         yield _gauge("tieout_oldest_unposted_seconds", "Age of the oldest journal not yet posted",
                      oldest["age_seconds"] if oldest else 0.0)
         yield _gauge("tieout_pending_approvals", "Approvals waiting for a decision", figures["pending_approvals"])
-        from audit.models import AuditCheck
-
         last_check = AuditCheck.objects.order_by("-at", "-id").values_list("ok", flat=True).first()
         if last_check is not None:  # 1: the last scheduled audit_verify passed; 0: the chain is broken
             yield GaugeMetricFamily("tieout_audit_chain_ok", "Last audit chain verification passed (1) or not (0)",

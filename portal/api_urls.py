@@ -1,0 +1,15 @@
+"""API routes of the read side: the traces (lineage) of events, invoices, journals, exceptions and ERP
+document references. Included by config/urls.py under api/v1/, beside the domain apps' own routes, with
+the paths and names they always had."""
+from django.urls import path
+
+from portal import api_views
+
+urlpatterns = [
+    path("events/<uuid:pk>/trace", api_views.EventTraceView.as_view(), name="event-trace"),
+    path("invoices/<str:source_system>/<str:invoice_id>/trace", api_views.InvoiceTraceView.as_view(),
+         name="invoice-trace"),
+    path("journals/<uuid:pk>/trace", api_views.JournalTraceView.as_view(), name="journal-trace"),
+    path("trace", api_views.ErpReferenceTraceView.as_view(), name="erp-reference-trace"),
+    path("exceptions/<uuid:pk>/trace", api_views.ExceptionTraceView.as_view(), name="exception-trace"),
+]

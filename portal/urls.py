@@ -1,0 +1,14 @@
+"""Routes of the staff web UI, one module per area (each module holds its own `urlpatterns`), mounted at
+the site root by config/urls.py."""
+from django.urls import include, path
+
+from portal.web import accounts, adjustments, approvals, dashboard, queue, trace
+
+urlpatterns = [
+    path("accounts/", include(accounts)),
+    path("exceptions/", include(queue)),
+    path("approvals/", include(approvals)),
+    path("adjustments/", include(adjustments)),
+    path("", include(trace)),  # trace/ and evidence/
+    path("", include(dashboard)),
+]
