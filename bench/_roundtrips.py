@@ -106,21 +106,21 @@ def ingest(client: Client) -> dict:
 def processing(client: Client) -> dict:
     """What the worker does for one invoice event: process_event (with its after-commit relay), journal_post."""
     run = run_id()
-    with mock.patch.object(processing_module, "schedule_processing", lambda ids: None):
+    with mock.patch.object(processing_module, "events_schedule", lambda ids: None):
         ids = [json.loads(client.post("/api/v1/events", invoice_body(f"p{run}", n),
                                       content_type="application/json").content)["id"] for n in range(203)]
     # Processing as the worker runs it, after-commit relay included (it publishes post_journal to the
     # bench broker, where no worker listens any more); the journal is then posted here.
     for event_id in ids[:2]:  # warm
-        billing.process_event(event_id=event_id)
+        billing.event_process(event_id=event_id)
         for journal_id in Journal.objects.filter(event_id=event_id).values_list("pk", flat=True):
             ledger.journal_post(journal_id=journal_id)
-    out = {"process_event": _count(lambda: billing.process_event(event_id=ids[2]))}
+    out = {"event_process": _count(lambda: billing.event_process(event_id=ids[2]))}
     journal_id = Journal.objects.get(event_id=ids[2]).pk
     out["journal_post"] = _count(lambda: ledger.journal_post(journal_id=journal_id))
     started = time.perf_counter()
     for event_id in ids[3:]:
-        billing.process_event(event_id=event_id)
+        billing.event_process(event_id=event_id)
     middle = time.perf_counter()
     for journal_id in Journal.objects.filter(event_id__in=ids[3:]).order_by("created_at").values_list(
             "pk", flat=True):

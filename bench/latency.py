@@ -144,7 +144,7 @@ def main() -> None:
     c.say(f"source-to-posted latency (journal.posted_at - event.received_at): p50 "
           f"{c.percentile(latencies, 50) * 1000:.0f} ms, p95 {c.percentile(latencies, 95) * 1000:.0f} ms, "
           f"p99 {c.percentile(latencies, 99) * 1000:.0f} ms, max {max(latencies, default=0) * 1000:.0f} ms")
-    pe, jp = trips["process_event"], trips["journal_post"]
+    pe, jp = trips["event_process"], trips["journal_post"]
     c.say(f"  worker work per invoice: process_event {pe['db_round_trips']} DB round trips, "
           f"{pe['redis_round_trips']} Redis ({trips['process_event_ms']} ms in-process); journal_post "
           f"{jp['db_round_trips']} DB round trips, {jp['redis_round_trips']} Redis ({trips['journal_post_ms']} ms)")

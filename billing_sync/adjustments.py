@@ -152,7 +152,7 @@ def _payload(invoice: Invoice, type_: str, data: dict, identity: uuid.UUID) -> d
 def _result(event: Event, *, kind: str) -> ManualAdjustment:
     """What became of a manual event. Processing is idempotent under the event's row lock: if a worker
     (or eager Celery) got there first, this only reads the status it left."""
-    status = services.process_event(event_id=event.pk, actor="system")
+    status = services.event_process(event_id=event.pk, actor="system")
     event.refresh_from_db()
     data = event.payload["data"]
     return ManualAdjustment(
@@ -181,7 +181,7 @@ def _send(payload: dict, *, user, remote_addr, kind: str) -> ManualAdjustment:
     body = services.canonical_bytes(payload)
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT,
                "X-Correlation-ID": payload["correlation_id"], "Content-Length": str(len(body))}
-    answer = services.receive_event(body=body, user=user, headers=headers, remote_addr=remote_addr)
+    answer = services.event_receive(body=body, user=user, headers=headers, remote_addr=remote_addr)
     if answer.status == 409:
         # The same request, submitted twice at once, lost the race to its twin: answer with the twin's outcome.
         event = Event.objects.filter(source_system=payload["source_system"], event_id=payload["event_id"],

@@ -89,9 +89,9 @@ def on_exception_resolved(*, exception, actor) -> None:
 def register() -> None:
     for process in EVENT_PROCESSES:
         workflow.exception_kind_register(process, retry=event_retry, replay=event_replay,
-                                         replay_refusal=event_replay_refusal, replay_check=event_replay_check)
+                                         exception_replay_refusal=event_replay_refusal, replay_check=event_replay_check)
     workflow.exception_kind_register(ExceptionRecord.Process.CALLBACK, retry=callback_retry,
-                                     replay_refusal=callback_replay_refusal)
+                                     exception_replay_refusal=callback_replay_refusal)
     for kind in (Approval.Kind.CREDIT_NOTE, Approval.Kind.WRITE_OFF):
         workflow.approval_kind_register(kind, approve=document_approve, reject=document_reject)
     ledger_hooks.journals_posted.connect(on_journals_posted)

@@ -11,12 +11,12 @@ from billing_sync import callbacks, services
              ignore_result=True)
 def process_events(event_ids: list[str]):
     for event_id in event_ids:
-        services.process_event(event_id=event_id)
+        services.event_process(event_id=event_id)
 
 
 @shared_task(name="billing_sync.tasks.sweep_accepted_events", ignore_result=True)
 def sweep_accepted_events():
-    return services.sweep_accepted(older_than_seconds=settings.TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS)
+    return services.events_sweep_accepted(older_than_seconds=settings.TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS)
 
 
 # Retries live in the database (next_attempt_at, picked up by the sweep), not in Celery countdowns: an hour of

@@ -86,7 +86,7 @@ class EventCollectionView(_ReceiveView):
         403: OpenApiResponse(description="source_not_allowed (outside the token's binding), permission_denied"),
         409: OpenApiResponse(description="idempotency_conflict"), 422: OpenApiResponse(description="invalid_event")})
     def post(self, request):
-        return self.respond(services.receive_event(body=request.body, user=request.user, headers=request.headers,
+        return self.respond(services.event_receive(body=request.body, user=request.user, headers=request.headers,
                                                    remote_addr=request.META.get("REMOTE_ADDR"), allowed=self.allowed()))
 
 
@@ -97,7 +97,7 @@ class EventBatchView(_ReceiveView):
         description='{"results": [{"status": 202|200|403|409|422, "headers"?: {...}, "body": {...}}]} in request '
                     "order (403: source_not_allowed, outside the token's binding)")})
     def post(self, request):
-        return self.respond(services.receive_batch(body=request.body, user=request.user, headers=request.headers,
+        return self.respond(services.event_batch_receive(body=request.body, user=request.user, headers=request.headers,
                                                    remote_addr=request.META.get("REMOTE_ADDR"), allowed=self.allowed()))
 
 

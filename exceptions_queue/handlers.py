@@ -58,7 +58,7 @@ def on_journal_failed(*, journal, code: str, message: str, actor) -> None:
 
 def register() -> None:
     workflow.exception_kind_register(ExceptionRecord.Process.POSTING, retry=posting_retry,
-                                     replay_refusal=posting_replay_refusal)
+                                     exception_replay_refusal=posting_replay_refusal)
     workflow.exception_kind_register(ExceptionRecord.Process.SYSTEM, retry=system_retry)
     workflow.approval_kind_register(Approval.Kind.MANUAL_JOURNAL, approve=manual_journal_approve,
                                     reject=manual_journal_reject)

@@ -42,7 +42,7 @@ class ExceptionHandlers:
 
     retry: Callable[..., None]
     replay: Callable[..., None] | None = None
-    replay_refusal: Callable[..., str | None] | None = None
+    exception_replay_refusal: Callable[..., str | None] | None = None
     replay_check: Callable[..., dict] | None = None
 
 
@@ -66,10 +66,10 @@ def approval_kind_register(kind: str, *, approve: Callable[..., None], reject: C
 
 
 def exception_kind_register(process: str, *, retry: Callable[..., None], replay: Callable[..., None] | None = None,
-                            replay_refusal: Callable[..., str | None] | None = None,
+                            exception_replay_refusal: Callable[..., str | None] | None = None,
                             replay_check: Callable[..., dict] | None = None) -> None:
     """Register the owner's handlers for exceptions of `process` (once per kind)."""
-    handlers = ExceptionHandlers(retry=retry, replay=replay, replay_refusal=replay_refusal, replay_check=replay_check)
+    handlers = ExceptionHandlers(retry=retry, replay=replay, exception_replay_refusal=exception_replay_refusal, replay_check=replay_check)
     if _exception_kinds.setdefault(process, handlers) != handlers:
         raise ImproperlyConfigured(f"exception kind {process!r} is already registered by another owner")
 

@@ -50,9 +50,9 @@ def post_erp_batch(self, batch_id: str):
 
 @shared_task(name="ledger.tasks.sweep_outbox", ignore_result=True)
 def sweep_outbox():
-    return services.sweep_outbox(older_than_seconds=settings.TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS)
+    return services.outbox_sweep(older_than_seconds=settings.TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS)
 
 
 @shared_task(name="ledger.tasks.sweep_erp_batches", ignore_result=True)
 def sweep_erp_batches():
-    return services.sweep_erp_batches(window_seconds=settings.TIEOUT_BATCH_WINDOW_SECONDS)
+    return services.erp_batches_sweep(window_seconds=settings.TIEOUT_BATCH_WINDOW_SECONDS)

@@ -102,10 +102,10 @@ def test_an_outbox_row_left_undispatched_is_swept_and_posted_by_the_worker(live_
 
     # The "crash": the event is received but not scheduled, and this process then writes its journal with
     # the relay gone, so the outbox row is committed and never handed to Celery.
-    with mock.patch.object(billing, "schedule_processing", lambda event_ids: None):
+    with mock.patch.object(billing, "events_schedule", lambda event_ids: None):
         event_id = send(source, invoice)["id"]
-    with mock.patch.object(ledger, "relay", lambda outbox_ids: None):
-        assert billing.process_event(event_id=event_id) == "processed"
+    with mock.patch.object(ledger, "outbox_relay", lambda outbox_ids: None):
+        assert billing.event_process(event_id=event_id) == "processed"
 
     journal = Journal.objects.get(event_id=event_id)
     outbox = Outbox.objects.get(journal=journal)
@@ -114,7 +114,7 @@ def test_an_outbox_row_left_undispatched_is_swept_and_posted_by_the_worker(live_
     journal.refresh_from_db()
     assert journal.status == Journal.Status.READY
 
-    assert ledger.sweep_outbox(older_than_seconds=0) == 1
+    assert ledger.outbox_sweep(older_than_seconds=0) == 1
 
     wait_for(source, event_id, "posted", live_worker)
     journal.refresh_from_db()
@@ -123,7 +123,7 @@ def test_an_outbox_row_left_undispatched_is_swept_and_posted_by_the_worker(live_
     assert outbox.dispatched_at is not None
     [traced] = trace(source, event_id)["journals"]
     assert traced["erp_attempts"][-1]["erp_document_ref"] == "JE-US01-2026-000001"
-    assert ledger.sweep_outbox(older_than_seconds=0) == 0  # nothing left behind
+    assert ledger.outbox_sweep(older_than_seconds=0) == 0  # nothing left behind
 
 
 def test_an_event_left_accepted_is_swept_processed_and_posted(live_worker, us01, source):
@@ -132,14 +132,14 @@ def test_an_event_left_accepted_is_swept_processed_and_posted(live_worker, us01,
     invoice = f.invoice(customer_id=customer["data"]["customer_id"])
 
     # The "crash" between the receipt's commit and the hand-off to Celery.
-    with mock.patch.object(billing, "schedule_processing", lambda event_ids: None):
+    with mock.patch.object(billing, "events_schedule", lambda event_ids: None):
         event_id = send(source, invoice)["id"]
     time.sleep(1.0)
     assert Event.objects.get(pk=event_id).status == Event.Status.ACCEPTED
 
-    assert billing.sweep_accepted(older_than_seconds=0) == 1
+    assert billing.events_sweep_accepted(older_than_seconds=0) == 1
 
     body = wait_for(source, event_id, "posted", live_worker)
     assert Journal.objects.get(pk=body["journal_ids"][0]).erp_document_ref == "JE-US01-2026-000001"
     assert Event.objects.get(pk=event_id).attempts == 1
-    assert billing.sweep_accepted(older_than_seconds=0) == 0
+    assert billing.events_sweep_accepted(older_than_seconds=0) == 0

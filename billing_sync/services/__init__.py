@@ -20,8 +20,8 @@ from billing_sync.services.ingest import (  # noqa: F401
     log,
     problem,
     receipt_reject,
-    receive_batch,
-    receive_event,
+    event_batch_receive,
+    event_receive,
 )
 from billing_sync.services.processing import (  # noqa: F401
     PROCESS_BY_TYPE,
@@ -30,13 +30,13 @@ from billing_sync.services.processing import (  # noqa: F401
     dependency_exists,
     event_reprocess,
     event_requeue,
-    process_event,
-    recheck_dependency,
-    schedule_processing,
+    event_process,
+    dependency_recheck,
+    events_schedule,
     source_ref_of,
-    sweep_accepted,
-    wake_dependents,
-    wake_successors,
+    events_sweep_accepted,
+    dependents_wake,
+    successors_wake,
 )
 from billing_sync.services.status import (  # noqa: F401
     _derived_status,

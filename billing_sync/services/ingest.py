@@ -128,7 +128,7 @@ def _outside_binding(payload: dict) -> dict:
                    f"for entity {payload['entity']!r}")
 
 
-def receive_event(*, body: bytes, user, headers, remote_addr=None, allowed=None) -> Answer:
+def event_receive(*, body: bytes, user, headers, remote_addr=None, allowed=None) -> Answer:
     """Answer one delivery of one event: 202 new, 200 replay, 403 outside the token's binding (`allowed`,
     a predicate on the envelope), 409 conflict, 422 invalid."""
     payload, errors = _parse(body)
@@ -172,7 +172,7 @@ def receive_event(*, body: bytes, user, headers, remote_addr=None, allowed=None)
                          event_id=new_id, correlation_id=cid,
                          after={"source_system": payload["source_system"], "event_id": payload["event_id"],
                                 "type": payload["type"], "payload_sha256": payload_hash, "receipt": receipt_id})
-            transaction.on_commit(lambda: processing.schedule_processing([new_id]))
+            transaction.on_commit(lambda: processing.events_schedule([new_id]))
             return Answer(202, response, raw=response_text.encode())
         existing = (Event.objects.filter(source_system=payload["source_system"], event_id=payload["event_id"])
                     .values("id", "payload_hash", "response_body", "idempotency_key").first())
@@ -215,7 +215,7 @@ RETURNING id
 """
 
 
-def receive_batch(*, body: bytes, user, headers, remote_addr=None, allowed=None) -> Answer:
+def event_batch_receive(*, body: bytes, user, headers, remote_addr=None, allowed=None) -> Answer:
     """Up to 1,000 events in one request and one transaction; one answer per event, in order (an event
     outside the token's binding, see `receive_event`, gets its own 403)."""
     document, errors = _parse(body)
@@ -325,5 +325,5 @@ def receive_batch(*, body: bytes, user, headers, remote_addr=None, allowed=None)
                            "type": r["payload"]["type"], "payload_sha256": r["hash"], "receipt": receipt.pk}}
                 for r in rows if r["id"] in inserted])
             ids = [r["id"] for r in sorted(rows, key=lambda r: r["ix"]) if r["id"] in inserted]  # batch order
-            transaction.on_commit(lambda: processing.schedule_processing(ids))
+            transaction.on_commit(lambda: processing.events_schedule(ids))
     return Answer(200, {"results": results})

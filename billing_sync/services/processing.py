@@ -17,12 +17,12 @@ from exceptions_queue.models import ExceptionRecord
 from ledger.models import Entity
 
 
-def schedule_processing(event_ids) -> None:
+def events_schedule(event_ids) -> None:
     """Hand accepted events to the workers (batched off the request path; the sweep covers any loss)."""
     dispatch.schedule(event_ids)
 
 
-def sweep_accepted(*, older_than_seconds: int = 30) -> int:
+def events_sweep_accepted(*, older_than_seconds: int = 30) -> int:
     """Events accepted but never processed (broker outage, crash after commit): schedule them again.
 
     Not those held behind an event parked in the queue: that one wakes them when it is done, and until
@@ -31,7 +31,7 @@ def sweep_accepted(*, older_than_seconds: int = 30) -> int:
     cutoff = timezone.now() - timezone.timedelta(seconds=older_than_seconds)
     ids = ordering.accepted_not_parked_behind(received_before=cutoff, limit=5000)
     if ids:
-        schedule_processing(ids)
+        events_schedule(ids)
     return len(ids)
 
 
@@ -72,7 +72,7 @@ def _amount_of(event) -> Decimal | None:
         return None
 
 
-def process_event(*, event_id, actor="system") -> str:
+def event_process(*, event_id, actor="system") -> str:
     """Process one accepted event under its row lock; returns its new status. Safe to call twice.
 
     An event held behind an earlier one on the same documents (billing_sync/ordering.py) is left
@@ -92,7 +92,7 @@ def process_event(*, event_id, actor="system") -> str:
             return event.status
         seq, keys = event.seq, event.order_keys
         # Whatever the outcome, the events queued behind this one may go next.
-        transaction.on_commit(lambda: wake_successors(seq=seq, keys=keys))
+        transaction.on_commit(lambda: successors_wake(seq=seq, keys=keys))
         with correlation.bound(event.correlation_id or None):
             event.attempts += 1
             try:
@@ -114,7 +114,7 @@ def process_event(*, event_id, actor="system") -> str:
                     # The document may have committed while we processed (its wake-up found no waiting
                     # exception yet): look again once ours is committed, so nothing waits forever.
                     dependency, waiting_id = exc.dependency, event.pk
-                    transaction.on_commit(lambda: recheck_dependency(event_id=waiting_id, dependency=dependency))
+                    transaction.on_commit(lambda: dependency_recheck(event_id=waiting_id, dependency=dependency))
                 return event.status
             event.status = outcome.status
             event.processed_at = timezone.now()
@@ -129,19 +129,19 @@ def process_event(*, event_id, actor="system") -> str:
             if outcome.provides:
                 # In this transaction, not after it: the events that waited for these documents are
                 # `accepted` again the moment they exist, so nothing accepted after them can pass them.
-                wake_dependents(outcome.provides)
+                dependents_wake(outcome.provides)
     return event.status
 
 
-def wake_successors(*, seq: int, keys: list[str]) -> int:
+def successors_wake(*, seq: int, keys: list[str]) -> int:
     """After an event was processed, parked or resolved: schedule the events queued behind it."""
     ids = ordering.successors_of(seq=seq, keys=keys)
     if ids:
-        schedule_processing(ids)
+        events_schedule(ids)
     return len(ids)
 
 
-def wake_dependents(keys: list[str]) -> int:
+def dependents_wake(keys: list[str]) -> int:
     """Documents arrived: send the events that waited for them back through processing."""
     event_ids = queue.events_waiting_for(keys)
     for event_id in event_ids:
@@ -161,7 +161,7 @@ def dependency_exists(dependency: str) -> bool:
     return model.objects.filter(source_system=source_system, **{field_name: document_id}).exists()
 
 
-def recheck_dependency(*, event_id, dependency: str) -> bool:
+def dependency_recheck(*, event_id, dependency: str) -> bool:
     if dependency_exists(dependency):
         return event_requeue(event_id=event_id, actor="system", reason=f"{dependency} arrived")
     return False
@@ -177,7 +177,7 @@ def event_requeue(*, event_id, actor, reason: str) -> bool:
         event.save(update_fields=["status"])
         audit.record(actor=actor, action="event.requeued", object_type="event", object_id=event.pk, event_id=event.pk,
                      before={"status": "exception"}, after={"status": "accepted", "reason": reason})
-        transaction.on_commit(lambda: schedule_processing([event.pk]))
+        transaction.on_commit(lambda: events_schedule([event.pk]))
     return True
 
 
@@ -190,4 +190,4 @@ def event_reprocess(*, event_id, actor) -> str:
     event.save(update_fields=["status"])
     audit.record(actor=actor, action="event.retry", object_type="event", object_id=event.pk, event_id=event.pk,
                  before={"status": "exception"}, after={"status": "accepted"})
-    return process_event(event_id=event_id, actor=actor)
+    return event_process(event_id=event_id, actor=actor)

@@ -6,7 +6,7 @@ from django.db import transaction
 from audit import services as audit
 from billing_sync import callbacks
 from billing_sync.models import Event
-from billing_sync.services.processing import wake_successors
+from billing_sync.services.processing import successors_wake
 from exceptions_queue.models import ExceptionRecord
 from ledger.models import Journal
 
@@ -55,7 +55,7 @@ def events_refresh_status(*, event_ids, actor="system") -> dict:
     for event, before, _ in changed:
         if before == Event.Status.EXCEPTION:  # resolved or re-derived: it no longer holds its documents
             seq, keys = event.seq, event.order_keys
-            transaction.on_commit(lambda seq=seq, keys=keys: wake_successors(seq=seq, keys=keys))
+            transaction.on_commit(lambda seq=seq, keys=keys: successors_wake(seq=seq, keys=keys))
     if changed:
         audit.record_many([{"actor": actor, "action": "event.status_changed", "object_type": "event",
                             "object_id": event.pk, "event_id": event.pk, "before": {"status": before},

@@ -37,7 +37,7 @@ from exceptions_queue.services.exceptions import (  # noqa: F401
     exceptions_resolve_for_journal,
     exceptions_retry_bulk,
     may_see_exception,
-    replay_refusal,
+    exception_replay_refusal,
     user_by_username,
 )
 from exceptions_queue.services.manual_journals import (  # noqa: F401

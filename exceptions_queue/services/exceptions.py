@@ -259,14 +259,14 @@ def exception_escalate(*, exception_id, reason: str, actor) -> ExceptionRecord:
     return exc
 
 
-def replay_refusal(exc: ExceptionRecord) -> str | None:
+def exception_replay_refusal(exc: ExceptionRecord) -> str | None:
     """Why the exception's subject may not be replayed from the start, or None when it may."""
     if exc.status == ExceptionRecord.Status.RESOLVED:
         return "the exception is resolved"
     if not exc.event_id:
         return "the exception has no event to replay"
     handlers = workflow.exception_handlers(exc.process)
-    refusal = handlers.replay_refusal(exception=exc) if handlers.replay_refusal else None
+    refusal = handlers.exception_replay_refusal(exception=exc) if handlers.exception_replay_refusal else None
     if refusal is None and handlers.replay is None:
         return f"{exc.process} exceptions are not replayed; use retry"
     return refusal
@@ -282,7 +282,7 @@ def exception_replay(*, exception_id, actor) -> ExceptionRecord:
     `replay_check` finds the stored input no longer what the source sent.
     """
     exc = _locked_exception(exception_id, actor)
-    refusal = replay_refusal(exc)
+    refusal = exception_replay_refusal(exc)
     if refusal:
         raise Conflict(refusal, code=Codes.INVALID_STATE)
     handlers = workflow.exception_handlers(exc.process)

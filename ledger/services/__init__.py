@@ -11,8 +11,8 @@ from ledger.services.batches import (  # noqa: F401
     _send_batch,
     erp_batch_failed,
     erp_batch_post,
-    form_erp_batches,
-    sweep_erp_batches,
+    erp_batches_form,
+    erp_batches_sweep,
 )
 from ledger.services.entities import (  # noqa: F401
     DEFAULT_CHART,
@@ -49,8 +49,8 @@ from ledger.services.manual import (  # noqa: F401
 )
 from ledger.services.outbox import (  # noqa: F401
     _enqueue,
-    relay,
-    sweep_outbox,
+    outbox_relay,
+    outbox_sweep,
 )
 from ledger.services.outcomes import (  # noqa: F401
     PostOutcome,
@@ -59,7 +59,7 @@ from ledger.services.outcomes import (  # noqa: F401
 from ledger.services.periods import (  # noqa: F401
     period_is_closed,
     period_set_status,
-    require_open_period,
+    period_require_open,
 )
 from ledger.services.posting import (  # noqa: F401
     _claim,

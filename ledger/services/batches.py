@@ -96,7 +96,7 @@ GROUP BY account_id HAVING SUM(debit) <> SUM(credit)
 """
 
 
-def form_erp_batches(*, actor="system") -> int:
+def erp_batches_form(*, actor="system") -> int:
     """Gather ready journals of batch-mode entities into closed batches, set-based.
 
     The relay does not hand batch-mode journals to one task each (that would serialise every worker on
@@ -138,10 +138,10 @@ def form_erp_batches(*, actor="system") -> int:
     return formed
 
 
-def sweep_erp_batches(*, window_seconds: float) -> int:
+def erp_batches_sweep(*, window_seconds: float) -> int:
     """Form batches from waiting journals, close batches whose window has passed, re-send stuck ones."""
     now = timezone.now()
-    count = form_erp_batches()
+    count = erp_batches_form()
     for batch_id in ErpBatch.objects.filter(status=ErpBatch.Status.OPEN,
                                             created_at__lte=now - datetime.timedelta(seconds=window_seconds)
                                             ).values_list("pk", flat=True)[:500]:

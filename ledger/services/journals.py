@@ -13,7 +13,7 @@ from config.errors import BusinessRuleError, Codes, TieoutError
 from ledger.models import Account, AccountMapping, Entity, Journal, JournalLine
 from config.money import ZERO, quantize
 from ledger.services.outbox import _enqueue
-from ledger.services.periods import require_open_period
+from ledger.services.periods import period_require_open
 
 
 @dataclass
@@ -70,7 +70,7 @@ def journal_create(spec: JournalSpec, *, actor) -> Journal:
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("journal_create runs inside the caller's transaction")
     entity = spec.entity
-    require_open_period(entity, spec.accounting_date)
+    period_require_open(entity, spec.accounting_date)
     currency = entity.currency
     lines = []
     for line in spec.lines:
@@ -135,7 +135,7 @@ def journal_release(*, journal_id, actor) -> Journal:
     if journal.status != Journal.Status.PENDING_APPROVAL:
         raise TieoutError(f"journal {journal.pk} is {journal.status}, not pending approval", code=Codes.INVALID_STATE,
                           status=409)
-    require_open_period(journal.entity, journal.accounting_date)
+    period_require_open(journal.entity, journal.accounting_date)
     journal.status = Journal.Status.READY
     journal.save(update_fields=["status"])
     audit.record(actor=actor, action="journal.released", object_type="journal", object_id=journal.pk,

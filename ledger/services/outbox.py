@@ -19,10 +19,10 @@ log = structlog.get_logger("tieout.ledger")
 
 def _enqueue(journal: Journal) -> None:
     outbox = Outbox.objects.create(journal=journal)
-    transaction.on_commit(lambda: relay([outbox.pk]))
+    transaction.on_commit(lambda: outbox_relay([outbox.pk]))
 
 
-def relay(outbox_ids: list[int]) -> None:
+def outbox_relay(outbox_ids: list[int]) -> None:
     """Hand outbox rows to Celery (after commit). A crash before this line is repaired by the sweep."""
     rows = (Outbox.objects.filter(pk__in=outbox_ids, dispatched_at__isnull=True)
             .values_list("pk", "journal_id", "journal__entity__erp_connector", "journal__entity__posting_mode"))
@@ -48,13 +48,13 @@ def relay(outbox_ids: list[int]) -> None:
             dispatched_at=timezone.now(), dispatch_count=F("dispatch_count") + 1)
 
 
-def sweep_outbox(*, older_than_seconds: int) -> int:
+def outbox_sweep(*, older_than_seconds: int) -> int:
     """Re-send outbox rows that were never dispatched (crash between commit and enqueue, broker outage)."""
     cutoff = timezone.now() - datetime.timedelta(seconds=older_than_seconds)
     ids = list(Outbox.objects.filter(dispatched_at__isnull=True, created_at__lte=cutoff)
                .order_by("created_at").values_list("pk", flat=True)[:1000])
     if ids:
-        relay(ids)
+        outbox_relay(ids)
     # A worker died while it held a journal (SIGKILL, OOM): once the lease is over, post it again;
     # journal_post looks it up in the ERP first, so an entry the ERP already took is not sent twice.
     expired = list(Journal.objects.filter(status=Journal.Status.POSTING, posting_claimed_until__lt=timezone.now())

@@ -13,7 +13,7 @@ def period_is_closed(entity: Entity, day: datetime.date) -> bool:
     return Period.objects.filter(entity=entity, year=day.year, month=day.month, status=Period.Status.CLOSED).exists()
 
 
-def require_open_period(entity: Entity, day: datetime.date) -> None:
+def period_require_open(entity: Entity, day: datetime.date) -> None:
     if period_is_closed(entity, day):
         raise BusinessRuleError(Codes.PERIOD_CLOSED,
                                 f"period {day:%Y-%m} of {entity.code} is closed; nothing is posted into it")

@@ -221,7 +221,7 @@ def exception_detail(request, pk):
         "exc": exc, "age": sla.age_of(exc), "amount": _amount(exc, _currencies()), "resolved": resolved,
         "comments": selectors.exception_comments(exc), "trace": trace, "payload": payload,
         "workers": _workers(exc.entity_code) if not resolved else [],
-        "replay_refusal": services.replay_refusal(exc),
+        "replay_refusal": services.exception_replay_refusal(exc),
     })
 
 

@@ -46,13 +46,13 @@ ALLOWED = {
     ("billing_sync/documents.py", "_write_lines"): (
         "InvoiceLine: a queryset delete sends post_delete per row, so simple-history writes each deletion; "
         "the amendment's audit entry is written by invoice_amended", "caller:invoice_amended"),
-    ("billing_sync/services/ingest.py", "receive_event"): (
+    ("billing_sync/services/ingest.py", "event_receive"): (
         "Receipt.outcome of a replay or conflict, set in the request that inserted the receipt: the receipt row "
         "is itself the evidence of what arrived (no business state changes)", "exempt"),
     ("billing_sync/services/status.py", "events_refresh_status"): ("Event statuses set-based", SAME_FUNCTION),
     ("ledger/services/journals.py", "journal_create"): ("JournalLine rows with their journal's journal.created entry",
                                                SAME_FUNCTION),
-    ("ledger/services/batches.py", "form_erp_batches"): ("Journals handed to a batch, journal.batched per journal",
+    ("ledger/services/batches.py", "erp_batches_form"): ("Journals handed to a batch, journal.batched per journal",
                                                  SAME_FUNCTION),
     ("ledger/services/batches.py", "_mark_batch_journals_posted"): ("Journals posted by a batch document, journal.posted "
                                                             "per journal", SAME_FUNCTION),

@@ -194,7 +194,7 @@ def _ready_batch(ctx):
     from ledger.models import ErpBatch
 
     _batch(ctx)
-    ledger.form_erp_batches(actor="test")
+    ledger.erp_batches_form(actor="test")
     return ErpBatch.objects.get()
 
 
@@ -219,7 +219,7 @@ PATHS = [
     # ---------------------------------------------------------------- receipt, events, canonical documents
     Path("event received and processed (customer)", lambda c, _: c.send(f.customer("cus_c")),
          {"event.received", "event.processed", "customer.created"},
-         ("billing_sync.services.ingest.receive_event", "billing_sync.services.processing.process_event",
+         ("billing_sync.services.ingest.event_receive", "billing_sync.services.processing.event_process",
           "billing_sync.documents.customer_upserted")),
     Path("invoice issued, journal created and posted", _issue_and_post,
          {"invoice.created", "journal.created", "journal.posted"},
@@ -263,7 +263,7 @@ PATHS = [
          ("exceptions_queue.services.exceptions.exception_open_for_event",), prepare=lambda c: c.invoice("inv_o")),
     Path("dependency arrives: waiting exception resolved",
          lambda c, _: c.send(f.customer("cus_late")), {"customer.created", "exception.resolved", "event.processed"},
-         ("exceptions_queue.services.exceptions.exceptions_resolve_for_event", "billing_sync.services.processing.wake_dependents"),
+         ("exceptions_queue.services.exceptions.exceptions_resolve_for_event", "billing_sync.services.processing.dependents_wake"),
          prepare=lambda c: c.send(f.invoice("inv_late", customer_id="cus_late", lines=[("5.00", "0")]))),
     Path("refused request: receipt kept", lambda c, _: APIClient().post("/api/v1/events", {"x": 1}, format="json"),
          {"receipt.unauthorized"}, ("billing_sync.services.ingest.receipt_reject",)),
@@ -271,7 +271,7 @@ PATHS = [
          lambda c, _: c.api.send(f.customer("cus_k", name="Other name", event_id="evt_k")), {"receipt.conflict"},
          (), prepare=lambda c: c.send(f.customer("cus_k", event_id="evt_k"))),
     Path("batch of events", lambda c, _: c.api.post("/api/v1/events/batch", {"events": [f.customer("cus_b")]}),
-         {"event.received", "customer.created"}, ("billing_sync.services.ingest.receive_batch",)),
+         {"event.received", "customer.created"}, ("billing_sync.services.ingest.event_batch_receive",)),
     Path("event requeued", lambda c, x: billing_services().event_requeue(event_id=x.event_id, actor=c.fiona,
                                                                          reason="customer fixed"),
          {"event.requeued"}, ("billing_sync.services.processing.event_requeue",), prepare=lambda c: c.exception()),
@@ -349,9 +349,9 @@ PATHS = [
         user=c.fiona, lines=[("6200", "1.00", "0", ""), ("1200", "0", "1.00", "")]),
          {"journal.created", "approval.requested"},
          ("exceptions_queue.services.manual_journals.manual_journal_create", "ledger.services.manual.manual_journal_book")),
-    Path("batch formed, closed and posted", lambda c, _: c.after_commit(ledger.sweep_erp_batches, window_seconds=0),
+    Path("batch formed, closed and posted", lambda c, _: c.after_commit(ledger.erp_batches_sweep, window_seconds=0),
          {"journal.batched", "erp_batch.closed", "erp_batch.posted", "journal.posted"},
-         ("ledger.services.batches.form_erp_batches", "ledger.services.batches.sweep_erp_batches", "ledger.services.batches.erp_batch_post"),
+         ("ledger.services.batches.erp_batches_form", "ledger.services.batches.erp_batches_sweep", "ledger.services.batches.erp_batch_post"),
          prepare=_batch),
     Path("batch failed", lambda c, b: ledger.erp_batch_failed(batch_id=b.pk, message="ERP down for good"),
          {"erp_batch.failed", "journal.failed"}, ("ledger.services.batches.erp_batch_failed",), prepare=_ready_batch),
@@ -606,11 +606,11 @@ ALLOWED = {
     "billing_sync.services.ingest.canonical_bytes": "pure: the bytes hashed",
     "billing_sync.services.ingest.event_resource": "pure: a response body",
     "billing_sync.services.ingest.problem": "pure: a problem body",
-    "billing_sync.services.processing.schedule_processing": "dispatch only: process_event records",
-    "billing_sync.services.processing.sweep_accepted": "dispatch only: re-schedules process_event",
+    "billing_sync.services.processing.events_schedule": "dispatch only: process_event records",
+    "billing_sync.services.processing.events_sweep_accepted": "dispatch only: re-schedules process_event",
     "billing_sync.services.processing.dependency_exists": "read",
-    "billing_sync.services.processing.recheck_dependency": "dispatch: calls event_requeue (audited) when the dependency exists",
-    "billing_sync.services.processing.wake_successors": "dispatch only: schedules the events held behind one; process_event records",
+    "billing_sync.services.processing.dependency_recheck": "dispatch: calls event_requeue (audited) when the dependency exists",
+    "billing_sync.services.processing.successors_wake": "dispatch only: schedules the events held behind one; process_event records",
     "billing_sync.services.status.event_refresh_status": "derived status of an event from its audited journals/exceptions",
     "billing_sync.services.status.events_refresh_status": "the same, for many events",
     "billing_sync.documents.apply": "dispatch to the document handler of the event type (each audited)",
@@ -624,14 +624,14 @@ ALLOWED = {
     "ledger.services.entities.erp_settings_problems": "pure validation",
     "ledger.services.entities.entity_test_connection": "read: asks the ERP, changes nothing",
     "ledger.services.periods.period_is_closed": "read",
-    "ledger.services.periods.require_open_period": "check",
-    "ledger.services.outbox.relay": "dispatch: hands outbox rows to Celery (operational table)",
-    "ledger.services.outbox.sweep_outbox": "dispatch: re-sends stale outbox rows",
+    "ledger.services.periods.period_require_open": "check",
+    "ledger.services.outbox.outbox_relay": "dispatch: hands outbox rows to Celery (operational table)",
+    "ledger.services.outbox.outbox_sweep": "dispatch: re-sends stale outbox rows",
     "billing_sync.services.processing.source_ref_of": "pure",
     "ledger.services.manual.manual_journal_check": "check: refuses a bad journal, writes nothing",
     "exceptions_queue.services.exceptions.events_waiting_for": "read",
     "exceptions_queue.services.exceptions.may_see_exception": "read",
-    "exceptions_queue.services.exceptions.replay_refusal": "check",
+    "exceptions_queue.services.exceptions.exception_replay_refusal": "check",
     "exceptions_queue.services.approvals.approvals_required": "read",
     "exceptions_queue.services.exceptions.user_by_username": "read",
     "portal.auth_services.client_address": "pure",

@@ -193,7 +193,7 @@ def test_a_failed_posting_sends_event_exception(entity, integration, receiver, s
     response = integration.client.post("/api/v1/events", json.dumps(f.invoice(
         customer_id=customer["data"]["customer_id"], lines=[("10.00", "0")])), content_type="application/json")
     event_id = response.json()["id"]
-    billing.process_event(event_id=event_id)
+    billing.event_process(event_id=event_id)
     journal = Journal.objects.get(event_id=event_id)
     run_after_commit(ledger.journal_post_failed, journal_id=journal.pk, message="ERP said no")
 

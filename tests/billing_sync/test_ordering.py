@@ -269,7 +269,7 @@ def test_the_sweep_leaves_events_held_behind_a_parked_one_and_takes_the_rest(ent
     lost = send(integration, f.customer("cus_s2"))
     Event.objects.filter(pk=lost["id"]).update(status="accepted")
     assert [str(i) for i in ordering.accepted_not_parked_behind(received_before=later, limit=100)] == [lost["id"]]
-    assert billing.sweep_accepted(older_than_seconds=-600) == 1
+    assert billing.events_sweep_accepted(older_than_seconds=-600) == 1
     # The audit trail says what it waited behind.
     assert AuditEntry.objects.filter(action="event.held", event_id=note["id"]).count() == 1
 
@@ -296,7 +296,7 @@ def test_a_provider_that_passes_a_parked_event_holds_the_next_provider(entity, i
     send(integration, f.customer("cus_p"))
     note = send(integration, f.credit_note("inv_p", "5.00"))
     assert note["exception"]["code"] == "awaiting_dependency"
-    monkeypatch.setattr(processing, "schedule_processing", lambda ids: None)  # accepted, not yet taken
+    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)  # accepted, not yet taken
     issued = send(integration, f.invoice("inv_p", customer_id="cus_p", lines=[("100.00", "0")]))
     amended = send(integration, f.invoice("inv_p", customer_id="cus_p", lines=[("120.00", "0")], version=2,
                                           type_="invoice.amended"))
@@ -304,13 +304,13 @@ def test_a_provider_that_passes_a_parked_event_holds_the_next_provider(entity, i
     assert ordering.held_by(Event.objects.get(pk=issued["id"])) is None
     assert ordering.held_by(Event.objects.get(pk=amended["id"])) == Event.objects.get(pk=issued["id"]).pk
     monkeypatch.undo()
-    assert billing.process_event(event_id=amended["id"]) == "accepted"  # held
-    assert billing.process_event(event_id=issued["id"]) == "processed"
+    assert billing.event_process(event_id=amended["id"]) == "accepted"  # held
+    assert billing.event_process(event_id=issued["id"]) == "processed"
     # The issue woke the credit note in its own transaction: it goes before the amendment.
     assert Event.objects.get(pk=note["id"]).status == "accepted"
     assert ordering.held_by(Event.objects.get(pk=amended["id"])) == Event.objects.get(pk=note["id"]).pk
-    assert billing.process_event(event_id=note["id"]) == "processed"
-    assert billing.process_event(event_id=amended["id"]) == "processed"
+    assert billing.event_process(event_id=note["id"]) == "processed"
+    assert billing.event_process(event_id=amended["id"]) == "processed"
     assert Invoice.objects.get(invoice_id="inv_p").version == 2
 
 
@@ -321,11 +321,11 @@ def test_the_sweep_takes_a_provider_whose_recorded_holder_now_waits_for_it(entit
     (the production-layout test found it left behind)."""
     from billing_sync import services as billing
 
-    monkeypatch.setattr(processing, "schedule_processing", lambda ids: None)
+    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
     invoice = send(integration, f.invoice("inv_h", customer_id="cus_h", lines=[("10.00", "0")]))
     customer = send(integration, f.customer("cus_h"))
-    assert billing.process_event(event_id=customer["id"]) == "accepted"  # behind the invoice, running
-    assert billing.process_event(event_id=invoice["id"]) == "exception"  # unknown_customer: parked on it
+    assert billing.event_process(event_id=customer["id"]) == "accepted"  # behind the invoice, running
+    assert billing.event_process(event_id=invoice["id"]) == "exception"  # unknown_customer: parked on it
     held = Event.objects.get(pk=customer["id"])
     assert held.held_by_id == Event.objects.get(pk=invoice["id"]).pk and ordering.held_by(held) is None
     later = timezone.now() + datetime.timedelta(minutes=5)

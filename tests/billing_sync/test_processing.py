@@ -256,7 +256,7 @@ def test_a_dependency_that_committed_during_processing_is_not_waited_for_forever
     Customer.objects.create(source_system=customer["source_system"], customer_id=customer["data"]["customer_id"],
                             name="Acme", version=1)
     with django_capture_on_commit_callbacks(execute=True):
-        assert billing.recheck_dependency(event_id=event.pk,
+        assert billing.dependency_recheck(event_id=event.pk,
                                           dependency=f"customer:{customer['source_system']}:"
                                                      f"{customer['data']['customer_id']}")
     event.refresh_from_db()
@@ -266,7 +266,7 @@ def test_a_dependency_that_committed_during_processing_is_not_waited_for_forever
 def test_the_recheck_is_scheduled_when_an_event_starts_waiting(entity, integration, monkeypatch):
 
     seen = []
-    monkeypatch.setattr(processing, "recheck_dependency", lambda **kw: seen.append(kw))
+    monkeypatch.setattr(processing, "dependency_recheck", lambda **kw: seen.append(kw))
     customer_id = "cus_missing"
     integration.send(f.invoice(customer_id=customer_id))
     assert seen and seen[0]["dependency"].endswith(f":{customer_id}")

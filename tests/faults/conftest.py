@@ -453,8 +453,8 @@ class Harness:
         from billing_sync import services as billing
         from ledger import services as ledger
 
-        billing.sweep_accepted(older_than_seconds=1)
-        ledger.sweep_outbox(older_than_seconds=1)
+        billing.events_sweep_accepted(older_than_seconds=1)
+        ledger.outbox_sweep(older_than_seconds=1)
         if self.redis.running:
             try:
                 self.restore_unacked()

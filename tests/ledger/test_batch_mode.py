@@ -59,7 +59,7 @@ def test_a_closed_batch_posts_one_summarised_document_for_all_its_journals(batch
                                                                            django_capture_on_commit_callbacks):
     _send_invoices(integration)
     with django_capture_on_commit_callbacks(execute=True):
-        services.sweep_erp_batches(window_seconds=0)
+        services.erp_batches_sweep(window_seconds=0)
     batch = ErpBatch.objects.get()
     assert batch.status == "posted"
     [entry] = erp.entries.values()
@@ -83,7 +83,7 @@ def test_batches_hold_at_most_the_configured_number_of_journals(batch_entity, in
     settings.TIEOUT_BATCH_MAX_JOURNALS = 2
     _send_invoices(integration, count=3)
     with django_capture_on_commit_callbacks(execute=True):
-        services.sweep_erp_batches(window_seconds=0)
+        services.erp_batches_sweep(window_seconds=0)
     assert sorted(ErpBatch.objects.values_list("status", "journal_count")) == [("posted", 1), ("posted", 2)]
     assert len(erp.entries) == 2
     assert set(Journal.objects.values_list("status", flat=True)) == {"posted"}
@@ -94,7 +94,7 @@ def test_a_refused_batch_fails_every_journal_and_a_retry_rebatches(batch_entity,
     _send_invoices(integration, count=2)
     erp.fail_validation = "Posting date is in a closed fiscal year"
     with django_capture_on_commit_callbacks(execute=True):
-        services.sweep_erp_batches(window_seconds=0)
+        services.erp_batches_sweep(window_seconds=0)
     assert ErpBatch.objects.get().status == "failed"
     assert set(Journal.objects.values_list("status", flat=True)) == {"failed"}
     exceptions = ExceptionRecord.objects.filter(code="posting_failed")
@@ -104,7 +104,7 @@ def test_a_refused_batch_fails_every_journal_and_a_retry_rebatches(batch_entity,
     for exc in exceptions:
         assert finance.post(f"/api/v1/exceptions/{exc.pk}/retry").status_code == 200
     with django_capture_on_commit_callbacks(execute=True):
-        services.sweep_erp_batches(window_seconds=0)
+        services.erp_batches_sweep(window_seconds=0)
     assert set(Journal.objects.values_list("status", flat=True)) == {"posted"}
     assert ErpBatch.objects.filter(status="posted").count() == 1
     assert len(erp.entries) == 1
@@ -114,7 +114,7 @@ def test_a_refused_batch_fails_every_journal_and_a_retry_rebatches(batch_entity,
 def test_an_ambiguous_batch_is_looked_up_not_sent_twice(batch_entity, integration, erp,
                                                         django_capture_on_commit_callbacks):
     _send_invoices(integration, count=2)
-    services.sweep_erp_batches(window_seconds=0)  # closes; the post task is not run yet
+    services.erp_batches_sweep(window_seconds=0)  # closes; the post task is not run yet
     batch = ErpBatch.objects.get()
     erp.faults.add("commit_then_502")
     from ledger import connectors

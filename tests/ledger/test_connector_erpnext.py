@@ -11,7 +11,7 @@ from tests import factories as f
 from tests.standins.erpnext import ErpNextStandin
 
 pytestmark = pytest.mark.django_db
-REAL_RELAY = outbox.relay
+REAL_RELAY = outbox.outbox_relay
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def erp_entity(entity, erp):
 @pytest.fixture
 def journal(erp_entity, integration, monkeypatch):
     """A ready invoice journal whose posting task has not run (the relay is held back)."""
-    monkeypatch.setattr(outbox, "relay", lambda ids: None)
+    monkeypatch.setattr(outbox, "outbox_relay", lambda ids: None)
     customer = f.customer()
     integration.send(customer)
     integration.send(f.invoice(customer_id=customer["data"]["customer_id"]))
@@ -165,7 +165,7 @@ def test_permanent_failure_in_the_task_opens_posting_failed_and_retry_posts(erp,
     assert exc.journal_id == journal.pk
     assert finance.event(journal.event_id)["status"] == "exception"
     erp.fail_validation = None
-    monkeypatch.setattr(outbox, "relay", REAL_RELAY)  # retry hands the journal to the (eager) worker
+    monkeypatch.setattr(outbox, "outbox_relay", REAL_RELAY)  # retry hands the journal to the (eager) worker
     response = finance.post(f"/api/v1/exceptions/{exc.pk}/retry")
     assert response.status_code == 200
     journal.refresh_from_db()

@@ -19,7 +19,7 @@ from tests import factories as f
 from tests.standins.netsuite import RECORD_PATH, NetSuiteStandin
 
 pytestmark = pytest.mark.django_db
-REAL_RELAY = outbox.relay
+REAL_RELAY = outbox.outbox_relay
 ACCOUNT = "1234567_SB1"
 
 
@@ -76,7 +76,7 @@ def erp_entity(entity, erp):
 
 @pytest.fixture
 def held_relay(monkeypatch):
-    monkeypatch.setattr(outbox, "relay", lambda ids: None)
+    monkeypatch.setattr(outbox, "outbox_relay", lambda ids: None)
 
 
 def make_journal(integration, **invoice):
@@ -321,7 +321,7 @@ def test_a_validation_error_in_the_task_opens_posting_failed_and_retry_posts(erp
     exc = ExceptionRecord.objects.get(code="posting_failed")
     assert "USER_ERROR: The period you are trying to post to is closed." in exc.message
     erp.fail_validation = None
-    monkeypatch.setattr(outbox, "relay", REAL_RELAY)
+    monkeypatch.setattr(outbox, "outbox_relay", REAL_RELAY)
     assert finance.post(f"/api/v1/exceptions/{exc.pk}/retry").status_code == 200
     journal.refresh_from_db()
     assert journal.status == "posted"
@@ -385,7 +385,7 @@ def test_batch_mode_upserts_one_summarised_entry_by_the_batch_id(erp, entity, in
     for amount in ("100.00", "101.00"):
         integration.send(f.invoice(customer_id=customer["data"]["customer_id"], lines=[(amount, "10.00")]))
     with django_capture_on_commit_callbacks(execute=True):
-        services.sweep_erp_batches(window_seconds=0)
+        services.erp_batches_sweep(window_seconds=0)
     batch = ErpBatch.objects.get()
     [(external_id, record)] = erp.records.items()
     assert batch.status == "posted" and external_id == str(batch.pk)

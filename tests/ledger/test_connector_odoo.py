@@ -19,7 +19,7 @@ from tests import factories as f
 from tests.standins.odoo import ACCOUNTS, OdooStandin, raw_json2
 
 pytestmark = pytest.mark.django_db
-REAL_RELAY = outbox.relay
+REAL_RELAY = outbox.outbox_relay
 APIS = ["json2", "jsonrpc"]
 
 
@@ -46,7 +46,7 @@ def odoo_entity(entity, odoo, api):
 @pytest.fixture
 def journal(odoo_entity, integration, monkeypatch):
     """A ready invoice journal whose posting task has not run (the relay is held back)."""
-    monkeypatch.setattr(outbox, "relay", lambda ids: None)
+    monkeypatch.setattr(outbox, "outbox_relay", lambda ids: None)
     customer = f.customer()
     integration.send(customer)
     integration.send(f.invoice(customer_id=customer["data"]["customer_id"]))
@@ -292,7 +292,7 @@ def test_permanent_failure_in_the_task_opens_posting_failed_and_retry_posts(odoo
     exc = ExceptionRecord.objects.get(code="posting_failed")
     assert "The entry is not balanced." in exc.message
     odoo.fail_validation = None
-    monkeypatch.setattr(outbox, "relay", REAL_RELAY)
+    monkeypatch.setattr(outbox, "outbox_relay", REAL_RELAY)
     assert finance.post(f"/api/v1/exceptions/{exc.pk}/retry").status_code == 200
     journal.refresh_from_db()
     assert journal.status == "posted"
@@ -310,7 +310,7 @@ def test_batch_mode_posts_one_summarised_move_with_the_batch_id_as_ref(odoo, odo
     for amount in ("100.00", "101.00"):
         integration.send(f.invoice(customer_id=customer["data"]["customer_id"], lines=[(amount, "10.00")]))
     with django_capture_on_commit_callbacks(execute=True):
-        services.sweep_erp_batches(window_seconds=0)
+        services.erp_batches_sweep(window_seconds=0)
     batch = ErpBatch.objects.get()
     [move] = odoo.moves.values()
     assert batch.status == "posted" and move["ref"] == str(batch.pk) and move["state"] == "posted"

@@ -26,7 +26,7 @@ THREADS = 8
 @pytest.fixture
 def no_relay(monkeypatch):
     """Journals stay `ready`: the after-commit relay (which would post them eagerly) does nothing."""
-    monkeypatch.setattr(ledger, "relay", lambda outbox_ids: None)
+    monkeypatch.setattr(ledger, "outbox_relay", lambda outbox_ids: None)
 
 
 def _ready_journals(entity, count: int, *, day=datetime.date(2026, 11, 1)) -> list:

@@ -216,7 +216,7 @@ def test_erp_batch_reference_finds_every_member_journal(entity, integration, aud
         integration.send(f.invoice("inv_b1", customer_id="cus_bt", lines=[("10.00", "0")]))
         integration.send(f.invoice("inv_b2", customer_id="cus_bt", lines=[("20.00", "0")]))
         with django_capture_on_commit_callbacks(execute=True):
-            ledger.sweep_erp_batches(window_seconds=0)
+            ledger.erp_batches_sweep(window_seconds=0)
     finally:
         erp.stop()
     batch = ErpBatch.objects.get(status="posted")

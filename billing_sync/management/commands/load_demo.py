@@ -312,8 +312,8 @@ def _inline_worker():
     to reach Redis (which may not run yet, and a publish to a dead broker retries for seconds). Anything
     left behind (an outbox row, an accepted event) is what the periodic sweeps exist for.
     """
-    with mock.patch.object(billing_processing, "schedule_processing", lambda event_ids: None), \
-            mock.patch.object(ledger_outbox, "relay", lambda outbox_ids: None):
+    with mock.patch.object(billing_processing, "events_schedule", lambda event_ids: None), \
+            mock.patch.object(ledger_outbox, "outbox_relay", lambda outbox_ids: None):
         yield
 
 
@@ -415,7 +415,7 @@ class Command(BaseCommand):
         for payload in payloads:
             body = json.dumps(payload).encode()
             with correlation.bound(None):  # one correlation id per delivery, as for separate requests
-                answer = billing.receive_event(body=body, user=user, headers={}, remote_addr="127.0.0.1")
+                answer = billing.event_receive(body=body, user=user, headers={}, remote_addr="127.0.0.1")
             if answer.status == 202:
                 counts["new"] += 1
             elif answer.status == 200:
@@ -427,7 +427,7 @@ class Command(BaseCommand):
                 continue
             event_id = json.loads(answer.raw)["id"]
             # A replay of an event that a crash left `accepted` is processed now; otherwise a no-op.
-            billing.process_event(event_id=event_id, actor=ACTOR)
+            billing.event_process(event_id=event_id, actor=ACTOR)
         return counts
 
     def _drain(self) -> None:
@@ -438,7 +438,7 @@ class Command(BaseCommand):
             if not ids:
                 return
             for event_id in ids:
-                billing.process_event(event_id=event_id, actor=ACTOR)
+                billing.event_process(event_id=event_id, actor=ACTOR)
 
     def _backdate(self, anchor: datetime.datetime) -> None:
         """Move the demo's rows back to when the history says they happened (explicit UPDATEs, on purpose).
