@@ -104,7 +104,7 @@ def ingest(client: Client) -> dict:
 
 
 def processing(client: Client) -> dict:
-    """What the worker does for one invoice event: process_event (with its after-commit relay), journal_post."""
+    """What the worker does for one invoice event: event_process (with its after-commit relay), journal_post."""
     run = run_id()
     with mock.patch.object(processing_module, "events_schedule", lambda ids: None):
         ids = [json.loads(client.post("/api/v1/events", invoice_body(f"p{run}", n),

@@ -7,7 +7,7 @@ them. Then the database is polled until every event is posted (bounded) and the 
 p50/p95/p99 of journal.posted_at - event.received_at (both stamped by the server), how many were
 posted, and the worker's drain rate. At 100 events/s one such worker falls behind: the latency is then
 mostly queueing, and BENCH_RATE below the drain rate shows the unloaded path. It also prints the
-database round trips of the worker's two steps for one invoice (process_event, journal_post).
+database round trips of the worker's two steps for one invoice (event_process, journal_post).
 
 Knobs (environment): BENCH_RATE (100), BENCH_SECONDS (30), BENCH_SENDERS (8), BENCH_DRAIN_TIMEOUT (300),
 and the common ones (BENCH_PG_URL, BENCH_REDIS_URL, BENCH_DB, WEB_CONCURRENCY, GUNICORN_THREADS).
@@ -145,10 +145,10 @@ def main() -> None:
           f"{c.percentile(latencies, 50) * 1000:.0f} ms, p95 {c.percentile(latencies, 95) * 1000:.0f} ms, "
           f"p99 {c.percentile(latencies, 99) * 1000:.0f} ms, max {max(latencies, default=0) * 1000:.0f} ms")
     pe, jp = trips["event_process"], trips["journal_post"]
-    c.say(f"  worker work per invoice: process_event {pe['db_round_trips']} DB round trips, "
+    c.say(f"  worker work per invoice: event_process {pe['db_round_trips']} DB round trips, "
           f"{pe['redis_round_trips']} Redis ({trips['process_event_ms']} ms in-process); journal_post "
           f"{jp['db_round_trips']} DB round trips, {jp['redis_round_trips']} Redis ({trips['journal_post_ms']} ms)")
-    c.say(f"  process_event: {pe['sql']}")
+    c.say(f"  event_process: {pe['sql']}")
     c.say(f"  journal_post: {jp['sql']}")
 
 

@@ -1,4 +1,4 @@
-"""Canonical documents from events: one handler per event type, run inside `process_event`'s transaction.
+"""Canonical documents from events: one handler per event type, run inside `event_process`'s transaction.
 
 A handler upserts the canonical document under its row lock (stale versions are recorded and ignored),
 checks the business rules (raising `BusinessRuleError` with a stable code, which rolls the savepoint
