@@ -15,8 +15,8 @@ Pieces (all on 127.0.0.1):
   configured to post to it through `ledger.services.entity_configure_erp`.
 * `harness` (function): the test loop, `harness.wait_until(predicate, ...)`.
 
-The sweeps. We do not run `celery beat`: the test loop itself calls `billing_sync.services.sweep_accepted(
-older_than_seconds=1)` and `ledger.services.sweep_outbox(older_than_seconds=1)` about once a second (what
+The sweeps. We do not run `celery beat`: the test loop itself calls `billing_sync.services.events_sweep_accepted(
+older_than_seconds=1)` and `ledger.services.outbox_sweep(older_than_seconds=1)` about once a second (what
 beat's `events-sweep` / `outbox-sweep` entries run, with TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS=1). That keeps the
 timing deterministic, needs no extra process that would itself lose Redis in the outage test, and lets the
 loop also restart a worker that died. The same loop runs kombu's own `QoS.restore_visible` (with the
