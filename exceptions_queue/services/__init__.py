@@ -25,6 +25,7 @@ from exceptions_queue.services.exceptions import (  # noqa: F401
     exception_assign,
     exception_comment,
     exception_escalate,
+    exception_open_for_audit_check,
     exception_open_for_callback,
     exception_open_for_event,
     exception_open_for_journal,

@@ -352,3 +352,16 @@ def exception_open_system(*, code: str, message: str, actor) -> ExceptionRecord:
     audit.record(actor=actor, action="exception.opened", object_type="exception", object_id=exc.pk,
                  after=_snapshot(exc))
     return exc
+
+
+def exception_open_for_audit_check(*, check, actor) -> ExceptionRecord | None:
+    """Open `audit_chain_broken` for a failed audit check (an `AuditCheck` row); nothing for a good one.
+
+    One alarm open at a time (`exception_open_system`). The check's row is committed before the alarm
+    opens; should the worker die in between, the late ack redelivers the task and the re-run (incremental
+    from the last good check, or full) finds the same break.
+    """
+    if check.ok:
+        return None
+    return exception_open_system(code=Codes.AUDIT_CHAIN_BROKEN, message=f"Audit chain broken: {check.problem}",
+                                 actor=actor)

@@ -39,7 +39,7 @@ from exceptions_queue import tasks as queue_tasks
 from exceptions_queue.models import Approval, ApprovalPolicy, ExceptionRecord
 from ledger import services as ledger
 from ledger.services import entities
-from ledger.models import Account, AccountMapping, Entity, Journal
+from ledger.models import Account, AccountMapping, Journal
 from tests import factories as f
 from tests.audit.helpers import sealed
 from tests.audit.tamper import edit_entry, triggers_off
@@ -468,7 +468,8 @@ PATHS = [
          prepare=lambda c: _ready_journal(c)),
     Path("task: process an event", lambda c, e: billing_tasks().process_events.apply(args=[[str(e)]]), {"event.processed", "customer.created"}, prepare=lambda c: _accepted_event(c)),
     Path("task: the audit chain check finds a break", lambda c, _: queue_tasks.verify_audit_chain.apply(
-        kwargs={"full": True}), {"exception.opened"}, prepare=lambda c: _broken_chain()),
+        kwargs={"full": True}), {"exception.opened"},
+         ("exceptions_queue.services.exceptions.exception_open_for_audit_check",), prepare=lambda c: _broken_chain()),
 ]
 
 

@@ -11,6 +11,7 @@ from django.core.management import call_command
 
 from audit.models import AuditCheck, AuditEntry
 from config.celery import app
+from exceptions_queue import services as queue
 from exceptions_queue import tasks
 from exceptions_queue.models import ExceptionRecord
 from tests.audit.helpers import sealed
@@ -46,7 +47,7 @@ def test_the_task_opens_nothing_for_a_good_chain():
     tasks.verify_audit_chain.apply()
     assert AuditCheck.objects.get().ok
     assert not ExceptionRecord.objects.exists()
-    assert tasks.audit_chain_alarm(AuditCheck.objects.get()) is None
+    assert queue.exception_open_for_audit_check(check=AuditCheck.objects.get(), actor="system") is None
 
 
 @pytest.mark.django_db

@@ -13,7 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from audit import digests
 from audit import services as audit
-from exceptions_queue.tasks import audit_chain_alarm
+from exceptions_queue import services as queue
 
 
 class Command(BaseCommand):
@@ -31,7 +31,7 @@ class Command(BaseCommand):
         started = time.monotonic()
         if options["record"]:
             check = audit.chain_check(full=True)
-            audit_chain_alarm(check)
+            queue.exception_open_for_audit_check(check=check, actor="system")
             result = audit.VerifyResult(check.ok, check.checked, check.problem, check.bad_entry_id)
         elif options["from_digest"]:
             try:
