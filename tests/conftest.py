@@ -23,6 +23,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
+from tests.helpers import wait_until
+
 pytest_plugins = ["tests.fixtures"]
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -118,6 +120,33 @@ class CeleryWorkerProcess:
 
     def inspect(self, timeout: float = 2.0):
         return self.app.control.inspect(destination=[self.nodename], timeout=timeout)
+
+    def idle(self) -> bool:
+        """Nothing waits in the worker's queues and nothing is running, reserved or scheduled on it.
+
+        The queues are read first: a message taken from them after that shows up in the worker's answer.
+        """
+        with self.app.connection_for_write() as conn:
+            channel = conn.default_channel
+            if any(channel._size(queue) for queue in WORKER_QUEUES):
+                return False
+        inspect = self.inspect()
+        for method in (inspect.active, inspect.reserved, inspect.scheduled):
+            replies = method() or {}
+            if self.nodename not in replies or replies[self.nodename]:
+                return False  # no answer is not idleness
+        return True
+
+    def wait_idle(self, timeout: float = 15.0) -> None:
+        """Wait until the worker is idle on two polls in a row (nothing in flight between them)."""
+        streak = 0
+
+        def settled() -> bool:
+            nonlocal streak
+            streak = streak + 1 if self.idle() else 0
+            return streak >= 2
+
+        wait_until(settled, timeout=timeout, interval=0.1, message=lambda: f"worker not idle\n{self.log_tail()}")
 
     def quiesce(self, timeout: float = 15.0) -> None:
         """Let running tasks finish, then drop what is queued or scheduled, so a test leaves nothing behind."""
