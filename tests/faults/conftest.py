@@ -307,7 +307,7 @@ class CountingErp:
 
 
 @pytest.fixture
-def erp(workers):
+def erp(workers, erp_standin):
     """An ERPNext stand-in (answers in this process) and entity US01 posting to it; committed."""
     from django.db import transaction
 
@@ -316,8 +316,8 @@ def erp(workers):
     from ledger import services as ledger
     from tests.standins.erpnext import ErpNextStandin
 
-    standin = ErpNextStandin(api_key=ERP_TOKEN.split(":")[0], api_secret=ERP_TOKEN.split(":")[1],
-                             slow_seconds=1.0).start()
+    standin = erp_standin(ErpNextStandin, api_key=ERP_TOKEN.split(":")[0], api_secret=ERP_TOKEN.split(":")[1],
+                          slow_seconds=1.0)
     try:
         with correlation.bound(None), transaction.atomic():
             entity, _ = ledger.entity_setup(code="US01", currency="USD", name="Tieout US", actor="test")
@@ -329,9 +329,9 @@ def erp(workers):
         counting.entity = entity
         yield counting
     finally:
+        # `erp_standin` stops the server next (before `workers` kills the workers).
         standin.on_receive_hook = standin.on_commit_hook = None
         standin.faults.clear()
-        standin.stop()
 
 
 @pytest.fixture
