@@ -65,11 +65,16 @@ def _xdist_index() -> int:
 
 
 def _broker_url(redis_url: str) -> str:
-    """The tests' Redis, on a database of its own (15, 14, ... per xdist process): flushed at will."""
+    """The tests' Redis, on a database of its own (15, 14, ... per xdist process): flushed at will.
+
+    `make test` caps xdist at 8 processes, so the default base uses databases 15 to 8 at most; database
+    0 (the application's default) is never used.
+    """
     base = int(os.environ.get("TIEOUT_TEST_BROKER_DB", "15"))
     db = base - _xdist_index()
     if db < 1:
-        raise RuntimeError("too many xdist processes for one Redis: set TIEOUT_TEST_BROKER_DB higher")
+        raise RuntimeError(f"Redis database {db} for xdist process {_xdist_index()}: TIEOUT_TEST_BROKER_DB={base} "
+                           "is lower than the number of processes; set it higher (Redis has 0 to 15)")
     parts = urlsplit(redis_url)
     return urlunsplit(parts._replace(path=f"/{db}"))
 
