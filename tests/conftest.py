@@ -1,18 +1,27 @@
 """Test infrastructure: pytest-django on a real PostgreSQL, and a real Celery worker on a real Redis.
 
-Two things here are not obvious:
+What here is not obvious:
 
 * Our migrations install triggers that refuse TRUNCATE (and UPDATE/DELETE) on the audit log and on
   journals. Django flushes the test database with TRUNCATE after every `transaction=True` /
   `transactional_db` test, so, in tests only, the flush runs with `session_replication_role = replica`
   (we connect as a superuser), which keeps ordinary triggers from firing for those statements alone.
-* `celery_worker_proc` starts one real `celery worker` (prefork, two processes) per test session, pointed at the
-  pytest-django test database and at a dedicated Redis database, so that asynchronous behaviour is
-  tested as it runs in production. Tests use it through `live_worker`, which also turns eager mode off
-  (the test settings run tasks eagerly by default) and needs committed data (`transactional_db`).
+  The flush leaves the reference data that migrations wrote (content types, permissions, the role
+  groups and their permissions): every test sees them, as production always has them.
+* `celery_worker_proc` starts one real `celery worker` (prefork, two processes) per test session (per
+  xdist process), pointed at the pytest-django test database and at a dedicated Redis database, so that
+  asynchronous behaviour is tested as it runs in production. Tests use it through `live_worker`, which
+  also turns eager mode off (the test settings run tasks eagerly by default) and needs committed data
+  (`transactional_db`).
+* Under pytest-xdist (`make test` runs `-n auto`) every process has its own test database (pytest-django
+  appends `_gw0`, `_gw1`, ...), its own Redis database (`TIEOUT_TEST_BROKER_DB`, default 15, counting
+  down: 15 for gw0, 14 for gw1, ...) and its own worker. The test database is named per run
+  (`test_<name>_<pid>`, config/settings/test.py) and dropped at the end; with `--reuse-db` it is named per
+  checkout instead (`test_<name>_keep_<hash of the checkout's path>`), kept, and flushed once at the start.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -30,6 +39,9 @@ pytest_plugins = ["tests.fixtures"]
 BASE_DIR = Path(__file__).resolve().parent.parent
 WORKER_QUEUES = ("celery", "posting", "callbacks")
 WORKER_START_TIMEOUT = 60
+# Rows that migrations write and that no test changes: kept by the flush, so that every test, and a run
+# on a database kept by `--reuse-db`, finds them as a freshly migrated database has them.
+KEEP_ON_FLUSH = frozenset({"django_content_type", "auth_permission", "auth_group", "auth_group_permissions"})
 
 
 # Flush with the append-only triggers off -----------------------------------------------------------
@@ -43,6 +55,7 @@ def _flush_without_triggers() -> None:
         return
 
     def sql_flush(self, style, tables, *, reset_sequences=False, allow_cascade=False):
+        tables = [table for table in tables if table not in KEEP_ON_FLUSH]
         statements = original(self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
         if not statements:
             return statements
@@ -54,6 +67,35 @@ def _flush_without_triggers() -> None:
 
 
 _flush_without_triggers()
+
+
+# Test databases: one per xdist process, per run or (--reuse-db) per checkout -----------------------
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings_parallel_suffix(request, django_db_keepdb):
+    """With `--reuse-db` the test database needs a name that the next run finds again; pytest-django
+    then appends the xdist suffix (`_gw0`, ...) as it does to the per-run name."""
+    from django.conf import settings
+
+    if django_db_keepdb:
+        database = settings.DATABASES["default"]
+        checkout = hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:8]
+        database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_keep_{checkout}"
+    request.getfixturevalue("django_db_modify_db_settings_tox_suffix")
+    request.getfixturevalue("django_db_modify_db_settings_xdist_suffix")
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker, django_db_keepdb):
+    """A kept database (`--reuse-db`) is migrated to the current migrations by pytest-django; it may
+    still hold what an interrupted run committed, so it is flushed once (reference data stays)."""
+    from django.core.management import call_command
+
+    if django_db_keepdb:
+        with django_db_blocker.unblock():
+            call_command("flush", interactive=False, verbosity=0)
+    yield
 
 
 # A real Celery worker --------------------------------------------------------------------------------
