@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -88,8 +89,9 @@ class Stack:
                    message=lambda: f"the stack did not answer /readyz\n{self.log_tail()}")
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            _stop(process)
+        # All at once: the graceful shutdowns (gunicorn's, the worker's warm one) overlap.
+        with ThreadPoolExecutor(max_workers=len(self.processes) or 1) as pool:
+            list(pool.map(_stop, self.processes.values()))
 
 
 @pytest.fixture
