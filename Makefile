@@ -13,7 +13,10 @@ STAMP := $(VENV)/.installed-requirements.lock
 PYTEST_ARGS ?=
 # pytest-xdist: one process per core, at most 8 (each has its own test database and its own Redis
 # database, TIEOUT_TEST_BROKER_DB counting down from 15). `make test XDIST=` runs in one process.
-XDIST ?= -n auto --maxprocesses=8 --dist loadgroup
+# worksteal: an idle process takes over queued tests of a busy one (the suite ends with long worker,
+# fault and browser tests). Not loadscope/loadgroup: they key tests by node id, and Schemathesis gives
+# the fuzz cases of one test function one id, so all but one of them would silently not run.
+XDIST ?= -n auto --maxprocesses=8 --dist worksteal
 # What `make test-fast` leaves out: real worker processes, the browser, and whatever takes seconds.
 FAST_MARKERS := not slow and not worker and not browser
 # Exports for the embedded services; empty for the variables that the environment already sets.
