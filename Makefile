@@ -11,17 +11,26 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-requirements.lock
 PYTEST_ARGS ?=
+# pytest-xdist: one process per core, at most 8 (each has its own test database and its own Redis
+# database, TIEOUT_TEST_BROKER_DB counting down from 15). `make test XDIST=` runs in one process.
+# worksteal: an idle process takes over queued tests of a busy one (the suite ends with long worker,
+# fault and browser tests). Not loadscope/loadgroup: they key tests by node id, and Schemathesis gives
+# the fuzz cases of one test function one id, so all but one of them would silently not run.
+XDIST ?= -n auto --maxprocesses=8 --dist worksteal
+# What `make test-fast` leaves out: real worker processes, the browser, and whatever takes seconds.
+FAST_MARKERS := not slow and not worker and not browser
 # Exports for the embedded services; empty for the variables that the environment already sets.
 EMBEDDED_ENV = exports="$$($(PY) -m config.embedded env)"; eval "$$exports"
 
-.PHONY: help venv install run test bench clean lock
+.PHONY: help venv install run test test-fast bench clean lock
 
 help:
-	@echo "make run    start Tieout (web, worker, beat) with demo data at http://127.0.0.1:$${PORT:-8000}/"
-	@echo "make test   run the whole test suite (PYTEST_ARGS=... passes arguments to pytest)"
-	@echo "make bench  run the benchmarks in bench/"
-	@echo "make clean  stop the embedded services and remove var/"
-	@echo "make venv   create .venv and install requirements.lock (run and test do this themselves)"
+	@echo "make run        start Tieout (web, worker, beat) with demo data at http://127.0.0.1:$${PORT:-8000}/"
+	@echo "make test       run the whole test suite in parallel (PYTEST_ARGS=... passes arguments to pytest)"
+	@echo "make test-fast  the suite without the slow, worker and browser tests, in parallel"
+	@echo "make bench      run the benchmarks in bench/"
+	@echo "make clean      stop the embedded services and remove var/"
+	@echo "make venv       create .venv and install requirements.lock (run and test do this themselves)"
 
 venv install: $(STAMP)
 
@@ -60,7 +69,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(EMBEDDED_ENV); \
 	export DJANGO_SETTINGS_MODULE=config.settings.test; \
-	exec $(PY) -m pytest -p no:cacheprovider $(PYTEST_ARGS)
+	exec $(PY) -m pytest -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(EMBEDDED_ENV); \
+	export DJANGO_SETTINGS_MODULE=config.settings.test; \
+	exec $(PY) -m pytest -p no:cacheprovider $(XDIST) -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(EMBEDDED_ENV); \

@@ -1,18 +1,27 @@
 """Test infrastructure: pytest-django on a real PostgreSQL, and a real Celery worker on a real Redis.
 
-Two things here are not obvious:
+What here is not obvious:
 
 * Our migrations install triggers that refuse TRUNCATE (and UPDATE/DELETE) on the audit log and on
   journals. Django flushes the test database with TRUNCATE after every `transaction=True` /
   `transactional_db` test, so, in tests only, the flush runs with `session_replication_role = replica`
   (we connect as a superuser), which keeps ordinary triggers from firing for those statements alone.
-* `celery_worker_proc` starts one real `celery worker` (prefork, two processes) per test session, pointed at the
-  pytest-django test database and at a dedicated Redis database, so that asynchronous behaviour is
-  tested as it runs in production. Tests use it through `live_worker`, which also turns eager mode off
-  (the test settings run tasks eagerly by default) and needs committed data (`transactional_db`).
+  The flush leaves the reference data that migrations wrote (content types, permissions, the role
+  groups and their permissions): every test sees them, as production always has them.
+* `celery_worker_proc` starts one real `celery worker` (prefork, two processes) per test session (per
+  xdist process), pointed at the pytest-django test database and at a dedicated Redis database, so that
+  asynchronous behaviour is tested as it runs in production. Tests use it through `live_worker`, which
+  also turns eager mode off (the test settings run tasks eagerly by default) and needs committed data
+  (`transactional_db`).
+* Under pytest-xdist (`make test` runs `-n auto`) every process has its own test database (pytest-django
+  appends `_gw0`, `_gw1`, ...), its own Redis database (`TIEOUT_TEST_BROKER_DB`, default 15, counting
+  down: 15 for gw0, 14 for gw1, ...) and its own worker. The test database is named per run
+  (`test_<name>_<pid>`, config/settings/test.py) and dropped at the end; with `--reuse-db` it is named per
+  checkout instead (`test_<name>_keep_<hash of the checkout's path>`), kept, and flushed once at the start.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -23,11 +32,16 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 
+from tests.helpers import wait_until
+
 pytest_plugins = ["tests.fixtures"]
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 WORKER_QUEUES = ("celery", "posting", "callbacks")
 WORKER_START_TIMEOUT = 60
+# Rows that migrations write and that no test changes: kept by the flush, so that every test, and a run
+# on a database kept by `--reuse-db`, finds them as a freshly migrated database has them.
+KEEP_ON_FLUSH = frozenset({"django_content_type", "auth_permission", "auth_group", "auth_group_permissions"})
 
 
 # Flush with the append-only triggers off -----------------------------------------------------------
@@ -41,6 +55,7 @@ def _flush_without_triggers() -> None:
         return
 
     def sql_flush(self, style, tables, *, reset_sequences=False, allow_cascade=False):
+        tables = [table for table in tables if table not in KEEP_ON_FLUSH]
         statements = original(self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
         if not statements:
             return statements
@@ -54,6 +69,35 @@ def _flush_without_triggers() -> None:
 _flush_without_triggers()
 
 
+# Test databases: one per xdist process, per run or (--reuse-db) per checkout -----------------------
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings_parallel_suffix(request, django_db_keepdb):
+    """With `--reuse-db` the test database needs a name that the next run finds again; pytest-django
+    then appends the xdist suffix (`_gw0`, ...) as it does to the per-run name."""
+    from django.conf import settings
+
+    if django_db_keepdb:
+        database = settings.DATABASES["default"]
+        checkout = hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:8]
+        database.setdefault("TEST", {})["NAME"] = f"test_{database['NAME']}_keep_{checkout}"
+    request.getfixturevalue("django_db_modify_db_settings_tox_suffix")
+    request.getfixturevalue("django_db_modify_db_settings_xdist_suffix")
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker, django_db_keepdb):
+    """A kept database (`--reuse-db`) is migrated to the current migrations by pytest-django; it may
+    still hold what an interrupted run committed, so it is flushed once (reference data stays)."""
+    from django.core.management import call_command
+
+    if django_db_keepdb:
+        with django_db_blocker.unblock():
+            call_command("flush", interactive=False, verbosity=0)
+    yield
+
+
 # A real Celery worker --------------------------------------------------------------------------------
 
 
@@ -63,11 +107,16 @@ def _xdist_index() -> int:
 
 
 def _broker_url(redis_url: str) -> str:
-    """The tests' Redis, on a database of its own (15, 14, ... per xdist process): flushed at will."""
+    """The tests' Redis, on a database of its own (15, 14, ... per xdist process): flushed at will.
+
+    `make test` caps xdist at 8 processes, so the default base uses databases 15 to 8 at most; database
+    0 (the application's default) is never used.
+    """
     base = int(os.environ.get("TIEOUT_TEST_BROKER_DB", "15"))
     db = base - _xdist_index()
     if db < 1:
-        raise RuntimeError("too many xdist processes for one Redis: set TIEOUT_TEST_BROKER_DB higher")
+        raise RuntimeError(f"Redis database {db} for xdist process {_xdist_index()}: TIEOUT_TEST_BROKER_DB={base} "
+                           "is lower than the number of processes; set it higher (Redis has 0 to 15)")
     parts = urlsplit(redis_url)
     return urlunsplit(parts._replace(path=f"/{db}"))
 
@@ -118,6 +167,33 @@ class CeleryWorkerProcess:
 
     def inspect(self, timeout: float = 2.0):
         return self.app.control.inspect(destination=[self.nodename], timeout=timeout)
+
+    def idle(self) -> bool:
+        """Nothing waits in the worker's queues and nothing is running, reserved or scheduled on it.
+
+        The queues are read first: a message taken from them after that shows up in the worker's answer.
+        """
+        with self.app.connection_for_write() as conn:
+            channel = conn.default_channel
+            if any(channel._size(queue) for queue in WORKER_QUEUES):
+                return False
+        inspect = self.inspect()
+        for method in (inspect.active, inspect.reserved, inspect.scheduled):
+            replies = method() or {}
+            if self.nodename not in replies or replies[self.nodename]:
+                return False  # no answer is not idleness
+        return True
+
+    def wait_idle(self, timeout: float = 15.0) -> None:
+        """Wait until the worker is idle on two polls in a row (nothing in flight between them)."""
+        streak = 0
+
+        def settled() -> bool:
+            nonlocal streak
+            streak = streak + 1 if self.idle() else 0
+            return streak >= 2
+
+        wait_until(settled, timeout=timeout, interval=0.1, message=lambda: f"worker not idle\n{self.log_tail()}")
 
     def quiesce(self, timeout: float = 15.0) -> None:
         """Let running tasks finish, then drop what is queued or scheduled, so a test leaves nothing behind."""

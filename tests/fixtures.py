@@ -1,15 +1,21 @@
-"""Shared fixtures: an entity, users of every role with API clients, and an API helper that runs the
-after-commit work (processing, posting) the way a committed request would, with Celery eager.
+"""Shared fixtures: an entity, users of every role with API clients, an API helper that runs the
+after-commit work (processing, posting) the way a committed request would, with Celery eager, and the
+ERP stand-ins (tests/standins) started in this process on free ports.
 """
 import json
 
 import pytest
+from django.db import transaction
 from rest_framework.test import APIClient
 
 from billing_sync import tokens
 from config import correlation
 from exceptions_queue import services as queue
 from ledger import services as ledger
+from tests.standins.erpnext import ErpNextStandin
+
+# The environment variable holding the ERPNext stand-in's "api_key:api_secret" (set for the test only).
+ERPNEXT_TOKEN_ENV = "TEST_ERPNEXT_TOKEN"
 
 
 class Api:
@@ -46,8 +52,6 @@ class Api:
 
 def setup_us01():
     """Entity US01 with its chart, mappings and approval policy, in a transaction of its own."""
-    from django.db import transaction
-
     with correlation.bound(None), transaction.atomic():
         ent, _ = ledger.entity_setup(code="US01", currency="USD", name="Tieout US", actor="test")
         queue.approval_policy_ensure(entity=ent, actor="test")
@@ -111,3 +115,54 @@ def auditor(db, django_capture_on_commit_callbacks):
 @pytest.fixture
 def admin_api(db, django_capture_on_commit_callbacks):
     return _user_api("ada-admin", "admin", django_capture_on_commit_callbacks)
+
+
+# ERP stand-ins ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def erp_standin(monkeypatch):
+    """Start vendor stand-ins in this process, each on a free port; every one is stopped after the test.
+
+    `erp_standin(OdooStandin, env={"TEST_ODOO_KEY": "odoo-key"}, slow_seconds=1.0)`: `env` is set for the
+    test only (connectors read their secrets from the environment); the other arguments go to the class.
+    """
+    started = []
+
+    def start(standin_class=ErpNextStandin, *, env: dict | None = None, **kwargs):
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        server = standin_class(**kwargs).start()
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture
+def erp(erp_standin):
+    """An ERPNext stand-in, its token in $TEST_ERPNEXT_TOKEN; no entity posts to it yet (`erpnext_configure`).
+
+    Its scripted timeouts (`timeout_before`, `commit_then_timeout`) hold the answer 1 s: connectors under
+    test wait less than that (read_timeout 0.5).
+    """
+    return erp_standin(ErpNextStandin, env={ERPNEXT_TOKEN_ENV: "key:secret"}, slow_seconds=1.0)
+
+
+def erpnext_configure(entity, server, *, posting_mode=None, **erp_settings):
+    """Point `entity` at the ERPNext stand-in `server` (token from $TEST_ERPNEXT_TOKEN); the entity."""
+    return ledger.entity_configure_erp(entity=entity, connector="erpnext", actor="test", posting_mode=posting_mode,
+                                       erp_settings={"url": server.url, "company": server.company,
+                                                     "token_env": ERPNEXT_TOKEN_ENV, **erp_settings})
+
+
+@pytest.fixture
+def erp_us01(entity, erp):
+    """US01 posts to the ERPNext stand-in `erp` (which this returns); configured in a transaction of its own."""
+    with transaction.atomic():
+        erpnext_configure(entity, erp, read_timeout=2, connect_timeout=1)
+    return erp

@@ -5,16 +5,18 @@ publish to the real broker) and the `live_worker` fixture's worker process, on t
 does the processing and posting. Also covered: the two repair paths for work that a crash between
 commit and enqueue leaves behind, the outbox sweep and the accepted-events sweep.
 """
-import time
 from unittest import mock
 
 import pytest
 
 from billing_sync import services as billing
 from billing_sync.models import Event
+from billing_sync.services import processing as billing_processing
 from ledger import services as ledger
 from ledger.models import Journal, Outbox
+from ledger.services import outbox as ledger_outbox
 from tests import factories as f
+from tests.helpers import send_accepted, wait_until
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
@@ -22,28 +24,23 @@ POLL_SECONDS = 30
 SETTLED_ELSEWHERE = {"exception", "rejected", "ignored"}  # none of these turns into `posted` by itself
 
 
-
-
-def send(client, payload) -> dict:
-    response = client.post("/api/v1/events", payload, format="json")
-    assert response.status_code == 202, response.content
-    return response.json()
-
-
 def wait_for(client, event_id, statuses, worker, timeout=POLL_SECONDS) -> dict:
     """Poll the event resource until its status is one of `statuses` (bounded; fails with the worker log)."""
     statuses = {statuses} if isinstance(statuses, str) else set(statuses)
-    deadline = time.monotonic() + timeout
     body = None
-    while time.monotonic() < deadline:
-        body = client.get(f"/api/v1/events/{event_id}").json()
-        if body["status"] in statuses:
-            return body
-        if body["status"] in SETTLED_ELSEWHERE - statuses:
-            break  # no point waiting
-        time.sleep(0.1)
-    pytest.fail(f"event {event_id} is {body and body['status']}, not {sorted(statuses)} "
+
+    def describe() -> str:
+        return (f"event {event_id} is {body and body['status']}, not {sorted(statuses)} "
                 f"(exception: {body and body['exception']})\n--- worker log ---\n{worker.log_tail()}")
+
+    def reached():
+        nonlocal body
+        body = client.get(f"/api/v1/events/{event_id}").json()
+        if body["status"] in SETTLED_ELSEWHERE - statuses:
+            pytest.fail(describe())  # no point waiting
+        return body if body["status"] in statuses else None
+
+    return wait_until(reached, timeout=timeout, interval=0.1, message=describe)
 
 
 def trace(client, event_id) -> dict:
@@ -60,13 +57,13 @@ def test_events_sent_over_http_are_processed_and_posted_by_the_worker(live_worke
     payment = f.payment(customer_id=customer_id, amount="100.00", allocations=[(invoice_id, "100.00")])
 
     # One at a time, so that the ERP numbers come out in a known order.
-    sent = send(source, customer)
+    sent = send_accepted(source, customer)
     assert sent["status"] == "accepted"
     assert wait_for(source, sent["id"], "processed", live_worker)["journal_ids"] == []
 
-    sent_invoice = send(source, invoice)
+    sent_invoice = send_accepted(source, invoice)
     posted_invoice = wait_for(source, sent_invoice["id"], "posted", live_worker)
-    sent_payment = send(source, payment)
+    sent_payment = send_accepted(source, payment)
     posted_payment = wait_for(source, sent_payment["id"], "posted", live_worker)
 
     for body, ref in ((posted_invoice, "JE-US01-2026-000001"), (posted_payment, "JE-US01-2026-000002")):
@@ -97,20 +94,20 @@ def test_events_sent_over_http_are_processed_and_posted_by_the_worker(live_worke
 
 def test_an_outbox_row_left_undispatched_is_swept_and_posted_by_the_worker(live_worker, us01, source):
     customer = f.customer()
-    wait_for(source, send(source, customer)["id"], "processed", live_worker)
+    wait_for(source, send_accepted(source, customer)["id"], "processed", live_worker)
     invoice = f.invoice(customer_id=customer["data"]["customer_id"])
 
     # The "crash": the event is received but not scheduled, and this process then writes its journal with
     # the relay gone, so the outbox row is committed and never handed to Celery.
-    with mock.patch.object(billing, "events_schedule", lambda event_ids: None):
-        event_id = send(source, invoice)["id"]
-    with mock.patch.object(ledger, "outbox_relay", lambda outbox_ids: None):
+    with mock.patch.object(billing_processing, "events_schedule", lambda event_ids: None):
+        event_id = send_accepted(source, invoice)["id"]
+    with mock.patch.object(ledger_outbox, "outbox_relay", lambda outbox_ids: None):
         assert billing.event_process(event_id=event_id) == "processed"
 
     journal = Journal.objects.get(event_id=event_id)
     outbox = Outbox.objects.get(journal=journal)
     assert outbox.dispatched_at is None
-    time.sleep(1.0)  # the worker is idle and nothing was sent to it: the journal just waits
+    live_worker.wait_idle()  # nothing was sent to the worker and it has nothing left: the journal just waits
     journal.refresh_from_db()
     assert journal.status == Journal.Status.READY
 
@@ -128,13 +125,13 @@ def test_an_outbox_row_left_undispatched_is_swept_and_posted_by_the_worker(live_
 
 def test_an_event_left_accepted_is_swept_processed_and_posted(live_worker, us01, source):
     customer = f.customer()
-    wait_for(source, send(source, customer)["id"], "processed", live_worker)
+    wait_for(source, send_accepted(source, customer)["id"], "processed", live_worker)
     invoice = f.invoice(customer_id=customer["data"]["customer_id"])
 
     # The "crash" between the receipt's commit and the hand-off to Celery.
-    with mock.patch.object(billing, "events_schedule", lambda event_ids: None):
-        event_id = send(source, invoice)["id"]
-    time.sleep(1.0)
+    with mock.patch.object(billing_processing, "events_schedule", lambda event_ids: None):
+        event_id = send_accepted(source, invoice)["id"]
+    live_worker.wait_idle()  # nothing was handed to the worker: the event stays accepted
     assert Event.objects.get(pk=event_id).status == Event.Status.ACCEPTED
 
     assert billing.events_sweep_accepted(older_than_seconds=0) == 1

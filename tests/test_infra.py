@@ -1,9 +1,9 @@
 """The test infrastructure itself: flushing past the append-only triggers, and the real Celery worker."""
-import time
-
 import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
+
+from tests.helpers import wait_until
 
 INSERT_AUDIT_ENTRY = """
     INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, correlation_id, content, entry_hash)
@@ -63,11 +63,5 @@ def test_real_worker_consumes_both_queues(live_worker):
     # celery.accumulate is one of Celery's built-in tasks: it proves a message crosses Redis and runs.
     for queue in ("celery", "posting"):
         app.send_task("celery.accumulate", args=(1, 2), queue=queue)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        totals = live_worker.inspect().stats()[live_worker.nodename]["total"]
-        if totals.get("celery.accumulate", 0) >= 2:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"worker did not run the tasks:\n{live_worker.log_tail()}")
+    wait_until(lambda: live_worker.inspect().stats()[live_worker.nodename]["total"].get("celery.accumulate", 0) >= 2,
+               timeout=20, interval=0.2, message=lambda: f"worker did not run the tasks:\n{live_worker.log_tail()}")

@@ -1,6 +1,5 @@
 """Operations endpoints: health probes, readiness, Prometheus metrics, the OpenAPI schema, throttling."""
 import pytest
-from rest_framework.test import APIClient
 
 from tests import factories as f
 

@@ -3,15 +3,20 @@
 The table below is the product's permission model written down once; each cell is its own test. A cell
 that says "allowed" must not be refused (401, 403, or a redirect to the login page); a cell that says
 "refused" must be, whatever the client shows. Business outcomes (a 409 because the item was already
-decided, a 422 for a missing field) count as allowed: the role got past the permission check. Each test
-builds its own world (an open exception, a pending write-off approval, a posted invoice), so actions
-with side effects never depend on one another.
+decided, a 422 for a missing field) count as allowed: the role got past the permission check.
+
+The cells share one world per module (an open exception, a pending write-off approval, a posted
+invoice), built once in a transaction that stays open until the module's last cell and is then rolled
+back, as Django's `TestCase.setUpTestData` does. Each cell runs in a savepoint inside it (pytest-django's
+`db`), rolled back after the cell, so actions with side effects never see one another's; nothing is
+committed, so nothing needs deleting past the append-only triggers, and no other module sees the world.
 """
 from dataclasses import dataclass, field
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.test import Client
+from django.db import transaction
+from django.test import Client, TestCase
 
 from billing_sync import tokens
 from billing_sync.authentication import hash_token
@@ -20,7 +25,7 @@ from config import correlation
 from exceptions_queue.models import Approval, ExceptionRecord
 from ledger.models import Journal
 from tests import factories as f
-from tests.fixtures import Api
+from tests.fixtures import Api, setup_us01
 
 pytestmark = pytest.mark.django_db
 
@@ -42,8 +47,34 @@ class World:
     extra: dict = field(default_factory=dict)
 
 
-@pytest.fixture
-def world(entity, integration) -> World:
+@pytest.fixture(scope="module")
+def world(django_db_setup, django_db_blocker) -> World:
+    """The module's world, in a transaction of its own that no cell commits (see the module's docstring)."""
+    with django_db_blocker.unblock():
+        outer = transaction.atomic()
+        outer._from_testcase = True  # as TestCase marks its own: a durable block in a cell stays allowed
+        outer.__enter__()
+        try:
+            built = _build_world()
+        except BaseException:
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
+            raise
+    try:
+        yield built
+    finally:
+        with django_db_blocker.unblock():
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
+
+
+def _build_world() -> World:
+    setup_us01()
+    with correlation.bound(None):
+        raw = tokens.token_issue(username="billing-system", role="integration", actor="test")
+    # Inside the open transaction nothing commits: the after-commit work (processing, posting) runs
+    # when each call returns, as with the cells' `django_capture_on_commit_callbacks`.
+    integration = Api(raw, TestCase.captureOnCommitCallbacks)
     cus = f.customer()
     integration.send(cus)
     inv = f.invoice(customer_id=cus["data"]["customer_id"], lines=[("100.00", "7.25")])

@@ -1,5 +1,5 @@
 """The production layout, end to end: gunicorn, a Celery worker of two processes and beat, as README's
-Production section runs them, on the test database and a Redis database of their own.
+Production section runs them, on the test database and a Redis server of their own.
 
 Billing histories of several customers (payments before their invoices, amendments, credit notes,
 refunds, voids, applications, write-offs; each customer's events in order, the customers interleaved)
@@ -11,13 +11,11 @@ what the dead worker held) and nothing is booked twice. Ordering, recovery and s
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
-import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import requests
@@ -28,6 +26,7 @@ from billing_sync.models import Event
 from ledger.models import Journal, JournalLine
 from tests.conftest import _stop, _test_database_url
 from tests.fixtures import setup_us01
+from tests.helpers import PrivateRedis, free_port, wait_until
 from tests.histories import customer_events, eager, interleave, outcome, settled
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -38,28 +37,12 @@ START_TIMEOUT = 60
 SETTLE_TIMEOUT = 120
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _stack_redis_url() -> str:
-    """A Redis database of its own (10 below the session worker's; bench uses 7), flushed before the stack starts."""
-    from django.conf import settings
-
-    base = int(os.environ.get("TIEOUT_TEST_BROKER_DB", "15")) - 10
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    db = base - int(worker[2:] or 0)
-    return urlunsplit(urlsplit(settings.REDIS_URL)._replace(path=f"/{db}"))
-
-
 class Stack:
     """gunicorn + `celery worker --pool=prefork -c 2` + `celery beat`, each in its own process group."""
 
     def __init__(self, tmp: Path, database_url: str, redis_url: str):
         self.tmp = tmp
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = dict(os.environ)
         self.env.update(
@@ -91,35 +74,42 @@ class Stack:
             out.append(f"--- {path.name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
         return "\n".join(out)
 
+    def ready(self) -> bool:
+        """/readyz answers 200; a process of the stack that exited fails the test at once."""
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                pytest.fail(f"{name} exited with {process.returncode}\n{self.log_tail()}")
+        try:
+            return requests.get(f"{self.url}/readyz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
     def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            for name, process in self.processes.items():
-                if process.poll() is not None:
-                    pytest.fail(f"{name} exited with {process.returncode}\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        pytest.fail(f"the stack did not answer /readyz\n{self.log_tail()}")
+        wait_until(self.ready, timeout=START_TIMEOUT, interval=0.3,
+                   message=lambda: f"the stack did not answer /readyz\n{self.log_tail()}")
 
     def stop(self) -> None:
-        for process in self.processes.values():
-            _stop(process)
+        # All at once: the graceful shutdowns (gunicorn's, the worker's warm one) overlap.
+        with ThreadPoolExecutor(max_workers=len(self.processes) or 1) as pool:
+            list(pool.map(_stop, self.processes.values()))
 
 
 @pytest.fixture
-def stack(transactional_db, tmp_path):
-    import redis
+def stack_redis(tmp_path_factory):
+    """A redis-server of the stack's own (per xdist process, no database number to share or flush)."""
+    server = PrivateRedis(tmp_path_factory.mktemp("stack-redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def stack(transactional_db, tmp_path, stack_redis):
     from django.db import connection
 
-    redis_url = _stack_redis_url()
-    client = redis.Redis.from_url(redis_url)
-    client.flushdb()
-    client.close()
-    handle = Stack(tmp_path, _test_database_url(connection.settings_dict), redis_url)
+    handle = Stack(tmp_path, _test_database_url(connection.settings_dict), stack_redis.url)
     setup_us01()
     handle.token = tokens.token_issue(username="billing-system", role="integration", actor="test")
     handle.start("web", [str(BIN / "gunicorn"), "-c", "config/gunicorn.conf.py", "config.wsgi"])
@@ -162,17 +152,21 @@ def _history(prefix: str, seed: int) -> list[dict]:
 
 
 def _wait_settled(prefix: str, count: int, stack: Stack) -> None:
-    deadline = time.monotonic() + SETTLE_TIMEOUT
     streak = 0
-    while time.monotonic() < deadline:
+
+    def at_rest() -> bool:
+        nonlocal streak
         streak = streak + 1 if settled(prefix, count) else 0
-        if streak >= 3:
-            return
-        time.sleep(0.3)
-    left = list(Event.objects.filter(event_id__startswith=prefix, status="accepted").values_list("event_id", "type"))
-    unposted = list(Journal.objects.filter(event__event_id__startswith=prefix, status__in=["ready", "posting"])
-                    .values_list("kind", "status"))
-    pytest.fail(f"not settled: accepted {left}, unposted {unposted}\n{stack.log_tail()}")
+        return streak >= 3  # still at rest after a few polls: nothing was in flight
+
+    def diagnose() -> str:
+        left = list(Event.objects.filter(event_id__startswith=prefix, status="accepted")
+                    .values_list("event_id", "type"))
+        unposted = list(Journal.objects.filter(event__event_id__startswith=prefix, status__in=["ready", "posting"])
+                        .values_list("kind", "status"))
+        return f"not settled: accepted {left}, unposted {unposted}\n{stack.log_tail()}"
+
+    wait_until(at_rest, timeout=SETTLE_TIMEOUT, interval=0.3, message=diagnose)
 
 
 @pytest.mark.parametrize("seed", [20261203, 7])

@@ -31,6 +31,7 @@ from config import correlation
 from exceptions_queue.models import ExceptionRecord
 from tests import factories as f
 from tests.fixtures import _user_api
+from tests.helpers import send, wait_until
 from tests.standins.webhooks import WebhookReceiver
 
 pytestmark = pytest.mark.django_db
@@ -79,12 +80,6 @@ def dead_url() -> str:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/hooks"
-
-
-def send(api, payload) -> dict:
-    response = api.send(payload)
-    assert response.status_code == 202, response.content
-    return api.event(response.json()["id"])
 
 
 def posted_invoice(api) -> dict:
@@ -487,28 +482,24 @@ def test_a_real_worker_delivers_on_the_callbacks_queue(live_worker, receiver):
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
     customer = f.customer()
     customer_event = client.post("/api/v1/events", customer, format="json").json()["id"]
-    deadline = time.monotonic() + 30
     # The customer first: an invoice processed at the same moment would wait for it in `exception`.
-    while client.get(f"/api/v1/events/{customer_event}").json()["status"] != "processed":
-        assert time.monotonic() < deadline, live_worker.log_tail()
-        time.sleep(0.1)
+    wait_until(lambda: client.get(f"/api/v1/events/{customer_event}").json()["status"] == "processed",
+               timeout=30, interval=0.1, message=live_worker.log_tail)
     invoice = client.post("/api/v1/events", f.invoice(customer_id=customer["data"]["customer_id"]), format="json")
     event_id = invoice.json()["id"]
 
     def posted():
         return [r for r in receiver.verified if r.payload["type"] == "event.posted"]
 
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not posted():
-        time.sleep(0.1)
-    assert posted(), live_worker.log_tail()
-    [received] = posted()
+    [received] = wait_until(posted, timeout=30, interval=0.1, message=live_worker.log_tail)
     assert received.payload["data"]["id"] == event_id
     assert received.payload["data"]["status"] == "posted"
     delivery = CallbackDelivery.objects.get(event_id=event_id, kind="event.posted")
-    deadline = time.monotonic() + 10
-    while delivery.status != "delivered" and time.monotonic() < deadline:
-        time.sleep(0.1)
+
+    def delivered() -> bool:
         delivery.refresh_from_db()
+        return delivery.status == "delivered"
+
+    wait_until(delivered, timeout=10, interval=0.1, message=lambda: f"{delivery.status}\n{live_worker.log_tail()}")
     assert (delivery.status, delivery.attempts) == ("delivered", 1)
     assert all(r.verified for r in receiver.deliveries)

@@ -1,7 +1,6 @@
 """The after-commit dispatcher publishes buffered event ids in batches, and everything it holds at exit."""
-import time
-
 from billing_sync import dispatch
+from tests.helpers import wait_until
 
 
 def test_buffered_ids_are_published_in_one_batch_by_the_background_thread(monkeypatch):
@@ -10,9 +9,7 @@ def test_buffered_ids_are_published_in_one_batch_by_the_background_thread(monkey
     dispatcher = dispatch._Dispatcher()
     for n in range(5):
         dispatcher.add([f"e{n}"])
-    deadline = time.monotonic() + 2
-    while sum(map(len, published)) < 5 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: sum(map(len, published)) >= 5, timeout=2, interval=0.01, message=str(published))
     assert sorted(i for batch in published for i in batch) == [f"e{n}" for n in range(5)]
     assert len(published) <= 2  # a burst travels together
 

@@ -7,7 +7,6 @@ a real Celery worker of two processes on real Redis, and compares the outcome wi
 processing of the same history: the two cases of issue #10 by name, then random histories (hypothesis).
 """
 import datetime
-import time
 import uuid
 
 import pytest
@@ -23,15 +22,10 @@ from billing_sync.services import processing
 from exceptions_queue.models import ExceptionRecord
 from ledger.models import JournalLine
 from tests import factories as f
+from tests.helpers import send, wait_until
 from tests.histories import CUSTOMER_HISTORY, customer_events, eager, interleave, outcome, settled
 
 SS = f.SOURCE
-
-
-def send(api, payload) -> dict:
-    response = api.send(payload)
-    assert response.status_code == 202, response.content
-    return api.event(response.json()["id"])
 
 
 def k(kind, document_id) -> str:
@@ -157,8 +151,6 @@ def test_the_provider_passes_events_queued_behind_a_parked_one(entity, integrati
 POLL_SECONDS = 60
 
 
-
-
 def post_all(client, payloads) -> None:
     for payload in payloads:
         response = client.post("/api/v1/events", payload, format="json")
@@ -166,14 +158,15 @@ def post_all(client, payloads) -> None:
 
 
 def wait_settled(prefix: str, count: int, worker) -> None:
-    deadline = time.monotonic() + POLL_SECONDS
     streak = 0
-    while time.monotonic() < deadline:
+
+    def at_rest() -> bool:
+        nonlocal streak
         streak = streak + 1 if settled(prefix, count) else 0
-        if streak >= 3:  # still at rest after a few polls: nothing was in flight
-            return
-        time.sleep(0.2)
-    pytest.fail(f"run {prefix} did not settle\n--- worker log ---\n{worker.log_tail()}")
+        return streak >= 3  # still at rest after a few polls: nothing was in flight
+
+    wait_until(at_rest, timeout=POLL_SECONDS, interval=0.2,
+               message=lambda: f"run {prefix} did not settle\n--- worker log ---\n{worker.log_tail()}")
 
 
 def run_both(source, settings, worker, build) -> tuple[dict, dict]:

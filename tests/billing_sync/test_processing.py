@@ -12,16 +12,11 @@ from billing_sync.services import processing
 from exceptions_queue.models import ExceptionRecord
 from ledger.models import Journal
 from tests import factories as f
+from tests.helpers import send
 
 pytestmark = pytest.mark.django_db
 
 SS = f.SOURCE
-
-
-def send(api, payload) -> dict:
-    response = api.send(payload)
-    assert response.status_code == 202, response.content
-    return api.event(response.json()["id"])
 
 
 def changes(event: dict) -> list[tuple]:

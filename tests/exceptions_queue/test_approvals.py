@@ -18,6 +18,7 @@ from exceptions_queue.models import Approval
 from ledger.models import Journal, PostingAttempt
 from tests import factories as f
 from tests.fixtures import Api
+from tests.helpers import send
 
 pytestmark = pytest.mark.django_db
 
@@ -31,12 +32,6 @@ def invoice_id(entity, integration):
     payload = f.invoice(customer_id=customer["data"]["customer_id"], lines=[("18000.00", "2000.00")])
     assert integration.send(payload).status_code == 202
     return payload["data"]["invoice_id"]
-
-
-def _send(api, payload) -> dict:
-    response = api.send(payload)
-    assert response.status_code == 202, response.content
-    return api.event(response.json()["id"])
 
 
 def _approval(event) -> Approval:
@@ -89,7 +84,7 @@ def requester_as_controller(integration, django_capture_on_commit_callbacks):
 # ------------------------------------------------------------------------------------------- who must approve
 def test_a_write_off_needs_one_approval_by_default(invoice_id, integration, controller):
     before = _invoice(controller, invoice_id)
-    event = _send(integration, f.write_off(invoice_id, "50.00"))
+    event = send(integration, f.write_off(invoice_id, "50.00"))
 
     assert event["status"] == "pending_approval"
     journal = _journal(event)
@@ -116,7 +111,7 @@ def test_a_write_off_needs_one_approval_by_default(invoice_id, integration, cont
 
 @pytest.mark.parametrize("amount, tax", [("999.99", "0"), ("900.00", "99.99"), ("0.01", "0")])
 def test_a_credit_note_below_1000_posts_without_approval(invoice_id, integration, controller, amount, tax):
-    event = _send(integration, f.credit_note(invoice_id, amount, tax=tax))
+    event = send(integration, f.credit_note(invoice_id, amount, tax=tax))
     assert event["status"] == "posted"
     assert not Approval.objects.filter(event_id=event["id"]).exists()
     journal = _journal(event)
@@ -128,7 +123,7 @@ def test_a_credit_note_below_1000_posts_without_approval(invoice_id, integration
 
 @pytest.mark.parametrize("amount, tax", [("1000.00", "0"), ("900.00", "100.00"), ("9999.99", "0")])
 def test_a_credit_note_from_1000_needs_one_approval(invoice_id, integration, controller, amount, tax):
-    event = _send(integration, f.credit_note(invoice_id, amount, tax=tax))
+    event = send(integration, f.credit_note(invoice_id, amount, tax=tax))
     assert event["status"] == "pending_approval"
     approval = _approval(event)
     assert (approval.kind, approval.required_approvals) == ("credit_note", 1)
@@ -149,7 +144,7 @@ def test_a_credit_note_from_1000_needs_one_approval(invoice_id, integration, con
     lambda inv: f.write_off(inv, "15000.00"),
 ], ids=["credit_note", "credit_note_with_tax", "write_off", "large_write_off"])
 def test_from_10000_two_distinct_controllers_must_approve(invoice_id, integration, controller, controller2, make):
-    event = _send(integration, make(invoice_id))
+    event = send(integration, make(invoice_id))
     approval = _approval(event)
     assert approval.required_approvals == 2
     before = _invoice(controller, invoice_id)
@@ -177,7 +172,7 @@ def test_from_10000_two_distinct_controllers_must_approve(invoice_id, integratio
 
 
 def test_just_below_10000_one_approval_is_enough(invoice_id, integration, controller):
-    event = _send(integration, f.write_off(invoice_id, "9999.99"))
+    event = send(integration, f.write_off(invoice_id, "9999.99"))
     approval = _approval(event)
     assert approval.required_approvals == 1
     assert _approve(controller, approval).json()["status"] == "approved"
@@ -185,7 +180,7 @@ def test_just_below_10000_one_approval_is_enough(invoice_id, integration, contro
 
 
 def test_an_admin_may_decide(invoice_id, integration, admin_api):
-    event = _send(integration, f.write_off(invoice_id, "5.00"))
+    event = send(integration, f.write_off(invoice_id, "5.00"))
     response = _approve(admin_api, _approval(event))
     assert response.status_code == 200
     assert response.json()["status"] == "approved"
@@ -193,7 +188,7 @@ def test_an_admin_may_decide(invoice_id, integration, admin_api):
 
 # ------------------------------------------------------------------------------------------- who may decide
 def test_the_requester_cannot_approve_their_own_request(invoice_id, integration, requester_as_controller):
-    event = _send(integration, f.write_off(invoice_id, "50.00"))
+    event = send(integration, f.write_off(invoice_id, "50.00"))
     approval = _approval(event)
     assert approval.requested_by.get_username() == "billing-system"
     before = _invoice(requester_as_controller, invoice_id)
@@ -205,7 +200,7 @@ def test_the_requester_cannot_approve_their_own_request(invoice_id, integration,
 
 
 def test_the_same_controller_cannot_approve_twice(invoice_id, integration, controller):
-    event = _send(integration, f.credit_note(invoice_id, "12000.00"))
+    event = send(integration, f.credit_note(invoice_id, "12000.00"))
     approval = _approval(event)
     assert _approve(controller, approval).status_code == 200
     _problem(_approve(controller, approval), 403, "segregation_of_duties")
@@ -217,7 +212,7 @@ def test_the_same_controller_cannot_approve_twice(invoice_id, integration, contr
 
 @pytest.mark.parametrize("first_decision", ["approve", "reject"])
 def test_a_decided_approval_is_already_decided(invoice_id, integration, controller, controller2, first_decision):
-    event = _send(integration, f.write_off(invoice_id, "50.00"))
+    event = send(integration, f.write_off(invoice_id, "50.00"))
     approval = _approval(event)
     decide = _approve if first_decision == "approve" else _reject
     assert decide(controller, approval).status_code == 200
@@ -235,7 +230,7 @@ def test_a_decided_approval_is_already_decided(invoice_id, integration, controll
 
 @pytest.mark.parametrize("role_fixture", ["finance", "auditor", "integration"])
 def test_other_roles_may_not_decide(invoice_id, integration, request, role_fixture):
-    event = _send(integration, f.write_off(invoice_id, "50.00"))
+    event = send(integration, f.write_off(invoice_id, "50.00"))
     approval = _approval(event)
     api = request.getfixturevalue(role_fixture)
     before = _invoice(request.getfixturevalue("controller"), invoice_id)
@@ -259,7 +254,7 @@ def test_an_unknown_approval_is_404(entity, controller):
 def test_rejection_posts_nothing_and_leaves_the_invoice_alone(invoice_id, integration, controller, make):
     before = _invoice(controller, invoice_id)
     tb_before = controller.get("/api/v1/ledger/trial-balance", entity="US01").json()
-    event = _send(integration, make(invoice_id))
+    event = send(integration, make(invoice_id))
     approval = _approval(event)
 
     response = _reject(controller, approval, "not justified")
@@ -282,9 +277,9 @@ def test_rejection_posts_nothing_and_leaves_the_invoice_alone(invoice_id, integr
 
 # ------------------------------------------------------------------------------------------- the list
 def test_pending_approvals_list_has_the_fields_of_api_md(invoice_id, integration, controller, controller2, auditor):
-    small = _send(integration, f.write_off(invoice_id, "50.00"))
-    large = _send(integration, f.credit_note(invoice_id, "10000.00", tax="500.00"))
-    done = _send(integration, f.write_off(invoice_id, "1.00"))
+    small = send(integration, f.write_off(invoice_id, "50.00"))
+    large = send(integration, f.credit_note(invoice_id, "10000.00", tax="500.00"))
+    done = send(integration, f.write_off(invoice_id, "1.00"))
     assert _approve(controller, _approval(done)).status_code == 200
     assert _approve(controller2, _approval(large), "looks right").status_code == 200  # 1 of 2
 
@@ -321,10 +316,10 @@ def test_pending_approvals_list_has_the_fields_of_api_md(invoice_id, integration
 # ------------------------------------------------------------------------------------------- overtaken by events
 def test_approving_a_write_off_above_the_open_amount_after_a_payment_is_409(invoice_id, integration, controller):
     invoice_before = Invoice.objects.get(invoice_id=invoice_id)
-    event = _send(integration, f.write_off(invoice_id, "5000.00"))
+    event = send(integration, f.write_off(invoice_id, "5000.00"))
     approval = _approval(event)
     customer_id = invoice_before.customer.customer_id
-    paid = _send(integration, f.payment(customer_id=customer_id, amount="16000.00",
+    paid = send(integration, f.payment(customer_id=customer_id, amount="16000.00",
                                         allocations=[(invoice_id, "16000.00")]))
     assert paid["status"] == "posted"
     before = _invoice(controller, invoice_id)

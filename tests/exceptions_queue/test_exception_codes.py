@@ -15,6 +15,7 @@ from exceptions_queue.models import ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Account, DocumentSequence, Journal
 from tests import factories as f
+from tests.helpers import send
 
 pytestmark = pytest.mark.django_db
 
@@ -24,12 +25,6 @@ INV = "inv_q"  # 100.00 + 7.25 tax = 107.25
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def send(api, payload) -> dict:
-    response = api.send(payload)
-    assert response.status_code == 202, response.content
-    return api.event(response.json()["id"])
-
-
 def send_exception(api, payload, code: str) -> dict:
     """Send an event that must fail a business rule: 202, status `exception`, an open exception, no journal."""
     event = send(api, payload)

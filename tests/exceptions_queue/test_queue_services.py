@@ -26,7 +26,6 @@ from exceptions_queue.models import ExceptionComment, ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Journal
 from tests import factories as f
-from tests.standins.erpnext import ErpNextStandin
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -86,21 +85,9 @@ def fiona(finance):
 
 
 @pytest.fixture
-def erp(monkeypatch, entity):
-    server = ErpNextStandin().start()
-    monkeypatch.setenv("TEST_QUEUE_ERPNEXT_TOKEN", "key:secret")
-    with transaction.atomic():
-        ledger.entity_configure_erp(entity=entity, connector="erpnext", actor="test", erp_settings={
-            "url": server.url, "company": "Tieout US", "token_env": "TEST_QUEUE_ERPNEXT_TOKEN",
-            "read_timeout": 2, "connect_timeout": 1})
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def posting_failed(erp, integration):
+def posting_failed(erp_us01, integration):
     """The ERP refuses every journal (a 417 validation error): the invoice's journal fails permanently."""
-    erp.fail_validation = "Account 1200 is frozen"
+    erp_us01.fail_validation = "Account 1200 is frozen"
     integration.send(f.customer("cus_p"))
     response = integration.send(f.invoice("inv_p", customer_id="cus_p", lines=[("50.00", "0")]))
     exc = ExceptionRecord.objects.get(event_id=response.json()["id"])

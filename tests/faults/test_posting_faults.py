@@ -24,7 +24,8 @@ from billing_sync.models import Event, Invoice
 from exceptions_queue.models import ExceptionRecord
 from ledger.models import Journal, PostingAttempt
 from tests import factories as f
-from tests.faults.conftest import FAULT_ENV, VISIBILITY_TIMEOUT
+from tests.faults.conftest import FAULT_ENV, SWEEP_EVERY, VISIBILITY_TIMEOUT
+from tests.helpers import send_accepted
 
 pytestmark = [pytest.mark.worker, pytest.mark.slow]
 
@@ -32,15 +33,10 @@ OUTAGE_SECONDS = float(os.environ.get("TIEOUT_FAULTS_OUTAGE_SECONDS", "30"))
 EVENTS_DURING_OUTAGE = 20
 ERP_DOWN_SECONDS = 5.0
 MAX_DELIVERIES = int(FAULT_ENV["TIEOUT_POSTING_MAX_DELIVERIES"])
+BACKOFF_CAP = float(FAULT_ENV["TIEOUT_POSTING_BACKOFF_CAP"])
 
 
 # helpers ---------------------------------------------------------------------------------------------
-
-
-def send(client, payload) -> dict:
-    response = client.post("/api/v1/events", payload, format="json")
-    assert response.status_code == 202, response.content
-    return response.json()
 
 
 def statuses(event_ids) -> dict:
@@ -68,7 +64,7 @@ def party_of(doc) -> set:
 
 def setup_customers(client, harness, count) -> list[str]:
     payloads = [f.customer() for _ in range(count)]
-    ids = [send(client, payload)["id"] for payload in payloads]
+    ids = [send_accepted(client, payload)["id"] for payload in payloads]
     harness.wait_until(all_in(ids, {"processed"}), timeout=30, what="customers processed", diagnose=describe(ids))
     return [payload["data"]["customer_id"] for payload in payloads]
 
@@ -125,7 +121,7 @@ def test_sigkill_after_the_erp_accepted_posts_every_journal_exactly_once(harness
 
     erp.on_commit_hook = kill_after_commit
     invoices = [f.invoice(customer_id=c, lines=[(f"{100 + 10 * k}.00", "7.25")]) for k in range(3) for c in customers]
-    event_ids = [send(source, payload)["id"] for payload in invoices]
+    event_ids = [send_accepted(source, payload)["id"] for payload in invoices]
 
     harness.wait_until(killed.is_set, timeout=30, what="the chosen journal sent to the ERP", restart=False,
                        sweep=False, diagnose=describe(event_ids))
@@ -164,7 +160,7 @@ def test_redis_outage_loses_nothing_and_everything_posts_after_it_returns(harnes
                                                                          private_redis):
     worker = workers.start()
     customers = setup_customers(source, harness, 2)
-    before = [send(source, f.invoice(customer_id=c))["id"] for c in customers]
+    before = [send_accepted(source, f.invoice(customer_id=c))["id"] for c in customers]
     harness.wait_until(all_in(before, {"posted"}), timeout=30, what="the first invoices posted",
                        diagnose=describe(before))
 
@@ -218,7 +214,7 @@ def test_erp_unavailable_for_a_while_is_retried_with_backoff_and_posted_once(har
     window.start()
     down_since = time.monotonic()
     try:
-        event_ids = [send(source, f.invoice(customer_id=c, lines=[(f"{50 * (k + 1)}.00", "3.00")]))["id"]
+        event_ids = [send_accepted(source, f.invoice(customer_id=c, lines=[(f"{50 * (k + 1)}.00", "3.00")]))["id"]
                      for k in range(2) for c in customers]
         harness.wait_until(all_in(event_ids, {"posted"}), timeout=45, what="posted after the ERP came back",
                                   diagnose=describe(event_ids))
@@ -256,14 +252,14 @@ def test_a_permanent_erp_error_opens_an_exception_at_once_without_a_retry_storm(
     message = "Account 4000 - Revenue is frozen; entries are not allowed"
     erp.fail_validation = message
     sent_at = time.monotonic()
-    event_id = send(source, f.invoice(customer_id=customer))["id"]
+    event_id = send_accepted(source, f.invoice(customer_id=customer))["id"]
     took = harness.wait_until(all_in([event_id], {"exception"}), timeout=20, what="an exception",
                               diagnose=describe([event_id]))
     journal = Journal.objects.get(event_id=event_id)
     print(f"\n[permanent] exception {time.monotonic() - sent_at:.2f}s after the event was sent")
     assert took < 10
-    # Give a retry storm every chance to show itself: sweeps keep running, the backoff cap is 2 s.
-    harness.idle(3.0)
+    # Give a retry storm every chance to show itself: sweeps keep running through a whole backoff cap.
+    harness.idle(BACKOFF_CAP + SWEEP_EVERY)
     journal.refresh_from_db()
     assert journal.status == Journal.Status.FAILED
     assert erp.creates[str(journal.pk)] == 1, "one request to the ERP: no retry"
@@ -281,8 +277,9 @@ def test_a_permanent_erp_error_opens_an_exception_at_once_without_a_retry_storm(
     # visibility-timeout redelivery) must not send a failed journal again; only a person's retry does.
     from ledger.tasks import post_journal
 
+    started = harness.wait_tasks_done(post_journal.name)
     post_journal.apply_async(args=[str(journal.pk)], queue="posting")
-    harness.idle(2.0)
+    harness.wait_tasks_done(post_journal.name, more_than=started)  # the worker took it and is done
     journal.refresh_from_db()
     assert erp.creates[str(journal.pk)] == 1, "a duplicate delivery re-sent a failed journal to the ERP"
     assert journal.status == Journal.Status.FAILED and journal.posting_attempts == 1
@@ -323,7 +320,7 @@ def test_a_poison_journal_is_parked_after_the_delivery_limit_and_the_rest_posts(
     erp.receive_hook = poison
     payloads = [f.invoice(customer_id=poison_customer, lines=[("666.00", "0")])]
     payloads += [f.invoice(customer_id=c, lines=[(f"{20 + k}.00", "1.00")]) for c in customers[1:] for k in range(3)]
-    event_ids = [send(source, payload)["id"] for payload in payloads]
+    event_ids = [send_accepted(source, payload)["id"] for payload in payloads]
     poison_event, others = event_ids[0], event_ids[1:]
 
     def parked_and_rest_posted() -> bool:
@@ -365,7 +362,7 @@ def test_an_erp_outage_does_not_park_journals_with_the_fault_settings(harness, w
     window = threading.Timer(4.0, erp.faults.clear)
     window.start()
     try:
-        event_id = send(source, f.invoice(customer_id=customer))["id"]
+        event_id = send_accepted(source, f.invoice(customer_id=customer))["id"]
         harness.wait_until(all_in([event_id], {"posted", "exception"}), timeout=40, what="settled",
                            diagnose=describe([event_id]))
     finally:

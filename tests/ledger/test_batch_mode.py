@@ -9,24 +9,15 @@ from ledger import services
 from ledger.models import ErpBatch, Journal
 from ledger.selectors import trial_balance
 from tests import factories as f
-from tests.standins.erpnext import ErpNextStandin
+from tests.fixtures import erpnext_configure
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def erp(monkeypatch):
-    server = ErpNextStandin().start()
-    monkeypatch.setenv("TEST_ERPNEXT_TOKEN", "key:secret")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def batch_entity(entity, erp):
-    return services.entity_configure_erp(entity=entity, connector="erpnext", posting_mode="batch", actor="test",
-                                         erp_settings={"url": erp.url, "company": "Tieout US",
-                                                       "token_env": "TEST_ERPNEXT_TOKEN"})
+    """US01 posting to the ERPNext stand-in `erp` (tests/fixtures.py) in batch mode."""
+    return erpnext_configure(entity, erp, posting_mode="batch")
 
 
 def _send_invoices(integration, count=3):

@@ -8,25 +8,16 @@ from ledger import connectors, services
 from ledger.services import outbox
 from ledger.models import Journal, PostingAttempt
 from tests import factories as f
-from tests.standins.erpnext import ErpNextStandin
+from tests.fixtures import erpnext_configure
 
 pytestmark = pytest.mark.django_db
 REAL_RELAY = outbox.outbox_relay
 
 
 @pytest.fixture
-def erp(monkeypatch):
-    server = ErpNextStandin(slow_seconds=1.0).start()
-    monkeypatch.setenv("TEST_ERPNEXT_TOKEN", "key:secret")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def erp_entity(entity, erp):
-    return services.entity_configure_erp(entity=entity, connector="erpnext", actor="test", erp_settings={
-        "url": erp.url, "company": "Tieout US", "token_env": "TEST_ERPNEXT_TOKEN", "read_timeout": 0.5,
-        "connect_timeout": 0.5})
+    """US01 posting to the ERPNext stand-in `erp` (tests/fixtures.py), with timeouts shorter than its 1 s."""
+    return erpnext_configure(entity, erp, read_timeout=0.5, connect_timeout=0.5)
 
 
 @pytest.fixture

@@ -51,10 +51,8 @@ def secrets_env(monkeypatch, ec_key):
 
 
 @pytest.fixture
-def erp(secrets_env, ec_key):
-    server = NetSuiteStandin(public_key=ec_key.public_key(), slow_seconds=1.0).start()
-    yield server
-    server.stop()
+def erp(secrets_env, ec_key, erp_standin):
+    return erp_standin(NetSuiteStandin, public_key=ec_key.public_key(), slow_seconds=1.0)
 
 
 def configure(entity, server, posting_mode=None, **overrides):
@@ -122,50 +120,42 @@ def test_posts_one_journal_entry_upserted_by_our_id(erp, journal):
     assert journal.attempts.get().outcome == "posted"
 
 
-def test_token_based_auth_signs_every_request_with_hmac_sha256(secrets_env, entity, integration, held_relay):
-    server = NetSuiteStandin(auth="tba").start()
-    try:
-        configure(entity, server, auth="tba")
-        journal = make_journal(integration)
-        outcome = post(journal)
-        assert outcome.erp_document_ref == "JE00001"
-        assert len(server.records) == 1
-        assert server.token_requests == 0
-        # The stand-in verified each signature (over method, URL and the replace=line query) and nonce.
-        assert len(server.authorizations) == 2
-        for header in server.authorizations:
-            assert header.startswith("OAuth ")
-            assert 'realm="1234567_SB1"' in header and 'oauth_signature_method="HMAC-SHA256"' in header
-        assert server.authorizations[0] != server.authorizations[1]  # fresh nonce, fresh signature
-    finally:
-        server.stop()
+def test_token_based_auth_signs_every_request_with_hmac_sha256(secrets_env, entity, integration, held_relay,
+                                                               erp_standin):
+    server = erp_standin(NetSuiteStandin, auth="tba")
+    configure(entity, server, auth="tba")
+    journal = make_journal(integration)
+    outcome = post(journal)
+    assert outcome.erp_document_ref == "JE00001"
+    assert len(server.records) == 1
+    assert server.token_requests == 0
+    # The stand-in verified each signature (over method, URL and the replace=line query) and nonce.
+    assert len(server.authorizations) == 2
+    for header in server.authorizations:
+        assert header.startswith("OAuth ")
+        assert 'realm="1234567_SB1"' in header and 'oauth_signature_method="HMAC-SHA256"' in header
+    assert server.authorizations[0] != server.authorizations[1]  # fresh nonce, fresh signature
 
 
 def test_token_based_auth_with_a_wrong_secret_is_permanent(secrets_env, entity, integration, held_relay,
-                                                           monkeypatch):
-    server = NetSuiteStandin(auth="tba").start()
-    try:
-        configure(entity, server, auth="tba")
-        monkeypatch.setenv("TEST_NS_TOKEN_SECRET", "not-the-secret")
-        with pytest.raises(connectors.PermanentError) as caught:
-            post(make_journal(integration))
-        assert "INVALID_LOGIN: Invalid login attempt" in caught.value.erp_message
-        assert not server.records
-    finally:
-        server.stop()
+                                                           monkeypatch, erp_standin):
+    server = erp_standin(NetSuiteStandin, auth="tba")
+    configure(entity, server, auth="tba")
+    monkeypatch.setenv("TEST_NS_TOKEN_SECRET", "not-the-secret")
+    with pytest.raises(connectors.PermanentError) as caught:
+        post(make_journal(integration))
+    assert "INVALID_LOGIN: Invalid login attempt" in caught.value.erp_message
+    assert not server.records
 
 
 def test_an_rsa_certificate_signs_the_assertion_with_ps256(monkeypatch, entity, integration, held_relay,
-                                                           secrets_env):
+                                                           secrets_env, erp_standin):
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     monkeypatch.setenv("TEST_NS_PRIVATE_KEY", _pem(key).replace("\n", "\\n"))  # squeezed onto one line
-    server = NetSuiteStandin(public_key=key.public_key()).start()
-    try:
-        configure(entity, server)
-        assert post(make_journal(integration)).erp_document_ref == "JE00001"
-        assert server.token_requests == 1
-    finally:
-        server.stop()
+    server = erp_standin(NetSuiteStandin, public_key=key.public_key())
+    configure(entity, server)
+    assert post(make_journal(integration)).erp_document_ref == "JE00001"
+    assert server.token_requests == 1
 
 
 def test_the_assertion_carries_netsuites_claims(erp, erp_entity):

@@ -29,11 +29,8 @@ def api(request):
 
 
 @pytest.fixture
-def odoo(monkeypatch):
-    server = OdooStandin(slow_seconds=1.0).start()
-    monkeypatch.setenv("TEST_ODOO_KEY", "odoo-key")
-    yield server
-    server.stop()
+def odoo(erp_standin):
+    return erp_standin(OdooStandin, env={"TEST_ODOO_KEY": "odoo-key"}, slow_seconds=1.0)
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import pytest
 from billing_sync.models import Event
 from ledger.models import Account, Journal, JournalLine
 from tests import factories as f
+from tests.helpers import send
 
 pytestmark = pytest.mark.django_db
 
@@ -20,13 +21,6 @@ CUS = "cus_rules"
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def send(api, payload) -> dict:
-    """Send one event (processed and posted before the call returns) and return its event resource."""
-    response = api.send(payload)
-    assert response.status_code == 202, response.content
-    return api.event(response.json()["id"])
-
-
 def journals_of(reader, event: dict) -> list[dict]:
     """The event's journals through GET /api/v1/journals?event=, oldest first."""
     response = reader.get("/api/v1/journals", event=event["id"])

@@ -23,8 +23,7 @@ from ledger import services as ledger
 from ledger.models import ErpBatch, Journal
 from portal import lineage
 from tests import factories as f
-from tests.fixtures import Api
-from tests.standins.erpnext import ErpNextStandin
+from tests.fixtures import Api, erpnext_configure
 
 pytestmark = pytest.mark.django_db
 TRACE_SERIALIZERS = {"EventTraceSerializer", "ExceptionTraceSerializer", "JournalTraceSerializer",
@@ -204,21 +203,14 @@ def test_trace_endpoints_are_in_the_openapi_schema(auditor, entity):
         assert operation in schema
 
 
-def test_erp_batch_reference_finds_every_member_journal(entity, integration, auditor, monkeypatch,
+def test_erp_batch_reference_finds_every_member_journal(entity, integration, auditor, erp,
                                                         django_capture_on_commit_callbacks):
-    erp = ErpNextStandin().start()
-    try:
-        monkeypatch.setenv("TEST_ERPNEXT_TOKEN", "key:secret")
-        ledger.entity_configure_erp(entity=entity, connector="erpnext", posting_mode="batch", actor="test",
-                                    erp_settings={"url": erp.url, "company": "Tieout US",
-                                                  "token_env": "TEST_ERPNEXT_TOKEN"})
-        integration.send(f.customer("cus_bt"))
-        integration.send(f.invoice("inv_b1", customer_id="cus_bt", lines=[("10.00", "0")]))
-        integration.send(f.invoice("inv_b2", customer_id="cus_bt", lines=[("20.00", "0")]))
-        with django_capture_on_commit_callbacks(execute=True):
-            ledger.erp_batches_sweep(window_seconds=0)
-    finally:
-        erp.stop()
+    erpnext_configure(entity, erp, posting_mode="batch")
+    integration.send(f.customer("cus_bt"))
+    integration.send(f.invoice("inv_b1", customer_id="cus_bt", lines=[("10.00", "0")]))
+    integration.send(f.invoice("inv_b2", customer_id="cus_bt", lines=[("20.00", "0")]))
+    with django_capture_on_commit_callbacks(execute=True):
+        ledger.erp_batches_sweep(window_seconds=0)
     batch = ErpBatch.objects.get(status="posted")
     trace = auditor.get("/api/v1/trace", erp_document_ref=batch.erp_document_ref, entity="US01").json()
     assert trace["erp_batch"]["id"] == str(batch.pk) and trace["erp_batch"]["audit"]

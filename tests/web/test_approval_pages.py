@@ -74,7 +74,7 @@ def test_the_inbox_lists_pending_requests_with_their_requester_and_progress(invo
     assert response.status_code == 200
     text = _text(response)
     for header in ("Kind", "Document", "Amount", "Entity", "Requested by", "Approvals", "Age"):
-        assert f'<th scope="col"' in text and f">{header}</th>" in text
+        assert '<th scope="col"' in text and f">{header}</th>" in text
     assert mine.document_id in text and other.document_id in text
     row = re.search(rf'data-approval="{mine.approval.pk}".*?</tr>', text).group(0)
     assert "your request" in row and "0 of 1" in row and "100.00 USD" in row

@@ -5,23 +5,14 @@ then sees it posted. Keyboard use, a narrow screen and an axe-core accessibility
 import re
 
 import pytest
-from django.db import transaction
 
 from exceptions_queue.models import ExceptionRecord
-from ledger import services as ledger
 from ledger.models import Journal
 from tests import factories as f
-from tests.standins.erpnext import ErpNextStandin
+from tests.helpers import send
 from tests.web.conftest import assert_accessible, login, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-
-
-
-def send(api, payload):
-    response = api.send(payload)
-    assert response.status_code == 202, response.content
-    return response.json()["id"]
 
 
 @pytest.fixture
@@ -30,7 +21,7 @@ def queue(web_users, integration):
     send(integration, f.customer("cus_b"))
     send(integration, f.invoice("inv_b", customer_id="cus_b", lines=[("100.00", "7.25")]))
     over = send(integration, f.payment("pay_b", customer_id="cus_b", amount="200.00",
-                                       allocations=[("inv_b", "150.00")]))
+                                       allocations=[("inv_b", "150.00")]))["id"]
     send(integration, f.invoice("inv_u", customer_id="cus_unknown", lines=[("20.00", "0")]))
     return ExceptionRecord.objects.get(event_id=over)
 
@@ -90,25 +81,14 @@ def test_finance_ops_assigns_comments_and_resolves(page, queue, live_server):
     assert (queue.status, queue.owner.username, queue.comments.count()) == ("resolved", "fiona-ops", 1)
 
 
-@pytest.fixture
-def erp(monkeypatch, web_users, entity):
-    server = ErpNextStandin().start()
-    monkeypatch.setenv("TEST_BROWSER_ERPNEXT_TOKEN", "key:secret")
-    with transaction.atomic():
-        ledger.entity_configure_erp(entity=entity, connector="erpnext", actor="test", erp_settings={
-            "url": server.url, "company": "Tieout US", "token_env": "TEST_BROWSER_ERPNEXT_TOKEN",
-            "read_timeout": 2, "connect_timeout": 1})
-    yield server
-    server.stop()
-
-
-def test_finance_ops_retries_a_posting_failure_after_the_erp_recovers(page, erp, integration, live_server):
-    erp.fail_validation = "Posting date is in a locked period"  # 417: a permanent refusal
+def test_finance_ops_retries_a_posting_failure_after_the_erp_recovers(page, web_users, erp_us01, integration,
+                                                                      live_server):
+    erp_us01.fail_validation = "Posting date is in a locked period"  # 417: a permanent refusal
     send(integration, f.customer("cus_e"))
-    event_id = send(integration, f.invoice("inv_e", customer_id="cus_e", lines=[("80.00", "0")]))
+    event_id = send(integration, f.invoice("inv_e", customer_id="cus_e", lines=[("80.00", "0")]))["id"]
     exc = ExceptionRecord.objects.get(event_id=event_id)
     journal = Journal.objects.get(event_id=event_id)
-    assert (exc.code, journal.status, erp.entries) == ("posting_failed", "failed", {})
+    assert (exc.code, journal.status, erp_us01.entries) == ("posting_failed", "failed", {})
 
     login(page, "fiona-ops", next_path="/exceptions/?code=posting_failed")
     row = page.locator(f'tr[data-exception="{exc.pk}"]')
@@ -120,7 +100,7 @@ def test_finance_ops_retries_a_posting_failure_after_the_erp_recovers(page, erp,
     assert "locked period" in journal_item.inner_text()  # the ERP's message on the attempt
     assert page.get_by_role("button", name="Replay").count() == 0  # replaying would book it twice
 
-    erp.fail_validation = None  # the ERP recovers
+    erp_us01.fail_validation = None  # the ERP recovers
     page.get_by_role("button", name="Retry").click()
     page.wait_for_load_state()
     assert page.get_by_role("status").inner_text().strip() == "Retried: the exception is resolved."
@@ -129,7 +109,7 @@ def test_finance_ops_retries_a_posting_failure_after_the_erp_recovers(page, erp,
     assert journal_item.locator(".journal-status").inner_text() == "posted"
     journal.refresh_from_db()
     assert journal.status == "posted" and journal.erp_document_ref in journal_item.inner_text()
-    assert len(erp.entries) == 1
+    assert len(erp_us01.entries) == 1
     shot(page, "exception-posting-retried")
 
 

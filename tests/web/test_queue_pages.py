@@ -80,7 +80,7 @@ def test_list_columns_and_default_unresolved(queue, fiona):
     html = response.content.decode()
     assert set(rows(html)) == {str(queue["over"].pk), str(queue["customer"].pk)}
     for header in ("Code", "Message", "Source object", "Amount", "Age", "Owner", "Status", "Actions"):
-        assert f'<th scope="col"' in html and f">{header}</th>" in html
+        assert '<th scope="col"' in html and f">{header}</th>" in html
     assert "<code>over_application</code>" in html
     assert "billing-prod · payment.received" in html and "<code>pay_w</code>" in html
     assert "200.00 USD" in html
@@ -326,26 +326,12 @@ def test_callback_exception_without_an_entity_or_event(queue, fiona, aude):
     assert aude.get(detail(exc)).status_code == 200
 
 
-@pytest.fixture
-def erp(monkeypatch, entity):
-    from tests.standins.erpnext import ErpNextStandin
-
-    server = ErpNextStandin().start()
-    monkeypatch.setenv("TEST_PAGES_ERPNEXT_TOKEN", "key:secret")
-    with transaction.atomic():
-        ledger.entity_configure_erp(entity=entity, connector="erpnext", actor="test", erp_settings={
-            "url": server.url, "company": "Tieout US", "token_env": "TEST_PAGES_ERPNEXT_TOKEN",
-            "read_timeout": 2, "connect_timeout": 1})
-    yield server
-    server.stop()
-
-
-def test_journal_without_an_event_that_failed_to_post(entity, erp, finance, django_capture_on_commit_callbacks):
+def test_journal_without_an_event_that_failed_to_post(entity, erp_us01, finance, django_capture_on_commit_callbacks):
     """A journal with no event (as a manual one) that the ERP refused: its page shows the journal's trace,
     and a retry once the ERP recovers posts it."""
     from decimal import Decimal
 
-    erp.fail_validation = "Cost center is mandatory"
+    erp_us01.fail_validation = "Cost center is mandatory"
     with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
         journal = ledger.journal_create(ledger.JournalSpec(
             entity=entity, accounting_date=datetime.date(2026, 11, 3), kind="manual", document_type="manual",
@@ -358,7 +344,7 @@ def test_journal_without_an_event_that_failed_to_post(entity, erp, finance, djan
     assert f'data-journal="{journal.pk}"' in html and '<span class="journal-status">failed</span>' in html
     assert "Cost center is mandatory" in html and "<code>journal.failed</code>" in html
     assert "<summary>Payload</summary>" not in html
-    erp.fail_validation = None
+    erp_us01.fail_validation = None
     with django_capture_on_commit_callbacks(execute=True):
         fiona.post(detail(exc), {"action": "retry"})
     journal.refresh_from_db()

@@ -15,6 +15,7 @@ from exceptions_queue.models import ApprovalPolicy, ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Account, AccountMapping, Entity, Journal
 from tests import factories as f
+from tests.fixtures import erpnext_configure
 from tests.web.conftest import client_for
 
 pytestmark = pytest.mark.django_db
@@ -158,26 +159,17 @@ def test_admin_history_view_renders_with_changes(book, model, lookup):
         assert "432" in html
 
 
-def test_an_erp_reference_of_two_entities_asks_which(book, integration, monkeypatch):
+def test_an_erp_reference_of_two_entities_asks_which(book, integration, erp, erp_standin):
     """ERP document numbers are unique per entity only (each entity's ERP numbers its own): two ERPNext
     stand-ins both answer ACC-JV-2026-00001, and the search lists both entities instead of guessing."""
-    from tests.standins.erpnext import ErpNextStandin
-
-    monkeypatch.setenv("TEST_ERPNEXT_TOKEN", "key:secret")
     with correlation.bound(None), transaction.atomic():
         ledger.entity_setup(code="GB01", currency="GBP", name="Tieout UK", actor="test")
-    servers = [ErpNextStandin(company=name).start() for name in ("Tieout US", "Tieout UK")]
-    try:
-        for code, server in zip(("US01", "GB01"), servers):
-            ledger.entity_configure_erp(entity=Entity.objects.get(code=code), connector="erpnext", actor="test",
-                                        erp_settings={"url": server.url, "company": server.company,
-                                                      "token_env": "TEST_ERPNEXT_TOKEN"})
-        integration.send(f.invoice("inv_us2", customer_id="cus_tp", lines=[("10.00", "0")]))
-        integration.send(f.customer("cus_gb", entity="GB01"))
-        integration.send(f.invoice("inv_gb", customer_id="cus_gb", currency="GBP", entity="GB01"))
-    finally:
-        for server in servers:
-            server.stop()
+    servers = [erp, erp_standin(company="Tieout UK")]
+    for code, server in zip(("US01", "GB01"), servers):
+        erpnext_configure(Entity.objects.get(code=code), server)
+    integration.send(f.invoice("inv_us2", customer_id="cus_tp", lines=[("10.00", "0")]))
+    integration.send(f.customer("cus_gb", entity="GB01"))
+    integration.send(f.invoice("inv_gb", customer_id="cus_gb", currency="GBP", entity="GB01"))
     ref = Journal.objects.get(document_id="inv_gb").erp_document_ref
     assert Journal.objects.get(document_id="inv_us2").erp_document_ref == ref
     aude = client_for("aude-auditor")
