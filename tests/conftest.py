@@ -31,7 +31,13 @@ from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
+import redis
+from django.conf import settings
+from django.core.management import call_command
+from django.db import connection
+from django.db.backends.postgresql.operations import DatabaseOperations
 
+from config.celery import app
 from tests.helpers import wait_until
 
 pytest_plugins = ["tests.fixtures"]
@@ -48,8 +54,6 @@ KEEP_ON_FLUSH = frozenset({"django_content_type", "auth_permission", "auth_group
 
 
 def _flush_without_triggers() -> None:
-    from django.db.backends.postgresql.operations import DatabaseOperations
-
     original = DatabaseOperations.sql_flush
     if getattr(original, "tieout_replica_flush", False):
         return
@@ -76,8 +80,6 @@ _flush_without_triggers()
 def django_db_modify_db_settings_parallel_suffix(request, django_db_keepdb):
     """With `--reuse-db` the test database needs a name that the next run finds again; pytest-django
     then appends the xdist suffix (`_gw0`, ...) as it does to the per-run name."""
-    from django.conf import settings
-
     if django_db_keepdb:
         database = settings.DATABASES["default"]
         checkout = hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:8]
@@ -90,8 +92,6 @@ def django_db_modify_db_settings_parallel_suffix(request, django_db_keepdb):
 def django_db_setup(django_db_setup, django_db_blocker, django_db_keepdb):
     """A kept database (`--reuse-db`) is migrated to the current migrations by pytest-django; it may
     still hold what an interrupted run committed, so it is flushed once (reference data stays)."""
-    from django.core.management import call_command
-
     if django_db_keepdb:
         with django_db_blocker.unblock():
             call_command("flush", interactive=False, verbosity=0)
@@ -224,12 +224,6 @@ def celery_worker_proc(django_db_setup, tmp_path_factory):
 
     Session-scoped: starting a worker takes a couple of seconds. Prefer `live_worker` in tests.
     """
-    import redis
-    from django.conf import settings
-    from django.db import connection
-
-    from config.celery import app
-
     broker_url = _broker_url(settings.REDIS_URL)
     database_url = _test_database_url(connection.settings_dict)
     nodename = f"tieout-test-{os.getpid()}@localhost"
@@ -299,8 +293,6 @@ def live_worker(celery_worker_proc, transactional_db, settings):
     Yields the `CeleryWorkerProcess` (nodename, ping(), inspect(), log_tail()). At the end, running
     tasks may finish and anything still queued or scheduled (retries with a countdown) is dropped.
     """
-    from config.celery import app
-
     previous = app.conf.task_always_eager
     app.conf.task_always_eager = False
     settings.CELERY_TASK_ALWAYS_EAGER = False

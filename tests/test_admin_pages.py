@@ -14,7 +14,7 @@ from django.urls import reverse
 
 from audit.models import AuditEntry
 from billing_sync import tokens
-from billing_sync.models import Event, SourceSystem
+from billing_sync.models import Event, Receipt, SourceSystem
 from config import correlation
 from config.admin_mixins import FastCountPaginator, LargeTableAdminMixin
 from exceptions_queue.models import ExceptionRecord
@@ -144,7 +144,7 @@ def test_read_only_records_refuse_change_add_and_delete(data, admin_api, path):
     model = {"billing_sync/event": Event, "ledger/journal": Journal, "audit/auditentry": AuditEntry,
              "exceptions_queue/exceptionrecord": ExceptionRecord}.get(path)
     if model is None:
-        from billing_sync.models import Receipt as model
+        model = Receipt
     obj = model.objects.first()
     change = f"/admin/{path}/{obj.pk}/change/"
     page = client.get(change)

@@ -6,6 +6,7 @@ granted every entity see both. Grants are audited.
 """
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.db import transaction
 
 from audit.models import AuditEntry
@@ -96,8 +97,6 @@ def test_granting_an_unknown_entity_is_refused(finance):
 
 
 def test_issue_token_scopes_a_user_to_the_named_entities(entity, capsys):
-    from django.core.management import call_command
-
     call_command("issue_token", "olga-ops", "--role", "finance_ops", "--entity", "US01")
     user = get_user_model().objects.get(username="olga-ops")
     assert roles.entity_codes(user) == frozenset({"US01"})

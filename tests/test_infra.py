@@ -3,6 +3,7 @@ import pytest
 from django.core.management import call_command
 from django.db import DatabaseError, connection, transaction
 
+from config.celery import app
 from tests.helpers import wait_until
 
 INSERT_AUDIT_ENTRY = """
@@ -54,8 +55,6 @@ def test_the_teardown_flush_left_no_audit_rows():
 
 @pytest.mark.worker
 def test_real_worker_consumes_both_queues(live_worker):
-    from config.celery import app
-
     assert live_worker.ping()
     queues = {q["name"] for q in live_worker.inspect().active_queues()[live_worker.nodename]}
     assert {"celery", "posting"} <= queues

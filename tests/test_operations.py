@@ -1,6 +1,8 @@
 """Operations endpoints: health probes, readiness, Prometheus metrics, the OpenAPI schema, throttling."""
 import pytest
+import redis
 
+from config.api import TokenRateThrottle
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -46,8 +48,6 @@ def test_openapi_schema_lists_the_contract_paths(client):
 
 
 def test_throttling_is_per_token(entity, integration):
-    from config.api import TokenRateThrottle
-
     original = TokenRateThrottle.THROTTLE_RATES
     TokenRateThrottle.THROTTLE_RATES = {"token": "3/min"}
     try:
@@ -58,10 +58,6 @@ def test_throttling_is_per_token(entity, integration):
 
 
 def test_throttling_fails_open_when_redis_is_down(entity, integration, monkeypatch):
-    import redis
-
-    from config.api import TokenRateThrottle
-
     monkeypatch.setattr(TokenRateThrottle, "_client", redis.Redis(port=1, socket_connect_timeout=0.2))
     response = integration.send(f.customer())
     assert response.status_code == 202

@@ -20,10 +20,10 @@ from django.test import Client, TestCase
 
 from billing_sync import tokens
 from billing_sync.authentication import hash_token
-from billing_sync.models import ApiToken
+from billing_sync.models import ApiToken, Invoice
 from config import correlation
 from exceptions_queue.models import Approval, ExceptionRecord
-from ledger.models import Journal
+from ledger.models import Entity, Journal
 from tests import factories as f
 from tests.fixtures import Api, setup_us01
 
@@ -292,8 +292,6 @@ def web_client_for(role) -> Client:
 
 @pytest.mark.parametrize(("action", "role"), _cells(WEB_ACTIONS))
 def test_web_action_by_role(action, role, world, django_capture_on_commit_callbacks):
-    from billing_sync.models import Invoice
-
     fields = {**world.__dict__, "invoice_pk": Invoice.objects.get(invoice_id=world.invoice_id).pk,
               "entity_pk": world_entity_pk()}
     client = web_client_for(role)
@@ -316,6 +314,4 @@ def test_web_action_by_role(action, role, world, django_capture_on_commit_callba
 
 
 def world_entity_pk():
-    from ledger.models import Entity
-
     return Entity.objects.get(code="US01").pk

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from django.db import connection
 from rest_framework.test import APIClient
 
 from billing_sync import tokens
@@ -107,8 +108,6 @@ def stack_redis(tmp_path_factory):
 
 @pytest.fixture
 def stack(transactional_db, tmp_path, stack_redis):
-    from django.db import connection
-
     handle = Stack(tmp_path, _test_database_url(connection.settings_dict), stack_redis.url)
     setup_us01()
     handle.token = tokens.token_issue(username="billing-system", role="integration", actor="test")

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from billing_sync import views
 from billing_sync.models import Receipt
 from tests import factories as f
 
@@ -108,8 +109,6 @@ def test_an_oversized_body_without_a_token_is_still_a_401_with_a_receipt(client,
 
 
 def test_an_unhandled_exception_is_a_500_problem_without_internals(integration, monkeypatch):
-    from billing_sync import views
-
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals")
 

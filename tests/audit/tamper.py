@@ -1,8 +1,12 @@
 """Tampering as an attacker with database superuser rights would: ordinary triggers (our append-only
 guards) switched off for one session, then raw SQL against the audit tables."""
+import hashlib
+import json
 from contextlib import contextmanager
 
 from django.db import connection
+
+from audit.services import canonical_json
 
 
 @contextmanager
@@ -25,11 +29,6 @@ def edit_entry(cursor, entry_id: int, *, rehash: bool = False, **changes) -> str
     """Rewrite an entry as an attacker who wants it to look consistent: its content and the matching
     columns together (the database refuses columns that differ from the content). The entry hash is left
     as it was unless `rehash`; returns the hash the new content has."""
-    import hashlib
-    import json
-
-    from audit.services import canonical_json
-
     cursor.execute("SELECT content FROM audit_auditentry WHERE id = %s", [entry_id])
     document = json.loads(cursor.fetchone()[0])
     document.update(changes)

@@ -16,34 +16,44 @@ import io
 import json
 import os
 import pkgutil
+import socket
 from dataclasses import dataclass, field
 from importlib import import_module
 from typing import Callable
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import transaction
 from django.test import Client
 from django.utils import timezone
+from django_otp.oath import totp
 from rest_framework.test import APIClient
 
 from audit import services as audit
 from audit.models import AuditEntry
+from billing_sync import adjustments as adjustments_module
 from billing_sync import callbacks, tokens
+from billing_sync import services as billing_services_module
+from billing_sync import tasks as billing_tasks_module
+from billing_sync.authentication import hash_token
 from billing_sync.models import ApiToken, Customer, Invoice
 from config import correlation
 from exceptions_queue import services as queue
-from portal import auth_services
 from exceptions_queue import tasks as queue_tasks
 from exceptions_queue.models import Approval, ApprovalPolicy, ExceptionRecord
 from ledger import services as ledger
+from ledger import tasks as ledger_tasks_module
+from ledger.models import Account, AccountMapping, ErpBatch, Journal
 from ledger.services import entities
-from ledger.models import Account, AccountMapping, Journal
+from portal import auth_services
 from tests import factories as f
 from tests.audit.helpers import sealed
 from tests.audit.tamper import edit_entry, triggers_off
-from tests.fixtures import _user_api
+from tests.fixtures import Api, _user_api
+from tests.standins.erpnext import ErpNextStandin
+from tests.standins.webhooks import WebhookReceiver
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -114,8 +124,6 @@ class Ctx:
 
     def failed_journal(self) -> Journal:
         """A journal the ERP refused for good (the ERPNext stand-in's validation error), and its exception."""
-        from tests.standins.erpnext import ErpNextStandin
-
         erp = ErpNextStandin().start()
         self.stop = erp.stop
         self.monkeypatch.setenv("TEST_ERPNEXT_TOKEN", "key:secret")
@@ -146,14 +154,10 @@ def _amend(ctx, _):
 
 
 def _totp(device) -> str:
-    from django_otp.oath import totp
-
     return f"{totp(device.bin_key, step=device.step, t0=device.t0, digits=device.digits, drift=device.drift):06d}"
 
 
 def _callback_receiver(ctx):
-    from tests.standins.webhooks import WebhookReceiver
-
     secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
     ctx.monkeypatch.setenv("TIEOUT_COMPLETENESS_SECRET", secret)
     server = WebhookReceiver(secret).start()
@@ -164,13 +168,10 @@ def _callback_receiver(ctx):
 
 
 def _dead_callbacks(ctx):
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     ctx.monkeypatch.setenv("TIEOUT_COMPLETENESS_SECRET", "whsec_" + base64.b64encode(os.urandom(32)).decode())
-    from django.conf import settings
 
     ctx.monkeypatch.setattr(settings, "TIEOUT_CALLBACK_MAX_ATTEMPTS", 1)
     callbacks.source_system_configure(name=f.SOURCE, callback_url=f"http://127.0.0.1:{port}/hooks", actor="test",
@@ -179,8 +180,6 @@ def _dead_callbacks(ctx):
 
 
 def _batch(ctx):
-    from tests.standins.erpnext import ErpNextStandin
-
     erp = ErpNextStandin().start()
     ctx.stop = erp.stop
     ctx.monkeypatch.setenv("TEST_ERPNEXT_TOKEN", "key:secret")
@@ -191,8 +190,6 @@ def _batch(ctx):
 
 
 def _ready_batch(ctx):
-    from ledger.models import ErpBatch
-
     _batch(ctx)
     ledger.erp_batches_form(actor="test")
     return ErpBatch.objects.get()
@@ -481,8 +478,6 @@ def _broken_chain() -> None:
 
 
 def _token_id(raw: str) -> int:
-    from billing_sync.authentication import hash_token
-
     return ApiToken.objects.get(key_hash=hash_token(raw)).pk
 
 
@@ -493,15 +488,11 @@ def _api_as(user) -> APIClient:
 
 
 def _bound_api(ctx):
-    from tests.fixtures import Api
-
     return Api(tokens.token_issue(username="bound-sys", role="integration", source_systems=[f.SOURCE],
                                   token_entities=["US01"], actor="test"), ctx.capture)
 
 
 def _expired_api(ctx):
-    from tests.fixtures import Api
-
     raw = tokens.token_issue(username="soon-sys", role="integration", actor="test",
                              expires_at=timezone.now() + datetime.timedelta(days=1))
     ApiToken.objects.filter(pk=_token_id(raw)).update(expires_at=timezone.now() - datetime.timedelta(seconds=1))
@@ -541,27 +532,19 @@ def _ready_journal(ctx):
 
 
 def ledger_tasks():
-    from ledger import tasks
-
-    return tasks
+    return ledger_tasks_module
 
 
 def billing_services():
-    from billing_sync import services
-
-    return services
+    return billing_services_module
 
 
 def billing_tasks():
-    from billing_sync import tasks
-
-    return tasks
+    return billing_tasks_module
 
 
 def adjustments():
-    from billing_sync import adjustments as module
-
-    return module
+    return adjustments_module
 
 
 # The journal-failure row needs the stand-in's refusal set before the invoice arrives: its own runner.

@@ -8,6 +8,7 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 from audit import services as audit
+from audit.models import AuditEntry
 
 OLD_ROWS = [
     dict(at=datetime.datetime(2026, 11, 3, 4, 5, 6, 789, tzinfo=datetime.UTC), actor="alice", action="journal.posted",
@@ -47,7 +48,6 @@ def test_old_entries_get_the_content_they_were_hashed_from_and_still_verify():
                 prev = link
     finally:
         _migrate(("audit", "0005_entry_content"))
-    from audit.models import AuditEntry
 
     entries = list(AuditEntry.objects.order_by("id"))
     assert [(e.before, e.after) for e in entries] == [(r["before"], r["after"]) for r in OLD_ROWS]

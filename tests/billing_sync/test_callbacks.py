@@ -25,10 +25,14 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from audit.models import AuditEntry
 from billing_sync import callbacks, tokens
+from billing_sync import services as billing
 from billing_sync.models import CallbackDelivery, SourceSystem
 from billing_sync.tasks import deliver_callback, sweep_callbacks
 from config import correlation
+from exceptions_queue import services as queue
 from exceptions_queue.models import ExceptionRecord
+from ledger import services as ledger
+from ledger.models import Journal
 from tests import factories as f
 from tests.fixtures import _user_api
 from tests.helpers import send, wait_until
@@ -178,10 +182,6 @@ def test_the_missing_customer_arriving_sends_resolved_then_posted(entity, integr
 
 
 def test_a_failed_posting_sends_event_exception(entity, integration, receiver, source, run_after_commit):
-    from billing_sync import services as billing
-    from ledger import services as ledger
-    from ledger.models import Journal
-
     customer = f.customer()
     send(integration, customer)
     # Received and processed, but its after-commit posting never runs: the posting then fails for good.
@@ -470,9 +470,6 @@ def test_setup_source_system_refuses_a_secret_in_place_of_its_variable_name(db):
 @pytest.mark.worker
 @pytest.mark.slow
 def test_a_real_worker_delivers_on_the_callbacks_queue(live_worker, receiver):
-    from exceptions_queue import services as queue
-    from ledger import services as ledger
-
     with correlation.bound(None), transaction.atomic():
         entity, _ = ledger.entity_setup(code="US01", currency="USD", name="Tieout US", actor="test")
         queue.approval_policy_ensure(entity=entity, actor="test")

@@ -1,5 +1,5 @@
 """The after-commit dispatcher publishes buffered event ids in batches, and everything it holds at exit."""
-from billing_sync import dispatch
+from billing_sync import dispatch, tasks
 from tests.helpers import wait_until
 
 
@@ -25,8 +25,6 @@ def test_flush_publishes_what_is_held(monkeypatch):
 
 
 def test_publish_survives_a_broker_outage(monkeypatch):
-    from billing_sync import tasks
-
     def down(*args, **kwargs):
         raise ConnectionError("broker down")
 

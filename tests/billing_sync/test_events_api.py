@@ -1,7 +1,10 @@
 """Each answer of API.md's events section, on real PostgreSQL: 202, 200 replay, 409, 422, 401/403."""
+import io
 import json
 
 import pytest
+from django.core.management import call_command
+from rest_framework.test import APIClient
 
 from billing_sync.models import Event, Receipt
 from tests import factories as f
@@ -118,8 +121,6 @@ def test_malformed_json_is_422_and_kept(entity, integration):
 
 
 def test_missing_token_is_401_and_the_body_is_kept(entity, db):
-    from rest_framework.test import APIClient
-
     response = APIClient().post("/api/v1/events", json.dumps(f.customer()), content_type="application/json")
     assert response.status_code == 401
     assert response.json()["code"] == "not_authenticated"
@@ -127,8 +128,6 @@ def test_missing_token_is_401_and_the_body_is_kept(entity, db):
 
 
 def test_invalid_token_is_401(entity, db):
-    from rest_framework.test import APIClient
-
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION="Bearer tko_nope")
     response = client.post("/api/v1/events", json.dumps(f.customer()), content_type="application/json")
@@ -180,10 +179,6 @@ def test_batch_answers_each_event_in_order(entity, integration):
 
 
 def test_batch_audit_entries_verify(entity, integration):
-    import io
-
-    from django.core.management import call_command
-
     response = integration.post("/api/v1/events/batch", {"events": [f.customer() for _ in range(5)]})
     assert [r["status"] for r in response.json()["results"]] == [202] * 5
     out = io.StringIO()

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from audit.models import AuditEntry
 from billing_sync import ordering
+from billing_sync import services as billing
 from billing_sync.models import Event, Invoice, Payment
 from billing_sync.services import processing
 from exceptions_queue.models import ExceptionRecord
@@ -249,8 +250,6 @@ def test_random_histories_give_the_one_at_a_time_outcome_with_two_worker_process
 
 @needs_db
 def test_the_sweep_leaves_events_held_behind_a_parked_one_and_takes_the_rest(entity, integration):
-    from billing_sync import services as billing
-
     send(integration, f.customer("cus_s"))
     void = send(integration, f.invoice_voided("inv_s"))
     note = send(integration, f.credit_note("inv_s", "5.00"))
@@ -284,8 +283,6 @@ def test_a_provider_that_passes_a_parked_event_holds_the_next_provider(entity, i
     """Credit note parked on its invoice; the issue and the amendment of that invoice both accepted and not yet
     processed (two workers would take them at once): the issue may pass the parked credit note, the
     amendment must wait for the issue, which is running, not waiting (a random history found this)."""
-    from billing_sync import services as billing
-
     send(integration, f.customer("cus_p"))
     note = send(integration, f.credit_note("inv_p", "5.00"))
     assert note["exception"]["code"] == "awaiting_dependency"
@@ -312,8 +309,6 @@ def test_the_sweep_takes_a_provider_whose_recorded_holder_now_waits_for_it(entit
     """The customer was held behind its invoice while that was running; the invoice then parked waiting for
     the customer. Had the wake-up been lost with a killed worker, the sweep must still take the customer
     (the production-layout test found it left behind)."""
-    from billing_sync import services as billing
-
     monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
     invoice = send(integration, f.invoice("inv_h", customer_id="cus_h", lines=[("10.00", "0")]))
     customer = send(integration, f.customer("cus_h"))

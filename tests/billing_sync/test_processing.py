@@ -7,6 +7,7 @@ payment under a new event id books nothing.
 """
 import pytest
 
+from billing_sync import services as billing
 from billing_sync.models import CanonicalChange, Customer, Event, Invoice, Payment, PaymentAllocation
 from billing_sync.services import processing
 from exceptions_queue.models import ExceptionRecord
@@ -239,9 +240,6 @@ def test_same_event_delivered_twice_is_processed_once(entity, integration):
 def test_a_dependency_that_committed_during_processing_is_not_waited_for_forever(entity, integration,
                                                                                  django_capture_on_commit_callbacks):
     """The race: the customer commits (and wakes no one) while the invoice is still finding it missing."""
-    from billing_sync import services as billing
-    from billing_sync.models import Customer, Event
-
     customer = f.customer()
     invoice = f.invoice(customer_id=customer["data"]["customer_id"])
     integration.send(invoice)

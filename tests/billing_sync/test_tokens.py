@@ -10,6 +10,7 @@ import io
 import json
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.db import connection
 from django.test import Client
@@ -317,8 +318,6 @@ def test_revoke_token_for_a_user(entity):
 
 # --------------------------------------------------------------------------------------------- admin
 def _admin_client(username, role) -> Client:
-    from django.contrib.auth import get_user_model
-
     _issue(username=username, role=role)
     client = Client()
     client.force_login(get_user_model().objects.get(username=username))

@@ -26,6 +26,7 @@ from ledger import services as ledger
 from ledger.models import Account, Journal
 from ledger.selectors import receivable_balance
 from tests import factories as f
+from tests.fixtures import Api
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()
@@ -435,7 +436,6 @@ def test_api_approvals_carry_the_reason_and_stay_inside_the_callers_entities(inv
     assert (body["reason"], body["requested_by"]) == ("Rounding residue", "fiona-ops")
     ledger.entity_setup(code="GB01", currency="GBP", actor="test")
     raw = tokens.token_issue(username="gail-gb", role="controller", entities=["GB01"], actor="test")
-    from tests.fixtures import Api
 
     outsider = Api(raw, controller.capture)
     assert outsider.get("/api/v1/approvals").json()["results"] == []

@@ -37,8 +37,20 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from django.conf import settings
+from django.db import connection, transaction
+from django.test import override_settings
+from rest_framework.test import APIClient
 
+from billing_sync import services as billing
+from billing_sync import tokens
+from config import correlation
+from config.celery import app
+from exceptions_queue import services as queue
+from ledger import services as ledger
+from tests.conftest import _test_database_url as build
 from tests.helpers import PrivateRedis
+from tests.standins.erpnext import ErpNextStandin
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 WORKER_QUEUES = "celery,posting,callbacks"
@@ -78,21 +90,12 @@ def _reset_broker_pools(app) -> None:
 
 
 def _test_database_url() -> str:
-    from django.db import connection
-
-    from tests.conftest import _test_database_url as build
-
     return build(connection.settings_dict)
 
 
 @pytest.fixture(scope="module")
 def fault_stack(private_redis, django_db_setup):
     """This process talks to the private Redis for the module: Celery (not eager) and the Django cache."""
-    from django.conf import settings
-    from django.test import override_settings
-
-    from config.celery import app
-
     url = private_redis.url
     caches = copy.deepcopy(settings.CACHES)
     caches["default"]["LOCATION"] = url
@@ -257,8 +260,6 @@ class Workers:
 @pytest.fixture
 def workers(fault_stack, transactional_db, tmp_path):
     """Real workers for this test (start them with `workers.start(**env)`); all killed and Redis flushed after."""
-    from config.celery import app
-
     fault_stack.flush()
     pool = Workers(app, _test_database_url(), fault_stack.url, tmp_path)
     try:
@@ -309,13 +310,6 @@ class CountingErp:
 @pytest.fixture
 def erp(workers, erp_standin):
     """An ERPNext stand-in (answers in this process) and entity US01 posting to it; committed."""
-    from django.db import transaction
-
-    from config import correlation
-    from exceptions_queue import services as queue
-    from ledger import services as ledger
-    from tests.standins.erpnext import ErpNextStandin
-
     standin = erp_standin(ErpNextStandin, api_key=ERP_TOKEN.split(":")[0], api_secret=ERP_TOKEN.split(":")[1],
                           slow_seconds=1.0)
     try:
@@ -337,10 +331,6 @@ def erp(workers, erp_standin):
 @pytest.fixture
 def source(fault_stack, transactional_db):
     """An API client holding an integration token, as a billing platform would."""
-    from rest_framework.test import APIClient
-
-    from billing_sync import tokens
-
     raw = tokens.token_issue(username="billing-system", role="integration", actor="test")
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {raw}")
@@ -366,9 +356,6 @@ class Harness:
 
     def sweep(self) -> None:
         """What beat would run: accepted events and the outbox (incl. expired posting leases)."""
-        from billing_sync import services as billing
-        from ledger import services as ledger
-
         billing.events_sweep_accepted(older_than_seconds=1)
         ledger.outbox_sweep(older_than_seconds=1)
         if self.redis.running:
@@ -435,6 +422,4 @@ class Harness:
 
 @pytest.fixture
 def harness(workers, fault_stack, erp):
-    from config.celery import app
-
     return Harness(workers, fault_stack, erp, app)

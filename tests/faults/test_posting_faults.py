@@ -21,8 +21,12 @@ from collections import Counter
 import pytest
 
 from billing_sync.models import Event, Invoice
+from billing_sync.selectors import invoice_resource
+from exceptions_queue import services as queue
 from exceptions_queue.models import ExceptionRecord
 from ledger.models import Journal, PostingAttempt
+from ledger.selectors import trial_balance
+from ledger.tasks import post_journal
 from tests import factories as f
 from tests.faults.conftest import FAULT_ENV, SWEEP_EVERY, VISIBILITY_TIMEOUT
 from tests.helpers import send_accepted
@@ -71,9 +75,6 @@ def setup_customers(client, harness, count) -> list[str]:
 
 def assert_books(erp, *, all_posted: bool = True) -> None:
     """No ERP document twice for one journal; each ERP document is a posted journal's; the books tie out."""
-    from billing_sync.selectors import invoice_resource
-    from ledger.selectors import trial_balance
-
     entries = list(erp.entries.values())
     by_cheque = Counter(e["cheque_no"] for e in entries if e["docstatus"] < 2)
     assert all(n == 1 for n in by_cheque.values()), f"an ERP document was created twice: {by_cheque}"
@@ -275,7 +276,6 @@ def test_a_permanent_erp_error_opens_an_exception_at_once_without_a_retry_storm(
 
     # Posting is at-least-once: a second delivery of the same task (a lease sweep after a crash, a
     # visibility-timeout redelivery) must not send a failed journal again; only a person's retry does.
-    from ledger.tasks import post_journal
 
     started = harness.wait_tasks_done(post_journal.name)
     post_journal.apply_async(args=[str(journal.pk)], queue="posting")
@@ -285,7 +285,6 @@ def test_a_permanent_erp_error_opens_an_exception_at_once_without_a_retry_storm(
     assert journal.status == Journal.Status.FAILED and journal.posting_attempts == 1
 
     # Fixed in the ERP, retried from the exception: posted, once.
-    from exceptions_queue import services as queue
 
     erp.fail_validation = None
     queue.exception_retry(exception_id=exception.pk, actor="test")

@@ -3,6 +3,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from audit.models import AuditEntry
+from ledger.models import Account, AccountMapping
 
 pytestmark = pytest.mark.django_db
 
@@ -43,8 +44,6 @@ def test_test_connection_action_reports_the_outcome(admin_client, entity):
 
 
 def test_mapping_an_erp_account_name_in_the_admin_is_audited(admin_client, entity):
-    from ledger.models import Account
-
     account = Account.objects.get(entity=entity, code="1200")
     response = admin_client.post(f"/admin/ledger/account/{account.pk}/change/", {
         "name": "Accounts receivable", "is_active": "on", "erp_account": "Debtors - TUS"})
@@ -56,8 +55,6 @@ def test_mapping_an_erp_account_name_in_the_admin_is_audited(admin_client, entit
 
 
 def test_remapping_a_posting_rule_role_in_the_admin_is_audited(admin_client, entity):
-    from ledger.models import Account, AccountMapping
-
     new = Account.objects.create(entity=entity, code="4100", name="Subscription revenue", type="income")
     mapping = AccountMapping.objects.get(entity=entity, role="revenue")
     response = admin_client.post(f"/admin/ledger/accountmapping/{mapping.pk}/change/", {"account": new.pk})

@@ -5,7 +5,7 @@ from decimal import Decimal
 import pytest
 
 from exceptions_queue.models import ExceptionRecord
-from ledger import services
+from ledger import connectors, services
 from ledger.models import ErpBatch, Journal
 from ledger.selectors import trial_balance
 from tests import factories as f
@@ -108,7 +108,6 @@ def test_an_ambiguous_batch_is_looked_up_not_sent_twice(batch_entity, integratio
     services.erp_batches_sweep(window_seconds=0)  # closes; the post task is not run yet
     batch = ErpBatch.objects.get()
     erp.faults.add("commit_then_502")
-    from ledger import connectors
 
     with pytest.raises(connectors.AmbiguousError):
         services.erp_batch_post(batch_id=batch.pk)

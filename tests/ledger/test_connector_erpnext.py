@@ -4,9 +4,11 @@ failure class (429 with Retry-After, 5xx, 417, 401, connection refused), and the
 """
 import pytest
 
+from exceptions_queue.models import ExceptionRecord
 from ledger import connectors, services
-from ledger.services import outbox
 from ledger.models import Journal, PostingAttempt
+from ledger.services import outbox
+from ledger.tasks import post_journal
 from tests import factories as f
 from tests.fixtures import erpnext_configure
 
@@ -144,9 +146,6 @@ def test_a_draft_left_behind_is_submitted_not_duplicated(erp, journal):
 
 
 def test_permanent_failure_in_the_task_opens_posting_failed_and_retry_posts(erp, journal, finance, monkeypatch):
-    from exceptions_queue.models import ExceptionRecord
-    from ledger.tasks import post_journal
-
     erp.fail_validation = "Posting date is in a closed fiscal year"
     post_journal.apply(args=[str(journal.pk)])
     journal.refresh_from_db()

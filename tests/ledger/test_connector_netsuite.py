@@ -7,14 +7,19 @@ with two records, or doubled lines, for one journal.
 
 Key pairs are made here with `cryptography` (throwaway; an EC P-256 key by default, RSA for PS256).
 """
+from concurrent.futures import ThreadPoolExecutor
+
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from exceptions_queue.models import ExceptionRecord
 from ledger import connectors, services
-from ledger.services import outbox
 from ledger.connectors import netsuite
-from ledger.models import Journal
+from ledger.models import ErpBatch, Journal
+from ledger.services import outbox
+from ledger.tasks import post_journal
 from tests import factories as f
 from tests.standins.netsuite import RECORD_PATH, NetSuiteStandin
 
@@ -159,8 +164,6 @@ def test_an_rsa_certificate_signs_the_assertion_with_ps256(monkeypatch, entity, 
 
 
 def test_the_assertion_carries_netsuites_claims(erp, erp_entity):
-    import jwt
-
     connector = connectors.get_connector(erp_entity)
     assertion = connector.client_assertion("ns-client-id", "ns-cert-1", "rest_webservices")
     header = jwt.get_unverified_header(assertion)
@@ -189,8 +192,6 @@ def test_the_access_token_is_cached_across_posts(erp, erp_entity, integration, h
 
 
 def test_threads_of_one_worker_fetch_one_token_between_them(erp, erp_entity):
-    from concurrent.futures import ThreadPoolExecutor
-
     connector = connectors.get_connector(erp_entity)
     erp.latency = 0.05  # so that the threads overlap while the first fetch is in flight
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -301,9 +302,6 @@ def test_an_unbalanced_entry_is_refused_with_user_error(erp, erp_entity):
 
 
 def test_a_validation_error_in_the_task_opens_posting_failed_and_retry_posts(erp, journal, finance, monkeypatch):
-    from exceptions_queue.models import ExceptionRecord
-    from ledger.tasks import post_journal
-
     erp.fail_validation = "The period you are trying to post to is closed."
     post_journal.apply(args=[str(journal.pk)])
     journal.refresh_from_db()
@@ -367,8 +365,6 @@ def test_timeout_before_anything_was_stored_is_sent_again_after_the_look_up(erp,
 
 def test_batch_mode_upserts_one_summarised_entry_by_the_batch_id(erp, entity, integration,
                                                                  django_capture_on_commit_callbacks):
-    from ledger.models import ErpBatch
-
     configure(entity, erp, posting_mode="batch")
     customer = f.customer()
     integration.send(customer)

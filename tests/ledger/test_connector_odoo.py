@@ -11,10 +11,12 @@ from types import SimpleNamespace
 import pytest
 from django.core.management import call_command
 
+from exceptions_queue.models import ExceptionRecord
 from ledger import connectors, services
-from ledger.services import outbox
 from ledger.connectors.odoo import classify_odoo_error, move_lines
-from ledger.models import Entity, Journal, PostingAttempt
+from ledger.models import Entity, ErpBatch, Journal, PostingAttempt
+from ledger.services import outbox
+from ledger.tasks import post_journal
 from tests import factories as f
 from tests.standins.odoo import ACCOUNTS, OdooStandin, raw_json2
 
@@ -279,9 +281,6 @@ def test_a_cancelled_move_does_not_count_as_posted(odoo, journal):
 
 # ------------------------------------------------------------------------------------------------ the task
 def test_permanent_failure_in_the_task_opens_posting_failed_and_retry_posts(odoo, journal, finance, monkeypatch):
-    from exceptions_queue.models import ExceptionRecord
-    from ledger.tasks import post_journal
-
     odoo.fail_validation = "The entry is not balanced."
     post_journal.apply(args=[str(journal.pk)])
     journal.refresh_from_db()
@@ -298,8 +297,6 @@ def test_permanent_failure_in_the_task_opens_posting_failed_and_retry_posts(odoo
 
 def test_batch_mode_posts_one_summarised_move_with_the_batch_id_as_ref(odoo, odoo_entity, integration,
                                                                        django_capture_on_commit_callbacks):
-    from ledger.models import ErpBatch
-
     odoo_entity.posting_mode = "batch"
     odoo_entity.save()
     customer = f.customer()

@@ -10,6 +10,7 @@ from decimal import Decimal
 import pytest
 
 from billing_sync.models import Event
+from ledger import services as ledger
 from ledger.models import Account, Journal, JournalLine
 from tests import factories as f
 from tests.helpers import send
@@ -132,8 +133,6 @@ def test_invoice_line_revenue_account_4000_explicitly_is_the_default_account(ent
 
 
 def test_remapped_revenue_role_is_used_for_lines_without_revenue_account(entity, customer, integration, auditor):
-    from ledger import services as ledger
-
     Account.objects.create(entity=entity, code="4100", name="Services revenue", type=Account.Type.INCOME)
     ledger.account_mapping_set(entity=entity, role="revenue", account_code="4100", actor="test")
     event = send(integration, f.invoice("inv_map", customer_id=CUS, lines=[("20.00", "0"), ("30.00", "0", "4000")]))

@@ -11,6 +11,10 @@ import os
 from pathlib import Path
 
 import pytest
+from axe_playwright_python.sync_playwright import Axe
+from django.contrib.auth import get_user_model
+from django.test import Client
+from playwright.sync_api import sync_playwright
 
 from billing_sync import tokens
 from config import correlation
@@ -30,7 +34,6 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"browser tests need Debian's chromium at {CHROMIUM} (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
@@ -69,17 +72,12 @@ def shot(page, name: str) -> Path:
 
 def assert_accessible(page, where: str = ""):
     """axe-core (bundled with axe-playwright-python) finds no violation on the page as it is now."""
-    from axe_playwright_python.sync_playwright import Axe
-
     results = Axe().run(page)
     assert results.violations_count == 0, f"{where}\n{results.generate_report()}"
 
 
 def client_for(username: str, **kwargs):
     """A Django test client signed in as `username` (no password, no second factor: server-side pages only)."""
-    from django.contrib.auth import get_user_model
-    from django.test import Client
-
     client = Client(**kwargs)
     client.force_login(get_user_model().objects.get(username=username))
     return client

@@ -5,13 +5,16 @@ used), against the real PostgreSQL, and checks the outcome: where the browser is
 holds, which rows and audit entries exist.
 """
 import re
+import threading
 import time
 from base64 import b32decode
 from datetime import timedelta
 
 import pytest
 from axes.models import AccessAttempt
+from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 from django_otp.oath import TOTP
@@ -56,8 +59,6 @@ def code_for(device, *, ahead: int = 0) -> str:
 
 
 def confirmed_device(username) -> TOTPDevice:
-    from django.contrib.auth import get_user_model
-
     user = get_user_model().objects.get(username=username)
     return TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
 
@@ -154,8 +155,6 @@ def test_lockout_ends_after_the_cool_off(client, staff):
 
 
 def test_an_admin_unlock_lifts_the_lock_and_is_audited(client, staff):
-    from django.contrib.auth import get_user_model
-
     for _ in range(5):
         sign_in(client, "fiona-ops", "wrong-password")
     admin = get_user_model().objects.get(username="ada-admin")
@@ -320,8 +319,6 @@ def test_voluntary_enrolment_makes_finance_ops_give_the_code_too(client, staff, 
 
 
 def test_an_admin_reset_sends_the_user_back_to_enrolment(client, staff, two_factor_on, settings):
-    from django.contrib.auth import get_user_model
-
     settings.OTP_TOTP_THROTTLE_FACTOR = 0
     device = confirmed_device("carl-controller")
     sign_in(client, "carl-controller")
@@ -404,11 +401,6 @@ def test_two_factor_pages_need_the_password_step_first(client, staff):
 def test_one_code_sent_twice_at_once_signs_in_only_once(staff):
     """Two tabs (or an attacker racing the owner) submit the same code together: the device row is locked,
     so exactly one verification spends it."""
-    import threading
-
-    from django.contrib.auth import get_user_model
-    from django.db import connection
-
     device = confirmed_device("carl-controller")
     code = code_for(device)
     user = get_user_model().objects.get(username="carl-controller")

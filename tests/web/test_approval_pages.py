@@ -13,10 +13,13 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from billing_sync import adjustments, tokens
 from billing_sync.models import Event, Invoice, WriteOff
+from exceptions_queue import services as queue
 from exceptions_queue.models import Approval
 from ledger import services as ledger
 from ledger.models import Journal
@@ -376,8 +379,6 @@ def test_a_manual_journal_into_a_closed_period_is_refused_inline(entity, staff, 
 
 def test_a_manual_journal_below_the_policy_threshold_goes_to_its_posted_result(entity, staff,
                                                                              django_capture_on_commit_callbacks):
-    from exceptions_queue import services as queue
-
     queue.approval_policy_update(entity=entity, values={"manual_journal_threshold": Decimal("500")}, actor="test")
     client = staff("fiona-ops")
     response = _post(client, "/adjustments/journal/", {
@@ -409,9 +410,6 @@ def test_submitting_the_same_form_twice_raises_one_write_off(invoice, staff, dja
 
 
 def test_the_inbox_runs_a_fixed_number_of_queries(invoice, staff, raise_write_off):
-    from django.db import connection
-    from django.test.utils import CaptureQueriesContext
-
     client = staff("carl-controller")
     raise_write_off(invoice, "1.00", "fiona-ops")
     with CaptureQueriesContext(connection) as one:

@@ -17,6 +17,8 @@ from billing_sync import tokens
 from config import correlation
 from exceptions_queue.models import ExceptionRecord
 from ledger import services as ledger
+from ledger.connectors import builtin
+from ledger.connectors.base import PermanentError
 from ledger.models import Journal
 from portal.selectors import dashboard as dashboard_selectors
 from tests import factories as f
@@ -127,9 +129,6 @@ def test_age_buckets_and_retries_follow_the_clock(known_data, finance):
 
 
 def test_retries_count_failed_erp_attempts_and_retried_journals(entity, integration, finance, monkeypatch):
-    from ledger.connectors import builtin
-    from ledger.connectors.base import PermanentError
-
     customer = f.customer()
     integration.send(customer)
 

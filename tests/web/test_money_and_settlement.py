@@ -9,6 +9,7 @@ from django.template import Context, Template
 
 from billing_sync.models import Invoice
 from config.money import display, fmt
+from portal.templatetags.money import money_text
 from tests import factories as f
 from tests.web.conftest import client_for
 
@@ -115,6 +116,4 @@ def test_a_paid_invoice_reads_paid_with_grouped_amounts(entity, integration, fin
     ("2026-11-03", "USD", "2026-11-03"), (None, "USD", None),
 ])
 def test_version_diff_values_show_amounts_as_money_and_the_rest_as_they_are(value, currency, shown):
-    from portal.templatetags.money import money_text
-
     assert money_text(value, currency) == shown

@@ -4,6 +4,7 @@ auditors (no buttons, forged POSTs 403), CSRF, entity scope, and sign-in.
 """
 import datetime
 import re
+from decimal import Decimal
 
 import pytest
 from django.db import connection, transaction
@@ -12,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from billing_sync import tokens
+from exceptions_queue import services
 from exceptions_queue.models import ExceptionComment, ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Journal
@@ -313,8 +315,6 @@ def test_signed_out_visitors_go_to_sign_in(queue):
 
 # --------------------------------------------------------------------------------------------- without an event
 def test_callback_exception_without_an_entity_or_event(queue, fiona, aude):
-    from exceptions_queue import services
-
     with transaction.atomic():
         exc = services.exception_open_for_callback(source_system="billing-prod", message="callbacks gave up",
                                                    existing_id=None, event_id=None, actor="system")
@@ -329,8 +329,6 @@ def test_callback_exception_without_an_entity_or_event(queue, fiona, aude):
 def test_journal_without_an_event_that_failed_to_post(entity, erp_us01, finance, django_capture_on_commit_callbacks):
     """A journal with no event (as a manual one) that the ERP refused: its page shows the journal's trace,
     and a retry once the ERP recovers posts it."""
-    from decimal import Decimal
-
     erp_us01.fail_validation = "Cost center is mandatory"
     with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
         journal = ledger.journal_create(ledger.JournalSpec(

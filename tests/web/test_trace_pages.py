@@ -11,6 +11,7 @@ from audit.models import AuditEntry
 from billing_sync import tokens
 from billing_sync.models import Customer, Invoice
 from config import correlation
+from exceptions_queue import services as queue
 from exceptions_queue.models import ApprovalPolicy, ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Account, AccountMapping, Entity, Journal
@@ -136,8 +137,6 @@ def test_admin_history_view_renders_with_changes(book, model, lookup):
         with correlation.bound(None):
             ledger.entity_rename(entity=obj, name="Tieout US Inc.", actor="test")
     if model is ApprovalPolicy:
-        from exceptions_queue import services as queue
-
         with correlation.bound(None):
             queue.approval_policy_update(entity=obj.entity, values={"credit_note_threshold": "432.00"}, actor="test")
     if model is Account:
