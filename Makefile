@@ -22,12 +22,13 @@ FAST_MARKERS := not slow and not worker and not browser
 # Exports for the embedded services; empty for the variables that the environment already sets.
 EMBEDDED_ENV = exports="$$($(PY) -m config.embedded env)"; eval "$$exports"
 
-.PHONY: help venv install run test test-fast bench clean lock
+.PHONY: help venv install run test test-fast lint bench clean lock
 
 help:
 	@echo "make run        start Tieout (web, worker, beat) with demo data at http://127.0.0.1:$${PORT:-8000}/"
 	@echo "make test       run the whole test suite in parallel (PYTEST_ARGS=... passes arguments to pytest)"
 	@echo "make test-fast  the suite without the slow, worker and browser tests, in parallel"
+	@echo "make lint       the import layers (lint-imports) and ruff; make test runs it first"
 	@echo "make bench      run the benchmarks in bench/"
 	@echo "make clean      stop the embedded services and remove var/"
 	@echo "make venv       create .venv and install requirements.lock (run and test do this themselves)"
@@ -66,15 +67,21 @@ run: $(STAMP)
 	$(PY) manage.py collectstatic --noinput --verbosity 0; \
 	exec $(PY) -m config.devserver
 
-test: $(STAMP)
+test: $(STAMP) lint
 	$(EMBEDDED_ENV); \
 	export DJANGO_SETTINGS_MODULE=config.settings.test; \
 	exec $(PY) -m pytest -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) lint
 	$(EMBEDDED_ENV); \
 	export DJANGO_SETTINGS_MODULE=config.settings.test; \
 	exec $(PY) -m pytest -p no:cacheprovider $(XDIST) -m "$(FAST_MARKERS)" $(PYTEST_ARGS)
+
+# The layers of ARCHITECTURE.md (import-linter contracts in pyproject.toml) and the code rules (ruff: no
+# import inside a function, no unused or undefined name). `make test` runs this first.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --no-cache .
+	PYTHONPATH=. $(VENV)/bin/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(EMBEDDED_ENV); \
