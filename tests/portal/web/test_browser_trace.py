@@ -15,7 +15,7 @@ from audit import digests
 from audit.models import AuditEntry
 from ledger.models import Journal
 from tests import factories as f
-from tests.web.conftest import assert_accessible, login, shot
+from tests.portal.web.conftest import assert_accessible, login, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

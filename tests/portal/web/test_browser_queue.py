@@ -10,7 +10,7 @@ from exceptions_queue.models import ExceptionRecord
 from ledger.models import Journal
 from tests import factories as f
 from tests.helpers import send
-from tests.web.conftest import assert_accessible, login, shot
+from tests.portal.web.conftest import assert_accessible, login, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -24,7 +24,7 @@ from exceptions_queue.models import Approval
 from ledger import services as ledger
 from ledger.models import Journal
 from tests import factories as f
-from tests.web.conftest import client_for
+from tests.portal.web.conftest import client_for
 
 pytestmark = pytest.mark.django_db
 User = get_user_model()

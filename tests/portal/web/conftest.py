@@ -22,7 +22,7 @@ from config import correlation
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 CHROMIUM = os.environ.get("TIEOUT_CHROMIUM", "/usr/bin/chromium")
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+ARTIFACTS = Path(__file__).resolve().parents[3] / "artifacts" / "screenshots"
 PASSWORD = "correct-horse-battery-staple"
 # Flags for a closed network: no background connections, no first-run UI, no sandbox as root.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -9,7 +9,7 @@ import pytest
 from billing_sync.models import Invoice
 from exceptions_queue.models import Approval, ExceptionRecord
 from tests import factories as f
-from tests.web.conftest import assert_accessible, login, shot
+from tests.portal.web.conftest import assert_accessible, login, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

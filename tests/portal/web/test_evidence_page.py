@@ -25,7 +25,7 @@ from billing_sync import tokens
 from config import correlation
 from ledger import services as ledger
 from tests import factories as f
-from tests.web.conftest import client_for
+from tests.portal.web.conftest import client_for
 
 pytestmark = pytest.mark.django_db
 

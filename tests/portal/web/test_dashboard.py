@@ -22,7 +22,7 @@ from ledger.connectors.base import PermanentError
 from ledger.models import Journal
 from portal.selectors import dashboard as dashboard_selectors
 from tests import factories as f
-from tests.web.conftest import assert_accessible, shot
+from tests.portal.web.conftest import assert_accessible, shot
 
 pytestmark = pytest.mark.django_db
 

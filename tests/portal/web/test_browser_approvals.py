@@ -15,7 +15,7 @@ from billing_sync.models import CreditNote, Invoice
 from exceptions_queue.models import Approval
 from ledger.models import Journal
 from tests import factories as f
-from tests.web.conftest import assert_accessible, login, shot
+from tests.portal.web.conftest import assert_accessible, login, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ from billing_sync.models import Invoice
 from config.money import display, fmt
 from portal.templatetags.money import money_text
 from tests import factories as f
-from tests.web.conftest import client_for
+from tests.portal.web.conftest import client_for
 
 D = Decimal
 

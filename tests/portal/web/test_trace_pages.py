@@ -17,7 +17,7 @@ from ledger import services as ledger
 from ledger.models import Account, AccountMapping, Entity, Journal
 from tests import factories as f
 from tests.fixtures import erpnext_configure
-from tests.web.conftest import client_for
+from tests.portal.web.conftest import client_for
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 from django_otp.oath import TOTP
 
-from tests.web.conftest import PASSWORD, assert_accessible, login, shot
+from tests.portal.web.conftest import PASSWORD, assert_accessible, login, shot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
