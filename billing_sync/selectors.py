@@ -1,5 +1,5 @@
-"""Billing-sync reads: event resources (batched, no N+1), event lists, canonical invoices, status callbacks,
-API tokens (never their secret)."""
+"""Billing-sync reads: event resources (batched, no N+1), event lists and payloads, canonical invoices (and the
+ones a signed-in person may see), status callbacks, API tokens (never their secret)."""
 import django_filters
 from django.db.models import Q
 from django.utils import timezone
@@ -30,6 +30,11 @@ def events_visible_to(user, *, own_only: bool):
     """Source systems see what they sent; staff see the events of the entities they are granted."""
     qs = Event.objects.order_by("-received_at", "id").defer("payload", "response_body")
     return qs.filter(sent_by=user) if own_only else roles.scope(qs, user, "entity_code")
+
+
+def event_payload(event_id) -> dict:
+    """The payload an event arrived with, as stored; `Event.DoesNotExist` when there is no such event."""
+    return Event.objects.values_list("payload", flat=True).get(pk=event_id)
 
 
 def event_resources(events) -> list[dict]:
@@ -64,6 +69,28 @@ def invoice_resource(invoice: Invoice) -> dict:
 def invoice_by_identity(source_system: str, invoice_id: str) -> Invoice | None:
     return (Invoice.objects.select_related("entity", "customer")
             .filter(source_system=source_system, invoice_id=invoice_id).first())
+
+
+def invoices_for(user):
+    """The invoices of `user`'s entities, with their entity and customer."""
+    return roles.scope(Invoice.objects.select_related("entity", "customer"), user, "entity__code")
+
+
+def invoice_for(user, pk) -> Invoice | None:
+    """One invoice of `user`'s entities, None when there is no such invoice or it is another entity's."""
+    return invoices_for(user).filter(pk=pk).first()
+
+
+def invoices_search(user, text: str):
+    """The invoices of `user`'s entities whose id or number is (or contains) `text`, newest issued first; with
+    no text, the open ones."""
+    invoices = invoices_for(user)
+    if text:
+        invoices = invoices.filter(Q(invoice_id=text) | Q(number__iexact=text) | Q(number__icontains=text)
+                                   | Q(invoice_id__icontains=text))
+    else:
+        invoices = invoices.filter(status=Invoice.Status.OPEN)
+    return invoices.order_by("-issue_date", "-id")
 
 
 class CallbackDeliveryFilter(django_filters.FilterSet):

@@ -1,5 +1,5 @@
-"""Exception-queue reads: filtered, entity-scoped, keyset-paginated lists of exceptions; approvals; an
-event's latest exception.
+"""Exception-queue reads: filtered, entity-scoped, keyset-paginated lists of exceptions; one exception;
+approvals; an event's latest exception; the status and process choices pages compare against.
 """
 import base64
 import datetime
@@ -27,6 +27,11 @@ def latest_exceptions(event_ids) -> dict:
         out[exc.event_id] = exception_brief(exc)
     return out
 
+
+# The choices, for pages and views that compare or list them (they never import the models).
+ExceptionStatus = ExceptionRecord.Status
+ExceptionProcess = ExceptionRecord.Process
+ApprovalStatus = Approval.Status
 
 UNRESOLVED = (ExceptionRecord.Status.OPEN, ExceptionRecord.Status.ASSIGNED)
 
@@ -144,6 +149,12 @@ def visible_exceptions(user):
 
 def visible_exception(user, pk) -> ExceptionRecord | None:
     return visible_exceptions(user).filter(pk=pk).first()
+
+
+def exception_get(pk) -> ExceptionRecord:
+    """One exception as it is stored now (say, after an action committed); `ExceptionRecord.DoesNotExist`
+    when there is none."""
+    return ExceptionRecord.objects.get(pk=pk)
 
 
 PAGE_SIZE = 50

@@ -1,4 +1,6 @@
-"""Ledger reads: trial balance, an invoice's receivable balance, journal lists (django-filter)."""
+"""Ledger reads: trial balance, an invoice's receivable balance, journal lists (django-filter), entities and
+entity access, active accounts. Reads for a signed-in person are narrowed to their entities with
+`config.roles.scope`."""
 import datetime
 from decimal import Decimal
 
@@ -6,8 +8,9 @@ import django_filters
 from django.db.models import Sum
 from django.db.models.functions import Coalesce
 
-from ledger.models import Account, AccountMapping, Entity, EntityAccess, Journal, JournalLine
+from config import roles
 from config.money import ZERO
+from ledger.models import Account, AccountMapping, Entity, EntityAccess, Journal, JournalLine
 
 def trial_balance(*, entity: Entity, as_of: datetime.date | None = None) -> dict:
     """Debits, credits and balance per account over posted journals up to `as_of`."""
@@ -58,7 +61,7 @@ def entity_codes_granted(user) -> frozenset[str] | None:
 
     `config.roles.entity_codes` asks this (admins see everything without asking).
     """
-    access = EntityAccess.objects.filter(user=user).first()
+    access = entity_access_of(user)
     if access is None:
         return frozenset()
     if access.all_entities:
@@ -66,8 +69,44 @@ def entity_codes_granted(user) -> frozenset[str] | None:
     return frozenset(access.entities.values_list("code", flat=True))
 
 
+def entity_access_of(user) -> EntityAccess | None:
+    """The user's entity grant (all entities, or the listed ones), None when never granted any."""
+    return EntityAccess.objects.filter(user=user).first()
+
+
 def entity_for_code(code: str) -> Entity | None:
     return Entity.objects.filter(code=code).first()
+
+
+def entities():
+    """Every entity, by code."""
+    return Entity.objects.order_by("code")
+
+
+def entities_for(user):
+    """The entities `user` may see, by code."""
+    return roles.scope(entities(), user, "code")
+
+
+def entity_codes_for(user) -> list[str]:
+    """The codes of the entities `user` may see, in order."""
+    return list(entities_for(user).values_list("code", flat=True))
+
+
+def entity_currencies() -> dict[str, str]:
+    """Each entity's currency, by entity code."""
+    return dict(Entity.objects.values_list("code", "currency"))
+
+
+def accounts_active(entity: Entity):
+    """The accounts of `entity` that may be posted to, by code."""
+    return Account.objects.filter(entity=entity, is_active=True).order_by("code")
+
+
+def manual_journal_for(user, pk) -> Journal | None:
+    """A manual journal of one of `user`'s entities (with its entity), None when there is no such journal."""
+    return roles.scope(Journal.objects.select_related("entity"), user, "entity__code").filter(
+        pk=pk, kind="manual").first()
 
 
 def journals():

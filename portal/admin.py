@@ -22,8 +22,8 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from config.admin_mixins import FastCountPaginator, ReadOnlyAdminMixin
 from config.errors import TieoutError
 from config.roles import ROLES
+from ledger import selectors as ledger_selectors
 from ledger import services as ledger
-from ledger.models import Entity, EntityAccess
 from portal import auth_services
 
 User = get_user_model()
@@ -36,7 +36,7 @@ class UserChangeForm(auth_forms.UserChangeForm):
                                                 "systems (API tokens), not people.")
     all_entities = forms.BooleanField(required=False, label="All entities",
                                       help_text="Every entity, present and future (admins always see all).")
-    entities = forms.ModelMultipleChoiceField(queryset=Entity.objects.order_by("code"), required=False,
+    entities = forms.ModelMultipleChoiceField(queryset=ledger_selectors.entities(), required=False,
                                               widget=forms.CheckboxSelectMultiple, to_field_name="code",
                                               help_text="Used when “All entities” is off.")
 
@@ -48,7 +48,7 @@ class UserChangeForm(auth_forms.UserChangeForm):
         user = self.instance
         if user.pk:
             self.fields["roles"].initial = sorted(user.groups.filter(name__in=ROLES).values_list("name", flat=True))
-            access = EntityAccess.objects.filter(user=user).first()
+            access = ledger_selectors.entity_access_of(user)
             self.fields["all_entities"].initial = bool(access and access.all_entities)
             self.fields["entities"].initial = list(access.entities.all()) if access else []
 

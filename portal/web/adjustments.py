@@ -12,19 +12,17 @@ import uuid
 
 from django import forms
 from django.contrib import messages
-from django.db.models import Q
 from django.forms import formset_factory
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 
 from billing_sync import adjustments
-from billing_sync.models import Invoice
-from config import roles
+from billing_sync import selectors as billing_selectors
 from config.errors import TieoutError
 from exceptions_queue import services as queue
+from ledger import selectors as ledger_selectors
 from ledger import services as ledger
-from ledger.models import Account, Entity, Journal
 from config.money import fmt, minor_units
 from portal.selectors import approvals as approval_selectors
 from portal.web.access import WORKERS, page
@@ -34,18 +32,14 @@ DEFAULT_LINES = 4
 
 
 # --------------------------------------------------------------------------------------------- helpers
-def _invoices(user):
-    return roles.scope(Invoice.objects.select_related("entity", "customer"), user, "entity__code")
-
-
-def _invoice_or_404(request, pk) -> Invoice:
-    invoice = _invoices(request.user).filter(pk=pk).first()
+def _invoice_or_404(request, pk):
+    invoice = billing_selectors.invoice_for(request.user, pk)
     if invoice is None:
         raise Http404("No such invoice.")
     return invoice
 
 
-def _summary(invoice: Invoice) -> dict:
+def _summary(invoice) -> dict:
     c = invoice.currency
     return {"pk": invoice.pk, "number": invoice.number, "invoice_id": invoice.invoice_id,
             "source_system": invoice.source_system, "entity": invoice.entity.code, "currency": c,
@@ -74,13 +68,7 @@ def _apply_errors(form, exc: TieoutError, field_map: dict | None = None) -> None
 @page(read=WORKERS, write=WORKERS)
 def index(request):
     q = (request.GET.get("q") or "").strip()
-    invoices = _invoices(request.user)
-    if q:
-        invoices = invoices.filter(Q(invoice_id=q) | Q(number__iexact=q) | Q(number__icontains=q)
-                                   | Q(invoice_id__icontains=q))
-    else:
-        invoices = invoices.filter(status=Invoice.Status.OPEN)
-    rows = [_summary(i) for i in invoices.order_by("-issue_date", "-id")[:SEARCH_LIMIT]]
+    rows = [_summary(i) for i in billing_selectors.invoices_search(request.user, q)[:SEARCH_LIMIT]]
     return render(request, "adjustments/index.html", {"q": q, "rows": rows, "limit": SEARCH_LIMIT})
 
 
@@ -216,13 +204,8 @@ LineFormSet = formset_factory(JournalLineForm, extra=0, max_num=ledger.MANUAL_JO
                               absolute_max=ledger.MANUAL_JOURNAL_MAX_LINES)
 
 
-def _entities(user):
-    return list(roles.scope(Entity.objects.order_by("code"), user, "code"))
-
-
 def _line_formset(entity, data=None, *, lines: int = DEFAULT_LINES):
-    choices = [(a.code, f"{a.code} {a.name}") for a in Account.objects.filter(entity=entity, is_active=True)
-               .order_by("code")]
+    choices = [(a.code, f"{a.code} {a.name}") for a in ledger_selectors.accounts_active(entity)]
     kwargs = {"prefix": "lines", "form_kwargs": {"account_choices": choices}}
     if data is not None:
         return LineFormSet(data, **kwargs)
@@ -252,7 +235,7 @@ def _journal_error_fields(exc: TieoutError, header, formset) -> None:
 
 @page(read=WORKERS, write=WORKERS)
 def manual_journal(request):
-    entities = _entities(request.user)
+    entities = list(ledger_selectors.entities_for(request.user))
     source = request.POST if request.method == "POST" else request.GET
     code = (source.get("entity") or "").strip()
     if not code and len(entities) == 1:
@@ -313,8 +296,7 @@ def _journal_context(entity, entities, header, formset, refusal, *, quiet=False)
 
 @page(read=WORKERS, write=WORKERS)
 def manual_journal_result(request, pk):
-    journal = roles.scope(Journal.objects.select_related("entity"), request.user, "entity__code").filter(
-        pk=pk, kind="manual").first()
+    journal = ledger_selectors.manual_journal_for(request.user, pk)
     if journal is None:
         raise Http404("No such journal.")
     approval = getattr(journal, "approval", None)

@@ -15,7 +15,7 @@ from django.urls import path, reverse
 
 from config.errors import ApiError
 from exceptions_queue import services
-from exceptions_queue.models import Approval
+from exceptions_queue.selectors import ApprovalStatus
 from portal.selectors import approvals as selectors
 from portal.web.access import DECIDERS, READERS, page
 
@@ -37,7 +37,7 @@ def inbox(request):
     })
 
 
-def _approval_or_404(request, pk) -> Approval:
+def _approval_or_404(request, pk):
     approval = selectors.approval_for(request.user, pk)
     if approval is None:
         raise Http404("No such approval.")
@@ -72,7 +72,7 @@ def _decide(request, pk, decide, verb: str):
     decided.refresh_from_db()
     if verb == "reject":
         messages.success(request, f"Rejected {decided.document_id}: its journal will never post.")
-    elif decided.status == Approval.Status.APPROVED:
+    elif decided.status == ApprovalStatus.APPROVED:
         messages.success(request, f"Approved {decided.document_id}: its journal is released to post.")
     else:
         given = decided.decisions.filter(decision="approve").count()

@@ -18,13 +18,13 @@ from django.urls import path, reverse
 from django.utils.dateparse import parse_datetime
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from billing_sync.models import Event
+from billing_sync import selectors as billing_selectors
 from config import roles
 from config.errors import TieoutError
 from exceptions_queue import selectors, services, sla
-from exceptions_queue.models import ExceptionRecord
-from ledger.models import Entity
+from exceptions_queue.selectors import ExceptionProcess, ExceptionStatus
 from config.money import display
+from ledger import selectors as ledger_selectors
 from portal import lineage
 from portal.web.access import READERS, WORKERS, page
 
@@ -44,20 +44,12 @@ def _workers(entity_code: str = ""):
     return list(users)
 
 
-def _currencies() -> dict:
-    return dict(Entity.objects.values_list("code", "currency"))
-
-
 def _amount(exc, currencies) -> str:
     if exc.amount is None:
         return ""
     currency = currencies.get(exc.entity_code)
     # For the pages only (grouped thousands, the currency's digits): exports and the API keep plain digits.
     return f"{display(exc.amount, currency)} {currency}" if currency else display(exc.amount.normalize())
-
-
-def _visible_entities(user) -> list[str]:
-    return list(roles.scope(Entity.objects.order_by("code"), user, "code").values_list("code", flat=True))
 
 
 def _safe_next(request, fallback: str) -> str:
@@ -79,14 +71,14 @@ def queue_list(request):
     if not params.get("status"):
         params["status"] = "unresolved"  # the work still to do, unless asked otherwise
     filter_data = {k: v for k, v in params.items() if k in FILTER_FIELDS and v and not (k == "status" and v == "all")}
-    filterset = selectors.ExceptionFilter(filter_data, queryset=selectors.visible_exceptions(request.user),
-                                          request=request)
-    queryset = filterset.qs if filterset.is_valid() else ExceptionRecord.objects.none()
+    visible = selectors.visible_exceptions(request.user)
+    filterset = selectors.ExceptionFilter(filter_data, queryset=visible, request=request)
+    queryset = filterset.qs if filterset.is_valid() else visible.none()
     result = selectors.queue_page(queryset, after=params.get("after", ""), before=params.get("before", ""))
-    currencies = _currencies()
+    currencies = ledger_selectors.entity_currencies()
     now = datetime.datetime.now(datetime.timezone.utc)
     rows = [{"exc": exc, "age": sla.age_of(exc, now), "amount": _amount(exc, currencies),
-             "resolved": exc.status == ExceptionRecord.Status.RESOLVED} for exc in result.rows]
+             "resolved": exc.status == ExceptionStatus.RESOLVED} for exc in result.rows]
     base = params.copy()
     for key in ("after", "before"):
         base.pop(key, None)
@@ -99,8 +91,8 @@ def queue_list(request):
 
     return render(request, "exceptions/list.html", {
         "rows": rows, "params": params, "filtered": any(request.GET.get(k) for k in FILTER_FIELDS),
-        "codes": sorted(sla.SLA_HOURS), "processes": ExceptionRecord.Process.choices,
-        "entities": _visible_entities(request.user), "statuses": STATUS_CHOICES, "ages": AGE_CHOICES,
+        "codes": sorted(sla.SLA_HOURS), "processes": ExceptionProcess.choices,
+        "entities": ledger_selectors.entity_codes_for(request.user), "statuses": STATUS_CHOICES, "ages": AGE_CHOICES,
         "workers": _workers(), "here": request.get_full_path(),
         "next_link": link(after=result.next_cursor) if result.next_cursor else None,
         "prev_link": link(before=result.prev_cursor) if result.prev_cursor else None,
@@ -172,17 +164,17 @@ def _run(request, exc, action: str) -> None:
     elif action == "retry":
         services.exception_retry(exception_id=pk, actor=user)
         # Committed: follow-ups (a re-sent journal's posting) have run or are queued; say where it stands now.
-        after = ExceptionRecord.objects.get(pk=pk)
-        if after.status == ExceptionRecord.Status.RESOLVED:
+        after = selectors.exception_get(pk)
+        if after.status == ExceptionStatus.RESOLVED:
             messages.success(request, "Retried: the exception is resolved.")
-        elif after.process == ExceptionRecord.Process.POSTING:
+        elif after.process == ExceptionProcess.POSTING:
             messages.info(request, "Retried: the failed journals were sent to the ERP again.")
         else:
             messages.warning(request, f"Retried; still {after.status}: {after.code}: {after.message}")
     elif action == "replay":
         services.exception_replay(exception_id=pk, actor=user)
-        after = ExceptionRecord.objects.get(pk=pk)
-        if after.status == ExceptionRecord.Status.RESOLVED:
+        after = selectors.exception_get(pk)
+        if after.status == ExceptionStatus.RESOLVED:
             messages.success(request, "Replayed from the stored payload: the exception is resolved.")
         else:
             messages.warning(request, f"Replayed; still {after.status}: {after.code}: {after.message}")
@@ -214,11 +206,11 @@ def exception_detail(request, pk):
     trace = _with_datetimes(lineage.exception_trace(exc.pk))
     payload = None
     if exc.event_id:
-        payload = json.dumps(Event.objects.values_list("payload", flat=True).get(pk=exc.event_id), indent=2,
-                             sort_keys=True, ensure_ascii=False)
-    resolved = exc.status == ExceptionRecord.Status.RESOLVED
+        payload = json.dumps(billing_selectors.event_payload(exc.event_id), indent=2, sort_keys=True,
+                             ensure_ascii=False)
+    resolved = exc.status == ExceptionStatus.RESOLVED
     return render(request, "exceptions/detail.html", {
-        "exc": exc, "age": sla.age_of(exc), "amount": _amount(exc, _currencies()), "resolved": resolved,
+        "exc": exc, "age": sla.age_of(exc), "amount": _amount(exc, ledger_selectors.entity_currencies()), "resolved": resolved,
         "comments": selectors.exception_comments(exc), "trace": trace, "payload": payload,
         "workers": _workers(exc.entity_code) if not resolved else [],
         "replay_refusal": services.exception_replay_refusal(exc),

@@ -11,19 +11,17 @@ import datetime
 import json
 import re
 import tempfile
-import uuid
 
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import include, path, reverse
 
 from audit import digests
-from billing_sync.models import Event, Invoice
 from config import roles
-from exceptions_queue.selectors import visible_exception
-from ledger.models import Entity, ErpBatch, Journal
+from ledger import selectors as ledger_selectors
 from portal import lineage
 from portal.evidence import export_evidence
+from portal.selectors import trace as trace_selectors
 from portal.web.access import READERS, page
 from portal.web.queue import _with_datetimes
 
@@ -33,74 +31,29 @@ SEARCH_LABEL = "Find by event id, journal id, invoice id or ERP document referen
 _EXTRA_TIMES = {"history_date"}
 
 
-def _entities(user) -> list[str]:
-    return list(roles.scope(Entity.objects.order_by("code"), user, "code").values_list("code", flat=True))
-
-
-def _as_uuid(text: str):
-    try:
-        return uuid.UUID(text)
-    except ValueError:
-        return None
-
-
-class _Ambiguous(Exception):
-    """The reference is an ERP document of several entities: the reader must say which."""
-
-    def __init__(self, entities):
-        super().__init__(entities)
-        self.entities = entities
+# The page each kind of search result opens.
+_TARGET_PAGES = {"event": "web-trace-event", "journal": "web-trace-journal", "exception": "web-exception-detail",
+                 "erp": "web-trace-erp", "invoice": "web-trace-invoice"}
 
 
 def _locate(user, query: str, entity: str) -> str | None:
     """Where the search text leads (a page URL), looking only inside the user's entities."""
-    codes = [entity] if entity else None  # None: every entity the user sees
-    events = roles.scope(Event.objects.all(), user, "entity_code")
-    journals = roles.scope(Journal.objects.all(), user, "entity__code")
-    invoices = roles.scope(Invoice.objects.all(), user, "entity__code")
-    if codes:
-        events, journals, invoices = (events.filter(entity_code__in=codes), journals.filter(entity__code__in=codes),
-                                      invoices.filter(entity__code__in=codes))
-    as_uuid = _as_uuid(query)
-    if as_uuid is not None:
-        if events.filter(pk=as_uuid).exists():
-            return reverse("web-trace-event", args=[as_uuid])
-        if journals.filter(pk=as_uuid).exists():
-            return reverse("web-trace-journal", args=[as_uuid])
-        if visible_exception(user, as_uuid) is not None:
-            return reverse("web-exception-detail", args=[as_uuid])
-    # ERP references are unique per entity, not globally: the entity chosen (or the only one that has it).
-    # Journals outside a batch and batches: both probe their unique (entity, erp_document_ref) index.
-    ref_entities = set(journals.filter(erp_batch__isnull=True, erp_document_ref=query)
-                       .values_list("entity__code", flat=True))
-    ref_entities |= set(roles.scope(ErpBatch.objects.filter(erp_document_ref=query), user, "entity__code")
-                        .filter(**({"entity__code__in": codes} if codes else {}))
-                        .values_list("entity__code", flat=True))
-    if len(ref_entities) == 1:
-        return reverse("web-trace-erp", args=[ref_entities.pop(), query])
-    if len(ref_entities) > 1:
-        raise _Ambiguous(sorted(ref_entities))
-    invoice = invoices.filter(invoice_id=query).order_by("source_system").first()
-    if invoice is not None:
-        return reverse("web-trace-invoice", args=[invoice.source_system, invoice.invoice_id])
-    event = events.filter(event_id=query).order_by("received_at").first()
-    if event is not None:
-        return reverse("web-trace-event", args=[event.pk])
-    return None
+    target = trace_selectors.locate(user, query, entity)
+    return reverse(_TARGET_PAGES[target.kind], args=target.args) if target else None
 
 
 @page(read=READERS)
 def trace_search(request):
     query = (request.GET.get("q") or "").strip()
     entity = (request.GET.get("entity") or "").strip()
-    entities = _entities(request.user)
+    entities = ledger_selectors.entity_codes_for(request.user)
     context = {"query": query, "entity": entity, "entities": entities, "label": SEARCH_LABEL, "not_found": False}
     if query:
         if entity and entity not in entities:
             entity = ""  # not one of theirs: search what they may see, never the other entity
         try:
             target = _locate(request.user, query, entity)
-        except _Ambiguous as ambiguous:
+        except trace_selectors.Ambiguous as ambiguous:
             context["ambiguous"] = ambiguous.entities
             return render(request, "audit/search.html", context)
         if target:
@@ -167,7 +120,7 @@ def _evidence_form(request, entities):
 
 @page(read=EVIDENCE_ROLES, write=EVIDENCE_ROLES)
 def evidence(request):
-    entities = _entities(request.user)
+    entities = ledger_selectors.entity_codes_for(request.user)
     today = datetime.datetime.now(datetime.UTC).date()
     if request.method != "POST":
         values = {"entity": entities[0] if entities else "", "date_from": today.replace(day=1).isoformat(),
