@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from audit import services as audit
 from audit.models import AuditEntry, AuditSeal
+from config.errors import TieoutError
 from ledger import services as ledger
 from ledger.models import Account, Journal, JournalLine
 
@@ -179,7 +180,7 @@ def test_journal_create_refuses_to_write_an_unbalanced_journal(entity):
         ledger.LineSpec(debit=Decimal("1.00"), role="receivable"),
         ledger.LineSpec(credit=Decimal("2.00"), role="revenue"),
     ])
-    with pytest.raises(ledger.TieoutError, match="does not balance"):
+    with pytest.raises(TieoutError, match="does not balance"):
         with transaction.atomic():
             ledger.journal_create(spec, actor="test")
     assert not Journal.objects.exists()

@@ -16,6 +16,7 @@ import pytest
 from django.db import connection, transaction
 
 from ledger import services as ledger
+from ledger.services import outbox, posting
 from ledger.models import DocumentSequence, Journal, Outbox, PostingAttempt
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,7 +27,7 @@ THREADS = 8
 @pytest.fixture
 def no_relay(monkeypatch):
     """Journals stay `ready`: the after-commit relay (which would post them eagerly) does nothing."""
-    monkeypatch.setattr(ledger, "outbox_relay", lambda outbox_ids: None)
+    monkeypatch.setattr(outbox, "outbox_relay", lambda outbox_ids: None)
 
 
 def _ready_journals(entity, count: int, *, day=datetime.date(2026, 11, 1)) -> list:
@@ -166,16 +167,16 @@ class _Boom(Exception):
 
 def test_a_rolled_back_posting_gives_its_number_back(entity, no_relay, monkeypatch):
     first, second = _ready_journals(entity, 2)
-    real_mark_posted = ledger._mark_posted
+    real_mark_posted = posting._mark_posted
 
     def mark_then_fail(journal, result, connector_name, **kw):
         real_mark_posted(journal, result, connector_name, **kw)
         raise _Boom(f"crash after numbering {result.erp_document_ref}")
 
-    monkeypatch.setattr(ledger, "_mark_posted", mark_then_fail)
+    monkeypatch.setattr(posting, "_mark_posted", mark_then_fail)
     with pytest.raises(_Boom, match="JE-US01-2026-000001"):
         ledger.journal_post(journal_id=first, actor="test")
-    monkeypatch.setattr(ledger, "_mark_posted", real_mark_posted)
+    monkeypatch.setattr(posting, "_mark_posted", real_mark_posted)
 
     journal = Journal.objects.get(pk=first)
     assert journal.status == Journal.Status.READY
@@ -204,7 +205,7 @@ def test_concurrent_posting_with_rollbacks_stays_gapless(entity, no_relay, monke
     doomed = set(ids[::4])  # every fourth journal's first posting crashes after it took a number
     crashed = set()
     lock = threading.Lock()
-    real_mark_posted = ledger._mark_posted
+    real_mark_posted = posting._mark_posted
 
     def sometimes_fail(journal, result, connector_name, **kw):
         real_mark_posted(journal, result, connector_name, **kw)
@@ -215,7 +216,7 @@ def test_concurrent_posting_with_rollbacks_stays_gapless(entity, no_relay, monke
         if crash:
             raise _Boom(str(journal.pk))
 
-    monkeypatch.setattr(ledger, "_mark_posted", sometimes_fail)
+    monkeypatch.setattr(posting, "_mark_posted", sometimes_fail)
 
     def post_with_one_retry(journal_id):
         try:
