@@ -22,6 +22,7 @@ What here is not obvious:
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import pytest
 import redis
+import structlog
 from django.conf import settings
 from django.core.management import call_command
 from django.db import connection
@@ -71,6 +73,23 @@ def _flush_without_triggers() -> None:
 
 
 _flush_without_triggers()
+
+
+# Logged tracebacks as plain text -----------------------------------------------------------------------
+
+
+def _plain_tracebacks() -> None:
+    """structlog's console renderer (config/logging.py, used by the test settings) draws a logged
+    exception with rich: every frame, its locals, syntax-highlighted, about 2 s of CPU per traceback
+    here. Django logs one for every PermissionDenied (each 403 of the admin), so the tests render them
+    as plain tracebacks; what is logged stays the same."""
+    for handler in logging.getLogger().handlers:
+        for processor in getattr(handler.formatter, "processors", ()):
+            if isinstance(processor, structlog.dev.ConsoleRenderer):
+                processor.exception_formatter = structlog.dev.plain_traceback
+
+
+_plain_tracebacks()
 
 
 # Test databases: one per xdist process, per run or (--reuse-db) per checkout -----------------------

@@ -13,6 +13,8 @@ import time
 from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+POLL_INTERVAL = 0.02  # seconds
+
 
 class Faults:
     def __init__(self):
@@ -102,7 +104,8 @@ class Standin:
         server.daemon_threads = True
         server.app = self
         self._server = server
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        # A short poll: stop() waits for the serving loop's next poll (0.5 s by default), after every test.
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL}, daemon=True).start()
         return self
 
     def stop(self) -> None:
