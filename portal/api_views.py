@@ -9,7 +9,7 @@ from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_sche
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from billing_sync.views import EVENT_READERS, event_for
+from billing_sync.views.events import EVENT_READERS, event_for
 from config import roles
 from config.errors import ApiError, Codes, NotFound
 from exceptions_queue import selectors
@@ -33,7 +33,7 @@ def _traced(build, *args, user):
         raise NotFound(str(missing)) from None
 
 
-# Source systems too: each reads the traces of the events it sent (billing_sync.views.event_for decides).
+# Source systems too: each reads the traces of the events it sent (billing_sync.views.events.event_for decides).
 class EventTraceView(APIView):
     permission_classes = [EVENT_READERS]
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from billing_sync import views
+from billing_sync.views import events as views
 from billing_sync.models import Receipt
 from tests import factories as f
 
