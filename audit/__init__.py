@@ -1,0 +1,1 @@
+"""The audit app: the append-only, hash-chained audit log."""

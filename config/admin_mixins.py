@@ -1,16 +1,5 @@
-"""Shared admin pieces: read-only records, and list pages that stay fast on tables of millions of rows.
-
-* `ReadOnlyAdminMixin`: rows that only services may write (audited) are viewed, never edited here.
-* `FastCountPaginator`: Django's changelist counts every row it could show (`SELECT COUNT(*)`) on every
-  page load; on a table of millions that is a sequential scan each time. Unfiltered, we use PostgreSQL's
-  own estimate (`pg_class.reltuples`, kept by autovacuum/ANALYZE); filtered, we count at most CAP + 1
-  rows (`SELECT count(*) FROM (SELECT ... LIMIT CAP + 1)`), which an index range scan answers quickly.
-* `LargeTableAdminMixin`: that paginator, no full-result count, no facet counts, sorting only on the
-  columns a model admin names (indexed ones), exact-match search on the indexed columns named in
-  `search_fields` (a value that is not valid for a column, say "abc" for a UUID, simply matches nothing
-  there), and rows narrowed to the user's entities (`entity_field`; models without an entity column are
-  shown only to users who may see every entity).
-"""
+"""Shared admin pieces: read-only records (`ReadOnlyAdminMixin`) and list pages that stay fast on tables of
+millions of rows (`FastCountPaginator`, `LargeTableAdminMixin`), plus list filters and money columns."""
 from django.contrib import admin
 from django.core.exceptions import FieldDoesNotExist, ValidationError
 from django.core.paginator import Paginator
@@ -40,7 +29,13 @@ def capped_count(queryset, cap: int = COUNT_CAP) -> int:
 
 
 class FastCountPaginator(Paginator):
-    """A paginator whose `count` never scans a whole large table (see the module docstring)."""
+    """A paginator whose `count` never scans a whole large table.
+
+    Django's changelist counts every row it could show (`SELECT COUNT(*)`) on every page load; on a table of
+    millions that is a sequential scan each time. Unfiltered, we use PostgreSQL's own estimate
+    (`pg_class.reltuples`, kept by autovacuum/ANALYZE); filtered, we count at most CAP + 1 rows
+    (`SELECT count(*) FROM (SELECT ... LIMIT CAP + 1)`), which an index range scan answers quickly.
+    """
 
     cap = COUNT_CAP
 
@@ -84,6 +79,11 @@ def _field_at(model, path: str):
 
 class LargeTableAdminMixin:
     """List pages for large tables: estimated/capped counts, indexed sorting and exact search, entity scope.
+
+    That is: `FastCountPaginator`, no full-result count, no facet counts, sorting only on the columns a model
+    admin names (indexed ones), exact-match search on the indexed columns named in `search_fields` (a value
+    that is not valid for a column, say "abc" for a UUID, simply matches nothing there), and rows narrowed to
+    the user's entities (models without an entity column are shown only to users who may see every entity).
 
     `entity_field` is the lookup of the entity code on the model's rows ("entity_code", "entity__code",
     "journal__entity__code", ...), or None for models that span entities.

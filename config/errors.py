@@ -1,8 +1,6 @@
-"""Stable error codes and the exceptions that carry them, shared by the API, the UI and the queue.
-
-A code is part of the public contract: never rename one. `ApiError` is answered as RFC 9457 problem
-details; `BusinessRuleError` is a failure a person can fix, which sends the event to the exception queue.
-"""
+"""Stable error codes and the exceptions that carry them, shared by the API, the UI and the queue. A code
+is part of the public contract: never rename one. `ApiError` is answered as RFC 9457 problem details;
+`BusinessRuleError` is a failure a person can fix, which sends the event to the exception queue."""
 
 
 class Codes:

@@ -1,9 +1,7 @@
-"""Gunicorn settings for production (and for `make run`, which is production-like): `gunicorn -c config/gunicorn.conf.py config.wsgi`.
-
-Threaded workers (gthread), because a request mostly waits on PostgreSQL; everything that an operator
-tunes comes from the environment: PORT, HOST (or GUNICORN_BIND), WEB_CONCURRENCY, GUNICORN_THREADS,
-GUNICORN_TIMEOUT, FORWARDED_ALLOW_IPS.
-"""
+"""Gunicorn settings for production and for the production-like `make run` (`gunicorn -c
+config/gunicorn.conf.py config.wsgi`): threaded workers (gthread), because a request mostly waits on
+PostgreSQL; everything an operator tunes comes from the environment: PORT, HOST (or GUNICORN_BIND),
+WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_TIMEOUT, FORWARDED_ALLOW_IPS."""
 import multiprocessing
 import os
 

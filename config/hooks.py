@@ -1,13 +1,9 @@
-"""Hooks: how a lower layer announces news to the layers above it without importing them.
-
-A layer defines the hook (`journals_posted = Hook("ledger.journals_posted")`) and calls `send(...)` at the
-point the news happens, inside its own transaction; a higher layer connects a receiver in its
-`AppConfig.ready()`. Receivers run synchronously, in the order they were connected (INSTALLED_APPS lists
-the apps lowest layer first, so a lower layer's receiver runs before a higher one's), and an error in a
-receiver propagates to the sender, rolling its transaction back: the news and its consequences commit
-together or not at all. Unlike Django signals there is no sender filtering, no weak references and no
-`send_robust`: a hook is a named, explicit call-out, listed in ARCHITECTURE.md.
-"""
+"""Hooks: how a lower layer announces news to the layers above it without importing them. A layer defines
+the hook (`journals_posted = Hook("ledger.journals_posted")`) and calls `send(...)` inside its own
+transaction; a higher layer connects a receiver in its `AppConfig.ready()`. Receivers run synchronously in
+connection order (lower layers first, as INSTALLED_APPS lists them), and a receiver's error propagates to
+the sender, rolling its transaction back. Unlike Django signals: no sender filtering, no weak references,
+no `send_robust`."""
 from __future__ import annotations
 
 from collections.abc import Callable

@@ -1,9 +1,7 @@
-"""Money rules: Decimal only, at most the currency's ISO 4217 minor-unit digits.
-
-The table lists the currencies whose minor unit is not 2; every other ISO code uses 2. An unknown code
-is still refused by the format check (three upper-case letters) but not by name, because billing
-platforms add currencies faster than we would update a list.
-"""
+"""Money rules: Decimal only, at most the currency's ISO 4217 minor-unit digits. The table lists the
+currencies whose minor unit is not 2; every other ISO code uses 2. An unknown code is still refused by the
+format check (three upper-case letters) but not by name, because billing platforms add currencies faster
+than we would update a list."""
 import re
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 

@@ -1,8 +1,6 @@
-"""Roles (Django groups) and the DRF permission classes that enforce them on every API view.
-
-A user's roles are its group names among ROLES; superusers count as admin. Views declare what they
-allow with `roles_allowed(...)`: the server decides, never the client.
-"""
+"""Roles (Django groups) and the DRF permission classes that enforce them on every API view. A user's roles
+are its group names among ROLES; superusers count as admin. Views declare what they allow with
+`roles_allowed(...)`: the server decides, never the client."""
 from collections.abc import Callable
 
 from django.core.exceptions import ImproperlyConfigured

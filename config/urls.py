@@ -1,8 +1,6 @@
-"""URL map: health probes, metrics, the v1 API, its OpenAPI schema and docs, the admin and the staff portal.
-
-The portal (the read side and the staff UI, the top layer) is reached from here only: its trace API
-routes sit under api/v1/ beside the domain apps' own, its pages at the site root.
-"""
+"""URL map: health probes, metrics, the v1 API, its OpenAPI schema and docs, the admin and the staff
+portal. The portal (read side and staff UI, the top layer) is reached from here only: its trace API routes
+sit under api/v1/ beside the domain apps' own, its pages at the site root."""
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView

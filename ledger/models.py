@@ -1,9 +1,7 @@
 """Ledger data: entities, chart of accounts, account mappings, periods, journals, outbox, numbering.
-
-Invariants live in the database as well as here (see the migrations' triggers): every journal balances
-at commit (deferred constraint trigger), a posted journal and its lines never change, money columns are
-non-negative with one side per line, and ERP document references are unique.
-"""
+Invariants live in the database as well as here (see the migrations' triggers): every journal balances at
+commit (deferred constraint trigger), a posted journal and its lines never change, money columns are
+non-negative with one side per line, and ERP document references are unique."""
 import uuid
 
 from django.conf import settings

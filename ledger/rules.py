@@ -1,9 +1,7 @@
-"""The posting rules of POSTING_RULES.md: from a billing document to the lines of its journal.
-
-Each function returns a `JournalSpec` whose lines name posting-rule roles (receivable, revenue, ...);
-`ledger.services.journal_create` resolves roles to the entity's mapped accounts, so remapping an
-account is data, not code. Amounts arrive as Decimal in the entity's currency.
-"""
+"""The posting rules of POSTING_RULES.md: from a billing document to the lines of its journal. Each
+function returns a `JournalSpec` whose lines name posting-rule roles (receivable, revenue, ...);
+`ledger.services.journal_create` resolves roles to the entity's mapped accounts, so remapping an account is
+data, not code. Amounts arrive as Decimal in the entity's currency."""
 import datetime
 from decimal import Decimal
 

@@ -1,9 +1,7 @@
-"""Celery tasks of the ledger: post a journal or a batch (idempotent, retried with backoff), sweeps.
-
-The retry policy lives here, once: a permanent ERP error fails the work at once (an exception with the
-ERP's message); a transient or ambiguous one is retried with capped exponential backoff and full jitter
-(the ERP's Retry-After wins when it asks for longer) until TIEOUT_POSTING_MAX_RETRIES, then fails.
-"""
+"""Celery tasks of the ledger: post a journal or a batch (idempotent, retried with backoff), sweeps. The
+retry policy lives here, once: a permanent ERP error fails the work at once (an exception with the ERP's
+message); a transient or ambiguous one is retried with capped exponential backoff and full jitter (the
+ERP's Retry-After wins when it asks for longer) until TIEOUT_POSTING_MAX_RETRIES, then fails."""
 import random
 
 import structlog

@@ -1,8 +1,6 @@
-"""Base settings, read from the environment (12-factor) with safe production defaults.
-
-Every environment module (dev, test, prod) starts from this one. Nothing here is a secret: secrets come
-from environment variables only.
-"""
+"""Base settings, read from the environment (12-factor) with safe production defaults. Every environment
+module (dev, test, prod) starts from this one. Nothing here is a secret: secrets come from environment
+variables only."""
 import os
 from pathlib import Path
 

@@ -1,12 +1,9 @@
-"""The ERP connector interface and its three failure classes.
-
-A connector posts one journal, looks one up by our reference (the journal id) and tests its connection.
-Every failure is raised as exactly one of:
-- `TransientError`: nothing was applied; safe to retry after `retry_after` seconds (or backoff).
-- `PermanentError`: the ERP refused (validation, authentication, closed period): do not retry.
-- `AmbiguousError`: the request may have been applied (timeout after sending, 502/504): look the
-  journal up by our reference before sending again.
-"""
+"""The ERP connector interface and its three failure classes. A connector posts one journal, looks one up
+by our reference (the journal id) and tests its connection; every failure is raised as exactly one of
+`TransientError` (nothing was applied; retry after `retry_after` seconds, or backoff), `PermanentError`
+(the ERP refused: validation, authentication, closed period; do not retry) or `AmbiguousError` (the request
+may have been applied: timeout after sending, 502/504; look the journal up by our reference before sending
+again)."""
 from dataclasses import dataclass
 
 

@@ -1,8 +1,6 @@
-"""The built-in ERP: numbers journals `JE-{ENTITY}-{YYYY}-{NNNNNN}`, gapless per entity and year.
-
-The number comes from a row-locked counter inside the transaction that marks the journal posted, so a
-rolled-back posting gives its number back and two concurrent postings never share or skip one.
-"""
+"""The built-in ERP: numbers journals `JE-{ENTITY}-{YYYY}-{NNNNNN}`, gapless per entity and year. The
+number comes from a row-locked counter inside the transaction that marks the journal posted, so a
+rolled-back posting gives its number back and two concurrent postings never share or skip one."""
 from ledger.connectors.base import Connector, PostResult
 from ledger.models import DocumentSequence, Journal
 

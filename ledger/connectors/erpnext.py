@@ -1,16 +1,6 @@
-"""ERPNext (Frappe REST) connector: one submitted Journal Entry per journal.
-
-- Auth: `Authorization: token <api_key>:<api_secret>`, read from the environment variable named by the
-  entity's `token_env` setting (holding `api_key:api_secret`), never stored in the database.
-- Post: `POST /api/resource/Journal Entry` with `docstatus: 1` (create and submit in one request); our
-  journal id goes in `cheque_no` (Reference Number, with `cheque_date`) and in `user_remark`, which is
-  how we find it again. The ERP document reference is the returned `name`.
-- Look-up: `GET /api/resource/Journal Entry?filters=[["cheque_no","=",id],["docstatus","<",2]]`; a
-  draft found there (docstatus 0) is submitted rather than created again.
-- Errors: Frappe answers `exc_type` and `_server_messages` (a JSON string holding a list of JSON strings);
-  417 is a validation error, 401/403 authentication or permission, 409 a duplicate (which, for us, may
-  mean the entry exists: treated as ambiguous so that we look it up), 429 with `Retry-After`.
-"""
+"""ERPNext (Frappe REST) connector: one submitted Journal Entry per journal, created and submitted in one
+request, found again by our journal id in `cheque_no`; the API token comes from the environment, never the
+database. The wire details (auth, post, look-up, error answers) are in `ErpNextConnector`'s docstring."""
 import json
 
 import requests
@@ -49,6 +39,20 @@ def frappe_message(body: dict) -> str:
 
 
 class ErpNextConnector(HttpConnector):
+    """One submitted Journal Entry per journal, over Frappe REST.
+
+    - Auth: `Authorization: token <api_key>:<api_secret>`, read from the environment variable named by the
+      entity's `token_env` setting (holding `api_key:api_secret`), never stored in the database.
+    - Post: `POST /api/resource/Journal Entry` with `docstatus: 1` (create and submit in one request); our
+      journal id goes in `cheque_no` (Reference Number, with `cheque_date`) and in `user_remark`, which is
+      how we find it again. The ERP document reference is the returned `name`.
+    - Look-up: `GET /api/resource/Journal Entry?filters=[["cheque_no","=",id],["docstatus","<",2]]`; a
+      draft found there (docstatus 0) is submitted rather than created again.
+    - Errors: Frappe answers `exc_type` and `_server_messages` (a JSON string holding a list of JSON strings);
+      417 is a validation error, 401/403 authentication or permission, 409 a duplicate (which, for us, may
+      mean the entry exists: treated as ambiguous so that we look it up), 429 with `Retry-After`.
+    """
+
     name = "erpnext"
 
     def auth_headers(self) -> dict:

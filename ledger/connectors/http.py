@@ -1,13 +1,9 @@
-"""Shared HTTP plumbing for ERP connectors: connection reuse, timeouts, and failure classification.
-
-Classification (ARCHITECTURE.md, issue #3):
-- nothing was sent (connection refused, DNS, connect timeout), 429, 500/503 and other 5xx → transient;
-- the request may have been applied (read timeout after sending, connection reset after sending,
-  502/504, 408) → ambiguous, for writes; a read (a look-up) that fails that way is merely transient;
-- 401/403 and other 4xx → permanent, with the ERP's own message parsed by the connector.
-A Retry-After header (seconds or HTTP date) is honoured, capped so a broken ERP cannot park a task
-for longer than the broker's visibility timeout.
-"""
+"""Shared HTTP plumbing for ERP connectors: connection reuse, timeouts and failure classification
+(ARCHITECTURE.md, issue #3): nothing sent (connection refused, DNS, connect timeout), 429, 500/503 and
+other 5xx are transient; maybe applied (read timeout or connection reset after sending, 502/504, 408) is
+ambiguous for writes, merely transient for a read (a look-up); 401/403 and other 4xx are permanent, with
+the ERP's message parsed by the connector. Retry-After (seconds or HTTP date) is honoured, capped so a
+broken ERP cannot park a task for longer than the broker's visibility timeout."""
 import email.utils
 import os
 import threading

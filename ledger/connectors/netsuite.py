@@ -1,29 +1,7 @@
-"""NetSuite (SuiteTalk REST web services, record API v1) connector: one journalEntry per journal.
-
-- Where: `https://<account id>.suitetalk.api.netsuite.com` (the account id lower-cased, `_` → `-`, e.g.
-  `1234567_SB1` → `1234567-sb1`), unless the entity's `url` setting says otherwise (the stand-in does).
-- Post: `PUT /services/rest/record/v1/journalEntry/eid:<journal id>?replace=line` — an upsert keyed by our
-  journal id as the record's external id, so sending it twice updates the one record instead of creating a
-  second. `replace=line` matters: on an update NetSuite *appends* the lines of a non-keyed sublist unless
-  told to replace them, and a re-sent upsert would otherwise double every amount. NetSuite answers
-  204 No Content with a Location header; the record is then read back (`GET .../eid:<id>`) for its
-  document number `tranId` (else its internal `id`), which becomes our ERP document reference.
-- Look-up: `GET .../journalEntry/eid:<journal id>`; 404 means NetSuite does not have it.
-- Auth, per entity (`auth` setting):
-  * `oauth2` (default): OAuth 2.0 client credentials (machine to machine). A JWT assertion signed with
-    the certificate's private key (PS256 for RSA, ES256/384/512 for EC; header `kid` = the certificate id
-    from the M2M mapping; claims `iss` = client id, `scope`, `aud` = the token endpoint, `iat`, `exp`) is
-    exchanged at `POST /services/rest/auth/oauth2/v1/token` for a bearer token, cached per process until
-    shortly before it expires. A cached token NetSuite rejects (revoked, rotated) is replaced once.
-  * `tba`: token-based authentication, OAuth 1.0a signed with HMAC-SHA256, `realm` = the account id
-    (upper-cased, `-` → `_`), a fresh nonce and signature per request.
-  Secrets come from the environment variables named by the `*_env` settings, never the database.
-- Errors: RFC 9457-like bodies (`type`, `title`, `status`, `o:errorDetails: [{detail, o:errorCode,
-  o:errorPath?}]`); the token endpoint answers OAuth's `{"error", "error_description"}`. 400 (USER_ERROR,
-  INVALID_KEY_OR_REF, ...) and 401 (INVALID_LOGIN) are permanent; 429 (concurrency governance) is transient
-  with `Retry-After`, and so is a 4xx whose error code says a request limit was hit; 5xx transient, 502/504
-  ambiguous (the base's classification).
-"""
+"""NetSuite (SuiteTalk REST web services, record API v1) connector: one journalEntry per journal, upserted
+under our journal id as its external id (so a re-send updates the one record, with `replace=line` so lines
+are not appended twice), authenticated per entity by OAuth 2.0 client credentials or token-based auth
+(OAuth 1.0a), secrets from the environment. The wire details are in `NetSuiteConnector`'s docstring."""
 import copy
 import threading
 import time
@@ -113,6 +91,33 @@ def error_codes(response: requests.Response) -> set[str]:
 
 
 class NetSuiteConnector(HttpConnector):
+    """One journalEntry per journal, over SuiteTalk REST web services (record API v1).
+
+    - Where: `https://<account id>.suitetalk.api.netsuite.com` (the account id lower-cased, `_` → `-`, e.g.
+      `1234567_SB1` → `1234567-sb1`), unless the entity's `url` setting says otherwise (the stand-in does).
+    - Post: `PUT /services/rest/record/v1/journalEntry/eid:<journal id>?replace=line` — an upsert keyed by our
+      journal id as the record's external id, so sending it twice updates the one record instead of creating a
+      second. `replace=line` matters: on an update NetSuite *appends* the lines of a non-keyed sublist unless
+      told to replace them, and a re-sent upsert would otherwise double every amount. NetSuite answers
+      204 No Content with a Location header; the record is then read back (`GET .../eid:<id>`) for its
+      document number `tranId` (else its internal `id`), which becomes our ERP document reference.
+    - Look-up: `GET .../journalEntry/eid:<journal id>`; 404 means NetSuite does not have it.
+    - Auth, per entity (`auth` setting):
+      * `oauth2` (default): OAuth 2.0 client credentials (machine to machine). A JWT assertion signed with
+        the certificate's private key (PS256 for RSA, ES256/384/512 for EC; header `kid` = the certificate id
+        from the M2M mapping; claims `iss` = client id, `scope`, `aud` = the token endpoint, `iat`, `exp`) is
+        exchanged at `POST /services/rest/auth/oauth2/v1/token` for a bearer token, cached per process until
+        shortly before it expires. A cached token NetSuite rejects (revoked, rotated) is replaced once.
+      * `tba`: token-based authentication, OAuth 1.0a signed with HMAC-SHA256, `realm` = the account id
+        (upper-cased, `-` → `_`), a fresh nonce and signature per request.
+      Secrets come from the environment variables named by the `*_env` settings, never the database.
+    - Errors: RFC 9457-like bodies (`type`, `title`, `status`, `o:errorDetails: [{detail, o:errorCode,
+      o:errorPath?}]`); the token endpoint answers OAuth's `{"error", "error_description"}`. 400 (USER_ERROR,
+      INVALID_KEY_OR_REF, ...) and 401 (INVALID_LOGIN) are permanent; 429 (concurrency governance) is transient
+      with `Retry-After`, and so is a 4xx whose error code says a request limit was hit; 5xx transient, 502/504
+      ambiguous (the base's classification).
+    """
+
     name = "netsuite"
 
     def __init__(self, entity):

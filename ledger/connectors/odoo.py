@@ -1,37 +1,7 @@
-"""Odoo connector: one posted `account.move` (a miscellaneous journal entry) per journal.
-
-Two APIs, chosen per entity by the `api` setting:
-
-- `json2` (default, Odoo 19+): `POST /json/2/<model>/<method>` with a JSON object of named arguments
-  (`ids`, `context` and the method's own parameters), `Authorization: bearer <api key>` and
-  `X-Odoo-Database: <db>`. Success is HTTP 200 with the method's return value as the body; an error is a
-  4xx/5xx with Odoo's serialised exception (`name`, `message`, `arguments`, `context`, `debug`). The
-  status comes from the exception: `UserError`/`ValidationError` 422, `AccessError`/`AccessDenied` 403,
-  `MissingError` 404, `LockError` 409, a bad key 401, anything else 500.
-- `jsonrpc` (older versions; deprecated in 19, to be removed in 22): `POST /jsonrpc` with a JSON-RPC 2.0
-  envelope; `common.authenticate(db, login, password, {})` gives the uid (False when refused), then
-  `object.execute_kw(db, uid, password, model, method, args, kwargs)`. Errors come back with HTTP 200 and
-  `{"error": {"code", "message": "Odoo Server Error", "data": {"name", "message", "arguments", "debug"}}}`.
-
-Settings (`Entity.erp_settings`): `url`, `database`, `api`, `token_env` (the environment variable holding
-the API key, or the password for `jsonrpc`), `username` (the `jsonrpc` login), `journal_id` (optional Odoo
-journal id; Odoo picks its default miscellaneous journal otherwise).
-
-Post: `account.move.create` with `move_type: "entry"`, `ref` = our journal id, `date`, optional
-`journal_id`, and `line_ids` as `(0, 0, vals)` commands; then `action_post` (Odoo refuses to create a
-move already posted, so it takes two calls, each its own transaction); then the move's `name` (e.g.
-`MISC/2026/11/0001`, assigned when posting) is read back and becomes our ERP document reference.
-
-Look-up: `search_read` on `ref`. A posted move is ours; a draft is one an earlier attempt created but
-did not post, so it is posted now instead of creating a second one; a cancelled move does not count.
-
-Failure classes (see `classify_odoo_error`): every Odoo call runs in one transaction that Odoo rolls
-back when it raises, so an error answer means nothing was applied. Odoo's user-facing exceptions
-(validation, access, missing record) are permanent; lock and serialisation conflicts (which Odoo already
-retried itself, five times) are transient; any other server exception is transient too, exactly as the
-same exception is over JSON-2, where Odoo answers it with a 500 — a deterministic bug therefore ends as a
-`posting_failed` exception after the bounded retries, carrying Odoo's message, not as an endless loop.
-"""
+"""Odoo connector: one posted `account.move` (a miscellaneous journal entry) per journal, over JSON-2 (Odoo
+19+, the default) or JSON-RPC (older versions), chosen per entity; created, then posted, then its `name`
+read back as our ERP document reference, found again by `ref` = our journal id. The APIs, settings and
+posting steps are in `OdooConnector`'s docstring, the failure classes in `classify_odoo_error`'s."""
 import itertools
 import re
 from decimal import Decimal
@@ -102,7 +72,15 @@ def odoo_error(body) -> tuple[str, str]:
 
 
 def classify_odoo_error(name: str, message: str, *, code=None) -> type[ConnectorError]:
-    """The failure class of an Odoo exception that was rolled back (see the module docstring)."""
+    """The failure class of an Odoo exception that was rolled back.
+
+    Every Odoo call runs in one transaction that Odoo rolls back when it raises, so an error answer means
+    nothing was applied. Odoo's user-facing exceptions (validation, access, missing record) are permanent;
+    lock and serialisation conflicts (which Odoo already retried itself, five times) are transient; any other
+    server exception is transient too, exactly as the same exception is over JSON-2, where Odoo answers it
+    with a 500 — a deterministic bug therefore ends as a `posting_failed` exception after the bounded
+    retries, carrying Odoo's message, not as an endless loop.
+    """
     short = name.rsplit(".", 1)[-1]
     if MISSING_DATABASE.search(message):
         return PermanentError
@@ -142,6 +120,34 @@ def move_lines(lines, accounts: dict[str, int], *, default_label: str) -> list:
 
 
 class OdooConnector(HttpConnector):
+    """One posted `account.move` (a miscellaneous journal entry) per journal.
+
+    Two APIs, chosen per entity by the `api` setting:
+
+    - `json2` (default, Odoo 19+): `POST /json/2/<model>/<method>` with a JSON object of named arguments
+      (`ids`, `context` and the method's own parameters), `Authorization: bearer <api key>` and
+      `X-Odoo-Database: <db>`. Success is HTTP 200 with the method's return value as the body; an error is a
+      4xx/5xx with Odoo's serialised exception (`name`, `message`, `arguments`, `context`, `debug`). The
+      status comes from the exception: `UserError`/`ValidationError` 422, `AccessError`/`AccessDenied` 403,
+      `MissingError` 404, `LockError` 409, a bad key 401, anything else 500.
+    - `jsonrpc` (older versions; deprecated in 19, to be removed in 22): `POST /jsonrpc` with a JSON-RPC 2.0
+      envelope; `common.authenticate(db, login, password, {})` gives the uid (False when refused), then
+      `object.execute_kw(db, uid, password, model, method, args, kwargs)`. Errors come back with HTTP 200 and
+      `{"error": {"code", "message": "Odoo Server Error", "data": {"name", "message", "arguments", "debug"}}}`.
+
+    Settings (`Entity.erp_settings`): `url`, `database`, `api`, `token_env` (the environment variable holding
+    the API key, or the password for `jsonrpc`), `username` (the `jsonrpc` login), `journal_id` (optional Odoo
+    journal id; Odoo picks its default miscellaneous journal otherwise).
+
+    Post: `account.move.create` with `move_type: "entry"`, `ref` = our journal id, `date`, optional
+    `journal_id`, and `line_ids` as `(0, 0, vals)` commands; then `action_post` (Odoo refuses to create a
+    move already posted, so it takes two calls, each its own transaction); then the move's `name` (e.g.
+    `MISC/2026/11/0001`, assigned when posting) is read back and becomes our ERP document reference.
+
+    Look-up: `search_read` on `ref`. A posted move is ours; a draft is one an earlier attempt created but
+    did not post, so it is posted now instead of creating a second one; a cancelled move does not count.
+    """
+
     name = "odoo"
 
     def __init__(self, entity):

@@ -1,8 +1,5 @@
 """The ledger's write paths, one module per concern (entities, periods, journals and the outbox, posting,
-batches, manual journals).
-
-Callers use `from ledger import services` and the names re-exported here.
-"""
+batches, manual journals); callers use `from ledger import services` and the names re-exported here."""
 from ledger.services.batches import (  # noqa: F401
     _BATCH_LINES_SQL,
     _batch_add,

@@ -1,0 +1,1 @@
+"""The ledger app's `manage.py` commands."""
