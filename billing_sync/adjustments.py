@@ -1,19 +1,10 @@
-"""Manual credit memos and write-offs raised by a person, through the same pipeline as a source's events.
-
-A person in the portal (or on the adjustments API) asks to credit or write off part of an invoice. We do
-not book that from here: we build the canonical event a billing platform would have sent
-(`credit_note.issued` / `write_off.requested`, under the invoice's own `source_system` so the invoice is
-found) and hand its bytes to `services.receive_event`, exactly as `POST /api/v1/events` does. So the
-manual adjustment gets a receipt with its raw bytes, an event with the person as `sent_by` (hence the
-approval's `requested_by`, and segregation of duties stops them deciding it), the same business rules,
-the same journal, the same approval and the same trace as one that came from the source.
-
-What can be checked before sending (the amount's format, the cap against what is creditable or open,
-a voided invoice, a missing reason) is checked here first and refused with the pipeline's own stable
-code, so the person sees it in the form rather than as an exception in the queue. The handler checks
-again under the invoice's row lock; if the world moved in between, the event goes to the exception
-queue like any other and the result says so.
-"""
+"""Manual credit memos and write-offs raised by a person, sent through the same pipeline as a source's events:
+we build the canonical event (`credit_note.issued` / `write_off.requested`, under the invoice's
+`source_system`) and hand its bytes to `services.receive_event`, so it gets the same receipt, rules, journal,
+approval and trace, with the person as `sent_by` (hence `requested_by`, under segregation of duties). Checks
+possible up front (amount format, cap, voided invoice, missing reason) are refused here with the pipeline's
+stable codes, shown in the form; the handler rechecks under the invoice's row lock and, if things moved, the
+event goes to the exception queue."""
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal

@@ -1,10 +1,8 @@
-"""Admin for billing data: events, receipts and deliveries (read-only), canonical documents (read-only,
-with their history), source systems (edited through the audited `callbacks.source_system_configure`) and
-API tokens (read-only, with an audited "Revoke" action for admins).
-
-Events, receipts and deliveries are the large tables: their list pages use `LargeTableAdminMixin`
-(estimated or capped counts, filters and exact searches on indexed columns only, entity scope).
-"""
+"""Admin for billing data: events, receipts and deliveries (read-only), canonical documents (read-only, with
+their history), source systems (edited through the audited `callbacks.source_system_configure`) and API tokens
+(read-only, with an audited "Revoke" action for admins). Events, receipts and deliveries are the large tables:
+their list pages use `LargeTableAdminMixin` (estimated or capped counts, filters and exact searches on indexed
+columns only, entity scope)."""
 import datetime
 
 from django import forms

@@ -1,16 +1,9 @@
-"""Bearer-token authentication: `Authorization: Bearer <token>`, looked up by SHA-256 of the token.
-
-Tokens are random (256 bits), so a plain SHA-256 is the right digest: it is what GitHub and Stripe do
-for API keys, and it keeps the lookup to one indexed query. A short in-process cache (default 5 s,
-TIEOUT_TOKEN_CACHE_SECONDS) saves that query on hot ingest paths.
-
-Revocation must not wait for that cache, and it may happen in another process (the `revoke_token`
-command, the admin, another web worker): every revocation bumps a counter in Redis after it commits, and
-a cached token is trusted only while the counter still holds the value read before the token was looked
-up (one Redis GET, much cheaper than the query it saves). When Redis cannot answer, the cache is not used
-and the database decides. An expired token is refused with its own code (`token_expired`); unknown and
-revoked tokens share one answer (`not_authenticated`), which tells a guesser nothing.
-"""
+"""Bearer-token authentication (`Authorization: Bearer <token>`), looked up by SHA-256 of the random 256-bit
+token in one indexed query, with a short in-process cache (TIEOUT_TOKEN_CACHE_SECONDS, default 5 s).
+Revocation does not wait for the cache, in any process: each revocation bumps a Redis counter after commit,
+and a cached token is trusted only while the counter holds the value read before its lookup (without Redis the
+database decides). An expired token is refused as `token_expired`; unknown and revoked tokens share
+`not_authenticated`, telling a guesser nothing."""
 import datetime
 import hashlib
 import secrets

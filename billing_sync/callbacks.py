@@ -1,26 +1,10 @@
-"""Status back to the source: signed webhooks telling a source system what became of its events.
-
-When an event is posted, goes to `exception`, or has an exception resolved, the service that made the
-change calls `notify(...)` inside its own transaction. If the event's source system has an active
-`SourceSystem` with a callback URL, a `CallbackDelivery` row and an audit entry are written with the
-change, and delivery is queued after commit (Celery queue `callbacks`). Nothing is sent from inside a
-transaction, and nothing is lost when the broker is down: `sweep_callbacks()` re-queues what is due.
-
-Delivery follows Standard Webhooks (standardwebhooks.com): the body is
-`{"type": kind, "timestamp": ..., "data": <the event resource of GET /api/v1/events/{id}>}`, the headers
-are `webhook-id` (the delivery id, the same on every attempt so that the receiver can drop duplicates),
-`webhook-timestamp` and `webhook-signature` (`v1,` + base64 HMAC-SHA256 over `id.timestamp.body` with the
-secret held in the environment variable the source system names). The body is fixed right after the
-change commits (or at the first attempt, whichever comes first), so it shows the event as that change
-left it, e.g. a resolution reports the status the event went to; retries re-send the same bytes.
-
-`deliver()` claims the row (a lease, so that a duplicate message or the sweep cannot send it twice at
-once), POSTs outside any transaction with a short timeout on a reused connection, and records the
-outcome: a 2xx is delivered; anything else (an HTTP error, a timeout, a refused connection, a missing
-or malformed secret) is retried with exponential backoff and jitter, capped at an hour, by the sweep;
-after `TIEOUT_CALLBACK_MAX_ATTEMPTS` the delivery is failed and the source system's one open
-`callback_failed` exception collects it (retry there sends the failed deliveries again).
-"""
+"""Status back to the source: Standard Webhooks telling a source system what became of its events. Services
+call `notify(...)` in their transaction: with an active `SourceSystem` callback URL a `CallbackDelivery` row
+and audit entry are written and delivery is queued after commit (Celery `callbacks`; `sweep_callbacks()`
+re-queues what is due). The fixed body is signed (`webhook-id` stable across attempts, `webhook-timestamp`,
+HMAC-SHA256 `webhook-signature` with a secret from the environment). `deliver()` leases the row, POSTs outside
+any transaction, retries non-2xx with capped backoff up to `TIEOUT_CALLBACK_MAX_ATTEMPTS`, then fails into the
+source's open `callback_failed` exception."""
 import datetime
 import hashlib
 import json

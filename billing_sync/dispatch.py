@@ -1,14 +1,9 @@
-"""Hand accepted events to the workers in batches, off the request's critical path.
-
-The durable record of work to do is the event row itself (status `accepted`, committed before this is
-called): this module only makes it fast. Ids are buffered in memory and a daemon thread publishes them
-to Celery in chunks every few milliseconds, so a request pays for a list append instead of a broker
-round trip and message build (about 1.5 ms). If the process dies with ids in the buffer, or the broker
-is down, the beat sweep (`events_sweep_accepted`) schedules those events again; processing is idempotent.
-With Celery in eager mode (tests) ids are published at once, in the caller's thread; an event processed
-there that schedules more (wake-ups after its commit) queues them behind itself instead of recursing, so
-a long chain of held events runs as a loop, in the order it was scheduled.
-"""
+"""Hand accepted events to the workers in batches, off the request's critical path. The durable record of work
+is the committed `accepted` event row; ids are buffered in memory and a daemon thread publishes them to Celery
+in chunks every few milliseconds (a list append instead of a ~1.5 ms broker round trip). Ids lost with the
+process or a down broker are re-scheduled by the beat sweep (`events_sweep_accepted`); processing is
+idempotent. In Celery eager mode (tests) ids are published at once in the caller's thread, and follow-up
+wake-ups queue behind the current event, so chains of held events run as a loop in scheduling order."""
 import atexit
 import collections
 import os

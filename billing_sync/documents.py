@@ -1,10 +1,8 @@
-"""Canonical documents from events: one handler per event type, run inside `event_process`'s transaction.
-
-A handler upserts the canonical document under its row lock (stale versions are recorded and ignored),
-checks the business rules (raising `BusinessRuleError` with a stable code, which rolls the savepoint
-back and opens an exception), and asks the ledger for the journal of POSTING_RULES.md. It returns what
-it did and which dependency keys it satisfied, so that waiting events can be woken after commit.
-"""
+"""Canonical documents from events: one handler per event type, run inside `event_process`'s transaction. A
+handler upserts the document under its row lock (stale versions recorded and ignored), checks the business
+rules (`BusinessRuleError` with a stable code rolls the savepoint back and opens an exception), asks the
+ledger for the journal of POSTING_RULES.md, and returns what it did and which dependency keys it satisfied, so
+waiting events can be woken after commit."""
 import datetime
 from dataclasses import dataclass, field
 from decimal import Decimal

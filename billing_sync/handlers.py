@@ -1,12 +1,9 @@
-"""billing_sync's part in the layers below: the subject kinds it owns and the news it listens to.
-
-Registered at start-up (`BillingSyncConfig.ready`). Exceptions about events (customer, invoice, payment,
-credit, write-off processing) are retried by processing the event again and replayed from the payload
-stored at receipt; callback exceptions are retried by delivering the failed callbacks again; approvals of
-credit notes and write-offs book or refuse the document. From the ledger and the queue: a journal that
-posted, or an exception opened or resolved outside the event's own processing, re-derives the event's
-status; a resolved exception tells the source system.
-"""
+"""billing_sync's part in the layers below, registered at start-up (`BillingSyncConfig.ready`): event
+exceptions (customer, invoice, payment, credit, write-off) are retried by processing the event again and
+replayed from the payload stored at receipt; callback exceptions by delivering the failed callbacks again;
+credit note and write-off approvals book or refuse the document. From the ledger and the queue: a posted
+journal, or an exception opened or resolved outside the event's own processing, re-derives the event's status;
+a resolved exception tells the source system."""
 import hashlib
 
 from billing_sync import callbacks, documents, services

@@ -1,11 +1,9 @@
-"""Receipts, events and the canonical billing documents they maintain.
-
-`Receipt` keeps every request body as received (bytes and SHA-256), whatever the answer. `Event` is the
-unique identity `(source_system, event_id)` and the first answer given for it, so that a replay returns
-the identical body. The canonical documents (customers, invoices, payments, refunds, credit notes,
-write-offs) are keyed by `(source_system, <document>_id)`, versioned with django-simple-history, and
-carry running totals that check constraints keep honest (an invoice's open amount never goes below 0).
-"""
+"""Receipts, events and the canonical billing documents they maintain. `Receipt` keeps every request body as
+received (bytes and SHA-256), whatever the answer; `Event` is the unique identity `(source_system, event_id)`
+and the first answer given for it, so a replay returns the identical body. Canonical documents (customers,
+invoices, payments, refunds, credit notes, write-offs) are keyed by `(source_system, <document>_id)`,
+versioned with django-simple-history, with running totals kept honest by check constraints (an invoice's open
+amount never goes below 0)."""
 import uuid
 from decimal import Decimal
 

@@ -1,30 +1,9 @@
-"""Acceptance order per document: which events must wait for which, whichever worker takes them.
-
-Every event is numbered when it is accepted (`Event.seq`, from a database sequence; a batch numbers its
-events in the batch's order) and carries the documents it touches (`Event.order_keys`: keys such as
-`invoice:billing-prod:in_1`, the form of dependency keys, with those it changes marked again `w|`). Two
-events *conflict* when one changes a document the other touches (an invoice and its payments, credit
-notes, refunds, write-offs; a customer and the documents that read it); conflicting events are processed
-in acceptance order, so the outcome is the one of processing the history one event at a time, however
-many worker processes take its events at once. Events that do not conflict (other customers, other
-invoices of the same customer) go on in parallel.
-
-An event is *held* (it stays `accepted`, untouched) while an earlier conflicting event is *pending*:
-accepted and not yet processed, or *parked*: waiting in the exception queue for a document that has not
-arrived (an open exception with a dependency key: `awaiting_dependency`, `unknown_customer`,
-`unknown_entity`). A parked event keeps its place: later events on its documents wait behind it until
-it is processed or resolved. The one way past a parked event is to be what it waits for: an event that
-provides a dependency key (an invoice, a customer or a payment arriving) passes the events parked on
-that key, and the events held only behind them, and wakes the parked ones in its own transaction, so
-they are `accepted` again before anything after them can run. An event refused by a business rule
-(`over_application`, `no_account_mapping`, ...) is done as far as order goes, as it would be one event
-at a time: what follows goes on (an amendment that fixes the cause among it), and a person retries it.
-
-Held events are woken by the event that held them once it is processed, parked or resolved
-(`successors_of`), and the events sweep re-schedules any accepted event left behind, so a lost wake-up
-only delays an event. A worker decides under the event's row lock and reads only committed states, so
-two workers never both run two conflicting events: the later one sees the earlier one still accepted.
-"""
+"""Acceptance order per document: events that conflict (one changes a document the other touches, per
+`Event.order_keys`) run in acceptance order (`Event.seq`), as if one at a time, however many workers; others
+run in parallel. An event is held behind an earlier conflicting one that is pending or parked (open exception
+with a dependency key); only an event providing that key passes and wakes the parked ones. Business-rule
+refusals block nothing. `successors_of` wakes held events and the sweep catches lost wake-ups; deciding under
+the row lock on committed states stops two workers running conflicting events."""
 from django.db import connection
 
 SUCCESSOR_LIMIT = 100  # events woken at once; the rest are reached by the chain of wake-ups and the sweep

@@ -1,11 +1,8 @@
-"""The inbound event schema (API.md), checked by hand-written validators for speed and precise paths.
-
-`validate_event(payload)` returns the list of field errors (`{"field": "data.lines[0].amount",
-"message": ...}`); an empty list means the event is well-formed. Sums are checked exactly in Decimal:
-lines to `subtotal`, taxes to `tax_total`, `subtotal + tax_total` to `total`, allocations to no more than
-the payment. Fields we do not know are ignored so that a source can add fields without breaking us.
-Business rules that need the database (does the invoice exist, is the period open) are not checked here.
-"""
+"""The inbound event schema (API.md), checked by hand-written validators for speed and precise paths:
+`validate_event(payload)` returns field errors (`{"field": "data.lines[0].amount", "message": ...}`), empty
+when well-formed. Sums are checked exactly in Decimal (lines to `subtotal`, taxes to `tax_total`, their sum to
+`total`, allocations within the payment); unknown fields are ignored so sources can add some; rules needing
+the database (does the invoice exist, is the period open) are not checked here."""
 import datetime
 from decimal import Decimal
 

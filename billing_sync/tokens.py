@@ -1,8 +1,6 @@
 """Users, roles and API tokens: issue (with a binding and an expiry) and revoke, audited; record last use.
-
-Only the token's SHA-256 is stored. A token may be bound to source systems and entities: it then sends
-only events whose envelope names one of each (checked on receipt, `ApiToken.allows`); unbound is "any".
-"""
+Only the token's SHA-256 is stored. A token bound to source systems and entities sends only events whose
+envelope names one of each (checked on receipt, `ApiToken.allows`); unbound is "any"."""
 import datetime
 
 from django.contrib.auth import get_user_model

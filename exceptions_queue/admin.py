@@ -1,9 +1,7 @@
 """Admin for approval policies (editable through the audited service, versioned with history) and the
-exception queue and approvals (read-only: they change through the queue's services and pages).
-
-Exceptions and approvals are large tables: `LargeTableAdminMixin` list pages (estimated or capped
-counts, filters on indexed columns with fixed choices, exact search, the user's entities only).
-"""
+exception queue and approvals (read-only: they change through the queue's services and pages); exceptions and
+approvals are large tables, so their list pages use `LargeTableAdminMixin` (estimated or capped counts,
+filters on indexed columns with fixed choices, exact search, the user's entities only)."""
 from django.contrib import admin
 from simple_history.admin import SimpleHistoryAdmin
 

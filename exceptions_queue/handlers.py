@@ -1,11 +1,8 @@
-"""What the queue itself handles: its own subject kinds and the ledger's news.
-
-Registered at start-up (`ExceptionsQueueConfig.ready`): posting exceptions (a journal the ERP refused)
-are retried by sending the failed journals again; manual-journal approvals release or refuse the journal;
-Tieout's own alarms (`system`, e.g. audit_chain_broken) have nothing to repeat, so a retry only records
-that someone looked. From the ledger's hooks, a journal that failed opens its posting exception and a
-journal that posted resolves it.
-"""
+"""What the queue itself handles, registered at start-up (`ExceptionsQueueConfig.ready`): posting exceptions
+(a journal the ERP refused) are retried by sending the failed journals again; manual-journal approvals release
+or refuse the journal; Tieout's own `system` alarms (e.g. audit_chain_broken) have nothing to repeat, so a
+retry only records that someone looked. From the ledger's hooks, a journal that failed opens its posting
+exception and one that posted resolves it."""
 from exceptions_queue import services, workflow
 from exceptions_queue.models import Approval, ExceptionRecord
 from ledger import hooks as ledger_hooks

@@ -1,9 +1,7 @@
-"""Exceptions (failures a person fixes) and approvals (maker-checker) with their policies.
-
-One unresolved exception per event at most (partial unique index): a retry that fails again updates it
-rather than piling up duplicates. An approval collects decisions from distinct users (unique per user);
-the requester is never one of them (segregation of duties, checked in the service).
-"""
+"""Exceptions (failures a person fixes) and approvals (maker-checker) with their policies. At most one
+unresolved exception per event (partial unique index): a retry that fails again updates it rather than piling
+up duplicates. An approval collects decisions from distinct users (unique per user); the requester is never
+one of them (segregation of duties, checked in the service)."""
 import uuid
 
 from django.conf import settings

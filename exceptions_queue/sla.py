@@ -1,13 +1,8 @@
-"""Service levels of the exception queue: how many hours each code may wait, and how old an exception is.
-
-An exception's age is measured against its code's SLA: under half of it is fine (`ok`), under all of it
-needs attention soon (`warn`), past it is late (`bad`). The defaults below reflect what blocks the books:
-a journal the ERP refused, or a closed period, stops the close and is worked first; a document waiting
-for another one usually clears itself. Operators override hours per code with the TIEOUT_SLA_HOURS
-setting or environment variable, a JSON object such as ``{"posting_failed": 2, "default": 48}``.
-
-Age buckets are fixed (they are filter values in the API and the UI): ``<1h``, ``1-24h``, ``1-7d``, ``>7d``.
-"""
+"""Service levels of the exception queue: hours each code may wait (SLA) and an exception's age against it:
+under half is `ok`, under all `warn`, past it `bad`. Defaults put what blocks the close first (an ERP-refused
+journal, a closed period) and let a document waiting for another clear itself; TIEOUT_SLA_HOURS (setting or
+environment, JSON such as ``{"posting_failed": 2, "default": 48}``) overrides hours per code. Age buckets are
+fixed filter values in the API and the UI: ``<1h``, ``1-24h``, ``1-7d``, ``>7d``."""
 import datetime
 import json
 import os

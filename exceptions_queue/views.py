@@ -1,13 +1,9 @@
-"""Approvals, exceptions and manual journals API: views translate HTTP into service calls; services
-enforce the rules.
-
-`POST /api/v1/journals/manual` (workers) goes through `services.manual_journal_create`: the ledger checks
-the lines (active accounts of the entity, one side each, balanced, open period), the entity's policy
-decides the approval. 201 with the journal and its approval (null when none was needed); refusals are
-RFC 9457 problems (`invalid_request`, `unknown_account`, `unbalanced_journal`, `period_closed`) naming
-the fields. An optional `Idempotency-Key` header makes a retried call return the journal the first call
-created.
-"""
+"""Approvals, exceptions and manual journals API: views translate HTTP into service calls; services enforce
+the rules. `POST /api/v1/journals/manual` (workers) goes through `services.manual_journal_create` (the ledger
+checks the lines: active accounts of the entity, one side each, balanced, open period; the entity's policy
+decides the approval): 201 with the journal and its approval (null when none needed); refusals are RFC 9457
+problems (`invalid_request`, `unknown_account`, `unbalanced_journal`, `period_closed`) naming the fields; an
+optional `Idempotency-Key` header makes a retried call return the journal the first call created."""
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics, serializers
 from rest_framework.response import Response

@@ -1,12 +1,9 @@
 """The generic workflow's registry: what approving, rejecting, retrying or replaying does, per subject kind.
-
-The queue knows exceptions and approvals, not what they are about. An approval's `kind` (credit_note,
-write_off, manual_journal) and an exception's `process` (invoice, payment, posting, callback, ...) name
-the subject's kind; the app that owns the kind registers its handlers here at start-up (its
-`AppConfig.ready()`), and the queue's services call them inside their own transaction. An unknown kind
-is a programming error and fails loudly (`UnknownKind`), never a silent no-op. The two hooks tell the
-owners of subjects that an exception about one of them was resolved or changed.
-"""
+The queue knows exceptions and approvals, not their subjects: an approval's `kind` (credit_note, write_off,
+manual_journal) or an exception's `process` (invoice, payment, posting, callback, ...) names the kind, whose
+owning app registers handlers here in its `AppConfig.ready()`; the queue's services call them inside their own
+transaction. An unknown kind fails loudly (`UnknownKind`), never a silent no-op. Two hooks tell subjects'
+owners that an exception about one was resolved or changed."""
 from __future__ import annotations
 
 from collections.abc import Callable

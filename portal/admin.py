@@ -1,13 +1,9 @@
-"""Admin for users: their roles, the entities they may see, their second factor and sign-in lockout.
-
-Django's own User admin is replaced. Roles (groups among config.roles.ROLES, with the staff and
-superuser flags that follow from them) and entity access are edited as two form fields and saved by the
-audited services (`auth_services.user_roles_set`, `ledger.services.entity_access_set`), never by the
-admin writing groups or flags itself; names, e-mail and the active flag go through
-`auth_services.user_profile_update`. Actions reset a lost authenticator and lift a django-axes lockout,
-both audited. django-otp's device admin (which shows secrets and QR codes) is replaced by a read-only
-list: an admin must not be able to read, or plant, someone else's second factor.
-"""
+"""Admin for users: roles, entity access, second factor and sign-in lockout; replaces Django's User admin.
+Roles (groups among config.roles.ROLES, with the staff and superuser flags that follow) and entity access are
+form fields saved by the audited `auth_services.user_roles_set` and `ledger.services.entity_access_set`;
+names, e-mail and the active flag by `auth_services.user_profile_update`. Audited actions reset a lost
+authenticator and lift a django-axes lockout. django-otp's device admin (secrets, QR codes) is replaced by a
+read-only list: no admin may read, or plant, someone else's second factor."""
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import forms as auth_forms

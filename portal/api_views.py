@@ -1,10 +1,8 @@
-"""Trace endpoints of the API: the chain of custody of an event, a journal, an invoice, an exception or an
-ERP document reference, both ways, with every step's audit entries (see `portal.lineage`).
-
-Every reader role may call them (finance_ops, controller, auditor, admin); source systems may read only
-their own events' traces, at /events/{id}/trace. Anything outside the caller's entities answers 404
-problem+json, exactly like something that does not exist.
-"""
+"""Trace endpoints of the API: the chain of custody of an event, a journal, an invoice, an exception or an ERP
+document reference, both ways, with every step's audit entries (see `portal.lineage`). Every reader role may
+call them (finance_ops, controller, auditor, admin); source systems only their own events' traces, at
+/events/{id}/trace. Anything outside the caller's entities answers 404 problem+json, exactly like something
+that does not exist."""
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView

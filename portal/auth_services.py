@@ -1,11 +1,8 @@
-"""Staff sign-in, roles and the second factor: every change to who may do what goes through here, audited.
-
-The sign-in pages (portal/web/accounts.py), the users admin (portal/admin.py)
-and Django's auth signals only translate input and call these functions. Sign-in events are recorded by
-`user_session_record` (called from thin signal adapters); roles by `user_roles_set`; TOTP devices
-(django-otp) are started, confirmed, verified and reset by the `user_2fa_*` functions, which lock the
-device row so that two tabs cannot both spend one code or race past the throttle.
-"""
+"""Staff sign-in, roles and the second factor: every change to who may do what goes through here, audited; the
+sign-in pages, the users admin and Django's auth signals only translate input and call these. Sign-ins are
+recorded by `user_session_record`, roles set by `user_roles_set`; TOTP devices (django-otp) are started,
+confirmed, verified and reset by the `user_2fa_*` functions, which lock the device row so two tabs cannot both
+spend one code or race past the throttle."""
 from dataclasses import dataclass
 from datetime import datetime
 

@@ -1,24 +1,9 @@
-"""Evidence packs: one entity's period as a zip an auditor can verify offline with the script inside it.
-
-`export_evidence(entity_code=..., date_from=..., date_to=..., out=...)` streams into any writable binary
-file object (a file, an HTTP response): every table is read through a server-side cursor in one
-REPEATABLE READ, read-only transaction (one consistent snapshot) and written CSV row by CSV row, so
-memory stays flat whatever the period's size. The pack holds:
-
-* events, receipts (with the raw body, base64), journals, journal_lines, approvals (with decisions),
-  exceptions of the entity in the period, and audit_entries: the entity's entries with their full
-  content, seq and chain hash;
-* chain.csv: every link of the global chain over the pack's seq range (seq, entry id, entry hash, chain
-  hash), including other entities' entries, whose content stays out: the chain and the Merkle roots
-  only need their hashes. The range is widened to whole signed days, so every digest in it can be
-  recomputed; entries sealed after the last digest are in the chain but not yet signed;
-* digests.json (the signed digests of the range, the one before it, and the frontier that carries the
-  whole-tree root into the range), public_key.pem, README.txt, verify_evidence.py (standard library
-  only), and manifest.json with every file's SHA-256, signed (manifest.sig) with the digest key.
-
-Each CSV file is one row of a table (`ENTITY_FILES`, then `CHAIN_FILE`): its name, its columns, the query
-that reads it and how each selected value is written; the export walks the table.
-"""
+"""Evidence packs: one entity's period as a zip an auditor verifies offline with the script inside.
+`export_evidence(...)` streams into any binary file from one REPEATABLE READ read-only snapshot via
+server-side cursors, CSV row by row (flat memory): the entity's events, receipts, journals, lines, approvals,
+exceptions and audit entries; chain.csv (the global chain over whole signed days, other entities' content left
+out); signed digests, public key, README, `verify_evidence.py` (stdlib only) and a signed SHA-256 manifest.
+Each CSV is a row of a table (`ENTITY_FILES`, then `CHAIN_FILE`)."""
 from __future__ import annotations
 
 import base64

@@ -1,21 +1,9 @@
-"""Lineage of an event: from the bytes received to the ERP acknowledgement, with every audit entry.
-
-The trace reads through the other apps' models (read-only) and returns the chain of custody in order:
-receipt (payload SHA-256), validation, canonical changes, approvals, journals with lines and ERP
-attempts, exceptions and their resolution, reconciliation of the invoices touched, and the audit entries
-(id, entry hash and chain position) that recorded each step.
-
-Both ways: `event_trace` / `exception_trace` start from what arrived; `journal_trace`, `invoice_trace`
-and `erp_reference_trace` start from what the ledger or the ERP holds and lead back to the events (and
-on to the other journals, payments, credits and exceptions). Those three take the reader as `user` and
-raise `TraceNotFound` for anything outside the user's entities, exactly as for something unknown; each
-of their steps carries its own audit entries (`audit`), and `invoice_trace` has the invoice's versions
-as readable field diffs from django-simple-history (`history_diffs`).
-
-Every trace leaves through its typed serializer (`portal.serializers`: `EventTraceSerializer`, ...), which
-declares its shape once for the API, the pages and the OpenAPI schema, and passes the values through
-unchanged.
-"""
+"""Lineage: the chain of custody, read-only through other apps' models, from bytes received to ERP
+acknowledgement (receipt, validation, canonical changes, approvals, journals, ERP attempts, exceptions,
+reconciliation), each step with its audit entries. `event_trace` / `exception_trace` start from what arrived;
+`journal_trace`, `invoice_trace` (with `history_diffs`) and `erp_reference_trace` from the ledger or ERP,
+taking the reader as `user` and raising `TraceNotFound` outside their entities. Every trace leaves through its
+typed serializer in `portal.serializers`."""
 from django.core.exceptions import ValidationError
 from django.db.models import Q
 

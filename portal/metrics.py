@@ -1,12 +1,8 @@
-"""Prometheus metrics at /metrics, read from the database at scrape time (so every process agrees).
-
-The figures are the dashboard's, for every entity, read by the same selectors
-(`portal.selectors.dashboard.compute`): time-windowed or status-bounded queries on indexed
-columns, so a scrape stays cheap on tables of millions of rows. Also events and journals by status
-(grouped counts over the small-cardinality, indexed status columns) and the outbox backlog. Gauges only:
-Prometheus derives rates itself (`rate()` over `tieout_events` is not needed; the windowed gauges are
-what the dashboard shows, for alerts that match it).
-"""
+"""Prometheus metrics at /metrics, read from the database at scrape time (so every process agrees): the
+dashboard's figures for every entity via `portal.selectors.dashboard.compute` (windowed or status-bounded
+queries on indexed columns, cheap on large tables), plus events and journals by status and the outbox backlog.
+Gauges only: Prometheus derives rates itself, and the windowed gauges match what the dashboard shows, for
+alerts."""
 from django.db.models import Count
 from django.http import HttpResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest

@@ -1,15 +1,8 @@
-"""The trace responses, typed: one DRF serializer per shape that `portal.lineage` returns.
-
-`lineage` builds each trace from the models and hands it through its serializer here, so what the API
-answers, what the pages show and what the OpenAPI schema (drf-spectacular) describes are one declaration.
-The fields only pass values through: lineage has already written them as the API has always sent them
-(times and dates as ISO 8601 text, money as decimal text at the currency's minor units, ids as text), so
-the bodies keep their exact bytes; the field classes below add the type and format to the schema. Field
-order is the order of the keys in the body, and every key is declared: a key lineage adds without
-declaring it here would be dropped, which tests/portal/test_lineage.py would catch.
-
-Component names start with `Trace` (or end in `Trace`), clear of the API's other components.
-"""
+"""The trace responses, typed: one DRF serializer per shape `portal.lineage` returns, so the API, the pages
+and the OpenAPI schema (drf-spectacular) share one declaration. Fields only pass through values lineage
+already wrote (ISO 8601 text, decimal money text, text ids), so bodies keep their exact bytes; field classes
+add type and format to the schema. Field order is key order and every key must be declared (an undeclared one
+would be dropped, caught by tests/portal/test_lineage.py). Component names start or end with `Trace`."""
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers

@@ -1,8 +1,6 @@
 """Billing sync's write paths, one module per concern: ingest (receipts and events), processing (documents,
-ordering, dependencies, retries) and event status.
-
-Callers use `from billing_sync import services` and the names re-exported here.
-"""
+ordering, dependencies, retries) and event status; callers use `from billing_sync import services` and the
+names re-exported here."""
 from billing_sync.services.ingest import (  # noqa: F401
     _BATCH_SQL,
     _INSERT_SQL,

@@ -1,12 +1,9 @@
-"""Manual adjustments API: a person raises a credit memo or a write-off against an invoice.
-
-`POST /api/v1/adjustments/credit-memos` and `/write-offs` translate the request into
-`billing_sync.adjustments` calls, which send the adjustment through the events pipeline (receipt, event,
-rules, journal, approval) with the caller as its sender. 201 with what became of it; refusals are
-RFC 9457 problems with the pipeline's stable codes (`over_credit`, `over_write_off`, `invalid_event`).
-An optional `Idempotency-Key` header makes a retried call return the first call's outcome (the same key
-for a different invoice or amount is `409 idempotency_conflict`).
-"""
+"""Manual adjustments API: `POST /api/v1/adjustments/credit-memos` and `/write-offs` let a person raise a
+credit memo or write-off against an invoice via `billing_sync.adjustments`, i.e. through the events pipeline
+(receipt, event, rules, journal, approval) with the caller as sender. 201 with what became of it; refusals are
+RFC 9457 problems with the pipeline's stable codes (`over_credit`, `over_write_off`, `invalid_event`). An
+optional `Idempotency-Key` makes a retry return the first outcome (same key, other invoice or amount: `409
+idempotency_conflict`)."""
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response

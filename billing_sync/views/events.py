@@ -1,8 +1,6 @@
-"""Events API: receive one or a batch, list, read; canonical invoices. Views only translate HTTP.
-
-The receive views read the raw body themselves (never `request.data`) so that the exact bytes are kept
-in the receipt log, and they record a receipt for refused requests too (401/403).
-"""
+"""Events API: receive one or a batch, list, read; canonical invoices. Views only translate HTTP; the receive
+views read the raw body themselves (never `request.data`) so the exact bytes are kept in the receipt log, and
+record a receipt for refused requests too (401/403)."""
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema

@@ -1,10 +1,8 @@
-"""API tokens for admins: list and read them (never the secret, only its prefix), revoke one.
-
-`GET /api/v1/tokens` (filters `user`, `state=active|expired|revoked`), `GET /api/v1/tokens/{id}` and
-`POST /api/v1/tokens/{id}/revoke` (200 with the token; 409 `already_revoked`). Revocation goes through
-`tokens.token_revoke` (audited) and takes effect at once in every process. Tokens are issued with
-`manage.py issue_token`, which prints the secret once; the API never creates or shows one.
-"""
+"""API tokens for admins: `GET /api/v1/tokens` (filters `user`, `state=active|expired|revoked`) and `GET
+/api/v1/tokens/{id}` show tokens (never the secret, only its prefix); `POST /api/v1/tokens/{id}/revoke` (200
+with the token; 409 `already_revoked`) revokes through the audited `tokens.token_revoke`, at once in every
+process. Tokens are issued only by `manage.py issue_token`, which prints the secret once; the API never
+creates or shows one."""
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics
 from rest_framework.response import Response

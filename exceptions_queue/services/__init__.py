@@ -1,7 +1,5 @@
-"""The queue's write paths, one module per concern: exceptions, approvals, manual journals.
-
-Callers use `from exceptions_queue import services` and the names re-exported here.
-"""
+"""The queue's write paths, one module per concern (exceptions, approvals, manual journals); callers use `from
+exceptions_queue import services` and the names re-exported here."""
 from exceptions_queue.services.approvals import (  # noqa: F401
     POLICY_FIELDS,
     _close,

@@ -1,0 +1,1 @@
+"""Management commands package of the portal app."""

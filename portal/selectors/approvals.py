@@ -1,13 +1,9 @@
-"""Approval reads for the portal: the inbox (scoped to the user's entities) and everything one decision needs.
-
-`inbox(...)` filters approvals (status, kind, entity) with the queue's FilterSet and counts approvals
-given in the same query. `approval_context(...)` gathers what a controller reads before deciding: the
-request (who, why, when), the policy that applies and why it asks for one or two approvers, the journal
-lines that will post, the invoice with its open amount in billing and in the ledger, its change history
-(django-simple-history versions as readable field changes), its payments, credit notes, write-offs and
-refunds, the customer's balance, the decisions so far, and what the user may do (segregation of duties
-spelled out). Money is formatted here with the currency's minor units, so templates only display.
-"""
+"""Approval reads for the portal: `inbox(...)` filters approvals (status, kind, entity; scoped to the user's
+entities) with the queue's FilterSet and counts decisions in the same query; `approval_context(...)` gathers
+all a controller reads before deciding (request, policy and why it needs one or two approvers, journal lines,
+the invoice with open amounts in billing and ledger, its history and related documents, the customer's
+balance, decisions so far, and what the user may do, segregation of duties spelled out). Money is formatted
+here in the currency's minor units, so templates only display."""
 import datetime
 
 from django.db.models import Count, DecimalField, ExpressionWrapper, F, Q, Sum

@@ -1,14 +1,9 @@
-"""Operations figures for the dashboard and /metrics: one set of reads, cheap on large tables.
-
-Every figure is a time-windowed or status-bounded query on an indexed column (events by received_at,
-journals posted by posted_at, unposted journals, open exceptions by status), never a scan of a whole
-table: the dashboard must answer in well under half a second with millions of events and exceptions.
-`figures(user)` narrows every query to the user's entities (config.roles.entity_codes) and keeps the
-result in the Django cache for TIEOUT_DASHBOARD_CACHE_SECONDS (15 s by default) per entity scope, so a
-room full of open dashboards costs one computation per scope and interval (stale figures are served
-while one request refreshes them; the event series before the last 24 hours is kept 5 minutes).
-`compute(codes)` is the reading itself, which /metrics calls directly (all entities). Times are UTC.
-"""
+"""Operations figures for the dashboard and /metrics: every figure is a time-windowed or status-bounded query
+on an indexed column, never a whole-table scan, to answer well under half a second on millions of rows.
+`figures(user)` scopes to the user's entities (config.roles.entity_codes) and caches per scope for
+TIEOUT_DASHBOARD_CACHE_SECONDS (15 s default; stale served while one request refreshes; event series older
+than 24 h kept 5 minutes). `compute(codes)` is the reading itself, which /metrics calls for all entities.
+Times are UTC."""
 from __future__ import annotations
 
 import datetime

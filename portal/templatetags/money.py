@@ -1,8 +1,6 @@
-"""`{{ amount|money:currency }}`: money on the pages, grouped and at the currency's minor-unit digits.
-
-A builtin (settings TEMPLATES `builtins`), so every template has it without `{% load %}`. The one
-formatting rule lives in `config.money.display`; CSV, JSON and the API keep plain digits.
-"""
+"""`{{ amount|money:currency }}`: money on the pages, grouped and at the currency's minor-unit digits. A
+builtin (settings TEMPLATES `builtins`), so no `{% load %}` is needed; the one formatting rule lives in
+`config.money.display`, while CSV, JSON and the API keep plain digits."""
 import re
 
 from django import template

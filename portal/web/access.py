@@ -1,10 +1,7 @@
-"""Who may open a page and who may act on it, decided on the server for every request.
-
-`page(read=..., write=...)` wraps a function view: a signed-out visitor goes to the login page; a GET or
-HEAD needs one of the `read` roles; any other method (a form POST) needs one of the `write` roles, and a
-forged POST from anyone else is refused with 403 whatever the page showed. Templates hide the buttons
-(see `portal` below) but the decision is made here, and again in the services.
-"""
+"""Who may open a page and who may act on it, decided on the server for every request: `page(read=...,
+write=...)` wraps a function view; signed-out visitors go to the login page, GET or HEAD needs a `read` role,
+any other method a `write` role, and a forged POST is refused with 403 whatever the page showed. Templates
+only hide the buttons; the decision is here, and again in the services."""
 from functools import wraps
 
 from django.contrib.auth.views import redirect_to_login

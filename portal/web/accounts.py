@@ -1,13 +1,9 @@
 """Web pages: signing in and out, the second factor (TOTP) and the user's own security page.
-
-There is one door for people: `/accounts/login/` (the admin's login page redirects here). Django's
-LoginView checks the password through `authenticate(request=...)`, which lets django-axes count failures
-per username and lock the account (answered by `locked_out` below with a 429 page). A controller or
-admin who has passed the password step is only half signed in until they enter a code from their
-authenticator (`/accounts/2fa/`), or enrol one (`/accounts/2fa/setup/`); the middleware in
-`portal/web/middleware.py` keeps them off every other page meanwhile. The decisions and the
-audit entries live in `portal/auth_services.py`; these views translate forms and sessions.
-"""
+`/accounts/login/` is the one door (the admin's login redirects here); `authenticate(request=...)` lets
+django-axes count failures and lock the account (`locked_out`, 429). A controller or admin past the password
+is half signed in until they enter (`/accounts/2fa/`) or enrol (`/accounts/2fa/setup/`) an authenticator,
+enforced by `portal/web/middleware.py`. Decisions and audit entries live in `portal/auth_services.py`; these
+views translate forms and sessions."""
 import math
 from base64 import b32encode
 from urllib.parse import urlencode

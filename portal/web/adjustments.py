@@ -1,12 +1,8 @@
-"""Web pages: manual adjustments — find an invoice, raise a credit memo or write-off on it, write a journal.
-
-Only the roles that raise adjustments (finance operations, controllers, admins) may open these pages;
-auditors and everyone else get 403 on GET as well as POST, so there is no form for them to see. The forms
-are thin: they hand what was typed to `billing_sync.adjustments` (credit memos, write-offs: through the
-events pipeline) and `ledger.services.manual_journal_create`, the same services the API calls, and show
-the refusals those give inline, field by field, with their stable codes. After a successful submit the
-browser goes to the approval that now waits (or to the posted result when the policy needs none).
-"""
+"""Web pages: manual adjustments (find an invoice, raise a credit memo or write-off, write a journal), for
+finance operations, controllers and admins only (others get 403 on GET and POST). Thin forms hand input to
+`billing_sync.adjustments` (through the events pipeline) and `ledger.services.manual_journal_create`, the
+services the API calls, and show their refusals inline per field with stable codes; a successful submit goes
+to the waiting approval (or the posted result when the policy needs none)."""
 import datetime
 import uuid
 

@@ -1,12 +1,8 @@
-"""Web pages: the approvals inbox, one approval with everything needed to decide it, approve and reject.
-
-Everyone who reads the books may open these pages (finance operations, controllers, auditors, admins),
-within their entities; only controllers and admins may post a decision. The Approve and Reject buttons
-are shown only to someone who may use them (not the requester, not someone who already decided), but
-the decision is made by `exceptions_queue.services` — the same functions the API calls — so a forged POST
-is refused there with its stable code (`segregation_of_duties` → 403, `already_decided` → 409). Success
-redirects back to the page (POST-redirect-GET); a refusal re-renders the page with the code and status.
-"""
+"""Web pages: the approvals inbox and one approval with all needed to decide it, approve and reject. Every
+reader role may open them within their entities; only controllers and admins decide. Buttons show only to who
+may use them, but `exceptions_queue.services` (as for the API) decides, refusing forged POSTs with stable
+codes (`segregation_of_duties` 403, `already_decided` 409). Success redirects back (POST-redirect-GET); a
+refusal re-renders with code and status."""
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import Http404

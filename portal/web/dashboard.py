@@ -1,10 +1,8 @@
-"""Web page: the operations dashboard at "/" (every staff role may read it; nothing on it writes).
-
-The figures come from `portal.selectors.dashboard` (scoped to the user's entities, cached a
-few seconds); this module only shapes them for the template: the inline SVG charts (server-rendered, no
-script), readable durations, and the link behind every figure to the filtered list it summarises (the
-exception queue for exceptions, the admin's changelists for events, journals and ERP attempts).
-"""
+"""Web page: the operations dashboard at "/" (every staff role may read it; nothing on it writes). Figures
+come from `portal.selectors.dashboard` (entity-scoped, cached a few seconds); this module shapes them for the
+template: server-rendered inline SVG charts (no script), readable durations, and each figure's link to the
+filtered list it summarises (the exception queue, or the admin's changelists for events, journals and ERP
+attempts)."""
 from __future__ import annotations
 
 from urllib.parse import urlencode

@@ -1,13 +1,8 @@
-"""Two-factor enforcement: a user signed in by password alone, who owes a second factor, may only finish 2FA.
-
-Controllers and admins always owe one; anyone else who has enrolled an authenticator of their own accord
-owes it too (or enrolling would protect nothing). django-otp's OTPMiddleware marks
-`request.user.is_verified()`; this middleware refuses everything else to such a user until they verify a
-TOTP device (or enrol one): pages redirect to `/accounts/2fa/?next=...`, API calls made with the session
-get a 403 problem with code `two_factor_required`. `TIEOUT_2FA=off` (settings.TIEOUT_2FA) turns the
-requirement off for demos and tests. Bearer-token API calls never carry a session, so they are not
-affected: tokens are machine credentials, issued by an operator.
-"""
+"""Two-factor enforcement: a user signed in by password alone who owes a second factor (controllers and admins
+always; anyone who enrolled one) may only finish 2FA. With django-otp's `request.user.is_verified()`, pages
+redirect to `/accounts/2fa/?next=...` and session API calls get a 403 `two_factor_required` problem until a
+TOTP device is verified or enrolled. `TIEOUT_2FA=off` disables it for demos and tests; Bearer-token API calls
+carry no session and are not affected (machine credentials issued by an operator)."""
 from urllib.parse import urlencode
 
 from django.conf import settings

@@ -1,11 +1,8 @@
-"""Web pages of the exception queue: the list (filters, source-id search, bulk actions, keyset pages) and
-one exception's page (its actions, comment thread and full trace).
-
-Reads go through `selectors` (entity-scoped for the signed-in user), writes through the same services
-the API calls, so each action is audited once and refused the same way. Every action is a POST with
-CSRF that answers with a redirect (POST-redirect-GET) and a message naming the stable error code when
-it fails. `@page` refuses readers' POSTs (auditors change nothing) whatever the page showed them.
-"""
+"""Web pages of the exception queue: the list (filters, source-id search, bulk actions, keyset pages) and one
+exception's page (actions, comment thread, full trace). Reads go through entity-scoped `selectors`, writes
+through the services the API calls (audited once, refused the same way). Every action is a CSRF POST answering
+with a redirect (POST-redirect-GET) and a message naming the stable error code on failure; `@page` refuses
+readers' POSTs (auditors change nothing)."""
 import datetime
 import json
 

@@ -1,12 +1,8 @@
-"""Web pages of the audit trail: the trace search and timelines (event, journal, invoice, ERP document
-reference), and the evidence pack, digests and public key for auditors and admins.
-
-Reads go through `portal.lineage` (scoped to the user's entities: anything outside is a 404, the same
-answer as for something that does not exist, so ids of other entities cannot be probed). The evidence
-pack is written by `portal.evidence.export_evidence` (which audits the export) into a temporary file that
-the response streams, so a large pack never sits in memory. Exporting is a POST with CSRF: it writes an
-audit entry, and a link that did so on GET could be triggered from another site.
-"""
+"""Web pages of the audit trail: trace search and timelines (event, journal, invoice, ERP document reference)
+via `portal.lineage`, entity-scoped (outside is 404, like something unknown, so other entities' ids cannot be
+probed); and, for auditors and admins, evidence packs, digests and the public key.
+`portal.evidence.export_evidence` (audited) writes the pack to a temporary file the response streams, never
+all in memory; exporting is a CSRF POST, since it writes an audit entry."""
 import datetime
 import json
 import re

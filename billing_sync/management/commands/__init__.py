@@ -1,0 +1,1 @@
+"""The billing_sync app's `manage.py` commands."""

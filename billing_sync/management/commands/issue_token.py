@@ -1,10 +1,7 @@
-"""`manage.py issue_token USERNAME --role ROLE [--password-env VAR] [--source-system NAME ...] [--entity CODE ...]
-[--expires-in DAYS | --expires YYYY-MM-DD]`: prints a new API token (last line).
-
-`--entity` scopes what the token's holder may touch: for `--role integration` it binds the token (the
-events it may send); for the staff roles it is the user's entity access, as before. `--source-system`
-binds the token to those source systems. Without them a token is unbound, as every token used to be.
-"""
+"""`manage.py issue_token USERNAME --role ROLE [--password-env VAR] [--source-system NAME ...] [--entity CODE
+...] [--expires-in DAYS | --expires YYYY-MM-DD]`: prints a new API token (last line). `--entity` binds an
+`integration` token to the entities it may send events for, and is the user's entity access for staff roles;
+`--source-system` binds the token to those source systems; without them a token is unbound."""
 import datetime
 import os
 

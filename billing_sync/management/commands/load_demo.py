@@ -1,32 +1,9 @@
-"""`manage.py load_demo`: a small month of a business for the portal (development only).
-
-Sets up two entities as `setup_entity` does (US01 in USD, UK01 in GBP: each entity's documents are in its
-own currency), creates one user per role with a known password, and sends about a month of billing history
-through the same write path as the API (`receive_event`, as the `billing` integration user): a few dozen
-customers, invoices over the last 30 days, payments in full, in part and early (unapplied cash applied
-later), credit notes and write-offs (some posted, some waiting for one approver, one for two), and events
-that stop in the exception queue with several codes (awaiting_dependency, unknown_customer,
-over_application, no_account_mapping, currency_mismatch, period_closed, posting_failed), assigned to
-`ops` with comments. It does the worker's job inline (processes each event, posts the ready journals
-through the built-in ERP connector), so it needs no Celery worker and no broker (see `_inline_worker`).
-The previous month is closed (`period_set_status`) once its journals are posted; a payment dated in it
-that arrives afterwards is the period_closed exception. Controllers' decisions go through the approval
-services (one two-approver credit note stays at "1 of 2").
-
-Time: the history is laid out backwards from an anchor, the moment of the first load, which the first
-event carries (30 days before it): a rerun reads it back, so every payload is the same and the run is a
-replay (no second event, document or journal). The services stamp rows with the time they run, so once
-the events are processed the demo moves their received/created times back to when the history says they
-arrived (`_backdate`, plain UPDATEs, explicit and commented there); posted journals are immutable, so they
-are posted with the ledger's clock set to their arrival plus a short delay (`_ledger_clock`). The audit log
-is append-only and keeps the real times of the load. Only the `billing` API token is new on each run (the
-raw token is never stored, so it cannot be printed again); the previous demo token is revoked.
-
-The passwords come from TIEOUT_DEMO_PASSWORD, else the documented development default below. Never run
-this against a production database: the command refuses production settings.
-
-The last line of stdout is the portal URL, for scripts (`make run` prints the whole block).
-"""
+"""`manage.py load_demo` (development only; refuses production settings): entities US01 (USD) and UK01 (GBP),
+one user per role (password TIEOUT_DEMO_PASSWORD or the documented default) and a month of billing history
+sent through `receive_event`, with approvals pending, exceptions of several codes and a closed previous month;
+it runs the worker inline (`_inline_worker`, no Celery). History is anchored in the first event, so a rerun is
+a replay; times are backdated (`_backdate`, `_ledger_clock`), the audit log keeps real ones. Each run issues a
+new `billing` token, revoking the last; stdout ends with the portal URL."""
 import datetime
 import hashlib
 import json

@@ -1,9 +1,7 @@
-"""`manage.py revoke_token (TOKEN_ID | --user USERNAME [--all])`: revoke API tokens, audited; prints what it
-revoked as the last line (`revoked 12 tko_AbCdEf (billing-prod)`, one token per `, `).
-
-`--user` alone revokes that user's only unrevoked token and refuses when it has several (name one by id,
-or pass `--all` to revoke every one). Revocation takes effect at once, in every process.
-"""
+"""`manage.py revoke_token (TOKEN_ID | --user USERNAME [--all])`: revoke API tokens, audited, effective at
+once in every process; prints what it revoked as the last line (`revoked 12 tko_AbCdEf (billing-prod)`, one
+token per `, `). `--user` alone revokes that user's only unrevoked token and refuses when it has several (name
+one by id, or pass `--all`)."""
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 

@@ -1,9 +1,7 @@
-"""`manage.py setup_source_system NAME --callback-url URL --secret-env VAR [--inactive]`.
-
-Idempotent: creates or updates the source system whose events (`source_system` = NAME) get status
-callbacks at URL, signed with the Standard Webhooks secret (`whsec_<base64>`) held in environment
-variable VAR. The secret itself is never passed, stored or printed. The last line printed is NAME.
-"""
+"""`manage.py setup_source_system NAME --callback-url URL --secret-env VAR [--inactive]`: idempotent; creates
+or updates the source system whose events (`source_system` = NAME) get status callbacks at URL, signed with
+the Standard Webhooks secret (`whsec_<base64>`) held in environment variable VAR. The secret itself is never
+passed, stored or printed. The last line printed is NAME."""
 import os
 
 from django.core.management.base import BaseCommand, CommandError

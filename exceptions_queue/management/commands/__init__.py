@@ -1,0 +1,1 @@
+"""The exceptions_queue app's `manage.py` commands."""

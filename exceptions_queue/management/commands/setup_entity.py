@@ -1,9 +1,7 @@
-"""`manage.py setup_entity CODE --currency USD [--name ...] [--erp builtin|erpnext|odoo|netsuite ...]`.
-
-Idempotent: creates the entity with the default chart, posting-rule mappings and approval policy, and
-(re)configures its ERP connection. Secrets are never passed here: `--erp-token-env VAR` names the
-environment variable that holds them. The last line printed is the entity code.
-"""
+"""`manage.py setup_entity CODE --currency USD [--name ...] [--erp builtin|erpnext|odoo|netsuite ...]`:
+idempotent; creates the entity with the default chart, posting-rule mappings and approval policy, and
+(re)configures its ERP connection. Secrets are never passed here: `--erp-token-env VAR` names the environment
+variable that holds them. The last line printed is the entity code."""
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 

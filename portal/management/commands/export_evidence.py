@@ -1,8 +1,6 @@
-"""`manage.py export_evidence --entity CODE --from DATE --to DATE OUT.zip`: an entity's evidence pack.
-
-Streams the pack (CSVs, signed digests, public key, README and the standalone verifier) into OUT.zip;
-check it anywhere with `python3 verify_evidence.py OUT.zip --public-key KEY.pem`.
-"""
+"""`manage.py export_evidence --entity CODE --from DATE --to DATE OUT.zip`: streams an entity's evidence pack
+(CSVs, signed digests, public key, README and the standalone verifier) into OUT.zip; check it anywhere with
+`python3 verify_evidence.py OUT.zip --public-key KEY.pem`."""
 import datetime
 import os
 
