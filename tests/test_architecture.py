@@ -4,6 +4,7 @@ pass on the code, and they fail when someone adds an upward import or hides one 
 The failing cases run the real tools on a copy of the code with one deliberate violation added, so the
 checks are shown to bite, not just to pass.
 """
+import ast
 import os
 import re
 import shutil
@@ -112,3 +113,16 @@ def test_ruff_passes_on_the_code():
     result = subprocess.run([str(BIN / "ruff"), "check", "--no-cache", *APPS, "bench", "tests", "manage.py"],
                             cwd=BASE_DIR, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_every_module_starts_with_a_one_paragraph_docstring():
+    """Each module says its role in one paragraph; longer design notes live in ARCHITECTURE.md."""
+    offenders = []
+    for app in APPS:
+        for path in sorted((BASE_DIR / app).rglob("*.py")):
+            if "migrations" in path.parts:
+                continue
+            doc = ast.get_docstring(ast.parse(path.read_text()))
+            if not doc or "\n\n" in doc.strip():
+                offenders.append(str(path.relative_to(BASE_DIR)))
+    assert not offenders, f"no docstring, or more than one paragraph: {offenders}"
