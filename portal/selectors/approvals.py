@@ -14,7 +14,6 @@ from billing_sync.models import CreditNote, Invoice, WriteOff
 from config import roles
 from exceptions_queue.models import Approval, ApprovalDecision, ApprovalPolicy
 from exceptions_queue.selectors import ApprovalFilter
-from ledger.models import Entity
 from config.money import ZERO, fmt
 from ledger.selectors import receivable_balance
 
@@ -36,11 +35,6 @@ MONEY_FIELDS = {"subtotal", "tax_total", "total", "applied_total", "credited_tot
 
 def may_decide(user) -> bool:
     return roles.has_role(user, roles.CONTROLLER, roles.ADMIN)
-
-
-def entity_choices(user) -> list[str]:
-    """Entity codes the user may filter on (their granted ones; every entity for admins)."""
-    return list(roles.scope(Entity.objects.order_by("code"), user, "code").values_list("code", flat=True))
 
 
 def inbox(user, params) -> tuple:

@@ -12,6 +12,7 @@ from django.urls import path, reverse
 from config.errors import ApiError
 from exceptions_queue import services
 from exceptions_queue.selectors import ApprovalStatus
+from ledger import selectors as ledger_selectors
 from portal.selectors import approvals as selectors
 from portal.web.access import DECIDERS, READERS, page
 
@@ -29,7 +30,7 @@ def inbox(request):
         "rows": selectors.inbox_rows(page_obj.object_list, request.user), "page_obj": page_obj,
         "filters": filters, "query": query.urlencode(), "status_choices": selectors.STATUS_CHOICES,
         "mine_choices": selectors.MINE_CHOICES,
-        "kind_choices": list(selectors.KIND_LABELS.items()), "entity_choices": selectors.entity_choices(request.user),
+        "kind_choices": list(selectors.KIND_LABELS.items()), "entity_choices": ledger_selectors.entity_codes_for(request.user),
     })
 
 
