@@ -453,3 +453,132 @@ class CallbackDelivery(models.Model):
 
     def __str__(self):
         return f"{self.kind} {self.event_id} ({self.status})"
+
+
+class ReconciliationRun(models.Model):
+    """One reconciliation of an entity over a date range (billing ↔ ledger ↔ ERP); immutable once finished.
+
+    A database trigger refuses any change to a run that is no longer `running` and any delete, so the
+    figures a run reported are the figures it found. `subject` narrows a run to one object (the "re-run for
+    this object" action): `journal:<uuid>` or `<document_type>:<source_system>:<id>`.
+    """
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        FINISHED = "finished"
+        FAILED = "failed"
+
+    id = models.BigAutoField(primary_key=True)
+    entity = models.ForeignKey("ledger.Entity", on_delete=models.PROTECT, related_name="reconciliation_runs")
+    date_from = models.DateField()
+    date_to = models.DateField()
+    full = models.BooleanField(default=False)
+    subject = models.CharField(max_length=300, blank=True, default="")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    requested_by = models.CharField(max_length=150)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Incremental runs read back only what the ERP changed since this instant (the last run's start).
+    erp_modified_since = models.DateTimeField(null=True, blank=True)
+    matched = models.PositiveIntegerField(default=0)
+    breaks = models.JSONField(default=dict, blank=True)  # {"<code>": n} found by this run
+    resolved = models.PositiveIntegerField(default=0)
+    erp_requests = models.PositiveIntegerField(default=0)
+    erp_documents = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(date_from__lte=F("date_to")), name="recon_run_range"),
+            models.CheckConstraint(condition=Q(status="running") | Q(finished_at__isnull=False),
+                                   name="recon_run_finished_at"),
+        ]
+        indexes = [models.Index(fields=["entity", "-started_at"], name="recon_run_entity_idx")]
+
+    def __str__(self):
+        return f"reconciliation run {self.pk} {self.entity_id} {self.date_from}..{self.date_to} ({self.status})"
+
+
+class ReconciliationBreak(models.Model):
+    """One discrepancy a run found, with the expected and actual value per side and the objects involved.
+
+    `key` names the discrepancy independently of the run (code + objects), so a later run that finds the
+    same thing updates the open break rather than opening a second one (one open break per key, enforced
+    by a partial unique index), and a run that finds the object matched resolves it.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open"
+        RESOLVED = "resolved"
+
+    class Code(models.TextChoices):
+        MISSING_JOURNAL = "missing_journal"
+        JOURNAL_AMOUNT_MISMATCH = "journal_amount_mismatch"
+        LEDGER_OPEN_AMOUNT_MISMATCH = "ledger_open_amount_mismatch"
+        AR_CONTROL_MISMATCH = "ar_control_mismatch"
+        UNAPPLIED_CASH_MISMATCH = "unapplied_cash_mismatch"
+        MISSING_IN_ERP = "missing_in_erp"
+        ERP_DOCUMENT_CANCELLED = "erp_document_cancelled"
+        ERP_AMOUNT_MISMATCH = "erp_amount_mismatch"
+        ERP_DATE_MISMATCH = "erp_date_mismatch"
+        UNEXPECTED_IN_ERP = "unexpected_in_erp"
+        ERP_BALANCE_MISMATCH = "erp_balance_mismatch"
+
+    id = models.BigAutoField(primary_key=True)
+    key = models.CharField(max_length=400)
+    code = models.CharField(max_length=40, choices=Code.choices)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
+    entity = models.ForeignKey("ledger.Entity", on_delete=models.PROTECT, related_name="reconciliation_breaks")
+    account = models.CharField(max_length=30, blank=True, default="")  # our account code
+    period = models.CharField(max_length=7, blank=True, default="")  # YYYY-MM
+    journal = models.ForeignKey("ledger.Journal", null=True, blank=True, on_delete=models.PROTECT,
+                                related_name="reconciliation_breaks")
+    erp_document_ref = models.CharField(max_length=100, blank=True, default="")
+    # The canonical document involved: `<document_type>:<source_system>:<id>` (e.g. invoice:billing-prod:in_1).
+    document = models.CharField(max_length=300, blank=True, default="")
+    expected = models.JSONField(default=dict, blank=True)
+    actual = models.JSONField(default=dict, blank=True)
+    opened_by_run = models.ForeignKey(ReconciliationRun, on_delete=models.PROTECT, related_name="opened_breaks")
+    last_seen_run = models.ForeignKey(ReconciliationRun, on_delete=models.PROTECT, related_name="+")
+    resolved_by_run = models.ForeignKey(ReconciliationRun, null=True, blank=True, on_delete=models.PROTECT,
+                                        related_name="resolved_breaks")
+    opened_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_by = models.CharField(max_length=150, blank=True, default="")
+    resolution = models.TextField(blank=True, default="")
+    exception = models.ForeignKey("exceptions_queue.ExceptionRecord", null=True, blank=True,
+                                  on_delete=models.PROTECT, related_name="reconciliation_breaks")
+    history = HistoricalRecords()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["key"], name="recon_break_one_open_per_key", condition=Q(status="open")),
+            models.CheckConstraint(condition=Q(status="open") | (Q(resolved_at__isnull=False) & ~Q(resolution="")),
+                                   name="recon_break_resolution_required"),
+        ]
+        indexes = [
+            models.Index(fields=["entity", "status", "code"], name="recon_break_entity_idx"),
+            models.Index(fields=["document"], name="recon_break_document_idx", condition=~Q(document="")),
+            models.Index(fields=["opened_at"], name="recon_break_opened_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.code} {self.key} ({self.status})"
+
+
+class ReconciliationMark(models.Model):
+    """The reconciliation status of one journal or canonical document: the result of its last check.
+
+    `subject` is `journal:<uuid>` or `<document_type>:<source_system>:<id>`; an object without a mark is
+    `unreconciled` (never checked).
+    """
+
+    class Status(models.TextChoices):
+        MATCHED = "matched"
+        BREAK = "break"
+
+    subject = models.CharField(max_length=300, primary_key=True)
+    entity = models.ForeignKey("ledger.Entity", on_delete=models.PROTECT, related_name="+")
+    status = models.CharField(max_length=10, choices=Status.choices)
+    checked_at = models.DateTimeField()
+    run = models.ForeignKey(ReconciliationRun, on_delete=models.PROTECT, related_name="+")

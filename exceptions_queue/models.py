@@ -29,6 +29,7 @@ class ExceptionRecord(models.Model):
         CALLBACK = "callback"
         APPROVAL = "approval"
         SYSTEM = "system"  # Tieout's own alarms, e.g. audit_chain_broken
+        RECONCILIATION = "reconciliation"  # a break a reconciliation run found (code = the break code)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     code = models.CharField(max_length=50, db_index=True)
@@ -133,6 +134,8 @@ class Approval(models.Model):
         CREDIT_NOTE = "credit_note"
         WRITE_OFF = "write_off"
         MANUAL_JOURNAL = "manual_journal"
+        PERIOD_CLOSE = "period_close"  # closing a month whose close checks fail (maker-checker)
+        PERIOD_REOPEN = "period_reopen"
 
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -143,7 +146,10 @@ class Approval(models.Model):
     entity = models.ForeignKey("ledger.Entity", on_delete=models.PROTECT, related_name="approvals")
     event = models.ForeignKey("billing_sync.Event", null=True, blank=True, on_delete=models.PROTECT,
                               related_name="approvals")
-    journal = models.OneToOneField("ledger.Journal", on_delete=models.PROTECT, related_name="approval")
+    journal = models.OneToOneField("ledger.Journal", null=True, blank=True, on_delete=models.PROTECT,
+                                   related_name="approval")
+    # What a journal-less approval is about, e.g. `period:US01:2026-11` for a period close or reopen.
+    subject = models.CharField(max_length=300, blank=True, default="")
     kind = models.CharField(max_length=20, choices=Kind.choices)
     document_id = models.CharField(max_length=200, blank=True, default="")
     amount = models.DecimalField(**MONEY)
@@ -159,8 +165,14 @@ class Approval(models.Model):
     decided_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
-        constraints = [models.CheckConstraint(condition=Q(required_approvals__gte=1, required_approvals__lte=5),
-                                              name="approval_required_range")]
+        constraints = [
+            models.CheckConstraint(condition=Q(required_approvals__gte=1, required_approvals__lte=5),
+                                   name="approval_required_range"),
+            models.CheckConstraint(condition=Q(journal__isnull=False) | ~Q(subject=""), name="approval_has_subject"),
+            # One pending close (or reopen) request per period at a time.
+            models.UniqueConstraint(fields=["kind", "subject"], name="approval_one_pending_per_subject",
+                                    condition=Q(status="pending") & ~Q(subject="")),
+        ]
         indexes = [models.Index(fields=["status", "created_at"], name="approval_status_idx")]
 
 

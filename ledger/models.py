@@ -100,6 +100,13 @@ class Period(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.OPEN)
     closed_at = models.DateTimeField(null=True, blank=True)
     closed_by = models.CharField(max_length=150, blank=True, default="")
+    # The close checks' results at the moment of closing ([{"check", "ok", "detail"}]), and, when some
+    # failed, the reason given and the controller who approved closing anyway.
+    close_checks = models.JSONField(default=list, blank=True)
+    close_reason = models.TextField(blank=True, default="")
+    close_approved_by = models.CharField(max_length=150, blank=True, default="")
+    reopened_at = models.DateTimeField(null=True, blank=True)
+    reopened_by = models.CharField(max_length=150, blank=True, default="")
     history = HistoricalRecords()
 
     class Meta:

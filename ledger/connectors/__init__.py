@@ -1,7 +1,8 @@
 """ERP connectors: one class per ERP behind the interface of `base.Connector`, chosen per entity."""
 from django.utils.module_loading import import_string
 
-from ledger.connectors.base import AmbiguousError, Connector, PermanentError, PostResult, TransientError
+from ledger.connectors.base import (AmbiguousError, Connector, ErpDocument, ErpLine, ErpMovement, PermanentError,
+                                   PostResult, TransientError)
 
 REGISTRY: dict[str, str] = {
     "builtin": "ledger.connectors.builtin.BuiltinConnector",
@@ -22,5 +23,5 @@ def get_connector(entity) -> Connector:
     return connector_class(entity.erp_connector)(entity)
 
 
-__all__ = ["AmbiguousError", "Connector", "PermanentError", "PostResult", "TransientError", "get_connector",
+__all__ = ["AmbiguousError", "Connector", "ErpDocument", "ErpLine", "ErpMovement", "PermanentError", "PostResult", "TransientError", "get_connector",
            "connector_class"]
