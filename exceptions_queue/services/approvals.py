@@ -77,7 +77,9 @@ def approval_request(*, entity, event, journal, kind, document_id, amount, curre
 def _decide(approval_id, *, user, decision: str, comment: str) -> Approval:
     if not roles.has_role(user, *roles.DECIDERS):
         raise PermissionRefused("only controllers and admins decide approvals")
-    approval = (Approval.objects.select_for_update(of=("self", "journal")).select_related("journal", "entity")
+    # Only the approval's row: a journal-less approval (a period close) joins its journal from the nullable
+    # side, which PostgreSQL cannot lock; the kind's handler locks the journal it releases or refuses.
+    approval = (Approval.objects.select_for_update(of=("self",)).select_related("journal", "entity")
                 .filter(pk=approval_id).first())
     if approval is None or not roles.may_see_entity(user, approval.entity.code):
         raise NotFound(f"no approval {approval_id}")  # outside the user's entities it does not exist for them
