@@ -8,12 +8,13 @@ journal, or an exception opened or resolved outside the event's own processing, 
 a resolved exception tells the source system."""
 import hashlib
 
-from billing_sync import callbacks, documents, services
+from billing_sync import callbacks, documents, selectors, services
 from billing_sync.models import Event
 from config.errors import Codes, Conflict
 from exceptions_queue import workflow
 from exceptions_queue.models import Approval, ExceptionRecord
 from ledger import hooks as ledger_hooks
+from ledger import selectors as ledger_selectors
 from ledger.models import Journal
 
 EVENT_PROCESSES = (ExceptionRecord.Process.CUSTOMER, ExceptionRecord.Process.INVOICE,
@@ -106,5 +107,6 @@ def register() -> None:
     for kind in (Approval.Kind.CREDIT_NOTE, Approval.Kind.WRITE_OFF):
         workflow.approval_kind_register(kind, approve=document_approve, reject=document_reject)
     ledger_hooks.journals_posted.connect(on_journals_posted)
+    ledger_selectors.reconciliation_status_provide(selectors.journal_reconciliation_statuses)
     workflow.event_exceptions_changed.connect(on_event_exceptions_changed)
     workflow.exception_resolved.connect(on_exception_resolved)

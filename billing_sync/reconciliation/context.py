@@ -129,7 +129,8 @@ def plan_for(ctx: Context, *, check_only: bool = False) -> Plan:
             if not _MONTH.match(month):
                 raise BadSubject(f"{month} is not a month (YYYY-MM)")
             first = datetime.date.fromisoformat(f"{month}-01")
-            return Plan(balance=((code,), *month_bounds(first, first)))
+            # The month's documents are read too: the balance counts only what they do not explain.
+            return Plan(erp="stream", balance=((code,), *month_bounds(first, first)))
         if check_only:
             return Plan()
         aggregates = tuple(check for check, role in (("ar_control_mismatch", R.RECEIVABLE),

@@ -13,8 +13,11 @@ own connector be used. What is compared:
   lines of one account agrees) and the same posting date (`erp_date_mismatch`);
 * every posted ERP document carrying our reference belongs to exactly one journal (`unexpected_in_erp`: a
   reference we do not know, or a second document for a journal that has one); cancelled ones are ignored;
-* in full runs, per mapped account and month, the ERP's posted movement equals the ledger's posted movement
-  (`erp_balance_mismatch`): this is what finds entries made by hand in the ERP.
+* in full runs, per mapped account and month, the ERP's posted movement is what the documents carrying our
+  reference explain (`erp_balance_mismatch`, with the ledger's posted movement as expected, the ERP's as
+  actual and the unexplained rest): this is what finds entries made by hand in the ERP. A difference that a
+  document-level break already explains (a document deleted, cancelled or edited in the ERP) is not counted
+  twice; the documents are read over whole months for it.
 
 A range run reads the documents with a posting date in its range (incremental: only those the ERP changed
 since the last finished run started) and checks our journals posted in the range (incremental: posted since
@@ -121,8 +124,9 @@ def stage(ctx: Context, connector: Connector, progress=None) -> int:
     plan = ctx.plan
     stager = Stager()
     if plan.erp == "stream":
-        for doc in connector.erp_documents(date_from=ctx.date_from, date_to=ctx.date_to,
-                                           modified_since=ctx.since):
+        # A full run reads whole months: the balance check needs every document of each month it compares.
+        date_from, date_to = (plan.balance[1], plan.balance[2]) if plan.balance else (ctx.date_from, ctx.date_to)
+        for doc in connector.erp_documents(date_from=date_from, date_to=date_to, modified_since=ctx.since):
             stager.add(doc)
             if progress and stager.count % CHUNK == 0:
                 progress("ERP documents", stager.count)
@@ -302,16 +306,25 @@ WITH led AS (
 ), erp AS (
     SELECT account, month, SUM(debit) AS debit, SUM(credit) AS credit FROM recon_erp_move
     WHERE account = ANY(%(accounts)s) GROUP BY 1, 2
+), docs AS (
+    SELECT l.account, to_char(c.posting_date, 'YYYY-MM') AS month, SUM(l.debit - l.credit) AS net
+    FROM recon_erp_line l JOIN recon_erp_cur c ON c.ref = l.ref AND c.n = l.n AND c.status = 'posted'
+    WHERE l.account = ANY(%(accounts)s) AND c.posting_date BETWEEN %(month_from)s AND %(month_to)s
+    GROUP BY 1, 2
+), cmp AS (
+    SELECT COALESCE(led.account, erp.account, docs.account) AS account, COALESCE(led.month, erp.month, docs.month) AS month,
+           COALESCE(led.debit, 0) AS led_debit, COALESCE(led.credit, 0) AS led_credit,
+           COALESCE(erp.debit, 0) AS erp_debit, COALESCE(erp.credit, 0) AS erp_credit,
+           COALESCE(erp.debit, 0) - COALESCE(erp.credit, 0) - COALESCE(docs.net, 0) AS unexplained
+    FROM led FULL JOIN erp ON erp.account = led.account AND erp.month = led.month
+    FULL JOIN docs ON docs.account = COALESCE(led.account, erp.account) AND docs.month = COALESCE(led.month, erp.month)
 )
-SELECT 'erp_balance_mismatch', COALESCE(led.account, erp.account), COALESCE(led.month, erp.month), NULL, '', '',
-       jsonb_build_object('side', 'ledger', 'debit', {_money('COALESCE(led.debit, 0)')},
-                          'credit', {_money('COALESCE(led.credit, 0)')}),
-       jsonb_build_object('side', 'erp', 'debit', {_money('COALESCE(erp.debit, 0)')},
-                          'credit', {_money('COALESCE(erp.credit, 0)')}),
-       abs((COALESCE(led.debit, 0) - COALESCE(led.credit, 0)) - (COALESCE(erp.debit, 0) - COALESCE(erp.credit, 0))),
-       COALESCE(led.account, erp.account) || ' ' || COALESCE(led.month, erp.month)
-FROM led FULL JOIN erp ON erp.account = led.account AND erp.month = led.month
-WHERE COALESCE(led.debit, 0) - COALESCE(led.credit, 0) <> COALESCE(erp.debit, 0) - COALESCE(erp.credit, 0)
+SELECT 'erp_balance_mismatch', account, month, NULL, '', '',
+       jsonb_build_object('side', 'ledger', 'debit', {_money('led_debit')}, 'credit', {_money('led_credit')}),
+       jsonb_build_object('side', 'erp', 'debit', {_money('erp_debit')}, 'credit', {_money('erp_credit')},
+                          'unexplained', {_money('unexplained')}),
+       abs(unexplained), account || ' ' || month
+FROM cmp WHERE unexplained <> 0
 """
 
 

@@ -15,6 +15,7 @@ ledger's look-up-before-send `journal_repost`), raise an adjusting manual journa
 `manual_journal_create`: it goes to approval) and accept the difference with a reason (controllers): a later
 run that finds the same figures does not open it again."""
 import datetime
+import json
 from decimal import Decimal
 
 import structlog
@@ -336,13 +337,15 @@ def _apply(ctx, run: ReconciliationRun, progress=None) -> dict:
             JOIN recon_found f ON f.key = b.key
             WHERE b.entity_id = %s AND b.status = 'open' AND (b.expected <> f.expected OR b.actual <> f.actual)""",
                        [entity.pk])
-        changed = cursor.fetchall()
+        changed = [(pk, _json(expected), _json(actual), amount) for pk, expected, actual, amount in cursor.fetchall()]
         cursor.execute(f"""
             SELECT {", ".join("f." + name for name in FOUND_FIELDS)} FROM recon_found f
             WHERE NOT EXISTS (SELECT 1 FROM billing_sync_reconciliationbreak b
                               WHERE b.entity_id = %s AND b.status = 'open' AND b.key = f.key)
             ORDER BY f.code, f.key""", [entity.pk])
         new = [dict(zip(FOUND_FIELDS, row)) for row in cursor.fetchall()]
+        for row in new:
+            row["expected"], row["actual"] = _json(row["expected"]), _json(row["actual"])
         cursor.execute(f"""
             SELECT b.id FROM billing_sync_reconciliationbreak b
             WHERE b.entity_id = %s AND b.status = 'open'
@@ -386,6 +389,11 @@ def _apply(ctx, run: ReconciliationRun, progress=None) -> dict:
     if progress:
         progress("marks")
     return {"matched": marks["matched"], "breaks": counts, "resolved": len(gone), "marks_changed": marks["changed"]}
+
+
+def _json(value):
+    """A jsonb column as a raw cursor returns it (Django leaves its decoding to JSONField): decoded."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _amount(value) -> Decimal | None:
