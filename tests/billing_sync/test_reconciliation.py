@@ -11,6 +11,7 @@ import datetime
 from decimal import Decimal
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import DatabaseError, transaction
 
 from audit.models import AuditEntry
@@ -213,7 +214,6 @@ def test_ledger_open_amount_mismatch_a_payment_line_moved_to_another_invoice(boo
 
 def _manual_journal(entity, maker, checker, capture, lines, description):
     """A manual journal through the manual journal path: written by one person, approved by a controller."""
-    from django.contrib.auth import get_user_model  # noqa: PLC0415
     users = get_user_model().objects
     with capture(execute=True):
         journal = queue.manual_journal_create(entity=entity, accounting_date=datetime.date(2026, 11, 20), lines=lines,
@@ -352,7 +352,6 @@ def test_incremental_runs_read_what_the_erp_changed_since_the_last_run(books, er
 
 
 def test_marks_and_an_accepted_difference_stays_accepted(books, erp, controller, finance):
-    from django.contrib.auth import get_user_model  # noqa: PLC0415
     users = get_user_model().objects
     erp.manual.append(("1200", datetime.date(2026, 11, 15), "3.00", "0"))
     run(books)
@@ -379,7 +378,6 @@ def test_marks_and_an_accepted_difference_stays_accepted(books, erp, controller,
 
 # ------------------------------------------------------------------------------------------------ actions
 def test_rerun_repost_and_the_queue_retry(books, erp, finance, django_capture_on_commit_callbacks):
-    from django.contrib.auth import get_user_model  # noqa: PLC0415
     fiona = get_user_model().objects.get(username="fiona-ops")
     journal = journal_of("invoice", "inv_1")
     erp.deleted.add(journal.erp_document_ref)
@@ -416,7 +414,6 @@ def test_rerun_repost_and_the_queue_retry(books, erp, finance, django_capture_on
 
 
 def test_adjusting_journal_and_resolving_in_the_queue(books, erp, finance, django_capture_on_commit_callbacks):
-    from django.contrib.auth import get_user_model  # noqa: PLC0415
     fiona = get_user_model().objects.get(username="fiona-ops")
     erp.manual.append(("1200", datetime.date(2026, 11, 15), "100.00", "0"))
     run(books)
