@@ -1,23 +1,9 @@
 """Billing ↔ ledger, set-based: a handful of INSERT ... SELECT statements over the whole range, whatever its
-size (no row comes to Python). What is compared:
-
-* every canonical document that should have journals has them (`missing_journal`), with the amounts the
-  posting rules give (`journal_amount_mismatch`): an open invoice with a total, Dr receivable = total on the
-  journal of its current version; a payment, Dr clearing + fees = amount; an approved credit note, Cr
-  receivable = amount + tax; an approved write-off, Cr receivable = amount; a refund, Cr clearing = amount.
-  All journals of the document's kind count (a second booking doubles the amount and shows);
-* every invoice's open amount equals its receivable balance in the ledger (`ledger_open_amount_mismatch`),
-  including receivable lines that name an invoice billing does not have;
-* the receivable control account equals the sum of open invoices (`ar_control_mismatch`) and unapplied
-  cash equals the sum of payments' unapplied amounts (`unapplied_cash_mismatch`), entity-wide, as of now.
-
-The ledger side is the journals Tieout has booked (`context.BOOKED`: ready, posting, posted, failed), so that
-a journal on its way to the ERP is no break here (that delivery is the ERP side's check) and one waiting for
-approval counts on neither side. Accounts are the entity's mapped accounts by posting-rule role.
-
-A range run checks the documents dated in it (invoices by issue date, payments by the UTC date received,
-credit notes, write-offs and refunds by the UTC date of their event) and the invoices issued in it or moved
-on the receivable account by a journal dated in it; a document run checks that one document."""
+size (no row comes to Python), comparing each canonical document with the journals its posting rule gives
+(`missing_journal`, `journal_amount_mismatch`), each invoice's open amount with its receivable balance
+(`ledger_open_amount_mismatch`) and the control accounts with billing's totals (`ar_control_mismatch`,
+`unapplied_cash_mismatch`) over the journals Tieout has booked (`context.BOOKED`), accounts by posting-rule role;
+ARCHITECTURE.md ("billing_sync.reconciliation") says exactly what is compared and which documents a run covers."""
 from django.db import connection
 
 from billing_sync.reconciliation.context import BOOKED, Context

@@ -1,11 +1,8 @@
 """What one reconciliation run checks (`Plan`, read from the run's range, mode and subject) and the values its
-SQL needs (`Context`: the entity, its mapped accounts by posting-rule role, the currency's minor units).
-
-Subjects narrow a run to one object (the "re-run for this object" action): a billing document
-`<document_type>:<source_system>:<id>`, a journal `journal:<uuid>`, an ERP document `erp:<ref>`, an aggregate
-check on an account `account:<code>` (AR control on the receivable account, unapplied cash on its account) or
-the ERP balance of an account in a month `account:<code>:<YYYY-MM>`. Without a subject a run checks its date
-range: every check, the ERP balances in full runs only."""
+SQL needs (`Context`: the entity, its mapped accounts by posting-rule role, the currency's minor units); a
+subject narrows a run to one object: a billing document `<document_type>:<source_system>:<id>`, a journal
+`journal:<uuid>`, an ERP document `erp:<ref>`, the aggregate checks of an account `account:<code>` or the ERP
+balance of an account in a month `account:<code>:<YYYY-MM>`; without one a run checks its date range."""
 import datetime
 import re
 from dataclasses import dataclass, field

@@ -1,29 +1,9 @@
-"""Ledger ↔ ERP: the ERP read back through the entity's connector (`ledger.connectors.base.Connector`:
-`erp_documents`, `erp_document`, `account_movements`), streamed into staging tables with COPY in chunks (memory
-stays flat however many documents the ERP returns), then compared with our posted journals in SQL.
-
-`stage(ctx, connector)` reads the ERP (no database transaction is held while it waits on the ERP);
-`compare(ctx)` then writes what differs into `recon_found`. Any connector implementing the read-back
-interface plugs in: the vendor stand-in tests call `reconciliation_run(..., connector=...)` or let the entity's
-own connector be used. What is compared:
-
-* every posted journal's ERP document (a batch document for journals posted in batches: its netted lines)
-  exists (`missing_in_erp`), is still posted (`erp_document_cancelled`: cancelled, or back to draft), has the
-  same debit and credit per account (`erp_amount_mismatch`, compared per account net, so an ERP that merges
-  lines of one account agrees) and the same posting date (`erp_date_mismatch`);
-* every posted ERP document carrying our reference belongs to exactly one journal (`unexpected_in_erp`: a
-  reference we do not know, or a second document for a journal that has one); cancelled ones are ignored;
-* in full runs, per mapped account and month, the ERP's posted movement is what the documents carrying our
-  reference explain (`erp_balance_mismatch`, with the ledger's posted movement as expected, the ERP's as
-  actual and the unexplained rest): this is what finds entries made by hand in the ERP. A difference that a
-  document-level break already explains (a document deleted, cancelled or edited in the ERP) is not counted
-  twice; the documents are read over whole months for it.
-
-A range run reads the documents with a posting date in its range (incremental: only those the ERP changed
-since the last finished run started) and checks our journals posted in the range (incremental: posted since
-then), plus any journal a read document names. A posted journal whose document the listing did not return is
-looked up by its reference (`erp_document`) before it is called missing, up to
-TIEOUT_RECONCILIATION_LOOKUPS per run. A run about one object reads just that object's documents."""
+"""Ledger ↔ ERP: the ERP read back through the entity's connector (the read-back of
+`ledger.connectors.base.Connector`), streamed into staging tables by COPY in chunks so that memory stays flat,
+then compared with our posted journals in SQL (`missing_in_erp`, `erp_document_cancelled`, `erp_amount_mismatch`,
+`erp_date_mismatch`, `unexpected_in_erp`, and in full runs `erp_balance_mismatch`); `stage` reads the ERP
+outside any transaction, `compare` writes what differs. Any connector implementing the interface plugs in;
+ARCHITECTURE.md ("billing_sync.reconciliation") has the rules."""
 import datetime
 from collections.abc import Iterable
 

@@ -1,19 +1,9 @@
 """Reconciliation runs and their breaks: start a run (one running per entity, refused by the database), execute
-it (billing ↔ ledger and ledger ↔ ERP, `billing_sync.reconciliation`), and act on what it found.
-
-A run opens a break (and its exception, process `reconciliation`, code = the break's code) for each discrepancy
-it finds that has no open break with the same key; updates the open ones it finds again (their last run, and
-their figures when they changed); resolves the open ones within what it checked that it no longer finds, with
-their exceptions ("resolved by run N"); and sets the reconciliation mark (`matched` / `break`) of every journal
-and document it checked whose status changed. A run that fails (the ERP unreachable once the connector's
-retries are spent, anything else) is recorded `failed` with the error and changes nothing else. Runs are
-immutable once finished (database trigger). Every change is audited: the run's start and end (with its
-figures), each break opened, updated, resolved or accepted, each exception.
-
-Actions on a break: re-run the reconciliation for its object, re-post a journal the ERP does not have (the
-ledger's look-up-before-send `journal_repost`), raise an adjusting manual journal (the queue's
-`manual_journal_create`: it goes to approval) and accept the difference with a reason (controllers): a later
-run that finds the same figures does not open it again."""
+it (`billing_sync.reconciliation`: open a break and its `reconciliation` exception per new discrepancy, update
+the ones found again, resolve the ones it no longer finds within what it checked "resolved by run N", set the
+marks whose status changed; a failed run is recorded `failed` and changes nothing else), and act on a break:
+re-run for its object, re-post a journal the ERP lacks (look-up-before-send), raise an adjusting manual journal
+(to approval), accept the difference with a reason (controllers); all audited, ARCHITECTURE.md has the notes."""
 import datetime
 import json
 from decimal import Decimal
