@@ -162,6 +162,7 @@ def check(ctx: Context, progress=None) -> None:
             filters, extra = _doc_filters(ctx)
             params = ctx.params(**extra)
             cursor.execute(DOCS_SQL.format(**filters), params)
+            cursor.execute("ANALYZE recon_docs")  # temporary tables have no statistics until asked
             cursor.execute(JOURNALS_SQL, params)
             if plan.doc is None or plan.doc[0] == "invoice":
                 if plan.doc is None:

@@ -139,6 +139,10 @@ def reconciliation_run_execute(*, run_id, connector=None, progress=None) -> Reco
                 run = ReconciliationRun.objects.select_for_update().select_related("entity").get(pk=run_id)
                 if run.status != ReconciliationRun.Status.RUNNING:
                     return run
+                # Set-based checks over a million rows sort and hash in the server: room to do it in memory
+                # (bounded, server-side, for this transaction only) instead of spilling to disk.
+                with connection.cursor() as cursor:
+                    cursor.execute("SET LOCAL work_mem = '128MB'")
                 billing_checks.check(ctx, progress)
                 erp_checks.compare(ctx, progress)
                 outcome = _apply(ctx, run, progress)
