@@ -121,3 +121,23 @@ def journals_for_event_ids(event_ids) -> dict:
         out.setdefault(event_id, []).append(journal_id)
     return out
 
+
+
+# Reconciliation status of journals: reconciliation is billing_sync's (a higher layer), which installs this
+# lookup at start-up, as the entity-access lookup is installed (ARCHITECTURE.md).
+UNRECONCILED = {"status": "unreconciled", "checked_at": None, "run": None}
+_reconciliation_lookup = None
+
+
+def reconciliation_status_provide(lookup) -> None:
+    """Install `lookup(journal_ids) -> {journal_id: {"status", "checked_at", "run"}}` (billing_sync does)."""
+    global _reconciliation_lookup
+    _reconciliation_lookup = lookup
+
+
+def journal_reconciliation(journal_ids) -> dict:
+    """Each journal's reconciliation status (unreconciled when nothing is installed or it was never checked)."""
+    journal_ids = list(journal_ids)
+    if _reconciliation_lookup is None:
+        return {pk: dict(UNRECONCILED) for pk in journal_ids}
+    return _reconciliation_lookup(journal_ids)
