@@ -69,7 +69,7 @@ class ErpNextConnector(HttpConnector):
       417 is a validation error, 401/403 authentication or permission, 409 a duplicate (which, for us, may
       mean the entry exists: treated as ambiguous so that we look it up), 429 with `Retry-After`.
 
-    Read-back (reconciliation), read-only, every request through `read` (retried, counted):
+    Read-back (reconciliation), read-only, every request through `retrying` (retried, counted):
 
     - Documents: `GET /api/resource/Journal Entry` with `fields` = the entry's `name`, `cheque_no`, `docstatus`,
       `posting_date`, `modified` and its account rows' `account`, `debit_in_account_currency`,

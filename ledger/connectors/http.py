@@ -4,7 +4,7 @@ other 5xx are transient; maybe applied (read timeout or connection reset after s
 ambiguous for writes, merely transient for a read (a look-up); 401/403 and other 4xx are permanent, with
 the ERP's message parsed by the connector. Retry-After (seconds or HTTP date) is honoured, capped so a
 broken ERP cannot park a task for longer than the broker's visibility timeout. Read-back (reconciliation)
-goes through `HttpConnector.read`, which retries rate limits and transient failures itself, with exponential
+goes through `HttpConnector.retrying`, which retries rate limits and transient failures itself, with exponential
 backoff and jitter, a bounded number of times (TIEOUT_READBACK_*), and counts every request it makes."""
 import datetime
 import email.utils
@@ -173,7 +173,7 @@ class HttpConnector(Connector):
         return PermanentError(f"the ERP refused the request ({status})", erp_message=message)
 
     # ---------------------------------------------------------------------------------------- read-back
-    def read(self, call, *args, **kwargs):
+    def retrying(self, call, *args, **kwargs):
         """Run one read-back call (a function making one request, and any re-authentication it needs) until it
         succeeds, retrying `TransientError` (429 honouring Retry-After, 5xx, timeouts, refused connections) up
         to TIEOUT_READBACK_MAX_ATTEMPTS attempts in all; then the last `TransientError` is raised. Read-back
@@ -195,7 +195,7 @@ class HttpConnector(Connector):
                 attempt += 1
 
     def read_json(self, method: str, path: str, **kwargs):
-        """`read` of one request whose answer is JSON; a 2xx that is not JSON (a proxy's page) is transient."""
+        """`retrying` one request whose answer is JSON; a 2xx that is not JSON (a proxy's page) is transient."""
         def once():
             response = self.request(method, path, write=False, **kwargs)
             try:
@@ -203,7 +203,7 @@ class HttpConnector(Connector):
             except ValueError:
                 raise TransientError(f"the ERP answered {response.status_code} with a body that is not JSON",
                                      erp_message=response.text[:500]) from None
-        return self.read(once)
+        return self.retrying(once)
 
     def erp_time(self, moment: datetime.datetime) -> datetime.datetime:
         """`moment` as the ERP's naive wall-clock time (its `time_zone` setting, UTC by default)."""
