@@ -40,6 +40,9 @@ class Faults:
 class StandinHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "Standin/1.0"
+    # The handler writes the headers and the body in two sends: with Nagle's algorithm on, the body waits
+    # for the client's delayed ACK (about 40 ms on Linux), which would dwarf the latency a test sets.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):  # quiet
         pass
