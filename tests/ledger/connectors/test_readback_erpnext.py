@@ -16,7 +16,7 @@ from django.db import transaction
 
 from ledger import connectors, services
 from ledger.connectors.base import ErpDocument, ErpLine, ErpMovement
-from ledger.models import Journal
+from ledger.models import ErpBatch, Journal
 from tests import factories as f
 from tests.fixtures import ERPNEXT_TOKEN_ENV, erpnext_configure
 
@@ -160,6 +160,22 @@ def test_one_document_by_its_reference(erp, erp_entity, integration):
     doc = connector.erp_document(journal.erp_document_ref)
     assert doc.our_ref == str(journal.pk) and lines_of(doc.lines) == expected_lines(journal)
     assert connector.erp_document("ACC-JV-2026-99999") is None
+
+
+def test_a_batch_comes_back_as_one_document_carrying_the_batch_id(erp, entity, integration,
+                                                                  django_capture_on_commit_callbacks):
+    erp_entity = configure(entity, erp, posting_mode="batch")
+    customer = f.customer()
+    integration.send(customer)
+    for amount in ("100.00", "101.00"):
+        integration.send(f.invoice(customer_id=customer["data"]["customer_id"], lines=[(amount, "10.00")]))
+    with django_capture_on_commit_callbacks(execute=True):
+        services.erp_batches_sweep(window_seconds=0)
+    batch = ErpBatch.objects.get(status="posted")
+    [doc] = read(erp_entity)[1]
+    assert (doc.ref, doc.our_ref, doc.status) == (batch.erp_document_ref, str(batch.pk), "posted")
+    assert lines_of(doc.lines) == lines_of(ErpLine(line.account.code, line.debit, line.credit)
+                                           for line in batch.lines.all())
 
 
 # ------------------------------------------------------------------------------------------------ the cases
