@@ -2,12 +2,13 @@
 mapping the ERP's account names back to our account codes, turning the ERP's JSON amounts into Decimal money
 at the entity's currency, and summing ERP rows into `ErpMovement`s per account and month."""
 import datetime
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 
-from config.money import ZERO, quantize
+from config.money import ZERO, quantum
 from ledger.connectors.base import ErpMovement
 from ledger.models import Account
 
@@ -62,12 +63,18 @@ def money(value, currency: str) -> Decimal:
     ERPs send money as JSON numbers; going through `str` keeps the shortest decimal form of the float (107.25,
     not 107.2499999...), and quantizing removes the noise a float sum can carry (300.15000000000003).
     """
+    step = _quantum(currency)
     if value is None or value is False or value == "":
-        return quantize(ZERO, currency)
+        return ZERO.quantize(step)
     try:
-        return quantize(Decimal(str(value)), currency)
+        return Decimal(str(value)).quantize(step, rounding=ROUND_HALF_UP)
     except InvalidOperation:
         raise ValueError(f"the ERP sent {value!r} as an amount") from None
+
+
+@functools.cache
+def _quantum(currency: str) -> Decimal:
+    return quantum(currency)  # config.money's rounding step, computed once per currency (hot: every line)
 
 
 def parse_date(value) -> datetime.date:
