@@ -274,6 +274,12 @@ TIEOUT_TOKEN_CACHE_SECONDS = float(os.environ.get("TIEOUT_TOKEN_CACHE_SECONDS", 
 TIEOUT_RECONCILIATION_OPEN_MONTHS = int(os.environ.get("TIEOUT_RECONCILIATION_OPEN_MONTHS", "3"))
 TIEOUT_RECONCILIATION_LOOKUPS = int(os.environ.get("TIEOUT_RECONCILIATION_LOOKUPS", "50"))
 TIEOUT_RECONCILIATION_STALE_SECONDS = float(os.environ.get("TIEOUT_RECONCILIATION_STALE_SECONDS", "7200"))
+# ERP read-back (reconciliation): attempts per request (rate limits and transient failures are retried with
+# exponential backoff and jitter: base doubling up to the cap), and the longest Retry-After honoured (seconds).
+TIEOUT_READBACK_MAX_ATTEMPTS = int(os.environ.get("TIEOUT_READBACK_MAX_ATTEMPTS", "6"))
+TIEOUT_READBACK_BACKOFF_BASE = float(os.environ.get("TIEOUT_READBACK_BACKOFF_BASE", "0.5"))
+TIEOUT_READBACK_BACKOFF_CAP = float(os.environ.get("TIEOUT_READBACK_BACKOFF_CAP", "30"))
+TIEOUT_READBACK_RETRY_AFTER_CAP = float(os.environ.get("TIEOUT_READBACK_RETRY_AFTER_CAP", "120"))
 # Status callbacks to source systems: attempts per delivery before it fails (and opens callback_failed),
 # exponential backoff with jitter between them (base doubling, capped), and the HTTP timeouts of one POST.
 TIEOUT_CALLBACK_MAX_ATTEMPTS = int(os.environ.get("TIEOUT_CALLBACK_MAX_ATTEMPTS", "12"))
