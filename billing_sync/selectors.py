@@ -1,7 +1,11 @@
 """Billing-sync reads: event resources (batched, no N+1), event lists and payloads, canonical invoices (and the
 ones a signed-in person may see), status callbacks, API tokens (never their secret), reconciliation runs,
-breaks and the reconciliation status (mark) of journals and documents."""
+breaks and the reconciliation status (mark) of journals and documents, and what the period close needs of
+reconciliation (the latest full run covering a month, the open breaks dated in it)."""
+import datetime
+
 import django_filters
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
@@ -247,3 +251,99 @@ def journal_reconciliation_statuses(journal_ids) -> dict:
     """`reconciliation_statuses` by journal id (the ledger's journal resources ask this, installed at start-up)."""
     by_subject = reconciliation_statuses([f"journal:{pk}" for pk in journal_ids])
     return {pk: by_subject[f"journal:{pk}"] for pk in journal_ids}
+
+
+# ------------------------------------------------------------------------------------ period close
+# The latest finished full run (not narrowed to one object) whose range covers each whole month: one index
+# probe per month on recon_run_entity_idx (entity, -started_at).
+_CLOSE_RUNS_SQL = """
+SELECT m.first, r.id, r.started_at, r.finished_at, r.date_from, r.date_to
+FROM unnest(%(firsts)s::date[], %(lasts)s::date[]) AS m(first, last)
+LEFT JOIN LATERAL (
+    SELECT r.id, r.started_at, r.finished_at, r.date_from, r.date_to FROM billing_sync_reconciliationrun r
+    WHERE r.entity_id = %(entity)s AND r.full AND r.status = 'finished' AND r.subject = ''
+      AND r.date_from <= m.first AND r.date_to >= m.last
+    ORDER BY r.started_at DESC LIMIT 1) r ON true
+"""
+
+# The entity's open breaks (recon_break_entity_idx) with every date that places one in a month: its period
+# (YYYY-MM), its journal's accounting date, and the dates of the document it names (the accounting dates of
+# the document's journals, an invoice's issue date, a payment's receipt date). A break with none of these
+# (an entity-wide figure) is placed by the range of the run that last saw it.
+_CLOSE_BREAKS_SQL = r"""
+WITH open AS (
+    SELECT b.id, b.code, b.opened_at, b.exception_id, b.period, b.document, b.journal_id, b.account,
+           b.erp_document_ref, j.accounting_date AS journal_date, r.date_from AS run_from, r.date_to AS run_to,
+           split_part(b.document, ':', 1) AS doc_type, split_part(b.document, ':', 2) AS doc_source,
+           substr(b.document, length(split_part(b.document, ':', 1)) + length(split_part(b.document, ':', 2)) + 3)
+               AS doc_id
+    FROM billing_sync_reconciliationbreak b
+    JOIN billing_sync_reconciliationrun r ON r.id = b.last_seen_run_id
+    LEFT JOIN ledger_journal j ON j.id = b.journal_id
+    WHERE b.entity_id = %(entity)s AND b.status = 'open'
+)
+SELECT o.id, o.code, o.opened_at, o.exception_id, o.period, o.document, o.journal_id, o.account,
+       o.erp_document_ref, o.run_from, o.run_to,
+       ARRAY(
+           SELECT to_date(o.period || '-01', 'YYYY-MM-DD') WHERE o.period ~ '^\d{4}-\d{2}$'
+           UNION SELECT o.journal_date WHERE o.journal_date IS NOT NULL
+           UNION SELECT dj.accounting_date FROM ledger_journal dj
+                 WHERE o.document <> '' AND dj.source_system = o.doc_source AND dj.document_type = o.doc_type
+                   AND dj.document_id = o.doc_id AND dj.entity_id = %(entity)s
+           UNION SELECT i.issue_date FROM billing_sync_invoice i
+                 WHERE o.doc_type = 'invoice' AND i.source_system = o.doc_source AND i.invoice_id = o.doc_id
+           UNION SELECT (p.received_at AT TIME ZONE 'UTC')::date FROM billing_sync_payment p
+                 WHERE o.doc_type = 'payment' AND p.source_system = o.doc_source AND p.payment_id = o.doc_id
+       ) AS days
+FROM open o
+ORDER BY o.opened_at, o.id
+"""
+CLOSE_BREAK_SAMPLE = 20
+
+
+def _month_bounds(year: int, month: int) -> tuple[datetime.date, datetime.date]:
+    first = datetime.date(year, month, 1)
+    following = datetime.date(year + month // 12, month % 12 + 1, 1)
+    return first, following - datetime.timedelta(days=1)
+
+
+def reconciliation_close_status(*, entity, months) -> dict:
+    """What the close checks need of reconciliation, per month of `months` ((year, month) pairs) of `entity`.
+
+    For each month: `run`, the latest finished full run covering the whole month ({id, started_at,
+    finished_at, date_from, date_to}) or None; `open_breaks`, how many open breaks are dated in the month
+    (see _CLOSE_BREAKS_SQL for how a break is dated), `by_code` ({code: n}) and `breaks`, the oldest few.
+    Read-only; the reconciliation engine owns the tables.
+    """
+    months = sorted(set(months))
+    bounds = {m: _month_bounds(*m) for m in months}
+    out = {m: {"run": None, "open_breaks": 0, "by_code": {}, "breaks": []} for m in months}
+    if not months:
+        return out
+    by_first = {first: m for m, (first, _) in bounds.items()}
+    with connection.cursor() as cursor:
+        cursor.execute(_CLOSE_RUNS_SQL, {"entity": entity.pk, "firsts": [b[0] for b in bounds.values()],
+                                         "lasts": [b[1] for b in bounds.values()]})
+        for first, run_id, started_at, finished_at, date_from, date_to in cursor.fetchall():
+            if run_id is not None:
+                out[by_first[first]]["run"] = {"id": run_id, "started_at": started_at, "finished_at": finished_at,
+                                               "date_from": date_from, "date_to": date_to}
+        cursor.execute(_CLOSE_BREAKS_SQL, {"entity": entity.pk})
+        rows = cursor.fetchall()
+    for (break_id, code, opened_at, exception_id, period, document, journal_id, account, erp_ref, run_from, run_to,
+         days) in rows:
+        for m, (first, last) in bounds.items():
+            if days:
+                inside = any(first <= day <= last for day in days)
+            else:  # dated by nothing of its own: the months the run that last saw it covered
+                inside = run_from <= last and run_to >= first
+            if not inside:
+                continue
+            status = out[m]
+            status["open_breaks"] += 1
+            status["by_code"][code] = status["by_code"].get(code, 0) + 1
+            if len(status["breaks"]) < CLOSE_BREAK_SAMPLE:
+                status["breaks"].append({"id": break_id, "code": code, "opened_at": opened_at,
+                                         "exception": exception_id, "period": period, "document": document,
+                                         "journal": journal_id, "account": account, "erp_document_ref": erp_ref})
+    return out
