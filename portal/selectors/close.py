@@ -1,0 +1,441 @@
+"""The period close's checks, live, per entity and month: every event of the month processed, every journal
+posted, no approval pending and no exception open on its documents, a full reconciliation run that started
+after the month's last posting with no open break dated in it, and an audit chain verified since then. Each
+check has a stable id, a title, `ok`, a count and a detail, the link of the filtered page that lists what
+fails and (for one month) the first few failing objects with their own links. Read-only; every query is
+bounded by the entity and the months asked for, grouped by month (set-based, not one query per month). A
+document's date is the accounting date its journals carry; for an event not booked yet, the date the
+posting rules would give it (POSTING_RULES.md: `issue_date` for invoices, the date of `received_at` for
+payments, the date of `occurred_at` otherwise, each as the source wrote it; an invoice amendment touches both
+its issue month and the month of `occurred_at`)."""
+from __future__ import annotations
+
+import datetime
+from urllib.parse import urlencode
+
+from django.db import connection
+from django.urls import reverse
+from django.utils import timezone
+
+from audit.models import AuditCheck
+from billing_sync import selectors as billing_selectors
+from config.errors import Codes
+from exceptions_queue.models import Approval, ExceptionRecord
+from ledger.models import Entity, Period
+
+ITEMS = 20  # failing objects listed per check on a month's page
+UNPOSTED = ("pending_approval", "ready", "posting", "failed")
+UNPROCESSED = ("accepted", "exception")
+PERIOD_KINDS = (Approval.Kind.PERIOD_CLOSE, Approval.Kind.PERIOD_REOPEN)
+
+# (id, title): the ids are stable (API, stored close records); the order is the page's.
+CHECKS = (
+    ("events_processed", "Every event of the month is processed"),
+    ("journals_posted", "Every journal of the month is posted"),
+    ("approvals_decided", "No approval is pending for a document of the month"),
+    ("exceptions_resolved", "No exception is open on a document of the month"),
+    ("reconciliation_run", "A full reconciliation ran after the month's last posting"),
+    ("reconciliation_breaks", "No reconciliation break is open in the month"),
+    ("audit_chain_verified", "The audit chain is verified since the month's last posting"),
+)
+TITLES = dict(CHECKS)
+
+# The dates an event's document has (see the module's docstring), as text; only well-formed dates are cast.
+_EVENT_DAYS = r"""
+CROSS JOIN LATERAL (
+    SELECT DISTINCT x::date AS day FROM unnest(ARRAY[
+        CASE WHEN e.type IN ('invoice.issued', 'invoice.amended') THEN e.payload->'data'->>'issue_date' END,
+        CASE WHEN e.type = 'payment.received' THEN left(e.payload->'data'->>'received_at', 10) END,
+        CASE WHEN e.type NOT IN ('invoice.issued', 'payment.received') THEN left(e.payload->>'occurred_at', 10) END
+    ]) AS x WHERE x ~ '^\d{4}-\d{2}-\d{2}$'
+) d
+"""
+
+# Events not turned into journals yet: accepted (waiting for a worker, or held behind an earlier one) or
+# stuck in the exception queue. Both statuses are a small part of the table (event_status_idx).
+_EVENTS_SQL = r"""
+SELECT date_trunc('month', d.day)::date, e.status, count(DISTINCT e.id)
+FROM billing_sync_event e """ + _EVENT_DAYS + r"""
+WHERE e.entity_code = %(code)s AND e.status IN ('accepted', 'exception') AND d.day BETWEEN %(first)s AND %(last)s
+GROUP BY 1, 2
+"""
+_EVENT_ITEMS_SQL = r"""
+SELECT DISTINCT e.id, e.event_id, e.type, e.status, e.received_at
+FROM billing_sync_event e """ + _EVENT_DAYS + r"""
+WHERE e.entity_code = %(code)s AND e.status IN ('accepted', 'exception') AND d.day BETWEEN %(first)s AND %(last)s
+ORDER BY e.received_at, e.id LIMIT %(limit)s
+"""
+
+# Every journal of the months, by month and status: the unposted ones and the last posting.
+_JOURNALS_SQL = """
+SELECT date_trunc('month', j.accounting_date)::date, j.status, count(*), max(j.posted_at)
+FROM ledger_journal j
+WHERE j.entity_id = %(entity)s AND j.accounting_date BETWEEN %(first)s AND %(last)s
+  AND j.status IN ('pending_approval', 'ready', 'posting', 'failed', 'posted')
+GROUP BY 1, 2
+"""
+_JOURNAL_ITEMS_SQL = """
+SELECT j.id, j.kind, j.status, j.document_id, j.accounting_date FROM ledger_journal j
+WHERE j.entity_id = %(entity)s AND j.accounting_date BETWEEN %(first)s AND %(last)s
+  AND j.status IN ('pending_approval', 'ready', 'posting', 'failed')
+ORDER BY j.accounting_date, j.created_at LIMIT %(limit)s
+"""
+
+# Pending approvals of journals dated in the months (a period close's own request has no journal).
+_APPROVALS_SQL = """
+SELECT date_trunc('month', j.accounting_date)::date, a.id, a.kind, a.document_id, a.created_at
+FROM exceptions_queue_approval a JOIN ledger_journal j ON j.id = a.journal_id
+WHERE a.status = 'pending' AND a.entity_id = %(entity)s AND j.accounting_date BETWEEN %(first)s AND %(last)s
+ORDER BY a.created_at, a.id
+"""
+
+# Unresolved exceptions (a small part of the table: exception_unresolved_idx) on the entity's events or
+# journals, with every date their documents have: the journal's, the event's journals', the event's own.
+# Reconciliation breaks have their own check; Tieout's own alarms (audit) too.
+_EXCEPTIONS_SQL = r"""
+WITH x AS (
+    SELECT x.id, x.code, x.process, x.created_at, x.event_id, x.journal_id, x.source_ref
+    FROM exceptions_queue_exceptionrecord x
+    LEFT JOIN billing_sync_event e ON e.id = x.event_id
+    LEFT JOIN ledger_journal j ON j.id = x.journal_id
+    WHERE x.status <> 'resolved' AND x.process NOT IN ('reconciliation', 'system')
+      AND (e.entity_code = %(code)s OR j.entity_id = %(entity)s)
+)
+SELECT x.id, x.code, x.created_at, x.source_ref, ARRAY(
+    SELECT j.accounting_date FROM ledger_journal j WHERE j.id = x.journal_id
+    UNION SELECT j.accounting_date FROM ledger_journal j WHERE x.event_id IS NOT NULL AND j.event_id = x.event_id
+    UNION SELECT d.day FROM billing_sync_event e """ + _EVENT_DAYS + r""" WHERE e.id = x.event_id
+) AS days
+FROM x ORDER BY x.created_at, x.id
+"""
+
+
+def month_bounds(year: int, month: int) -> tuple[datetime.date, datetime.date]:
+    first = datetime.date(year, month, 1)
+    return first, _next_month(first) - datetime.timedelta(days=1)
+
+
+def _next_month(day: datetime.date) -> datetime.date:
+    return datetime.date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
+def month_end_instant(year: int, month: int) -> datetime.datetime:
+    """The first instant after the month (UTC): where close cycle time starts counting."""
+    return datetime.datetime.combine(_next_month(datetime.date(year, month, 1)), datetime.time(), datetime.UTC)
+
+
+def default_months(today: datetime.date | None = None, count: int = 7) -> list[tuple[int, int]]:
+    """The current month and the `count - 1` before it, newest first."""
+    today = today or timezone.now().astimezone(datetime.UTC).date()
+    year, month = today.year, today.month
+    out = []
+    for _ in range(count):
+        out.append((year, month))
+        year, month = (year, month - 1) if month > 1 else (year - 1, 12)
+    return out
+
+
+def parse_month(text: str) -> tuple[int, int] | None:
+    """(year, month) from YYYY-MM, or None."""
+    try:
+        year, month = (int(part) for part in str(text).split("-"))
+        datetime.date(year, month, 1)
+    except (TypeError, ValueError):
+        return None
+    return (year, month) if len(str(text)) == 7 else None
+
+
+def subject_of(entity_code: str, year: int, month: int) -> str:
+    """The subject of a period's close and reopen approvals."""
+    return f"period:{entity_code}:{year}-{month:02d}"
+
+
+def _rows(sql: str, params: dict) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _month_of(day: datetime.date) -> tuple[int, int]:
+    return day.year, day.month
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n:,} {word if n == 1 else (plural or word + 's')}"
+
+
+def _at(value: datetime.datetime | None) -> str:
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC") if value else "—"
+
+
+# Links to the pages that list what fails ---------------------------------------------------------------
+def _admin(name: str, **params) -> str:
+    return f"{reverse(f'admin:{name}')}?{urlencode(params)}"
+
+
+def _queue(**params) -> str:
+    return f"{reverse('web-exception-list')}?{urlencode(params)}"
+
+
+def _approvals(**params) -> str:
+    return f"{reverse('web-approvals')}?{urlencode(params)}"
+
+
+def reconciliation_breaks_url(entity_code: str) -> str:
+    """Where the entity's open breaks are worked: the queue's reconciliation exceptions."""
+    return _queue(status="unresolved", entity=entity_code, process="reconciliation")
+
+
+def _check(check_id: str, ok: bool, count: int, detail: str, link: str | None, items=None) -> dict:
+    out = {"check": check_id, "title": TITLES[check_id], "ok": ok, "count": count, "detail": detail, "link": link}
+    if items is not None:
+        out["items"] = items
+    return out
+
+
+# The checks ------------------------------------------------------------------------------------------
+def checks_by_month(entity: Entity, months, *, items: bool = False) -> dict[tuple[int, int], list[dict]]:
+    """Every close check of `entity` for each of `months` ((year, month) pairs), read now.
+
+    With `items`, each check also lists (as `items`: [{label, url}]) the first ITEMS failing objects: for the
+    one month a page shows, not for an overview of many.
+    """
+    months = sorted(set(months))
+    if not months:
+        return {}
+    first, last = month_bounds(*months[0])[0], month_bounds(*months[-1])[1]
+    params = {"entity": entity.pk, "code": entity.code, "first": first, "last": last, "limit": ITEMS}
+
+    events: dict = {}
+    for start, status, count in _rows(_EVENTS_SQL, params):
+        events.setdefault(_month_of(start), {})[status] = count
+    journals: dict = {}
+    last_posted: dict = {}
+    for start, status, count, posted in _rows(_JOURNALS_SQL, params):
+        if status == "posted":
+            last_posted[_month_of(start)] = posted
+        else:
+            journals.setdefault(_month_of(start), {})[status] = count
+    approvals: dict = {}
+    for start, approval_id, kind, document_id, created_at in _rows(_APPROVALS_SQL, params):
+        approvals.setdefault(_month_of(start), []).append((approval_id, kind, document_id))
+    exceptions: dict = {}
+    for exception_id, code, _created, source_ref, days in _rows(_EXCEPTIONS_SQL, params):
+        for key in {_month_of(day) for day in days if first <= day <= last}:
+            exceptions.setdefault(key, []).append((exception_id, code, source_ref))
+    reconciliation = billing_selectors.reconciliation_close_status(entity=entity, months=months)
+    audit_check = AuditCheck.objects.order_by("-at", "-id").values("at", "ok", "problem", "to_seq").first()
+    audit_alarm = ExceptionRecord.objects.filter(code=Codes.AUDIT_CHAIN_BROKEN).exclude(
+        status=ExceptionRecord.Status.RESOLVED).order_by("created_at").values_list("pk", flat=True).first()
+
+    out = {}
+    for year, month in months:
+        key = (year, month)
+        m_first, m_last = month_bounds(year, month)
+        month_params = dict(params, first=m_first, last=m_last)
+        period = f"{year}-{month:02d}"
+        posted_at = last_posted.get(key)
+        out[key] = [
+            _events_check(entity, events.get(key, {}), _event_items(month_params) if items else None),
+            _journals_check(entity, journals.get(key, {}), m_first, m_last,
+                            _journal_items(month_params) if items else None),
+            _approvals_check(entity, period, approvals.get(key, []), items),
+            _exceptions_check(entity, exceptions.get(key, []), items),
+            _run_check(reconciliation[key]["run"], posted_at),
+            _breaks_check(entity, reconciliation[key], items),
+            _audit_check(audit_check, audit_alarm, posted_at),
+        ]
+    return out
+
+
+def checks(entity: Entity, year: int, month: int, *, items: bool = False) -> list[dict]:
+    """The close checks of one month of `entity`, read now."""
+    return checks_by_month(entity, [(year, month)], items=items)[(year, month)]
+
+
+def all_ok(result: list[dict]) -> bool:
+    return all(c["ok"] for c in result)
+
+
+def stored(result: list[dict]) -> list[dict]:
+    """The checks as a close records them (Period.close_checks): no links or item lists, which age."""
+    return [{"check": c["check"], "title": c["title"], "ok": c["ok"], "count": c["count"], "detail": c["detail"]}
+            for c in result]
+
+
+def _event_items(params) -> list[dict]:
+    return [{"label": f"{event_id} ({type_}, {status})", "url": reverse("web-trace-event", args=[pk])}
+            for pk, event_id, type_, status, _received in _rows(_EVENT_ITEMS_SQL, params)]
+
+
+def _journal_items(params) -> list[dict]:
+    return [{"label": f"{kind} {document_id or pk} dated {day:%Y-%m-%d} ({status})",
+             "url": reverse("web-trace-journal", args=[pk])}
+            for pk, kind, status, document_id, day in _rows(_JOURNAL_ITEMS_SQL, params)]
+
+
+def _events_check(entity, by_status: dict, items) -> dict:
+    accepted, stuck = by_status.get("accepted", 0), by_status.get("exception", 0)
+    count = accepted + stuck
+    if not count:
+        detail = "No event dated in the month is waiting to be processed or stuck in the exception queue."
+    else:
+        parts = [f"{accepted:,} accepted, not processed yet" if accepted else "",
+                 f"{stuck:,} in the exception queue" if stuck else ""]
+        detail = f"{_plural(count, 'event')} of the month not turned into journals: " + "; ".join(p for p in parts if p)
+    link = _admin("billing_sync_event_changelist", entity_code=entity.code, status__in=",".join(UNPROCESSED))
+    return _check("events_processed", not count, count, detail, link, items)
+
+
+def _journals_check(entity, by_status: dict, first, last, items) -> dict:
+    count = sum(by_status.values())
+    if not count:
+        detail = "Every journal dated in the month is posted to the ERP."
+    else:
+        detail = f"{_plural(count, 'journal')} dated in the month not posted: " + ", ".join(
+            f"{by_status[s]:,} {s.replace('_', ' ')}" for s in UNPOSTED if by_status.get(s))
+    link = _admin("ledger_journal_changelist", entity__id__exact=entity.pk, unposted="yes",
+                  accounting_date__gte=first.isoformat(), accounting_date__lte=last.isoformat())
+    return _check("journals_posted", not count, count, detail, link, items)
+
+
+def _approvals_check(entity, period: str, rows: list, items: bool) -> dict:
+    count = len(rows)
+    detail = ("No credit note, write-off or manual journal of the month waits for approval." if not count else
+              f"{_plural(count, 'approval')} pending for documents dated in the month.")
+    listed = [{"label": f"{kind.replace('_', ' ')} {document_id}", "url": reverse("web-approval", args=[pk])}
+              for pk, kind, document_id in rows[:ITEMS]] if items else None
+    return _check("approvals_decided", not count, count, detail,
+                  _approvals(status="pending", entity=entity.code, period=period), listed)
+
+
+def _exceptions_check(entity, rows: list, items: bool) -> dict:
+    count = len(rows)
+    if not count:
+        detail = "No exception is open on an event or journal of the month."
+    else:
+        codes: dict = {}
+        for _pk, code, _ref in rows:
+            codes[code] = codes.get(code, 0) + 1
+        detail = f"{_plural(count, 'open exception')}: " + ", ".join(
+            f"{n:,} {code}" for code, n in sorted(codes.items(), key=lambda kv: (-kv[1], kv[0])))
+    listed = [{"label": f"{code} {ref}".strip(), "url": reverse("web-exception-detail", args=[pk])}
+              for pk, code, ref in rows[:ITEMS]] if items else None
+    return _check("exceptions_resolved", not count, count, detail, _queue(status="unresolved", entity=entity.code),
+                  listed)
+
+
+def _run_check(run: dict | None, posted_at) -> dict:
+    if run is None:
+        return _check("reconciliation_run", False, 1, "No finished full reconciliation run covers the whole month.",
+                      None)
+    link = f"/api/v1/reconciliation/runs/{run['id']}"
+    what = (f"Full run {run['id']} ({run['date_from']:%Y-%m-%d} to {run['date_to']:%Y-%m-%d}) started "
+            f"{_at(run['started_at'])}")
+    if posted_at is not None and run["started_at"] < posted_at:
+        return _check("reconciliation_run", False, 1,
+                      f"{what}, before the month's last posting at {_at(posted_at)}: run it again.", link)
+    after = f", after the month's last posting at {_at(posted_at)}" if posted_at else " (nothing posted in the month)"
+    return _check("reconciliation_run", True, 0, f"{what}{after}; finished {_at(run['finished_at'])}.", link)
+
+
+def _breaks_check(entity, status: dict, items: bool) -> dict:
+    count = status["open_breaks"]
+    if not count:
+        detail = "No reconciliation break dated in the month is open."
+    else:
+        detail = f"{_plural(count, 'open break')}: " + ", ".join(
+            f"{n:,} {code}" for code, n in sorted(status["by_code"].items(), key=lambda kv: (-kv[1], kv[0])))
+    listed = None
+    if items:
+        listed = []
+        for b in status["breaks"]:
+            what = b["document"] or b["erp_document_ref"] or b["account"] or b["period"] or f"break {b['id']}"
+            url = (reverse("web-exception-detail", args=[b["exception"]]) if b["exception"]
+                   else f"/api/v1/reconciliation/breaks?{urlencode({'entity': entity.code, 'status': 'open'})}")
+            listed.append({"label": f"{b['code']} {what}", "url": url})
+    return _check("reconciliation_breaks", not count, count, detail, reconciliation_breaks_url(entity.code), listed)
+
+
+def _audit_check(check: dict | None, alarm, posted_at) -> dict:
+    link = _queue(status="unresolved", code=Codes.AUDIT_CHAIN_BROKEN)
+    if alarm is not None:
+        return _check("audit_chain_verified", False, 1, "The audit chain is broken: an audit_chain_broken alarm is "
+                      "open.", reverse("web-exception-detail", args=[alarm]))
+    if check is None:
+        return {**_check("audit_chain_verified", False, 1, "The audit chain has never been verified.", link),
+                "stale": True}
+    if not check["ok"]:
+        return _check("audit_chain_verified", False, 1, f"The last verification failed: {check['problem']}", link)
+    if posted_at is not None and check["at"] < posted_at:
+        return {**_check("audit_chain_verified", False, 1, f"Last verified {_at(check['at'])}, before the month's "
+                         f"last posting at {_at(posted_at)}; closing verifies it again.", link), "stale": True}
+    return _check("audit_chain_verified", True, 0,
+                  f"Verified {_at(check['at'])} up to entry {check['to_seq']:,} of the chain.", link)
+
+
+def closable(result: list[dict]) -> bool:
+    """All checks pass, but for an audit verification that is only out of date (closing verifies it again)."""
+    return all(c["ok"] or c.get("stale") for c in result)
+
+
+# The period itself ------------------------------------------------------------------------------------
+def pending_requests(entity_code: str, months) -> dict[tuple[int, int], list[Approval]]:
+    """The pending close and reopen requests of the months, by month."""
+    subjects = {subject_of(entity_code, y, m): (y, m) for y, m in months}
+    out: dict = {}
+    for approval in Approval.objects.filter(status=Approval.Status.PENDING, kind__in=PERIOD_KINDS,
+                                            subject__in=list(subjects)).order_by("created_at"):
+        out.setdefault(subjects[approval.subject], []).append(approval)
+    return out
+
+
+def periods(entity: Entity, months) -> dict[tuple[int, int], Period]:
+    """The Period rows of the months (a month without a row is open)."""
+    rows = Period.objects.filter(entity=entity, year__in={y for y, _ in months}, month__in={m for _, m in months})
+    wanted = set(months)
+    return {(p.year, p.month): p for p in rows if (p.year, p.month) in wanted}
+
+
+def _approval_body(approval: Approval) -> dict:
+    return {"id": str(approval.pk), "kind": approval.kind, "status": approval.status,
+            "requested_by": approval.requested_by_label, "reason": approval.reason,
+            "created_at": approval.created_at, "url": reverse("web-approval", args=[approval.pk])}
+
+
+def period_resource(entity: Entity, year: int, month: int, *, result: list[dict] | None = None) -> dict:
+    """The API's and the page's view of one period: its status and close record, the live checks and the
+    pending requests."""
+    period = periods(entity, [(year, month)]).get((year, month))
+    result = checks(entity, year, month) if result is None else result
+    closed = period is not None and period.status == Period.Status.CLOSED
+    return {
+        "entity": entity.code, "period": f"{year}-{month:02d}", "status": "closed" if closed else "open",
+        "closed_at": period.closed_at if closed else None, "closed_by": (period.closed_by or None) if closed else None,
+        "close_reason": period.close_reason if closed else "",
+        "close_approved_by": (period.close_approved_by or None) if closed else None,
+        "close_checks": period.close_checks if closed else [],
+        "reopened_at": period.reopened_at if period else None,
+        "reopened_by": (period.reopened_by or None) if period else None,
+        "ready": all_ok(result),
+        "checks": [{k: v for k, v in c.items() if k != "items"} for c in result],
+        "pending": [_approval_body(a) for a in pending_requests(entity.code, [(year, month)]).get((year, month), [])],
+    }
+
+
+def overview(entity: Entity, months) -> list[dict]:
+    """One row per month (newest first): status, close record, pending requests and the live checks."""
+    by_month = checks_by_month(entity, months)
+    rows_by_month = periods(entity, months)
+    pending = pending_requests(entity.code, months)
+    out = []
+    for year, month in sorted(set(months), reverse=True):
+        period = rows_by_month.get((year, month))
+        closed = period is not None and period.status == Period.Status.CLOSED
+        result = by_month[(year, month)]
+        out.append({"year": year, "month": month, "label": f"{year}-{month:02d}",
+                    "status": "closed" if closed else "open", "period": period,
+                    "override": closed and any(not c.get("ok") for c in period.close_checks),
+                    "checks": result, "failing": sum(1 for c in result if not c["ok"]), "ready": all_ok(result),
+                    "pending": pending.get((year, month), [])})
+    return out

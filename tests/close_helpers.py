@@ -1,0 +1,33 @@
+"""What the period close's tests need of reconciliation before its engine is merged: `reconciled(...)` writes a
+finished full run covering a month (and any open breaks it found) straight into billing_sync's tables, as the
+engine would leave them. It is the one place that does so: once the engine is in, its body becomes a call to
+the engine (`manage.py reconcile ENTITY --from --to --full`) and the tests stay as they are.
+"""
+from __future__ import annotations
+
+import datetime
+
+from django.utils import timezone
+
+from billing_sync.models import ReconciliationBreak, ReconciliationRun
+from portal.selectors.close import month_bounds
+
+
+def reconciled(entity, year: int, month: int, *, started_at: datetime.datetime | None = None,
+               breaks: tuple[dict, ...] = (), full: bool = True) -> ReconciliationRun:
+    """A finished full reconciliation run of `entity` over the whole month, started at `started_at` (default
+    now), with `breaks` opened by it: dicts of ReconciliationBreak fields (`code` and what it names: `period`,
+    `journal`, `document`, `account`, ...)."""
+    started_at = started_at or timezone.now()
+    first, last = month_bounds(year, month)
+    run = ReconciliationRun.objects.create(
+        entity=entity, date_from=first, date_to=last, full=full, status=ReconciliationRun.Status.FINISHED,
+        requested_by="test", started_at=started_at, finished_at=started_at + datetime.timedelta(seconds=5),
+        breaks={b["code"]: 1 for b in breaks})
+    for index, spec in enumerate(breaks):
+        spec = dict(spec)
+        key = spec.pop("key", f"{spec['code']}:{run.pk}:{index}")
+        ReconciliationBreak.objects.create(entity=entity, key=key, opened_by_run=run, last_seen_run=run,
+                                           opened_at=started_at, expected={"amount": "1.00"},
+                                           actual={"amount": "0.00"}, **spec)
+    return run
