@@ -1,6 +1,6 @@
 """API routes of the read side: the traces (lineage) of events, invoices, journals, exceptions and ERP
-document references. Included by config/urls.py under api/v1/, beside the domain apps' own routes, with
-the paths and names they always had."""
+document references, and the period close (checks, close, reopen). Included by config/urls.py under api/v1/,
+beside the domain apps' own routes, with the paths and names they always had."""
 from django.urls import path
 
 from portal import api_views
@@ -12,4 +12,6 @@ urlpatterns = [
     path("journals/<uuid:pk>/trace", api_views.JournalTraceView.as_view(), name="journal-trace"),
     path("trace", api_views.ErpReferenceTraceView.as_view(), name="erp-reference-trace"),
     path("exceptions/<uuid:pk>/trace", api_views.ExceptionTraceView.as_view(), name="exception-trace"),
+    path("periods/<str:entity>/<str:period>/close", api_views.PeriodCloseView.as_view(), name="period-close"),
+    path("periods/<str:entity>/<str:period>/reopen", api_views.PeriodReopenView.as_view(), name="period-reopen"),
 ]
