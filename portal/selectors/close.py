@@ -39,6 +39,10 @@ CHECKS = (
     ("audit_chain_verified", "The audit chain is verified since the month's last posting"),
 )
 TITLES = dict(CHECKS)
+# Column headings of the overview.
+SHORT = {"events_processed": "Events", "journals_posted": "Journals", "approvals_decided": "Approvals",
+         "exceptions_resolved": "Exceptions", "reconciliation_run": "Reconciled", "reconciliation_breaks": "Breaks",
+         "audit_chain_verified": "Audit chain"}
 
 # The dates an event's document has (see the module's docstring), as text; only well-formed dates are cast.
 _EVENT_DAYS = r"""
@@ -187,7 +191,8 @@ def reconciliation_breaks_url(entity_code: str) -> str:
 
 
 def _check(check_id: str, ok: bool, count: int, detail: str, link: str | None, items=None) -> dict:
-    out = {"check": check_id, "title": TITLES[check_id], "ok": ok, "count": count, "detail": detail, "link": link}
+    out = {"check": check_id, "title": TITLES[check_id], "ok": ok, "count": count, "detail": detail, "link": link,
+           "short": SHORT[check_id]}
     if items is not None:
         out["items"] = items
     return out
@@ -418,7 +423,7 @@ def period_resource(entity: Entity, year: int, month: int, *, result: list[dict]
         "reopened_at": period.reopened_at if period else None,
         "reopened_by": (period.reopened_by or None) if period else None,
         "ready": all_ok(result),
-        "checks": [{k: v for k, v in c.items() if k != "items"} for c in result],
+        "checks": [{k: v for k, v in c.items() if k not in ("items", "short")} for c in result],
         "pending": [_approval_body(a) for a in pending_requests(entity.code, [(year, month)]).get((year, month), [])],
     }
 
