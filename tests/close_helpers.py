@@ -17,7 +17,8 @@ def reconciled(entity, year: int, month: int, *, started_at: datetime.datetime |
                breaks: tuple[dict, ...] = (), full: bool = True) -> ReconciliationRun:
     """A finished full reconciliation run of `entity` over the whole month, started at `started_at` (default
     now), with `breaks` opened by it: dicts of ReconciliationBreak fields (`code` and what it names: `period`,
-    `journal`, `document`, `account`, ...)."""
+    `journal`, `document`, `account`, ...; `opened_at` defaults to the run's start; a break given
+    `resolved_at` is resolved, as a later run that found it matched leaves it)."""
     started_at = started_at or timezone.now()
     first, last = month_bounds(year, month)
     run = ReconciliationRun.objects.create(
@@ -27,7 +28,11 @@ def reconciled(entity, year: int, month: int, *, started_at: datetime.datetime |
     for index, spec in enumerate(breaks):
         spec = dict(spec)
         key = spec.pop("key", f"{spec['code']}:{run.pk}:{index}")
-        ReconciliationBreak.objects.create(entity=entity, key=key, opened_by_run=run, last_seen_run=run,
-                                           opened_at=started_at, expected={"amount": "1.00"},
-                                           actual={"amount": "0.00"}, **spec)
+        if spec.get("resolved_at"):
+            spec.setdefault("status", ReconciliationBreak.Status.RESOLVED)
+            spec.setdefault("resolution", "matched by a later run")
+            spec.setdefault("resolved_by_run", run)
+        ReconciliationBreak.objects.create(**{"entity": entity, "key": key, "opened_by_run": run, "last_seen_run": run,
+                                              "opened_at": started_at, "expected": {"amount": "1.00"},
+                                              "actual": {"amount": "0.00"}, **spec})
     return run
