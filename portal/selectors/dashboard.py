@@ -271,15 +271,7 @@ def compute(codes, *, now: datetime.datetime | None = None, history: bool = True
 
     reconciliation = _open_breaks(params, "" if codes is None else " AND b.entity_id = ANY(%(ids)s)")
     close = _close_status(params, codes, now)
-    if history:
-        key = f"dashboard:v{CACHE_VERSION}:months:{_scope_key(codes)}"
-        months = _cache_get(key) if cache_seconds() > 0 else None
-        if months is None:
-            months = month_figures(codes, now=now)
-            if cache_seconds() > 0:
-                _cache_set(key, months, HISTORY_SECONDS)
-    else:
-        months = None
+    months = _month_figures_cached(codes, now) if history else None
 
     return {
         "computed_at": now,
@@ -304,6 +296,29 @@ def compute(codes, *, now: datetime.datetime | None = None, history: bool = True
         "close": close,
         "months": months,
     }
+
+
+def _month_figures_cached(codes, now: datetime.datetime) -> dict:
+    """`month_figures`, kept HISTORY_SECONDS and then served stale (up to STALE_FACTOR times that) while the
+    one request that takes the refresh lock reads them again: the larger month-scale reads never run on
+    every refresh of the dashboard, nor on many at once."""
+    if cache_seconds() <= 0:
+        return month_figures(codes, now=now)
+    key = f"dashboard:v{CACHE_VERSION}:months:{_scope_key(codes)}"
+    cached = _cache_get(key)
+    try:
+        if cached is not None and (cached["computed_at"] + datetime.timedelta(seconds=HISTORY_SECONDS) > now
+                                   or not cache.add(f"{key}:refresh", 1, timeout=HISTORY_SECONDS)):
+            return cached
+    except Exception:  # noqa: BLE001 - the cache is an optimisation
+        log.warning("dashboard cache unavailable; computing month figures", exc_info=True)
+    result = month_figures(codes, now=now)
+    _cache_set(key, result, HISTORY_SECONDS * STALE_FACTOR)
+    try:
+        cache.delete(f"{key}:refresh")
+    except Exception:  # noqa: BLE001
+        pass
+    return result
 
 
 def _age_case(column: str, ages, params: dict, now: datetime.datetime, prefix: str) -> str:

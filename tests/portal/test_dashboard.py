@@ -8,6 +8,7 @@ from decimal import Decimal
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.utils import timezone
 
 from config import correlation
@@ -144,3 +145,22 @@ def test_unapplied_cash_by_age(entity, integration):
         ("0-30", 1, Decimal("50.00")), ("31-60", 1, Decimal("50.00")), ("61-90", 0, Decimal("0")),
         ("90+", 1, Decimal("12.34"))]
     assert dashboard.month_figures(["XX01"], now=now)["unapplied_cash"] == []
+
+
+def test_the_month_figures_are_kept_for_minutes_and_refreshed_by_one_request(entity, settings):
+    settings.TIEOUT_DASHBOARD_CACHE_SECONDS = 15
+    now = timezone.now()
+    key = f"dashboard:v{dashboard.CACHE_VERSION}:months:all"
+    cache.delete(key)
+    cache.delete(f"{key}:refresh")
+    _exception("payment", now - 2 * HOUR, now - HOUR)
+    first = dashboard.compute(None, now=now)["months"]
+    assert first["exception_resolution"][0]["count"] == 1
+    _exception("payment", now - 2 * HOUR, now - HOUR)
+    assert dashboard.compute(None, now=now)["months"] == first  # kept
+    later = now + datetime.timedelta(seconds=dashboard.HISTORY_SECONDS + 1)
+    cache.add(f"{key}:refresh", 1)  # another request is refreshing them: this one gets them stale
+    assert dashboard.compute(None, now=later)["months"]["computed_at"] == now
+    cache.delete(f"{key}:refresh")
+    assert dashboard.compute(None, now=later)["months"]["exception_resolution"][0]["count"] == 2
+    assert cache.get(f"{key}:refresh") is None
