@@ -108,9 +108,8 @@ def _period(request, entity: str, period: str):
     if entity_obj is None or not roles.may_see_entity(request.user, entity):
         raise NotFound(f"no entity {entity}")
     month = close_selectors.parse_month(period)
-    if month is None:
-        raise ApiError("period must be YYYY-MM", code=Codes.INVALID_REQUEST, status=400,
-                       errors=[{"field": "period", "message": "A month as YYYY-MM."}])
+    if month is None:  # a malformed id names nothing, as everywhere in the API
+        raise NotFound(f"no period {period} (a month is YYYY-MM)")
     return entity_obj, *month
 
 

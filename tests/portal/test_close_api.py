@@ -1,7 +1,7 @@
 """The period close API (`portal.api_views`): GET /api/v1/periods/{entity}/{YYYY-MM}/close for every reader role,
 POST close and reopen for controllers and admins, with the status codes and problem codes API.md's style gives
 them: 200 closed, 202 approval requested, 409 already closed / not closed / a request waiting, 422 failing
-checks without a reason or a reopen without one, 400 a malformed month, 404 an entity outside one's grant.
+checks without a reason or a reopen without one, 404 a malformed month or an entity outside one's grant.
 """
 import pytest
 
@@ -89,8 +89,8 @@ def test_an_override_is_asked_for_with_202_and_closes_once_approved(november, co
 
 
 @pytest.mark.parametrize("path, status, code", [
-    ("/api/v1/periods/US01/2026-13/close", 400, "invalid_request"),
-    ("/api/v1/periods/US01/november/close", 400, "invalid_request"),
+    ("/api/v1/periods/US01/2026-13/close", 404, "not_found"),
+    ("/api/v1/periods/US01/november/close", 404, "not_found"),
     ("/api/v1/periods/XX99/2026-11/close", 404, "not_found"),
 ])
 def test_a_malformed_month_or_an_unknown_entity(entity, controller, path, status, code):
