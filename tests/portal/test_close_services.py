@@ -5,9 +5,11 @@ controller closes and the checks are recorded; closing anyway needs a reason and
 (never the requester); reopening always needs one; rejecting changes nothing; all of it audited.
 """
 import datetime
+import io
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import CommandError, call_command
 
 from audit.models import AuditEntry
 from billing_sync import tasks as billing_tasks
@@ -320,3 +322,19 @@ def test_a_scoped_controller_cannot_close_another_entitys_period(booked, people)
     assert refused.value.status == 404
 
 
+
+
+# ------------------------------------------------------------------------------------------ the command
+def test_the_close_period_command_closes_only_when_the_checks_pass(booked):
+    with pytest.raises(CommandError) as refused:
+        call_command("close_period", "US01", "2026-11", stdout=io.StringIO())
+    assert "not closed" in str(refused.value) and "close_checks_failing" in str(refused.value)
+    assert "reconciliation_run: No finished full reconciliation run" in str(refused.value)
+    with pytest.raises(CommandError, match="second controller's approval"):
+        call_command("close_period", "US01", "2026-11", "--reopen", stdout=io.StringIO())
+    reconciled(booked, YEAR, MONTH)
+    out = io.StringIO()
+    call_command("close_period", "US01", "2026-11", stdout=out)
+    assert out.getvalue().strip() == "US01 2026-11 closed"
+    period = Period.objects.get(entity=booked, year=YEAR, month=MONTH)
+    assert period.closed_by == "cli:close_period" and all(c["ok"] for c in period.close_checks)
