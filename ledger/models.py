@@ -166,6 +166,10 @@ class Journal(models.Model):
             models.Index(fields=["created_at"], name="journal_unposted_idx",
                          condition=Q(status__in=["pending_approval", "ready", "posting", "failed"])),
             models.Index(fields=["status"], name="journal_retried_idx", condition=Q(posting_attempts__gt=1)),
+            # A month of an entity's journals (the period close's checks, month-scoped reads): a range of this
+            # index, read index-only for the status and the posting time.
+            models.Index(fields=["entity", "accounting_date"], include=["status", "posted_at"],
+                         name="journal_entity_date_idx"),
         ]
         constraints = [
             models.CheckConstraint(
