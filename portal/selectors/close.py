@@ -44,31 +44,25 @@ SHORT = {"events_processed": "Events", "journals_posted": "Journals", "approvals
          "exceptions_resolved": "Exceptions", "reconciliation_run": "Reconciled", "reconciliation_breaks": "Breaks",
          "audit_chain_verified": "Audit chain"}
 
-# The dates an event's document has (see the module's docstring), as text; only well-formed dates are cast.
-_EVENT_DAYS = r"""
-CROSS JOIN LATERAL (
-    SELECT DISTINCT x::date AS day FROM unnest(ARRAY[
-        CASE WHEN e.type IN ('invoice.issued', 'invoice.amended') THEN e.payload->'data'->>'issue_date' END,
-        CASE WHEN e.type = 'payment.received' THEN left(e.payload->'data'->>'received_at', 10) END,
-        CASE WHEN e.type NOT IN ('invoice.issued', 'payment.received') THEN left(e.payload->>'occurred_at', 10) END
-    ]) AS x WHERE x ~ '^\d{4}-\d{2}-\d{2}$'
-) d
-"""
-
 # Events not turned into journals yet: accepted (waiting for a worker, or held behind an earlier one) or
-# stuck in the exception queue. Both statuses are a small part of the table (event_status_idx).
-_EVENTS_SQL = r"""
-SELECT date_trunc('month', d.day)::date, e.status, count(DISTINCT e.id)
-FROM billing_sync_event e """ + _EVENT_DAYS + r"""
-WHERE e.entity_code = %(code)s AND e.status IN ('accepted', 'exception') AND d.day BETWEEN %(first)s AND %(last)s
-GROUP BY 1, 2
-"""
-_EVENT_ITEMS_SQL = r"""
-SELECT DISTINCT e.id, e.event_id, e.type, e.status, e.received_at
-FROM billing_sync_event e """ + _EVENT_DAYS + r"""
-WHERE e.entity_code = %(code)s AND e.status IN ('accepted', 'exception') AND d.day BETWEEN %(first)s AND %(last)s
-ORDER BY e.received_at, e.id LIMIT %(limit)s
-"""
+# stuck in the exception queue (both a small part of the table: the pending events' index), one row per date
+# their documents have (see the module's docstring) inside the months asked for. The dates are the payload's
+# text, cast only when well-formed (a CASE, so that no malformed text is ever cast).
+_EVENTS_CTE = r"""
+ev AS (
+    SELECT s.id, s.event_id, s.type, s.status, s.received_at, s.day FROM (
+        SELECT t.*, CASE WHEN t.txt ~ '^\d{4}-\d{2}-\d{2}$' THEN t.txt::date END AS day FROM (
+            SELECT e.id, e.event_id, e.type, e.status, e.received_at, unnest(ARRAY[
+                CASE WHEN e.type IN ('invoice.issued', 'invoice.amended') THEN e.payload->'data'->>'issue_date' END,
+                CASE WHEN e.type = 'payment.received' THEN left(e.payload->'data'->>'received_at', 10) END,
+                CASE WHEN e.type NOT IN ('invoice.issued', 'payment.received') THEN left(e.payload->>'occurred_at', 10)
+                END]) AS txt
+            FROM billing_sync_event e
+            WHERE e.entity_code = %(code)s AND e.status IN ('accepted', 'exception')
+        ) t
+    ) s
+    WHERE s.day BETWEEN %(first)s AND %(last)s
+)"""
 
 # Every journal of the months, by month and status: the unposted ones and the last posting.
 _JOURNALS_SQL = """
@@ -93,24 +87,37 @@ WHERE a.status = 'pending' AND a.entity_id = %(entity)s AND j.accounting_date BE
 ORDER BY a.created_at, a.id
 """
 
-# Unresolved exceptions (a small part of the table: exception_unresolved_idx) on the entity's events or
-# journals, with every date their documents have: the journal's, the event's journals', the event's own.
+# Unresolved exceptions (a small part of the table: exception_unresolved_idx) on the month's documents. An
+# event with an open exception is in status `exception` (its status is derived so), or `accepted` again when
+# woken: so those about events are the ones on the events above, dated as they are (an event's journals carry
+# its documents' dates). Those about a journal alone (a manual journal's posting) take the journal's date.
 # Reconciliation breaks have their own check; Tieout's own alarms (audit) too.
-_EXCEPTIONS_SQL = r"""
-WITH x AS (
-    SELECT x.id, x.code, x.process, x.created_at, x.event_id, x.journal_id, x.source_ref
-    FROM exceptions_queue_exceptionrecord x
-    LEFT JOIN billing_sync_event e ON e.id = x.event_id
-    LEFT JOIN ledger_journal j ON j.id = x.journal_id
-    WHERE x.status <> 'resolved' AND x.process NOT IN ('reconciliation', 'system')
-      AND (e.entity_code = %(code)s OR j.entity_id = %(entity)s)
-)
-SELECT x.id, x.code, x.created_at, x.source_ref, ARRAY(
-    SELECT j.accounting_date FROM ledger_journal j WHERE j.id = x.journal_id
-    UNION SELECT j.accounting_date FROM ledger_journal j WHERE x.event_id IS NOT NULL AND j.event_id = x.event_id
-    UNION SELECT d.day FROM billing_sync_event e """ + _EVENT_DAYS + r""" WHERE e.id = x.event_id
-) AS days
-FROM x ORDER BY x.created_at, x.id
+_EXCEPTIONS_CTE = _EVENTS_CTE + r""",
+xd AS (
+    SELECT x.id, x.code, x.source_ref, x.created_at, ev.day
+    FROM ev CROSS JOIN LATERAL (  -- one probe of the one-open-exception-per-event index per event
+        SELECT x.id, x.code, x.source_ref, x.created_at FROM exceptions_queue_exceptionrecord x
+        WHERE x.event_id = ev.id AND x.status <> 'resolved' AND x.process NOT IN ('reconciliation', 'system')
+    ) x
+    UNION ALL
+    SELECT x.id, x.code, x.source_ref, x.created_at, j.accounting_date
+    FROM exceptions_queue_exceptionrecord x JOIN ledger_journal j ON j.id = x.journal_id
+    WHERE x.status <> 'resolved' AND x.event_id IS NULL AND x.entity_code = %(code)s
+      AND x.process NOT IN ('reconciliation', 'system') AND j.accounting_date BETWEEN %(first)s AND %(last)s
+)"""
+# Both checks from one reading of the events (the CTE is computed once): counts by month and status (events)
+# or code (exceptions); and, for one month's page, the first few of each.
+_EVENTS_EXCEPTIONS_SQL = "WITH " + _EXCEPTIONS_CTE + """
+SELECT 'event', date_trunc('month', ev.day)::date, ev.status, count(DISTINCT ev.id) FROM ev GROUP BY 2, 3
+UNION ALL
+SELECT 'exception', date_trunc('month', xd.day)::date, xd.code, count(DISTINCT xd.id) FROM xd GROUP BY 2, 3
+"""
+_EVENTS_EXCEPTIONS_ITEMS_SQL = "WITH " + _EXCEPTIONS_CTE + """
+(SELECT DISTINCT 'event', ev.id, ev.event_id, ev.type, ev.status, ev.received_at FROM ev
+ ORDER BY ev.received_at, ev.id LIMIT %(limit)s)
+UNION ALL
+(SELECT DISTINCT 'exception', xd.id, xd.code, xd.source_ref, '', xd.created_at FROM xd
+ ORDER BY xd.created_at, xd.id LIMIT %(limit)s)
 """
 
 
@@ -212,8 +219,9 @@ def checks_by_month(entity: Entity, months, *, items: bool = False) -> dict[tupl
     params = {"entity": entity.pk, "code": entity.code, "first": first, "last": last, "limit": ITEMS}
 
     events: dict = {}
-    for start, status, count in _rows(_EVENTS_SQL, params):
-        events.setdefault(_month_of(start), {})[status] = count
+    exceptions: dict = {}
+    for what, start, key, count in _rows(_EVENTS_EXCEPTIONS_SQL, params):
+        (events if what == "event" else exceptions).setdefault(_month_of(start), {})[key] = count
     journals: dict = {}
     last_posted: dict = {}
     for start, status, count, posted in _rows(_JOURNALS_SQL, params):
@@ -224,10 +232,6 @@ def checks_by_month(entity: Entity, months, *, items: bool = False) -> dict[tupl
     approvals: dict = {}
     for start, approval_id, kind, document_id, created_at in _rows(_APPROVALS_SQL, params):
         approvals.setdefault(_month_of(start), []).append((approval_id, kind, document_id))
-    exceptions: dict = {}
-    for exception_id, code, _created, source_ref, days in _rows(_EXCEPTIONS_SQL, params):
-        for key in {_month_of(day) for day in days if first <= day <= last}:
-            exceptions.setdefault(key, []).append((exception_id, code, source_ref))
     reconciliation = billing_selectors.reconciliation_close_status(entity=entity, months=months)
     audit_check = AuditCheck.objects.order_by("-at", "-id").values("at", "ok", "problem", "to_seq").first()
     audit_alarm = ExceptionRecord.objects.filter(code=Codes.AUDIT_CHAIN_BROKEN).exclude(
@@ -240,12 +244,13 @@ def checks_by_month(entity: Entity, months, *, items: bool = False) -> dict[tupl
         month_params = dict(params, first=m_first, last=m_last)
         period = f"{year}-{month:02d}"
         posted_at = last_posted.get(key)
+        listed = _event_exception_items(month_params) if items else {"event": None, "exception": None}
         out[key] = [
-            _events_check(entity, events.get(key, {}), _event_items(month_params) if items else None),
+            _events_check(entity, events.get(key, {}), listed["event"]),
             _journals_check(entity, journals.get(key, {}), m_first, m_last,
                             _journal_items(month_params) if items else None),
             _approvals_check(entity, period, approvals.get(key, []), items),
-            _exceptions_check(entity, exceptions.get(key, []), items),
+            _exceptions_check(entity, exceptions.get(key, {}), listed["exception"]),
             _run_check(reconciliation[key]["run"], posted_at),
             _breaks_check(entity, reconciliation[key], items),
             _audit_check(audit_check, audit_alarm, posted_at),
@@ -268,9 +273,16 @@ def stored(result: list[dict]) -> list[dict]:
             for c in result]
 
 
-def _event_items(params) -> list[dict]:
-    return [{"label": f"{event_id} ({type_}, {status})", "url": reverse("web-trace-event", args=[pk])}
-            for pk, event_id, type_, status, _received in _rows(_EVENT_ITEMS_SQL, params)]
+def _event_exception_items(params) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {"event": [], "exception": []}
+    for what, pk, first, second, status, _at in _rows(_EVENTS_EXCEPTIONS_ITEMS_SQL, params):
+        if what == "event":  # first: the source's event id, second: its type
+            out["event"].append({"label": f"{first} ({second}, {status})",
+                                 "url": reverse("web-trace-event", args=[pk])})
+        else:  # first: the code, second: the source document
+            out["exception"].append({"label": f"{first} {second}".strip(),
+                                     "url": reverse("web-exception-detail", args=[pk])})
+    return out
 
 
 def _journal_items(params) -> list[dict]:
@@ -314,20 +326,15 @@ def _approvals_check(entity, period: str, rows: list, items: bool) -> dict:
                   _approvals(status="pending", entity=entity.code, period=period), listed)
 
 
-def _exceptions_check(entity, rows: list, items: bool) -> dict:
-    count = len(rows)
+def _exceptions_check(entity, codes: dict, items) -> dict:
+    count = sum(codes.values())
     if not count:
         detail = "No exception is open on an event or journal of the month."
     else:
-        codes: dict = {}
-        for _pk, code, _ref in rows:
-            codes[code] = codes.get(code, 0) + 1
         detail = f"{_plural(count, 'open exception')}: " + ", ".join(
             f"{n:,} {code}" for code, n in sorted(codes.items(), key=lambda kv: (-kv[1], kv[0])))
-    listed = [{"label": f"{code} {ref}".strip(), "url": reverse("web-exception-detail", args=[pk])}
-              for pk, code, ref in rows[:ITEMS]] if items else None
     return _check("exceptions_resolved", not count, count, detail, _queue(status="unresolved", entity=entity.code),
-                  listed)
+                  items)
 
 
 def _run_check(run: dict | None, posted_at) -> dict:

@@ -112,8 +112,10 @@ def test_an_event_not_processed_yet_blocks(booked, integration, people):
     assert response.json()["status"] == "accepted"
     reconciled(booked, YEAR, MONTH)
     assert _failing(booked) == {"events_processed", "audit_chain_verified"}
-    check = close_selectors.checks(booked, YEAR, MONTH)[0]
+    check = close_selectors.checks(booked, YEAR, MONTH, items=True)[0]
     assert check["count"] == 1 and "1 accepted" in check["detail"]
+    assert check["items"] == [{"label": f"{response.json()['event_id']} (invoice.issued, accepted)",
+                               "url": f"/trace/event/{response.json()['id']}/"}]
     _assert_blocked_by(booked, people["carl"], "events_processed")
     # December's own events do not block November.
     assert close_selectors.checks(booked, 2026, 12)[0]["ok"]
