@@ -250,6 +250,8 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-full-nightly": {"task": "billing_sync.tasks.reconcile_full_all",
                                "schedule": crontab(hour=int(os.environ.get("TIEOUT_RECONCILIATION_FULL_HOUR", "2")),
                                                    minute=15)},
+    # The dashboard's month-scale figures for every entity, before the 5 minutes they are kept run out.
+    "dashboard-month-figures": {"task": "portal.tasks.refresh_dashboard_month_figures", "schedule": 240.0},
 }
 
 # Tieout's own knobs.

@@ -16,6 +16,7 @@ from exceptions_queue.models import ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Period
 from portal import services
+from portal import tasks as portal_tasks
 from portal.selectors import dashboard
 from tests import factories as f
 from tests.close_helpers import reconciled
@@ -164,3 +165,16 @@ def test_the_month_figures_are_kept_for_minutes_and_refreshed_by_one_request(ent
     cache.delete(f"{key}:refresh")
     assert dashboard.compute(None, now=later)["months"]["exception_resolution"][0]["count"] == 2
     assert cache.get(f"{key}:refresh") is None
+
+
+def test_the_beat_keeps_every_entitys_month_figures_fresh(entity, settings):
+    settings.TIEOUT_DASHBOARD_CACHE_SECONDS = 15
+    cache.delete(f"dashboard:v{dashboard.CACHE_VERSION}:months:all")
+    assert settings.CELERY_BEAT_SCHEDULE["dashboard-month-figures"] == {
+        "task": "portal.tasks.refresh_dashboard_month_figures", "schedule": 240.0}
+    now = timezone.now()
+    _exception("posting", now - 2 * HOUR, now - HOUR)
+    portal_tasks.refresh_dashboard_month_figures.apply()
+    _exception("posting", now - 2 * HOUR, now - HOUR)  # after the refresh: not read by the page
+    assert dashboard.compute(None)["months"]["exception_resolution"][0]["count"] == 1
+    assert dashboard.compute(["US01"])["months"]["exception_resolution"][0]["count"] == 2  # a scope of its own
