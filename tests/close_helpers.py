@@ -1,7 +1,8 @@
-"""What the period close's tests need of reconciliation before its engine is merged: `reconciled(...)` writes a
-finished full run covering a month (and any open breaks it found) straight into billing_sync's tables, as the
-engine would leave them. It is the one place that does so: once the engine is in, its body becomes a call to
-the engine (`manage.py reconcile ENTITY --from --to --full`) and the tests stay as they are.
+"""What the period close's tests need of reconciliation: `reconciled(...)` writes a finished full run covering
+a month (and the breaks it found) straight into billing_sync's tables, as the reconciliation engine leaves
+them, with the times and breaks a test chooses (a run started before the last posting, a break dated by its
+period, journal or document, one resolved last month). It is the one place that does so; the tests that run
+the engine itself (`billing_sync.services.reconciliation_run`) are in tests/portal/test_close_services.py.
 """
 from __future__ import annotations
 

@@ -12,17 +12,20 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
 from audit.models import AuditEntry
+from billing_sync import services as billing_services
 from billing_sync import tasks as billing_tasks
 from config.errors import ApiError, Codes
 from exceptions_queue import services as queue
 from exceptions_queue import tasks as queue_tasks
 from exceptions_queue.models import Approval, ExceptionRecord
+from ledger import connectors
 from ledger import services as ledger
 from ledger.models import Journal, Period
 from portal import services
 from portal.selectors import close as close_selectors
 from tests import factories as f
 from tests.audit.tamper import edit_entry, triggers_off
+from tests.billing_sync.erp_fake import MirrorConnector
 from tests.close_helpers import reconciled
 from tests.helpers import EVENTS, send
 
@@ -204,6 +207,37 @@ def test_closing_verifies_a_chain_never_verified_and_a_tampered_one_blocks(booke
     refused = _refused(booked, people["carl"])
     assert refused.code == Codes.CLOSE_CHECKS_FAILING and {e["field"] for e in refused.errors} == {"audit_chain_verified"}
     assert ExceptionRecord.objects.filter(code=Codes.AUDIT_CHAIN_BROKEN).exists()  # the alarm, as the task opens it
+
+
+# ------------------------------------------------------------------------- with the reconciliation engine
+def _engine_run(entity):
+    return billing_services.reconciliation_run(entity=entity, date_from=datetime.date(YEAR, MONTH, 1),
+                                               date_to=datetime.date(YEAR, MONTH, 30), full=True, actor="test")
+
+
+def test_a_full_run_of_the_reconciliation_engine_lets_the_month_close(booked, people):
+    run = _engine_run(booked)
+    assert run.status == "finished" and not run.breaks
+    assert _failing(booked) <= {"audit_chain_verified"}  # verified as it closes
+    check = next(c for c in close_selectors.checks(booked, YEAR, MONTH) if c["check"] == "reconciliation_run")
+    assert check["ok"] and check["link"] == f"/api/v1/reconciliation/runs/{run.pk}"
+    assert services.period_close(entity=booked, year=YEAR, month=MONTH, actor=people["carl"]).status == "closed"
+
+
+def test_a_break_the_engine_opens_blocks_and_leads_to_its_exception(booked, people, monkeypatch):
+    monkeypatch.setitem(connectors.REGISTRY, "builtin", "tests.billing_sync.erp_fake.MirrorConnector")
+    erp = MirrorConnector.reset()
+    erp.deleted.add(Journal.objects.get(document_id="inv_close").erp_document_ref)  # the ERP lost it
+    _engine_run(booked)
+    check = next(c for c in close_selectors.checks(booked, YEAR, MONTH, items=True)
+                 if c["check"] == "reconciliation_breaks")
+    exc = ExceptionRecord.objects.get(process="reconciliation")
+    assert not check["ok"] and check["count"] == 1 and "missing_in_erp" in check["detail"]
+    assert check["items"][0]["url"] == f"/exceptions/{exc.pk}/"
+    _assert_blocked_by(booked, people["carl"], "reconciliation_breaks")
+    erp.deleted.clear()  # the ERP has it again: the next run resolves the break
+    _engine_run(booked)
+    assert "reconciliation_breaks" not in _failing(booked)
 
 
 # --------------------------------------------------------------------------------- override (maker-checker)
