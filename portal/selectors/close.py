@@ -130,11 +130,6 @@ def _next_month(day: datetime.date) -> datetime.date:
     return datetime.date(day.year + day.month // 12, day.month % 12 + 1, 1)
 
 
-def month_end_instant(year: int, month: int) -> datetime.datetime:
-    """The first instant after the month (UTC): where close cycle time starts counting."""
-    return datetime.datetime.combine(_next_month(datetime.date(year, month, 1)), datetime.time(), datetime.UTC)
-
-
 def default_months(today: datetime.date | None = None, count: int = 7) -> list[tuple[int, int]]:
     """The current month and the `count - 1` before it, newest first."""
     today = today or timezone.now().astimezone(datetime.UTC).date()

@@ -8,8 +8,10 @@ import re
 
 import pytest
 
+from billing_sync.models import Event
 from exceptions_queue.models import Approval
 from ledger.models import Period
+from portal.selectors import close as close_selectors
 from tests import factories as f
 from tests.close_helpers import reconciled
 from tests.helpers import send
@@ -141,3 +143,17 @@ def test_the_approvals_inbox_filters_by_the_month_of_the_documents(november, int
     document_id = Approval.objects.get(kind="write_off").document_id
     assert document_id in _text(carl.get("/approvals/?status=pending&entity=US01&period=2026-11"))
     assert "No approvals match" in _text(carl.get("/approvals/?status=pending&entity=US01&period=2026-10"))
+
+
+def test_the_admin_links_of_the_checks_list_what_fails(november, integration, staff):
+    """The events and journals checks link to the admin's lists filtered to what fails (admins read them)."""
+    accepted = integration.client.post("/api/v1/events", f.invoice("inv_wait", customer_id="cus_web",
+                                                                    issue_date="2026-11-20"), format="json").json()
+    by_check = {c["check"]: c for c in close_selectors.checks(november, 2026, 11)}
+    admin = staff("ada-admin")
+    events = admin.get(by_check["events_processed"]["link"])
+    assert events.status_code == 200 and accepted["id"] in events.content.decode()
+    posted = Event.objects.filter(status="posted").values_list("pk", flat=True)
+    assert posted and not any(str(pk) in events.content.decode() for pk in posted)
+    journals = admin.get(by_check["journals_posted"]["link"])
+    assert journals.status_code == 200 and list(journals.context["cl"].result_list) == []
