@@ -132,6 +132,7 @@ def reconciliation_run_execute(*, run_id, connector=None, progress=None) -> Reco
         connector = connector or connectors.get_connector(run.entity)
         with temp_tables():
             ctx = context_for(run)
+            ctx.erp_names = getattr(connector, "erp_account_names", True)
             documents = 0
             if ctx.plan.erp or ctx.plan.balance:
                 documents = erp_checks.stage(ctx, connector, progress)
