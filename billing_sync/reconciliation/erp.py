@@ -349,6 +349,10 @@ def compare(ctx: Context, progress=None) -> None:
                 UNION ALL SELECT document FROM recon_ours WHERE document <> ''
                 UNION ALL SELECT {DOC_EXPR} FROM recon_ours o JOIN ledger_journal j ON j.erp_batch_id = o.batch_id
                     WHERE o.batch_id IS NOT NULL AND j.document_type IN ({", ".join(f"'{t}'" for t in DOC_TYPES)})""")
+            if plan.erp_ref:
+                # A run for one ERP document looked it up by reference: if the ERP no longer has it, nothing about it
+                # is found, and its break (a duplicate since deleted) is resolved.
+                cursor.execute("INSERT INTO recon_scope (scope) VALUES (%s)", [f"erp:{plan.erp_ref}"])
             if plan.erp == "stream" and ctx.since is None:
                 # A full read of the range: an unexpected document that is no longer listed is gone.
                 cursor.execute("""

@@ -31,6 +31,7 @@ from django.db import transaction
 
 from billing_sync import services
 from billing_sync.models import ReconciliationBreak, ReconciliationMark, ReconciliationRun
+from exceptions_queue import services as queue
 from exceptions_queue.models import ExceptionRecord
 from ledger import services as ledger
 from ledger.connectors import netsuite
@@ -594,3 +595,69 @@ def test_builtin_reads_our_own_codes_whatever_erp_names_say(entity, integration)
     send(integration, f.credit_note("inv_1", "10.00", credit_note_id="cn_1"))
     assert journal_of("credit_note", "cn_1").status == "posted"
     assert run(entity).breaks == {}
+
+
+# ------------------------------------------------------------------------------------------------ the break's actions
+def rerun(brk, capture):
+    """The queue's retry of the break's exception: a run for the break's object, executed on commit."""
+    fiona = get_user_model().objects.get(username="fiona-ops")
+    with capture(execute=True):
+        queue.exception_retry(exception_id=brk.exception_id, actor=fiona)
+    subject_run = ReconciliationRun.objects.exclude(subject="").latest("started_at")
+    assert subject_run.status == "finished", subject_run.error
+    return subject_run
+
+
+@pytest.mark.parametrize("case", ["amount", "manual", "duplicate", "date"])
+def test_a_run_for_the_breaks_object_resolves_it_once_fixed(books, vendor, case, finance,
+                                                            django_capture_on_commit_callbacks):
+    """Retry from the exception queue re-runs the reconciliation for the break's object only (its journal, the
+    account and month, or the ERP document): still broken it stays open, fixed it is resolved."""
+    capture = django_capture_on_commit_callbacks
+    journal = journal_of("invoice", "inv_2")
+    ref = journal.erp_document_ref
+    if case == "amount":
+        vendor.edit_amount(ref, "1.00")
+    elif case == "manual":
+        vendor.manual_entry(debit="1200", credit=BANK, amount="100.00", day="2026-11-15")
+    elif case == "duplicate":
+        dup = vendor.duplicate(ref)
+    else:
+        vendor.set_date(ref, "2026-11-02")
+    [code] = run(books).breaks
+    brk = the_break(code)
+    still = rerun(brk, capture)
+    assert still.subject == services.break_subject(brk) and still.erp_requests > 0
+    brk.refresh_from_db()
+    assert brk.status == "open" and brk.last_seen_run_id == still.pk
+    if case == "amount":
+        vendor.edit_amount(ref, "-1.00")
+    elif case == "manual":
+        vendor.manual_entry(debit=BANK, credit="1200", amount="100.00", day="2026-11-16")
+    elif case == "duplicate":
+        vendor.delete(dup)
+    else:
+        vendor.set_date(ref, "2026-11-01")
+    assert_resolved_by(brk, rerun(brk, capture))
+
+
+def test_a_cancelled_document_restored_as_a_copy_is_linked_by_the_repost(books, vendor, finance,
+                                                                         django_capture_on_commit_callbacks):
+    """Finance restores a cancelled document the vendor's way, as a new document carrying our reference (ERPNext's
+    Amend, NetSuite's Make Copy, a duplicate in Odoo): the cancelled one and the copy are two breaks; the repost
+    action's look-up finds the copy and links it (nothing sent), and the run that follows resolves both."""
+    journal = journal_of("payment", "pay_1")
+    ref = journal.erp_document_ref
+    copy = vendor.duplicate(ref)  # (copied first: NetSuite voids a document's amounts to zero)
+    vendor.cancel(ref)
+    found = run(books)
+    assert found.breaks == {"erp_document_cancelled": 1, "unexpected_in_erp": 1}
+    cancelled = ReconciliationBreak.objects.get(code="erp_document_cancelled")
+    assert ReconciliationBreak.objects.get(code="unexpected_in_erp").erp_document_ref == copy
+    documents = vendor.live_documents(journal)
+    subject_run = repost(cancelled, django_capture_on_commit_callbacks)
+    assert vendor.live_documents(journal) == documents == [copy]  # linked, not sent again
+    assert ledger.effective_erp_ref(journal) == copy
+    assert ReconciliationBreak.objects.filter(status="open").count() == 0
+    assert_resolved_by(cancelled, subject_run)
+    assert run(books).breaks == {}
