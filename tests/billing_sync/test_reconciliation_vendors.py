@@ -569,6 +569,27 @@ def test_an_odoo_draft_carrying_our_reference_counts_once_posted(entity, integra
     assert_resolved_by(brk, run(entity))
 
 
+@pytest.mark.parametrize("name", ["odoo-json2", "odoo-jsonrpc"])
+def test_an_odoo_move_reset_to_draft_is_posted_again_by_the_repost(name, entity, integration, erp_standin, monkeypatch,
+                                                                  ec_key, finance, django_capture_on_commit_callbacks):
+    """Reset to draft in Odoo (how a person starts changing a posted move) is not posted: the break says `draft`;
+    the repost action's look-up finds the draft carrying our reference and posts it (the same move, the same
+    number), and the run that follows resolves the break."""
+    vendor = start_vendor(name, entity, erp_standin, monkeypatch, ec_key)
+    post_history(integration)
+    journal = journal_of("payment", "pay_1")
+    ref = journal.erp_document_ref
+    vendor.server.reset_to_draft(vendor.native(ref))
+    assert run(entity).breaks == {"erp_document_cancelled": 1}
+    brk = the_break("erp_document_cancelled")
+    assert brk.actual == {"side": "erp", "erp_document_ref": ref, "status": "draft"}
+    moves = len(vendor.server.moves)
+    subject_run = repost(brk, django_capture_on_commit_callbacks)
+    assert len(vendor.server.moves) == moves and vendor.live_documents(journal) == [ref]
+    assert ledger.effective_erp_ref(journal) == ref
+    assert_resolved_by(brk, subject_run)
+
+
 # ------------------------------------------------------------------------------------------------ built-in
 def test_builtin_a_clean_history_matches_in_full_and_incremental_runs(entity, integration):
     """The built-in ERP is our own records: what it holds is what we posted, so a full run matches everything,
