@@ -85,6 +85,9 @@ class Connector:
 
     name = "base"
     in_database = False
+    # The read-back names accounts through the ERP's chart (`Account.erp_account`, `readback.AccountNames`): two of
+    # our accounts the ERP holds as one come back as the lower code. The built-in ERP reads our own codes.
+    erp_account_names = True
 
     def __init__(self, entity):
         self.entity = entity

@@ -19,6 +19,7 @@ PAGE_SIZE = 500
 class BuiltinConnector(Connector):
     name = "builtin"
     in_database = True
+    erp_account_names = False
 
     def post_journal(self, journal: Journal) -> PostResult:
         existing = self.lookup(journal)

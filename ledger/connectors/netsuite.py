@@ -45,6 +45,13 @@ WHERE tal.posting = 'T' AND tl.subsidiary = {subsidiary} AND tal.accountingbook 
  AND t.trandate BETWEEN {date_from} AND {date_to} AND tal.account IN ({accounts})
 GROUP BY tal.account, TO_CHAR(t.trandate, 'YYYY-MM')
 ORDER BY tal.account, TO_CHAR(t.trandate, 'YYYY-MM')"""
+# A posted journal's documents (a re-post looks them up): the records under its external id, or a re-post's
+# (`<id>_r<n>`), or carrying its memo (a "Make Copy" by a person), voided or not.
+JOURNAL_RECORDS_QUERY = """SELECT t.id AS id, t.tranid AS tranid, t.externalid AS externalid, t.voided AS voided
+FROM transaction t
+WHERE t.recordtype = 'journalentry' AND (t.externalid = {eid} OR t.externalid LIKE {reposts} OR t.memo LIKE {memo})
+ORDER BY t.id"""
+REPOST_SUFFIX = "_r"  # a re-post's external id: `<journal id>_r<n>` (a voided record keeps its external id)
 SUBSIDIARY_PATH = "/services/rest/record/v1/subsidiary"
 TOKEN_PATH = "/services/rest/auth/oauth2/v1/token"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -129,7 +136,12 @@ class NetSuiteConnector(HttpConnector):
       told to replace them, and a re-sent upsert would otherwise double every amount. NetSuite answers
       204 No Content with a Location header; the record is then read back (`GET .../eid:<id>`) for its
       document number `tranId` (else its internal `id`), which becomes our ERP document reference.
-    - Look-up: `GET .../journalEntry/eid:<journal id>`; 404 means NetSuite does not have it.
+    - Look-up: `GET .../journalEntry/eid:<journal id>`; 404 means NetSuite does not have it. A journal already
+      posted is being re-posted (reconciliation found its document missing or voided): NetSuite cannot change a
+      voided transaction, and the voided record keeps the external id, so the look-up asks SuiteQL for every
+      journal entry under the external id, a re-post's (`<journal id>_r<n>`), or our memo (a "Make Copy" a person
+      saved), and takes the first that is not voided; when there is none, the re-post goes under the next free
+      external id (`<journal id>_r1`, `_r2`, ...), which the read-back knows as ours by its memo.
     - Auth, per entity (`auth` setting):
       * `oauth2` (default): OAuth 2.0 client credentials (machine to machine). A JWT assertion signed with
         the certificate's private key (PS256 for RSA, ES256/384/512 for EC; header `kid` = the certificate id
@@ -183,6 +195,7 @@ class NetSuiteConnector(HttpConnector):
             raise PermanentError(f"entity {entity.code}: NetSuite auth must be 'oauth2' or 'tba', "
                                  f"not {self.auth_mode!r}")
         self._oauth1: OAuth1 | None = None
+        self._external_ids: dict[str, str] = {}  # journal id -> the external id its re-post goes under
 
     # ------------------------------------------------------------------------------------------- HTTP
     def auth_headers(self) -> dict:
@@ -320,7 +333,8 @@ class NetSuiteConnector(HttpConnector):
     # ------------------------------------------------------------------------------------------- records
     def record_path(self, journal) -> str:
         # Our ids are UUIDs: letters, digits and hyphens, all allowed in a NetSuite external id.
-        return f"{RECORD_PATH}/eid:{quote(str(journal.pk), safe='-_')}"
+        external_id = self._external_ids.get(str(journal.pk), str(journal.pk))
+        return f"{RECORD_PATH}/eid:{quote(external_id, safe='-_')}"
 
     def payload(self, journal) -> dict:
         subsidiary = self.settings.get("subsidiary")
@@ -370,6 +384,9 @@ class NetSuiteConnector(HttpConnector):
         return PostResult(ref)
 
     def lookup(self, journal) -> PostResult | None:
+        # A journal we already posted is being re-posted (a batch is never: its journals are not re-posted alone).
+        if getattr(journal, "status", None) == "posted":
+            return self._lookup_posted(journal)
         try:
             record = self.request("GET", self.record_path(journal), write=False).json()
         except PermanentError as exc:
@@ -378,6 +395,25 @@ class NetSuiteConnector(HttpConnector):
             raise
         ref = self.document_ref(record)
         return PostResult(ref, already_existed=True) if ref else None
+
+    def _lookup_posted(self, journal) -> PostResult | None:
+        """A re-post's look-up (see the class docstring): the journal's first live journal entry, else None, with
+        the external id the re-post will take remembered for `post_journal`."""
+        ours = str(journal.pk)
+        query = JOURNAL_RECORDS_QUERY.format(eid=_literal(ours), reposts=_literal(f"{ours}{REPOST_SUFFIX}%"),
+                                             memo=_literal(f"Tieout journal {ours}%"))
+        rows = [row for row in self._all_rows(query)
+                if row.get("externalid") in (None, ours) or str(row["externalid"]).startswith(ours + REPOST_SUFFIX)]
+        live = [row for row in rows if not _flag(row.get("voided"))]
+        if live:
+            return PostResult(str(live[0].get("tranid") or live[0]["id"]), already_existed=True)
+        taken = {str(row["externalid"]) for row in rows if row.get("externalid")}
+        external_id, number = ours, 0
+        while external_id in taken:
+            number += 1
+            external_id = f"{ours}{REPOST_SUFFIX}{number}"
+        self._external_ids[ours] = external_id
+        return None
 
     # ------------------------------------------------------------------------------------------- read-back
     def _suiteql_once(self, query: str, limit: int, offset: int) -> dict:

@@ -193,6 +193,7 @@ class OdooConnector(HttpConnector):
             raise PermanentError(f"entity {entity.code}: Odoo journal_id must be an integer id") from None
         self._account_ids: dict[str, list[int]] = {}  # Odoo account code -> ids, per connector instance
         self._uid: int | None = None
+        self._read_accounts: dict[int, str] | None = None  # read-back: Odoo account id -> our code, once
 
     # ---------------------------------------------------------------------------------------- transport
     def auth_headers(self) -> dict:
@@ -407,6 +408,13 @@ class OdooConnector(HttpConnector):
                 by_id.setdefault(row["id"], by_code[row["code"]])
         return by_id
 
+    def _accounts(self) -> dict[int, str]:
+        """`_account_index` of the entity's accounts, asked once per connector: a reconciliation run makes one and
+        may look many documents up one by one, each of which would otherwise ask Odoo for the accounts again."""
+        if self._read_accounts is None:
+            self._read_accounts = self._account_index(AccountNames(self.entity))
+        return self._read_accounts
+
     def _our_account(self, value, index: dict[int, str], unknown: dict[int, str]) -> str:
         account_id = value[0] if isinstance(value, list) else value
         if account_id in index:
@@ -449,7 +457,7 @@ class OdooConnector(HttpConnector):
                   ["date", "<=", date_to.isoformat()], *self._company_domain()]
         if modified_since is not None:
             domain.append(["write_date", ">=", modified_since.astimezone(datetime.UTC).strftime(ODOO_DATETIME)])
-        index = self._account_index(AccountNames(self.entity))
+        index = self._accounts()
         after = 0
         while True:
             moves = self.retrying(self.search_read, "account.move", [*domain, ["id", ">", after]], MOVE_FIELDS,
@@ -467,13 +475,13 @@ class OdooConnector(HttpConnector):
         moves = self.retrying(self.search_read, "account.move", domain, MOVE_FIELDS, limit=1, order="id asc")
         if not moves:
             return None
-        [document] = self._documents(moves, self._account_index(AccountNames(self.entity)))
+        [document] = self._documents(moves, self._accounts())
         return document
 
     def account_movements(self, *, date_from: datetime.date, date_to: datetime.date,
                           accounts: Iterable[str]) -> Iterator[ErpMovement]:
         wanted = set(accounts)
-        index = self._account_index(AccountNames(self.entity))
+        index = self._accounts()
         ids = sorted(account_id for account_id, code in index.items() if code in wanted)
         if not ids:
             return

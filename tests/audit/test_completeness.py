@@ -43,7 +43,6 @@ from config import correlation
 from exceptions_queue import services as queue
 from exceptions_queue import tasks as queue_tasks
 from exceptions_queue.models import Approval, ApprovalPolicy, ExceptionRecord
-from ledger import connectors
 from ledger import services as ledger
 from ledger import tasks as ledger_tasks_module
 from ledger.models import Account, AccountMapping, ErpBatch, Journal
@@ -53,7 +52,6 @@ from portal import services as portal_services
 from tests import factories as f
 from tests.audit.helpers import sealed
 from tests.audit.tamper import edit_entry, triggers_off
-from tests.billing_sync.erp_fake import MirrorConnector
 from tests.close_helpers import reconciled
 from tests.fixtures import Api, _user_api
 from tests.standins.erpnext import ErpNextStandin
@@ -598,9 +596,13 @@ NOV = (datetime.date(2026, 11, 1), datetime.date(2026, 11, 30))
 
 
 def _recon_erp(ctx):
-    """The ERP for reconciliation rows: the built-in connector whose read-back mirrors our journals."""
-    ctx.monkeypatch.setitem(connectors.REGISTRY, "builtin", "tests.billing_sync.erp_fake.MirrorConnector")
-    return MirrorConnector.reset()
+    """The ERP for reconciliation rows: US01 posts to (and reads back from) the ERPNext stand-in."""
+    erp = ErpNextStandin().start()
+    ctx.stop = erp.stop
+    ctx.monkeypatch.setenv("TEST_ERPNEXT_TOKEN", "key:secret")
+    ledger.entity_configure_erp(entity=ctx.entity, connector="erpnext", actor="test",
+                                erp_settings={"url": erp.url, "company": "Tieout US", "token_env": "TEST_ERPNEXT_TOKEN"})
+    return erp
 
 
 def _recon_run(ctx, **kwargs):
@@ -612,29 +614,33 @@ def _recon_break(ctx):
     """An invoice whose ERP document was deleted in the ERP, and the run that opened its break."""
     erp = _recon_erp(ctx)
     ctx.invoice("inv_r")
-    erp.deleted.add(Journal.objects.get(document_id="inv_r").erp_document_ref)
+    erp.delete(Journal.objects.get(document_id="inv_r").erp_document_ref)
     _recon_run(ctx)
-    ctx.erp_state = erp
     return ReconciliationBreak.objects.get(status="open")
 
 
 def _recon_fixed(ctx):
-    brk = _recon_break(ctx)
-    ctx.erp_state.deleted.clear()
-    return brk
+    """An invoice's ERP document edited, the run that opened its break, and the document restored."""
+    erp = _recon_erp(ctx)
+    ctx.invoice("inv_r")
+    ref = Journal.objects.get(document_id="inv_r").erp_document_ref
+    erp.edit_amount(ref, "-10.00")
+    _recon_run(ctx)
+    erp.edit_amount(ref, "10.00")
+    return ReconciliationBreak.objects.get(status="open")
 
 
 def _recon_edited(ctx):
     erp = _recon_erp(ctx)
     ctx.invoice("inv_r")
     ref = Journal.objects.get(document_id="inv_r").erp_document_ref
-    erp.lines[ref] = [("1200", "90.00", "0"), ("4000", "0", "90.00")]
+    erp.edit_amount(ref, "-10.00")
     _recon_run(ctx)
-    erp.lines[ref] = [("1200", "80.00", "0"), ("4000", "0", "80.00")]
+    erp.edit_amount(ref, "-10.00")
 
 
 def _recon_failing(ctx):
-    _recon_erp(ctx).fail = "ERP down"
+    _recon_erp(ctx).read_faults.add("error_503", settings.TIEOUT_READBACK_MAX_ATTEMPTS)
 
 
 PATHS += [

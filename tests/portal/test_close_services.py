@@ -18,14 +18,12 @@ from config.errors import ApiError, Codes
 from exceptions_queue import services as queue
 from exceptions_queue import tasks as queue_tasks
 from exceptions_queue.models import Approval, ExceptionRecord
-from ledger import connectors
 from ledger import services as ledger
 from ledger.models import Journal, Period
 from portal import services
 from portal.selectors import close as close_selectors
 from tests import factories as f
 from tests.audit.tamper import edit_entry, triggers_off
-from tests.billing_sync.erp_fake import MirrorConnector
 from tests.close_helpers import reconciled
 from tests.helpers import EVENTS, send
 
@@ -224,10 +222,20 @@ def test_a_full_run_of_the_reconciliation_engine_lets_the_month_close(booked, pe
     assert services.period_close(entity=booked, year=YEAR, month=MONTH, actor=people["carl"]).status == "closed"
 
 
-def test_a_break_the_engine_opens_blocks_and_leads_to_its_exception(booked, people, monkeypatch):
-    monkeypatch.setitem(connectors.REGISTRY, "builtin", "tests.billing_sync.erp_fake.MirrorConnector")
-    erp = MirrorConnector.reset()
-    erp.deleted.add(Journal.objects.get(document_id="inv_close").erp_document_ref)  # the ERP lost it
+@pytest.fixture
+def booked_on_erpnext(erp_us01, entity, integration):
+    """`booked`, with US01 posting to the ERPNext stand-in (configured before anything posts)."""
+    send(integration, f.customer(CUS))
+    send(integration, f.invoice("inv_close", customer_id=CUS, lines=[("100.00", "0")]))
+    send(integration, f.payment("pay_close", customer_id=CUS, amount="100.00", allocations=[("inv_close", "100.00")]))
+    assert set(Journal.objects.values_list("status", flat=True)) == {"posted"}
+    return entity
+
+
+def test_a_break_the_engine_opens_blocks_and_leads_to_its_exception(booked_on_erpnext, erp_us01, people,
+                                                                    django_capture_on_commit_callbacks):
+    booked = booked_on_erpnext
+    erp_us01.delete(Journal.objects.get(document_id="inv_close").erp_document_ref)  # the ERP lost it
     _engine_run(booked)
     check = next(c for c in close_selectors.checks(booked, YEAR, MONTH, items=True)
                  if c["check"] == "reconciliation_breaks")
@@ -235,7 +243,10 @@ def test_a_break_the_engine_opens_blocks_and_leads_to_its_exception(booked, peop
     assert not check["ok"] and check["count"] == 1 and "missing_in_erp" in check["detail"]
     assert check["items"][0]["url"] == f"/exceptions/{exc.pk}/"
     _assert_blocked_by(booked, people["carl"], "reconciliation_breaks")
-    erp.deleted.clear()  # the ERP has it again: the next run resolves the break
+    # Finance re-posts it (looked up first, then sent again); the run that follows resolves the break.
+    brk = exc.reconciliation_breaks.get()
+    with django_capture_on_commit_callbacks(execute=True):
+        billing_services.reconciliation_break_repost(break_id=brk.pk, actor=people["fiona"])
     _engine_run(booked)
     assert "reconciliation_breaks" not in _failing(booked)
 

@@ -26,7 +26,7 @@ What it checks, as NetSuite does:
 The books: every upserted record is a posting journal entry (`posting` T, `voided` F, `lastModifiedDate`
 stamped from `clock`, UTC) whose lines are accounting lines in book 1 of the record's subsidiary. Test helpers
 change them as a person would, without HTTP: `edit_amount`, `void` (amounts to zero, `voided` T, as NetSuite
-voids without reversing journals), `delete`, `add_manual_entry` (no external id), `duplicate` ("Make Copy":
+voids without reversing journals; an upsert into a voided record is refused, 400 USER_ERROR), `delete`, `add_manual_entry` (no external id), `duplicate` ("Make Copy":
 same memo and lines, no external id), `set_date`.
 
 Faults, besides the base's: `concurrency_limit` (429 CONCURRENCY_LIMIT_EXCEEDED + Retry-After) and
@@ -267,6 +267,12 @@ class NetSuiteStandin(Standin):
         replace = "line" in ",".join(query.get("replace", [])).split(",")
         with self._state:
             record = self.records.get(external_id)
+            if record is not None and record.get("voided"):
+                # "After you void a transaction, you cannot make changes to the transaction that impact the
+                # general ledger" (NetSuite's help on voiding).
+                handler.send_json(400, ns_error(400, f"Transaction {record['tranId']} is voided: you cannot make "
+                                                     "changes that impact the general ledger.", "USER_ERROR"))
+                return
             if record is None:
                 self._seq += 1
                 record = {"id": str(1000 + self._seq), "tranId": f"JE{self._seq:05d}", "externalId": external_id,

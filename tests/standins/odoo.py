@@ -24,8 +24,9 @@ refuses an unbalanced entry ("The entry is not balanced.", a UserError in Odoo 1
 (MissingError) and a move created already posted; `action_post` refuses a posted move and numbers the move
 `MISC/YYYY/MM/NNNN` when it posts it. Every change stamps the move's `write_date` (UTC, from `clock`).
 
-Test helpers change the books as a person would, without HTTP: `edit_amount`, `cancel`, `delete`,
-`add_manual_entry`, `duplicate`, `set_date`. Read-back calls (`search_read`, `read`, `read_group`,
+Test helpers change the books as a person would, without HTTP: `edit_amount`, `cancel`, `reset_to_draft` (the
+move keeps its number, and posting it again does not renumber it), `delete`, `add_manual_entry`, `duplicate`,
+`set_date`. Read-back calls (`search_read`, `read`, `read_group`,
 `formatted_read_group`) consume `read_faults`.
 
 Faults, consumed by `account.move` `create` (either API): the base kinds; `post_fails_after_create` (the
@@ -162,6 +163,12 @@ class OdooStandin(Standin):
     def cancel(self, move_id: int) -> None:
         with self._state:
             self.moves[move_id]["state"] = "cancel"
+            self._touch(self.moves[move_id])
+
+    def reset_to_draft(self, move_id: int) -> None:
+        """"Reset to Draft" (`button_draft`), as a person does to change a posted move: it keeps its number."""
+        with self._state:
+            self.moves[move_id]["state"] = "draft"
             self._touch(self.moves[move_id])
 
     def delete(self, move_id: int) -> None:
@@ -378,7 +385,8 @@ class OdooStandin(Standin):
             for move_id in ids:
                 move = self.moves[move_id]
                 move["state"] = "posted"
-                move["name"] = self._number(move)
+                if move["name"] in ("/", False, ""):  # a move reset to draft keeps the number it had
+                    move["name"] = self._number(move)
                 self._touch(move)
             return False
         if method == "button_cancel":

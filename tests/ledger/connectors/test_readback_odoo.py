@@ -155,6 +155,19 @@ def test_a_deleted_move_is_gone(odoo, odoo_entity, integration):
     assert movements(odoo_entity)[("1200", "2026-11")] == (Decimal("107.25"), Decimal("0.00"))
 
 
+def test_one_connector_asks_for_the_accounts_once(odoo, odoo_entity, integration):
+    """A reconciliation run reads through one connector: the listing, each look-up by reference and the movements
+    share one read of the accounts."""
+    journals = post_invoices(integration, 2)
+    connector = connectors.get_connector(odoo_entity)
+    before = len(calls(odoo, "account.account", "search_read"))
+    assert len(list(connector.erp_documents(date_from=NOV_1, date_to=NOV_30))) == 2
+    for journal in journals:
+        assert connector.erp_document(journal.erp_document_ref).our_ref == str(journal.pk)
+    assert list(connector.account_movements(date_from=NOV_1, date_to=NOV_30, accounts=["1200"]))
+    assert len(calls(odoo, "account.account", "search_read")) - before == 1
+
+
 def test_a_manual_entry_on_the_receivable_shows_only_in_the_movements(odoo, odoo_entity, integration):
     [journal] = post_invoices(integration, 1)
     odoo.add_manual_entry(account="1200", amount="50.00", against="4000", date="2026-11-15")
