@@ -14,7 +14,8 @@ invariants checked after each sequence:
 * the trial balance balances (total debit == total credit);
 * every invoice's `open_amount` (as billing sees it) equals its `ledger_open_amount` (its balance on
   the receivable account), read through GET /api/v1/invoices/...;
-* each payment's unapplied cash equals its balance on the unapplied-cash account.
+* each payment's unapplied cash equals its balance on the unapplied-cash account;
+* a full reconciliation run over the history's dates finishes and finds no break (issue #12).
 
 Fixtures are function-scoped, so all examples of one test share one database transaction: every example
 uses fresh ids and checks only its own documents (the trial balance is global and must balance anyway).
@@ -23,14 +24,15 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from django.db.models import Sum
+from django.db.models import Max, Min, Sum
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing_sync import ordering
-from billing_sync.models import Event, Invoice, Payment
+from billing_sync.models import Event, Invoice, Payment, ReconciliationBreak
+from billing_sync.services import reconciliation
 from exceptions_queue.models import Approval
-from ledger.models import Journal, JournalLine
+from ledger.models import Entity, Journal, JournalLine
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -189,6 +191,15 @@ class Run:
             balance = (ledger["c"] or 0) - (ledger["d"] or 0)
             assert balance == payment.unapplied_amount, (payment.payment_id, balance, payment.unapplied_amount,
                                                          self.log)
+
+        # A full reconciliation over every date the history touched finds nothing to report.
+        dates = Journal.objects.aggregate(first=Min("accounting_date"), last=Max("accounting_date"))
+        if dates["first"] is not None:
+            run = reconciliation.reconciliation_run(entity=Entity.objects.get(code="US01"), date_from=dates["first"],
+                                                    date_to=dates["last"], full=True, actor="property-test")
+            assert run.status == "finished", run.error
+            assert run.breaks == {}, (list(ReconciliationBreak.objects.filter(status="open").values(
+                "code", "document", "expected", "actual")), self.log)
 
 
 @settings(max_examples=25, deadline=None,
