@@ -2,7 +2,7 @@
 the site root by config/urls.py."""
 from django.urls import include, path
 
-from portal.web import accounts, adjustments, approvals, close, dashboard, queue, trace
+from portal.web import accounts, adjustments, approvals, close, dashboard, queue, reconciliation, trace
 
 urlpatterns = [
     path("accounts/", include(accounts)),
@@ -10,6 +10,7 @@ urlpatterns = [
     path("approvals/", include(approvals)),
     path("adjustments/", include(adjustments)),
     path("close/", include(close)),
+    path("reconciliation/", include(reconciliation)),
     path("", include(trace)),  # trace/ and evidence/
     path("", include(dashboard)),
 ]
