@@ -2,13 +2,14 @@
 the site root by config/urls.py."""
 from django.urls import include, path
 
-from portal.web import accounts, adjustments, approvals, dashboard, queue, trace
+from portal.web import accounts, adjustments, approvals, dashboard, queue, reports, trace
 
 urlpatterns = [
     path("accounts/", include(accounts)),
     path("exceptions/", include(queue)),
     path("approvals/", include(approvals)),
     path("adjustments/", include(adjustments)),
+    path("reports/", include(reports)),
     path("", include(trace)),  # trace/ and evidence/
     path("", include(dashboard)),
 ]
