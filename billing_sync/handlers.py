@@ -1,17 +1,20 @@
 """billing_sync's part in the layers below, registered at start-up (`BillingSyncConfig.ready`): event
 exceptions (customer, invoice, payment, credit, write-off) are retried by processing the event again and
 replayed from the payload stored at receipt; callback exceptions by delivering the failed callbacks again;
+reconciliation exceptions by re-running the reconciliation for their break's object (and resolving one in the
+queue resolves its break);
 credit note and write-off approvals book or refuse the document. From the ledger and the queue: a posted
 journal, or an exception opened or resolved outside the event's own processing, re-derives the event's status;
 a resolved exception tells the source system."""
 import hashlib
 
-from billing_sync import callbacks, documents, services
+from billing_sync import callbacks, documents, selectors, services
 from billing_sync.models import Event
 from config.errors import Codes, Conflict
 from exceptions_queue import workflow
 from exceptions_queue.models import Approval, ExceptionRecord
 from ledger import hooks as ledger_hooks
+from ledger import selectors as ledger_selectors
 from ledger.models import Journal
 
 EVENT_PROCESSES = (ExceptionRecord.Process.CUSTOMER, ExceptionRecord.Process.INVOICE,
@@ -81,6 +84,16 @@ def on_event_exceptions_changed(*, event_id, actor) -> None:
 
 def on_exception_resolved(*, exception, actor) -> None:
     callbacks.notify(event=exception.event, kind=callbacks.RESOLVED, actor=actor)  # no-op without an event
+    if exception.process == ExceptionRecord.Process.RECONCILIATION:
+        services.reconciliation_breaks_resolve_for_exception(exception=exception, actor=actor)
+
+
+def reconciliation_retry(*, exception, actor) -> None:
+    services.reconciliation_exception_retry(exception=exception, actor=actor)
+
+
+def reconciliation_replay_refusal(*, exception) -> str:
+    return "a reconciliation break is not replayed; retry re-runs the reconciliation for its object"
 
 
 def register() -> None:
@@ -89,8 +102,11 @@ def register() -> None:
                                          exception_replay_refusal=event_replay_refusal, replay_check=event_replay_check)
     workflow.exception_kind_register(ExceptionRecord.Process.CALLBACK, retry=callback_retry,
                                      exception_replay_refusal=callback_replay_refusal)
+    workflow.exception_kind_register(ExceptionRecord.Process.RECONCILIATION, retry=reconciliation_retry,
+                                     exception_replay_refusal=reconciliation_replay_refusal)
     for kind in (Approval.Kind.CREDIT_NOTE, Approval.Kind.WRITE_OFF):
         workflow.approval_kind_register(kind, approve=document_approve, reject=document_reject)
     ledger_hooks.journals_posted.connect(on_journals_posted)
+    ledger_selectors.reconciliation_status_provide(selectors.journal_reconciliation_statuses)
     workflow.event_exceptions_changed.connect(on_event_exceptions_changed)
     workflow.exception_resolved.connect(on_exception_resolved)

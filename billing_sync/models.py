@@ -492,6 +492,10 @@ class ReconciliationRun(models.Model):
             models.CheckConstraint(condition=Q(date_from__lte=F("date_to")), name="recon_run_range"),
             models.CheckConstraint(condition=Q(status="running") | Q(finished_at__isnull=False),
                                    name="recon_run_finished_at"),
+            # One run at a time per entity: a second one (a beat tick while a long run goes on, a double
+            # click) is refused by the database, whichever process starts it.
+            models.UniqueConstraint(fields=["entity"], name="recon_run_one_running_per_entity",
+                                    condition=Q(status="running")),
         ]
         indexes = [models.Index(fields=["entity", "-started_at"], name="recon_run_entity_idx")]
 
@@ -546,6 +550,13 @@ class ReconciliationBreak(models.Model):
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolved_by = models.CharField(max_length=150, blank=True, default="")
     resolution = models.TextField(blank=True, default="")
+    # A controller accepted the difference (with `resolution` as the reason): a later run that finds the same
+    # key with the same expected and actual values does not open it again.
+    accepted_by = models.CharField(max_length=150, blank=True, default="")
+    # The adjusting manual journal raised from this break (it waits for approval; a later run that finds the
+    # object matched resolves the break).
+    adjusting_journal = models.ForeignKey("ledger.Journal", null=True, blank=True, on_delete=models.PROTECT,
+                                          related_name="+")
     exception = models.ForeignKey("exceptions_queue.ExceptionRecord", null=True, blank=True,
                                   on_delete=models.PROTECT, related_name="reconciliation_breaks")
     history = HistoricalRecords()
@@ -560,6 +571,7 @@ class ReconciliationBreak(models.Model):
             models.Index(fields=["entity", "status", "code"], name="recon_break_entity_idx"),
             models.Index(fields=["document"], name="recon_break_document_idx", condition=~Q(document="")),
             models.Index(fields=["opened_at"], name="recon_break_opened_idx"),
+            models.Index(fields=["key"], name="recon_break_accepted_idx", condition=~Q(accepted_by="")),
         ]
 
     def __str__(self):

@@ -1,5 +1,7 @@
 """Billing-sync reads: event resources (batched, no N+1), event lists and payloads, canonical invoices (and the
-ones a signed-in person may see), status callbacks, API tokens (never their secret)."""
+ones a signed-in person may see), status callbacks, API tokens (never their secret), reconciliation runs,
+breaks and the reconciliation status (mark) of journals and documents; AR and unapplied-cash agings, their open
+invoices and payments, customer statements."""
 import datetime
 
 import django_filters
@@ -7,7 +9,8 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
-from billing_sync.models import ApiToken, CallbackDelivery, Customer, Event, Invoice
+from billing_sync.models import (ApiToken, CallbackDelivery, Customer, Event, Invoice, ReconciliationBreak,
+                                 ReconciliationMark, ReconciliationRun)
 from billing_sync.services import event_resource
 from config import roles
 from config.errors import Codes, TieoutError
@@ -66,6 +69,7 @@ def invoice_resource(invoice: Invoice) -> dict:
         "open_amount": fmt(invoice.open_amount, c),
         "ledger_open_amount": fmt(receivable_balance(entity=invoice.entity, source_system=invoice.source_system,
                                                      invoice_id=invoice.invoice_id), c),
+        "reconciliation": reconciliation_status(f"invoice:{invoice.source_system}:{invoice.invoice_id}"),
         "lines": [{"line_id": line.line_id, "description": line.description, "amount": fmt(line.amount, c),
                    "revenue_account": line.revenue_account or None, "taxes": line.taxes}
                   for line in invoice.lines.order_by("id")],
@@ -469,3 +473,80 @@ def customer_statement(*, customer: Customer, entity: Entity, date_from: datetim
     return {"customer": customer, "entity": entity, "date_from": date_from, "date_to": date_to,
             "opening_balance": opening, "lines": lines, "total_debit": total_debit, "total_credit": total_credit,
             "closing_balance": balance}
+
+
+# --------------------------------------------------------------------------------------------- reconciliation
+def _iso(value):
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def reconciliation_runs_for(user):
+    """Reconciliation runs of `user`'s entities, newest first."""
+    return roles.scope(ReconciliationRun.objects.select_related("entity").order_by("-started_at", "-id"), user,
+                       "entity__code")
+
+
+def reconciliation_run_resource(run: ReconciliationRun) -> dict:
+    return {"id": str(run.pk), "entity": run.entity.code, "from": run.date_from.isoformat(),
+            "to": run.date_to.isoformat(), "full": run.full, "subject": run.subject or None, "status": run.status,
+            "requested_by": run.requested_by, "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
+            "erp_modified_since": _iso(run.erp_modified_since), "matched": run.matched, "breaks": run.breaks,
+            "resolved": run.resolved, "erp_requests": run.erp_requests, "erp_documents": run.erp_documents,
+            "error": run.error or None}
+
+
+class ReconciliationBreakFilter(django_filters.FilterSet):
+    entity = django_filters.CharFilter(field_name="entity__code")
+    code = django_filters.ChoiceFilter(choices=ReconciliationBreak.Code.choices)
+    status = django_filters.ChoiceFilter(choices=ReconciliationBreak.Status.choices)
+    document = django_filters.CharFilter()
+    journal = django_filters.UUIDFilter(field_name="journal_id")
+    run = django_filters.NumberFilter(field_name="last_seen_run_id")
+
+    class Meta:
+        model = ReconciliationBreak
+        fields = ["entity", "code", "status", "document", "journal", "run"]
+
+
+def reconciliation_breaks_for(user):
+    """Reconciliation breaks of `user`'s entities, newest first."""
+    return roles.scope(ReconciliationBreak.objects.select_related("entity").order_by("-opened_at", "-id"), user,
+                       "entity__code")
+
+
+def reconciliation_break_resource(brk: ReconciliationBreak) -> dict:
+    return {"id": str(brk.pk), "code": brk.code, "status": brk.status, "entity": brk.entity.code,
+            "account": brk.account or None, "period": brk.period or None,
+            "journal": str(brk.journal_id) if brk.journal_id else None,
+            "erp_document_ref": brk.erp_document_ref or None, "document": brk.document or None,
+            "expected": brk.expected, "actual": brk.actual, "opened_at": _iso(brk.opened_at),
+            "resolved_at": _iso(brk.resolved_at), "exception": str(brk.exception_id) if brk.exception_id else None,
+            "resolution": brk.resolution or None, "resolved_by": brk.resolved_by or None,
+            "accepted_by": brk.accepted_by or None, "opened_by_run": str(brk.opened_by_run_id),
+            "last_seen_run": str(brk.last_seen_run_id),
+            "resolved_by_run": str(brk.resolved_by_run_id) if brk.resolved_by_run_id else None,
+            "adjusting_journal": str(brk.adjusting_journal_id) if brk.adjusting_journal_id else None}
+
+
+UNRECONCILED = {"status": "unreconciled", "checked_at": None, "run": None}
+
+
+def reconciliation_statuses(subjects) -> dict[str, dict]:
+    """The reconciliation status of journals and documents by subject (`journal:<uuid>`,
+    `invoice:<source_system>:<id>`, ...): `{"status": unreconciled | matched | break, "checked_at", "run"}`; a
+    subject never checked is unreconciled. `checked_at` and `run` say when the status was last set (a run
+    writes a mark only when the status changes)."""
+    subjects = list(subjects)
+    found = {m.subject: {"status": m.status, "checked_at": _iso(m.checked_at), "run": str(m.run_id)}
+             for m in ReconciliationMark.objects.filter(subject__in=subjects)}
+    return {subject: found.get(subject, dict(UNRECONCILED)) for subject in subjects}
+
+
+def reconciliation_status(subject: str) -> dict:
+    return reconciliation_statuses([subject])[subject]
+
+
+def journal_reconciliation_statuses(journal_ids) -> dict:
+    """`reconciliation_statuses` by journal id (the ledger's journal resources ask this, installed at start-up)."""
+    by_subject = reconciliation_statuses([f"journal:{pk}" for pk in journal_ids])
+    return {pk: by_subject[f"journal:{pk}"] for pk in journal_ids}

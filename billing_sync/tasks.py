@@ -1,5 +1,7 @@
 """Celery tasks of billing sync: process accepted events, and sweep for any that were never scheduled;
-deliver status callbacks to source systems (queue `callbacks`) and sweep for those that are due."""
+deliver status callbacks to source systems (queue `callbacks`) and sweep for those that are due; execute
+reconciliation runs (queue `reconciliation`), and the beat's fan-outs that start one per entity (incremental
+every few minutes, full nightly)."""
 from celery import shared_task
 from django.conf import settings
 
@@ -30,3 +32,20 @@ def deliver_callback(delivery_id: str, attempt: int | None = None):
 @shared_task(name="billing_sync.tasks.sweep_callbacks", ignore_result=True)
 def sweep_callbacks():
     return callbacks.sweep_callbacks()
+
+
+# Reconciliation (queue `reconciliation`). A run is started (recorded `running`, one per entity) before it is
+# queued; executing it twice is harmless (a finished run, or one another worker holds, is left alone).
+@shared_task(name="billing_sync.tasks.reconcile", acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def reconcile(run_id: int):
+    services.reconciliation_run_execute(run_id=run_id)
+
+
+@shared_task(name="billing_sync.tasks.reconcile_incremental_all", ignore_result=True)
+def reconcile_incremental_all():
+    return services.reconciliation_run_schedule(full=False)
+
+
+@shared_task(name="billing_sync.tasks.reconcile_full_all", ignore_result=True)
+def reconcile_full_all():
+    return services.reconciliation_run_schedule(full=True)

@@ -51,6 +51,24 @@ class Codes:
     # Manual journals raised by a person (refused up front, never queued).
     UNBALANCED_JOURNAL = "unbalanced_journal"
     UNKNOWN_ACCOUNT = "unknown_account"
+    # Reconciliation breaks (billing <-> ledger <-> ERP): the codes of the breaks and of their exceptions
+    # (process `reconciliation`).
+    MISSING_JOURNAL = "missing_journal"
+    JOURNAL_AMOUNT_MISMATCH = "journal_amount_mismatch"
+    LEDGER_OPEN_AMOUNT_MISMATCH = "ledger_open_amount_mismatch"
+    AR_CONTROL_MISMATCH = "ar_control_mismatch"
+    UNAPPLIED_CASH_MISMATCH = "unapplied_cash_mismatch"
+    MISSING_IN_ERP = "missing_in_erp"
+    ERP_DOCUMENT_CANCELLED = "erp_document_cancelled"
+    ERP_AMOUNT_MISMATCH = "erp_amount_mismatch"
+    ERP_DATE_MISMATCH = "erp_date_mismatch"
+    UNEXPECTED_IN_ERP = "unexpected_in_erp"
+    ERP_BALANCE_MISMATCH = "erp_balance_mismatch"
+    # Reconciliation refusals: another run of the entity is running; the break is resolved already; the
+    # action does not apply to this break (e.g. re-posting a break that is not about a journal the ERP lacks).
+    RECONCILIATION_RUNNING = "reconciliation_running"
+    BREAK_RESOLVED = "break_resolved"
+    BREAK_ACTION_NOT_APPLICABLE = "break_action_not_applicable"
 
 
 class TieoutError(Exception):

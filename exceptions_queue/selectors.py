@@ -215,3 +215,8 @@ def exception_comments(exc: ExceptionRecord) -> list:
 def approvals():
     return (Approval.objects.select_related("entity", "requested_by")
             .prefetch_related("decisions__user").order_by("-created_at", "id"))
+
+
+def approval_for_journal(journal_id):
+    """The approval a journal waits for (or waited for), None when it needed none."""
+    return approvals().filter(journal_id=journal_id).first()

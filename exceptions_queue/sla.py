@@ -32,6 +32,19 @@ SLA_HOURS = {
     Codes.UNKNOWN_PAYMENT: 24,
     Codes.CALLBACK_FAILED: 24,
     Codes.AWAITING_DEPENDENCY: 72,
+    # Reconciliation breaks: the ERP lacking or disagreeing with a posted journal blocks the close first;
+    # aggregate differences usually follow one of those and clear with it.
+    Codes.MISSING_IN_ERP: 8,
+    Codes.ERP_DOCUMENT_CANCELLED: 8,
+    Codes.ERP_AMOUNT_MISMATCH: 8,
+    Codes.ERP_DATE_MISMATCH: 24,
+    Codes.UNEXPECTED_IN_ERP: 8,
+    Codes.ERP_BALANCE_MISMATCH: 24,
+    Codes.MISSING_JOURNAL: 8,
+    Codes.JOURNAL_AMOUNT_MISMATCH: 8,
+    Codes.LEDGER_OPEN_AMOUNT_MISMATCH: 24,
+    Codes.AR_CONTROL_MISMATCH: 24,
+    Codes.UNAPPLIED_CASH_MISMATCH: 24,
 }
 
 HOUR = datetime.timedelta(hours=1)

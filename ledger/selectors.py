@@ -1,6 +1,8 @@
 """Ledger reads: trial balance, an invoice's receivable balance, journal lists (django-filter), entities and
-entity access, active accounts. Reads for a signed-in person are narrowed to their entities with
-`config.roles.scope`."""
+entity access, active accounts, journals' reconciliation status (installed from above); for the reports, the
+receivable and unapplied-cash items as of a date, an account's balance split into items and other lines, one
+read-only snapshot to read them in, and a period's posted lines for the ledger export. Reads for a signed-in
+person are narrowed to their entities with `config.roles.scope`."""
 import contextlib
 import datetime
 from decimal import Decimal
@@ -273,3 +275,23 @@ def posted_lines(*, entity: Entity, date_from: datetime.date, date_to: datetime.
 def accounts_of(entity: Entity):
     """All of `entity`'s accounts (active or not), by code."""
     return Account.objects.filter(entity=entity).order_by("code")
+
+
+# Reconciliation status of journals: reconciliation is billing_sync's (a higher layer), which installs this
+# lookup at start-up, as the entity-access lookup is installed (ARCHITECTURE.md).
+UNRECONCILED = {"status": "unreconciled", "checked_at": None, "run": None}
+_reconciliation_lookup = None
+
+
+def reconciliation_status_provide(lookup) -> None:
+    """Install `lookup(journal_ids) -> {journal_id: {"status", "checked_at", "run"}}` (billing_sync does)."""
+    global _reconciliation_lookup
+    _reconciliation_lookup = lookup
+
+
+def journal_reconciliation(journal_ids) -> dict:
+    """Each journal's reconciliation status (unreconciled when nothing is installed or it was never checked)."""
+    journal_ids = list(journal_ids)
+    if _reconciliation_lookup is None:
+        return {pk: dict(UNRECONCILED) for pk in journal_ids}
+    return _reconciliation_lookup(journal_ids)

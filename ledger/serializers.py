@@ -2,6 +2,7 @@
 from rest_framework import serializers
 
 from ledger.models import Journal
+from ledger.selectors import journal_reconciliation
 from config.money import fmt
 
 
@@ -10,11 +11,20 @@ class JournalSerializer(serializers.ModelSerializer):
     event = serializers.UUIDField(source="event_id", allow_null=True)
     reverses = serializers.UUIDField(source="reverses_id", allow_null=True)
     lines = serializers.SerializerMethodField()
+    reconciliation = serializers.SerializerMethodField()
 
     class Meta:
         model = Journal
         fields = ["id", "entity", "status", "accounting_date", "event", "reverses", "kind", "description",
-                  "erp_document_ref", "posted_at", "correlation_id", "lines"]
+                  "erp_document_ref", "posted_at", "correlation_id", "lines", "reconciliation"]
+
+    def get_reconciliation(self, journal) -> dict:
+        """`{"status": unreconciled | matched | break, "checked_at", "run"}`, read once for a whole page."""
+        cache = self.context.setdefault("_reconciliation", {})
+        if journal.pk not in cache:
+            page = getattr(self.parent, "instance", None) or [journal]
+            cache.update(journal_reconciliation([j.pk for j in page]))
+        return cache[journal.pk]
 
     def get_lines(self, journal) -> list[dict]:
         currency = journal.entity.currency

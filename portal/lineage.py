@@ -19,7 +19,7 @@ from billing_sync.models import (
     WriteOff,
 )
 from billing_sync.ordering import document_key
-from billing_sync.selectors import event_resources, invoice_resource
+from billing_sync.selectors import event_resources, invoice_resource, reconciliation_statuses
 from config import roles
 from exceptions_queue.models import Approval, ExceptionRecord
 from ledger.models import Account, ErpBatch, Journal, JournalLine
@@ -226,14 +226,15 @@ def _event_summary(event) -> dict:
             "correlation_id": event.correlation_id}
 
 
-def _journal_step(j) -> dict:
+def _journal_step(j, statuses: dict) -> dict:
     body = _journal_body(j)
     body.update({"entity": j.entity.code, "event_id": str(j.event_id) if j.event_id else None,
                  "source_system": j.source_system or None, "document_type": j.document_type or None,
                  "document_id": j.document_id or None, "document_version": j.document_version,
                  "description": j.description, "created_by": j.created_by or None,
                  "erp_batch": str(j.erp_batch_id) if j.erp_batch_id else None,
-                 "invoice_ids": sorted({ln.invoice_id for ln in j.lines.all() if ln.invoice_id})})
+                 "invoice_ids": sorted({ln.invoice_id for ln in j.lines.all() if ln.invoice_id}),
+                 "reconciliation": statuses[f"journal:{j.pk}"]})
     return body
 
 
@@ -252,13 +253,15 @@ def _exception_step(x) -> dict:
     return body
 
 
-def _reconciliation(invoice) -> dict:
+def _reconciliation(invoice, statuses: dict) -> dict:
     ledger_open = receivable_balance(entity=invoice.entity, source_system=invoice.source_system,
                                      invoice_id=invoice.invoice_id)
     return {"source_system": invoice.source_system, "invoice_id": invoice.invoice_id,
             "entity": invoice.entity.code, "open_amount": fmt(invoice.open_amount, invoice.currency),
             "ledger_open_amount": fmt(ledger_open, invoice.currency), "currency": invoice.currency,
-            "ties_out": invoice.open_amount == ledger_open}
+            "ties_out": invoice.open_amount == ledger_open,
+            # The last reconciliation run's verdict (billing ↔ ledger ↔ ERP), beside this live comparison.
+            "status": statuses[f"invoice:{invoice.source_system}:{invoice.invoice_id}"]}
 
 
 def _journals_qs():
@@ -277,6 +280,9 @@ def _common(*, events, journals, approvals, exceptions, invoices, extra_objects=
     bodies = _audit_bodies(entries)
     grouped = _group(bodies)
     changes = list(CanonicalChange.objects.filter(event_id__in=event_ids).order_by("at", "id"))
+    # Reconciliation marks of every journal and invoice in the trace, read in one query.
+    statuses = reconciliation_statuses([f"journal:{j.pk}" for j in journals]
+                                       + [f"invoice:{i.source_system}:{i.invoice_id}" for i in invoices])
     by_event: dict = {}
     for entry, body in zip(entries, bodies):
         if entry.event_id:
@@ -287,10 +293,10 @@ def _common(*, events, journals, approvals, exceptions, invoices, extra_objects=
                                            "outcome": c.outcome, "at": _iso(c.at)} for c in changes
                                           if c.event_id == e.pk],
                     "audit": by_event.get(str(e.pk), [])} for e in events],
-        "journals": [_attach(_journal_step(j), "journal", j.pk, grouped) for j in journals],
+        "journals": [_attach(_journal_step(j, statuses), "journal", j.pk, grouped) for j in journals],
         "approvals": [_attach(_approval_step(a), "approval", a.pk, grouped) for a in approvals],
         "exceptions": [_attach(_exception_step(x), "exception", x.pk, grouped) for x in exceptions],
-        "reconciliation": {"invoices": [_reconciliation(i) for i in invoices]},
+        "reconciliation": {"invoices": [_reconciliation(i, statuses) for i in invoices]},
         "callbacks": _callbacks_of(event_ids) if event_ids else [],
         "audit": bodies,
         "_grouped": grouped,

@@ -236,6 +236,13 @@ class TraceEventStepSerializer(serializers.Serializer):
     audit = TraceAuditEntrySerializer(many=True)
 
 
+class TraceReconciliationStatusSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["unreconciled", "matched", "break"],
+                                     help_text="the last reconciliation run's verdict on the object")
+    checked_at = _nullable(Timestamp)
+    run = _nullable(Id)
+
+
 class TraceJournalStepSerializer(TraceJournalSerializer):
     entity = serializers.CharField()
     event_id = _nullable(Id)
@@ -247,6 +254,7 @@ class TraceJournalStepSerializer(TraceJournalSerializer):
     created_by = _nullable(serializers.CharField)
     erp_batch = _nullable(Id)
     invoice_ids = serializers.ListField(child=serializers.CharField())
+    reconciliation = TraceReconciliationStatusSerializer()
     audit = TraceAuditEntrySerializer(many=True)
 
 
@@ -277,6 +285,7 @@ class TraceInvoiceReconciliationSerializer(serializers.Serializer):
     ledger_open_amount = Money(help_text="the invoice's receivable balance in the ledger")
     currency = serializers.CharField()
     ties_out = serializers.BooleanField()
+    status = TraceReconciliationStatusSerializer()
 
 
 class TraceReconciliationSerializer(serializers.Serializer):
@@ -363,6 +372,7 @@ class TraceInvoiceSerializer(serializers.Serializer):
     refunded_total = Money()
     open_amount = Money()
     ledger_open_amount = Money()
+    reconciliation = TraceReconciliationStatusSerializer()
     lines = TraceInvoiceLineSerializer(many=True)
     audit = TraceAuditEntrySerializer(many=True)
     settlement = serializers.CharField(help_text="paid, partially_paid, open, overdue, voided, written_off or "

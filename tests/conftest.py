@@ -45,7 +45,7 @@ from tests.helpers import wait_until
 pytest_plugins = ["tests.fixtures"]
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-WORKER_QUEUES = ("celery", "posting", "callbacks")
+WORKER_QUEUES = ("celery", "posting", "callbacks", "reconciliation")
 WORKER_START_TIMEOUT = 60
 # Rows that migrations write and that no test changes: kept by the flush, so that every test, and a run
 # on a database kept by `--reuse-db`, finds them as a freshly migrated database has them.

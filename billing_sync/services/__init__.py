@@ -1,6 +1,6 @@
 """Billing sync's write paths, one module per concern: ingest (receipts and events), processing (documents,
-ordering, dependencies, retries) and event status; callers use `from billing_sync import services` and the
-names re-exported here."""
+ordering, dependencies, retries), event status and reconciliation (runs and breaks); callers use `from
+billing_sync import services` and the names re-exported here."""
 from billing_sync.services.ingest import (  # noqa: F401
     _BATCH_SQL,
     _INSERT_SQL,
@@ -40,4 +40,19 @@ from billing_sync.services.status import (  # noqa: F401
     _derived_status,
     event_refresh_status,
     events_refresh_status,
+)
+from billing_sync.services.reconciliation import (  # noqa: F401
+    break_subject,
+    default_range,
+    reconciliation_break_accept,
+    reconciliation_break_adjust,
+    reconciliation_break_repost,
+    reconciliation_break_rerun,
+    reconciliation_breaks_resolve_for_exception,
+    reconciliation_exception_retry,
+    reconciliation_run,
+    reconciliation_run_execute,
+    reconciliation_run_request,
+    reconciliation_run_schedule,
+    reconciliation_run_start,
 )

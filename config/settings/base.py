@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent.parent
 # The templates travel inside the config package (config/templates links to templates/ in a checkout), so
@@ -221,6 +222,9 @@ CELERY_TASK_ROUTES = {
     "ledger.tasks.post_journal": {"queue": "posting"},
     "ledger.tasks.post_erp_batch": {"queue": "posting"},
     "billing_sync.tasks.deliver_callback": {"queue": "callbacks"},
+    "billing_sync.tasks.reconcile": {"queue": "reconciliation"},
+    "billing_sync.tasks.reconcile_incremental_all": {"queue": "reconciliation"},
+    "billing_sync.tasks.reconcile_full_all": {"queue": "reconciliation"},
     "billing_sync.tasks.*": {"queue": "celery"},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -239,6 +243,13 @@ CELERY_BEAT_SCHEDULE = {
     "audit-digests": {"task": "audit.tasks.build_audit_digests", "schedule": 3600.0},
     "erp-batches-sweep": {"task": "ledger.tasks.sweep_erp_batches", "schedule": 5.0},
     "callbacks-sweep": {"task": "billing_sync.tasks.sweep_callbacks", "schedule": 10.0},
+    # Reconciliation (queue `reconciliation`): an incremental run per entity every few minutes (ERP documents
+    # changed since the last run), a full one nightly over the open months.
+    "reconcile-incremental": {"task": "billing_sync.tasks.reconcile_incremental_all",
+                              "schedule": float(os.environ.get("TIEOUT_RECONCILIATION_INCREMENTAL_SECONDS", "300"))},
+    "reconcile-full-nightly": {"task": "billing_sync.tasks.reconcile_full_all",
+                               "schedule": crontab(hour=int(os.environ.get("TIEOUT_RECONCILIATION_FULL_HOUR", "2")),
+                                                   minute=15)},
 }
 
 # Tieout's own knobs.
@@ -256,6 +267,19 @@ TIEOUT_POSTING_RETRY_AFTER_CAP = float(os.environ.get("TIEOUT_POSTING_RETRY_AFTE
 # How long one worker may hold a journal while it talks to the ERP; after that the sweep takes it back.
 TIEOUT_POSTING_LEASE_SECONDS = float(os.environ.get("TIEOUT_POSTING_LEASE_SECONDS", "180"))
 TIEOUT_TOKEN_CACHE_SECONDS = float(os.environ.get("TIEOUT_TOKEN_CACHE_SECONDS", "5"))
+# Reconciliation: how many open months a nightly full run covers (months without a closed period, newest
+# first); how many posted journals missing from the ERP's listing a run looks up one by one before calling
+# them missing; after how long a run still `running` counts as abandoned (its worker died) and stops blocking
+# the entity's next run.
+TIEOUT_RECONCILIATION_OPEN_MONTHS = int(os.environ.get("TIEOUT_RECONCILIATION_OPEN_MONTHS", "3"))
+TIEOUT_RECONCILIATION_LOOKUPS = int(os.environ.get("TIEOUT_RECONCILIATION_LOOKUPS", "50"))
+TIEOUT_RECONCILIATION_STALE_SECONDS = float(os.environ.get("TIEOUT_RECONCILIATION_STALE_SECONDS", "7200"))
+# ERP read-back (reconciliation): attempts per request (rate limits and transient failures are retried with
+# exponential backoff and jitter: base doubling up to the cap), and the longest Retry-After honoured (seconds).
+TIEOUT_READBACK_MAX_ATTEMPTS = int(os.environ.get("TIEOUT_READBACK_MAX_ATTEMPTS", "6"))
+TIEOUT_READBACK_BACKOFF_BASE = float(os.environ.get("TIEOUT_READBACK_BACKOFF_BASE", "0.5"))
+TIEOUT_READBACK_BACKOFF_CAP = float(os.environ.get("TIEOUT_READBACK_BACKOFF_CAP", "30"))
+TIEOUT_READBACK_RETRY_AFTER_CAP = float(os.environ.get("TIEOUT_READBACK_RETRY_AFTER_CAP", "120"))
 # Status callbacks to source systems: attempts per delivery before it fails (and opens callback_failed),
 # exponential backoff with jitter between them (base doubling, capped), and the HTTP timeouts of one POST.
 TIEOUT_CALLBACK_MAX_ATTEMPTS = int(os.environ.get("TIEOUT_CALLBACK_MAX_ATTEMPTS", "12"))

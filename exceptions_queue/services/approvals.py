@@ -12,6 +12,7 @@ from config import roles
 from config.errors import ApiError, BusinessRuleError, Codes, Conflict, NotFound, PermissionRefused
 from exceptions_queue import workflow
 from exceptions_queue.models import Approval, ApprovalDecision, ApprovalPolicy
+from ledger.models import Journal
 
 POLICY_FIELDS = ["credit_note_threshold", "write_off_threshold", "manual_journal_threshold", "two_approver_threshold"]
 
@@ -77,8 +78,12 @@ def approval_request(*, entity, event, journal, kind, document_id, amount, curre
 def _decide(approval_id, *, user, decision: str, comment: str) -> Approval:
     if not roles.has_role(user, *roles.DECIDERS):
         raise PermissionRefused("only controllers and admins decide approvals")
-    approval = (Approval.objects.select_for_update(of=("self", "journal")).select_related("journal", "entity")
+    # The journal is nullable now (period close approvals have none): FOR UPDATE cannot reach through the outer
+    # join, so the journal is locked by a second statement.
+    approval = (Approval.objects.select_for_update(of=("self",)).select_related("journal", "entity")
                 .filter(pk=approval_id).first())
+    if approval is not None and approval.journal_id:
+        list(Journal.objects.select_for_update().filter(pk=approval.journal_id).values_list("pk", flat=True))
     if approval is None or not roles.may_see_entity(user, approval.entity.code):
         raise NotFound(f"no approval {approval_id}")  # outside the user's entities it does not exist for them
     if approval.status != Approval.Status.PENDING:

@@ -365,3 +365,48 @@ def exception_open_for_audit_check(*, check, actor) -> ExceptionRecord | None:
         return None
     return exception_open_system(code=Codes.AUDIT_CHAIN_BROKEN, message=f"Audit chain broken: {check.problem}",
                                  actor=actor)
+
+
+# --------------------------------------------------------------------------------------------- reconciliation
+# A reconciliation break (billing_sync's reconciliation) opens one exception of process `reconciliation`, its
+# code the break's code. The queue knows nothing of breaks: the caller passes plain values and keeps the link
+# (the break's `exception`). Not linked to an event or a journal: a journal may have several breaks at once,
+# and its posting exception stays its own.
+@transaction.atomic
+def exception_open_for_reconciliation(*, entity_code: str, code: str, message: str, amount: Decimal | None,
+                                      source_ref: str, actor) -> ExceptionRecord:
+    """Open the exception of one reconciliation break (unassigned, aged against the code's SLA like any other)."""
+    workflow.exception_handlers(ExceptionRecord.Process.RECONCILIATION)  # refused before it exists if unwired
+    exc = ExceptionRecord.objects.create(code=code, message=message, process=ExceptionRecord.Process.RECONCILIATION,
+                                         entity_code=entity_code, amount=amount, source_ref=source_ref[:200])
+    audit.record(actor=actor, action="exception.opened", object_type="exception", object_id=exc.pk,
+                 after={**_snapshot(exc), "process": exc.process, "source_ref": exc.source_ref})
+    return exc
+
+
+@transaction.atomic
+def exception_update_for_reconciliation(*, exception_id, message: str, amount: Decimal | None,
+                                        actor) -> ExceptionRecord | None:
+    """A later run found the break again with other figures: the open exception says so (None when resolved)."""
+    exc = ExceptionRecord.objects.select_for_update().filter(pk=exception_id).exclude(
+        status=ExceptionRecord.Status.RESOLVED).first()
+    if exc is None or (exc.message == message and exc.amount == amount):
+        return exc
+    before = _snapshot(exc)
+    exc.message, exc.amount, exc.updated_at = message, amount, timezone.now()
+    exc.save(update_fields=["message", "amount", "updated_at"])
+    audit.record(actor=actor, action="exception.updated", object_type="exception", object_id=exc.pk,
+                 before=before, after=_snapshot(exc))
+    return exc
+
+
+@transaction.atomic
+def exception_resolve_for_reconciliation(*, exception_id, resolution: str, actor) -> bool:
+    """Resolve a break's exception (a run found the object matched, or a controller accepted the difference);
+    False when it was resolved already (e.g. by a person in the queue)."""
+    exc = ExceptionRecord.objects.select_for_update().filter(pk=exception_id).exclude(
+        status=ExceptionRecord.Status.RESOLVED).first()
+    if exc is None:
+        return False
+    _resolve(exc, resolution=resolution, actor=actor)
+    return True

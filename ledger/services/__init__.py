@@ -58,6 +58,11 @@ from ledger.services.periods import (  # noqa: F401
     period_set_status,
     period_require_open,
 )
+from ledger.services.repost import (  # noqa: F401
+    REPOST,
+    effective_erp_ref,
+    journal_repost,
+)
 from ledger.services.posting import (  # noqa: F401
     _claim,
     _mark_posted,

@@ -23,12 +23,14 @@ QUERYSET_METHODS = {"filter", "exclude", "all", "select_for_update", "order_by",
 # Models whose changes are audit-logged (beside every model django-simple-history tracks).
 AUDITED = {"Event", "Receipt", "CanonicalChange", "PaymentAllocation", "Journal", "JournalLine", "ExceptionRecord", "ExceptionComment",
            "Approval", "ApprovalDecision", "ApiToken", "EntityAccess", "AuditEntry", "AuditSeal", "AuditDigest",
-           "AuditCheck", "User", "Group", "TOTPDevice"}
+           "AuditCheck", "User", "Group", "TOTPDevice", "ReconciliationRun"}
 # Work queues and their bookkeeping: their effects (journals posted, callbacks delivered) are audited, the
 # queue rows themselves are not business data.
 OPERATIONAL = {"Outbox": "the outbox relay's hand-off marker", "PostingAttempt": "one ERP call's log row",
                "CallbackDelivery": "a status callback's delivery state", "ErpBatch": "a batch document's state",
-               "ErpBatchLine": "a batch document's netted line", "DocumentSequence": "a number allocator"}
+               "ErpBatchLine": "a batch document's netted line", "DocumentSequence": "a number allocator",
+               "ReconciliationMark": "an object's last reconciliation status, derived from the audited run (its "
+                                     "reconciliation.finished entry counts the marks it changed) and breaks"}
 
 SAME_FUNCTION = "audited in the same function"
 # (path, function) -> (why this bulk or queryset write is fine, how it is audited: SAME_FUNCTION,
@@ -59,6 +61,9 @@ ALLOWED = {
     ("ledger/services/posting.py", "_claim"): ("journal.attempts is PostingAttempt (operational)", "exempt"),
     ("ledger/services/outcomes.py", "_fail"): ("journal.attempts is PostingAttempt (operational)", "exempt"),
     ("ledger/services/batches.py", "_batch_close"): ("row is an ErpBatchLine (operational)", "exempt"),
+    ("billing_sync/services/reconciliation.py", "_apply"): (
+        "ReconciliationBreak.last_seen_run of the open breaks a run found again, set-based; a break whose figures "
+        "changed, opened or resolved is written one by one with its own audit entry", SAME_FUNCTION),
     ("portal/auth_services.py", "user_2fa_enrol"): ("unconfirmed TOTP devices", SAME_FUNCTION),
     ("portal/auth_services.py", "user_2fa_reset"): ("a user's TOTP devices", SAME_FUNCTION),
 }

@@ -38,11 +38,12 @@ from billing_sync import callbacks, tokens
 from billing_sync import services as billing_services_module
 from billing_sync import tasks as billing_tasks_module
 from billing_sync.authentication import hash_token
-from billing_sync.models import ApiToken, Customer, Invoice
+from billing_sync.models import ApiToken, Customer, Invoice, ReconciliationBreak
 from config import correlation
 from exceptions_queue import services as queue
 from exceptions_queue import tasks as queue_tasks
 from exceptions_queue.models import Approval, ApprovalPolicy, ExceptionRecord
+from ledger import connectors
 from ledger import services as ledger
 from ledger import tasks as ledger_tasks_module
 from ledger.models import Account, AccountMapping, ErpBatch, Journal
@@ -51,6 +52,7 @@ from portal import auth_services
 from tests import factories as f
 from tests.audit.helpers import sealed
 from tests.audit.tamper import edit_entry, triggers_off
+from tests.billing_sync.erp_fake import MirrorConnector
 from tests.fixtures import Api, _user_api
 from tests.standins.erpnext import ErpNextStandin
 from tests.standins.webhooks import WebhookReceiver
@@ -562,6 +564,103 @@ PATHS.append(Path("journal retried after the ERP recovers",
                   prepare=lambda c: c.failed_journal()))
 
 
+# ---------------------------------------------------------------- reconciliation
+NOV = (datetime.date(2026, 11, 1), datetime.date(2026, 11, 30))
+
+
+def _recon_erp(ctx):
+    """The ERP for reconciliation rows: the built-in connector whose read-back mirrors our journals."""
+    ctx.monkeypatch.setitem(connectors.REGISTRY, "builtin", "tests.billing_sync.erp_fake.MirrorConnector")
+    return MirrorConnector.reset()
+
+
+def _recon_run(ctx, **kwargs):
+    return billing_services().reconciliation_run(entity=ctx.entity, date_from=NOV[0], date_to=NOV[1], full=True,
+                                                 actor="test", **kwargs)
+
+
+def _recon_break(ctx):
+    """An invoice whose ERP document was deleted in the ERP, and the run that opened its break."""
+    erp = _recon_erp(ctx)
+    ctx.invoice("inv_r")
+    erp.deleted.add(Journal.objects.get(document_id="inv_r").erp_document_ref)
+    _recon_run(ctx)
+    ctx.erp_state = erp
+    return ReconciliationBreak.objects.get(status="open")
+
+
+def _recon_fixed(ctx):
+    brk = _recon_break(ctx)
+    ctx.erp_state.deleted.clear()
+    return brk
+
+
+def _recon_edited(ctx):
+    erp = _recon_erp(ctx)
+    ctx.invoice("inv_r")
+    ref = Journal.objects.get(document_id="inv_r").erp_document_ref
+    erp.lines[ref] = [("1200", "90.00", "0"), ("4000", "0", "90.00")]
+    _recon_run(ctx)
+    erp.lines[ref] = [("1200", "80.00", "0"), ("4000", "0", "80.00")]
+
+
+def _recon_failing(ctx):
+    _recon_erp(ctx).fail = "ERP down"
+
+
+PATHS += [
+    Path("reconciliation run opens a break and its exception", lambda c, _: _recon_run(c),
+         {"reconciliation.started", "reconciliation.finished", "reconciliation_break.opened", "exception.opened"},
+         ("billing_sync.services.reconciliation.reconciliation_run",
+          "billing_sync.services.reconciliation.reconciliation_run_start",
+          "billing_sync.services.reconciliation.reconciliation_run_execute",
+          "exceptions_queue.services.exceptions.exception_open_for_reconciliation"),
+         prepare=lambda c: (c.invoice("inv_r"), setattr(_recon_erp(c), "deleted",
+                                                        {Journal.objects.get(document_id="inv_r").erp_document_ref}))),
+    Path("reconciliation run resolves a break", lambda c, _: _recon_run(c),
+         {"reconciliation_break.resolved", "exception.resolved", "reconciliation.finished"},
+         ("exceptions_queue.services.exceptions.exception_resolve_for_reconciliation",), prepare=_recon_fixed),
+    Path("reconciliation run finds other figures", lambda c, _: _recon_run(c),
+         {"reconciliation_break.updated", "exception.updated"},
+         ("exceptions_queue.services.exceptions.exception_update_for_reconciliation",), prepare=_recon_edited),
+    Path("reconciliation run fails", lambda c, _: _recon_run(c), {"reconciliation.started", "reconciliation.failed"},
+         prepare=_recon_failing),
+    Path("API: reconciliation run requested", lambda c, _: c.after_commit(
+        _api_as(c.fiona).post, "/api/v1/reconciliation/runs", {"entity": "US01", "from": "2026-11-01",
+                                                               "to": "2026-11-30"}, format="json"),
+         {"reconciliation.started", "reconciliation.finished"},
+         ("billing_sync.services.reconciliation.reconciliation_run_request",), prepare=_recon_erp),
+    Path("task: reconciliation runs scheduled", lambda c, _: c.after_commit(
+        billing_tasks().reconcile_incremental_all.apply), {"reconciliation.started", "reconciliation.finished"},
+         ("billing_sync.services.reconciliation.reconciliation_run_schedule",), prepare=_recon_erp),
+    Path("reconciliation break re-run", lambda c, b: c.after_commit(
+        billing_services().reconciliation_break_rerun, break_id=b.pk, actor=c.fiona),
+         {"reconciliation_break.rerun", "reconciliation.started", "reconciliation.finished"},
+         ("billing_sync.services.reconciliation.reconciliation_break_rerun",), prepare=_recon_break),
+    Path("reconciliation break re-posted", lambda c, b: c.after_commit(
+        billing_services().reconciliation_break_repost, break_id=b.pk, actor=c.fiona),
+         {"journal.reposted", "reconciliation_break.reposted", "reconciliation_break.resolved"},
+         ("billing_sync.services.reconciliation.reconciliation_break_repost", "ledger.services.repost.journal_repost"),
+         prepare=_recon_break),
+    Path("reconciliation break adjusting journal", lambda c, b: billing_services().reconciliation_break_adjust(
+        break_id=b.pk, accounting_date=NOV[0], lines=[("1200", "1.00", "", ""), ("4000", "", "1.00", "")],
+        description="adjustment", user=c.fiona),
+         {"reconciliation_break.adjusted", "journal.created", "approval.requested"},
+         ("billing_sync.services.reconciliation.reconciliation_break_adjust",), prepare=_recon_break),
+    Path("reconciliation break accepted", lambda c, b: billing_services().reconciliation_break_accept(
+        break_id=b.pk, reason="agreed", user=c.carl), {"reconciliation_break.accepted", "exception.resolved"},
+         ("billing_sync.services.reconciliation.reconciliation_break_accept",), prepare=_recon_break),
+    Path("reconciliation exception resolved in the queue", lambda c, b: c.after_commit(
+        queue.exception_resolve, exception_id=b.exception_id, resolution="fixed in the ERP", actor=c.fiona),
+         {"exception.resolved", "reconciliation_break.resolved"},
+         ("billing_sync.services.reconciliation.reconciliation_breaks_resolve_for_exception",), prepare=_recon_break),
+    Path("reconciliation exception retried", lambda c, b: c.after_commit(
+        queue.exception_retry, exception_id=b.exception_id, actor=c.fiona),
+         {"exception.retry", "reconciliation_break.rerun", "reconciliation.finished"},
+         ("billing_sync.services.reconciliation.reconciliation_exception_retry",), prepare=_recon_break),
+]
+
+
 @pytest.fixture
 def ctx(entity, django_capture_on_commit_callbacks, monkeypatch, tmp_path):
     context = Ctx(entity, django_capture_on_commit_callbacks, monkeypatch, tmp_path)
@@ -622,6 +721,9 @@ ALLOWED = {
     "portal.auth_services.user_2fa_device": "read",
     "portal.auth_services.user_2fa_enrolled": "read",
     "portal.auth_services.connect_signals": "wiring at start-up",
+    "billing_sync.services.reconciliation.break_subject": "pure: the subject a break's re-run checks",
+    "billing_sync.services.reconciliation.default_range": "read",
+    "ledger.services.repost.effective_erp_ref": "read",
     "billing_sync.tokens.token_touch": "usage statistic (a token's last_used_at, at most once a minute), like a "
                                        "session's last activity; the requests leave their receipts",
 }

@@ -135,6 +135,27 @@ def test_resolving_a_parked_event_releases_the_events_behind_it(entity, integrat
 
 
 @needs_db
+def test_a_stale_amendment_keeps_its_place_behind_an_application_held_by_a_parked_payment(entity, integration):
+    """The stale amendment of inv_1 touches inv_1, which the held application of pay_s changes: one at a
+    time it waits there (pay_s is parked on inv_0); once inv_0 arrives all three run, and it is ignored."""
+    send(integration, f.customer("cus_s"))
+    payment = send(integration, f.payment("pay_s", customer_id="cus_s", amount="100.00",
+                                          allocations=[("inv_0", "40.00")]))
+    send(integration, f.invoice("inv_1", customer_id="cus_s", lines=[("100.00", "0")]))
+    applied = send(integration, f.payment_applied("pay_s", [("inv_1", "10.00")]))
+    stale = send(integration, f.invoice("inv_1", customer_id="cus_s", lines=[("100.00", "0")],
+                                        type_="invoice.amended"))
+    assert (applied["status"], stale["status"]) == ("accepted", "accepted")
+    assert ordering.held_by(Event.objects.get(pk=stale["id"])) == Event.objects.get(pk=applied["id"]).pk
+
+    send(integration, f.invoice("inv_0", customer_id="cus_s", lines=[("40.00", "0")]))
+    assert integration.event(payment["id"])["status"] == "posted"
+    assert integration.event(applied["id"])["status"] == "posted"
+    assert integration.event(stale["id"])["status"] == "ignored"
+    assert Invoice.objects.get(invoice_id="inv_1").applied_total == 10
+
+
+@needs_db
 def test_the_provider_passes_events_queued_behind_a_parked_one(entity, integration):
     """Payment and credit note both before their invoice: the invoice passes both, both then book."""
     send(integration, f.customer("cus_q"))

@@ -1,0 +1,435 @@
+"""Reconciliation runs (billing_sync.services.reconciliation): each break code produced exactly, by realistic
+means (a journal row edited as a superuser would, a manual journal through the manual journal path, a document
+written without its journal, the ERP changed behind our back), with its expected and actual values; a later run
+after the fix resolves the break and its exception ("resolved by run N", audited); marks; the run record is
+immutable; a failed run opens nothing; incremental runs; one run at a time per entity.
+
+The ERP is `tests.billing_sync.erp_fake.MirrorConnector` (the built-in connector whose read-back mirrors our
+posted journals, with the test's changes on top), registered for each test. The vendor stand-ins' acceptance
+tests plug in the same way: configure the entity's connector and call `services.reconciliation_run`."""
+import datetime
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import DatabaseError, transaction
+
+from audit.models import AuditEntry
+from billing_sync import services
+from billing_sync.models import (Event, Invoice, ReconciliationBreak, ReconciliationMark, ReconciliationRun,
+                                 WriteOff)
+from config.errors import Codes, TieoutError
+from exceptions_queue import services as queue
+from exceptions_queue.models import Approval, ExceptionRecord
+from ledger import connectors, rules
+from ledger import services as ledger
+from ledger.models import Journal, JournalLine
+from tests import factories as f
+from tests.audit.tamper import triggers_off
+from tests.billing_sync.erp_fake import MirrorConnector, document
+from tests.helpers import send
+
+pytestmark = pytest.mark.django_db
+NOV = (datetime.date(2026, 11, 1), datetime.date(2026, 11, 30))
+SS = f.SOURCE
+
+
+@pytest.fixture
+def erp(monkeypatch):
+    """The ERP for this test: the built-in connector with a read-back that mirrors our posted journals."""
+    monkeypatch.setitem(connectors.REGISTRY, "builtin", "tests.billing_sync.erp_fake.MirrorConnector")
+    return MirrorConnector.reset()
+
+
+@pytest.fixture
+def books(entity, integration, erp):
+    """Customer cus_1; inv_1 and inv_2 (107.25 each); pay_1 50.00 on inv_1; pay_2 50.00 unapplied."""
+    send(integration, f.customer("cus_1"))
+    send(integration, f.invoice("inv_1", customer_id="cus_1"))
+    send(integration, f.invoice("inv_2", customer_id="cus_1"))
+    send(integration, f.payment("pay_1", customer_id="cus_1", amount="50.00", allocations=[("inv_1", "50.00")]))
+    send(integration, f.payment("pay_2", customer_id="cus_1", amount="50.00"))
+    assert not Journal.objects.exclude(status="posted").exists()
+    return entity
+
+
+def run(entity, *, full=True, **kwargs) -> ReconciliationRun:
+    result = services.reconciliation_run(entity=entity, date_from=NOV[0], date_to=NOV[1], full=full, actor="test",
+                                         **kwargs)
+    assert result.status == "finished", result.error
+    return result
+
+
+def open_breaks(code=None):
+    qs = ReconciliationBreak.objects.filter(status="open").order_by("id")
+    return list(qs.filter(code=code) if code else qs)
+
+
+def mark(subject) -> str:
+    row = ReconciliationMark.objects.filter(subject=subject).first()
+    return row.status if row else "unreconciled"
+
+
+def journal_of(kind, document_id) -> Journal:
+    return Journal.objects.get(kind=kind, document_id=document_id)
+
+
+def assert_resolved_by(brk: ReconciliationBreak, later: ReconciliationRun):
+    brk.refresh_from_db()
+    assert brk.status == "resolved"
+    assert brk.resolved_by_run_id == later.pk
+    assert brk.resolution == f"resolved by run {later.pk}"
+    exc = ExceptionRecord.objects.get(pk=brk.exception_id)
+    assert exc.status == "resolved" and exc.resolution == f"resolved by run {later.pk}"
+    actions = set(AuditEntry.objects.filter(object_type="reconciliation_break", object_id=str(brk.pk))
+                  .values_list("action", flat=True))
+    assert {"reconciliation_break.opened", "reconciliation_break.resolved"} <= actions
+    assert AuditEntry.objects.filter(object_type="exception", object_id=str(exc.pk), action="exception.resolved").exists()
+    assert later.resolved >= 1
+
+
+def edit_line(journal: Journal, account: str, **changes):
+    """Rewrite a posted journal's line in place, as a superuser with the append-only triggers off would."""
+    line = JournalLine.objects.get(journal=journal, account__code=account)
+    assignments = ", ".join(f"{name} = %s" for name in changes)
+    with triggers_off() as cursor:
+        cursor.execute(f"UPDATE ledger_journalline SET {assignments} WHERE id = %s", [*changes.values(), line.pk])
+
+
+# ------------------------------------------------------------------------------------------------ a clean run
+def test_a_clean_history_matches_every_journal_and_document(books):
+    result = run(books)
+    assert result.breaks == {} and result.resolved == 0
+    assert ReconciliationBreak.objects.count() == 0
+    journals = Journal.objects.filter(entity=books)
+    subjects = {f"journal:{j.pk}" for j in journals} | {f"invoice:{SS}:inv_1", f"invoice:{SS}:inv_2",
+                                                        f"payment:{SS}:pay_1", f"payment:{SS}:pay_2"}
+    assert {m.subject: m.status for m in ReconciliationMark.objects.all()} == {s: "matched" for s in subjects}
+    assert result.matched == len(subjects)
+    assert result.erp_documents == journals.count() and result.erp_requests >= 2
+    assert result.finished_at and result.erp_modified_since is None
+    entries = AuditEntry.objects.filter(object_type="reconciliation_run", object_id=str(result.pk))
+    assert set(entries.values_list("action", flat=True)) == {"reconciliation.started", "reconciliation.finished"}
+    # A second run changes no mark (only changed marks are written): they keep the first run.
+    again = run(books)
+    assert set(ReconciliationMark.objects.values_list("run_id", flat=True)) == {result.pk}
+    assert again.matched == result.matched
+
+
+def test_a_finished_run_cannot_change_or_be_deleted(books):
+    result = run(books)
+    for statement in ("UPDATE billing_sync_reconciliationrun SET matched = 0 WHERE id = %s",
+                      "DELETE FROM billing_sync_reconciliationrun WHERE id = %s"):
+        with pytest.raises(DatabaseError, match="reconciliation run"), transaction.atomic():
+            with transaction.get_connection().cursor() as cursor:
+                cursor.execute(statement, [result.pk])
+    with pytest.raises(DatabaseError), transaction.atomic():
+        ReconciliationRun.objects.filter(pk=result.pk).update(error="x")
+
+
+def test_one_run_at_a_time_per_entity(books):
+    first = services.reconciliation_run_start(entity=books, date_from=NOV[0], date_to=NOV[1], actor="test")
+    with pytest.raises(TieoutError) as refused:
+        services.reconciliation_run_start(entity=books, date_from=NOV[0], date_to=NOV[1], actor="test")
+    assert refused.value.code == Codes.RECONCILIATION_RUNNING and refused.value.status == 409
+    services.reconciliation_run_execute(run_id=first.pk)
+    assert ReconciliationRun.objects.get(pk=first.pk).status == "finished"
+    # Executing it again (a redelivered task) leaves it as it is.
+    assert services.reconciliation_run_execute(run_id=first.pk).status == "finished"
+    run(books)  # the entity is free again
+
+
+def test_a_failed_run_is_recorded_and_opens_nothing(books, erp):
+    erp.deleted.add(journal_of("invoice", "inv_1").erp_document_ref)  # a break it would find
+    erp.fail = "503 Service Unavailable after 5 retries"
+    result = services.reconciliation_run(entity=books, date_from=NOV[0], date_to=NOV[1], full=True, actor="test")
+    assert result.status == "failed" and "503 Service Unavailable" in result.error
+    assert result.finished_at and result.erp_requests == 1
+    assert ReconciliationBreak.objects.count() == 0 and ReconciliationMark.objects.count() == 0
+    assert not ExceptionRecord.objects.filter(process="reconciliation").exists()
+    assert AuditEntry.objects.filter(object_id=str(result.pk), action="reconciliation.failed").exists()
+
+
+# ------------------------------------------------------------------------------------------------ billing ↔ ledger
+def test_missing_journal_a_write_off_booked_without_its_journal(books):
+    invoice = Invoice.objects.get(invoice_id="inv_2")
+    event = Event.objects.filter(type="invoice.issued").first()
+    WriteOff.objects.create(source_system=SS, write_off_id="wo_x", invoice=invoice, currency="USD",
+                            amount=Decimal("10.00"), reason="uncollectible", status="approved", event=event)
+    first = run(books)
+    assert first.breaks == {"missing_journal": 1}
+    [brk] = open_breaks()
+    assert brk.document == f"write_off:{SS}:wo_x" and brk.account == "1200" and brk.journal_id is None
+    assert brk.expected == {"side": "billing", "journal_kind": "write_off", "amount": "10.00"}
+    assert brk.actual == {"side": "ledger", "journals": 0}
+    exc = brk.exception
+    assert (exc.process, exc.code, exc.status, exc.entity_code) == ("reconciliation", "missing_journal", "open", "US01")
+    assert exc.owner is None and "wo_x" in exc.message and exc.amount == Decimal("10.00")
+    assert mark(f"write_off:{SS}:wo_x") == "break"
+    # The fix: the write-off's journal booked as the posting rule says, and the invoice's total with it.
+    with transaction.atomic():
+        ledger.journal_create(rules.write_off(entity=books, source_system=SS, write_off_id="wo_x", invoice_id="inv_2",
+                                              customer_id="cus_1", amount=Decimal("10.00"), on=NOV[0],
+                                              event_id=event.pk, needs_approval=False), actor="test")
+        Invoice.objects.filter(pk=invoice.pk).update(written_off_total=Decimal("10.00"))
+    later = run(books)
+    assert later.breaks == {}
+    assert_resolved_by(brk, later)
+    assert mark(f"write_off:{SS}:wo_x") == "matched"
+
+
+def test_journal_amount_mismatch_a_posted_journal_edited_in_the_database(books):
+    journal = journal_of("payment", "pay_2")
+    edit_line(journal, "1010", debit=Decimal("45.00"))
+    first = run(books)
+    assert first.breaks == {"journal_amount_mismatch": 1}
+    [brk] = open_breaks()
+    assert (brk.document, brk.journal_id, brk.account) == (f"payment:{SS}:pay_2", journal.pk, "1010")
+    assert brk.expected == {"side": "billing", "journal_kind": "payment", "amount": "50.00"}
+    assert brk.actual == {"side": "ledger", "amount": "45.00"}
+    assert mark(f"payment:{SS}:pay_2") == "break" and mark(f"journal:{journal.pk}") == "break"
+    edit_line(journal, "1010", debit=Decimal("50.00"))
+    later = run(books)
+    assert later.breaks == {}
+    assert_resolved_by(brk, later)
+    assert mark(f"journal:{journal.pk}") == "matched"
+
+
+def test_ledger_open_amount_mismatch_a_payment_line_moved_to_another_invoice(books):
+    journal = journal_of("payment", "pay_1")
+    edit_line(journal, "1200", invoice_id="inv_2")
+    first = run(books)
+    assert first.breaks == {"ledger_open_amount_mismatch": 2}
+    by_doc = {b.document: b for b in open_breaks()}
+    assert by_doc[f"invoice:{SS}:inv_1"].expected == {"side": "billing", "open_amount": "57.25"}
+    assert by_doc[f"invoice:{SS}:inv_1"].actual == {"side": "ledger", "receivable_balance": "107.25"}
+    assert by_doc[f"invoice:{SS}:inv_2"].expected == {"side": "billing", "open_amount": "107.25"}
+    assert by_doc[f"invoice:{SS}:inv_2"].actual == {"side": "ledger", "receivable_balance": "57.25"}
+    edit_line(journal, "1200", invoice_id="inv_1")
+    later = run(books)
+    assert later.breaks == {} and later.resolved == 2
+    for brk in by_doc.values():
+        assert_resolved_by(brk, later)
+
+
+def _manual_journal(entity, maker, checker, capture, lines, description):
+    """A manual journal through the manual journal path: written by one person, approved by a controller."""
+    users = get_user_model().objects
+    with capture(execute=True):
+        journal = queue.manual_journal_create(entity=entity, accounting_date=datetime.date(2026, 11, 20), lines=lines,
+                                              description=description, user=users.get(username=maker))
+    approval = Approval.objects.get(journal=journal)
+    with capture(execute=True):
+        queue.approval_approve(approval_id=approval.pk, user=users.get(username=checker), comment="ok")
+    journal.refresh_from_db()
+    assert journal.status == "posted"
+    return journal
+
+
+@pytest.mark.parametrize("code, account, other, billing, ledger_before", [
+    ("ar_control_mismatch", "1200", "4000", "164.50", "264.50"),
+    ("unapplied_cash_mismatch", "2300", "1010", "50.00", "150.00"),
+])
+def test_control_account_mismatch_a_manual_journal_on_the_control_account(
+        books, finance, controller, django_capture_on_commit_callbacks, code, account, other, billing, ledger_before):
+    capture = django_capture_on_commit_callbacks
+    # Dr 1200 (receivable grows) / Cr 2300 (unapplied cash grows): the side that grows the account's balance.
+    lines = [(account, "100.00", "", "by hand"), (other, "", "100.00", "")] if account == "1200" else [
+        (other, "100.00", "", ""), (account, "", "100.00", "by hand")]
+    _manual_journal(books, "fiona-ops", "carl-controller", capture, lines, "Correction by hand")
+    first = run(books)
+    assert first.breaks == {code: 1}
+    [brk] = open_breaks()
+    assert brk.account == account and brk.period == "" and brk.document == ""
+    assert brk.expected == {"side": "billing", "amount": billing}
+    assert brk.actual == {"side": "ledger", "balance": ledger_before}
+    reverse = [(a, c, d, m) for a, d, c, m in lines]
+    _manual_journal(books, "fiona-ops", "carl-controller", capture, reverse, "Reversal of the correction")
+    later = run(books)
+    assert later.breaks == {}
+    assert_resolved_by(brk, later)
+
+
+# ------------------------------------------------------------------------------------------------ ledger ↔ ERP
+def test_missing_in_erp_a_document_deleted_in_the_erp(books, erp):
+    journal = journal_of("invoice", "inv_1")
+    erp.deleted.add(journal.erp_document_ref)
+    first = run(books)
+    assert first.breaks == {"missing_in_erp": 1}
+    [brk] = open_breaks()
+    assert (brk.journal_id, brk.erp_document_ref, brk.document, brk.period) == (
+        journal.pk, journal.erp_document_ref, f"invoice:{SS}:inv_1", "2026-11")
+    assert brk.expected == {"side": "ledger", "erp_document_ref": journal.erp_document_ref, "status": "posted"}
+    assert brk.actual == {"side": "erp", "erp_document_ref": None}
+    assert journal.erp_document_ref in erp.lookups  # looked up by reference before being called missing
+    assert mark(f"journal:{journal.pk}") == "break" and mark(f"invoice:{SS}:inv_1") == "break"
+    erp.deleted.clear()
+    later = run(books)
+    assert later.breaks == {}
+    assert_resolved_by(brk, later)
+    assert mark(f"invoice:{SS}:inv_1") == "matched"
+
+
+def test_erp_document_cancelled(books, erp):
+    journal = journal_of("payment", "pay_1")
+    erp.cancelled[journal.erp_document_ref] = True
+    assert run(books).breaks == {"erp_document_cancelled": 1}
+    [brk] = open_breaks()
+    assert brk.actual == {"side": "erp", "erp_document_ref": journal.erp_document_ref, "status": "cancelled"}
+    erp.cancelled.clear()
+    assert_resolved_by(brk, run(books))
+
+
+def test_erp_amount_mismatch_a_document_edited_in_the_erp(books, erp):
+    journal = journal_of("payment", "pay_2")
+    erp.lines[journal.erp_document_ref] = [("1010", "40.00", "0"), ("2300", "0", "40.00")]
+    erp.touch(journal.erp_document_ref)
+    assert run(books).breaks == {"erp_amount_mismatch": 1}
+    [brk] = open_breaks()
+    assert brk.journal_id == journal.pk and brk.account == "1010"
+    assert brk.expected == {"side": "ledger", "lines": {"1010": {"debit": "50.00", "credit": "0.00"},
+                                                         "2300": {"debit": "0.00", "credit": "50.00"}}}
+    assert brk.actual == {"side": "erp", "lines": {"1010": {"debit": "40.00", "credit": "0.00"},
+                                                    "2300": {"debit": "0.00", "credit": "40.00"}}}
+    assert brk.exception.amount == Decimal("20.00")
+    erp.lines.clear()
+    assert_resolved_by(brk, run(books))
+
+
+def test_erp_date_mismatch(books, erp):
+    journal = journal_of("invoice", "inv_2")
+    erp.dates[journal.erp_document_ref] = datetime.date(2026, 11, 3)
+    assert run(books).breaks == {"erp_date_mismatch": 1}
+    [brk] = open_breaks()
+    assert brk.expected == {"side": "ledger", "posting_date": "2026-11-01"}
+    assert brk.actual == {"side": "erp", "posting_date": "2026-11-03"}
+    erp.dates.clear()
+    assert_resolved_by(brk, run(books))
+
+
+def test_unexpected_in_erp_a_second_document_and_an_unknown_reference(books, erp):
+    journal = journal_of("invoice", "inv_1")
+    erp.extra.append(document("JE-DUP-1", str(journal.pk), [("1200", "107.25", "0"), ("4000", "0", "100.00"),
+                                                            ("2200", "0", "7.25")]))
+    erp.extra.append(document("JE-ODD-1", "not-one-of-ours", [("1200", "5.00", "0"), ("4000", "0", "5.00")]))
+    assert run(books).breaks == {"unexpected_in_erp": 2}
+    by_ref = {b.erp_document_ref: b for b in open_breaks()}
+    dup, odd = by_ref["JE-DUP-1"], by_ref["JE-ODD-1"]
+    assert dup.journal_id == journal.pk and dup.document == f"invoice:{SS}:inv_1"
+    assert dup.expected == {"side": "ledger", "our_ref": str(journal.pk), "erp_document_ref": journal.erp_document_ref}
+    assert dup.actual == {"side": "erp", "erp_document_ref": "JE-DUP-1", "our_ref": str(journal.pk),
+                          "posting_date": "2026-11-01"}
+    assert odd.journal_id is None and odd.expected == {"side": "ledger", "our_ref": "not-one-of-ours", "known": False}
+    erp.extra.clear()
+    later = run(books)
+    assert later.breaks == {} and later.resolved == 2
+    assert_resolved_by(dup, later)
+
+
+def test_erp_balance_mismatch_a_manual_entry_in_the_erp(books, erp):
+    erp.manual.append(("1200", datetime.date(2026, 11, 15), "100.00", "0"))
+    first = run(books)
+    assert first.breaks == {"erp_balance_mismatch": 1}
+    [brk] = open_breaks()
+    assert (brk.account, brk.period, brk.journal_id) == ("1200", "2026-11", None)
+    assert brk.expected == {"side": "ledger", "debit": "214.50", "credit": "50.00"}
+    assert brk.actual == {"side": "erp", "debit": "314.50", "credit": "50.00", "unexplained": "100.00"}
+    # Incremental runs do not compare balances, so they leave the break alone.
+    assert run(books, full=False).resolved == 0 and open_breaks() == [brk]
+    erp.manual.clear()
+    assert_resolved_by(brk, run(books))
+
+
+def test_incremental_runs_read_what_the_erp_changed_since_the_last_run(books, erp):
+    first = run(books)
+    journal = journal_of("invoice", "inv_2")
+    erp.lines[journal.erp_document_ref] = [("1200", "100.00", "0"), ("4000", "0", "100.00")]
+    erp.touch(journal.erp_document_ref)
+    later = run(books, full=False)
+    assert later.erp_modified_since == first.started_at
+    assert later.erp_documents == 1  # only the changed document was read
+    assert later.breaks == {"erp_amount_mismatch": 1}
+
+
+def test_marks_and_an_accepted_difference_stays_accepted(books, erp, controller, finance):
+    users = get_user_model().objects
+    erp.manual.append(("1200", datetime.date(2026, 11, 15), "3.00", "0"))
+    run(books)
+    [brk] = open_breaks()
+    with pytest.raises(TieoutError) as refused:
+        services.reconciliation_break_accept(break_id=brk.pk, reason="rounding", user=users.get(username="fiona-ops"))
+    assert refused.value.code == Codes.PERMISSION_DENIED
+    with pytest.raises(TieoutError) as refused:
+        services.reconciliation_break_accept(break_id=brk.pk, reason=" ", user=users.get(username="carl-controller"))
+    assert refused.value.code == Codes.INVALID_REQUEST
+    services.reconciliation_break_accept(break_id=brk.pk, reason="ERP rounding entry, agreed with the auditors",
+                                         user=users.get(username="carl-controller"))
+    brk.refresh_from_db()
+    assert brk.status == "resolved" and brk.accepted_by == "carl-controller"
+    assert brk.exception.status == "resolved" and "agreed with the auditors" in brk.exception.resolution
+    assert AuditEntry.objects.filter(object_id=str(brk.pk), action="reconciliation_break.accepted").exists()
+    assert run(books).breaks == {}  # the same figures: not opened again
+    erp.manual.append(("1200", datetime.date(2026, 11, 16), "1.00", "0"))
+    assert run(books).breaks == {"erp_balance_mismatch": 1}  # other figures: a new break
+    with pytest.raises(TieoutError) as refused:
+        services.reconciliation_break_accept(break_id=brk.pk, reason="again", user=users.get(username="carl-controller"))
+    assert refused.value.code == Codes.BREAK_RESOLVED
+
+
+# ------------------------------------------------------------------------------------------------ actions
+def test_rerun_repost_and_the_queue_retry(books, erp, finance, django_capture_on_commit_callbacks):
+    fiona = get_user_model().objects.get(username="fiona-ops")
+    journal = journal_of("invoice", "inv_1")
+    erp.deleted.add(journal.erp_document_ref)
+    run(books)
+    [brk] = open_breaks()
+    # Re-run for the object: the break is still there, so it stays open (seen again by the subject run).
+    with django_capture_on_commit_callbacks(execute=True):
+        rerun = services.reconciliation_break_rerun(break_id=brk.pk, actor=fiona)
+    rerun.refresh_from_db()
+    assert rerun.subject == f"journal:{journal.pk}" and rerun.status == "finished"
+    brk.refresh_from_db()
+    assert brk.status == "open" and brk.last_seen_run_id == rerun.pk
+    # Re-post: the ERP has no live document, so the journal is sent again; the queued run resolves the break.
+    with django_capture_on_commit_callbacks(execute=True):
+        services.reconciliation_break_repost(break_id=brk.pk, actor=fiona)
+    assert ledger.effective_erp_ref(journal) == "JE-R-0001"
+    assert AuditEntry.objects.filter(object_id=str(journal.pk), action="journal.reposted").exists()
+    brk.refresh_from_db()
+    assert brk.status == "resolved" and brk.resolution.startswith("resolved by run")
+    assert run(books).breaks == {}  # the re-posted document is the journal's now; no duplicate
+    # A break the queue's retry re-runs: an edited amount, fixed in the ERP, retried from the exception.
+    pay = journal_of("payment", "pay_2")
+    erp.lines[pay.erp_document_ref] = [("1010", "1.00", "0"), ("2300", "0", "1.00")]
+    run(books)
+    [second] = open_breaks()
+    with pytest.raises(TieoutError) as refused:
+        services.reconciliation_break_repost(break_id=second.pk, actor=fiona)
+    assert refused.value.code == Codes.BREAK_ACTION_NOT_APPLICABLE
+    erp.lines.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        queue.exception_retry(exception_id=second.exception_id, actor=fiona)
+    second.refresh_from_db()
+    assert second.status == "resolved"
+
+
+def test_adjusting_journal_and_resolving_in_the_queue(books, erp, finance, django_capture_on_commit_callbacks):
+    fiona = get_user_model().objects.get(username="fiona-ops")
+    erp.manual.append(("1200", datetime.date(2026, 11, 15), "100.00", "0"))
+    run(books)
+    [brk] = open_breaks()
+    lines = [("1200", "100.00", "", "as booked in the ERP"), ("4000", "", "100.00", "")]
+    journal = services.reconciliation_break_adjust(break_id=brk.pk, accounting_date=datetime.date(2026, 11, 15),
+                                                   lines=lines, description="ERP manual entry", user=fiona)
+    again = services.reconciliation_break_adjust(break_id=brk.pk, accounting_date=datetime.date(2026, 11, 15),
+                                                 lines=lines, description="ERP manual entry", user=fiona)
+    assert again.pk == journal.pk and journal.status == "pending_approval"
+    brk.refresh_from_db()
+    assert brk.adjusting_journal_id == journal.pk and brk.status == "open"
+    assert Approval.objects.get(journal=journal).status == "pending"
+    # A person resolves the exception in the queue: the break goes with it.
+    with django_capture_on_commit_callbacks(execute=True):
+        queue.exception_resolve(exception_id=brk.exception_id, resolution="booked by hand, approval pending",
+                                actor=fiona)
+    brk.refresh_from_db()
+    assert brk.status == "resolved" and brk.resolution.startswith("resolved in the exception queue")
