@@ -8,6 +8,7 @@ import datetime
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -127,7 +128,7 @@ def _entity(request):
     code = (request.query_params.get("entity") or "").strip()
     if not code:
         raise _invalid("entity", "This field is required.")
-    entity = reports.visible_entity(request.user, code)
+    entity = reports.visible_entity(request.user, code) if "\x00" not in code else None
     if entity is None:
         raise NotFound(f"no entity {code}")
     return entity
@@ -186,6 +187,8 @@ class CustomerStatementView(APIView):
                                "period, with the opening balance, a running balance and the closing balance.")
     def get(self, request, source_system, customer_id):
         date_from, date_to = _period(request)
+        if "\x00" in source_system + customer_id:  # no such text can be stored (PostgreSQL refuses NUL)
+            raise NotFound(f"no customer {source_system}/{customer_id}")
         try:
             target = reports.statement_target(request.user, source_system, customer_id,
                                               (request.query_params.get("entity") or "").strip())
@@ -199,8 +202,17 @@ class CustomerStatementView(APIView):
         return Response(reports.statement_body(statement))
 
 
+class _FileFormatNegotiation(DefaultContentNegotiation):
+    """Here `format` names the export's file format, not one of DRF's renderers (its URL format override):
+    answers other than the file (problems) are JSON."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
+
+
 class LedgerExportView(APIView):
     permission_classes = [REPORT_READERS]
+    content_negotiation_class = _FileFormatNegotiation
 
     @extend_schema(operation_id="ledger_export", parameters=[
         _ENTITY, _FROM, _TO,

@@ -1,9 +1,8 @@
 """Ledger export for analysts and auditors: an entity's posted journals for a period, as CSV (one row per line)
 or as a Beancount file (plain-text double-entry accounting, checked by Beancount's own `bean-check`). Both
 are generators of text chunks over `ledger.selectors.posted_lines` (one snapshot, read in chunks, so a busy
-month streams in flat memory); the API, the page and `manage.py export_ledger` write them out.
-
-The Beancount file opens every account of the entity on the first day of the period, named by type and
+month streams in flat memory); the API, the page and `manage.py export_ledger` write them out. The Beancount
+file opens every account of the entity on the first day of the period, named by type and
 code (`Assets:1200-Accounts-Receivable`: asset -> Assets, liability -> Liabilities, equity -> Equity,
 income and contra-income -> Income, expense -> Expenses), books the balances that journals dated before
 the period left as one opening transaction on that day, then one transaction per posted journal (metadata:

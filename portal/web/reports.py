@@ -202,8 +202,9 @@ def unapplied_cash(request):
 @page(read=READERS)
 def statement(request):
     entities = ledger_selectors.entity_codes_for(request.user)
-    values = {key: request.GET.get(key, "").strip() for key in ("source_system", "customer_id", "entity", "from",
-                                                                "to", "q")}
+    # NUL can be in no stored text (PostgreSQL refuses it in a query, too): dropped from what was typed.
+    values = {key: request.GET.get(key, "").replace("\x00", "").strip()
+              for key in ("source_system", "customer_id", "entity", "from", "to", "q")}
     ctx = {"values": values, "entities": entities, "errors": {}}
     if values["q"]:
         ctx["matches"] = [{"customer": c, "url": _query({"source_system": c.source_system,
