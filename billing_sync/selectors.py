@@ -14,7 +14,7 @@ from billing_sync.models import (ApiToken, CallbackDelivery, Customer, Event, In
 from billing_sync.services import event_resource
 from config import roles
 from config.errors import Codes, TieoutError
-from config.money import ZERO, fmt
+from config.money import ZERO, fmt, minor_units
 from exceptions_queue.selectors import latest_exceptions
 from ledger import selectors as ledger_selectors
 from ledger.models import Account, AccountMapping, Entity, ItemBalance
@@ -204,7 +204,36 @@ def _bucket_sums(days: str, amount: str) -> str:
     return ", ".join(out)
 
 
-_BUCKET_COLUMNS = ", ".join(f"p.b{n}" for n in range(len(AGING_BUCKETS)))
+_BUCKETS = range(len(AGING_BUCKETS))
+
+# Per customer and bucket, plus the grand total (the customer NULL row, first): the open items of `moves` (the
+# ledger's, `ledger.selectors.item_balances_sql`), each given its customer and age by `document` (a LATERAL
+# look-up by the document's key: one index probe per open item, never a scan of every invoice ever issued),
+# rounded to the currency's minor units. The customers' names are looked up the same way: the planner cannot
+# tell how many customers the grouping leaves and, guessing a handful, would otherwise loop over them all. Customers whose items cancel out (nothing open at the date) are left
+# out; the largest total comes first.
+_AGING = f"""
+    WITH moves AS ({{moves}}),
+    aged AS (
+        SELECT d.customer, %(as_of)s::date - {{age_from}} AS days, {{sign}}m.amount AS amount
+        FROM moves m CROSS JOIN LATERAL ({{document}} LIMIT 1) d
+    ),
+    per_customer AS (
+        SELECT customer, {_bucket_sums("days", "amount")}, coalesce(sum(amount), 0) AS total
+        FROM aged GROUP BY GROUPING SETS ((customer), ())
+    )
+    SELECT p.customer, c.source_system, c.customer_id, c.name,
+           {", ".join(f"round(p.b{n}, %(digits)s)" for n in _BUCKETS)}, round(p.total, %(digits)s)
+    FROM per_customer p
+    LEFT JOIN LATERAL (SELECT c.source_system, c.customer_id, c.name FROM billing_sync_customer c
+                       WHERE c.id = p.customer) c ON true
+    WHERE p.customer IS NULL OR NOT ({" AND ".join(f"p.b{n} = 0" for n in _BUCKETS)})
+    ORDER BY p.customer IS NOT NULL, p.total DESC, c.customer_id, c.source_system
+"""
+_INVOICE_OF_ITEM = """SELECT i.customer_id AS customer, i.due_date FROM billing_sync_invoice i
+    WHERE i.source_system = m.source_system AND i.invoice_id = m.item_id AND i.entity_id = %(entity_id)s"""
+_PAYMENT_OF_ITEM = """SELECT p.customer_id AS customer FROM billing_sync_payment p
+    WHERE p.source_system = m.source_system AND p.payment_id = m.item_id AND p.entity_id = %(entity_id)s"""
 
 
 def _fetch(sql: str, params: dict) -> list[tuple]:
@@ -213,16 +242,24 @@ def _fetch(sql: str, params: dict) -> list[tuple]:
         return cursor.fetchall()
 
 
-def _customer_rows(rows) -> list[dict]:
-    """(customer pk, source_system, customer_id, name, *bucket sums) rows -> dicts; customers whose items
-    cancel out (nothing open at the date) are left out."""
-    out = []
-    for pk, source_system, customer_id, name, *sums in rows:
-        buckets = dict(zip(BUCKET_NAMES, sums, strict=True))
-        if any(buckets.values()):
-            out.append({"pk": pk, "source_system": source_system, "customer_id": customer_id, "name": name,
-                        "buckets": buckets, "total": sum(sums, ZERO)})
-    return out
+def _aging(*, entity: Entity, role: str, item_type: str, as_of: datetime.date, document: str, age_from: str,
+           sign: str) -> dict:
+    """The aging of one subledger (see `ar_aging`): per customer and bucket, the total, and the control
+    account's balance split into what items carry and the other lines, all read in one snapshot."""
+    account = _item_account(entity, role)
+    params = {**ledger_selectors.item_params(account=account, as_of=as_of), "entity_id": entity.pk,
+              "digits": minor_units(entity.currency)}
+    sql = _AGING.format(moves=ledger_selectors.item_balances_sql(account=account, item_type=item_type),
+                        document=document, age_from=age_from, sign=sign)
+    with ledger_selectors.report_snapshot():
+        rows = _fetch(sql, params)
+        control = ledger_selectors.item_account_balance(account=account, item_type=item_type, as_of=as_of)
+    (_none, _ss, _cid, _name, *totals), *per_customer = rows
+    customers = [{"pk": pk, "source_system": ss, "customer_id": customer_id, "name": name,
+                  "buckets": dict(zip(BUCKET_NAMES, sums[:-1], strict=True)), "total": sums[-1]}
+                 for pk, ss, customer_id, name, *sums in per_customer]
+    return {"entity": entity, "as_of": as_of, "account": account, "customers": customers,
+            "buckets": dict(zip(BUCKET_NAMES, totals[:-1], strict=True)), "total": totals[-1], "control": control}
 
 
 def ar_aging(*, entity: Entity, as_of: datetime.date) -> dict:
@@ -240,36 +277,14 @@ def ar_aging(*, entity: Entity, as_of: datetime.date) -> dict:
     id of an invoice this entity's billing documents do not have).
 
     Buckets follow the invoice's due date as it is now (an amendment's new due date ages the whole
-    invoice). Returns Decimal figures; `customers` sorted by total, largest first.
+    invoice). Figures are Decimals; bucket amounts and totals are at the currency's minor units (rounded in
+    SQL, so `str()` writes them as the API does); `customers` sorted by total, largest first.
     """
-    account = _item_account(entity, AccountMapping.Role.RECEIVABLE)
-    item = ItemBalance.ItemType.INVOICE
-    params = {**ledger_selectors.item_params(account=account, as_of=as_of), "entity_id": entity.pk}
-    with ledger_selectors.report_snapshot():
-        rows, control = _ar_aging_read(account, item, params, as_of)
-    customers = sorted(_customer_rows(rows), key=lambda c: (-c["total"], c["customer_id"]))
-    buckets = {name: sum((c["buckets"][name] for c in customers), ZERO) for name in BUCKET_NAMES}
-    total = sum(buckets.values(), ZERO)
-    return {"entity": entity, "as_of": as_of, "account": account, "buckets": buckets, "total": total,
-            "ar_control": control["balance"], "difference": control["balance"] - total,
-            "without_invoice": control["other"], "unknown_invoices": control["items"] - total,
-            "customers": customers}
-
-
-def _ar_aging_read(account, item, params, as_of):
-    rows = _fetch(f"""
-        WITH moves AS ({ledger_selectors.item_balances_sql(account=account, item_type=item)}),
-        aged AS (
-            SELECT i.customer_id AS customer, %(as_of)s::date - i.due_date AS days, m.amount
-            FROM moves m JOIN billing_sync_invoice i
-              ON i.source_system = m.source_system AND i.invoice_id = m.item_id AND i.entity_id = %(entity_id)s
-        ), per_customer AS (
-            SELECT customer, {_bucket_sums("days", "amount")} FROM aged GROUP BY customer
-        )
-        SELECT c.id, c.source_system, c.customer_id, c.name, {_BUCKET_COLUMNS}
-        FROM per_customer p JOIN billing_sync_customer c ON c.id = p.customer
-    """, params)
-    return rows, ledger_selectors.item_account_balance(account=account, item_type=item, as_of=as_of)
+    report = _aging(entity=entity, role=AccountMapping.Role.RECEIVABLE, item_type=ItemBalance.ItemType.INVOICE,
+                    as_of=as_of, document=_INVOICE_OF_ITEM, age_from="d.due_date", sign="")
+    control = report.pop("control")
+    return {**report, "ar_control": control["balance"], "difference": control["balance"] - report["total"],
+            "without_invoice": control["other"], "unknown_invoices": control["items"] - report["total"]}
 
 
 def _item_account(entity: Entity, role: str) -> Account:
@@ -294,30 +309,12 @@ def unapplied_cash_aging(*, entity: Entity, as_of: datetime.date) -> dict:
     minus the total, split into `without_payment` (lines on the account naming no payment) and
     `unknown_payments` (lines naming a payment this entity's billing documents do not have).
     """
-    account = _item_account(entity, AccountMapping.Role.UNAPPLIED_CASH)
-    item = ItemBalance.ItemType.PAYMENT
-    params = {**ledger_selectors.item_params(account=account, as_of=as_of), "entity_id": entity.pk}
-    with ledger_selectors.report_snapshot():
-        rows = _fetch(f"""
-            WITH moves AS ({ledger_selectors.item_balances_sql(account=account, item_type=item)}),
-            aged AS (
-                SELECT p.customer_id AS customer, %(as_of)s::date - m.first_date AS days, -m.amount AS amount
-                FROM moves m JOIN billing_sync_payment p
-                  ON p.source_system = m.source_system AND p.payment_id = m.item_id AND p.entity_id = %(entity_id)s
-            ), per_customer AS (
-                SELECT customer, {_bucket_sums("days", "amount")} FROM aged GROUP BY customer
-            )
-            SELECT c.id, c.source_system, c.customer_id, c.name, {_BUCKET_COLUMNS}
-            FROM per_customer p JOIN billing_sync_customer c ON c.id = p.customer
-        """, params)
-        control = ledger_selectors.item_account_balance(account=account, item_type=item, as_of=as_of)
-    customers = sorted(_customer_rows(rows), key=lambda c: (-c["total"], c["customer_id"]))
-    buckets = {name: sum((c["buckets"][name] for c in customers), ZERO) for name in BUCKET_NAMES}
-    total = sum(buckets.values(), ZERO)
+    report = _aging(entity=entity, role=AccountMapping.Role.UNAPPLIED_CASH, item_type=ItemBalance.ItemType.PAYMENT,
+                    as_of=as_of, document=_PAYMENT_OF_ITEM, age_from="m.first_date", sign="-")
+    control = report.pop("control")
     held = -control["balance"]
-    return {"entity": entity, "as_of": as_of, "account": account, "buckets": buckets, "total": total,
-            "unapplied_cash_balance": held, "difference": held - total, "without_payment": -control["other"],
-            "unknown_payments": -control["items"] - total, "customers": customers}
+    return {**report, "unapplied_cash_balance": held, "difference": held - report["total"],
+            "without_payment": -control["other"], "unknown_payments": -control["items"] - report["total"]}
 
 
 _INVOICE_ROWS = """

@@ -9,14 +9,14 @@ import csv
 import datetime
 import tempfile
 from collections.abc import Iterable
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 from django.http import FileResponse, StreamingHttpResponse
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font
 
-from config.money import fmt, minor_units
+from config.money import minor_units, quantum
 
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
@@ -28,24 +28,30 @@ class _Echo:
         return value
 
 
-def _text(value, currency: str | None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, Decimal):
-        return fmt(value, currency) if currency else format(value, "f")
-    if isinstance(value, datetime.date):
-        return value.isoformat()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+def _texts(currency: str | None):
+    """A cell's CSV text: money as `config.money.fmt` writes it (the quantum looked up once per file)."""
+    step = quantum(currency) if currency else None
+
+    def text(value) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, Decimal):
+            return str(value.quantize(step, rounding=ROUND_HALF_UP)) if step is not None else format(value, "f")
+        if isinstance(value, datetime.date):
+            return value.isoformat()
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        return str(value)
+    return text
 
 
 def csv_chunks(header: list[str], rows: Iterable[list], *, currency: str | None) -> Iterable[str]:
     """The CSV lines of a table, one at a time."""
     writer = csv.writer(_Echo(), lineterminator="\n")
+    text = _texts(currency)
     yield writer.writerow(header)
     for row in rows:
-        yield writer.writerow([_text(value, currency) for value in row])
+        yield writer.writerow([text(value) for value in row])
 
 
 def csv_response(filename: str, header: list[str], rows: Iterable[list], *, currency: str | None):

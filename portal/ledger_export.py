@@ -18,8 +18,9 @@ import io
 import re
 import unicodedata
 from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 
-from config.money import fmt
+from config.money import quantum
 from ledger import selectors
 
 FORMATS = ("csv", "beancount")
@@ -47,15 +48,21 @@ def chunks(entity, date_from: datetime.date, date_to: datetime.date, fmt_name: s
 
 
 # --------------------------------------------------------------------------------------------- CSV
-def _cell(value, currency: str) -> str:
+def _money_text(currency: str):
+    """`config.money.fmt` for Decimals with the currency's quantum looked up once (an export has many lines)."""
+    step = quantum(currency)
+    return lambda amount: str(amount.quantize(step, rounding=ROUND_HALF_UP))
+
+
+def _cell(value, money) -> str:
     if value is None:
         return ""
     if isinstance(value, datetime.datetime):
         return value.isoformat().replace("+00:00", "Z")
     if isinstance(value, datetime.date):
         return value.isoformat()
-    if hasattr(value, "quantize"):  # Decimal money
-        return fmt(value, currency)
+    if isinstance(value, Decimal):
+        return money(value)
     return str(value)
 
 
@@ -65,8 +72,9 @@ def csv_chunks(entity, date_from: datetime.date, date_to: datetime.date) -> Iter
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     currency = entity.currency
+    money = _money_text(currency)
     for n, row in enumerate(selectors.posted_lines(entity=entity, date_from=date_from, date_to=date_to), start=1):
-        writer.writerow([_cell(value, currency) for value in row] + [currency])
+        writer.writerow([_cell(value, money) for value in row] + [currency])
         if n % _CHUNK_LINES == 0:
             yield buffer.getvalue()
             buffer.seek(0)
@@ -92,9 +100,8 @@ def _string(value) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _amount(debit, credit, currency: str) -> str:
-    value = debit - credit
-    return f"{fmt(value, currency)} {currency}"
+def _amount(debit, credit, currency: str, money) -> str:
+    return f"{money(debit - credit)} {currency}"
 
 
 def beancount_chunks(entity, date_from: datetime.date, date_to: datetime.date) -> Iterator[str]:
@@ -108,6 +115,7 @@ def beancount_chunks(entity, date_from: datetime.date, date_to: datetime.date) -
 
 def _beancount(entity, date_from: datetime.date, date_to: datetime.date) -> Iterator[str]:
     currency = entity.currency
+    money = _money_text(currency)
     accounts = list(selectors.accounts_of(entity))
     names = {a.code: account_name(a.code, a.name, a.type) for a in accounts}
     opening = selectors.trial_balance(entity=entity, as_of=date_from - datetime.timedelta(days=1))
@@ -124,7 +132,7 @@ def _beancount(entity, date_from: datetime.date, date_to: datetime.date) -> Iter
     carried = [row for row in opening["accounts"] if row["balance"]]
     if carried:
         head.append(f"{date_from} * \"Opening balances: posted journals dated before {date_from}\" #opening")
-        head += [f"  {names[row['code']]}  {_amount(row['debit'], row['credit'], currency)}" for row in carried]
+        head += [f"  {names[row['code']]}  {_amount(row['debit'], row['credit'], currency, money)}" for row in carried]
         head.append("")
     yield "\n".join(head) + "\n"
 
@@ -148,7 +156,7 @@ def _beancount(entity, date_from: datetime.date, date_to: datetime.date) -> Iter
             out.append(f"  kind: {_string(kind)}")
             if document_id:
                 out.append(f"  document: {_string(f'{document_type}:{source_system}:{document_id}')}")
-        out.append(f"  {names[code]}  {_amount(debit, credit, currency)}")
+        out.append(f"  {names[code]}  {_amount(debit, credit, currency, money)}")
         for key, value in (("invoice", invoice_id), ("payment", payment_id), ("customer", customer_id),
                            ("jurisdiction", jurisdiction), ("memo", memo)):
             if value:
@@ -156,6 +164,6 @@ def _beancount(entity, date_from: datetime.date, date_to: datetime.date) -> Iter
     # Beancount checks a balance at the start of its date: the day after the period is its end.
     day_after = date_to + datetime.timedelta(days=1)
     out.append("")
-    out += [f"{day_after} balance {names[row['code']]}  {fmt(row['balance'], currency)} {currency}"
+    out += [f"{day_after} balance {names[row['code']]}  {money(row['balance'])} {currency}"
             for row in closing["accounts"]]
     yield "\n".join(out) + "\n"

@@ -50,13 +50,15 @@ def statement_target(user, source_system: str, customer_id: str, entity_code: st
     return (customer, entity) if entity else None
 
 
-def _money(buckets: dict, currency: str) -> dict:
-    return {name: fmt(buckets[name], currency) for name in BUCKETS}
+def _buckets(buckets: dict) -> dict:
+    # The agings round their amounts to the currency's minor units in SQL: `str` writes them as `fmt` would,
+    # without a quantize per amount (a million invoices' aging has tens of thousands of customers).
+    return {name: str(buckets[name]) for name in BUCKETS}
 
 
-def _customers(rows: list[dict], currency: str) -> list[dict]:
+def _customers(rows: list[dict]) -> list[dict]:
     return [{"id": c["customer_id"], "source_system": c["source_system"], "name": c["name"],
-             "buckets": _money(c["buckets"], currency), "total": fmt(c["total"], currency)} for c in rows]
+             "buckets": _buckets(c["buckets"]), "total": str(c["total"])} for c in rows]
 
 
 def ar_aging_body(report: dict) -> dict:
@@ -65,12 +67,12 @@ def ar_aging_body(report: dict) -> dict:
     return {
         "entity": report["entity"].code, "as_of": report["as_of"].isoformat(), "currency": currency,
         "account": report["account"].code,
-        "buckets": _money(report["buckets"], currency), "total": fmt(report["total"], currency),
+        "buckets": _buckets(report["buckets"]), "total": str(report["total"]),
         "ar_control_balance": fmt(report["ar_control"], currency), "ties_out": report["difference"] == 0,
         "difference": fmt(report["difference"], currency),
         "difference_detail": {"without_invoice": fmt(report["without_invoice"], currency),
                               "unknown_invoices": fmt(report["unknown_invoices"], currency)},
-        "customers": _customers(report["customers"], currency),
+        "customers": _customers(report["customers"]),
     }
 
 
@@ -80,12 +82,12 @@ def unapplied_cash_body(report: dict) -> dict:
     return {
         "entity": report["entity"].code, "as_of": report["as_of"].isoformat(), "currency": currency,
         "account": report["account"].code,
-        "buckets": _money(report["buckets"], currency), "total": fmt(report["total"], currency),
+        "buckets": _buckets(report["buckets"]), "total": str(report["total"]),
         "unapplied_cash_balance": fmt(report["unapplied_cash_balance"], currency),
         "ties_out": report["difference"] == 0, "difference": fmt(report["difference"], currency),
         "difference_detail": {"without_payment": fmt(report["without_payment"], currency),
                               "unknown_payments": fmt(report["unknown_payments"], currency)},
-        "customers": _customers(report["customers"], currency),
+        "customers": _customers(report["customers"]),
     }
 
 
