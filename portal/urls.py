@@ -2,7 +2,7 @@
 the site root by config/urls.py."""
 from django.urls import include, path
 
-from portal.web import accounts, adjustments, approvals, close, dashboard, queue, reconciliation, trace
+from portal.web import accounts, adjustments, approvals, close, dashboard, queue, reconciliation, reports, trace
 
 urlpatterns = [
     path("accounts/", include(accounts)),
@@ -11,6 +11,7 @@ urlpatterns = [
     path("adjustments/", include(adjustments)),
     path("close/", include(close)),
     path("reconciliation/", include(reconciliation)),
+    path("reports/", include(reports)),
     path("", include(trace)),  # trace/ and evidence/
     path("", include(dashboard)),
 ]

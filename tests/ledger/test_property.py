@@ -15,7 +15,9 @@ invariants checked after each sequence:
 * every invoice's `open_amount` (as billing sees it) equals its `ledger_open_amount` (its balance on
   the receivable account), read through GET /api/v1/invoices/...;
 * each payment's unapplied cash equals its balance on the unapplied-cash account;
-* a full reconciliation run over the history's dates finishes and finds no break (issue #12).
+* a full reconciliation run over the history's dates finishes and finds no break (issue #12);
+* the AR aging's total equals the receivable (AR control) account's balance, and the unapplied-cash aging's
+  the unapplied-cash account's (both ties out: the item balances the database keeps agree with the lines).
 
 Fixtures are function-scoped, so all examples of one test share one database transaction: every example
 uses fresh ids and checks only its own documents (the trial balance is global and must balance anyway).
@@ -173,6 +175,12 @@ class Run:
 
         tb = self.controller.get("/api/v1/ledger/trial-balance", entity="US01").json()
         assert tb["total_debit"] == tb["total_credit"], tb
+        balances = {a["code"]: a["balance"] for a in tb["accounts"]}
+        ar = self.controller.get("/api/v1/reports/ar-aging", entity="US01").json()
+        assert ar["ties_out"] and ar["total"] == ar["ar_control_balance"] == balances["1200"], (ar, self.log)
+        cash = self.controller.get("/api/v1/reports/unapplied-cash", entity="US01").json()
+        assert cash["ties_out"] and Decimal(cash["unapplied_cash_balance"]) == -Decimal(balances["2300"]), (
+            cash, self.log)
 
         for invoice_id in self.invoices:
             response = self.controller.get(f"/api/v1/invoices/{f.SOURCE}/{invoice_id}")

@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
     atomic = False
 
     dependencies = [
-        ("ledger", "0009_period_close_record"),
+        ("ledger", "0011_report_indexes"),
     ]
 
     operations = [
