@@ -4,8 +4,8 @@ break" panel of a `reconciliation` exception's page with its actions (re-run, re
 each action's effect checked in the database; auditors read and every POST of theirs is refused, finance ops
 cannot accept, and a break of an entity one may not see is not there.
 
-The ERP is `tests.billing_sync.erp_fake.MirrorConnector` (the built-in connector reading our journals back, with
-the test's changes on top); Celery is eager and the on-commit work runs, as after a committed request."""
+The ERP is the ERPNext stand-in (`erp_us01`: US01 posts to it and reads it back); Celery is eager and the on-commit
+work runs, as after a committed request."""
 import datetime
 import html
 import re
@@ -16,11 +16,9 @@ from audit.models import AuditEntry
 from billing_sync import services as billing_services
 from billing_sync.models import ReconciliationBreak, ReconciliationRun
 from exceptions_queue.models import Approval, ExceptionRecord
-from ledger import connectors
 from ledger import services as ledger
 from ledger.models import Journal
 from tests import factories as f
-from tests.billing_sync.erp_fake import MirrorConnector
 from tests.helpers import send
 from tests.portal.web.conftest import client_for
 
@@ -29,23 +27,17 @@ NOV = (datetime.date(2026, 11, 1), datetime.date(2026, 11, 30))
 
 
 @pytest.fixture
-def erp(monkeypatch):
-    monkeypatch.setitem(connectors.REGISTRY, "builtin", "tests.billing_sync.erp_fake.MirrorConnector")
-    return MirrorConnector.reset()
-
-
-@pytest.fixture
 def staff(finance, controller, controller2, auditor, admin_api):
     return client_for
 
 
 @pytest.fixture
-def books(entity, integration, erp):
+def books(erp_us01, entity, integration):
     """inv_r (107.25) for cus_r, posted; the ERP then loses its document and a full run finds `missing_in_erp`."""
     send(integration, f.customer("cus_r"))
     send(integration, f.invoice("inv_r", customer_id="cus_r"))
     journal = Journal.objects.get(kind="invoice", document_id="inv_r")
-    erp.deleted.add(journal.erp_document_ref)
+    erp_us01.delete(journal.erp_document_ref)
     run = billing_services.reconciliation_run(entity=entity, date_from=NOV[0], date_to=NOV[1], full=True,
                                               actor="test")
     assert run.status == "finished" and run.breaks == {"missing_in_erp": 1}, run.error
@@ -146,7 +138,7 @@ def test_auditors_post_nothing_and_finance_ops_cannot_accept(books, staff, djang
     assert brk.status == "open" and not ReconciliationRun.objects.filter(subject__startswith="journal:").exists()
 
 
-def test_rerun_then_repost_resolves_the_break(books, staff, erp, django_capture_on_commit_callbacks):
+def test_rerun_then_repost_resolves_the_break(books, staff, django_capture_on_commit_callbacks):
     brk, exc, journal = books["break"], books["exception"], books["journal"]
     path = f"/exceptions/{exc.pk}/"
     fiona = staff("fiona-ops")
@@ -171,10 +163,11 @@ def test_rerun_then_repost_resolves_the_break(books, staff, erp, django_capture_
     assert "break_resolved:" in _messages(fiona, path)
 
 
-def test_repost_is_refused_for_a_break_that_is_not_about_a_missing_document(books, staff, erp,
+def test_repost_is_refused_for_a_break_that_is_not_about_a_missing_document(books, staff, erp_us01,
                                                                            django_capture_on_commit_callbacks):
-    erp.deleted.clear()
-    erp.manual.append(("1200", datetime.date(2026, 11, 15), "5.00", "0"))
+    # A person books 5.00 on the receivable in ERPNext (against a bank account Tieout does not map).
+    erp_us01.accounts.add("1000")
+    erp_us01.add_manual_entry(account="1200", amount="5.00", against="1000", posting_date="2026-11-15")
     billing_services.reconciliation_run(entity=books["break"].entity, date_from=NOV[0], date_to=NOV[1], full=True,
                                         actor="test")
     other = ReconciliationBreak.objects.get(status="open", code="erp_balance_mismatch")
