@@ -149,11 +149,11 @@ def seed(url: str, *, events: int, owner_ids: list[int], say=print) -> dict:
             ) a ORDER BY started
         """)
         conn.execute("""
-            INSERT INTO exceptions_queue_approval (id, entity_id, event_id, journal_id, kind, document_id, amount,
-                currency, requested_by_id, requested_by_label, required_approvals, reason, status, created_at,
+            INSERT INTO exceptions_queue_approval (id, entity_id, event_id, journal_id, subject, kind, document_id,
+                amount, currency, requested_by_id, requested_by_label, required_approvals, reason, status, created_at,
                 decided_at)
-            SELECT md5('bench-approval-' || j.id)::uuid, j.entity_id, j.event_id, j.id, 'credit_note', j.document_id,
-                   1500, en.currency, NULL, 'bench', 1, '', 'pending', j.created_at, NULL
+            SELECT md5('bench-approval-' || j.id)::uuid, j.entity_id, j.event_id, j.id, '', 'credit_note',
+                   j.document_id, 1500, en.currency, NULL, 'bench', 1, '', 'pending', j.created_at, NULL
             FROM ledger_journal j JOIN ledger_entity en ON en.id = j.entity_id
             WHERE j.created_by = 'bench' AND j.status = 'pending_approval'
         """)

@@ -11,7 +11,8 @@ time on a keep-alive connection, after a warm-up:
 * `/` (the dashboard) as most requests find it (figures cached for a few seconds), as the request that
   refreshes them finds it (the figures deleted before every request, the 14-day history still cached)
   and cold (everything deleted, so each request reads all of it): goal p95 < 500 ms;
-* for information, with no goal: the admin's event and exception lists (estimated counts) and /metrics.
+* for information, with no goal: the period close pages (every entity's months, one month with its failing
+  objects; their checks are read live), the admin's event and exception lists (estimated counts) and /metrics.
 
 It prints p50/p95/max per page and whether the goal is met. A page that does not exist yet (404) is
 reported and skipped. Knobs: BENCH_UI_EVENTS (1,000,000), BENCH_UI_REQUESTS (50), BENCH_UI_WARMUP (5),
@@ -106,6 +107,12 @@ def _flush_figures() -> None:
     _flush_dashboard_cache(history=False)
 
 
+def _last_month() -> str:
+    today = time.gmtime()
+    year, month = (today.tm_year, today.tm_mon - 1) if today.tm_mon > 1 else (today.tm_year - 1, 12)
+    return f"{year}-{month:02d}"
+
+
 def measure(session: Session, path: str, *, before=None, deadline: float) -> dict | None:
     status, _h, _b = session.get(path)
     if status == 404:
@@ -158,6 +165,8 @@ def main() -> None:
         ("dashboard", "/", 500, None),
         ("dashboard, refresh (history cached)", "/", 500, _flush_figures),
         ("dashboard, cold (nothing cached)", "/", 500, _flush_dashboard_cache),
+        ("close: every entity's months (live checks)", "/close/", None, None),
+        ("close: one month (live checks, failing objects)", f"/close/US01/{_last_month()}/", None, None),
         ("admin: events", "/admin/billing_sync/event/", None, None),
         ("admin: exceptions", "/admin/exceptions_queue/exceptionrecord/", None, None),
         ("admin: events, failed in the last 24 h", "/admin/billing_sync/event/?received=24h&outcome=failed",

@@ -1,16 +1,24 @@
 """Billing-sync reads: event resources (batched, no N+1), event lists and payloads, canonical invoices (and the
 ones a signed-in person may see), status callbacks, API tokens (never their secret), reconciliation runs,
-breaks and the reconciliation status (mark) of journals and documents."""
+breaks and the reconciliation status (mark) of journals and documents, what the period close needs of
+reconciliation (the latest full run covering a month, the open breaks dated in it); AR and unapplied-cash agings,
+their open invoices and payments, customer statements."""
+import datetime
+
 import django_filters
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
-from billing_sync.models import (ApiToken, CallbackDelivery, Event, Invoice, ReconciliationBreak,
+from billing_sync.models import (ApiToken, CallbackDelivery, Customer, Event, Invoice, ReconciliationBreak,
                                  ReconciliationMark, ReconciliationRun)
 from billing_sync.services import event_resource
 from config import roles
+from config.errors import Codes, TieoutError
+from config.money import ZERO, fmt, minor_units
 from exceptions_queue.selectors import latest_exceptions
-from config.money import fmt
+from ledger import selectors as ledger_selectors
+from ledger.models import Account, AccountMapping, Entity, ItemBalance
 from ledger.selectors import journals_for_event_ids, receivable_balance
 
 
@@ -172,6 +180,299 @@ def api_token_resource(token: ApiToken) -> dict:
             "source_systems": token.source_systems, "entities": token.entities}
 
 
+# --------------------------------------------------------------------------------------------- agings
+# Age buckets of the AR and unapplied-cash agings, by whole days as of the report date: days past the due
+# date for invoices, days since receipt for payments. `current` is not yet due (0 or fewer days: due on
+# the report date is current); then 1-30, 31-60, 61-90 and 90+ (91 days and more). (name, first, last)
+AGING_BUCKETS = (("current", None, 0), ("1-30", 1, 30), ("31-60", 31, 60), ("61-90", 61, 90), ("90+", 91, None))
+BUCKET_NAMES = tuple(name for name, _first, _last in AGING_BUCKETS)
+
+
+def aging_bucket(days: int) -> str:
+    """The bucket of an age in days (AGING_BUCKETS)."""
+    for name, first, last in AGING_BUCKETS:
+        if (first is None or days >= first) and (last is None or days <= last):
+            return name
+    raise AssertionError(days)
+
+
+def _bucket_sums(days: str, amount: str) -> str:
+    """SQL: one `sum(amount)` per bucket (the edges of AGING_BUCKETS), in their order, named b0, b1, ..."""
+    out = []
+    for n, (_name, first, last) in enumerate(AGING_BUCKETS):
+        bounds = [f"{days} >= {first}" if first is not None else "", f"{days} <= {last}" if last is not None else ""]
+        out.append(f"coalesce(sum({amount}) FILTER (WHERE {' AND '.join(b for b in bounds if b)}), 0) AS b{n}")
+    return ", ".join(out)
+
+
+_BUCKETS = range(len(AGING_BUCKETS))
+
+# Per customer and bucket, plus the grand total (the customer NULL row, first): the open items of `moves` (the
+# ledger's, `ledger.selectors.item_balances_sql`), each given its customer and age by `document` (a LATERAL
+# look-up by the document's key: one index probe per open item, never a scan of every invoice ever issued),
+# rounded to the currency's minor units. The customers' names are looked up the same way: the planner cannot
+# tell how many customers the grouping leaves and, guessing a handful, would otherwise loop over them all. Customers whose items cancel out (nothing open at the date) are left
+# out; the largest total comes first.
+_AGING = f"""
+    WITH moves AS ({{moves}}),
+    aged AS (
+        SELECT d.customer, %(as_of)s::date - {{age_from}} AS days, {{sign}}m.amount AS amount
+        FROM moves m CROSS JOIN LATERAL ({{document}} LIMIT 1) d
+    ),
+    per_customer AS (
+        SELECT customer, {_bucket_sums("days", "amount")}, coalesce(sum(amount), 0) AS total
+        FROM aged GROUP BY GROUPING SETS ((customer), ())
+    )
+    SELECT p.customer, c.source_system, c.customer_id, c.name,
+           {", ".join(f"round(p.b{n}, %(digits)s)" for n in _BUCKETS)}, round(p.total, %(digits)s)
+    FROM per_customer p
+    LEFT JOIN LATERAL (SELECT c.source_system, c.customer_id, c.name FROM billing_sync_customer c
+                       WHERE c.id = p.customer) c ON true
+    WHERE p.customer IS NULL OR NOT ({" AND ".join(f"p.b{n} = 0" for n in _BUCKETS)})
+    ORDER BY p.customer IS NOT NULL, p.total DESC, c.customer_id, c.source_system
+"""
+_INVOICE_OF_ITEM = """SELECT i.customer_id AS customer, i.due_date FROM billing_sync_invoice i
+    WHERE i.source_system = m.source_system AND i.invoice_id = m.item_id AND i.entity_id = %(entity_id)s"""
+_PAYMENT_OF_ITEM = """SELECT p.customer_id AS customer FROM billing_sync_payment p
+    WHERE p.source_system = m.source_system AND p.payment_id = m.item_id AND p.entity_id = %(entity_id)s"""
+
+
+def _fetch(sql: str, params: dict) -> list[tuple]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _aging(*, entity: Entity, role: str, item_type: str, as_of: datetime.date, document: str, age_from: str,
+           sign: str) -> dict:
+    """The aging of one subledger (see `ar_aging`): per customer and bucket, the total, and the control
+    account's balance split into what items carry and the other lines, all read in one snapshot."""
+    account = _item_account(entity, role)
+    params = {**ledger_selectors.item_params(account=account, as_of=as_of), "entity_id": entity.pk,
+              "digits": minor_units(entity.currency)}
+    sql = _AGING.format(moves=ledger_selectors.item_balances_sql(account=account, item_type=item_type),
+                        document=document, age_from=age_from, sign=sign)
+    with ledger_selectors.report_snapshot():
+        rows = _fetch(sql, params)
+        control = ledger_selectors.item_account_balance(account=account, item_type=item_type, as_of=as_of)
+    (_none, _ss, _cid, _name, *totals), *per_customer = rows
+    customers = [{"pk": pk, "source_system": ss, "customer_id": customer_id, "name": name,
+                  "buckets": dict(zip(BUCKET_NAMES, sums[:-1], strict=True)), "total": sums[-1]}
+                 for pk, ss, customer_id, name, *sums in per_customer]
+    return {"entity": entity, "as_of": as_of, "account": account, "customers": customers,
+            "buckets": dict(zip(BUCKET_NAMES, totals[:-1], strict=True)), "total": totals[-1], "control": control}
+
+
+def ar_aging(*, entity: Entity, as_of: datetime.date) -> dict:
+    """Receivables aging of `entity` as of `as_of`: per customer, the open amount of their invoices by days
+    past due, against the receivable (AR control) account.
+
+    An invoice's open amount as of the date is its balance on the receivable account in the ledger: the
+    lines that carry its id, of posted journals dated on or before the date (what
+    `ledger.selectors.receivable_balance` counts, limited to the date). Payments, credit notes and
+    write-offs dated after the date do not reduce it; nothing that was not yet posted counts. That makes
+    the total comparable with the receivable account's balance at the date (`ar_control`, the trial
+    balance's figure): they tie out exactly when every line on the account belongs to an invoice billing
+    knows. When they do not, `difference` (control minus total) is split into `without_invoice` (lines on
+    the account carrying no invoice id: a manual journal, say) and `unknown_invoices` (lines carrying the
+    id of an invoice this entity's billing documents do not have).
+
+    Buckets follow the invoice's due date as it is now (an amendment's new due date ages the whole
+    invoice). Figures are Decimals; bucket amounts and totals are at the currency's minor units (rounded in
+    SQL, so `str()` writes them as the API does); `customers` sorted by total, largest first.
+    """
+    report = _aging(entity=entity, role=AccountMapping.Role.RECEIVABLE, item_type=ItemBalance.ItemType.INVOICE,
+                    as_of=as_of, document=_INVOICE_OF_ITEM, age_from="d.due_date", sign="")
+    control = report.pop("control")
+    return {**report, "ar_control": control["balance"], "difference": control["balance"] - report["total"],
+            "without_invoice": control["other"], "unknown_invoices": control["items"] - report["total"]}
+
+
+def _item_account(entity: Entity, role: str) -> Account:
+    """The account `role` is mapped to in `entity`; a report without it cannot be made (422)."""
+    account = ledger_selectors.role_account(entity, role)
+    if account is None:
+        raise TieoutError(f"{entity.code} has no {role} account mapped", code=Codes.NO_ACCOUNT_MAPPING, status=422)
+    return account
+
+
+def unapplied_cash_aging(*, entity: Entity, as_of: datetime.date) -> dict:
+    """Unapplied cash of `entity` as of `as_of`: per customer, what their payments still hold unapplied,
+    by days since the payment was received, against the unapplied cash account (AccountMapping role
+    `unapplied_cash`, 2300 in the default chart).
+
+    A payment's unapplied amount as of the date is its balance on the unapplied cash account in the ledger:
+    the lines that carry its payment id (and no invoice id) of posted journals dated on or before the date,
+    credit minus debit (the rest left at receipt, less applications and refunds of unapplied cash). Its age
+    is counted from its first accounting date (the payment journal's, the date it was received), with the
+    buckets of the AR aging: 0 days (received on the date) is `current`. Figures are positive for cash
+    held; `unapplied_cash_balance` is the account's credit balance at the date, `difference` the balance
+    minus the total, split into `without_payment` (lines on the account naming no payment) and
+    `unknown_payments` (lines naming a payment this entity's billing documents do not have).
+    """
+    report = _aging(entity=entity, role=AccountMapping.Role.UNAPPLIED_CASH, item_type=ItemBalance.ItemType.PAYMENT,
+                    as_of=as_of, document=_PAYMENT_OF_ITEM, age_from="m.first_date", sign="-")
+    control = report.pop("control")
+    held = -control["balance"]
+    return {**report, "unapplied_cash_balance": held, "difference": held - report["total"],
+            "without_payment": -control["other"], "unknown_payments": -control["items"] - report["total"]}
+
+
+_INVOICE_ROWS = """
+    WITH moves AS ({moves}),
+    open_items AS (
+        SELECT source_system, item_id, sum(amount) AS amount FROM moves GROUP BY 1, 2 HAVING sum(amount) <> 0
+    )
+    SELECT i.source_system, i.invoice_id, i.number, c.customer_id, c.name, i.issue_date, i.due_date,
+           %(as_of)s::date - i.due_date AS days, o.amount, i.total
+    FROM open_items o
+    JOIN billing_sync_invoice i ON i.source_system = o.source_system AND i.invoice_id = o.item_id
+                               AND i.entity_id = %(entity_id)s
+    JOIN billing_sync_customer c ON c.id = i.customer_id
+    {where}
+    ORDER BY c.customer_id, i.due_date, i.invoice_id
+"""
+
+_PAYMENT_ROWS = """
+    WITH moves AS ({moves}),
+    open_items AS (
+        SELECT source_system, item_id, min(first_date) AS first_date, -sum(amount) AS amount
+        FROM moves GROUP BY 1, 2 HAVING sum(amount) <> 0
+    )
+    SELECT p.source_system, p.payment_id, c.customer_id, c.name, o.first_date,
+           %(as_of)s::date - o.first_date AS days, o.amount, p.amount
+    FROM open_items o
+    JOIN billing_sync_payment p ON p.source_system = o.source_system AND p.payment_id = o.item_id
+                               AND p.entity_id = %(entity_id)s
+    JOIN billing_sync_customer c ON c.id = p.customer_id
+    {where}
+    ORDER BY c.customer_id, o.first_date, p.payment_id
+"""
+
+
+def ar_aging_invoices(*, entity: Entity, as_of: datetime.date, customer_pk: int | None = None):
+    """The open invoices behind `ar_aging` (or one customer's), one dict each, by customer and due date:
+    open amount as of the date (the ledger's, as in `ar_aging`), days past due and bucket. A generator
+    that reads in chunks."""
+    account = _item_account(entity, AccountMapping.Role.RECEIVABLE)
+    moves = ledger_selectors.item_balances_sql(account=account, item_type=ItemBalance.ItemType.INVOICE)
+    params = {**ledger_selectors.item_params(account=account, as_of=as_of), "entity_id": entity.pk,
+              "customer": customer_pk}
+    where = "WHERE i.customer_id = %(customer)s" if customer_pk is not None else ""
+    for ss, invoice_id, number, customer_id, name, issued, due, days, amount, total in ledger_selectors.stream_rows(
+            _INVOICE_ROWS.format(moves=moves, where=where), params):
+        yield {"source_system": ss, "invoice_id": invoice_id, "number": number, "customer_id": customer_id,
+               "customer_name": name, "issue_date": issued, "due_date": due, "days_past_due": days,
+               "bucket": aging_bucket(days), "open_amount": amount, "total": total}
+
+
+def unapplied_cash_payments(*, entity: Entity, as_of: datetime.date, customer_pk: int | None = None):
+    """The payments behind `unapplied_cash_aging` (or one customer's), one dict each: unapplied amount as
+    of the date, received (first accounting date), days since and bucket. A generator that reads in chunks."""
+    account = _item_account(entity, AccountMapping.Role.UNAPPLIED_CASH)
+    moves = ledger_selectors.item_balances_sql(account=account, item_type=ItemBalance.ItemType.PAYMENT)
+    params = {**ledger_selectors.item_params(account=account, as_of=as_of), "entity_id": entity.pk,
+              "customer": customer_pk}
+    where = "WHERE p.customer_id = %(customer)s" if customer_pk is not None else ""
+    for ss, payment_id, customer_id, name, received, days, amount, total in ledger_selectors.stream_rows(
+            _PAYMENT_ROWS.format(moves=moves, where=where), params):
+        yield {"source_system": ss, "payment_id": payment_id, "customer_id": customer_id, "customer_name": name,
+               "received_on": received, "days_since": days, "bucket": aging_bucket(days),
+               "unapplied_amount": amount, "amount": total}
+
+
+# --------------------------------------------------------------------------------------------- statements
+def customer_by_identity(source_system: str, customer_id: str) -> Customer | None:
+    return Customer.objects.filter(source_system=source_system, customer_id=customer_id).first()
+
+
+def customer_source_system(customer_id: str) -> str:
+    """The source system of the one customer with this id ("" when none or several have it)."""
+    systems = list(Customer.objects.filter(customer_id=customer_id).values_list("source_system", flat=True)[:2])
+    return systems[0] if len(systems) == 1 else ""
+
+
+def customers_search(user, text: str, *, limit: int = 20) -> list[Customer]:
+    """Customers of `user`'s entities whose id is `text` or whose id or name contains it, by id."""
+    customers = roles.scope(Customer.objects.all(), user, "entity_code")
+    return list(customers.filter(Q(customer_id=text) | Q(customer_id__icontains=text) | Q(name__icontains=text))
+                .order_by("customer_id", "source_system")[:limit])
+
+
+def customer_entity_codes(customer: Customer) -> list[str]:
+    """The entities a customer has documents in: the one it names, else those of its invoices and payments."""
+    if customer.entity_code:
+        return [customer.entity_code]
+    codes = set(customer.invoices.values_list("entity__code", flat=True).distinct())
+    codes |= set(customer.payments.values_list("entity__code", flat=True).distinct())
+    return sorted(codes)
+
+
+STATEMENT_TYPES = {"invoice": "invoice", "invoice_reversal": "invoice reversal", "payment": "payment",
+                   "refund": "refund", "credit_note": "credit note", "write_off": "write-off"}
+
+
+def customer_statement(*, customer: Customer, entity: Entity, date_from: datetime.date,
+                       date_to: datetime.date) -> dict:
+    """A customer's statement of account in `entity` from `date_from` to `date_to` (both included).
+
+    Read from the ledger, like the agings: every posted journal of the customer's source system that moves
+    their balance on the receivable or the unapplied cash account (the lines carrying their customer id),
+    one statement line per journal: invoices (and the reversals that amendments and voids post) are
+    debits; payments (what they allocated and what they left unapplied alike), credit notes and
+    write-offs are credits; refunds are debits. An application of unapplied cash to an invoice moves
+    nothing between the customer and us (it nets to zero), so it has no line. `opening_balance` is what
+    the journals dated before `date_from` left; each line carries the running `balance`; the closing
+    balance is the receivable less the unapplied cash of the customer at `date_to`. Lines are in accounting
+    date order (then posting order).
+    """
+    receivable = _item_account(entity, AccountMapping.Role.RECEIVABLE)
+    unapplied = _item_account(entity, AccountMapping.Role.UNAPPLIED_CASH)
+    params = {"customer": customer.customer_id, "accounts": [receivable.pk, unapplied.pk],
+              "source_system": customer.source_system, "entity": entity.pk, "date_from": date_from,
+              "date_to": date_to}
+    with ledger_selectors.report_snapshot():
+        opening = _fetch("""
+            SELECT coalesce(sum(l.debit - l.credit), 0)
+            FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id
+            WHERE l.customer_id = %(customer)s AND l.account_id = ANY(%(accounts)s)
+              AND j.source_system = %(source_system)s AND j.entity_id = %(entity)s AND j.status = 'posted'
+              AND j.accounting_date < %(date_from)s
+        """, params)[0][0]
+        rows = _fetch("""
+            SELECT j.id, j.accounting_date, j.kind, j.document_type, j.document_id, j.erp_document_ref,
+                   sum(l.debit - l.credit) AS net,
+                   min(l.invoice_id) FILTER (WHERE l.invoice_id <> '') AS first_invoice,
+                   max(l.invoice_id) FILTER (WHERE l.invoice_id <> '') AS last_invoice,
+                   min(inv.number) AS number
+            FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id
+            LEFT JOIN billing_sync_invoice inv ON j.document_type = 'invoice'
+                 AND inv.source_system = j.source_system AND inv.invoice_id = j.document_id
+            WHERE l.customer_id = %(customer)s AND l.account_id = ANY(%(accounts)s)
+              AND j.source_system = %(source_system)s AND j.entity_id = %(entity)s AND j.status = 'posted'
+              AND j.accounting_date BETWEEN %(date_from)s AND %(date_to)s
+            GROUP BY j.id
+            HAVING sum(l.debit - l.credit) <> 0
+            ORDER BY j.accounting_date, j.posted_at, j.id
+        """, params)
+    balance = opening
+    lines = []
+    total_debit = total_credit = ZERO
+    for journal_id, on, kind, doc_type, doc_id, erp_ref, net, first_invoice, last_invoice, number in rows:
+        balance += net
+        debit, credit = (net, ZERO) if net > 0 else (ZERO, -net)
+        total_debit += debit
+        total_credit += credit
+        lines.append({"date": on, "type": STATEMENT_TYPES.get(kind, kind.replace("_", " ")), "kind": kind,
+                      "document_type": doc_type, "document": doc_id, "number": number or "",
+                      "invoice_id": first_invoice if first_invoice == last_invoice else None,
+                      "journal": journal_id, "erp_document_ref": erp_ref or "",
+                      "debit": debit, "credit": credit, "balance": balance})
+    return {"customer": customer, "entity": entity, "date_from": date_from, "date_to": date_to,
+            "opening_balance": opening, "lines": lines, "total_debit": total_debit, "total_credit": total_credit,
+            "closing_balance": balance}
+
+
 # --------------------------------------------------------------------------------------------- reconciliation
 def _iso(value):
     return value.isoformat().replace("+00:00", "Z") if value else None
@@ -247,3 +548,99 @@ def journal_reconciliation_statuses(journal_ids) -> dict:
     """`reconciliation_statuses` by journal id (the ledger's journal resources ask this, installed at start-up)."""
     by_subject = reconciliation_statuses([f"journal:{pk}" for pk in journal_ids])
     return {pk: by_subject[f"journal:{pk}"] for pk in journal_ids}
+
+
+# ------------------------------------------------------------------------------------ period close
+# The latest finished full run (not narrowed to one object) whose range covers each whole month: one index
+# probe per month on recon_run_entity_idx (entity, -started_at).
+_CLOSE_RUNS_SQL = """
+SELECT m.first, r.id, r.started_at, r.finished_at, r.date_from, r.date_to
+FROM unnest(%(firsts)s::date[], %(lasts)s::date[]) AS m(first, last)
+LEFT JOIN LATERAL (
+    SELECT r.id, r.started_at, r.finished_at, r.date_from, r.date_to FROM billing_sync_reconciliationrun r
+    WHERE r.entity_id = %(entity)s AND r.full AND r.status = 'finished' AND r.subject = ''
+      AND r.date_from <= m.first AND r.date_to >= m.last
+    ORDER BY r.started_at DESC LIMIT 1) r ON true
+"""
+
+# The entity's open breaks (recon_break_entity_idx) with every date that places one in a month: its period
+# (YYYY-MM), its journal's accounting date, and the dates of the document it names (the accounting dates of
+# the document's journals, an invoice's issue date, a payment's receipt date). A break with none of these
+# (an entity-wide figure) is placed by the range of the run that last saw it.
+_CLOSE_BREAKS_SQL = r"""
+WITH open AS (
+    SELECT b.id, b.code, b.opened_at, b.exception_id, b.period, b.document, b.journal_id, b.account,
+           b.erp_document_ref, j.accounting_date AS journal_date, r.date_from AS run_from, r.date_to AS run_to,
+           split_part(b.document, ':', 1) AS doc_type, split_part(b.document, ':', 2) AS doc_source,
+           substr(b.document, length(split_part(b.document, ':', 1)) + length(split_part(b.document, ':', 2)) + 3)
+               AS doc_id
+    FROM billing_sync_reconciliationbreak b
+    JOIN billing_sync_reconciliationrun r ON r.id = b.last_seen_run_id
+    LEFT JOIN ledger_journal j ON j.id = b.journal_id
+    WHERE b.entity_id = %(entity)s AND b.status = 'open'
+)
+SELECT o.id, o.code, o.opened_at, o.exception_id, o.period, o.document, o.journal_id, o.account,
+       o.erp_document_ref, o.run_from, o.run_to,
+       ARRAY(
+           SELECT to_date(o.period || '-01', 'YYYY-MM-DD') WHERE o.period ~ '^\d{4}-\d{2}$'
+           UNION SELECT o.journal_date WHERE o.journal_date IS NOT NULL
+           UNION SELECT dj.accounting_date FROM ledger_journal dj
+                 WHERE o.document <> '' AND dj.source_system = o.doc_source AND dj.document_type = o.doc_type
+                   AND dj.document_id = o.doc_id AND dj.entity_id = %(entity)s
+           UNION SELECT i.issue_date FROM billing_sync_invoice i
+                 WHERE o.doc_type = 'invoice' AND i.source_system = o.doc_source AND i.invoice_id = o.doc_id
+           UNION SELECT (p.received_at AT TIME ZONE 'UTC')::date FROM billing_sync_payment p
+                 WHERE o.doc_type = 'payment' AND p.source_system = o.doc_source AND p.payment_id = o.doc_id
+       ) AS days
+FROM open o
+ORDER BY o.opened_at, o.id
+"""
+CLOSE_BREAK_SAMPLE = 20
+
+
+def _month_bounds(year: int, month: int) -> tuple[datetime.date, datetime.date]:
+    first = datetime.date(year, month, 1)
+    following = datetime.date(year + month // 12, month % 12 + 1, 1)
+    return first, following - datetime.timedelta(days=1)
+
+
+def reconciliation_close_status(*, entity, months) -> dict:
+    """What the close checks need of reconciliation, per month of `months` ((year, month) pairs) of `entity`.
+
+    For each month: `run`, the latest finished full run covering the whole month ({id, started_at,
+    finished_at, date_from, date_to}) or None; `open_breaks`, how many open breaks are dated in the month
+    (see _CLOSE_BREAKS_SQL for how a break is dated), `by_code` ({code: n}) and `breaks`, the oldest few.
+    Read-only; the reconciliation engine owns the tables.
+    """
+    months = sorted(set(months))
+    bounds = {m: _month_bounds(*m) for m in months}
+    out = {m: {"run": None, "open_breaks": 0, "by_code": {}, "breaks": []} for m in months}
+    if not months:
+        return out
+    by_first = {first: m for m, (first, _) in bounds.items()}
+    with connection.cursor() as cursor:
+        cursor.execute(_CLOSE_RUNS_SQL, {"entity": entity.pk, "firsts": [b[0] for b in bounds.values()],
+                                         "lasts": [b[1] for b in bounds.values()]})
+        for first, run_id, started_at, finished_at, date_from, date_to in cursor.fetchall():
+            if run_id is not None:
+                out[by_first[first]]["run"] = {"id": run_id, "started_at": started_at, "finished_at": finished_at,
+                                               "date_from": date_from, "date_to": date_to}
+        cursor.execute(_CLOSE_BREAKS_SQL, {"entity": entity.pk})
+        rows = cursor.fetchall()
+    for (break_id, code, opened_at, exception_id, period, document, journal_id, account, erp_ref, run_from, run_to,
+         days) in rows:
+        for m, (first, last) in bounds.items():
+            if days:
+                inside = any(first <= day <= last for day in days)
+            else:  # dated by nothing of its own: the months the run that last saw it covered
+                inside = run_from <= last and run_to >= first
+            if not inside:
+                continue
+            status = out[m]
+            status["open_breaks"] += 1
+            status["by_code"][code] = status["by_code"].get(code, 0) + 1
+            if len(status["breaks"]) < CLOSE_BREAK_SAMPLE:
+                status["breaks"].append({"id": break_id, "code": code, "opened_at": opened_at,
+                                         "exception": exception_id, "period": period, "document": document,
+                                         "journal": journal_id, "account": account, "erp_document_ref": erp_ref})
+    return out

@@ -69,6 +69,12 @@ class Codes:
     RECONCILIATION_RUNNING = "reconciliation_running"
     BREAK_RESOLVED = "break_resolved"
     BREAK_ACTION_NOT_APPLICABLE = "break_action_not_applicable"
+    # Period close (checks before it locks): closing with failing checks without a reason, a period already
+    # closed (or not closed, to reopen), a close or reopen request already waiting for a second controller.
+    CLOSE_CHECKS_FAILING = "close_checks_failing"
+    PERIOD_ALREADY_CLOSED = "period_already_closed"
+    PERIOD_NOT_CLOSED = "period_not_closed"
+    APPROVAL_PENDING = "approval_pending"
 
 
 class TieoutError(Exception):

@@ -8,7 +8,7 @@ from config.money import fmt
 
 class ApprovalSerializer(serializers.ModelSerializer):
     event = serializers.UUIDField(source="event_id", allow_null=True)
-    journal = serializers.UUIDField(source="journal_id")
+    journal = serializers.UUIDField(source="journal_id", allow_null=True)
     entity = serializers.CharField(source="entity.code")
     amount = serializers.SerializerMethodField()
     requested_by = serializers.CharField(source="requested_by_label")
@@ -16,7 +16,7 @@ class ApprovalSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Approval
-        fields = ["id", "event", "journal", "kind", "document_id", "amount", "currency", "entity", "requested_by",
+        fields = ["id", "event", "journal", "subject", "kind", "document_id", "amount", "currency", "entity", "requested_by",
                   "reason", "required_approvals", "decisions", "status", "created_at", "decided_at"]
 
     def get_amount(self, approval) -> str:

@@ -107,12 +107,13 @@ class AccountMappingAdmin(SimpleHistoryAdmin):
 
 
 @admin.register(Period)
-class PeriodAdmin(SimpleHistoryAdmin):
-    list_display = ["entity", "year", "month", "status", "closed_by", "closed_at"]
-    list_filter = ["entity", "status"]
+class PeriodAdmin(ReadOnlyAdminMixin, SimpleHistoryAdmin):
+    """Read-only: a period closes (its checks pass, or a second controller approves) and reopens (always
+    approved) through the portal's close service, on the close page, the API or `close_period`; an admin
+    form, adding a closed row included, would skip the checks and the approval."""
 
-    def has_change_permission(self, request, obj=None):
-        return False  # closing goes through ledger.services.period_set_status (API / close_period)
+    list_display = ["entity", "year", "month", "status", "closed_by", "closed_at", "close_approved_by"]
+    list_filter = ["entity", "status"]
 
 
 class JournalLineInline(admin.TabularInline):

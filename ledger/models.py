@@ -166,6 +166,14 @@ class Journal(models.Model):
             models.Index(fields=["created_at"], name="journal_unposted_idx",
                          condition=Q(status__in=["pending_approval", "ready", "posting", "failed"])),
             models.Index(fields=["status"], name="journal_retried_idx", condition=Q(posting_attempts__gt=1)),
+            # A month of an entity's journals (the period close's checks, month-scoped reads): a range of this
+            # index, read index-only for the status and the posting time.
+            models.Index(fields=["entity", "accounting_date"], include=["status", "posted_at"],
+                         name="journal_entity_date_idx"),
+            # Reports and exports: an entity's posted journals by accounting date (what was posted after an
+            # aging's date, a period's journals), read from the index alone.
+            models.Index(fields=["entity", "accounting_date"], include=["id", "source_system"],
+                         name="journal_posted_date_idx", condition=Q(status="posted")),
         ]
         constraints = [
             models.CheckConstraint(
@@ -204,7 +212,11 @@ class JournalLine(models.Model):
                 name="line_one_side",
             ),
         ]
-        indexes = [models.Index(fields=["account", "invoice_id"], name="line_account_invoice_idx")]
+        indexes = [
+            models.Index(fields=["account", "invoice_id"], name="line_account_invoice_idx"),
+            # A customer's statement: their lines (lines that name no customer stay out of the index).
+            models.Index(fields=["customer_id", "account"], name="line_customer_idx", condition=~Q(customer_id="")),
+        ]
 
 
 class Outbox(models.Model):
@@ -332,3 +344,43 @@ class EntityAccess(models.Model):
 
     def __str__(self):
         return f"entity access of {self.user}"
+
+
+class ItemBalance(models.Model):
+    """The running balance of one invoice or one payment on one account, over posted journals.
+
+    The receivable and unapplied-cash subledgers in one table, so that AR aging and unapplied-cash aging
+    read the open items rather than every line ever posted: an *invoice* item sums the lines that carry
+    its invoice id on an asset account (the receivable), a *payment* item sums the lines that carry its
+    payment id and no invoice id on a liability account (unapplied cash). `balance` is debit minus credit;
+    `first_date` is the earliest accounting date posted to it (a payment's receipt).
+
+    Written only by the database (migration 0010): when a journal becomes posted its lines are added in
+    the same transaction, and a guard trigger refuses any other write. Posted journals never change, so
+    the balance is exactly the sum of the posted lines; `ledger.selectors` derive a balance as of any
+    date from it by taking back what was posted after that date.
+    """
+
+    class ItemType(models.TextChoices):
+        INVOICE = "invoice"
+        PAYMENT = "payment"
+
+    id = models.BigAutoField(primary_key=True)
+    account = models.ForeignKey(Account, on_delete=models.PROTECT, related_name="+")
+    source_system = models.CharField(max_length=100)
+    item_type = models.CharField(max_length=10, choices=ItemType.choices)
+    item_id = models.CharField(max_length=100)
+    balance = models.DecimalField(**MONEY)
+    first_date = models.DateField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["account", "source_system", "item_type", "item_id"],
+                                               name="item_balance_unique")]
+        indexes = [
+            # The open items only (a settled invoice's row stays, at zero), with what the agings read.
+            models.Index(fields=["account", "item_type"], include=["source_system", "item_id", "balance", "first_date"],
+                         condition=~Q(balance=0), name="item_balance_open_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.item_type} {self.source_system}:{self.item_id} on {self.account_id}: {self.balance}"

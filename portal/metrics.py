@@ -1,6 +1,7 @@
 """Prometheus metrics at /metrics, read from the database at scrape time (so every process agrees): the
 dashboard's figures for every entity via `portal.selectors.dashboard.compute` (windowed or status-bounded
-queries on indexed columns, cheap on large tables), plus events and journals by status and the outbox backlog.
+queries on indexed columns, cheap on large tables: open reconciliation breaks and the close cycle time among
+them), plus events and journals by status and the outbox backlog.
 Gauges only: Prometheus derives rates itself, and the windowed gauges match what the dashboard shows, for
 alerts."""
 from django.db.models import Count
@@ -88,6 +89,19 @@ class _TieoutCollector:
         yield _gauge("tieout_oldest_unposted_seconds", "Age of the oldest journal not yet posted",
                      oldest["age_seconds"] if oldest else 0.0)
         yield _gauge("tieout_pending_approvals", "Approvals waiting for a decision", figures["pending_approvals"])
+        breaks = GaugeMetricFamily("tieout_reconciliation_open_breaks", "Open reconciliation breaks by code",
+                                   labels=["code"])
+        for row in figures["reconciliation"]["by_code"]:
+            breaks.add_metric([row["code"]], row["count"])
+        yield breaks
+        cycle = figures["close"]["cycle"]
+        close_cycle = GaugeMetricFamily("tieout_close_cycle_seconds",
+                                        "Month end to close, over the periods closed among the last 7 months",
+                                        labels=["quantile"])
+        for quantile, key in (("0.5", "p50"), ("0.95", "p95")):
+            if cycle[key] is not None:
+                close_cycle.add_metric([quantile], float(cycle[key]))
+        yield close_cycle
         last_check = AuditCheck.objects.order_by("-at", "-id").values_list("ok", flat=True).first()
         if last_check is not None:  # 1: the last scheduled audit_verify passed; 0: the chain is broken
             yield GaugeMetricFamily("tieout_audit_chain_ok", "Last audit chain verification passed (1) or not (0)",

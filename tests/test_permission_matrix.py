@@ -90,7 +90,8 @@ def _build_world() -> World:
         raw = tokens.token_issue(username="perm-other-system", role="integration", actor="test")
     token_id = ApiToken.objects.get(key_hash=hash_token(raw)).pk
     return World(exception_id=str(exception.pk), approval_id=str(approval.pk), event_id=event_id,
-                 journal_id=str(journal.pk), invoice_id=inv["data"]["invoice_id"], token_id=token_id)
+                 journal_id=str(journal.pk), invoice_id=inv["data"]["invoice_id"], token_id=token_id,
+                 extra={"customer_id": cus["data"]["customer_id"]})
 
 
 USERNAMES = {"integration": "perm-billing", "finance_ops": "perm-ops", "controller": "perm-controller",
@@ -154,6 +155,11 @@ API_ACTIONS = [
               body={"entity": "US01", "accounting_date": "2026-11-15", "description": "accrual",
                     "lines": [{"account": "6200", "debit": "1.00", "credit": "0", "memo": ""},
                               {"account": "1200", "debit": "0", "credit": "1.00", "memo": ""}]}),
+    ApiAction("AR aging", "get", "/api/v1/reports/ar-aging", STAFF, params={"entity": "US01"}),
+    ApiAction("unapplied cash aging", "get", "/api/v1/reports/unapplied-cash", STAFF, params={"entity": "US01"}),
+    ApiAction("customer statement", "get", "/api/v1/customers/" + f.SOURCE + "/{extra[customer_id]}/statement",
+              STAFF),
+    ApiAction("ledger export", "get", "/api/v1/ledger/export", STAFF, params={"entity": "US01", "format": "beancount"}),
     ApiAction("list API tokens", "get", "/api/v1/tokens", {"admin"}),
     ApiAction("read an API token", "get", "/api/v1/tokens/{token_id}", {"admin"}),
     ApiAction("revoke an API token", "post", "/api/v1/tokens/{token_id}/revoke", {"admin"}),
@@ -264,10 +270,19 @@ WEB_ACTIONS = [
               {"amount": "5.00", "reason": "uncollectible"}),
     WebAction("manual journal form", "get", "/adjustments/journal/", WORKERS),
     WebAction("raise a manual journal", "post", "/adjustments/journal/", WORKERS, {"entity": "US01"}),
+    WebAction("reconciliation page", "get", "/reconciliation/", STAFF),
+    WebAction("start a reconciliation run", "post", "/reconciliation/runs", WORKERS,
+              {"entity": "US01", "from": "2026-11-01", "to": "2026-11-30"}),
     WebAction("trace search", "get", "/trace/", STAFF),
     WebAction("journal trace page", "get", "/trace/journal/{journal_id}/", STAFF),
     WebAction("event trace page", "get", "/trace/event/{event_id}/", STAFF),
     WebAction("invoice trace page", "get", "/trace/invoice/" + f.SOURCE + "/{invoice_id}/", STAFF),
+    WebAction("reports", "get", "/reports/", STAFF),
+    WebAction("AR aging page", "get", "/reports/ar-aging/?entity=US01", STAFF),
+    WebAction("AR aging download", "get", "/reports/ar-aging/?entity=US01&download=xlsx", STAFF),
+    WebAction("unapplied cash page", "get", "/reports/unapplied-cash/?entity=US01", STAFF),
+    WebAction("statement page", "get", "/reports/statement/?customer_id={extra[customer_id]}", STAFF),
+    WebAction("ledger export", "get", "/reports/ledger-export/?entity=US01&format=csv", STAFF),
     WebAction("evidence page", "get", "/evidence/", {"auditor", "admin"}),
     WebAction("download an evidence pack", "post", "/evidence/", {"auditor", "admin"},
               {"entity": "US01", "date_from": "2026-11-01", "date_to": "2026-11-02"}),

@@ -46,6 +46,7 @@ class Context:
     subject: str
     accounts: dict[str, tuple[int, str]] = field(default_factory=dict)  # role -> (account id, code)
     plan: Plan = field(default_factory=Plan)
+    erp_names: bool = True  # the connector reads accounts back through the ERP's names (`erp_account_names`)
 
     @property
     def scale(self) -> int:
@@ -62,7 +63,7 @@ class Context:
                   "ar": self.account_id(R.RECEIVABLE), "ar_code": self.account_code(R.RECEIVABLE),
                   "uc": self.account_id(R.UNAPPLIED_CASH), "uc_code": self.account_code(R.UNAPPLIED_CASH),
                   "clearing": self.account_id(R.CLEARING), "clearing_code": self.account_code(R.CLEARING),
-                  "fees": self.account_id(R.FEES), "entity_code": self.entity.code}
+                  "fees": self.account_id(R.FEES), "entity_code": self.entity.code, "erp_names": self.erp_names}
         values.update(extra)
         return values
 

@@ -163,24 +163,32 @@ def _money(expr: str) -> str:
     return f"round({expr}, %(scale)s)::text"
 
 
+# Our accounts as the read-back names them: where two of ours share one ERP account (`Account.erp_account`), the
+# ERP's lines and movements come back as the lower code (`ledger.connectors.readback.AccountNames`, ordered as
+# here), so our side is summed under that code too; otherwise returns booked to the ERP's revenue account would
+# differ from every journal that has them. Not for a connector that reads our own codes (`erp_names` false).
+CANON_SQL = """SELECT id, CASE WHEN %(erp_names)s
+        THEN MIN(code) OVER (PARTITION BY COALESCE(NULLIF(btrim(erp_account), ''), code)) ELSE code END AS code
+    FROM ledger_account WHERE entity_id = %(entity)s"""
+
 # The ERP's current version of each document read (a document listed twice keeps its last version).
 CURRENT_SQL = """
 INSERT INTO recon_erp_cur (n, ref, our_ref, status, posting_date)
 SELECT DISTINCT ON (ref) n, ref, our_ref, status, posting_date FROM recon_erp_doc ORDER BY ref, n DESC
 """
 
-LINES_SQL = """
+LINES_SQL = f"""
 INSERT INTO recon_cmp_lines (ref, account, our_debit, our_credit, erp_debit, erp_credit)
-WITH ours AS (
+WITH canon AS ({CANON_SQL}), ours AS (
     SELECT o.ref, a.code AS account, SUM(l.debit) AS debit, SUM(l.credit) AS credit
     FROM recon_ours o JOIN recon_erp_cur c ON c.ref = o.ref AND c.status = 'posted'
-    JOIN ledger_journalline l ON l.journal_id = o.journal_id JOIN ledger_account a ON a.id = l.account_id
+    JOIN ledger_journalline l ON l.journal_id = o.journal_id JOIN canon a ON a.id = l.account_id
     WHERE o.journal_id IS NOT NULL
     GROUP BY o.ref, a.code
     UNION ALL
     SELECT o.ref, a.code, SUM(bl.debit), SUM(bl.credit)
     FROM recon_ours o JOIN recon_erp_cur c ON c.ref = o.ref AND c.status = 'posted'
-    JOIN ledger_erpbatchline bl ON bl.batch_id = o.batch_id JOIN ledger_account a ON a.id = bl.account_id
+    JOIN ledger_erpbatchline bl ON bl.batch_id = o.batch_id JOIN canon a ON a.id = bl.account_id
     WHERE o.batch_id IS NOT NULL
     GROUP BY o.ref, a.code
 ), erp AS (
@@ -276,12 +284,12 @@ WHERE c.status = 'posted'
 
 BALANCE_SQL = f"""
 INSERT INTO recon_found ({FOUND_COLUMNS})
-WITH led AS (
+WITH canon AS ({CANON_SQL}), led AS (
     SELECT a.code AS account, to_char(j.accounting_date, 'YYYY-MM') AS month, SUM(l.debit) AS debit,
            SUM(l.credit) AS credit
-    FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id JOIN ledger_account a ON a.id = l.account_id
+    FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id JOIN canon a ON a.id = l.account_id
     WHERE j.entity_id = %(entity)s AND j.status = 'posted' AND j.accounting_date BETWEEN %(month_from)s AND %(month_to)s
-          AND a.entity_id = %(entity)s AND a.code = ANY(%(accounts)s)
+          AND a.code = ANY(%(accounts)s)
     GROUP BY 1, 2
 ), erp AS (
     SELECT account, month, SUM(debit) AS debit, SUM(credit) AS credit FROM recon_erp_move
@@ -341,6 +349,10 @@ def compare(ctx: Context, progress=None) -> None:
                 UNION ALL SELECT document FROM recon_ours WHERE document <> ''
                 UNION ALL SELECT {DOC_EXPR} FROM recon_ours o JOIN ledger_journal j ON j.erp_batch_id = o.batch_id
                     WHERE o.batch_id IS NOT NULL AND j.document_type IN ({", ".join(f"'{t}'" for t in DOC_TYPES)})""")
+            if plan.erp_ref:
+                # A run for one ERP document looked it up by reference: if the ERP no longer has it, nothing about it
+                # is found, and its break (a duplicate since deleted) is resolved.
+                cursor.execute("INSERT INTO recon_scope (scope) VALUES (%s)", [f"erp:{plan.erp_ref}"])
             if plan.erp == "stream" and ctx.since is None:
                 # A full read of the range: an unexpected document that is no longer listed is gone.
                 cursor.execute("""
@@ -352,10 +364,14 @@ def compare(ctx: Context, progress=None) -> None:
                 progress("ledger ↔ ERP")
         if plan.balance:
             accounts, month_from, month_to = plan.balance
-            cursor.execute(BALANCE_SQL, ctx.params(accounts=list(accounts), month_from=month_from,
-                                                   month_to=month_to))
+            # Compared under the codes the read-back uses (CANON_SQL); a break on a code folded into another one
+            # since is in scope too, so that it is resolved.
+            cursor.execute(f"SELECT DISTINCT c.code FROM ({CANON_SQL}) c JOIN ledger_account a ON a.id = c.id "
+                           "WHERE a.code = ANY(%(accounts)s)", ctx.params(accounts=list(accounts)))
+            compared = sorted(row[0] for row in cursor.fetchall())
+            cursor.execute(BALANCE_SQL, ctx.params(accounts=compared, month_from=month_from, month_to=month_to))
             cursor.executemany("INSERT INTO recon_scope (scope) VALUES (%s)",
-                               [(f"balance:{account}:{month}",) for account in accounts
+                               [(f"balance:{account}:{month}",) for account in sorted({*accounts, *compared})
                                 for month in _months(month_from, month_to)])
             if progress:
                 progress("ERP balances")

@@ -132,6 +132,7 @@ def reconciliation_run_execute(*, run_id, connector=None, progress=None) -> Reco
         connector = connector or connectors.get_connector(run.entity)
         with temp_tables():
             ctx = context_for(run)
+            ctx.erp_names = getattr(connector, "erp_account_names", True)
             documents = 0
             if ctx.plan.erp or ctx.plan.balance:
                 documents = erp_checks.stage(ctx, connector, progress)
@@ -395,9 +396,19 @@ def _amount(value) -> Decimal | None:
 
 
 def _subjects_of(brk: ReconciliationBreak) -> list[str]:
+    """The marks a break holds at `break`: its document and journal, or for a batch document's break every journal
+    the batch carries and their documents."""
     out = [brk.document] if brk.document else []
     if brk.journal_id:
         out.append(f"journal:{brk.journal_id}")
+    elif brk.erp_document_ref and brk.code in BATCH_CODES:
+        with connection.cursor() as cursor:
+            cursor.execute(f"""
+                SELECT 'journal:' || j.id::text, {erp_checks.DOC_EXPR} FROM ledger_journal j
+                JOIN ledger_erpbatch eb ON eb.id = j.erp_batch_id
+                WHERE eb.entity_id = %s AND eb.erp_document_ref = %s""", [brk.entity_id, brk.erp_document_ref])
+            for journal, document in cursor.fetchall():
+                out += [journal] + ([document] if document else [])
     return out
 
 
@@ -418,16 +429,19 @@ def _resolve_break(brk: ReconciliationBreak, *, resolution: str, actor, run: Rec
         queue.exception_resolve_for_reconciliation(exception_id=brk.exception_id, resolution=resolution, actor=actor)
 
 
-# The subjects with an open break: a document or journal it names, and the journals a batch document carries.
-BROKEN_SQL = """
+# The breaks of a batch document (no journal of their own): they hold every journal the batch carries.
+BATCH_CODES = (Code.MISSING_IN_ERP, Code.ERP_DOCUMENT_CANCELLED, Code.ERP_AMOUNT_MISMATCH, Code.ERP_DATE_MISMATCH)
+# The subjects with an open break: a document or journal it names, and the journals a batch document carries with
+# their documents (a payment posted in a batch whose ERP document was edited is as broken as one posted alone).
+BROKEN_SQL = f"""
 SELECT document FROM billing_sync_reconciliationbreak WHERE entity_id = %(entity)s AND status = 'open' AND document <> ''
 UNION SELECT 'journal:' || journal_id::text FROM billing_sync_reconciliationbreak
     WHERE entity_id = %(entity)s AND status = 'open' AND journal_id IS NOT NULL
-UNION SELECT 'journal:' || j.id::text FROM billing_sync_reconciliationbreak b
+UNION SELECT unnest(ARRAY['journal:' || j.id::text, {erp_checks.DOC_EXPR}]) FROM billing_sync_reconciliationbreak b
     JOIN ledger_erpbatch eb ON eb.entity_id = b.entity_id AND eb.erp_document_ref = b.erp_document_ref
     JOIN ledger_journal j ON j.erp_batch_id = eb.id
     WHERE b.entity_id = %(entity)s AND b.status = 'open' AND b.journal_id IS NULL AND b.erp_document_ref <> ''
-      AND b.code IN ('missing_in_erp', 'erp_document_cancelled', 'erp_amount_mismatch', 'erp_date_mismatch')
+      AND b.code IN ({", ".join(f"'{code}'" for code in BATCH_CODES)})
 """
 
 MARKS_SQL = f"""

@@ -250,6 +250,8 @@ CELERY_BEAT_SCHEDULE = {
     "reconcile-full-nightly": {"task": "billing_sync.tasks.reconcile_full_all",
                                "schedule": crontab(hour=int(os.environ.get("TIEOUT_RECONCILIATION_FULL_HOUR", "2")),
                                                    minute=15)},
+    # The dashboard's month-scale figures for every entity, before the 5 minutes they are kept run out.
+    "dashboard-month-figures": {"task": "portal.tasks.refresh_dashboard_month_figures", "schedule": 240.0},
 }
 
 # Tieout's own knobs.
@@ -274,6 +276,12 @@ TIEOUT_TOKEN_CACHE_SECONDS = float(os.environ.get("TIEOUT_TOKEN_CACHE_SECONDS", 
 TIEOUT_RECONCILIATION_OPEN_MONTHS = int(os.environ.get("TIEOUT_RECONCILIATION_OPEN_MONTHS", "3"))
 TIEOUT_RECONCILIATION_LOOKUPS = int(os.environ.get("TIEOUT_RECONCILIATION_LOOKUPS", "50"))
 TIEOUT_RECONCILIATION_STALE_SECONDS = float(os.environ.get("TIEOUT_RECONCILIATION_STALE_SECONDS", "7200"))
+# ERP read-back (reconciliation): attempts per request (rate limits and transient failures are retried with
+# exponential backoff and jitter: base doubling up to the cap), and the longest Retry-After honoured (seconds).
+TIEOUT_READBACK_MAX_ATTEMPTS = int(os.environ.get("TIEOUT_READBACK_MAX_ATTEMPTS", "6"))
+TIEOUT_READBACK_BACKOFF_BASE = float(os.environ.get("TIEOUT_READBACK_BACKOFF_BASE", "0.5"))
+TIEOUT_READBACK_BACKOFF_CAP = float(os.environ.get("TIEOUT_READBACK_BACKOFF_CAP", "30"))
+TIEOUT_READBACK_RETRY_AFTER_CAP = float(os.environ.get("TIEOUT_READBACK_RETRY_AFTER_CAP", "120"))
 # Status callbacks to source systems: attempts per delivery before it fails (and opens callback_failed),
 # exponential backoff with jitter between them (base doubling, capped), and the HTTP timeouts of one POST.
 TIEOUT_CALLBACK_MAX_ATTEMPTS = int(os.environ.get("TIEOUT_CALLBACK_MAX_ATTEMPTS", "12"))

@@ -1,6 +1,7 @@
 """Approvals (maker-checker): the entity's policy says how many distinct approvers a kind and amount need; the
 requester never decides and no one decides twice; the last approval or the first rejection calls the kind's
-handler.
+handler. An approval is about a journal, or (journal-less, e.g. a period close) about a `subject` such as
+`period:US01:2026-11`, with at most one pending per kind and subject.
 """
 from decimal import Decimal
 
@@ -59,19 +60,30 @@ def approvals_required(*, entity, kind: str, amount: Decimal) -> int:
 
 
 def approval_request(*, entity, event, journal, kind, document_id, amount, currency, requested_by, required,
-                     actor, reason: str) -> Approval:
-    """Open a pending approval for `journal`, with the requester's reason (the approver reads why)."""
+                     actor, reason: str, subject: str = "") -> Approval:
+    """Open a pending approval for `journal` (or, journal-less, for `subject`), with the requester's reason
+    (the approver reads why). A second pending request for the same kind and subject is refused
+    (`approval_pending`, 409): the database's partial unique index decides, so two clicks cannot both win."""
     workflow.approval_handlers(kind)  # a kind nobody could approve is refused before it waits for anyone
-    approval = Approval.objects.create(
-        entity=entity, event=event, journal=journal, kind=kind, document_id=document_id, amount=amount,
-        currency=currency, requested_by=requested_by,
-        requested_by_label=requested_by.get_username() if requested_by else audit.actor_label(actor),
-        required_approvals=required, reason=str(reason)[:2000])
+    if journal is None and not subject:
+        raise ApiError("an approval needs a journal or a subject", code=Codes.INVALID_REQUEST, status=422)
+    try:
+        with transaction.atomic():
+            approval = Approval.objects.create(
+                entity=entity, event=event, journal=journal, subject=subject, kind=kind, document_id=document_id,
+                amount=amount, currency=currency, requested_by=requested_by,
+                requested_by_label=requested_by.get_username() if requested_by else audit.actor_label(actor),
+                required_approvals=required, reason=str(reason)[:2000])
+    except IntegrityError:
+        if subject and Approval.objects.filter(kind=kind, subject=subject, status=Approval.Status.PENDING).exists():
+            raise Conflict(f"a {kind.replace('_', ' ')} request for {subject} is already waiting for a decision",
+                           code=Codes.APPROVAL_PENDING) from None
+        raise
     audit.record(actor=actor, action="approval.requested", object_type="approval", object_id=approval.pk,
                  event_id=event.pk if event else None,
                  after={"kind": kind, "amount": amount, "currency": currency, "required": required,
-                        "requested_by": approval.requested_by_label, "journal": journal.pk,
-                        "reason": approval.reason})
+                        "requested_by": approval.requested_by_label, "journal": journal.pk if journal else None,
+                        **({"subject": subject} if subject else {}), "reason": approval.reason})
     return approval
 
 

@@ -55,7 +55,9 @@ class ErpDocument:
         CANCELLED = "cancelled"
         DRAFT = "draft"
 
-    ref: str  # the ERP's document reference (ERPNext name, Odoo id, NetSuite tranId/id, JE-... for built-in)
+    # The ERP's document reference, as posting recorded it in `erp_document_ref`: ERPNext name, Odoo move name
+    # (`id:<n>` for a draft Odoo has not numbered), NetSuite tranId (else internal id), JE-... for built-in.
+    ref: str
     our_ref: str
     status: str
     posting_date: datetime.date
@@ -83,6 +85,9 @@ class Connector:
 
     name = "base"
     in_database = False
+    # The read-back names accounts through the ERP's chart (`Account.erp_account`, `readback.AccountNames`): two of
+    # our accounts the ERP holds as one come back as the lower code. The built-in ERP reads our own codes.
+    erp_account_names = True
 
     def __init__(self, entity):
         self.entity = entity
@@ -100,8 +105,11 @@ class Connector:
     # ------------------------------------------------------------------------------------- read-back
     def erp_documents(self, *, date_from: datetime.date, date_to: datetime.date,
                       modified_since: datetime.datetime | None = None) -> Iterator[ErpDocument]:
-        """Every ERP document carrying our reference with a posting date in the range (cancelled ones too),
-        with its lines; only those modified at or after `modified_since` when it is given (incremental)."""
+        """Every ERP document carrying our reference with a posting date in the range (cancelled and draft ones
+        too), with its lines; only those modified at or after `modified_since` (aware) when it is given
+        (incremental). A field holding something that is not of our reference's form (a UUID) is a person's
+        use of it: that document is not ours. Deleted documents cannot be seen this way: `erp_document(ref)`
+        answers None for them."""
         raise NotImplementedError
 
     def erp_document(self, ref: str) -> ErpDocument | None:
@@ -110,5 +118,7 @@ class Connector:
 
     def account_movements(self, *, date_from: datetime.date, date_to: datetime.date,
                           accounts: Iterable[str]) -> Iterator[ErpMovement]:
-        """The ERP's posted (not cancelled) debit and credit per account (our codes) and month in the range."""
+        """The ERP's posted (not cancelled, not draft) debit and credit per account (our codes) and month in the
+        range, every document counted, ours or not; account-months without a posted line are left out (zero).
+        In account then month order."""
         raise NotImplementedError

@@ -1,10 +1,14 @@
 """NetSuite (SuiteTalk REST web services, record API v1) connector: one journalEntry per journal, upserted
 under our journal id as its external id (so a re-send updates the one record, with `replace=line` so lines
 are not appended twice), authenticated per entity by OAuth 2.0 client credentials or token-based auth
-(OAuth 1.0a), secrets from the environment. The wire details are in `NetSuiteConnector`'s docstring."""
+(OAuth 1.0a), secrets from the environment; read back for reconciliation with SuiteQL (journal entries with
+their accounting lines, posting lines summed per account and month). The wire details are in
+`NetSuiteConnector`'s docstring."""
 import copy
+import datetime
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from urllib.parse import quote
 
 import jwt
@@ -13,10 +17,41 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from requests_oauthlib import OAuth1
 
-from ledger.connectors.base import AmbiguousError, ConnectorError, PermanentError, PostResult, TransientError
+from ledger.connectors.base import (AmbiguousError, ConnectorError, ErpDocument, ErpLine, ErpMovement, PermanentError,
+                                   PostResult, TransientError)
 from ledger.connectors.http import HttpConnector
+from ledger.connectors.readback import AccountNames, memo_reference, money, movements, our_reference, parse_date
 
 RECORD_PATH = "/services/rest/record/v1/journalEntry"
+SUITEQL_PATH = "/services/rest/query/v1/suiteql"
+SUITEQL_MAX_PAGE = 1000  # NetSuite's largest `limit` for a SuiteQL page
+# The lines of journal entries carrying our reference (external id, or the memo we write: "Make Copy" does not
+# copy the external id), of one subsidiary, in one accounting book; one row per accounting line.
+DOCUMENTS_QUERY = """SELECT t.id AS id, t.tranid AS tranid, t.externalid AS externalid, t.memo AS memo,
+ t.voided AS voided, t.posting AS posting, TO_CHAR(t.trandate, 'YYYY-MM-DD') AS trandate,
+ TO_CHAR(t.lastmodifieddate, 'YYYY-MM-DD HH24:MI:SS') AS lastmodified,
+ tal.account AS account, tal.debit AS debit, tal.credit AS credit
+FROM transaction t
+JOIN transactionline tl ON tl.transaction = t.id
+JOIN transactionaccountingline tal ON tal.transaction = tl.transaction AND tal.transactionline = tl.id
+WHERE t.recordtype = 'journalentry' AND tl.subsidiary = {subsidiary} AND tal.accountingbook = {book} AND {where}
+ORDER BY t.id, tl.id"""
+MOVEMENTS_QUERY = """SELECT tal.account AS account, TO_CHAR(t.trandate, 'YYYY-MM') AS month,
+ SUM(tal.debit) AS debit, SUM(tal.credit) AS credit
+FROM transactionaccountingline tal
+JOIN transaction t ON t.id = tal.transaction
+JOIN transactionline tl ON tl.transaction = tal.transaction AND tl.id = tal.transactionline
+WHERE tal.posting = 'T' AND tl.subsidiary = {subsidiary} AND tal.accountingbook = {book}
+ AND t.trandate BETWEEN {date_from} AND {date_to} AND tal.account IN ({accounts})
+GROUP BY tal.account, TO_CHAR(t.trandate, 'YYYY-MM')
+ORDER BY tal.account, TO_CHAR(t.trandate, 'YYYY-MM')"""
+# A posted journal's documents (a re-post looks them up): the records under its external id, or a re-post's
+# (`<id>_r<n>`), or carrying its memo (a "Make Copy" by a person), voided or not.
+JOURNAL_RECORDS_QUERY = """SELECT t.id AS id, t.tranid AS tranid, t.externalid AS externalid, t.voided AS voided
+FROM transaction t
+WHERE t.recordtype = 'journalentry' AND (t.externalid = {eid} OR t.externalid LIKE {reposts} OR t.memo LIKE {memo})
+ORDER BY t.id"""
+REPOST_SUFFIX = "_r"  # a re-post's external id: `<journal id>_r<n>` (a voided record keeps its external id)
 SUBSIDIARY_PATH = "/services/rest/record/v1/subsidiary"
 TOKEN_PATH = "/services/rest/auth/oauth2/v1/token"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -101,7 +136,12 @@ class NetSuiteConnector(HttpConnector):
       told to replace them, and a re-sent upsert would otherwise double every amount. NetSuite answers
       204 No Content with a Location header; the record is then read back (`GET .../eid:<id>`) for its
       document number `tranId` (else its internal `id`), which becomes our ERP document reference.
-    - Look-up: `GET .../journalEntry/eid:<journal id>`; 404 means NetSuite does not have it.
+    - Look-up: `GET .../journalEntry/eid:<journal id>`; 404 means NetSuite does not have it. A journal already
+      posted is being re-posted (reconciliation found its document missing or voided): NetSuite cannot change a
+      voided transaction, and the voided record keeps the external id, so the look-up asks SuiteQL for every
+      journal entry under the external id, a re-post's (`<journal id>_r<n>`), or our memo (a "Make Copy" a person
+      saved), and takes the first that is not voided; when there is none, the re-post goes under the next free
+      external id (`<journal id>_r1`, `_r2`, ...), which the read-back knows as ours by its memo.
     - Auth, per entity (`auth` setting):
       * `oauth2` (default): OAuth 2.0 client credentials (machine to machine). A JWT assertion signed with
         the certificate's private key (PS256 for RSA, ES256/384/512 for EC; header `kid` = the certificate id
@@ -116,6 +156,27 @@ class NetSuiteConnector(HttpConnector):
       INVALID_KEY_OR_REF, ...) and 401 (INVALID_LOGIN) are permanent; 429 (concurrency governance) is transient
       with `Retry-After`, and so is a 4xx whose error code says a request limit was hit; 5xx transient, 502/504
       ambiguous (the base's classification).
+
+    Read-back (reconciliation), read-only, with SuiteQL: `POST /services/rest/query/v1/suiteql?limit=&offset=`
+    with `Prefer: transient` and `{"q": ...}`; NetSuite answers `items`, `hasMore`, `count`, `offset`,
+    `totalResults` and `links`, with SQL nulls left out of the items. Every request goes through `retrying`.
+
+    - Documents (`DOCUMENTS_QUERY`): `transaction` (journal entries) joined to `transactionline` (for the
+      subsidiary, the entity's `subsidiary` setting) and `transactionaccountingline` (account, debit, credit,
+      in the `accounting_book` setting's book, 1 = primary by default), `trandate` in the run's range,
+      `lastmodifieddate` >= the incremental run's start, one row per accounting line, ordered by id. Paged by
+      key, `t.id` > the last transaction read whole, `limit` = the `page_size` setting (at most 1,000), offset
+      0: SuiteQL returns at most 100,000 rows per query and needs a unique order to page without gaps, so
+      the query moves forward instead of the offset. A page ending inside a transaction drops it and reads it
+      again next; one longer than a page is read alone with offset paging. Our reference is the external id;
+      a "Make Copy" keeps the memo we write ("Tieout journal <id>: ...") but not the external id, so the memo
+      counts too. `voided` T is cancelled, `posting` F (pending approval) is a draft.
+    - One document: the same query for `tranid` = ref (or the internal id when ref is a number).
+    - Movements (`MOVEMENTS_QUERY`): posting accounting lines of the accounts asked, summed by NetSuite per
+      account and `TO_CHAR(trandate, 'YYYY-MM')`, offset-paged (the groups are few).
+    - Accounts are NetSuite internal ids (`Account.erp_account`, else our code), mapped back to our codes.
+      Dates are formatted with TO_CHAR (SuiteQL otherwise answers in the user's date format); timestamps are
+      in the account's time zone (the `time_zone` setting, default UTC).
     """
 
     name = "netsuite"
@@ -134,6 +195,7 @@ class NetSuiteConnector(HttpConnector):
             raise PermanentError(f"entity {entity.code}: NetSuite auth must be 'oauth2' or 'tba', "
                                  f"not {self.auth_mode!r}")
         self._oauth1: OAuth1 | None = None
+        self._external_ids: dict[str, str] = {}  # journal id -> the external id its re-post goes under
 
     # ------------------------------------------------------------------------------------------- HTTP
     def auth_headers(self) -> dict:
@@ -271,7 +333,8 @@ class NetSuiteConnector(HttpConnector):
     # ------------------------------------------------------------------------------------------- records
     def record_path(self, journal) -> str:
         # Our ids are UUIDs: letters, digits and hyphens, all allowed in a NetSuite external id.
-        return f"{RECORD_PATH}/eid:{quote(str(journal.pk), safe='-_')}"
+        external_id = self._external_ids.get(str(journal.pk), str(journal.pk))
+        return f"{RECORD_PATH}/eid:{quote(external_id, safe='-_')}"
 
     def payload(self, journal) -> dict:
         subsidiary = self.settings.get("subsidiary")
@@ -321,6 +384,9 @@ class NetSuiteConnector(HttpConnector):
         return PostResult(ref)
 
     def lookup(self, journal) -> PostResult | None:
+        # A journal we already posted is being re-posted (a batch is never: its journals are not re-posted alone).
+        if getattr(journal, "status", None) == "posted":
+            return self._lookup_posted(journal)
         try:
             record = self.request("GET", self.record_path(journal), write=False).json()
         except PermanentError as exc:
@@ -330,6 +396,135 @@ class NetSuiteConnector(HttpConnector):
         ref = self.document_ref(record)
         return PostResult(ref, already_existed=True) if ref else None
 
+    def _lookup_posted(self, journal) -> PostResult | None:
+        """A re-post's look-up (see the class docstring): the journal's first live journal entry, else None, with
+        the external id the re-post will take remembered for `post_journal`."""
+        ours = str(journal.pk)
+        query = JOURNAL_RECORDS_QUERY.format(eid=_literal(ours), reposts=_literal(f"{ours}{REPOST_SUFFIX}%"),
+                                             memo=_literal(f"Tieout journal {ours}%"))
+        rows = [row for row in self._all_rows(query)
+                if row.get("externalid") in (None, ours) or str(row["externalid"]).startswith(ours + REPOST_SUFFIX)]
+        live = [row for row in rows if not _flag(row.get("voided"))]
+        if live:
+            return PostResult(str(live[0].get("tranid") or live[0]["id"]), already_existed=True)
+        taken = {str(row["externalid"]) for row in rows if row.get("externalid")}
+        external_id, number = ours, 0
+        while external_id in taken:
+            number += 1
+            external_id = f"{ours}{REPOST_SUFFIX}{number}"
+        self._external_ids[ours] = external_id
+        return None
+
+    # ------------------------------------------------------------------------------------------- read-back
+    def _suiteql_once(self, query: str, limit: int, offset: int) -> dict:
+        response = self.request("POST", SUITEQL_PATH, write=False, params={"limit": limit, "offset": offset},
+                                headers={"Prefer": "transient"}, json={"q": query})
+        try:
+            body = response.json()
+        except ValueError:
+            raise TransientError("NetSuite answered a SuiteQL query with a body that is not JSON",
+                                 erp_message=response.text[:500]) from None
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            raise PermanentError("NetSuite answered a SuiteQL query without items", erp_message=str(body)[:500])
+        return body
+
+    def suiteql(self, query: str, *, limit: int, offset: int = 0) -> dict:
+        """One page of a SuiteQL query (retried, counted)."""
+        return self.retrying(self._suiteql_once, query, limit, offset)
+
+    def _scope(self) -> dict:
+        subsidiary = str(self.settings.get("subsidiary") or "")
+        book = str(self.settings.get("accounting_book") or "1")
+        if not subsidiary.isdigit() or not book.isdigit():
+            raise PermanentError(f"entity {self.entity.code}: NetSuite subsidiary and accounting_book must be "
+                                 f"internal ids (numbers)")
+        return {"subsidiary": subsidiary, "book": book}
+
+    def _page_limit(self) -> int:
+        return min(self.page_size, SUITEQL_MAX_PAGE)
+
+    def _all_rows(self, query: str) -> Iterator[dict]:
+        """Every row of a (short) query, offset-paged while NetSuite says it has more."""
+        offset, limit = 0, self._page_limit()
+        while True:
+            body = self.suiteql(query, limit=limit, offset=offset)
+            yield from body["items"]
+            if not body.get("hasMore"):
+                return
+            offset += limit
+
+    def _document(self, rows: list[dict], names: AccountNames) -> ErpDocument:
+        head = rows[0]
+        ref = our_reference(head.get("externalid")) or memo_reference(head.get("memo")) or ""
+        if _flag(head.get("voided")):
+            status = ErpDocument.Status.CANCELLED
+        elif head.get("posting") is not None and not _flag(head.get("posting")):
+            status = ErpDocument.Status.DRAFT
+        else:
+            status = ErpDocument.Status.POSTED
+        currency = self.entity.currency
+        return ErpDocument(ref=str(head.get("tranid") or head["id"]), our_ref=ref, status=status,
+                           posting_date=parse_date(head["trandate"]),
+                           lines=tuple(ErpLine(account=names.ours(row["account"]),
+                                               debit=money(row.get("debit"), currency),
+                                               credit=money(row.get("credit"), currency))
+                                       for row in rows if row.get("account") is not None),
+                           modified=self.from_erp_time(head.get("lastmodified")))
+
+    def erp_documents(self, *, date_from: datetime.date, date_to: datetime.date,
+                      modified_since: datetime.datetime | None = None) -> Iterator[ErpDocument]:
+        where = ["(t.externalid IS NOT NULL OR t.memo LIKE 'Tieout journal %')",
+                 f"t.trandate BETWEEN {_date(date_from)} AND {_date(date_to)}"]
+        if modified_since is not None:
+            moment = self.erp_time(modified_since).strftime("%Y-%m-%d %H:%M:%S")
+            where.append(f"t.lastmodifieddate >= TO_TIMESTAMP('{moment}', 'YYYY-MM-DD HH24:MI:SS')")
+        names = AccountNames(self.entity)
+        scope = self._scope()
+        after = None
+        while True:
+            clauses = where + ([f"t.id > {after}"] if after is not None else [])
+            body = self.suiteql(DOCUMENTS_QUERY.format(where=" AND ".join(clauses), **scope),
+                                limit=self._page_limit())
+            groups: list[list[dict]] = []
+            for row in body["items"]:
+                if groups and str(groups[-1][0]["id"]) == str(row["id"]):
+                    groups[-1].append(row)
+                else:
+                    groups.append([row])
+            if body.get("hasMore") and len(groups) == 1:
+                # One transaction filled the page: read all of its lines on their own.
+                after = int(groups[0][0]["id"])
+                groups = [list(self._all_rows(DOCUMENTS_QUERY.format(where=f"t.id = {after}", **scope)))]
+            elif body.get("hasMore"):
+                groups.pop()  # the page may have ended inside its last transaction: read it again next time
+                after = int(groups[-1][0]["id"])
+            for rows in groups:
+                document = self._document(rows, names)
+                if document.our_ref:
+                    yield document
+            if not body.get("hasMore"):
+                return
+
+    def erp_document(self, ref: str) -> ErpDocument | None:
+        match = f"t.tranid = {_literal(ref)}" + (f" OR t.id = {int(ref)}" if ref.isdigit() else "")
+        rows = list(self._all_rows(DOCUMENTS_QUERY.format(where=f"({match})", **self._scope())))
+        if not rows:
+            return None
+        first = [row for row in rows if str(row["id"]) == str(rows[0]["id"])]
+        return self._document(first, AccountNames(self.entity))
+
+    def account_movements(self, *, date_from: datetime.date, date_to: datetime.date,
+                          accounts: Iterable[str]) -> Iterator[ErpMovement]:
+        names = AccountNames(self.entity)
+        erp_ids = sorted({names.erp(code) for code in accounts})
+        if not erp_ids:
+            return
+        query = MOVEMENTS_QUERY.format(date_from=_date(date_from), date_to=_date(date_to),
+                                       accounts=", ".join(_literal(i) for i in erp_ids), **self._scope())
+        currency = self.entity.currency
+        yield from movements((names.ours(row["account"]), str(row["month"]), money(row.get("debit"), currency),
+                              money(row.get("credit"), currency)) for row in self._all_rows(query))
+
     def test_connection(self) -> str:
         subsidiary = self.settings.get("subsidiary")
         if not subsidiary:
@@ -337,6 +532,20 @@ class NetSuiteConnector(HttpConnector):
         record = self.request("GET", f"{SUBSIDIARY_PATH}/{quote(str(subsidiary), safe='')}", write=False).json()
         account = self.settings.get("account_id") or self.base_url
         return f"connected to NetSuite {account} ({self.auth_mode}); subsidiary {subsidiary}: {record.get('name', '?')}"
+
+
+def _literal(value) -> str:
+    """A SuiteQL string literal (the REST endpoint takes the query alone, without bind parameters)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _date(day: datetime.date) -> str:
+    return f"TO_DATE('{day.isoformat()}', 'YYYY-MM-DD')"
+
+
+def _flag(value) -> bool:
+    """NetSuite's booleans in SuiteQL answers: 'T'/'F' (true/false on some columns)."""
+    return str(value).strip().upper() in ("T", "TRUE")
 
 
 def _algorithm_for(key) -> str:

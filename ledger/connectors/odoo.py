@@ -1,15 +1,21 @@
 """Odoo connector: one posted `account.move` (a miscellaneous journal entry) per journal, over JSON-2 (Odoo
 19+, the default) or JSON-RPC (older versions), chosen per entity; created, then posted, then its `name`
-read back as our ERP document reference, found again by `ref` = our journal id. The APIs, settings and
-posting steps are in `OdooConnector`'s docstring, the failure classes in `classify_odoo_error`'s."""
+read back as our ERP document reference, found again by `ref` = our journal id, and read back for
+reconciliation (moves with their lines, posted lines grouped per account and month). The APIs, settings,
+posting and read-back steps are in `OdooConnector`'s docstring, the failure classes in
+`classify_odoo_error`'s."""
+import datetime
 import itertools
 import re
+from collections.abc import Iterable, Iterator
 from decimal import Decimal
 
 import requests
 
-from ledger.connectors.base import AmbiguousError, ConnectorError, PermanentError, PostResult, TransientError
+from ledger.connectors.base import (AmbiguousError, ConnectorError, ErpDocument, ErpLine, ErpMovement, PermanentError,
+                                   PostResult, TransientError)
 from ledger.connectors.http import HttpConnector
+from ledger.connectors.readback import AccountNames, money, movements, our_reference, parse_date
 
 JSON2 = "json2"
 JSONRPC = "jsonrpc"
@@ -34,6 +40,11 @@ PERMANENT_WERKZEUG = {"NotFound", "BadRequest", "Unauthorized", "Forbidden", "Me
                       "UnsupportedMediaType", "UnprocessableEntity", "Conflict", "Gone"}
 JSONRPC_SESSION_EXPIRED = 100
 _rpc_ids = itertools.count(1)
+MOVE_FIELDS = ["id", "name", "ref", "state", "date", "write_date"]
+LINE_FIELDS = ["move_id", "account_id", "debit", "credit"]
+MOVE_STATES = {"posted": ErpDocument.Status.POSTED, "cancel": ErpDocument.Status.CANCELLED,
+               "draft": ErpDocument.Status.DRAFT}
+ODOO_DATETIME = "%Y-%m-%d %H:%M:%S"  # Odoo's Datetime fields: naive text, always UTC
 
 
 class OdooMessage(str):
@@ -146,6 +157,25 @@ class OdooConnector(HttpConnector):
 
     Look-up: `search_read` on `ref`. A posted move is ours; a draft is one an earlier attempt created but
     did not post, so it is posted now instead of creating a second one; a cancelled move does not count.
+
+    Read-back (reconciliation), read-only, every call through `retrying` (retried, counted):
+
+    - Documents: `account.move` `search_read` with domain `move_type` = entry, `ref` set, `date` in the run's
+      range, `write_date` >= the incremental run's start (UTC, as Odoo stores it), and `id` > the last id of
+      the previous page; `order` "id asc", `limit` = the entity's `page_size` (default 500); fields id, name,
+      ref, state, date, write_date. Then the lines of that page's moves in one `account.move.line`
+      `search_read` (`move_id` in the page's ids; move_id, account_id, debit, credit). Two calls per page of
+      moves. Paging by id rather than offset: moves created or deleted while reading move the offsets.
+      `state` posted/cancel/draft; `ref` values that are not our references are someone else's.
+    - One document: the same by `name` (a draft without a number, "/", is asked for as `id:<n>`).
+    - Movements: posted lines (`parent_state` = posted) of the accounts asked, grouped by `account_id` and
+      `date:month`: `formatted_read_group` (groupby, aggregates `debit:sum`, `credit:sum`) on JSON-2, Odoo 19's
+      public grouping method; `read_group` (fields `debit:sum`, `credit:sum`, `lazy` false) on JSON-RPC, whose
+      month comes from the group's `__range` (its label is localised). One call: the groups are accounts x
+      months.
+    - Accounts: Odoo answers `account_id` as [id, display name]; ids map back to our codes through the
+      mapping (`id:<n>`, or the Odoo code resolved by one `account.account` `search_read`); an account we
+      do not map keeps its Odoo code. The optional `company_id` setting narrows every read to one company.
     """
 
     name = "odoo"
@@ -163,6 +193,7 @@ class OdooConnector(HttpConnector):
             raise PermanentError(f"entity {entity.code}: Odoo journal_id must be an integer id") from None
         self._account_ids: dict[str, list[int]] = {}  # Odoo account code -> ids, per connector instance
         self._uid: int | None = None
+        self._read_accounts: dict[int, str] | None = None  # read-back: Odoo account id -> our code, once
 
     # ---------------------------------------------------------------------------------------- transport
     def auth_headers(self) -> dict:
@@ -242,11 +273,13 @@ class OdooConnector(HttpConnector):
                                                   args, kwargs or {}], write=write)
 
     # ---------------------------------------------------------------------------------------- ORM calls
-    def search_read(self, model: str, domain: list, fields: list) -> list[dict]:
+    def search_read(self, model: str, domain: list, fields: list, *, limit: int | None = None,
+                    order: str | None = None) -> list[dict]:
+        options = {key: value for key, value in (("limit", limit), ("order", order)) if value is not None}
         if self.api == JSON2:
-            rows = self._json2(model, "search_read", {"domain": domain, "fields": fields}, write=False)
+            rows = self._json2(model, "search_read", {"domain": domain, "fields": fields, **options}, write=False)
         else:
-            rows = self.execute_kw(model, "search_read", [domain], {"fields": fields}, write=False)
+            rows = self.execute_kw(model, "search_read", [domain], {"fields": fields, **options}, write=False)
         return rows or []
 
     def read(self, model: str, ids: list[int], fields: list) -> list[dict]:
@@ -352,9 +385,144 @@ class OdooConnector(HttpConnector):
         self.action_post([move_id])
         return PostResult(self._move_name(move_id), already_existed=True)
 
+    # ---------------------------------------------------------------------------------------- read-back
+    def _company_domain(self) -> list:
+        company = self.settings.get("company_id")
+        return [["company_id", "=", int(company)]] if company not in (None, "") else []
+
+    def _account_index(self, names: AccountNames) -> dict[int, str]:
+        """Odoo account id -> our account code, for the entity's accounts Odoo has (one `search_read`)."""
+        by_id: dict[int, str] = {}
+        by_code: dict[str, str] = {}
+        for ours, erp_name in names.to_erp.items():
+            if erp_name.lower().startswith(ACCOUNT_ID_PREFIX):
+                try:
+                    by_id.setdefault(int(erp_name[len(ACCOUNT_ID_PREFIX):]), ours)
+                except ValueError:
+                    continue
+            else:
+                by_code.setdefault(erp_name, ours)
+        if by_code:
+            rows = self.retrying(self.search_read, "account.account", [["code", "in", sorted(by_code)]], ["id", "code"])
+            for row in rows:
+                by_id.setdefault(row["id"], by_code[row["code"]])
+        return by_id
+
+    def _accounts(self) -> dict[int, str]:
+        """`_account_index` of the entity's accounts, asked once per connector: a reconciliation run makes one and
+        may look many documents up one by one, each of which would otherwise ask Odoo for the accounts again."""
+        if self._read_accounts is None:
+            self._read_accounts = self._account_index(AccountNames(self.entity))
+        return self._read_accounts
+
+    def _our_account(self, value, index: dict[int, str], unknown: dict[int, str]) -> str:
+        account_id = value[0] if isinstance(value, list) else value
+        if account_id in index:
+            return index[account_id]
+        return unknown.get(account_id) or (value[1].split(" ", 1)[0] if isinstance(value, list) else str(value))
+
+    def _unknown_accounts(self, lines: list[dict], index: dict[int, str]) -> dict[int, str]:
+        """The Odoo codes of accounts on these lines that we do not map (one `read`, only when there are)."""
+        ids = sorted({(row["account_id"][0] if isinstance(row["account_id"], list) else row["account_id"])
+                      for row in lines if row.get("account_id")} - set(index))
+        if not ids:
+            return {}
+        return {row["id"]: row["code"] for row in self.retrying(self.read, "account.account", ids, ["code"])}
+
+    def _documents(self, moves: list[dict], index: dict[int, str]) -> list[ErpDocument]:
+        """The moves with their lines: one `search_read` on account.move.line for all of them."""
+        if not moves:
+            return []
+        lines = self.retrying(self.search_read, "account.move.line", [["move_id", "in", [m["id"] for m in moves]]],
+                              LINE_FIELDS, order="move_id asc, id asc")
+        unknown = self._unknown_accounts(lines, index)
+        by_move: dict[int, list[ErpLine]] = {}
+        currency = self.entity.currency
+        for row in lines:
+            move_id = row["move_id"][0] if isinstance(row["move_id"], list) else row["move_id"]
+            by_move.setdefault(move_id, []).append(ErpLine(account=self._our_account(row["account_id"], index, unknown),
+                                                           debit=money(row.get("debit"), currency),
+                                                           credit=money(row.get("credit"), currency)))
+        return [ErpDocument(ref=move["name"] if move.get("name") not in (None, False, "", "/")
+                            else f"{ACCOUNT_ID_PREFIX}{move['id']}",
+                            our_ref=our_reference(move.get("ref")) or "",
+                            status=MOVE_STATES.get(move.get("state"), ErpDocument.Status.DRAFT),
+                            posting_date=parse_date(move["date"]), lines=tuple(by_move.get(move["id"], ())),
+                            modified=_odoo_time(move.get("write_date")))
+                for move in moves]
+
+    def erp_documents(self, *, date_from: datetime.date, date_to: datetime.date,
+                      modified_since: datetime.datetime | None = None) -> Iterator[ErpDocument]:
+        domain = [["move_type", "=", "entry"], ["ref", "!=", False], ["date", ">=", date_from.isoformat()],
+                  ["date", "<=", date_to.isoformat()], *self._company_domain()]
+        if modified_since is not None:
+            domain.append(["write_date", ">=", modified_since.astimezone(datetime.UTC).strftime(ODOO_DATETIME)])
+        index = self._accounts()
+        after = 0
+        while True:
+            moves = self.retrying(self.search_read, "account.move", [*domain, ["id", ">", after]], MOVE_FIELDS,
+                                  limit=self.page_size, order="id asc")
+            yield from self._documents([m for m in moves if our_reference(m.get("ref"))], index)
+            if len(moves) < self.page_size:
+                return
+            after = moves[-1]["id"]
+
+    def erp_document(self, ref: str) -> ErpDocument | None:
+        if ref.lower().startswith(ACCOUNT_ID_PREFIX) and ref[len(ACCOUNT_ID_PREFIX):].isdigit():
+            domain = [["id", "=", int(ref[len(ACCOUNT_ID_PREFIX):])]]
+        else:
+            domain = [["name", "=", ref]]
+        moves = self.retrying(self.search_read, "account.move", domain, MOVE_FIELDS, limit=1, order="id asc")
+        if not moves:
+            return None
+        [document] = self._documents(moves, self._accounts())
+        return document
+
+    def account_movements(self, *, date_from: datetime.date, date_to: datetime.date,
+                          accounts: Iterable[str]) -> Iterator[ErpMovement]:
+        wanted = set(accounts)
+        index = self._accounts()
+        ids = sorted(account_id for account_id, code in index.items() if code in wanted)
+        if not ids:
+            return
+        domain = [["parent_state", "=", "posted"], ["date", ">=", date_from.isoformat()],
+                  ["date", "<=", date_to.isoformat()], ["account_id", "in", ids], *self._company_domain()]
+        groupby = ["account_id", "date:month"]
+        if self.api == JSON2:
+            groups = self.retrying(self._json2, "account.move.line", "formatted_read_group",
+                                   {"domain": domain, "groupby": groupby, "aggregates": ["debit:sum", "credit:sum"]},
+                                   write=False) or []
+            keys = ("debit:sum", "credit:sum")
+        else:
+            groups = self.retrying(self.execute_kw, "account.move.line", "read_group",
+                                   [domain, ["debit:sum", "credit:sum"], groupby], {"lazy": False}, write=False) or []
+            keys = ("debit", "credit")
+        currency = self.entity.currency
+        yield from movements((self._our_account(group["account_id"], index, {}), _group_month(group),
+                              money(group.get(keys[0]), currency), money(group.get(keys[1]), currency))
+                             for group in groups)
+
     def test_connection(self) -> str:
         if self.api == JSON2:
             context = self._json2("res.users", "context_get", {}, write=False) or {}
             return f"connected to Odoo database {self.database or '(default)'} as uid {context.get('uid')} (JSON-2)"
         version = (self._rpc("common", "version", [], write=False) or {}).get("server_version", "?")
         return f"connected to Odoo {version} database {self.database} as uid {self.uid()} (JSON-RPC)"
+
+
+def _odoo_time(value) -> datetime.datetime | None:
+    if not value:
+        return None
+    return datetime.datetime.strptime(str(value)[:19], ODOO_DATETIME).replace(tzinfo=datetime.UTC)
+
+
+def _group_month(group: dict) -> str:
+    """YYYY-MM of a `date:month` group: `formatted_read_group` answers [first day, label]; `read_group` a
+    localised label ("November 2026") and the group's `__range` {"date:month": {"from", "to"}}."""
+    value = group.get("date:month")
+    if isinstance(value, list) and value:
+        return str(value[0])[:7]
+    period = (group.get("__range") or {}).get("date:month") or {}
+    if period.get("from"):
+        return str(period["from"])[:7]
+    raise PermanentError(f"Odoo answered a month group without its dates: {str(group)[:300]}")

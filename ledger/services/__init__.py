@@ -54,7 +54,10 @@ from ledger.services.outcomes import (  # noqa: F401
     _fail,
 )
 from ledger.services.periods import (  # noqa: F401
+    period_close_record,
     period_is_closed,
+    period_locked,
+    period_reopen_record,
     period_set_status,
     period_require_open,
 )

@@ -1,13 +1,15 @@
-"""Approval reads for the portal: `inbox(...)` filters approvals (status, kind, entity; scoped to the user's
-entities) with the queue's FilterSet and counts decisions in the same query; `approval_context(...)` gathers
-all a controller reads before deciding (request, policy and why it needs one or two approvers, journal lines,
-the invoice with open amounts in billing and ledger, its history and related documents, the customer's
-balance, decisions so far, and what the user may do, segregation of duties spelled out). Money is formatted
+"""Approval reads for the portal: `inbox(...)` filters approvals (status, kind, entity, the month its document
+is dated in; scoped to the user's entities) with the queue's FilterSet and counts decisions in the same query;
+`approval_context(...)` gathers all a controller reads before deciding (request, policy and why it needs one or
+two approvers, journal lines, the invoice with open amounts in billing and ledger, its history and related
+documents, the customer's balance, or for a period close or reopen the month's live close checks; decisions so
+far, and what the user may do, segregation of duties spelled out). Money is formatted
 here in the currency's minor units, so templates only display."""
 import datetime
 
 from django.db.models import Count, DecimalField, ExpressionWrapper, F, Q, Sum
 from django.db.models.functions import Coalesce
+from django.urls import reverse
 from django.utils import timezone
 
 from billing_sync.models import CreditNote, Invoice, WriteOff
@@ -16,8 +18,11 @@ from exceptions_queue.models import Approval, ApprovalDecision, ApprovalPolicy
 from exceptions_queue.selectors import ApprovalFilter
 from config.money import ZERO, fmt
 from ledger.selectors import receivable_balance
+from portal.selectors import close as close_selectors
 
-KIND_LABELS = {"credit_note": "Credit note", "write_off": "Write-off", "manual_journal": "Manual journal"}
+KIND_LABELS = {"credit_note": "Credit note", "write_off": "Write-off", "manual_journal": "Manual journal",
+               "period_close": "Period close with failing checks", "period_reopen": "Period reopen"}
+PERIOD_KINDS = ("period_close", "period_reopen")
 STATUS_CHOICES = [("pending", "Pending"), ("approved", "Approved"), ("rejected", "Rejected"), ("all", "All")]
 MINE_CHOICES = [("", "Everyone's"), ("decide", "Waiting for my decision"), ("raised", "Raised by me")]
 # How old a pending request may get before the inbox flags it (hours): fresh, waiting, overdue.
@@ -45,11 +50,15 @@ def inbox(user, params) -> tuple:
     status = (params.get("status") or "pending").strip()
     data = {"status": "" if status == "all" else status, "kind": (params.get("kind") or "").strip(),
             "entity": (params.get("entity") or "").strip()}
+    period = close_selectors.parse_month((params.get("period") or "").strip())
     qs = (Approval.objects.select_related("entity", "requested_by")
           .annotate(given=Count("decisions", filter=Q(decisions__decision=ApprovalDecision.Decision.APPROVE)))
           .order_by("created_at", "id"))  # oldest first: the longest waiting is decided first
     qs = roles.scope(qs, user, "entity__code")
     filtered = ApprovalFilter(data={k: v for k, v in data.items() if v}, queryset=qs).qs
+    if period is not None:  # the documents dated in a month (the close check's link)
+        first, last = close_selectors.month_bounds(*period)
+        filtered = filtered.filter(journal__accounting_date__gte=first, journal__accounting_date__lte=last)
     mine = (params.get("mine") or "").strip()
     if mine == "decide":  # what this user may still decide: not their own, not decided by them yet
         filtered = filtered.filter(status=Approval.Status.PENDING).exclude(requested_by=user).exclude(
@@ -58,7 +67,8 @@ def inbox(user, params) -> tuple:
         filtered = filtered.filter(requested_by=user)
     else:
         mine = ""
-    return filtered, {**data, "status": status, "mine": mine}
+    return filtered, {**data, "status": status, "mine": mine,
+                      "period": f"{period[0]}-{period[1]:02d}" if period is not None else ""}
 
 
 def _age(approval, now) -> tuple[str, str]:
@@ -81,7 +91,8 @@ def inbox_rows(approvals, user) -> list[dict]:
     for a in approvals:
         age, age_class = _age(a, now)
         rows.append({"id": a.pk, "kind": a.kind, "kind_label": KIND_LABELS.get(a.kind, a.kind),
-                     "document_id": a.document_id, "amount": fmt(a.amount, a.currency), "currency": a.currency,
+                     "document_id": a.document_id, "currency": a.currency,
+                     "amount": None if a.kind in PERIOD_KINDS else fmt(a.amount, a.currency),
                      "entity": a.entity.code, "requester": a.requested_by_label,
                      "own": a.requested_by_id == user.pk, "given": a.given, "required": a.required_approvals,
                      "status": a.status, "age": age, "age_class": age_class, "created_at": a.created_at})
@@ -119,7 +130,9 @@ def _policy(approval: Approval) -> dict:
             "required": approval.required_approvals}
 
 
-def journal_view(journal) -> dict:
+def journal_view(journal) -> dict | None:
+    if journal is None:
+        return None  # a journal-less approval (a period close or reopen)
     c = journal.entity.currency
     lines = list(journal.lines.select_related("account").order_by("line_no"))
     return {"id": journal.pk, "status": journal.status, "kind": journal.kind, "description": journal.description,
@@ -228,6 +241,7 @@ def approval_context(approval: Approval, user) -> dict:
     doc, invoice = _document(approval)
     c = approval.currency
     event = approval.event
+    period = approval.kind in PERIOD_KINDS
     return {
         "approval": approval,
         "kind_label": KIND_LABELS.get(approval.kind, approval.kind),
@@ -237,7 +251,8 @@ def approval_context(approval: Approval, user) -> dict:
         "can_decide": pending and not own and mine is None and may_decide(user),
         "decisions": [{"user": d.user.get_username(), "decision": d.decision, "comment": d.comment, "at": d.at}
                       for d in decisions],
-        "policy": _policy(approval),
+        "policy": None if period else _policy(approval),
+        "period": _period_view(approval) if period else None,
         "journal": journal_view(approval.journal),
         "document": None if doc is None else {
             "id": approval.document_id, "status": doc.status, "reason": doc.reason,
@@ -249,3 +264,14 @@ def approval_context(approval: Approval, user) -> dict:
             "status": event.status, "received_at": event.received_at,
             "manual": event.event_id.startswith("tieout-manual-")},
     }
+
+
+def _period_view(approval: Approval) -> dict:
+    """What a controller reads before deciding a period close or reopen: the month, its live close checks
+    (a close is recorded with the checks as they are when it is approved) and the close page."""
+    _, code, label = approval.subject.split(":")
+    year, month = close_selectors.parse_month(label)
+    result = close_selectors.checks(approval.entity, year, month)
+    return {"entity": code, "period": label, "checks": result, "failing": [c for c in result if not c["ok"]],
+            "url": reverse("web-close-month", args=[code, label]),
+            "close": approval.kind == Approval.Kind.PERIOD_CLOSE}

@@ -67,10 +67,14 @@ def _decide(request, pk, decide, verb: str):
         return _render_detail(request, approval, error={"code": exc.code, "detail": exc.detail}, comment=comment,
                               status=exc.status)
     decided.refresh_from_db()
+    period = decided.journal_id is None  # a period close or reopen
     if verb == "reject":
-        messages.success(request, f"Rejected {decided.document_id}: its journal will never post.")
+        messages.success(request, f"Rejected {decided.document_id}: " + (
+            "the period stays as it is." if period else "its journal will never post."))
     elif decided.status == ApprovalStatus.APPROVED:
-        messages.success(request, f"Approved {decided.document_id}: its journal is released to post.")
+        messages.success(request, f"Approved {decided.document_id}: " + (
+            ("the period is closed." if decided.kind == "period_close" else "the period is reopened.") if period
+            else "its journal is released to post."))
     else:
         given = decided.decisions.filter(decision="approve").count()
         messages.success(request, f"Approval recorded ({given} of {decided.required_approvals} approvals): "

@@ -1,8 +1,8 @@
 """Web page: the operations dashboard at "/" (every staff role may read it; nothing on it writes). Figures
 come from `portal.selectors.dashboard` (entity-scoped, cached a few seconds); this module shapes them for the
 template: server-rendered inline SVG charts (no script), readable durations, and each figure's link to the
-filtered list it summarises (the exception queue, or the admin's changelists for events, journals and ERP
-attempts)."""
+filtered list it summarises (the exception queue, the close pages, or the admin's changelists for events,
+journals and ERP attempts)."""
 from __future__ import annotations
 
 from urllib.parse import urlencode
@@ -37,6 +37,13 @@ def duration(seconds) -> str:
         return f"{hours} h {minutes} min" if minutes else f"{hours} h"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def cycle(seconds) -> str:
+    """A close cycle time (month end to close): a duration, or how early a month closed before it ended."""
+    if seconds is None:
+        return "—"
+    return f"{duration(-seconds)} early" if seconds < 0 else duration(seconds)
 
 
 def _nice_max(value: int) -> int:
@@ -112,9 +119,24 @@ def dashboard(request):
             cell["url"] = _exceptions(status="unresolved", code=row["code"], age=cell["param"])
     for bucket in open_exc["by_age"]:
         bucket["url"] = _exceptions(status="unresolved", age=bucket["param"])
+    recon = figures["reconciliation"]
+    for row in recon["by_code"]:
+        row["url"] = _exceptions(status="unresolved", process="reconciliation", code=row["code"])
+    for row in figures["close"]["entities"]:
+        for cell in row["cells"]:
+            cell["url"] = reverse("web-close-month", args=[row["entity"], cell["label"]])
+            cell["cycle"] = cycle(cell["cycle_seconds"])
+    months = figures.get("months")
+    if months:
+        for row in months["exception_resolution"]:
+            row["p50_text"], row["p95_text"] = duration(row["p50"]), duration(row["p95"])
+            row["url"] = _exceptions(status="resolved", process=row["process"])
+    close_cycle = figures["close"]["cycle"]
     latency = figures["latency"]
     oldest = figures["unposted"]["oldest"]
     context = {
+        "breaks_link": _exceptions(status="unresolved", process="reconciliation"),
+        "close_cycle": {"p50": cycle(close_cycle["p50"]), "p95": cycle(close_cycle["p95"])},
         "f": figures,
         "links": links(figures),
         "hourly_chart": bar_chart(figures["events_hourly"], SERIES, label_every=3),

@@ -23,6 +23,7 @@ from exceptions_queue.selectors import ExceptionProcess, ExceptionStatus
 from config.money import display
 from ledger import selectors as ledger_selectors
 from portal import lineage
+from portal.web import reconciliation as recon_web
 from portal.web.access import READERS, WORKERS, page
 
 FILTER_FIELDS = ("code", "process", "entity", "owner", "status", "age", "q", "escalated")
@@ -194,8 +195,14 @@ def exception_detail(request, pk):
     if exc is None:
         raise Http404("no such exception")
     if request.method == "POST":
+        action = request.POST.get("action", "")
+        if action == "break_accept" and not recon_web.may_accept(request.user):
+            return recon_web.refuse_accept(request)
         try:
-            _run(request, exc, request.POST.get("action", ""))
+            if action.startswith("break_") and exc.process == ExceptionProcess.RECONCILIATION:
+                recon_web.break_action(request, exc, action)
+            else:
+                _run(request, exc, action)
         except TieoutError as error:
             _error(request, error)
         return redirect(_safe_next(request, reverse("web-exception-detail", args=[exc.pk])))
@@ -211,6 +218,9 @@ def exception_detail(request, pk):
         "comments": selectors.exception_comments(exc), "trace": trace, "payload": payload,
         "workers": _workers(exc.entity_code) if not resolved else [],
         "replay_refusal": services.exception_replay_refusal(exc),
+        "breaks": (recon_web.exception_breaks(request.user, exc.pk)
+                   if exc.process == ExceptionProcess.RECONCILIATION else []),
+        "may_accept": recon_web.may_accept(request.user),
     })
 
 

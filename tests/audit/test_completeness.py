@@ -43,16 +43,16 @@ from config import correlation
 from exceptions_queue import services as queue
 from exceptions_queue import tasks as queue_tasks
 from exceptions_queue.models import Approval, ApprovalPolicy, ExceptionRecord
-from ledger import connectors
 from ledger import services as ledger
 from ledger import tasks as ledger_tasks_module
 from ledger.models import Account, AccountMapping, ErpBatch, Journal
 from ledger.services import entities
 from portal import auth_services
+from portal import services as portal_services
 from tests import factories as f
 from tests.audit.helpers import sealed
 from tests.audit.tamper import edit_entry, triggers_off
-from tests.billing_sync.erp_fake import MirrorConnector
+from tests.close_helpers import reconciled
 from tests.fixtures import Api, _user_api
 from tests.standins.erpnext import ErpNextStandin
 from tests.standins.webhooks import WebhookReceiver
@@ -64,7 +64,7 @@ PASSWORD = "correct-horse-battery-staple"
 # Service modules, or packages of them (every submodule counts).
 SERVICE_MODULES = ["billing_sync.services", "billing_sync.documents", "billing_sync.tokens", "billing_sync.adjustments",
                    "billing_sync.callbacks", "ledger.services", "exceptions_queue.services",
-                   "portal.auth_services"]
+                   "portal.auth_services", "portal.services"]
 
 
 def _expand(names):
@@ -204,6 +204,10 @@ def _user_form(user, **overrides):
     return {k: v for k, v in data.items() if v not in ("", None)}
 
 
+def _answered(response, status: int):
+    assert response.status_code == status, response.content[:1500]
+
+
 def _ok(response):
     # The admin answers a saved form or a done action with a redirect; 200 would be the form with errors.
     assert response.status_code == 302, response.content[:1500]
@@ -340,6 +344,29 @@ PATHS = [
     Path("period closed", lambda c, _: ledger.period_set_status(entity=c.entity, year=2026, month=10, status="closed",
                                                                 actor=c.carl),
          {"period.closed"}, ("ledger.services.periods.period_set_status",)),
+    Path("period closed: every close check passes", lambda c, _: portal_services.period_close(
+        entity=c.entity, year=2026, month=10, actor=c.carl), {"period.closed"},
+         ("portal.services.close.period_close", "ledger.services.periods.period_close_record"),
+         prepare=lambda c: reconciled(c.entity, 2026, 10)),
+    Path("API: period closed", lambda c, _: _answered(_api_as(c.carl).post("/api/v1/periods/US01/2026-08/close",
+                                                                             {}, format="json"), 200),
+         {"period.closed"}, prepare=lambda c: reconciled(c.entity, 2026, 8)),
+    Path("period close with failing checks: asked for", lambda c, _: portal_services.period_close(
+        entity=c.entity, year=2026, month=10, actor=c.carl, reason="ERP read-back down"),
+         {"period.close_requested", "approval.requested"}, ("portal.services.close.period_close",)),
+    Path("period close with failing checks: approved", lambda c, a: queue.approval_approve(
+        approval_id=a.pk, user=c.ada), {"approval.approved", "period.closed"},
+         ("portal.services.close.period_close_approved",),
+         prepare=lambda c: portal_services.period_close(entity=c.entity, year=2026, month=10, actor=c.carl,
+                                                        reason="ERP read-back down").approval),
+    Path("period reopen: asked for and approved", lambda c, _: queue.approval_approve(
+        approval_id=portal_services.period_reopen_request(entity=c.entity, year=2026, month=10, user=c.carl,
+                                                          reason="late invoice").pk, user=c.ada),
+         {"period.reopen_requested", "approval.requested", "approval.approved", "period.reopened"},
+         ("portal.services.close.period_reopen_request", "portal.services.close.period_reopen_approved",
+          "ledger.services.periods.period_reopen_record"),
+         prepare=lambda c: ledger.period_set_status(entity=c.entity, year=2026, month=10, status="closed",
+                                                    actor="test")),
     Path("posting failed for good: journal exception",
          lambda c, _: None, set(), ("ledger.services.posting.journal_post_failed",
                                     "exceptions_queue.services.exceptions.exception_open_for_journal")),  # replaced below
@@ -454,7 +481,7 @@ PATHS = [
         "setup_source_system", "billing-cli", "--callback-url", "https://b.example/h", "--secret-env", "CLI_SECRET",
         stdout=io.StringIO()), {"source_system.created"}),
     Path("command: close_period", lambda c, _: call_command("close_period", "US01", "2026-09", stdout=io.StringIO()),
-         {"period.closed"}),
+         {"period.closed"}, prepare=lambda c: reconciled(c.entity, 2026, 9)),
     Path("command: audit_digest build", lambda c, _: call_command("audit_digest", "build", "--through", "today",
                                                                   stdout=io.StringIO()),
          {"audit.digest_signed"}, prepare=lambda c: c.send(f.customer("cus_d"))),
@@ -569,9 +596,13 @@ NOV = (datetime.date(2026, 11, 1), datetime.date(2026, 11, 30))
 
 
 def _recon_erp(ctx):
-    """The ERP for reconciliation rows: the built-in connector whose read-back mirrors our journals."""
-    ctx.monkeypatch.setitem(connectors.REGISTRY, "builtin", "tests.billing_sync.erp_fake.MirrorConnector")
-    return MirrorConnector.reset()
+    """The ERP for reconciliation rows: US01 posts to (and reads back from) the ERPNext stand-in."""
+    erp = ErpNextStandin().start()
+    ctx.stop = erp.stop
+    ctx.monkeypatch.setenv("TEST_ERPNEXT_TOKEN", "key:secret")
+    ledger.entity_configure_erp(entity=ctx.entity, connector="erpnext", actor="test",
+                                erp_settings={"url": erp.url, "company": "Tieout US", "token_env": "TEST_ERPNEXT_TOKEN"})
+    return erp
 
 
 def _recon_run(ctx, **kwargs):
@@ -583,29 +614,33 @@ def _recon_break(ctx):
     """An invoice whose ERP document was deleted in the ERP, and the run that opened its break."""
     erp = _recon_erp(ctx)
     ctx.invoice("inv_r")
-    erp.deleted.add(Journal.objects.get(document_id="inv_r").erp_document_ref)
+    erp.delete(Journal.objects.get(document_id="inv_r").erp_document_ref)
     _recon_run(ctx)
-    ctx.erp_state = erp
     return ReconciliationBreak.objects.get(status="open")
 
 
 def _recon_fixed(ctx):
-    brk = _recon_break(ctx)
-    ctx.erp_state.deleted.clear()
-    return brk
+    """An invoice's ERP document edited, the run that opened its break, and the document restored."""
+    erp = _recon_erp(ctx)
+    ctx.invoice("inv_r")
+    ref = Journal.objects.get(document_id="inv_r").erp_document_ref
+    erp.edit_amount(ref, "-10.00")
+    _recon_run(ctx)
+    erp.edit_amount(ref, "10.00")
+    return ReconciliationBreak.objects.get(status="open")
 
 
 def _recon_edited(ctx):
     erp = _recon_erp(ctx)
     ctx.invoice("inv_r")
     ref = Journal.objects.get(document_id="inv_r").erp_document_ref
-    erp.lines[ref] = [("1200", "90.00", "0"), ("4000", "0", "90.00")]
+    erp.edit_amount(ref, "-10.00")
     _recon_run(ctx)
-    erp.lines[ref] = [("1200", "80.00", "0"), ("4000", "0", "80.00")]
+    erp.edit_amount(ref, "-10.00")
 
 
 def _recon_failing(ctx):
-    _recon_erp(ctx).fail = "ERP down"
+    _recon_erp(ctx).read_faults.add("error_503", settings.TIEOUT_READBACK_MAX_ATTEMPTS)
 
 
 PATHS += [
@@ -708,6 +743,10 @@ ALLOWED = {
     "ledger.services.entities.entity_test_connection": "read: asks the ERP, changes nothing",
     "ledger.services.periods.period_is_closed": "read",
     "ledger.services.periods.period_require_open": "check",
+    "ledger.services.periods.period_locked": "lock: the period's row for the caller's transaction (an open row "
+                                             "when the month has none, which changes nothing)",
+    "portal.services.close.audit_verify_for_close": "the audit core's own chain check (an AuditCheck row) and its "
+                                                    "alarm (exception_open_for_audit_check, covered), as the task",
     "ledger.services.outbox.outbox_relay": "dispatch: hands outbox rows to Celery (operational table)",
     "ledger.services.outbox.outbox_sweep": "dispatch: re-sends stale outbox rows",
     "billing_sync.services.processing.source_ref_of": "pure",

@@ -2,12 +2,14 @@
 means (a journal row edited as a superuser would, a manual journal through the manual journal path, a document
 written without its journal, the ERP changed behind our back), with its expected and actual values; a later run
 after the fix resolves the break and its exception ("resolved by run N", audited); marks; the run record is
-immutable; a failed run opens nothing; incremental runs; one run at a time per entity.
+immutable; a failed run opens nothing; incremental runs; one run at a time per entity; the break's actions.
 
-The ERP is `tests.billing_sync.erp_fake.MirrorConnector` (the built-in connector whose read-back mirrors our
-posted journals, with the test's changes on top), registered for each test. The vendor stand-ins' acceptance
-tests plug in the same way: configure the entity's connector and call `services.reconciliation_run`."""
+Billing ↔ ledger cases run on the built-in ERP (our own records: it reads back what the ledger holds, so only
+the ledger is in question); ledger ↔ ERP cases on the ERPNext stand-in (`tests.standins.erpnext`, the `erp`
+fixture), changed with its helpers as a person would change ERPNext. Every ERP-side break code against every
+vendor's stand-in is in test_reconciliation_vendors.py."""
 import datetime
+import uuid
 from decimal import Decimal
 
 import pytest
@@ -21,28 +23,21 @@ from billing_sync.models import (Event, Invoice, ReconciliationBreak, Reconcilia
 from config.errors import Codes, TieoutError
 from exceptions_queue import services as queue
 from exceptions_queue.models import Approval, ExceptionRecord
-from ledger import connectors, rules
+from ledger import rules
 from ledger import services as ledger
-from ledger.models import Journal, JournalLine
+from ledger.models import ErpBatch, Journal, JournalLine
 from tests import factories as f
 from tests.audit.tamper import triggers_off
-from tests.billing_sync.erp_fake import MirrorConnector, document
+from tests.fixtures import erpnext_configure
 from tests.helpers import send
 
 pytestmark = pytest.mark.django_db
 NOV = (datetime.date(2026, 11, 1), datetime.date(2026, 11, 30))
 SS = f.SOURCE
+BANK = "1000"  # an ERP account Tieout does not map: the other side of a manual entry booked in the ERP
 
 
-@pytest.fixture
-def erp(monkeypatch):
-    """The ERP for this test: the built-in connector with a read-back that mirrors our posted journals."""
-    monkeypatch.setitem(connectors.REGISTRY, "builtin", "tests.billing_sync.erp_fake.MirrorConnector")
-    return MirrorConnector.reset()
-
-
-@pytest.fixture
-def books(entity, integration, erp):
+def post_books(integration):
     """Customer cus_1; inv_1 and inv_2 (107.25 each); pay_1 50.00 on inv_1; pay_2 50.00 unapplied."""
     send(integration, f.customer("cus_1"))
     send(integration, f.invoice("inv_1", customer_id="cus_1"))
@@ -50,6 +45,19 @@ def books(entity, integration, erp):
     send(integration, f.payment("pay_1", customer_id="cus_1", amount="50.00", allocations=[("inv_1", "50.00")]))
     send(integration, f.payment("pay_2", customer_id="cus_1", amount="50.00"))
     assert not Journal.objects.exclude(status="posted").exists()
+
+
+@pytest.fixture
+def books(entity, integration):
+    """The books, posted to the built-in ERP."""
+    post_books(integration)
+    return entity
+
+
+@pytest.fixture
+def erp_books(erp_us01, entity, integration):
+    """The books, posted into the ERPNext stand-in (`erp`)."""
+    post_books(integration)
     return entity
 
 
@@ -97,7 +105,8 @@ def edit_line(journal: Journal, account: str, **changes):
 
 
 # ------------------------------------------------------------------------------------------------ a clean run
-def test_a_clean_history_matches_every_journal_and_document(books):
+def test_a_clean_history_matches_every_journal_and_document(erp_books):
+    books = erp_books
     result = run(books)
     assert result.breaks == {} and result.resolved == 0
     assert ReconciliationBreak.objects.count() == 0
@@ -139,12 +148,13 @@ def test_one_run_at_a_time_per_entity(books):
     run(books)  # the entity is free again
 
 
-def test_a_failed_run_is_recorded_and_opens_nothing(books, erp):
-    erp.deleted.add(journal_of("invoice", "inv_1").erp_document_ref)  # a break it would find
-    erp.fail = "503 Service Unavailable after 5 retries"
-    result = services.reconciliation_run(entity=books, date_from=NOV[0], date_to=NOV[1], full=True, actor="test")
-    assert result.status == "failed" and "503 Service Unavailable" in result.error
-    assert result.finished_at and result.erp_requests == 1
+def test_a_failed_run_is_recorded_and_opens_nothing(erp_books, erp, settings):
+    erp.delete(journal_of("invoice", "inv_1").erp_document_ref)  # a break it would find
+    erp.read_faults.add("error_503", settings.TIEOUT_READBACK_MAX_ATTEMPTS)  # every attempt of the first read
+    result = services.reconciliation_run(entity=erp_books, date_from=NOV[0], date_to=NOV[1], full=True, actor="test")
+    assert result.status == "failed" and result.error.startswith("TransientError: the ERP failed with 503")
+    assert f"gave up after {settings.TIEOUT_READBACK_MAX_ATTEMPTS} attempts" in result.error
+    assert result.finished_at and result.erp_requests == settings.TIEOUT_READBACK_MAX_ATTEMPTS
     assert ReconciliationBreak.objects.count() == 0 and ReconciliationMark.objects.count() == 0
     assert not ExceptionRecord.objects.filter(process="reconciliation").exists()
     assert AuditEntry.objects.filter(object_id=str(result.pk), action="reconciliation.failed").exists()
@@ -251,109 +261,40 @@ def test_control_account_mismatch_a_manual_journal_on_the_control_account(
 
 
 # ------------------------------------------------------------------------------------------------ ledger ↔ ERP
-def test_missing_in_erp_a_document_deleted_in_the_erp(books, erp):
+# Each ERP-side code, found and resolved, against every vendor: test_reconciliation_vendors.py. Here, what the
+# engine does around them.
+def test_missing_in_erp_is_looked_up_by_reference_before_it_is_called_missing(erp_books, erp):
     journal = journal_of("invoice", "inv_1")
-    erp.deleted.add(journal.erp_document_ref)
-    first = run(books)
+    erp.delete(journal.erp_document_ref)
+    first = run(erp_books)
     assert first.breaks == {"missing_in_erp": 1}
     [brk] = open_breaks()
-    assert (brk.journal_id, brk.erp_document_ref, brk.document, brk.period) == (
-        journal.pk, journal.erp_document_ref, f"invoice:{SS}:inv_1", "2026-11")
-    assert brk.expected == {"side": "ledger", "erp_document_ref": journal.erp_document_ref, "status": "posted"}
-    assert brk.actual == {"side": "erp", "erp_document_ref": None}
-    assert journal.erp_document_ref in erp.lookups  # looked up by reference before being called missing
+    assert (brk.journal_id, brk.erp_document_ref) == (journal.pk, journal.erp_document_ref)
+    # The listing did not return it: ERPNext was asked for the document by name, and answered 404.
+    assert ("GET", f"/api/resource/Journal%20Entry/{journal.erp_document_ref}") in erp.requests
     assert mark(f"journal:{journal.pk}") == "break" and mark(f"invoice:{SS}:inv_1") == "break"
-    erp.deleted.clear()
-    later = run(books)
-    assert later.breaks == {}
-    assert_resolved_by(brk, later)
-    assert mark(f"invoice:{SS}:inv_1") == "matched"
 
 
-def test_erp_document_cancelled(books, erp):
-    journal = journal_of("payment", "pay_1")
-    erp.cancelled[journal.erp_document_ref] = True
-    assert run(books).breaks == {"erp_document_cancelled": 1}
+def test_unexpected_in_erp_a_reference_no_journal_of_ours_has(erp_books, erp):
+    """A document carrying a reference of our form that no journal or batch of ours has (another system's, or
+    typed by hand): a break of its own; cancelled in the ERP, it no longer counts."""
+    stray = str(uuid.uuid4())
+    name = erp.add_manual_entry(account="1200", amount="5.00", against="4000", posting_date="2026-11-10",
+                                cheque_no=stray)
+    assert run(erp_books).breaks == {"unexpected_in_erp": 1}
     [brk] = open_breaks()
-    assert brk.actual == {"side": "erp", "erp_document_ref": journal.erp_document_ref, "status": "cancelled"}
-    erp.cancelled.clear()
-    assert_resolved_by(brk, run(books))
+    assert (brk.journal_id, brk.erp_document_ref, brk.document, brk.period) == (None, name, "", "2026-11")
+    assert brk.expected == {"side": "ledger", "our_ref": stray, "known": False}
+    assert brk.actual == {"side": "erp", "erp_document_ref": name, "our_ref": stray, "posting_date": "2026-11-10"}
+    assert stray in brk.exception.message
+    erp.cancel(name)
+    assert_resolved_by(brk, run(erp_books))
 
 
-def test_erp_amount_mismatch_a_document_edited_in_the_erp(books, erp):
-    journal = journal_of("payment", "pay_2")
-    erp.lines[journal.erp_document_ref] = [("1010", "40.00", "0"), ("2300", "0", "40.00")]
-    erp.touch(journal.erp_document_ref)
-    assert run(books).breaks == {"erp_amount_mismatch": 1}
-    [brk] = open_breaks()
-    assert brk.journal_id == journal.pk and brk.account == "1010"
-    assert brk.expected == {"side": "ledger", "lines": {"1010": {"debit": "50.00", "credit": "0.00"},
-                                                         "2300": {"debit": "0.00", "credit": "50.00"}}}
-    assert brk.actual == {"side": "erp", "lines": {"1010": {"debit": "40.00", "credit": "0.00"},
-                                                    "2300": {"debit": "0.00", "credit": "40.00"}}}
-    assert brk.exception.amount == Decimal("20.00")
-    erp.lines.clear()
-    assert_resolved_by(brk, run(books))
-
-
-def test_erp_date_mismatch(books, erp):
-    journal = journal_of("invoice", "inv_2")
-    erp.dates[journal.erp_document_ref] = datetime.date(2026, 11, 3)
-    assert run(books).breaks == {"erp_date_mismatch": 1}
-    [brk] = open_breaks()
-    assert brk.expected == {"side": "ledger", "posting_date": "2026-11-01"}
-    assert brk.actual == {"side": "erp", "posting_date": "2026-11-03"}
-    erp.dates.clear()
-    assert_resolved_by(brk, run(books))
-
-
-def test_unexpected_in_erp_a_second_document_and_an_unknown_reference(books, erp):
-    journal = journal_of("invoice", "inv_1")
-    erp.extra.append(document("JE-DUP-1", str(journal.pk), [("1200", "107.25", "0"), ("4000", "0", "100.00"),
-                                                            ("2200", "0", "7.25")]))
-    erp.extra.append(document("JE-ODD-1", "not-one-of-ours", [("1200", "5.00", "0"), ("4000", "0", "5.00")]))
-    assert run(books).breaks == {"unexpected_in_erp": 2}
-    by_ref = {b.erp_document_ref: b for b in open_breaks()}
-    dup, odd = by_ref["JE-DUP-1"], by_ref["JE-ODD-1"]
-    assert dup.journal_id == journal.pk and dup.document == f"invoice:{SS}:inv_1"
-    assert dup.expected == {"side": "ledger", "our_ref": str(journal.pk), "erp_document_ref": journal.erp_document_ref}
-    assert dup.actual == {"side": "erp", "erp_document_ref": "JE-DUP-1", "our_ref": str(journal.pk),
-                          "posting_date": "2026-11-01"}
-    assert odd.journal_id is None and odd.expected == {"side": "ledger", "our_ref": "not-one-of-ours", "known": False}
-    erp.extra.clear()
-    later = run(books)
-    assert later.breaks == {} and later.resolved == 2
-    assert_resolved_by(dup, later)
-
-
-def test_erp_balance_mismatch_a_manual_entry_in_the_erp(books, erp):
-    erp.manual.append(("1200", datetime.date(2026, 11, 15), "100.00", "0"))
-    first = run(books)
-    assert first.breaks == {"erp_balance_mismatch": 1}
-    [brk] = open_breaks()
-    assert (brk.account, brk.period, brk.journal_id) == ("1200", "2026-11", None)
-    assert brk.expected == {"side": "ledger", "debit": "214.50", "credit": "50.00"}
-    assert brk.actual == {"side": "erp", "debit": "314.50", "credit": "50.00", "unexplained": "100.00"}
-    # Incremental runs do not compare balances, so they leave the break alone.
-    assert run(books, full=False).resolved == 0 and open_breaks() == [brk]
-    erp.manual.clear()
-    assert_resolved_by(brk, run(books))
-
-
-def test_incremental_runs_read_what_the_erp_changed_since_the_last_run(books, erp):
-    first = run(books)
-    journal = journal_of("invoice", "inv_2")
-    erp.lines[journal.erp_document_ref] = [("1200", "100.00", "0"), ("4000", "0", "100.00")]
-    erp.touch(journal.erp_document_ref)
-    later = run(books, full=False)
-    assert later.erp_modified_since == first.started_at
-    assert later.erp_documents == 1  # only the changed document was read
-    assert later.breaks == {"erp_amount_mismatch": 1}
-
-
-def test_marks_and_an_accepted_difference_stays_accepted(books, erp, controller, finance):
+def test_marks_and_an_accepted_difference_stays_accepted(erp_books, erp, controller, finance):
+    books = erp_books
     users = get_user_model().objects
-    erp.manual.append(("1200", datetime.date(2026, 11, 15), "3.00", "0"))
+    erp.add_manual_entry(account="1200", amount="3.00", against=BANK, posting_date="2026-11-15")
     run(books)
     [brk] = open_breaks()
     with pytest.raises(TieoutError) as refused:
@@ -369,18 +310,43 @@ def test_marks_and_an_accepted_difference_stays_accepted(books, erp, controller,
     assert brk.exception.status == "resolved" and "agreed with the auditors" in brk.exception.resolution
     assert AuditEntry.objects.filter(object_id=str(brk.pk), action="reconciliation_break.accepted").exists()
     assert run(books).breaks == {}  # the same figures: not opened again
-    erp.manual.append(("1200", datetime.date(2026, 11, 16), "1.00", "0"))
+    erp.add_manual_entry(account="1200", amount="1.00", against=BANK, posting_date="2026-11-16")
     assert run(books).breaks == {"erp_balance_mismatch": 1}  # other figures: a new break
     with pytest.raises(TieoutError) as refused:
         services.reconciliation_break_accept(break_id=brk.pk, reason="again", user=users.get(username="carl-controller"))
     assert refused.value.code == Codes.BREAK_RESOLVED
 
 
+def test_a_batch_documents_break_marks_its_journals_and_their_documents(entity, erp, integration, controller,
+                                                                      django_capture_on_commit_callbacks):
+    """Posted in batches: a break of the batch document (no journal of its own) holds every journal it carries
+    and their documents at `break`; accepted by a controller, they are matched again."""
+    with transaction.atomic():
+        erpnext_configure(entity, erp, posting_mode="batch")
+    send(integration, f.customer("cus_1"))
+    send(integration, f.invoice("inv_1", customer_id="cus_1"))
+    send(integration, f.invoice("inv_2", customer_id="cus_1"))
+    with django_capture_on_commit_callbacks(execute=True):
+        ledger.erp_batches_sweep(window_seconds=0)
+    batch = ErpBatch.objects.get(status="posted")
+    erp.edit_amount(batch.erp_document_ref, "1.00")
+    assert run(entity).breaks == {"erp_amount_mismatch": 1}
+    [brk] = open_breaks()
+    assert (brk.journal_id, brk.erp_document_ref, brk.document) == (None, batch.erp_document_ref, "")
+    held = [f"journal:{j.pk}" for j in Journal.objects.filter(erp_batch=batch)] + [
+        f"invoice:{SS}:inv_1", f"invoice:{SS}:inv_2"]
+    assert len(held) == 4 and {mark(subject) for subject in held} == {"break"}
+    carl = get_user_model().objects.get(username="carl-controller")
+    services.reconciliation_break_accept(break_id=brk.pk, reason="rounding in the ERP's batch", user=carl)
+    assert {mark(subject) for subject in held} == {"matched"}
+
+
 # ------------------------------------------------------------------------------------------------ actions
-def test_rerun_repost_and_the_queue_retry(books, erp, finance, django_capture_on_commit_callbacks):
+def test_rerun_repost_and_the_queue_retry(erp_books, erp, finance, django_capture_on_commit_callbacks):
+    books = erp_books
     fiona = get_user_model().objects.get(username="fiona-ops")
     journal = journal_of("invoice", "inv_1")
-    erp.deleted.add(journal.erp_document_ref)
+    erp.delete(journal.erp_document_ref)
     run(books)
     [brk] = open_breaks()
     # Re-run for the object: the break is still there, so it stays open (seen again by the subject run).
@@ -393,30 +359,31 @@ def test_rerun_repost_and_the_queue_retry(books, erp, finance, django_capture_on
     # Re-post: the ERP has no live document, so the journal is sent again; the queued run resolves the break.
     with django_capture_on_commit_callbacks(execute=True):
         services.reconciliation_break_repost(break_id=brk.pk, actor=fiona)
-    assert ledger.effective_erp_ref(journal) == "JE-R-0001"
+    [reposted] = erp.by_cheque(str(journal.pk))  # sent once, as a new Journal Entry
+    assert ledger.effective_erp_ref(journal) == reposted["name"] != journal.erp_document_ref
     assert AuditEntry.objects.filter(object_id=str(journal.pk), action="journal.reposted").exists()
     brk.refresh_from_db()
     assert brk.status == "resolved" and brk.resolution.startswith("resolved by run")
     assert run(books).breaks == {}  # the re-posted document is the journal's now; no duplicate
     # A break the queue's retry re-runs: an edited amount, fixed in the ERP, retried from the exception.
     pay = journal_of("payment", "pay_2")
-    erp.lines[pay.erp_document_ref] = [("1010", "1.00", "0"), ("2300", "0", "1.00")]
+    erp.edit_amount(pay.erp_document_ref, "-49.00")
     run(books)
     [second] = open_breaks()
     with pytest.raises(TieoutError) as refused:
         services.reconciliation_break_repost(break_id=second.pk, actor=fiona)
     assert refused.value.code == Codes.BREAK_ACTION_NOT_APPLICABLE
-    erp.lines.clear()
+    erp.edit_amount(pay.erp_document_ref, "49.00")
     with django_capture_on_commit_callbacks(execute=True):
         queue.exception_retry(exception_id=second.exception_id, actor=fiona)
     second.refresh_from_db()
     assert second.status == "resolved"
 
 
-def test_adjusting_journal_and_resolving_in_the_queue(books, erp, finance, django_capture_on_commit_callbacks):
+def test_adjusting_journal_and_resolving_in_the_queue(erp_books, erp, finance, django_capture_on_commit_callbacks):
     fiona = get_user_model().objects.get(username="fiona-ops")
-    erp.manual.append(("1200", datetime.date(2026, 11, 15), "100.00", "0"))
-    run(books)
+    erp.add_manual_entry(account="1200", amount="100.00", against=BANK, posting_date="2026-11-15")
+    run(erp_books)
     [brk] = open_breaks()
     lines = [("1200", "100.00", "", "as booked in the ERP"), ("4000", "", "100.00", "")]
     journal = services.reconciliation_break_adjust(break_id=brk.pk, accounting_date=datetime.date(2026, 11, 15),

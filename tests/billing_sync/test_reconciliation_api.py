@@ -1,6 +1,6 @@
 """Reconciliation API (billing_sync/views/reconciliation.py): status codes, roles, shapes and problem codes of
 runs, breaks and break actions; the reconciliation status on the invoice and journal resources; the Celery
-routes and beat entries of the reconciliation tasks."""
+routes and beat entries of the reconciliation tasks. US01 posts into the ERPNext stand-in (`erp`)."""
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -9,7 +9,7 @@ from billing_sync import services
 from billing_sync.models import ReconciliationBreak, ReconciliationRun
 from config.celery import app
 from ledger import services as ledger
-from tests.billing_sync.test_reconciliation import NOV, books, erp, journal_of  # noqa: F401 - fixtures
+from tests.billing_sync.test_reconciliation import NOV, erp_books, journal_of  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.django_db
 RUNS = "/api/v1/reconciliation/runs"
@@ -20,13 +20,20 @@ BREAK_KEYS = {"id", "code", "status", "entity", "account", "period", "journal", 
 BODY = {"entity": "US01", "from": "2026-11-01", "to": "2026-11-30", "full": True}
 
 
-def a_break(entity, erp_state):  # noqa: F811
-    erp_state.deleted.add(journal_of("invoice", "inv_1").erp_document_ref)
+@pytest.fixture
+def books(erp_books):  # noqa: F811
+    """The books of test_reconciliation, posted into the ERPNext stand-in."""
+    return erp_books
+
+
+def a_break(entity, erp):
+    """The ERP document of inv_1's journal deleted in ERPNext, and the run that finds it missing."""
+    erp.delete(journal_of("invoice", "inv_1").erp_document_ref)
     services.reconciliation_run(entity=entity, date_from=NOV[0], date_to=NOV[1], full=True, actor="test")
     return ReconciliationBreak.objects.get(status="open")
 
 
-def test_start_a_run_and_read_it(books, erp, finance, controller, auditor, integration):  # noqa: F811
+def test_start_a_run_and_read_it(books, erp, finance, controller, auditor, integration):
     response = finance.post(RUNS, BODY)
     assert response.status_code == 202, response.content
     body = response.json()
@@ -47,7 +54,7 @@ def test_start_a_run_and_read_it(books, erp, finance, controller, auditor, integ
     assert integration.get(f"{RUNS}/{run.pk}").status_code == 403
 
 
-def test_run_refusals(books, erp, finance):  # noqa: F811
+def test_run_refusals(books, erp, finance):
     response = finance.post(RUNS, {"entity": "US01"})
     assert response.status_code == 400 and response.json()["code"] == "invalid_request"
     assert {e["field"] for e in response.json()["errors"]} == {"from", "to"}
@@ -61,7 +68,7 @@ def test_run_refusals(books, erp, finance):  # noqa: F811
     assert finance.get(f"{RUNS}/999999").status_code == 404
 
 
-def test_entity_scope(books, erp, finance):  # noqa: F811
+def test_entity_scope(books, erp, finance):
     brk = a_break(books, erp)
     ledger.entity_access_set(user=get_user_model().objects.get(username="fiona-ops"), entity_codes=[], actor="test")
     assert finance.get(f"{BREAKS}/{brk.pk}").status_code == 404
@@ -70,7 +77,7 @@ def test_entity_scope(books, erp, finance):  # noqa: F811
     assert finance.post(f"{BREAKS}/{brk.pk}/rerun").status_code == 404
 
 
-def test_list_breaks_with_filters(books, erp, auditor):  # noqa: F811
+def test_list_breaks_with_filters(books, erp, auditor):
     brk = a_break(books, erp)
     page = auditor.get(BREAKS, entity="US01", code="missing_in_erp", status="open").json()
     assert page["count"] == 1
@@ -86,7 +93,7 @@ def test_list_breaks_with_filters(books, erp, auditor):  # noqa: F811
     assert auditor.get(f"{BREAKS}/{brk.pk}").json() == item
 
 
-def test_break_actions(books, erp, finance, controller, auditor):  # noqa: F811
+def test_break_actions(books, erp, finance, controller, auditor):
     brk = a_break(books, erp)
     assert auditor.post(f"{BREAKS}/{brk.pk}/rerun").status_code == 403
     response = finance.post(f"{BREAKS}/{brk.pk}/rerun")
@@ -112,21 +119,21 @@ def test_break_actions(books, erp, finance, controller, auditor):  # noqa: F811
     assert response.status_code == 409 and response.json()["code"] == "break_resolved"
 
 
-def test_repost_through_the_api(books, erp, finance):  # noqa: F811
+def test_repost_through_the_api(books, erp, finance):
     brk = a_break(books, erp)
     response = finance.post(f"{BREAKS}/{brk.pk}/repost")
     assert response.status_code == 202, response.content
     assert response.json()["run"]["subject"] == f"journal:{brk.journal_id}"
     # The run executes once the request has committed: it finds the re-posted document and resolves the break.
     assert finance.get(f"{BREAKS}/{brk.pk}").json()["status"] == "resolved"
-    erp.lines[journal_of("payment", "pay_1").erp_document_ref] = [("1010", "1.00", "0"), ("1200", "0", "1.00")]
+    erp.edit_amount(journal_of("payment", "pay_1").erp_document_ref, "-49.00")
     services.reconciliation_run(entity=books, date_from=NOV[0], date_to=NOV[1], full=True, actor="test")
     other = ReconciliationBreak.objects.get(status="open")
     response = finance.post(f"{BREAKS}/{other.pk}/repost")
     assert response.status_code == 409 and response.json()["code"] == "break_action_not_applicable"
 
 
-def test_status_on_invoice_and_journal_resources(books, erp, auditor):  # noqa: F811
+def test_status_on_invoice_and_journal_resources(books, erp, auditor):
     journal = journal_of("invoice", "inv_1")
     assert auditor.get("/api/v1/invoices/billing-prod/inv_1").json()["reconciliation"] == {
         "status": "unreconciled", "checked_at": None, "run": None}
@@ -156,7 +163,7 @@ def test_tasks_are_routed_to_the_reconciliation_queue_and_scheduled():
     assert beat["billing_sync.tasks.reconcile_full_all"]["schedule"].hour == {2}
 
 
-def test_the_fan_out_starts_one_run_per_entity_and_skips_a_busy_one(books, erp, django_capture_on_commit_callbacks):  # noqa: F811
+def test_the_fan_out_starts_one_run_per_entity_and_skips_a_busy_one(books, erp, django_capture_on_commit_callbacks):
     ledger.entity_setup(code="UK01", currency="GBP", name="Tieout UK", actor="test")
     with django_capture_on_commit_callbacks(execute=True):
         started = services.reconciliation_run_schedule(full=True)

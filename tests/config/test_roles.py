@@ -14,6 +14,7 @@ from billing_sync import tokens
 from config import correlation, roles
 from ledger import services as ledger
 from tests import factories as f
+from tests.close_helpers import reconciled
 from tests.fixtures import Api
 
 pytestmark = pytest.mark.django_db
@@ -66,10 +67,13 @@ def test_a_scoped_user_gets_404_for_another_entitys_objects(two_entities, scoped
     assert scoped.get("/api/v1/ledger/trial-balance", entity="US01").status_code == 200
 
 
-def test_a_controller_cannot_close_a_period_of_an_entity_it_is_not_granted(two_entities, django_capture_on_commit_callbacks):
+def test_a_controller_cannot_close_a_period_of_an_entity_it_is_not_granted(two_entities, entity,
+                                                                            django_capture_on_commit_callbacks):
     raw = tokens.token_issue(username="cleo-scoped", role="controller", actor="test", entities=["US01"])
     api = Api(raw, django_capture_on_commit_callbacks)
+    reconciled(entity, 2026, 10)  # October's close checks pass for US01
     assert api.post("/api/v1/periods/EU01/2026-10/close").status_code == 404
+    assert api.get("/api/v1/periods/EU01/2026-10/close").status_code == 404
     assert api.post("/api/v1/periods/US01/2026-10/close").status_code == 200
 
 

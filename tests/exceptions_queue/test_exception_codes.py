@@ -15,6 +15,7 @@ from exceptions_queue.models import ExceptionRecord
 from ledger import services as ledger
 from ledger.models import Account, DocumentSequence, Journal
 from tests import factories as f
+from tests.close_helpers import reconciled
 from tests.helpers import send
 
 pytestmark = pytest.mark.django_db
@@ -244,8 +245,9 @@ def test_void_with_applications(invoiced, integration, auditor, setup):
 
 
 # --------------------------------------------------------------------------------------------- period_closed
-def test_period_closed_then_reopened_and_retried(entity, integration, controller, finance, auditor):
+def test_period_closed_then_reopened_and_retried(entity, integration, controller, controller2, finance, auditor):
     send(integration, f.customer(CUS))
+    reconciled(entity, 2026, 11)  # the close checks pass: nothing unposted, reconciled, the chain verifies
     response = controller.post("/api/v1/periods/US01/2026-11/close")
     assert response.status_code == 200
     assert response.json()["status"] == "closed"
@@ -258,7 +260,12 @@ def test_period_closed_then_reopened_and_retried(entity, integration, controller
     assert send(integration, f.invoice("inv_dec", customer_id=CUS, lines=[("1.00", "0")],
                                        issue_date="2026-12-01", due_date="2026-12-31"))["status"] == "posted"
 
-    assert controller.post("/api/v1/periods/US01/2026-11/reopen").json()["status"] == "open"
+    # Reopening always takes a second controller's approval.
+    reopen = controller.post("/api/v1/periods/US01/2026-11/reopen", {"reason": "a November invoice arrived late"})
+    assert reopen.status_code == 202 and reopen.json()["status"] == "closed"
+    approval = reopen.json()["approval"]["id"]
+    assert controller2.post(f"/api/v1/approvals/{approval}/approve", {"comment": "ok"}).status_code == 200
+    assert controller.get("/api/v1/periods/US01/2026-11/close").json()["status"] == "open"
     assert retry(finance, event).json()["status"] == "resolved"
     assert_posted_once(integration, event)
     assert Journal.objects.get(event_id=event["id"]).accounting_date.isoformat() == "2026-11-30"

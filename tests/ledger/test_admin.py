@@ -3,7 +3,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from audit.models import AuditEntry
-from ledger.models import Account, AccountMapping
+from ledger.models import Account, AccountMapping, Period
 
 pytestmark = pytest.mark.django_db
 
@@ -62,3 +62,15 @@ def test_remapping_a_posting_rule_role_in_the_admin_is_audited(admin_client, ent
     mapping.refresh_from_db()
     assert mapping.account == new
     assert AuditEntry.objects.filter(action="account_mapping.changed", object_id="US01:revenue").exists()
+
+
+def test_periods_are_read_only_in_the_admin(admin_client, entity):
+    """Closing skips no check and no approval: the admin may read periods, never add, change or delete one."""
+    period = Period.objects.create(entity=entity, year=2026, month=10)
+    assert admin_client.get("/admin/ledger/period/").status_code == 200
+    assert admin_client.get("/admin/ledger/period/add/").status_code == 403
+    assert admin_client.post("/admin/ledger/period/add/", {"entity": entity.pk, "year": 2026, "month": 9,
+                                                          "status": "closed"}).status_code == 403
+    assert not Period.objects.filter(month=9).exists()
+    page = admin_client.get(f"/admin/ledger/period/{period.pk}/change/")
+    assert page.status_code == 200 and b'name="status"' not in page.content  # view only

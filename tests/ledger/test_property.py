@@ -14,7 +14,10 @@ invariants checked after each sequence:
 * the trial balance balances (total debit == total credit);
 * every invoice's `open_amount` (as billing sees it) equals its `ledger_open_amount` (its balance on
   the receivable account), read through GET /api/v1/invoices/...;
-* each payment's unapplied cash equals its balance on the unapplied-cash account.
+* each payment's unapplied cash equals its balance on the unapplied-cash account;
+* a full reconciliation run over the history's dates finishes and finds no break (issue #12);
+* the AR aging's total equals the receivable (AR control) account's balance, and the unapplied-cash aging's
+  the unapplied-cash account's (both ties out: the item balances the database keeps agree with the lines).
 
 Fixtures are function-scoped, so all examples of one test share one database transaction: every example
 uses fresh ids and checks only its own documents (the trial balance is global and must balance anyway).
@@ -23,14 +26,15 @@ import uuid
 from decimal import Decimal
 
 import pytest
-from django.db.models import Sum
+from django.db.models import Max, Min, Sum
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from billing_sync import ordering
-from billing_sync.models import Event, Invoice, Payment
+from billing_sync.models import Event, Invoice, Payment, ReconciliationBreak
+from billing_sync.services import reconciliation
 from exceptions_queue.models import Approval
-from ledger.models import Journal, JournalLine
+from ledger.models import Entity, Journal, JournalLine
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -171,6 +175,12 @@ class Run:
 
         tb = self.controller.get("/api/v1/ledger/trial-balance", entity="US01").json()
         assert tb["total_debit"] == tb["total_credit"], tb
+        balances = {a["code"]: a["balance"] for a in tb["accounts"]}
+        ar = self.controller.get("/api/v1/reports/ar-aging", entity="US01").json()
+        assert ar["ties_out"] and ar["total"] == ar["ar_control_balance"] == balances["1200"], (ar, self.log)
+        cash = self.controller.get("/api/v1/reports/unapplied-cash", entity="US01").json()
+        assert cash["ties_out"] and Decimal(cash["unapplied_cash_balance"]) == -Decimal(balances["2300"]), (
+            cash, self.log)
 
         for invoice_id in self.invoices:
             response = self.controller.get(f"/api/v1/invoices/{f.SOURCE}/{invoice_id}")
@@ -189,6 +199,15 @@ class Run:
             balance = (ledger["c"] or 0) - (ledger["d"] or 0)
             assert balance == payment.unapplied_amount, (payment.payment_id, balance, payment.unapplied_amount,
                                                          self.log)
+
+        # A full reconciliation over every date the history touched finds nothing to report.
+        dates = Journal.objects.aggregate(first=Min("accounting_date"), last=Max("accounting_date"))
+        if dates["first"] is not None:
+            run = reconciliation.reconciliation_run(entity=Entity.objects.get(code="US01"), date_from=dates["first"],
+                                                    date_to=dates["last"], full=True, actor="property-test")
+            assert run.status == "finished", run.error
+            assert run.breaks == {}, (list(ReconciliationBreak.objects.filter(status="open").values(
+                "code", "document", "expected", "actual")), self.log)
 
 
 @settings(max_examples=25, deadline=None,

@@ -1,9 +1,13 @@
 """/metrics: the dashboard's figures as Prometheus gauges, parsed with prometheus_client's own parser."""
+import datetime
+
 import pytest
+from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from ledger.models import Journal
+from ledger.models import Journal, Period
 from tests import factories as f
+from tests.close_helpers import reconciled
 
 pytestmark = pytest.mark.django_db
 
@@ -69,3 +73,17 @@ def test_metrics_of_an_empty_database_have_no_quantiles_but_every_gauge(client, 
     assert _value(samples, "tieout_oldest_unposted_seconds") == 0
     assert not [k for k in samples if k[0] == "tieout_posting_latency_seconds"]  # no posted journal, no quantile
     assert _value(samples, "tieout_posting_latency_journals", window="24h") == 0
+
+
+def test_open_breaks_and_the_close_cycle_time(client, entity):
+    now = timezone.now()
+    year, month = (now.year, now.month - 1) if now.month > 1 else (now.year - 1, 12)
+    reconciled(entity, year, month, breaks=({"code": "missing_in_erp"}, {"code": "missing_in_erp"},
+                                            {"code": "erp_date_mismatch"}))
+    month_end = datetime.datetime(now.year, now.month, 1, tzinfo=datetime.UTC)
+    Period.objects.create(entity=entity, year=year, month=month, status="closed",
+                          closed_at=month_end + datetime.timedelta(hours=30))
+    samples = _scrape(client)
+    assert _value(samples, "tieout_reconciliation_open_breaks", code="missing_in_erp") == 2
+    assert _value(samples, "tieout_reconciliation_open_breaks", code="erp_date_mismatch") == 1
+    assert _value(samples, "tieout_close_cycle_seconds", quantile="0.5") == 30 * 3600

@@ -2,9 +2,12 @@
 
 Each stand-in follows its vendor's documented contract (paths, auth, bodies, error shapes). Tests
 script faults with `server.faults.add(kind, times)`; kinds every stand-in understands:
-`rate_limit` (429 + Retry-After), `error_500`, `error_503`, `timeout_before` (sleep, nothing stored),
-`commit_then_timeout` (store, then answer too late), `commit_then_502` (store, answer 502),
-`commit_then_reset` (store, then drop the connection without an answer).
+`rate_limit` (429 + Retry-After: `server.retry_after`, "1" by default), `error_500`, `error_503`,
+`timeout_before` (sleep, nothing stored), `commit_then_timeout` (store, then answer too late),
+`commit_then_502` (store, answer 502), `commit_then_reset` (store, then drop the connection without an
+answer). `server.faults` is consumed by writes (posting); `server.read_faults` by the read-back requests
+(lists, reads, queries), with the kinds that happen before an answer (`rate_limit`, `error_500`,
+`error_503`, `timeout_before`). `latency` is slept before every request (a page, for read-back).
 """
 import json
 import socket
@@ -37,6 +40,9 @@ class Faults:
 class StandinHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "Standin/1.0"
+    # The handler writes the headers and the body in two sends: with Nagle's algorithm on, the body waits
+    # for the client's delayed ACK (about 40 ms on Linux), which would dwarf the latency a test sets.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):  # quiet
         pass
@@ -87,12 +93,17 @@ class StandinHandler(BaseHTTPRequestHandler):
     def do_PATCH(self):
         self._dispatch("PATCH")
 
+    def do_DELETE(self):
+        self._dispatch("DELETE")
+
 
 class Standin:
     """Base of a vendor stand-in: `start()` binds 127.0.0.1 on a free port; `url` is its base URL."""
 
     def __init__(self, *, latency: float = 0.0, slow_seconds: float = 2.0):
         self.faults = Faults()
+        self.read_faults = Faults()
+        self.retry_after = "1"
         self.latency = latency
         self.slow_seconds = slow_seconds
         self.requests: list = []
@@ -125,7 +136,7 @@ class Standin:
     def pre_fault(self, handler: StandinHandler, fault: str | None, error_body) -> bool:
         if fault == "rate_limit":
             handler.body_json()
-            handler.send_json(429, error_body(429, "Too many requests"), {"Retry-After": "1"})
+            handler.send_json(429, error_body(429, "Too many requests"), {"Retry-After": self.retry_after})
             return True
         if fault in ("error_500", "error_503"):
             handler.body_json()
@@ -138,6 +149,10 @@ class Standin:
             handler.drop_connection()
             return True
         return False
+
+    def pre_read_fault(self, handler: StandinHandler, error_body) -> bool:
+        """A scripted read-back fault (`read_faults`), answered before the vendor logic: True if answered."""
+        return self.pre_fault(handler, self.read_faults.take(), error_body)
 
     # Faults that happen after the vendor stored the document.
     def post_fault(self, handler: StandinHandler, fault: str | None, error_body) -> bool:

@@ -16,12 +16,27 @@ What it checks, as NetSuite does:
   sublists, which a careless re-send would trip over. Unbalanced lines → 400 USER_ERROR; an unknown account
   or subsidiary → 400 INVALID_KEY_OR_REF with `o:errorPath`.
 
+- SuiteQL, `POST /services/rest/query/v1/suiteql?limit=&offset=` with `Prefer: transient` (400 without it)
+  and `{"q": ...}`: the query runs on an SQLite copy of the books (`transaction`, `transactionline`,
+  `transactionaccountingline`) with SuiteQL's Oracle functions our queries use (`TO_CHAR`, `TO_DATE`,
+  `TO_TIMESTAMP`); the answer is NetSuite's page: `links` (self, next), `count`, `hasMore`, `items` (each
+  with `links`, values as strings, SQL nulls left out), `offset`, `totalResults`; `limit` 1..1000; at most
+  100,000 results per query. A query SQLite cannot run is 400 INVALID_PARAMETER.
+
+The books: every upserted record is a posting journal entry (`posting` T, `voided` F, `lastModifiedDate`
+stamped from `clock`, UTC) whose lines are accounting lines in book 1 of the record's subsidiary. Test helpers
+change them as a person would, without HTTP: `edit_amount`, `void` (amounts to zero, `voided` T, as NetSuite
+voids without reversing journals; an upsert into a voided record is refused, 400 USER_ERROR), `delete`, `add_manual_entry` (no external id), `duplicate` ("Make Copy":
+same memo and lines, no external id), `set_date`.
+
 Faults, besides the base's: `concurrency_limit` (429 CONCURRENCY_LIMIT_EXCEEDED + Retry-After) and
 `concurrency_limit_400` (400 SSS_REQUEST_LIMIT_EXCEEDED, how RESTlets report the same governance limit).
-Faults apply to the upsert only.
+`faults` apply to the upsert only; `read_faults` to SuiteQL queries.
 """
+import datetime
 import re
 import secrets
+import sqlite3
 import threading
 import time
 from decimal import Decimal
@@ -36,6 +51,8 @@ from oauthlib.oauth1.rfc5849 import utils as oauth_utils
 from tests.standins.base import Standin, StandinHandler
 
 RECORD_PATH = "/services/rest/record/v1/journalEntry"
+SUITEQL_PATH = "/services/rest/query/v1/suiteql"
+SUITEQL_MAX_RESULTS = 100_000
 SUBSIDIARY_PATH = "/services/rest/record/v1/subsidiary"
 TOKEN_PATH = "/services/rest/auth/oauth2/v1/token"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -82,6 +99,9 @@ class NetSuiteStandin(Standin):
         self.token_ttl = token_ttl
         self.retry_after = retry_after
         self.records: dict[str, dict] = {}  # external id → journalEntry
+        self.others: list[dict] = []  # journal entries without an external id (made by people, copies)
+        self.queries: list[str] = []  # every SuiteQL query received
+        self.clock = lambda: datetime.datetime.now(datetime.UTC).replace(tzinfo=None)
         self.tokens: dict[str, float] = {}  # access token → expiry (wall clock)
         self.token_requests = 0
         self.authorizations: list[str] = []  # the Authorization header of every record call
@@ -127,6 +147,9 @@ class NetSuiteStandin(Standin):
             else:
                 handler.send_json(404, ns_error(404, "The record instance does not exist. Provide a valid record "
                                                      "instance ID."))
+            return
+        if method == "POST" and path == SUITEQL_PATH:
+            self.suiteql(handler, parse_qs(parts.query))
             return
         if path.startswith(RECORD_PATH + "/"):
             ref = path[len(RECORD_PATH) + 1:]
@@ -244,6 +267,12 @@ class NetSuiteStandin(Standin):
         replace = "line" in ",".join(query.get("replace", [])).split(",")
         with self._state:
             record = self.records.get(external_id)
+            if record is not None and record.get("voided"):
+                # "After you void a transaction, you cannot make changes to the transaction that impact the
+                # general ledger" (NetSuite's help on voiding).
+                handler.send_json(400, ns_error(400, f"Transaction {record['tranId']} is voided: you cannot make "
+                                                     "changes that impact the general ledger.", "USER_ERROR"))
+                return
             if record is None:
                 self._seq += 1
                 record = {"id": str(1000 + self._seq), "tranId": f"JE{self._seq:05d}", "externalId": external_id,
@@ -255,6 +284,9 @@ class NetSuiteStandin(Standin):
             for field in ("tranDate", "subsidiary", "memo", "currency"):
                 if field in doc:
                     record[field] = doc[field]
+            record.setdefault("voided", False)
+            record.setdefault("posting", True)
+            record["lastModifiedDate"] = self.now()
             # NetSuite's rule for a non-keyed sublist on update: append, unless asked to replace.
             record["line"]["items"] = lines if replace else record["line"]["items"] + lines
             record_id = record["id"]
@@ -299,6 +331,187 @@ class NetSuiteStandin(Standin):
             return (f"The transaction is out of balance: debits {debit} and credits {credit} must be equal.",
                     "USER_ERROR", "line")
         return None
+
+
+    # ------------------------------------------------------------------------------------------ SuiteQL
+    def now(self) -> str:
+        return self.clock().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    def transactions(self) -> list[dict]:
+        return sorted([*self.records.values(), *self.others], key=lambda r: int(r["id"]))
+
+    def suiteql(self, handler: StandinHandler, query: dict) -> None:
+        if self.pre_read_fault(handler, ns_error):
+            return
+        body = handler.body_json() or {}
+        self.queries.append(str(body.get("q") or ""))
+        if (handler.headers.get("Prefer") or "").strip().lower() != "transient":
+            handler.send_json(400, ns_error(400, "The request header Prefer must be set to transient.",
+                                            "INVALID_HEADER"))
+            return
+        try:
+            limit = int(query.get("limit", ["1000"])[0])
+            offset = int(query.get("offset", ["0"])[0])
+        except ValueError:
+            limit = offset = -1
+        if not 1 <= limit <= 1000 or offset < 0 or offset >= SUITEQL_MAX_RESULTS:
+            handler.send_json(400, ns_error(400, "Invalid limit or offset: limit is 1 to 1000, and a query returns "
+                                                 f"at most {SUITEQL_MAX_RESULTS} results.", "INVALID_PARAMETER"))
+            return
+        try:
+            with self._state:
+                columns, rows = _run_suiteql(self.transactions(), str(body.get("q") or ""))
+        except sqlite3.Error as exc:
+            handler.send_json(400, ns_error(400, f"Invalid search query. Detailed unprocessed description "
+                                                 f"follows. {exc}.", "INVALID_PARAMETER"))
+            return
+        rows = rows[:SUITEQL_MAX_RESULTS]
+        page = rows[offset:offset + limit]
+        base = f"{self.url}{SUITEQL_PATH}"
+        links = [{"rel": "self", "href": f"{base}?limit={limit}&offset={offset}"}]
+        has_more = offset + limit < len(rows)
+        if has_more:
+            links.insert(0, {"rel": "next", "href": f"{base}?limit={limit}&offset={offset + limit}"})
+        items = [{"links": [], **{name: _text(value) for name, value in zip(columns, row, strict=True)
+                                  if value is not None}} for row in page]
+        handler.send_json(200, {"links": links, "count": len(items), "hasMore": has_more, "items": items,
+                                "offset": offset, "totalResults": len(rows)})
+
+    # ------------------------------------------------------------------------------------------ the books
+    def find(self, ref: str) -> dict:
+        """A journal entry by external id, tranId or internal id."""
+        record = self.records.get(ref) or next((r for r in self.transactions() if ref in (r["id"], r["tranId"])),
+                                               None)
+        if record is None:
+            raise KeyError(ref)
+        return record
+
+    def _new_record(self, *, memo: str, tran_date: str, items: list, subsidiary: str = "1") -> dict:
+        with self._state:
+            self._seq += 1
+            record = {"id": str(1000 + self._seq), "tranId": f"JE{self._seq:05d}", "tranDate": tran_date,
+                      "subsidiary": {"id": subsidiary}, "memo": memo, "line": {"items": items}, "voided": False,
+                      "posting": True, "lastModifiedDate": self.now()}
+            self.others.append(record)
+        return record
+
+    def edit_amount(self, ref: str, delta) -> None:
+        """`delta` added to the first debit line and the first credit line: it stays balanced."""
+        delta = Decimal(str(delta))
+        with self._state:
+            record = self.find(ref)
+            for side in ("debit", "credit"):
+                item = next(i for i in record["line"]["items"] if i.get(side))
+                item[side] = float(Decimal(str(item[side])) + delta)
+            record["lastModifiedDate"] = self.now()
+
+    def void(self, ref: str) -> None:
+        """Void without a reversing journal: NetSuite sets the amounts to zero and marks it voided."""
+        with self._state:
+            record = self.find(ref)
+            for item in record["line"]["items"]:
+                for side in ("debit", "credit"):
+                    if side in item:
+                        item[side] = 0.0
+            record["voided"] = True
+            record["lastModifiedDate"] = self.now()
+
+    def delete(self, ref: str) -> None:
+        with self._state:
+            record = self.find(ref)
+            if record.get("externalId"):
+                del self.records[record["externalId"]]
+            else:
+                self.others.remove(record)
+
+    def set_date(self, ref: str, tran_date: str) -> None:
+        with self._state:
+            record = self.find(ref)
+            record["tranDate"] = tran_date
+            record["lastModifiedDate"] = self.now()
+
+    def add_manual_entry(self, *, account: str, amount, against: str, tran_date: str = "2026-11-01",
+                         memo: str = "Booked by hand", subsidiary: str = "1") -> dict:
+        """A journal entry a person entered: `amount` debited to `account`, credited to `against`."""
+        amount = float(Decimal(str(amount)))
+        return self._new_record(memo=memo, tran_date=tran_date, subsidiary=subsidiary,
+                                items=[{"account": {"id": account}, "debit": amount},
+                                       {"account": {"id": against}, "credit": amount}])
+
+    def duplicate(self, ref: str) -> dict:
+        """"Make Copy" and save: the same memo, date and lines; NetSuite does not copy the external id."""
+        source = self.find(ref)
+        return self._new_record(memo=source.get("memo", ""), tran_date=source["tranDate"],
+                                subsidiary=(source.get("subsidiary") or {}).get("id", "1"),
+                                items=[dict(item, account=dict(item["account"])) for item in source["line"]["items"]])
+
+
+_TOKENS = (("HH24", "%H"), ("MI", "%M"), ("SS", "%S"), ("YYYY", "%Y"), ("MM", "%m"), ("DD", "%d"))
+
+
+def _strftime_format(fmt: str) -> str:
+    for token, directive in _TOKENS:
+        fmt = fmt.replace(token, directive)
+    return fmt.replace('"T"', "T")
+
+
+def _to_char(value, fmt):
+    if value is None:
+        return None
+    if fmt is None:
+        return str(value)
+    return datetime.datetime.fromisoformat(str(value)).strftime(_strftime_format(fmt))
+
+
+def _to_date(text, fmt):
+    return datetime.datetime.strptime(str(text), _strftime_format(fmt)).date().isoformat()
+
+
+def _to_timestamp(text, fmt):
+    return datetime.datetime.strptime(str(text), _strftime_format(fmt)).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _run_suiteql(transactions: list[dict], query: str) -> tuple[list[str], list[tuple]]:
+    """The query on an in-memory SQLite copy of the books (dates as ISO text, NetSuite's T/F flags)."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.create_function("TO_CHAR", 2, _to_char, deterministic=True)
+        conn.create_function("TO_DATE", 2, _to_date, deterministic=True)
+        conn.create_function("TO_TIMESTAMP", 2, _to_timestamp, deterministic=True)
+        conn.executescript("""
+            CREATE TABLE "transaction" (id INTEGER PRIMARY KEY, tranid TEXT, externalid TEXT, recordtype TEXT,
+                trandate TEXT, lastmodifieddate TEXT, memo TEXT, voided TEXT, posting TEXT);
+            CREATE TABLE transactionline (id INTEGER, "transaction" INTEGER, subsidiary INTEGER, memo TEXT);
+            CREATE TABLE transactionaccountingline ("transaction" INTEGER, transactionline INTEGER, account TEXT,
+                accountingbook INTEGER, debit REAL, credit REAL, amount REAL, posting TEXT);""")
+        for record in transactions:
+            posting = "T" if record.get("posting", True) and not record.get("voided") else "F"
+            modified = datetime.datetime.fromisoformat(record.get("lastModifiedDate", "1970-01-01T00:00:00Z")
+                                                       .replace("Z", "+00:00")).strftime("%Y-%m-%d %H:%M:%S")
+            conn.execute('INSERT INTO "transaction" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)',
+                         (int(record["id"]), record["tranId"], record.get("externalId"), "journalentry",
+                          record["tranDate"], modified, record.get("memo"),
+                          "T" if record.get("voided") else "F", "T" if record.get("posting", True) else "F"))
+            subsidiary = int((record.get("subsidiary") or {}).get("id") or 1)
+            for number, item in enumerate(record["line"]["items"]):
+                debit = float(item.get("debit") or 0) or None
+                credit = float(item.get("credit") or 0) or None
+                conn.execute("INSERT INTO transactionline VALUES (?, ?, ?, ?)",
+                             (number, int(record["id"]), subsidiary, item.get("memo")))
+                conn.execute("INSERT INTO transactionaccountingline VALUES (?, ?, ?, 1, ?, ?, ?, ?)",
+                             (int(record["id"]), number, str(item["account"]["id"]), debit, credit,
+                              (debit or 0) - (credit or 0), posting))
+        # TRANSACTION is an SQLite keyword: the table and column of that name are quoted for SQLite.
+        cursor = conn.execute(re.sub(r'(?<![\w"])transaction(?![\w"])', '"transaction"', query, flags=re.IGNORECASE))
+        return [column[0].lower() for column in cursor.description], cursor.fetchall()
+    finally:
+        conn.close()
+
+
+def _text(value) -> str:
+    if isinstance(value, float):
+        return repr(round(value, 6)).removesuffix(".0") if value == int(value) else repr(round(value, 6))
+    return str(value)
 
 
 def _read(handler: StandinHandler) -> bytes:

@@ -381,6 +381,51 @@ def test_batch_mode_upserts_one_summarised_entry_by_the_batch_id(erp, entity, in
     assert set(Journal.objects.values_list("erp_document_ref", flat=True)) == {record["tranId"]}
 
 
+# ------------------------------------------------------------------------------------------ re-posts
+def test_a_voided_journal_is_reposted_under_a_new_external_id_once(erp, journal):
+    """NetSuite cannot change a voided transaction, which keeps its external id: a re-post (reconciliation's
+    repost action) finds no live record and upserts under `<id>_r1`; the next re-post links that one."""
+    post(journal)
+    journal.refresh_from_db()
+    erp.void(journal.erp_document_ref)
+    first = services.journal_repost(journal_id=journal.pk, actor="test")
+    assert not first.already_existed and first.erp_document_ref == "JE00002"
+    assert erp.records[f"{journal.pk}_r1"]["tranId"] == "JE00002"
+    assert erp.records[str(journal.pk)]["voided"] is True
+    assert any("SELECT t.id AS id, t.tranid" in q and "LIKE" in q for q in erp.queries)  # looked up first
+    again = services.journal_repost(journal_id=journal.pk, actor="test")
+    assert again.already_existed and again.erp_document_ref == "JE00002"
+    assert erp.creates == 2
+    # The re-posted record is ours on reading back (by our memo: its external id is not a journal id).
+    [doc] = [d for d in connectors.get_connector(journal.entity).erp_documents(
+        date_from=journal.accounting_date, date_to=journal.accounting_date) if d.status == "posted"]
+    assert (doc.ref, doc.our_ref) == ("JE00002", str(journal.pk))
+    # Voided again: the next free external id.
+    erp.void("JE00002")
+    assert services.journal_repost(journal_id=journal.pk, actor="test").erp_document_ref == "JE00003"
+    assert erp.records[f"{journal.pk}_r2"]["tranId"] == "JE00003"
+
+
+def test_a_copy_a_person_made_of_a_voided_journal_is_linked_not_posted_again(erp, journal):
+    post(journal)
+    journal.refresh_from_db()
+    copy = erp.duplicate(journal.erp_document_ref)  # "Make Copy": our memo, no external id
+    erp.void(journal.erp_document_ref)
+    result = services.journal_repost(journal_id=journal.pk, actor="test")
+    assert result.already_existed and result.erp_document_ref == copy["tranId"]
+    assert erp.creates == 1
+
+
+def test_an_upsert_into_a_voided_record_is_refused_as_netsuite_does(erp, journal, erp_entity):
+    post(journal)
+    journal.refresh_from_db()
+    erp.void(journal.erp_document_ref)
+    connector = connectors.get_connector(erp_entity)
+    with pytest.raises(connectors.PermanentError) as refused:
+        connector.post_journal(journal)
+    assert "USER_ERROR" in refused.value.erp_message and "voided" in refused.value.erp_message
+
+
 # ------------------------------------------------------------------------------------------ configuration
 def test_test_connection_reads_the_subsidiary(erp, erp_entity):
     assert services.entity_test_connection(entity=erp_entity) == (

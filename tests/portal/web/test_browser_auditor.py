@@ -28,7 +28,8 @@ def portal(web_users, integration):
 def pages(portal):
     return {"dashboard": "/", "exceptions": "/exceptions/",
             "exception": f"/exceptions/{portal['exception'].pk}/",
-            "approvals": "/approvals/", "approval": f"/approvals/{portal['approval'].pk}/"}
+            "approvals": "/approvals/", "approval": f"/approvals/{portal['approval'].pk}/",
+            "reconciliation": "/reconciliation/"}
 
 
 def action_forms(page):

@@ -22,6 +22,7 @@ from ledger.connectors.base import PermanentError
 from ledger.models import Journal
 from portal.selectors import dashboard as dashboard_selectors
 from tests import factories as f
+from tests.close_helpers import reconciled
 from tests.portal.web.conftest import assert_accessible, shot
 
 pytestmark = pytest.mark.django_db
@@ -260,6 +261,22 @@ def test_the_dashboard_still_answers_when_the_cache_is_down(known_data, finance,
     response = _signed_in("fiona-ops").get("/")
     assert response.status_code == 200
     assert response.context["f"]["events_24h"]["received"] == 4
+
+
+def test_close_and_reconciliation_figures_on_the_page(entity, finance):
+    now = timezone.now()
+    reconciled(entity, now.year, now.month, breaks=({"code": "missing_in_erp"},))
+    ExceptionRecord.objects.create(code="over_application", message="m", process="payment", entity_code="US01",
+                                   created_at=now - datetime.timedelta(hours=3), status="resolved",
+                                   resolved_at=now - datetime.timedelta(hours=1), resolution="refunded")
+    response = _signed_in("fiona-ops").get("/")
+    html = response.content.decode()
+    assert _figure(html, "open-breaks") == ("/exceptions/?status=unresolved&process=reconciliation", "1")
+    assert 'href="/exceptions/?status=unresolved&amp;process=reconciliation&amp;code=missing_in_erp"' in html
+    month = f"{now.year}-{now.month:02d}"
+    assert f'data-close="US01-{month}"><a href="/close/US01/{month}/">' in html
+    assert re.search(r'data-figure="resolution-p50-payment">2 h</td>', html)
+    assert _figure(html, "close-cycle-p50") == ("/close/", "—")  # nothing closed yet
 
 
 # ------------------------------------------------------------------------------------------ browser

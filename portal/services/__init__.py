@@ -1,0 +1,10 @@
+"""The portal's write paths that need every layer below, one module per concern (the period close); callers
+use `from portal import services` and the names re-exported here. Sign-in and users are `portal.auth_services`."""
+from portal.services.close import (  # noqa: F401
+    CloseOutcome,
+    audit_verify_for_close,
+    period_close,
+    period_close_approved,
+    period_reopen_approved,
+    period_reopen_request,
+)
