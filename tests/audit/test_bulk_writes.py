@@ -30,7 +30,9 @@ OPERATIONAL = {"Outbox": "the outbox relay's hand-off marker", "PostingAttempt":
                "CallbackDelivery": "a status callback's delivery state", "ErpBatch": "a batch document's state",
                "ErpBatchLine": "a batch document's netted line", "DocumentSequence": "a number allocator",
                "ReconciliationMark": "an object's last reconciliation status, derived from the audited run (its "
-                                     "reconciliation.finished entry counts the marks it changed) and breaks"}
+                                     "reconciliation.finished entry counts the marks it changed) and breaks",
+               "ItemBalance": "a posted journal's running balance per invoice or payment, kept by a database trigger "
+                              "from the audited posting (no other write is allowed)"}
 
 SAME_FUNCTION = "audited in the same function"
 # (path, function) -> (why this bulk or queryset write is fine, how it is audited: SAME_FUNCTION,
