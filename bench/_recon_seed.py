@@ -21,7 +21,6 @@ invoices and payments match their documents), so they are inserted with `session
 """
 from __future__ import annotations
 
-
 SOURCE = "bench"
 ENTITY = "BENCH"
 CUSTOMERS = 10_000
@@ -58,8 +57,8 @@ FROM (
         SELECT g, g % 20 AS m, g % 1000 AS s, 1 + g % {customers} AS cust,
                ((g * 7919) % 90000 + 1000) / 100.0 AS subtotal,
                round(((g * 7919) % 90000 + 1000) / 100.0 * 0.0725, 2) AS tax,
-               g % 30 AS inv_day, LEAST(29, g % 30 + g % 5) AS pay_day
-        FROM generate_series({lo} + 1, {hi}) g
+               (g % 30)::int AS inv_day, LEAST(29, g % 30 + g % 5)::int AS pay_day
+        FROM generate_series({lo}::bigint + 1, {hi}) g
     ) base
 ) facts
 """
