@@ -3,10 +3,15 @@ size (no row comes to Python), comparing each canonical document with the journa
 (`missing_journal`, `journal_amount_mismatch`), each invoice's open amount with its receivable balance
 (`ledger_open_amount_mismatch`) and the control accounts with billing's totals (`ar_control_mismatch`,
 `unapplied_cash_mismatch`) over the journals Tieout has booked (`context.BOOKED`), accounts by posting-rule role;
-ARCHITECTURE.md ("billing_sync.reconciliation") says exactly what is compared and which documents a run covers."""
+ARCHITECTURE.md ("billing_sync.reconciliation") says exactly what is compared and which documents a run covers.
+
+At a million invoices every statement hashes millions of rows, so they are written for it: the ledger's sums are
+taken as integers of the money columns' smallest unit (`UNITS`; exact, and a bigint sum's state is a fraction
+of a numeric one's), grouped by the narrowest key that identifies a document (its journal kind names its type),
+and the journal a break names is looked up only for the few rows that differ."""
 from django.db import connection
 
-from billing_sync.reconciliation.context import BOOKED, Context
+from billing_sync.reconciliation.context import BOOKED, Context, R
 
 MONEY = "round({}, %(scale)s)::text"
 
@@ -34,138 +39,175 @@ def _doc_filters(ctx: Context) -> tuple[dict, dict]:
 
 
 DOCS_SQL = """
-INSERT INTO recon_docs (subject, doc_type, source_system, doc_id, kind, version, expected, account)
-SELECT 'invoice:' || i.source_system || ':' || i.invoice_id, 'invoice', i.source_system, i.invoice_id, 'invoice',
-       i.version, i.total, %(ar_code)s
+INSERT INTO recon_docs (doc_type, source_system, doc_id, kind, version, expected, account)
+SELECT 'invoice', i.source_system, i.invoice_id, 'invoice', i.version, i.total, %(ar_code)s
 FROM billing_sync_invoice i
 WHERE i.entity_id = %(entity)s AND i.status = 'open' AND i.total <> 0 AND {invoice}
 UNION ALL
-SELECT 'payment:' || p.source_system || ':' || p.payment_id, 'payment', p.source_system, p.payment_id, 'payment',
-       NULL, p.amount, %(clearing_code)s
+SELECT 'payment', p.source_system, p.payment_id, 'payment', NULL, p.amount, %(clearing_code)s
 FROM billing_sync_payment p
 WHERE p.entity_id = %(entity)s AND {payment}
 UNION ALL
-SELECT 'credit_note:' || c.source_system || ':' || c.credit_note_id, 'credit_note', c.source_system,
-       c.credit_note_id, 'credit_note', NULL, c.amount + c.tax_amount, %(ar_code)s
+SELECT 'credit_note', c.source_system, c.credit_note_id, 'credit_note', NULL, c.amount + c.tax_amount, %(ar_code)s
 FROM billing_sync_creditnote c JOIN billing_sync_invoice i ON i.id = c.invoice_id
 JOIN billing_sync_event e ON e.id = c.event_id
 WHERE i.entity_id = %(entity)s AND c.status = 'approved' AND {credit_note}
 UNION ALL
-SELECT 'write_off:' || w.source_system || ':' || w.write_off_id, 'write_off', w.source_system, w.write_off_id,
-       'write_off', NULL, w.amount, %(ar_code)s
+SELECT 'write_off', w.source_system, w.write_off_id, 'write_off', NULL, w.amount, %(ar_code)s
 FROM billing_sync_writeoff w JOIN billing_sync_invoice i ON i.id = w.invoice_id
 JOIN billing_sync_event e ON e.id = w.event_id
 WHERE i.entity_id = %(entity)s AND w.status = 'approved' AND {write_off}
 UNION ALL
-SELECT 'refund:' || r.source_system || ':' || r.refund_id, 'refund', r.source_system, r.refund_id, 'refund', NULL,
-       r.amount, %(clearing_code)s
+SELECT 'refund', r.source_system, r.refund_id, 'refund', NULL, r.amount, %(clearing_code)s
 FROM billing_sync_refund r JOIN billing_sync_payment p ON p.id = r.payment_id
 JOIN billing_sync_event e ON e.id = r.event_id
 WHERE p.entity_id = %(entity)s AND {refund}
 """
 
-# The measure of each document's journals that its posting rule fixes (see the module docstring).
+# Money columns hold four decimal places (ledger.models.MONEY): sums of `x * UNITS` as bigint are exact.
+UNITS = 10_000
+
+
+def _units(expr: str) -> str:
+    return f"(({expr}) * {UNITS})::bigint"
+
+
+# A journal kind that books a billing document carries the document's type as its own name.
+_DOC_KINDS = "(" + ", ".join(f"('{t}', '{t}')" for t in ("invoice", "payment", "refund", "credit_note",
+                                                           "write_off")) + ")"
+
+# The measure of each document's journals that its posting rule fixes (see the module docstring), against what
+# billing says. Lines on other accounts are left out by the join (a journal without any still counts, as 0).
 JOURNALS_SQL = f"""
 INSERT INTO recon_found (code, account, period, journal_id, document, expected, actual, amount, source_ref)
 WITH agg AS (
-    SELECT d.subject, MIN(j.id::text)::uuid AS journal_id, MIN(j.accounting_date) AS accounting_date,
-           SUM(CASE d.kind
-               WHEN 'invoice' THEN CASE WHEN l.account_id = %(ar)s THEN l.debit - l.credit ELSE 0 END
-               WHEN 'payment' THEN CASE WHEN l.account_id IN (%(clearing)s, %(fees)s) THEN l.debit ELSE 0 END
-               WHEN 'refund' THEN CASE WHEN l.account_id = %(clearing)s THEN l.credit - l.debit ELSE 0 END
-               ELSE CASE WHEN l.account_id = %(ar)s THEN l.credit - l.debit ELSE 0 END
-           END) AS actual
-    FROM recon_docs d
-    JOIN ledger_journal j ON j.entity_id = %(entity)s AND j.source_system = d.source_system
-        AND j.document_type = d.doc_type AND j.document_id = d.doc_id AND j.kind = d.kind
-        AND (d.version IS NULL OR j.document_version = d.version) AND j.status IN {BOOKED}
-    JOIN ledger_journalline l ON l.journal_id = j.id
-    GROUP BY d.subject
+    SELECT j.source_system, j.kind, j.document_id, CASE WHEN j.kind = 'invoice' THEN j.document_version END
+               AS version,
+           MIN(j.accounting_date) AS accounting_date,
+           COALESCE(SUM(CASE j.kind
+               WHEN 'invoice' THEN CASE WHEN l.account_id = %(ar)s THEN {_units('l.debit - l.credit')} ELSE 0 END
+               WHEN 'payment' THEN CASE WHEN l.account_id IN (%(clearing)s, %(fees)s) THEN {_units('l.debit')}
+                                        ELSE 0 END
+               WHEN 'refund' THEN CASE WHEN l.account_id = %(clearing)s THEN {_units('l.credit - l.debit')}
+                                       ELSE 0 END
+               ELSE CASE WHEN l.account_id = %(ar)s THEN {_units('l.credit - l.debit')} ELSE 0 END
+           END), 0) AS actual
+    FROM ledger_journal j
+    LEFT JOIN ledger_journalline l ON l.journal_id = j.id AND l.account_id IN (%(ar)s, %(clearing)s, %(fees)s)
+    WHERE j.entity_id = %(entity)s AND j.status IN {BOOKED} AND (j.kind, j.document_type) IN {_DOC_KINDS}
+          AND (j.source_system, j.document_id) IN (SELECT source_system, doc_id FROM recon_docs)
+    GROUP BY 1, 2, 3, 4
+), found AS (
+    SELECT d.*, a.kind IS NULL AS missing, a.actual, a.accounting_date
+    FROM recon_docs d LEFT JOIN agg a ON a.source_system = d.source_system AND a.kind = d.kind
+        AND a.document_id = d.doc_id AND a.version IS NOT DISTINCT FROM d.version
+    WHERE a.kind IS NULL OR a.actual <> {_units('d.expected')}
 )
-SELECT CASE WHEN a.subject IS NULL THEN 'missing_journal' ELSE 'journal_amount_mismatch' END,
-       d.account, COALESCE(to_char(a.accounting_date, 'YYYY-MM'), ''), a.journal_id, d.subject,
-       jsonb_build_object('side', 'billing', 'journal_kind', d.kind, 'amount', {_m('d.expected')}),
-       CASE WHEN a.subject IS NULL THEN jsonb_build_object('side', 'ledger', 'journals', 0)
-            ELSE jsonb_build_object('side', 'ledger', 'amount', {_m('a.actual')}) END,
-       abs(d.expected - COALESCE(a.actual, 0)), d.doc_id
-FROM recon_docs d LEFT JOIN agg a ON a.subject = d.subject
-WHERE a.subject IS NULL OR a.actual <> d.expected
+SELECT CASE WHEN missing THEN 'missing_journal' ELSE 'journal_amount_mismatch' END,
+       account, COALESCE(to_char(accounting_date, 'YYYY-MM'), ''),
+       CASE WHEN NOT missing THEN (
+           SELECT j.id FROM ledger_journal j
+           WHERE j.entity_id = %(entity)s AND j.source_system = found.source_system
+             AND j.document_type = found.doc_type AND j.document_id = found.doc_id AND j.kind = found.kind
+             AND (found.version IS NULL OR j.document_version = found.version) AND j.status IN {BOOKED}
+           ORDER BY j.id::text LIMIT 1) END,
+       doc_type || ':' || source_system || ':' || doc_id,
+       jsonb_build_object('side', 'billing', 'journal_kind', kind, 'amount', {_m('expected')}),
+       CASE WHEN missing THEN jsonb_build_object('side', 'ledger', 'journals', 0)
+            ELSE jsonb_build_object('side', 'ledger', 'amount', {_m(f'actual::numeric / {UNITS}')}) END,
+       abs(expected - COALESCE(actual::numeric / {UNITS}, 0)), doc_id
+FROM found
 """
 
+# Every invoice's open amount against its receivable balance (the receivable lines that name it), both as bigint
+# units; the row without an invoice id holds the receivable booked to no invoice (for the control account).
 INVOICES_SQL = f"""
 INSERT INTO recon_invoices (source_system, invoice_id, open_amount, balance, journal_id, in_scope)
 WITH led AS (
-    SELECT j.source_system, l.invoice_id, SUM(l.debit - l.credit) AS balance, MIN(j.id::text) AS journal_id,
+    SELECT j.source_system, l.invoice_id, SUM({_units('l.debit - l.credit')}) AS balance,
            bool_or(j.accounting_date BETWEEN %(from)s AND %(to)s) AS touched
     FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id
-    WHERE j.entity_id = %(entity)s AND l.account_id = %(ar)s AND l.invoice_id <> '' AND j.status IN {BOOKED}
-          AND {{led_filter}}
+    WHERE j.entity_id = %(entity)s AND l.account_id = %(ar)s AND j.status IN {BOOKED} AND {{led_filter}}
     GROUP BY j.source_system, l.invoice_id
 ), inv AS (
     SELECT i.source_system, i.invoice_id, i.issue_date,
            CASE WHEN i.status = 'voided' THEN 0
-                ELSE i.total - i.applied_total - i.credited_total - i.written_off_total + i.refunded_total END
-               AS open_amount
+                ELSE {_units('i.total - i.applied_total - i.credited_total - i.written_off_total + i.refunded_total')}
+           END AS open_amount
     FROM billing_sync_invoice i
     WHERE i.entity_id = %(entity)s AND {{inv_filter}}
 )
 SELECT COALESCE(inv.source_system, led.source_system), COALESCE(inv.invoice_id, led.invoice_id),
-       inv.open_amount, led.balance, led.journal_id::uuid,
-       {{in_scope}}
+       inv.open_amount, led.balance, NULL,
+       COALESCE(inv.invoice_id, led.invoice_id) <> '' AND {{in_scope}}
 FROM inv FULL JOIN led ON led.source_system = inv.source_system AND led.invoice_id = inv.invoice_id
 """
 
+# Invoices whose open amount and receivable balance differ; an invoice billing does not have names one of the
+# journals that booked its balance (looked up for these few rows only).
 OPEN_AMOUNTS_SQL = f"""
 INSERT INTO recon_found (code, account, journal_id, document, expected, actual, amount, source_ref)
-SELECT 'ledger_open_amount_mismatch', %(ar_code)s, CASE WHEN open_amount IS NULL THEN journal_id END,
+SELECT 'ledger_open_amount_mismatch', %(ar_code)s,
+       CASE WHEN open_amount IS NULL THEN (
+           SELECT j.id FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id
+           WHERE l.account_id = %(ar)s AND l.invoice_id = r.invoice_id AND j.entity_id = %(entity)s
+             AND j.source_system = r.source_system AND j.status IN {BOOKED}
+           ORDER BY j.id::text LIMIT 1) END,
        'invoice:' || source_system || ':' || invoice_id,
        CASE WHEN open_amount IS NULL THEN jsonb_build_object('side', 'billing', 'invoice', false,
                                                              'open_amount', {_m('0')})
-            ELSE jsonb_build_object('side', 'billing', 'open_amount', {_m('open_amount')}) END,
-       jsonb_build_object('side', 'ledger', 'receivable_balance', {_m('COALESCE(balance, 0)')}),
-       abs(COALESCE(open_amount, 0) - COALESCE(balance, 0)), invoice_id
-FROM recon_invoices
+            ELSE jsonb_build_object('side', 'billing', 'open_amount', {_m(f'open_amount::numeric / {UNITS}')}) END,
+       jsonb_build_object('side', 'ledger', 'receivable_balance', {_m(f'COALESCE(balance, 0)::numeric / {UNITS}')}),
+       abs(COALESCE(open_amount, 0) - COALESCE(balance, 0))::numeric / {UNITS}, invoice_id
+FROM recon_invoices r
 WHERE in_scope AND COALESCE(open_amount, 0) <> COALESCE(balance, 0)
 """
 
-AGGREGATES_SQL = f"""
+AGGREGATE_ROWS = f"""
 INSERT INTO recon_found (code, account, expected, actual, amount, source_ref)
 SELECT code, account, jsonb_build_object('side', 'billing', 'amount', {_m('billing')}),
        jsonb_build_object('side', 'ledger', 'balance', {_m('ledger')}), abs(billing - ledger), account
-FROM (
-    SELECT 'ar_control_mismatch' AS code, %(ar_code)s AS account,
-           (SELECT COALESCE(SUM(CASE WHEN i.status = 'voided' THEN 0 ELSE i.total - i.applied_total - i.credited_total
-                                     - i.written_off_total + i.refunded_total END), 0)
-            FROM billing_sync_invoice i WHERE i.entity_id = %(entity)s) AS billing,
-           (SELECT COALESCE(SUM(l.debit - l.credit), 0)
-            FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id
-            WHERE j.entity_id = %(entity)s AND l.account_id = %(ar)s AND j.status IN {BOOKED}) AS ledger
-    WHERE %(check_ar)s
-    UNION ALL
-    SELECT 'unapplied_cash_mismatch', %(uc_code)s,
-           (SELECT COALESCE(SUM(p.amount - p.allocated_total - p.refunded_unapplied_total), 0)
-            FROM billing_sync_payment p WHERE p.entity_id = %(entity)s),
-           (SELECT COALESCE(SUM(l.credit - l.debit), 0)
-            FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id
-            WHERE j.entity_id = %(entity)s AND l.account_id = %(uc)s AND j.status IN {BOOKED})
-    WHERE %(check_uc)s
-) figures
+FROM (VALUES {{rows}}) figures (code, account, billing, ledger)
 WHERE billing <> ledger
+"""
+
+# The control accounts' balances in the ledger, in one pass over their lines.
+CONTROL_SQL = f"""
+SELECT COALESCE(SUM({_units('l.debit - l.credit')}) FILTER (WHERE l.account_id = %(ar)s), 0),
+       COALESCE(SUM({_units('l.credit - l.debit')}) FILTER (WHERE l.account_id = %(uc)s), 0)
+FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id
+WHERE j.entity_id = %(entity)s AND l.account_id = ANY(%(accounts)s) AND j.status IN {BOOKED}
+"""
+
+# What billing says they should hold: open invoices, and payments' unapplied amounts.
+OPEN_INVOICES_SQL = f"""
+SELECT COALESCE(SUM(CASE WHEN i.status = 'voided' THEN 0 ELSE
+    {_units('i.total - i.applied_total - i.credited_total - i.written_off_total + i.refunded_total')} END), 0)
+FROM billing_sync_invoice i WHERE i.entity_id = %(entity)s
+"""
+UNAPPLIED_SQL = f"""
+SELECT COALESCE(SUM({_units('p.amount - p.allocated_total - p.refunded_unapplied_total')}), 0)
+FROM billing_sync_payment p WHERE p.entity_id = %(entity)s
 """
 
 
 def check(ctx: Context, progress=None) -> None:
     """Run the plan's billing ↔ ledger checks into `recon_found`, `recon_scope` and `recon_checked`."""
     plan = ctx.plan
+    whole = plan.doc is None  # every invoice of the entity is in recon_invoices (its totals are the entity's)
     with connection.cursor() as cursor:
         if plan.billing:
             filters, extra = _doc_filters(ctx)
             params = ctx.params(**extra)
             cursor.execute(DOCS_SQL.format(**filters), params)
             cursor.execute("ANALYZE recon_docs")  # temporary tables have no statistics until asked
+            if progress:
+                progress("billing documents")
             cursor.execute(JOURNALS_SQL, params)
+            if progress:
+                progress("document journals")
             if plan.doc is None or plan.doc[0] == "invoice":
-                if plan.doc is None:
+                if whole:
                     led_filter = inv_filter = "TRUE"
                     in_scope = "(inv.issue_date BETWEEN %(from)s AND %(to)s OR COALESCE(led.touched, FALSE))"
                 else:
@@ -175,18 +217,54 @@ def check(ctx: Context, progress=None) -> None:
                 cursor.execute(INVOICES_SQL.format(led_filter=led_filter, inv_filter=inv_filter,
                                                    in_scope=in_scope), params)
                 cursor.execute(OPEN_AMOUNTS_SQL, params)
-                cursor.execute("""INSERT INTO recon_checked (subject)
-                                  SELECT 'invoice:' || source_system || ':' || invoice_id FROM recon_invoices
+                if progress:
+                    progress("open amounts")
+                cursor.execute("""INSERT INTO recon_checked (subject, billing)
+                                  SELECT 'invoice:' || source_system || ':' || invoice_id, TRUE FROM recon_invoices
                                   WHERE in_scope""")
-            cursor.execute("INSERT INTO recon_checked (subject) SELECT subject FROM recon_docs")
-            cursor.execute("INSERT INTO recon_scope (scope) SELECT 'doc:' || subject FROM recon_checked")
+            cursor.execute("""INSERT INTO recon_checked (subject, billing)
+                              SELECT doc_type || ':' || source_system || ':' || doc_id, TRUE FROM recon_docs""")
             if progress:
                 progress("billing ↔ ledger")
         if plan.aggregates:
-            params = ctx.params(check_ar="ar_control_mismatch" in plan.aggregates,
-                                check_uc="unapplied_cash_mismatch" in plan.aggregates)
-            cursor.execute(AGGREGATES_SQL, params)
+            _aggregates(cursor, ctx, from_invoices=plan.billing and whole)
             cursor.executemany("INSERT INTO recon_scope (scope) VALUES (%s)",
                                [(f"entity:{code}",) for code in plan.aggregates])
             if progress:
                 progress("control accounts")
+
+
+def _aggregates(cursor, ctx: Context, *, from_invoices: bool) -> None:
+    """The control accounts against billing's totals. After a whole-range billing check `recon_invoices` holds
+    every invoice of the entity and every receivable line summed by invoice (the row without one included), so
+    the receivable figures are its sums instead of another pass over the ledger."""
+    plan = ctx.plan
+    params = ctx.params()
+    rows = []
+    wanted = {code: code in plan.aggregates for code in ("ar_control_mismatch", "unapplied_cash_mismatch")}
+    ar_ledger = uc_ledger = None
+    if wanted["ar_control_mismatch"] and from_invoices:
+        cursor.execute("SELECT COALESCE(SUM(open_amount), 0), COALESCE(SUM(balance), 0) FROM recon_invoices")
+        ar_billing, ar_ledger = cursor.fetchone()
+    elif wanted["ar_control_mismatch"]:
+        cursor.execute(OPEN_INVOICES_SQL, params)
+        ar_billing = cursor.fetchone()[0]
+    accounts = [ctx.account_id(role) for role, want in ((R.RECEIVABLE, wanted["ar_control_mismatch"]
+                                                           and ar_ledger is None),
+                                                          (R.UNAPPLIED_CASH, wanted["unapplied_cash_mismatch"]))
+                if want]
+    if accounts:
+        cursor.execute(CONTROL_SQL, {**params, "accounts": accounts})
+        ar_sum, uc_ledger = cursor.fetchone()
+        ar_ledger = ar_sum if ar_ledger is None else ar_ledger
+    if wanted["ar_control_mismatch"]:
+        rows.append(("ar_control_mismatch", ctx.account_code(R.RECEIVABLE), ar_billing, ar_ledger))
+    if wanted["unapplied_cash_mismatch"]:
+        cursor.execute(UNAPPLIED_SQL, params)
+        rows.append(("unapplied_cash_mismatch", ctx.account_code(R.UNAPPLIED_CASH), cursor.fetchone()[0], uc_ledger))
+    if rows:
+        values = ", ".join(f"(%(code{n})s, %(account{n})s, %(billing{n})s::numeric / {UNITS}, "
+                           f"%(ledger{n})s::numeric / {UNITS})" for n in range(len(rows)))
+        named = {f"{name}{n}": value for n, row in enumerate(rows)
+                 for name, value in zip(("code", "account", "billing", "ledger"), row)}
+        cursor.execute(AGGREGATE_ROWS.format(rows=values), {"scale": ctx.scale, **named})

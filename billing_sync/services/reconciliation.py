@@ -344,7 +344,9 @@ def _apply(ctx, run: ReconciliationRun, progress=None) -> dict:
         cursor.execute(f"""
             SELECT b.id FROM billing_sync_reconciliationbreak b
             WHERE b.entity_id = %s AND b.status = 'open'
-              AND {scope_sql('b')} IN (SELECT scope FROM recon_scope)
+              AND ({scope_sql('b')} IN (SELECT scope FROM recon_scope)
+                   OR b.code IN ('missing_journal', 'journal_amount_mismatch', 'ledger_open_amount_mismatch')
+                      AND b.document IN (SELECT subject FROM recon_checked WHERE billing))
               AND NOT EXISTS (SELECT 1 FROM recon_found f WHERE f.key = b.key)
             ORDER BY b.id""", [entity.pk])
         gone = [row[0] for row in cursor.fetchall()]
@@ -444,28 +446,35 @@ UNION SELECT unnest(ARRAY['journal:' || j.id::text, {erp_checks.DOC_EXPR}]) FROM
       AND b.code IN ({", ".join(f"'{code}'" for code in BATCH_CODES)})
 """
 
+# The marks of what the run checked, in one statement over the distinct subjects: an UPDATE of the marks whose
+# status changed and a plain INSERT of the new ones, sorted by key so that a first run's million marks append to
+# the key's index instead of landing all over it (data-modifying CTEs share one snapshot, so the two never meet).
 MARKS_SQL = f"""
 WITH broken AS ({BROKEN_SQL}),
-checked AS (SELECT DISTINCT subject FROM recon_checked WHERE subject <> ''),
-status AS (
+status AS MATERIALIZED (
     SELECT c.subject, CASE WHEN x.document IS NULL THEN 'matched' ELSE 'break' END AS status
-    FROM checked c LEFT JOIN broken x ON x.document = c.subject
-), upsert AS (
+    FROM (SELECT DISTINCT subject FROM recon_checked WHERE subject <> '') c
+    LEFT JOIN broken x ON x.document = c.subject
+), changed AS (
+    UPDATE billing_sync_reconciliationmark m SET status = s.status, checked_at = %(now)s, run_id = %(run)s,
+        entity_id = %(entity)s
+    FROM status s WHERE m.subject = s.subject AND m.status <> s.status
+    RETURNING 1
+), added AS (
     INSERT INTO billing_sync_reconciliationmark (subject, entity_id, status, checked_at, run_id)
-    SELECT s.subject, %(entity)s, s.status, %(now)s, %(run)s
-    FROM status s LEFT JOIN billing_sync_reconciliationmark m ON m.subject = s.subject
-    WHERE m.subject IS NULL OR m.status <> s.status
-    ON CONFLICT (subject) DO UPDATE SET status = EXCLUDED.status, checked_at = EXCLUDED.checked_at,
-        run_id = EXCLUDED.run_id, entity_id = EXCLUDED.entity_id
+    SELECT s.subject, %(entity)s, s.status, %(now)s, %(run)s FROM status s
+    WHERE NOT EXISTS (SELECT 1 FROM billing_sync_reconciliationmark m WHERE m.subject = s.subject)
+    ORDER BY s.subject
     RETURNING 1
 )
-SELECT (SELECT count(*) FROM status WHERE status = 'matched'), (SELECT count(*) FROM status WHERE status = 'break'),
-       (SELECT count(*) FROM upsert)
+SELECT count(*) FILTER (WHERE status = 'matched'), count(*) FILTER (WHERE status = 'break'),
+       (SELECT count(*) FROM changed) + (SELECT count(*) FROM added)
+FROM status
 """
 
 
 def _mark(entity: Entity, run: ReconciliationRun, *, extra_subjects=()) -> dict:
-    """Set the marks of what the run checked (only those whose status changed are written)."""
+    """Set the marks of what the run checked (only those whose status changed, or new, are written)."""
     with connection.cursor() as cursor:
         cursor.execute("""INSERT INTO recon_checked (subject)
                           SELECT document FROM recon_found WHERE document <> ''
