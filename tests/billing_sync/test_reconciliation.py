@@ -136,6 +136,32 @@ def test_a_finished_run_cannot_change_or_be_deleted(books):
         ReconciliationRun.objects.filter(pk=result.pk).update(error="x")
 
 
+def test_marks_refer_to_a_run_of_their_entity_and_keep_the_entity(books):
+    """The marks' references are checked once per statement by triggers (migration 0012), not by foreign keys."""
+    result = run(books)
+    other, _ = ledger.entity_setup(code="EU01", currency="EUR", actor="test")
+    mark = ReconciliationMark.objects.filter(run=result).first()
+    statements = [
+        ("INSERT INTO billing_sync_reconciliationmark (subject, entity_id, status, checked_at, run_id) "
+         "VALUES ('invoice:x:1', %s, 'matched', now(), %s)", [books.pk, result.pk + 1000]),  # no such run
+        ("INSERT INTO billing_sync_reconciliationmark (subject, entity_id, status, checked_at, run_id) "
+         "VALUES ('invoice:x:1', %s, 'matched', now(), %s)", [other.pk, result.pk]),  # a run of another entity
+        ("UPDATE billing_sync_reconciliationmark SET entity_id = %s WHERE subject = %s", [other.pk + 1000,
+                                                                                          mark.subject]),
+        ("DELETE FROM ledger_entity WHERE id = %s", [books.pk]),
+    ]
+    for statement, params in statements:
+        with pytest.raises(DatabaseError, match="reconciliation mark"), transaction.atomic():
+            with transaction.get_connection().cursor() as cursor:
+                cursor.execute(statement, params)
+    # Many rows in one statement: one check, and a valid statement passes.
+    with transaction.get_connection().cursor() as cursor:
+        cursor.execute("""INSERT INTO billing_sync_reconciliationmark (subject, entity_id, status, checked_at, run_id)
+                          SELECT 'invoice:x:' || g, %s, 'matched', now(), %s FROM generate_series(1, 500) g""",
+                       [books.pk, result.pk])
+    assert ReconciliationMark.objects.filter(subject__startswith="invoice:x:").count() == 500
+
+
 def test_one_run_at_a_time_per_entity(books):
     first = services.reconciliation_run_start(entity=books, date_from=NOV[0], date_to=NOV[1], actor="test")
     with pytest.raises(TieoutError) as refused:
