@@ -122,7 +122,7 @@ FROM found
 # Every invoice's open amount against its receivable balance (the receivable lines that name it), both as bigint
 # units; the row without an invoice id holds the receivable booked to no invoice (for the control account).
 INVOICES_SQL = f"""
-INSERT INTO recon_invoices (source_system, invoice_id, open_amount, balance, journal_id, in_scope)
+INSERT INTO recon_invoices (source_system, invoice_id, open_amount, balance, in_scope, listed)
 WITH led AS (
     SELECT j.source_system, l.invoice_id, SUM({_units('l.debit - l.credit')}) AS balance,
            bool_or(j.accounting_date BETWEEN %(from)s AND %(to)s) AS touched
@@ -130,7 +130,7 @@ WITH led AS (
     WHERE j.entity_id = %(entity)s AND l.account_id = %(ar)s AND j.status IN {BOOKED} AND {{led_filter}}
     GROUP BY j.source_system, l.invoice_id
 ), inv AS (
-    SELECT i.source_system, i.invoice_id, i.issue_date,
+    SELECT i.source_system, i.invoice_id, i.issue_date, {{listed}} AS listed,
            CASE WHEN i.status = 'voided' THEN 0
                 ELSE {_units('i.total - i.applied_total - i.credited_total - i.written_off_total + i.refunded_total')}
            END AS open_amount
@@ -138,8 +138,8 @@ WITH led AS (
     WHERE i.entity_id = %(entity)s AND {{inv_filter}}
 )
 SELECT COALESCE(inv.source_system, led.source_system), COALESCE(inv.invoice_id, led.invoice_id),
-       inv.open_amount, led.balance, NULL,
-       COALESCE(inv.invoice_id, led.invoice_id) <> '' AND {{in_scope}}
+       inv.open_amount, led.balance, COALESCE(inv.invoice_id, led.invoice_id) <> '' AND {{in_scope}},
+       COALESCE(inv.listed, FALSE)
 FROM inv FULL JOIN led ON led.source_system = inv.source_system AND led.invoice_id = inv.invoice_id
 """
 
@@ -214,14 +214,18 @@ def check(ctx: Context, progress=None) -> None:
                     led_filter = "j.source_system = %(doc_ss)s AND l.invoice_id = %(doc_id)s"
                     inv_filter = "i.source_system = %(doc_ss)s AND i.invoice_id = %(doc_id)s"
                     in_scope = "TRUE"
+                # `listed`: the invoice is in recon_docs too (DOCS_SQL's condition), so its mark's subject is there.
+                listed = f"i.status = 'open' AND i.total <> 0 AND {filters['invoice']}"
                 cursor.execute(INVOICES_SQL.format(led_filter=led_filter, inv_filter=inv_filter,
-                                                   in_scope=in_scope), params)
+                                                   in_scope=in_scope, listed=listed), params)
                 cursor.execute(OPEN_AMOUNTS_SQL, params)
                 if progress:
                     progress("open amounts")
+                # The invoices checked here that the document checks did not list (voided, settled or touched by
+                # a journal of the range): recon_docs adds the others below.
                 cursor.execute("""INSERT INTO recon_checked (subject, billing)
                                   SELECT 'invoice:' || source_system || ':' || invoice_id, TRUE FROM recon_invoices
-                                  WHERE in_scope""")
+                                  WHERE in_scope AND NOT listed""")
             cursor.execute("""INSERT INTO recon_checked (subject, billing)
                               SELECT doc_type || ':' || source_system || ':' || doc_id, TRUE FROM recon_docs""")
             if progress:

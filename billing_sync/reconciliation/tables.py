@@ -24,8 +24,9 @@ TABLES = {
         kind text NOT NULL, version integer, expected numeric NOT NULL, account text NOT NULL DEFAULT '')""",
     # Invoices: open amount in billing against the receivable balance in the ledger.
     # (amounts as bigint units of the money columns: `billing.UNITS`)
+    # (`listed`: also in recon_docs)
     "recon_invoices": """(source_system text NOT NULL, invoice_id text NOT NULL, open_amount bigint,
-        balance bigint, journal_id uuid, in_scope boolean NOT NULL)""",
+        balance bigint, in_scope boolean NOT NULL, listed boolean NOT NULL)""",
     # The ERP read-back, as streamed (`n` orders the documents: a document seen twice keeps its last version).
     "recon_erp_doc": """(n bigint NOT NULL, ref text NOT NULL, our_ref text NOT NULL, status text NOT NULL,
         posting_date date, modified timestamptz)""",
