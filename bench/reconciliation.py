@@ -180,14 +180,16 @@ def main() -> None:
         c.say(f"  SELECT scan of the same rows: {scan:.2f} s ({scan_row[0]:,} rows); SELECT open amounts: "
               f"{opened:.2f} s ({open_row[0]:,} invoices, {open_row[1]} differ)")
         first = run_child(env)
-        c.say(f"  first run {first['run']}: {first['seconds']:.1f} s (process {first['wall']:.1f} s), peak RSS "
+        c.say(f"  first run {first['run']}: {first['seconds']:.1f} s (process {first['wall']:.1f} s), CPU: database "
+              f"{first['server_cpu']:.1f} s, Python {first['process_cpu']:.1f} s; peak RSS "
               f"{first['rss_mib']:.0f} MiB, matched {first['matched']:,}, breaks {first['breaks']}, marks written "
               f"{first['marks_written']:,}, load {first['load']:.2f}; steps {first['steps']}")
         again = []
         for _ in range(REPEATS):
             run = run_child(env)
             again.append(run)
-            c.say(f"  unchanged run {run['run']}: {run['seconds']:.1f} s, peak RSS {run['rss_mib']:.0f} MiB, "
+            c.say(f"  unchanged run {run['run']}: {run['seconds']:.1f} s, CPU: database {run['server_cpu']:.1f} s, "
+                  f"Python {run['process_cpu']:.1f} s; peak RSS {run['rss_mib']:.0f} MiB, "
                   f"marks written {run['marks_written']:,}, load {run['load']:.2f}; steps {run['steps']}")
         results.append({"size": size, "first": first, "again": again, "scan": scan, "open": opened,
                         "counts": counts})

@@ -95,7 +95,7 @@ WITH agg AS (
     FROM ledger_journal j
     LEFT JOIN ledger_journalline l ON l.journal_id = j.id AND l.account_id IN (%(ar)s, %(clearing)s, %(fees)s)
     WHERE j.entity_id = %(entity)s AND j.status IN {BOOKED} AND (j.kind, j.document_type) IN {_DOC_KINDS}
-          AND (j.source_system, j.document_id) IN (SELECT source_system, doc_id FROM recon_docs)
+          AND {{narrow}}
     GROUP BY 1, 2, 3, 4
 ), found AS (
     SELECT d.*, a.kind IS NULL AS missing, a.actual, a.accounting_date
@@ -120,9 +120,12 @@ FROM found
 """
 
 # Every invoice's open amount against its receivable balance (the receivable lines that name it), both as bigint
-# units; the row without an invoice id holds the receivable booked to no invoice (for the control account).
+# units, in one statement: the invoices that differ become `ledger_open_amount_mismatch` rows (an invoice billing
+# does not have names one of the journals that booked its balance, looked up for these few rows only), the ones it
+# checked that recon_docs does not list become marks' subjects, and it answers the totals of both sides (the row
+# without an invoice id holds the receivable booked to no invoice), which are the receivable control account's
+# figures when every invoice was read.
 INVOICES_SQL = f"""
-INSERT INTO recon_invoices (source_system, invoice_id, open_amount, balance, in_scope, listed)
 WITH led AS (
     SELECT j.source_system, l.invoice_id, SUM({_units('l.debit - l.credit')}) AS balance,
            bool_or(j.accounting_date BETWEEN %(from)s AND %(to)s) AS touched
@@ -136,31 +139,39 @@ WITH led AS (
            END AS open_amount
     FROM billing_sync_invoice i
     WHERE i.entity_id = %(entity)s AND {{inv_filter}}
+), cmp AS MATERIALIZED (
+    SELECT COALESCE(inv.source_system, led.source_system) AS source_system,
+           COALESCE(inv.invoice_id, led.invoice_id) AS invoice_id, inv.open_amount, led.balance,
+           COALESCE(inv.invoice_id, led.invoice_id) <> '' AND {{in_scope}} AS in_scope,
+           COALESCE(inv.listed, FALSE) AS listed
+    FROM inv FULL JOIN led ON led.source_system = inv.source_system AND led.invoice_id = inv.invoice_id
+), found AS (
+    INSERT INTO recon_found (code, account, journal_id, document, expected, actual, amount, source_ref)
+    SELECT 'ledger_open_amount_mismatch', %(ar_code)s,
+           CASE WHEN open_amount IS NULL THEN (
+               SELECT j.id FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id
+               WHERE l.account_id = %(ar)s AND l.invoice_id = c.invoice_id AND j.entity_id = %(entity)s
+                 AND j.source_system = c.source_system AND j.status IN {BOOKED}
+               ORDER BY j.id::text LIMIT 1) END,
+           'invoice:' || source_system || ':' || invoice_id,
+           CASE WHEN open_amount IS NULL THEN jsonb_build_object('side', 'billing', 'invoice', false,
+                                                                 'open_amount', {_m('0')})
+                ELSE jsonb_build_object('side', 'billing', 'open_amount', {_m(f'open_amount::numeric / {UNITS}')})
+           END,
+           jsonb_build_object('side', 'ledger', 'receivable_balance',
+                              {_m(f'COALESCE(balance, 0)::numeric / {UNITS}')}),
+           abs(COALESCE(open_amount, 0) - COALESCE(balance, 0))::numeric / {UNITS}, invoice_id
+    FROM cmp c
+    WHERE in_scope AND COALESCE(open_amount, 0) <> COALESCE(balance, 0)
+    RETURNING 1
+), checked AS (
+    INSERT INTO recon_checked (subject, billing)
+    SELECT 'invoice:' || source_system || ':' || invoice_id, TRUE FROM cmp WHERE in_scope AND NOT listed
+    RETURNING 1
 )
-SELECT COALESCE(inv.source_system, led.source_system), COALESCE(inv.invoice_id, led.invoice_id),
-       inv.open_amount, led.balance, COALESCE(inv.invoice_id, led.invoice_id) <> '' AND {{in_scope}},
-       COALESCE(inv.listed, FALSE)
-FROM inv FULL JOIN led ON led.source_system = inv.source_system AND led.invoice_id = inv.invoice_id
-"""
-
-# Invoices whose open amount and receivable balance differ; an invoice billing does not have names one of the
-# journals that booked its balance (looked up for these few rows only).
-OPEN_AMOUNTS_SQL = f"""
-INSERT INTO recon_found (code, account, journal_id, document, expected, actual, amount, source_ref)
-SELECT 'ledger_open_amount_mismatch', %(ar_code)s,
-       CASE WHEN open_amount IS NULL THEN (
-           SELECT j.id FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id
-           WHERE l.account_id = %(ar)s AND l.invoice_id = r.invoice_id AND j.entity_id = %(entity)s
-             AND j.source_system = r.source_system AND j.status IN {BOOKED}
-           ORDER BY j.id::text LIMIT 1) END,
-       'invoice:' || source_system || ':' || invoice_id,
-       CASE WHEN open_amount IS NULL THEN jsonb_build_object('side', 'billing', 'invoice', false,
-                                                             'open_amount', {_m('0')})
-            ELSE jsonb_build_object('side', 'billing', 'open_amount', {_m(f'open_amount::numeric / {UNITS}')}) END,
-       jsonb_build_object('side', 'ledger', 'receivable_balance', {_m(f'COALESCE(balance, 0)::numeric / {UNITS}')}),
-       abs(COALESCE(open_amount, 0) - COALESCE(balance, 0))::numeric / {UNITS}, invoice_id
-FROM recon_invoices r
-WHERE in_scope AND COALESCE(open_amount, 0) <> COALESCE(balance, 0)
+SELECT COALESCE(SUM(open_amount), 0), COALESCE(SUM(balance), 0), (SELECT count(*) FROM found),
+       (SELECT count(*) FROM checked)
+FROM cmp
 """
 
 AGGREGATE_ROWS = f"""
@@ -194,16 +205,18 @@ FROM billing_sync_payment p WHERE p.entity_id = %(entity)s
 def check(ctx: Context, progress=None) -> None:
     """Run the plan's billing ↔ ledger checks into `recon_found`, `recon_scope` and `recon_checked`."""
     plan = ctx.plan
-    whole = plan.doc is None  # every invoice of the entity is in recon_invoices (its totals are the entity's)
+    whole = plan.doc is None  # INVOICES_SQL reads every invoice of the entity (its totals are the entity's)
+    receivable = None  # (open invoices, receivable balance) of the entity, as bigint units, when it did
     with connection.cursor() as cursor:
         if plan.billing:
             filters, extra = _doc_filters(ctx)
             params = ctx.params(**extra)
             cursor.execute(DOCS_SQL.format(**filters), params)
+            documents = cursor.rowcount
             cursor.execute("ANALYZE recon_docs")  # temporary tables have no statistics until asked
             if progress:
                 progress("billing documents")
-            cursor.execute(JOURNALS_SQL, params)
+            cursor.execute(JOURNALS_SQL.format(narrow=_journal_filter(cursor, plan, documents)), params)
             if progress:
                 progress("document journals")
             if plan.doc is None or plan.doc[0] == "invoice":
@@ -218,38 +231,44 @@ def check(ctx: Context, progress=None) -> None:
                 listed = f"i.status = 'open' AND i.total <> 0 AND {filters['invoice']}"
                 cursor.execute(INVOICES_SQL.format(led_filter=led_filter, inv_filter=inv_filter,
                                                    in_scope=in_scope, listed=listed), params)
-                cursor.execute(OPEN_AMOUNTS_SQL, params)
+                open_total, balance_total, _, _ = cursor.fetchone()
+                if whole:
+                    receivable = (open_total, balance_total)
                 if progress:
                     progress("open amounts")
-                # The invoices checked here that the document checks did not list (voided, settled or touched by
-                # a journal of the range): recon_docs adds the others below.
-                cursor.execute("""INSERT INTO recon_checked (subject, billing)
-                                  SELECT 'invoice:' || source_system || ':' || invoice_id, TRUE FROM recon_invoices
-                                  WHERE in_scope AND NOT listed""")
-            cursor.execute("""INSERT INTO recon_checked (subject, billing)
-                              SELECT doc_type || ':' || source_system || ':' || doc_id, TRUE FROM recon_docs""")
             if progress:
                 progress("billing ↔ ledger")
         if plan.aggregates:
-            _aggregates(cursor, ctx, from_invoices=plan.billing and whole)
+            _aggregates(cursor, ctx, receivable=receivable)
             cursor.executemany("INSERT INTO recon_scope (scope) VALUES (%s)",
                                [(f"entity:{code}",) for code in plan.aggregates])
             if progress:
                 progress("control accounts")
 
 
-def _aggregates(cursor, ctx: Context, *, from_invoices: bool) -> None:
-    """The control accounts against billing's totals. After a whole-range billing check `recon_invoices` holds
-    every invoice of the entity and every receivable line summed by invoice (the row without one included), so
-    the receivable figures are its sums instead of another pass over the ledger."""
+def _journal_filter(cursor, plan, documents: int) -> str:
+    """Which journals JOURNALS_SQL sums: one document's (by the document index), the range's documents' (a hash
+    semi-join with recon_docs) when they are a small part of the ledger, or all of the entity's when the range
+    covers most of it (the semi-join would then cost more than the journals it leaves out)."""
+    if plan.doc is not None:
+        return "j.source_system = %(doc_ss)s AND j.document_id = %(doc_id)s"
+    cursor.execute("SELECT reltuples FROM pg_class WHERE oid = 'ledger_journal'::regclass")
+    journals = cursor.fetchone()[0]
+    if documents * 3 < journals:
+        return "(j.source_system, j.document_id) IN (SELECT source_system, doc_id FROM recon_docs)"
+    return "TRUE"
+
+
+def _aggregates(cursor, ctx: Context, *, receivable: tuple[int, int] | None) -> None:
+    """The control accounts against billing's totals. After a whole-range billing check INVOICES_SQL has summed
+    every invoice of the entity and every receivable line (`receivable`), so those are not read again."""
     plan = ctx.plan
     params = ctx.params()
     rows = []
     wanted = {code: code in plan.aggregates for code in ("ar_control_mismatch", "unapplied_cash_mismatch")}
     ar_ledger = uc_ledger = None
-    if wanted["ar_control_mismatch"] and from_invoices:
-        cursor.execute("SELECT COALESCE(SUM(open_amount), 0), COALESCE(SUM(balance), 0) FROM recon_invoices")
-        ar_billing, ar_ledger = cursor.fetchone()
+    if wanted["ar_control_mismatch"] and receivable is not None:
+        ar_billing, ar_ledger = receivable
     elif wanted["ar_control_mismatch"]:
         cursor.execute(OPEN_INVOICES_SQL, params)
         ar_billing = cursor.fetchone()[0]

@@ -16,17 +16,13 @@ TABLES = {
     # The checks the run made, as scope tokens: an open break whose scope is here and whose key was not found
     # again is resolved.
     "recon_scope": "(scope text NOT NULL)",
-    # The journals and documents the run checked (their marks); `billing` for the documents the billing ↔ ledger
-    # checks covered (the scope of their breaks: a million of them, so not copied into recon_scope too).
+    # The journals and documents the run checked (their marks) besides the billing documents in recon_docs;
+    # `billing` for the invoices the open-amount check covered beyond those (recon_docs and these are the scope
+    # of the billing ↔ ledger breaks: a million or more, so not copied into recon_scope).
     "recon_checked": "(subject text NOT NULL, billing boolean NOT NULL DEFAULT FALSE)",
     # Billing documents that should have journals, with the amount their posting rule gives.
     "recon_docs": """(doc_type text NOT NULL, source_system text NOT NULL, doc_id text NOT NULL,
         kind text NOT NULL, version integer, expected numeric NOT NULL, account text NOT NULL DEFAULT '')""",
-    # Invoices: open amount in billing against the receivable balance in the ledger.
-    # (amounts as bigint units of the money columns: `billing.UNITS`)
-    # (`listed`: also in recon_docs)
-    "recon_invoices": """(source_system text NOT NULL, invoice_id text NOT NULL, open_amount bigint,
-        balance bigint, in_scope boolean NOT NULL, listed boolean NOT NULL)""",
     # The ERP read-back, as streamed (`n` orders the documents: a document seen twice keeps its last version).
     "recon_erp_doc": """(n bigint NOT NULL, ref text NOT NULL, our_ref text NOT NULL, status text NOT NULL,
         posting_date date, modified timestamptz)""",

@@ -341,14 +341,23 @@ def _apply(ctx, run: ReconciliationRun, progress=None) -> dict:
         new = [dict(zip(FOUND_FIELDS, row)) for row in cursor.fetchall()]
         for row in new:
             row["expected"], row["actual"] = _json(row["expected"]), _json(row["actual"])
+        # Open breaks the run checked and did not find again. A billing ↔ ledger break's scope is its document:
+        # checked when it is in recon_docs or marked `billing` in recon_checked (a million rows or more, so the
+        # few open breaks are the hashed side of that join).
         cursor.execute(f"""
-            SELECT b.id FROM billing_sync_reconciliationbreak b
-            WHERE b.entity_id = %s AND b.status = 'open'
-              AND ({scope_sql('b')} IN (SELECT scope FROM recon_scope)
-                   OR b.code IN ('missing_journal', 'journal_amount_mismatch', 'ledger_open_amount_mismatch')
-                      AND b.document IN (SELECT subject FROM recon_checked WHERE billing))
-              AND NOT EXISTS (SELECT 1 FROM recon_found f WHERE f.key = b.key)
-            ORDER BY b.id""", [entity.pk])
+            WITH open AS MATERIALIZED (
+                SELECT b.id, b.code, b.document, {scope_sql('b')} AS scope FROM billing_sync_reconciliationbreak b
+                WHERE b.entity_id = %(entity)s AND b.status = 'open'
+                  AND NOT EXISTS (SELECT 1 FROM recon_found f WHERE f.key = b.key)
+            ), docs AS (
+                SELECT id, document FROM open
+                WHERE code IN ('missing_journal', 'journal_amount_mismatch', 'ledger_open_amount_mismatch')
+            )
+            SELECT id FROM open WHERE scope IN (SELECT scope FROM recon_scope)
+            UNION SELECT o.id FROM docs o JOIN recon_checked c ON c.billing AND c.subject = o.document
+            UNION SELECT o.id FROM docs o JOIN recon_docs d
+                ON o.document = d.doc_type || ':' || d.source_system || ':' || d.doc_id
+            ORDER BY 1""", {"entity": entity.pk})
         gone = [row[0] for row in cursor.fetchall()]
         cursor.execute("SELECT code, count(*) FROM recon_found GROUP BY code ORDER BY code")
         counts = {code: n for code, n in cursor.fetchall()}
@@ -446,25 +455,26 @@ UNION SELECT unnest(ARRAY['journal:' || j.id::text, {erp_checks.DOC_EXPR}]) FROM
       AND b.code IN ({", ".join(f"'{code}'" for code in BATCH_CODES)})
 """
 
-# The marks of what the run checked, in one statement over the distinct subjects: an UPDATE of the marks whose
-# status changed and a plain INSERT of the new ones, sorted by key so that a first run's million marks append to
-# the key's index instead of landing all over it (data-modifying CTEs share one snapshot, so the two never meet).
+# The marks of what the run checked, in one statement: each distinct subject with its status now and its mark's
+# status before (one join with the marks), then an UPDATE of the marks whose status changed (by key: few) and a
+# plain INSERT of the new ones, sorted by key so that a first run's million marks append to the key's index
+# instead of landing all over it (data-modifying CTEs share one snapshot, so the two never meet).
 MARKS_SQL = f"""
 WITH broken AS ({BROKEN_SQL}),
 status AS MATERIALIZED (
-    SELECT c.subject, CASE WHEN x.document IS NULL THEN 'matched' ELSE 'break' END AS status
-    FROM (SELECT DISTINCT subject FROM recon_checked WHERE subject <> '') c
+    SELECT c.subject, CASE WHEN x.document IS NULL THEN 'matched' ELSE 'break' END AS status, m.status AS before
+    FROM (SELECT subject FROM recon_checked WHERE subject <> ''
+          UNION SELECT doc_type || ':' || source_system || ':' || doc_id FROM recon_docs) c
     LEFT JOIN broken x ON x.document = c.subject
+    LEFT JOIN billing_sync_reconciliationmark m ON m.subject = c.subject
 ), changed AS (
     UPDATE billing_sync_reconciliationmark m SET status = s.status, checked_at = %(now)s, run_id = %(run)s,
         entity_id = %(entity)s
-    FROM status s WHERE m.subject = s.subject AND m.status <> s.status
+    FROM (SELECT subject, status FROM status WHERE before <> status) s WHERE m.subject = s.subject
     RETURNING 1
 ), added AS (
     INSERT INTO billing_sync_reconciliationmark (subject, entity_id, status, checked_at, run_id)
-    SELECT s.subject, %(entity)s, s.status, %(now)s, %(run)s FROM status s
-    WHERE NOT EXISTS (SELECT 1 FROM billing_sync_reconciliationmark m WHERE m.subject = s.subject)
-    ORDER BY s.subject
+    SELECT subject, %(entity)s, status, %(now)s, %(run)s FROM status WHERE before IS NULL ORDER BY subject
     RETURNING 1
 )
 SELECT count(*) FILTER (WHERE status = 'matched'), count(*) FILTER (WHERE status = 'break'),
