@@ -61,7 +61,7 @@ def main() -> None:
 
     def progress(step, count=None):
         if count is None or step != "ERP documents":
-            steps.append((step, time.monotonic()))
+            steps.append((step, time.monotonic(), _server_cpu()))
 
     run = services.reconciliation_run(entity=entity, date_from=date_from, date_to=date_to, full=True, actor="bench",
                                       connector=NoErp(entity), progress=progress)
@@ -69,13 +69,15 @@ def main() -> None:
     server = _server_cpu() - server_before
     own = resource.getrusage(resource.RUSAGE_SELF)
     timings, last = {}, started
-    for step, at in steps:
+    cpu, last_cpu = {}, server_before
+    for step, at, used in steps:
         timings[step] = round(timings.get(step, 0) + at - last, 3)
-        last = at
+        cpu[step] = round(cpu.get(step, 0) + used - last_cpu, 2)
+        last, last_cpu = at, used
     print(json.dumps({"run": run.pk, "status": run.status, "error": run.error, "seconds": seconds,
                       "matched": run.matched, "breaks": run.breaks, "resolved": run.resolved,
                       "marks_written": ReconciliationMark.objects.filter(run_id=run.pk).count(), "steps": timings,
-                      "server_cpu": round(server, 2), "process_cpu": round(own.ru_utime + own.ru_stime, 2)}))
+                      "server_cpu": round(server, 2), "steps_server_cpu": cpu, "process_cpu": round(own.ru_utime + own.ru_stime, 2)}))
 
 
 if __name__ == "__main__":

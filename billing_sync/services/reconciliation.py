@@ -143,7 +143,7 @@ def reconciliation_run_execute(*, run_id, connector=None, progress=None) -> Reco
                 # Set-based checks over a million rows sort and hash in the server: room to do it in memory
                 # (bounded, server-side, for this transaction only) instead of spilling to disk.
                 with connection.cursor() as cursor:
-                    cursor.execute("SET LOCAL work_mem = '128MB'")
+                    cursor.execute("SET LOCAL work_mem = '256MB'")
                 billing_checks.check(ctx, progress)
                 erp_checks.compare(ctx, progress)
                 outcome = _apply(ctx, run, progress)
