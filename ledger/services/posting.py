@@ -106,7 +106,7 @@ def _release(journal_id, attempt_id, exc, *, actor) -> None:
                connectors.AmbiguousError: PostingAttempt.Outcome.AMBIGUOUS}.get(type(exc),
                                                                                  PostingAttempt.Outcome.PERMANENT)
     with transaction.atomic():
-        journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
+        journal = Journal.objects.select_for_update().get(pk=journal_id)  # not the entity's row: posters run at once
         PostingAttempt.objects.filter(pk=attempt_id).update(finished_at=timezone.now(), outcome=outcome,
                                                             message=f"{exc}: {exc.erp_message}"[:4000])
         if journal.status != Journal.Status.POSTING:  # settled meanwhile (a duplicate delivery): nothing is due
