@@ -154,11 +154,19 @@ class Journal(models.Model):
     posting_claimed_until = models.DateTimeField(null=True, blank=True)
     # Deliveries whose worker died mid-attempt (since the last manual retry): the poison-task counter.
     deliveries_lost = models.PositiveIntegerField(default=0, db_default=0)
+    # Transient or ambiguous ERP failures since the last manual retry (the retry budget and the backoff's
+    # exponent), and when the next attempt is due. The due time lives here, not only in a Celery countdown:
+    # a worker that dies holding the countdown loses nothing, the outbox sweep sends what is due.
+    posting_retries = models.PositiveIntegerField(default=0, db_default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
 
     class Meta:
         indexes = [
             models.Index(fields=["entity", "status"], name="journal_entity_status_idx"),
+            # The outbox sweep's read: ready journals whose retry is due, oldest due first.
+            models.Index(fields=["next_attempt_at"], name="journal_retry_due_idx",
+                         condition=Q(status="ready", next_attempt_at__isnull=False)),
             models.Index(fields=["source_system", "document_type", "document_id"], name="journal_document_idx"),
             models.Index(fields=["created_at"], name="journal_created_idx"),
             # Dashboard reads: posted in a time window, the unposted backlog (oldest first), retried ones.
@@ -293,6 +301,10 @@ class ErpBatch(models.Model):
     posted_at = models.DateTimeField(null=True, blank=True)
     posting_attempts = models.PositiveIntegerField(default=0)
     posting_claimed_until = models.DateTimeField(null=True, blank=True)
+    # As on a journal: transient failures so far, and when the batch is next due to be sent (a retry's due
+    # time, or the sweep's own re-send after it queued the batch); the sweep sends a ready batch once it is due.
+    posting_retries = models.PositiveIntegerField(default=0, db_default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True, default="")
 
     class Meta:

@@ -1,12 +1,13 @@
-"""Celery tasks of the ledger: post a journal or a batch (idempotent, retried with backoff), sweeps. The
-retry policy lives here, once: a permanent ERP error fails the work at once (an exception with the ERP's
-message); a transient or ambiguous one is retried with capped exponential backoff and full jitter (the
-ERP's Retry-After wins when it asks for longer) until TIEOUT_POSTING_MAX_RETRIES, then fails."""
-import random
-
+"""Celery tasks of the ledger: post a journal or a batch (idempotent, retried), sweeps. The retry policy is the
+services' (`ledger.services.outcomes._retry_due`): a permanent ERP error fails the work at once; a transient or
+ambiguous one is recorded with the due time of its retry (capped exponential backoff, full jitter, the ERP's
+Retry-After winning) in the database, until TIEOUT_POSTING_MAX_RETRIES, then fails. Here the task only waits
+for that due time by a countdown: the fast path. A worker that dies holding the countdown loses nothing, the
+sweeps (beat's `outbox-sweep`, `erp-batches-sweep`) send whatever is due."""
 import structlog
 from celery import shared_task
 from django.conf import settings
+from django.utils import timezone
 
 from ledger import connectors, services
 
@@ -19,15 +20,21 @@ def _post_with_retries(task, post, fail, *, ref: str) -> None:
     try:
         post()
     except connectors.PermanentError as exc:
-        fail(exc.erp_message)
+        fail(exc.erp_message)  # a no-op when the service has already failed the work in its own transaction
     except (connectors.TransientError, connectors.AmbiguousError) as exc:
         retries = task.request.retries
-        if retries >= settings.TIEOUT_POSTING_MAX_RETRIES:
-            fail(f"gave up after {retries + 1} attempts: {exc.erp_message}")
-            return
-        countdown = random.uniform(0, min(settings.TIEOUT_POSTING_BACKOFF_CAP, 2 ** retries))
-        if exc.retry_after:
-            countdown = max(countdown, min(exc.retry_after, settings.TIEOUT_POSTING_RETRY_AFTER_CAP))
+        if exc.scheduled:
+            if exc.next_attempt_at is None:
+                return  # retries spent (the service failed the work), or it settled elsewhere meanwhile
+            countdown = max(0.0, (exc.next_attempt_at - timezone.now()).total_seconds())
+        else:
+            # Nothing was recorded: another delivery holds the lease, or the work could not be taken up yet.
+            # Look again when the lease ends, a bounded number of times; the holder, or the sweep once the
+            # lease has expired, owns it after that (never failed from here: no ERP said no).
+            if retries >= settings.TIEOUT_POSTING_MAX_RETRIES:
+                log.warning("posting.left_to_the_sweep", ref=ref, attempt=retries + 1, error=str(exc))
+                return
+            countdown = min(exc.retry_after or 1.0, settings.TIEOUT_POSTING_LEASE_SECONDS)
         log.warning("posting.retry", ref=ref, attempt=retries + 1, countdown=round(countdown, 2), error=str(exc))
         raise task.retry(exc=exc, countdown=countdown) from None
 

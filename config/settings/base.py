@@ -231,7 +231,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_BEAT_SCHEDULE = {
-    "outbox-sweep": {"task": "ledger.tasks.sweep_outbox", "schedule": 15.0},
+    # Undispatched outbox rows, posting retries that are due, expired leases: every journal posts within
+    # grace + this interval of its due time even when the worker that held its retry's countdown died.
+    "outbox-sweep": {"task": "ledger.tasks.sweep_outbox",
+                     "schedule": float(os.environ.get("TIEOUT_OUTBOX_SWEEP_SECONDS", "15"))},
     "events-sweep": {"task": "billing_sync.tasks.sweep_accepted_events", "schedule": 15.0},
     "audit-seal": {"task": "audit.tasks.seal_audit_chain", "schedule": 5.0},
     # Incremental verification every 5 minutes, a full one daily (a task of the queue, which opens
@@ -268,6 +271,11 @@ TIEOUT_BATCH_MAX_JOURNALS = int(os.environ.get("TIEOUT_BATCH_MAX_JOURNALS", "500
 TIEOUT_POSTING_RETRY_AFTER_CAP = float(os.environ.get("TIEOUT_POSTING_RETRY_AFTER_CAP", "900"))
 # How long one worker may hold a journal while it talks to the ERP; after that the sweep takes it back.
 TIEOUT_POSTING_LEASE_SECONDS = float(os.environ.get("TIEOUT_POSTING_LEASE_SECONDS", "180"))
+# A retry's due time is kept on the journal (or batch); the sweeps (`outbox-sweep`, `erp-batches-sweep`) send
+# what is due. The task's own countdown is the fast path: the sweep leaves a due retry to it for this long ...
+TIEOUT_POSTING_DUE_GRACE_SECONDS = float(os.environ.get("TIEOUT_POSTING_DUE_GRACE_SECONDS", "5"))
+# ... and sends a due journal or batch it already queued again only after this long (its message was lost).
+TIEOUT_POSTING_REDISPATCH_SECONDS = float(os.environ.get("TIEOUT_POSTING_REDISPATCH_SECONDS", "60"))
 TIEOUT_TOKEN_CACHE_SECONDS = float(os.environ.get("TIEOUT_TOKEN_CACHE_SECONDS", "5"))
 # Reconciliation: how many open months a nightly full run covers (months without a closed period, newest
 # first); how many posted journals missing from the ERP's listing a run looks up one by one before calling

@@ -12,6 +12,11 @@ from decimal import Decimal
 
 
 class ConnectorError(Exception):
+    # Set by the ledger service that recorded this failure on the journal or batch (`scheduled`, and the due
+    # time of the next attempt it stored, None when nothing more is due); left unset when nothing was recorded.
+    scheduled = False
+    next_attempt_at = None
+
     def __init__(self, message: str, *, erp_message: str = "", retry_after: float | None = None):
         super().__init__(message)
         self.erp_message = erp_message or message

@@ -1,5 +1,5 @@
 """Batch mode: journals of an entity that posts in batches gather into one ERP document per window, posted and
-acknowledged together, set-based.
+acknowledged together, set-based. A batch's retry keeps its due time on the batch, where the sweep finds it.
 """
 import datetime
 from decimal import Decimal
@@ -7,6 +7,7 @@ from decimal import Decimal
 import structlog
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from audit import services as audit
@@ -14,7 +15,7 @@ from config.errors import Codes
 from ledger import connectors, hooks, tasks
 from ledger.models import Entity, ErpBatch, ErpBatchLine, Journal, Outbox, PostingAttempt
 from config.money import ZERO
-from ledger.services.outcomes import PostOutcome, _fail
+from ledger.services.outcomes import PostOutcome, _fail, _retry_due, _scheduled
 
 log = structlog.get_logger("tieout.ledger")
 
@@ -88,6 +89,11 @@ def _send_batch(batch_id) -> None:
         log.warning("erp_batch.send_failed", batch=str(batch_id), error=str(exc))
 
 
+def _send_batches(batch_ids) -> None:
+    for batch_id in batch_ids:
+        _send_batch(batch_id)
+
+
 _BATCH_LINES_SQL = """
 INSERT INTO ledger_erpbatchline (batch_id, account_id, debit, credit)
 SELECT %s, account_id, GREATEST(SUM(debit) - SUM(credit), 0), GREATEST(SUM(credit) - SUM(debit), 0)
@@ -139,7 +145,14 @@ def erp_batches_form(*, actor="system") -> int:
 
 
 def erp_batches_sweep(*, window_seconds: float) -> int:
-    """Form batches from waiting journals, close batches whose window has passed, re-send stuck ones."""
+    """Form batches from waiting journals, close batches whose window has passed, send again what is due.
+
+    Due: a ready batch whose retry's due time has passed (after TIEOUT_POSTING_DUE_GRACE_SECONDS, the task's
+    own countdown's turn), a ready batch never heard of since it closed (its message lost), and a batch whose
+    worker died holding its lease. Once sent, its due time moves TIEOUT_POSTING_REDISPATCH_SECONDS ahead
+    (bookkeeping of the schedule only; the claim re-checks everything), so that a batch waiting in the queue
+    is not sent again by every sweep.
+    """
     now = timezone.now()
     count = erp_batches_form()
     for batch_id in ErpBatch.objects.filter(status=ErpBatch.Status.OPEN,
@@ -150,12 +163,20 @@ def erp_batches_sweep(*, window_seconds: float) -> int:
             if batch.status == ErpBatch.Status.OPEN:
                 _batch_close(batch, actor="system")
                 count += 1
-    stale = ErpBatch.objects.filter(status=ErpBatch.Status.READY, closed_at__lte=now - datetime.timedelta(
-        seconds=window_seconds)) | ErpBatch.objects.filter(status=ErpBatch.Status.POSTING, posting_claimed_until__lt=now)
-    for batch_id in stale.values_list("pk", flat=True)[:500]:
-        _send_batch(batch_id)
-        count += 1
-    return count
+    grace = datetime.timedelta(seconds=settings.TIEOUT_POSTING_DUE_GRACE_SECONDS)
+    due = (Q(status=ErpBatch.Status.READY, next_attempt_at__lte=now - grace)
+           | Q(status=ErpBatch.Status.READY, next_attempt_at__isnull=True,
+               closed_at__lte=now - datetime.timedelta(seconds=window_seconds))
+           | (Q(status=ErpBatch.Status.POSTING, posting_claimed_until__lt=now)
+              & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))))
+    with transaction.atomic():
+        stale = list(ErpBatch.objects.select_for_update(skip_locked=True).filter(due)
+                     .order_by("next_attempt_at").values_list("pk", flat=True)[:500])
+        if stale:
+            ErpBatch.objects.filter(pk__in=stale).update(
+                next_attempt_at=now + datetime.timedelta(seconds=settings.TIEOUT_POSTING_REDISPATCH_SECONDS))
+            transaction.on_commit(lambda: _send_batches(stale))
+    return count + len(stale)
 
 
 def erp_batch_post(*, batch_id, actor="system") -> PostOutcome:
@@ -175,20 +196,15 @@ def erp_batch_post(*, batch_id, actor="system") -> PostOutcome:
         batch.status = ErpBatch.Status.POSTING
         batch.posting_attempts += 1
         batch.posting_claimed_until = now + datetime.timedelta(seconds=settings.TIEOUT_POSTING_LEASE_SECONDS)
-        batch.save(update_fields=["status", "posting_attempts", "posting_claimed_until"])
+        batch.next_attempt_at = None  # the lease says who holds it now; a failure sets the next due time
+        batch.save(update_fields=["status", "posting_attempts", "posting_claimed_until", "next_attempt_at"])
         connector = connectors.get_connector(batch.entity)
     try:
         result = connector.lookup(batch) if look_up_first else None
         if result is None:
             result = connector.post_journal(batch)
     except connectors.base.ConnectorError as exc:
-        with transaction.atomic():
-            batch = ErpBatch.objects.select_for_update().get(pk=batch_id)
-            if batch.status == ErpBatch.Status.POSTING:
-                batch.status = ErpBatch.Status.READY
-                batch.posting_claimed_until = None
-                batch.last_error = exc.erp_message[:4000]
-                batch.save(update_fields=["status", "posting_claimed_until", "last_error"])
+        _batch_release(batch_id, exc, actor=actor)
         raise
     with transaction.atomic():
         batch = ErpBatch.objects.select_for_update().get(pk=batch_id)
@@ -199,7 +215,9 @@ def erp_batch_post(*, batch_id, actor="system") -> PostOutcome:
         batch.erp_document_ref = result.erp_document_ref
         batch.posted_at = now
         batch.posting_claimed_until = None
-        batch.save(update_fields=["status", "erp_document_ref", "posted_at", "posting_claimed_until"])
+        batch.next_attempt_at = None
+        batch.save(update_fields=["status", "erp_document_ref", "posted_at", "posting_claimed_until",
+                                  "next_attempt_at"])
         audit.record(actor=actor, action="erp_batch.posted", object_type="erp_batch", object_id=batch.pk,
                      after={"erp_document_ref": result.erp_document_ref, "journals": batch.journal_count})
         _mark_batch_journals_posted(batch, result, connector.name, actor=actor)
@@ -230,18 +248,48 @@ def _mark_batch_journals_posted(batch: ErpBatch, result: connectors.PostResult, 
     hooks.journals_posted.send(journals=journals, actor=actor)
 
 
+def _batch_release(batch_id, exc, *, actor) -> None:
+    """A batch's attempt failed: free it for its retry with the retry's due time in the same transaction (the
+    sweep sends it when it is due, whatever became of this worker), or fail it: a permanent error at once, a
+    transient one once TIEOUT_POSTING_MAX_RETRIES retries are spent."""
+    with transaction.atomic():
+        batch = ErpBatch.objects.select_for_update().get(pk=batch_id)
+        if batch.status != ErpBatch.Status.POSTING:  # settled meanwhile (a duplicate delivery): nothing is due
+            _scheduled(exc, None)
+            return
+        permanent = isinstance(exc, connectors.PermanentError)
+        if not permanent:
+            batch.posting_retries += 1
+        batch.status = ErpBatch.Status.READY
+        batch.posting_claimed_until = None
+        batch.next_attempt_at = None if permanent else _retry_due(batch.posting_retries, exc)
+        batch.last_error = exc.erp_message[:4000]
+        batch.save(update_fields=["status", "posting_claimed_until", "posting_retries", "next_attempt_at",
+                                  "last_error"])
+        if permanent:
+            _batch_fail(batch, exc.erp_message, actor=actor)
+        elif batch.next_attempt_at is None:
+            _batch_fail(batch, f"gave up after {batch.posting_retries} attempts: {exc.erp_message}", actor=actor)
+        _scheduled(exc, batch.next_attempt_at)
+
+
 def erp_batch_failed(*, batch_id, message: str, actor="system") -> None:
     """The batch could not be posted: it and its journals fail, each journal with its exception."""
     with transaction.atomic():
         batch = ErpBatch.objects.select_for_update().get(pk=batch_id)
         if batch.status in (ErpBatch.Status.POSTED, ErpBatch.Status.FAILED):
             return
-        batch.status = ErpBatch.Status.FAILED
-        batch.posting_claimed_until = None
-        batch.last_error = message[:4000]
-        batch.save(update_fields=["status", "posting_claimed_until", "last_error"])
-        audit.record(actor=actor, action="erp_batch.failed", object_type="erp_batch", object_id=batch.pk,
-                     after={"error": message[:1000]})
-        for journal in Journal.objects.select_for_update().select_related("entity").filter(
-                erp_batch=batch, status=Journal.Status.POSTING):
-            _fail(journal, Codes.POSTING_FAILED, f"batch {batch.pk}: {message}", actor=actor)
+        _batch_fail(batch, message, actor=actor)
+
+
+def _batch_fail(batch: ErpBatch, message: str, *, actor) -> None:
+    batch.status = ErpBatch.Status.FAILED
+    batch.posting_claimed_until = None
+    batch.next_attempt_at = None
+    batch.last_error = message[:4000]
+    batch.save(update_fields=["status", "posting_claimed_until", "next_attempt_at", "last_error"])
+    audit.record(actor=actor, action="erp_batch.failed", object_type="erp_batch", object_id=batch.pk,
+                 after={"error": message[:1000]})
+    for journal in Journal.objects.select_for_update().select_related("entity").filter(
+            erp_batch=batch, status=Journal.Status.POSTING):
+        _fail(journal, Codes.POSTING_FAILED, f"batch {batch.pk}: {message}", actor=actor)

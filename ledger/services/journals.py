@@ -164,9 +164,11 @@ def journal_retry(*, journal_id, actor) -> Journal:
     if journal.status != Journal.Status.FAILED:
         return journal
     journal.status = Journal.Status.READY
-    journal.deliveries_lost = 0  # a person asked again: a fresh budget of deliveries
+    journal.deliveries_lost = 0  # a person asked again: a fresh budget of deliveries and of retries
+    journal.posting_retries = 0
+    journal.next_attempt_at = None
     journal.erp_batch = None  # a failed batch is not sent again: the journal joins a new one
-    journal.save(update_fields=["status", "deliveries_lost", "erp_batch"])
+    journal.save(update_fields=["status", "deliveries_lost", "posting_retries", "next_attempt_at", "erp_batch"])
     audit.record(actor=actor, action="journal.retry", object_type="journal", object_id=journal.pk,
                  event_id=journal.event_id, before={"status": "failed"}, after={"status": "ready"})
     _enqueue(journal)

@@ -1,13 +1,14 @@
 """The transactional outbox: a ready journal gets its outbox row in the transaction that made it ready; after
 commit the relay hands rows to the posting workers (or posts in-database ledgers inline), and the sweep re-
-sends what a crash or a broker outage left behind.
+sends what a crash or a broker outage left behind, and every journal whose retry is due (its due time is kept
+on the journal, so a worker that died holding the retry's countdown loses nothing).
 """
 import datetime
 
 import structlog
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
 from ledger import connectors, tasks
@@ -49,23 +50,29 @@ def outbox_relay(outbox_ids: list[int]) -> None:
 
 
 def outbox_sweep(*, older_than_seconds: int) -> int:
-    """Re-send outbox rows that were never dispatched (crash between commit and enqueue, broker outage)."""
-    cutoff = timezone.now() - datetime.timedelta(seconds=older_than_seconds)
+    """Re-send what is due and nobody holds: outbox rows never dispatched (crash between commit and enqueue,
+    broker outage), journals whose retry is due, journals whose worker died while it held them, and journals
+    still ready long after their dispatch (a lost message). Returns how many journals it sent."""
+    now = timezone.now()
+    cutoff = now - datetime.timedelta(seconds=older_than_seconds)
     ids = list(Outbox.objects.filter(dispatched_at__isnull=True, created_at__lte=cutoff)
                .order_by("created_at").values_list("pk", flat=True)[:1000])
     if ids:
         outbox_relay(ids)
+    due = _send_due(now)
     # A worker died while it held a journal (SIGKILL, OOM): once the lease is over, post it again;
     # journal_post looks it up in the ERP first, so an entry the ERP already took is not sent twice.
-    expired = list(Journal.objects.filter(status=Journal.Status.POSTING, posting_claimed_until__lt=timezone.now())
+    expired = list(Journal.objects.filter(status=Journal.Status.POSTING, posting_claimed_until__lt=now)
                    .values_list("pk", flat=True)[:1000])
     for journal_id in expired:
         with transaction.atomic():
             journal = Journal.objects.select_for_update().get(pk=journal_id)
             if journal.status == Journal.Status.POSTING and journal.posting_claimed_until < timezone.now():
                 _enqueue(journal)
-    # Journals still ready long after dispatch (a lost message) get a fresh outbox row.
-    stale = (Journal.objects.filter(status=Journal.Status.READY, created_at__lte=cutoff - datetime.timedelta(minutes=10))
+    # Journals still ready long after dispatch (a lost message) get a fresh outbox row. One waiting for a
+    # retry is the due-time path's (above), not this one's: it is not sent before it is due.
+    stale = (Journal.objects.filter(status=Journal.Status.READY, next_attempt_at__isnull=True,
+                                    created_at__lte=cutoff - datetime.timedelta(minutes=10))
              .exclude(outbox__dispatched_at__gte=cutoff - datetime.timedelta(minutes=10))
              .values_list("pk", flat=True)[:1000])
     for journal_id in stale:
@@ -73,4 +80,30 @@ def outbox_sweep(*, older_than_seconds: int) -> int:
             journal = Journal.objects.select_for_update().get(pk=journal_id)
             if journal.status == Journal.Status.READY:
                 _enqueue(journal)
-    return len(ids)
+    return len(ids) + due
+
+
+def _send_due(now) -> int:
+    """Ready journals whose retry is due and that no live lease holds get a fresh outbox row, relayed after commit.
+
+    The retry's own countdown (the posting task's fast path) gets TIEOUT_POSTING_DUE_GRACE_SECONDS first. A
+    journal is sent again only when nothing was queued for it since it fell due, or what was queued has waited
+    TIEOUT_POSTING_REDISPATCH_SECONDS (its message was lost): a backlog is not multiplied by every sweep.
+    Sending twice is harmless (the claim, its lease and the look-up before sending), only wasteful.
+    """
+    grace = datetime.timedelta(seconds=settings.TIEOUT_POSTING_DUE_GRACE_SECONDS)
+    redispatch = datetime.timedelta(seconds=settings.TIEOUT_POSTING_REDISPATCH_SECONDS)
+    queued = Outbox.objects.filter(journal=OuterRef("pk"), created_at__gte=OuterRef("next_attempt_at"),
+                                   created_at__gt=now - redispatch)
+    with transaction.atomic():
+        # SKIP LOCKED: a journal being claimed right now is that worker's; two sweeps never take the same one.
+        due = list(Journal.objects.select_for_update(skip_locked=True)
+                   .filter(Q(posting_claimed_until__isnull=True) | Q(posting_claimed_until__lt=now),
+                           status=Journal.Status.READY, next_attempt_at__lte=now - grace)
+                   .exclude(Exists(queued))
+                   .order_by("next_attempt_at").values_list("pk", flat=True)[:1000])
+        if due:
+            rows = Outbox.objects.bulk_create([Outbox(journal_id=pk, created_at=now) for pk in due])
+            transaction.on_commit(lambda: outbox_relay([row.pk for row in rows]))
+            log.info("outbox.retries_due", journals=len(due))
+    return len(due)

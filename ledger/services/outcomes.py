@@ -1,8 +1,13 @@
-"""What posting leads to: a `PostOutcome`, and a journal that failed for good (its attempt closed, its outbox
-row settled, `ledger.hooks.journal_failed` announced).
+"""What posting leads to: a `PostOutcome`; when a failed attempt's retry is due (the retry policy, once: capped
+exponential backoff with full jitter, the ERP's Retry-After winning when it asks for longer, until
+TIEOUT_POSTING_MAX_RETRIES); and a journal that failed for good (its attempt closed, its outbox row settled,
+`ledger.hooks.journal_failed` announced).
 """
+import datetime
+import random
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.utils import timezone
 
 from audit import services as audit
@@ -17,6 +22,25 @@ class PostOutcome:
     erp_document_ref: str | None = None
 
 
+def _retry_due(failures: int, exc) -> datetime.datetime | None:
+    """When the next attempt is due after `failures` transient or ambiguous failures in a row (counting the one
+    that just happened), or None once the retry budget is spent. Kept in the database by the caller: the
+    posting task's countdown is only the fast path, the sweeps send whatever is due."""
+    if failures > settings.TIEOUT_POSTING_MAX_RETRIES:
+        return None
+    delay = random.uniform(0, min(settings.TIEOUT_POSTING_BACKOFF_CAP, 2 ** (failures - 1)))
+    if exc.retry_after:
+        delay = max(delay, min(exc.retry_after, settings.TIEOUT_POSTING_RETRY_AFTER_CAP))
+    return timezone.now() + datetime.timedelta(seconds=delay)
+
+
+def _scheduled(exc, next_attempt_at) -> None:
+    """Tell the posting task what the service recorded for this failure: the due time of the next attempt,
+    or None when nothing more is due (the work failed, or settled elsewhere in the meantime)."""
+    exc.scheduled = True
+    exc.next_attempt_at = next_attempt_at
+
+
 def _fail(journal: Journal, code: str, message: str, *, actor) -> None:
     journal.attempts.filter(outcome=PostingAttempt.Outcome.IN_PROGRESS).update(
         outcome=PostingAttempt.Outcome.ABANDONED, finished_at=timezone.now(),
@@ -24,8 +48,9 @@ def _fail(journal: Journal, code: str, message: str, *, actor) -> None:
     before = journal.status
     journal.status = Journal.Status.FAILED
     journal.posting_claimed_until = None
+    journal.next_attempt_at = None
     journal.last_error = message
-    journal.save(update_fields=["status", "posting_claimed_until", "last_error"])
+    journal.save(update_fields=["status", "posting_claimed_until", "next_attempt_at", "last_error"])
     Outbox.objects.filter(journal=journal, dispatched_at__isnull=True).update(dispatched_at=timezone.now())
     PostingAttempt.objects.create(journal=journal, finished_at=timezone.now(), connector=journal.entity.erp_connector,
                                   outcome=PostingAttempt.Outcome.PERMANENT, message=message)

@@ -1,6 +1,6 @@
 """Posting one journal to the ERP: claim it, ask the connector (looking up by our reference first when an
-earlier attempt's outcome is unknown), mark it posted (announced through `ledger.hooks`) or release it for a
-retry.
+earlier attempt's outcome is unknown), mark it posted (announced through `ledger.hooks`), or record the failed
+attempt with the due time of its retry (in the database, where the outbox sweep finds it) or the failure.
 """
 import datetime
 
@@ -14,7 +14,7 @@ from config.errors import Codes, TieoutError
 from ledger import connectors, hooks
 from ledger.models import Entity, Journal, Outbox, PostingAttempt
 from ledger.services.batches import _batch_add
-from ledger.services.outcomes import PostOutcome, _fail
+from ledger.services.outcomes import PostOutcome, _fail, _retry_due, _scheduled
 from ledger.services.periods import period_is_closed
 
 
@@ -87,7 +87,8 @@ def _claim(journal: Journal, connector_name: str, *, actor) -> tuple[PostingAtte
     journal.status = Journal.Status.POSTING
     journal.posting_claimed_until = now + datetime.timedelta(seconds=settings.TIEOUT_POSTING_LEASE_SECONDS)
     journal.posting_attempts += 1
-    journal.save(update_fields=["status", "posting_claimed_until", "posting_attempts"])
+    journal.next_attempt_at = None  # the lease says who holds it now; the release sets the next due time
+    journal.save(update_fields=["status", "posting_claimed_until", "posting_attempts", "next_attempt_at"])
     attempt = PostingAttempt.objects.create(journal=journal, started_at=now, connector=connector_name,
                                             outcome=PostingAttempt.Outcome.IN_PROGRESS)
     if before != Journal.Status.POSTING:
@@ -98,22 +99,39 @@ def _claim(journal: Journal, connector_name: str, *, actor) -> tuple[PostingAtte
 
 
 def _release(journal_id, attempt_id, exc, *, actor) -> None:
-    """An attempt failed: record its outcome and free the journal for the next try (or the exception)."""
+    """An attempt failed: record its outcome and free the journal for its retry, with the retry's due time in
+    the same transaction (the outbox sweep sends it when it is due, whatever became of this worker), or fail
+    it: a permanent error at once, a transient one once TIEOUT_POSTING_MAX_RETRIES retries are spent."""
     outcome = {connectors.TransientError: PostingAttempt.Outcome.TRANSIENT,
                connectors.AmbiguousError: PostingAttempt.Outcome.AMBIGUOUS}.get(type(exc),
                                                                                  PostingAttempt.Outcome.PERMANENT)
     with transaction.atomic():
-        journal = Journal.objects.select_for_update().get(pk=journal_id)
+        journal = Journal.objects.select_for_update().get(pk=journal_id)  # not the entity's row: posters run at once
         PostingAttempt.objects.filter(pk=attempt_id).update(finished_at=timezone.now(), outcome=outcome,
                                                             message=f"{exc}: {exc.erp_message}"[:4000])
-        if journal.status == Journal.Status.POSTING:
-            journal.status = Journal.Status.READY
-            journal.posting_claimed_until = None
-            journal.last_error = exc.erp_message[:4000]
-            journal.save(update_fields=["status", "posting_claimed_until", "last_error"])
-            audit.record(actor=actor, action="journal.attempt_failed", object_type="journal", object_id=journal.pk,
-                         event_id=journal.event_id, before={"status": "posting"},
-                         after={"status": "ready", "outcome": outcome, "error": exc.erp_message[:1000]})
+        if journal.status != Journal.Status.POSTING:  # settled meanwhile (a duplicate delivery): nothing is due
+            _scheduled(exc, None)
+            return
+        permanent = outcome == PostingAttempt.Outcome.PERMANENT
+        if not permanent:
+            journal.posting_retries += 1
+        journal.status = Journal.Status.READY
+        journal.posting_claimed_until = None
+        journal.next_attempt_at = None if permanent else _retry_due(journal.posting_retries, exc)
+        journal.last_error = exc.erp_message[:4000]
+        journal.save(update_fields=["status", "posting_claimed_until", "posting_retries", "next_attempt_at",
+                                    "last_error"])
+        after = {"status": "ready", "outcome": outcome, "error": exc.erp_message[:1000]}
+        if journal.next_attempt_at:
+            after.update(retries=journal.posting_retries, next_attempt_at=journal.next_attempt_at)
+        audit.record(actor=actor, action="journal.attempt_failed", object_type="journal", object_id=journal.pk,
+                     event_id=journal.event_id, before={"status": "posting"}, after=after)
+        if permanent:
+            _fail(journal, Codes.POSTING_FAILED, exc.erp_message, actor=actor)
+        elif journal.next_attempt_at is None:
+            _fail(journal, Codes.POSTING_FAILED,
+                  f"gave up after {journal.posting_retries} attempts: {exc.erp_message}", actor=actor)
+        _scheduled(exc, journal.next_attempt_at)
 
 
 def _mark_posted(journal: Journal, result: connectors.PostResult, connector_name: str, *, actor,
@@ -124,11 +142,12 @@ def _mark_posted(journal: Journal, result: connectors.PostResult, connector_name
     journal.erp_document_ref = result.erp_document_ref
     journal.posted_at = now
     journal.posting_claimed_until = None
+    journal.next_attempt_at = None
     if attempt_id is None:
         journal.posting_attempts += 1
     journal.last_error = ""
     journal.save(update_fields=["status", "erp_document_ref", "posted_at", "posting_attempts", "posting_claimed_until",
-                                "last_error"])
+                                "next_attempt_at", "last_error"])
     outcome = PostingAttempt.Outcome.ALREADY_POSTED if result.already_existed else PostingAttempt.Outcome.POSTED
     if attempt_id is None:
         PostingAttempt.objects.create(journal=journal, started_at=now, finished_at=now, connector=connector_name,
