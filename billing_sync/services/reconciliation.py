@@ -455,16 +455,19 @@ UNION SELECT unnest(ARRAY['journal:' || j.id::text, {erp_checks.DOC_EXPR}]) FROM
       AND b.code IN ({", ".join(f"'{code}'" for code in BATCH_CODES)})
 """
 
-# The marks of what the run checked, in one statement: each distinct subject with its status now and its mark's
-# status before (one join with the marks), then an UPDATE of the marks whose status changed (by key: few) and a
+# The marks of what the run checked, in one statement: each distinct subject (recon_docs' are distinct already:
+# only the others, usually few, are made distinct, so a million documents are not hashed once more) with its
+# status now and its mark's status before (one join with the marks), then an UPDATE of the marks whose status changed (by key: few) and a
 # plain INSERT of the new ones, sorted by key so that a first run's million marks append to the key's index
 # instead of landing all over it (data-modifying CTEs share one snapshot, so the two never meet).
 MARKS_SQL = f"""
 WITH broken AS ({BROKEN_SQL}),
 status AS MATERIALIZED (
     SELECT c.subject, CASE WHEN x.document IS NULL THEN 'matched' ELSE 'break' END AS status, m.status AS before
-    FROM (SELECT subject FROM recon_checked WHERE subject <> ''
-          UNION SELECT doc_type || ':' || source_system || ':' || doc_id FROM recon_docs) c
+    FROM (SELECT doc_type || ':' || source_system || ':' || doc_id AS subject FROM recon_docs
+          UNION ALL (SELECT subject FROM recon_checked WHERE subject <> ''
+                     EXCEPT SELECT c.subject FROM recon_docs d
+                     JOIN recon_checked c ON c.subject = d.doc_type || ':' || d.source_system || ':' || d.doc_id)) c
     LEFT JOIN broken x ON x.document = c.subject
     LEFT JOIN billing_sync_reconciliationmark m ON m.subject = c.subject
 ), changed AS (
@@ -492,6 +495,7 @@ def _mark(entity: Entity, run: ReconciliationRun, *, extra_subjects=()) -> dict:
                           WHERE journal_id IS NOT NULL""")
         if extra_subjects:
             cursor.executemany("INSERT INTO recon_checked (subject) VALUES (%s)", [(s,) for s in extra_subjects])
+        cursor.execute("ANALYZE recon_checked")  # its size decides which side of MARKS_SQL's joins is hashed
         cursor.execute(MARKS_SQL, {"entity": entity.pk, "now": timezone.now(), "run": run.pk})
         matched, broken, changed = cursor.fetchone()
     return {"matched": matched, "break": broken, "changed": changed}
