@@ -9,7 +9,9 @@ At a million invoices every statement hashes millions of rows, so they are writt
 taken as integers of the money columns' smallest unit (`UNITS`; exact, and a bigint sum's state is a fraction
 of a numeric one's), grouped by the narrowest key that identifies a document (its journal kind names its type),
 and the journal a break names is looked up only for the few rows that differ."""
-from django.db import connection
+import threading
+
+from django.db import connection, connections
 
 from billing_sync.reconciliation.context import BOOKED, Context, R
 
@@ -63,6 +65,9 @@ FROM billing_sync_refund r JOIN billing_sync_payment p ON p.id = r.payment_id
 JOIN billing_sync_event e ON e.id = r.event_id
 WHERE p.entity_id = %(entity)s AND {refund}
 """
+
+# Room for the run's hash joins and aggregates in the server (bounded, per statement node), instead of spilling.
+WORK_MEM = "256MB"
 
 # Money columns hold four decimal places (ledger.models.MONEY): sums of `x * UNITS` as bigint are exact.
 UNITS = 10_000
@@ -120,11 +125,11 @@ FROM found
 """
 
 # Every invoice's open amount against its receivable balance (the receivable lines that name it), both as bigint
-# units, in one statement: the invoices that differ become `ledger_open_amount_mismatch` rows (an invoice billing
-# does not have names one of the journals that booked its balance, looked up for these few rows only), the ones it
-# checked that recon_docs does not list become marks' subjects, and it answers the totals of both sides (the row
-# without an invoice id holds the receivable booked to no invoice), which are the receivable control account's
-# figures when every invoice was read.
+# units, as one SELECT that answers only a few rows whatever the size: the invoices that differ (`mismatch`), the
+# ones it checked that recon_docs does not list (`checked`: voided or settled invoices, and those a journal of
+# the range touched), and the totals of both sides (`total`; the row without an invoice id holds the receivable
+# booked to no invoice), which are the receivable control account's figures when every invoice was read. It
+# reads no temporary table, so it can run on a session of its own beside JOURNALS_SQL (`check`).
 INVOICES_SQL = f"""
 WITH led AS (
     SELECT j.source_system, l.invoice_id, SUM({_units('l.debit - l.credit')}) AS balance,
@@ -145,33 +150,36 @@ WITH led AS (
            COALESCE(inv.invoice_id, led.invoice_id) <> '' AND {{in_scope}} AS in_scope,
            COALESCE(inv.listed, FALSE) AS listed
     FROM inv FULL JOIN led ON led.source_system = inv.source_system AND led.invoice_id = inv.invoice_id
-), found AS (
-    INSERT INTO recon_found (code, account, journal_id, document, expected, actual, amount, source_ref)
-    SELECT 'ledger_open_amount_mismatch', %(ar_code)s,
-           CASE WHEN open_amount IS NULL THEN (
-               SELECT j.id FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id
-               WHERE l.account_id = %(ar)s AND l.invoice_id = c.invoice_id AND j.entity_id = %(entity)s
-                 AND j.source_system = c.source_system AND j.status IN {BOOKED}
-               ORDER BY j.id::text LIMIT 1) END,
-           'invoice:' || source_system || ':' || invoice_id,
-           CASE WHEN open_amount IS NULL THEN jsonb_build_object('side', 'billing', 'invoice', false,
-                                                                 'open_amount', {_m('0')})
-                ELSE jsonb_build_object('side', 'billing', 'open_amount', {_m(f'open_amount::numeric / {UNITS}')})
-           END,
-           jsonb_build_object('side', 'ledger', 'receivable_balance',
-                              {_m(f'COALESCE(balance, 0)::numeric / {UNITS}')}),
-           abs(COALESCE(open_amount, 0) - COALESCE(balance, 0))::numeric / {UNITS}, invoice_id
-    FROM cmp c
-    WHERE in_scope AND COALESCE(open_amount, 0) <> COALESCE(balance, 0)
-    RETURNING 1
-), checked AS (
-    INSERT INTO recon_checked (subject, billing)
-    SELECT 'invoice:' || source_system || ':' || invoice_id, TRUE FROM cmp WHERE in_scope AND NOT listed
-    RETURNING 1
 )
-SELECT COALESCE(SUM(open_amount), 0), COALESCE(SUM(balance), 0), (SELECT count(*) FROM found),
-       (SELECT count(*) FROM checked)
-FROM cmp
+SELECT 'total', '', '', SUM(open_amount), SUM(balance) FROM cmp
+UNION ALL
+SELECT 'mismatch', source_system, invoice_id, open_amount, balance FROM cmp
+WHERE in_scope AND COALESCE(open_amount, 0) <> COALESCE(balance, 0)
+UNION ALL
+SELECT 'checked', source_system, invoice_id, NULL, NULL FROM cmp WHERE in_scope AND NOT listed
+"""
+
+# The open-amount breaks from INVOICES_SQL's rows (an invoice billing does not have names one of the journals
+# that booked its balance, looked up for these few rows only) and the marks' subjects.
+OPEN_AMOUNTS_SQL = f"""
+INSERT INTO recon_found (code, account, journal_id, document, expected, actual, amount, source_ref)
+SELECT 'ledger_open_amount_mismatch', %(ar_code)s,
+       CASE WHEN open_amount IS NULL THEN (
+           SELECT j.id FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id
+           WHERE l.account_id = %(ar)s AND l.invoice_id = r.invoice_id AND j.entity_id = %(entity)s
+             AND j.source_system = r.source_system AND j.status IN {BOOKED}
+           ORDER BY j.id::text LIMIT 1) END,
+       'invoice:' || source_system || ':' || invoice_id,
+       CASE WHEN open_amount IS NULL THEN jsonb_build_object('side', 'billing', 'invoice', false,
+                                                             'open_amount', {_m('0')})
+            ELSE jsonb_build_object('side', 'billing', 'open_amount', {_m(f'open_amount::numeric / {UNITS}')}) END,
+       jsonb_build_object('side', 'ledger', 'receivable_balance', {_m(f'COALESCE(balance, 0)::numeric / {UNITS}')}),
+       abs(COALESCE(open_amount, 0) - COALESCE(balance, 0))::numeric / {UNITS}, invoice_id
+FROM recon_invoices r WHERE kind = 'mismatch'
+"""
+INVOICES_CHECKED_SQL = """
+INSERT INTO recon_checked (subject, billing)
+SELECT 'invoice:' || source_system || ':' || invoice_id, TRUE FROM recon_invoices WHERE kind = 'checked'
 """
 
 AGGREGATE_ROWS = f"""
@@ -216,9 +224,6 @@ def check(ctx: Context, progress=None) -> None:
             cursor.execute("ANALYZE recon_docs")  # temporary tables have no statistics until asked
             if progress:
                 progress("billing documents")
-            cursor.execute(JOURNALS_SQL.format(narrow=_journal_filter(cursor, plan, documents)), params)
-            if progress:
-                progress("document journals")
             if plan.doc is None or plan.doc[0] == "invoice":
                 if whole:
                     led_filter = inv_filter = "TRUE"
@@ -229,11 +234,39 @@ def check(ctx: Context, progress=None) -> None:
                     in_scope = "TRUE"
                 # `listed`: the invoice is in recon_docs too (DOCS_SQL's condition), so its mark's subject is there.
                 listed = f"i.status = 'open' AND i.total <> 0 AND {filters['invoice']}"
-                cursor.execute(INVOICES_SQL.format(led_filter=led_filter, inv_filter=inv_filter,
-                                                   in_scope=in_scope, listed=listed), params)
-                open_total, balance_total, _, _ = cursor.fetchone()
+                invoices_sql = INVOICES_SQL.format(led_filter=led_filter, inv_filter=inv_filter,
+                                                   in_scope=in_scope, listed=listed)
+            else:
+                invoices_sql = None
+            # The open-amount check reads no temporary table: with a session of its own it runs on another core
+            # while this one sums the documents' journals (a run outside any transaction; inside one, e.g. a
+            # test's, another session could not see its rows).
+            beside = invoices_sql and ctx.parallel and whole
+            worker = _Beside(invoices_sql, params) if beside else None
+            try:
+                cursor.execute(JOURNALS_SQL.format(narrow=_journal_filter(cursor, plan, documents)), params)
+            except BaseException:
+                if worker:
+                    worker.wait()  # its session closed before the run's failure is recorded
+                raise
+            if progress:
+                progress("document journals")
+            if invoices_sql:
+                if worker:
+                    rows = worker.result()
+                    with cursor.copy("COPY recon_invoices (kind, source_system, invoice_id, open_amount, balance) "
+                                     "FROM STDIN") as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                else:
+                    cursor.execute("INSERT INTO recon_invoices (kind, source_system, invoice_id, open_amount, "
+                                   f"balance) {invoices_sql}", params)
+                cursor.execute("SELECT open_amount, balance FROM recon_invoices WHERE kind = 'total'")
+                open_total, balance_total = cursor.fetchone()
                 if whole:
-                    receivable = (open_total, balance_total)
+                    receivable = (open_total or 0, balance_total or 0)
+                cursor.execute(OPEN_AMOUNTS_SQL, params)
+                cursor.execute(INVOICES_CHECKED_SQL)
                 if progress:
                     progress("open amounts")
             if progress:
@@ -244,6 +277,37 @@ def check(ctx: Context, progress=None) -> None:
                                [(f"entity:{code}",) for code in plan.aggregates])
             if progress:
                 progress("control accounts")
+
+
+class _Beside:
+    """INVOICES_SQL on a session of its own, in a thread, started now; `result()` waits for its rows (a few)."""
+
+    def __init__(self, sql: str, params: dict):
+        self._rows, self._error = None, None
+        self._thread = threading.Thread(target=self._run, args=(sql, params), name="reconciliation-invoices",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, sql: str, params: dict) -> None:
+        try:
+            with connections["default"].cursor() as cursor:  # this thread's own connection
+                cursor.execute(f"SET work_mem = '{WORK_MEM}'")
+                cursor.execute(sql, params)
+                self._rows = cursor.fetchall()
+                cursor.execute("RESET work_mem")
+        except BaseException as exc:  # re-raised in the run's thread by result()
+            self._error = exc
+        finally:
+            connections["default"].close()
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> list[tuple]:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._rows
 
 
 def _journal_filter(cursor, plan, documents: int) -> str:

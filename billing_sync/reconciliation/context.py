@@ -47,6 +47,7 @@ class Context:
     accounts: dict[str, tuple[int, str]] = field(default_factory=dict)  # role -> (account id, code)
     plan: Plan = field(default_factory=Plan)
     erp_names: bool = True  # the connector reads accounts back through the ERP's names (`erp_account_names`)
+    parallel: bool = False  # checks may run on a second session (the run is not inside an outer transaction)
 
     @property
     def scale(self) -> int:

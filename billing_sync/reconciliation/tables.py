@@ -23,6 +23,10 @@ TABLES = {
     # Billing documents that should have journals, with the amount their posting rule gives.
     "recon_docs": """(doc_type text NOT NULL, source_system text NOT NULL, doc_id text NOT NULL,
         kind text NOT NULL, version integer, expected numeric NOT NULL, account text NOT NULL DEFAULT '')""",
+    # The few rows of the open-amount check (billing.INVOICES_SQL): `total`, `mismatch` and `checked` invoices,
+    # amounts as bigint units of the money columns (`billing.UNITS`).
+    "recon_invoices": """(kind text NOT NULL, source_system text NOT NULL, invoice_id text NOT NULL,
+        open_amount bigint, balance bigint)""",
     # The ERP read-back, as streamed (`n` orders the documents: a document seen twice keeps its last version).
     "recon_erp_doc": """(n bigint NOT NULL, ref text NOT NULL, our_ref text NOT NULL, status text NOT NULL,
         posting_date date, modified timestamptz)""",

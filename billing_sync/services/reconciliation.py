@@ -128,10 +128,14 @@ def reconciliation_run_execute(*, run_id, connector=None, progress=None) -> Reco
         cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s), %s)", key)
         if not cursor.fetchone()[0]:
             return run  # another worker has it
+    # A second session sees only what is committed: checks run beside this one only when no outer transaction
+    # holds uncommitted rows (the task and the command call this outside any).
+    parallel = settings.TIEOUT_RECONCILIATION_PARALLEL and not connection.in_atomic_block
     try:
         connector = connector or connectors.get_connector(run.entity)
         with temp_tables():
             ctx = context_for(run)
+            ctx.parallel = parallel
             ctx.erp_names = getattr(connector, "erp_account_names", True)
             documents = 0
             if ctx.plan.erp or ctx.plan.balance:
@@ -143,7 +147,7 @@ def reconciliation_run_execute(*, run_id, connector=None, progress=None) -> Reco
                 # Set-based checks over a million rows sort and hash in the server: room to do it in memory
                 # (bounded, server-side, for this transaction only) instead of spilling to disk.
                 with connection.cursor() as cursor:
-                    cursor.execute("SET LOCAL work_mem = '256MB'")
+                    cursor.execute(f"SET LOCAL work_mem = '{billing_checks.WORK_MEM}'")
                 billing_checks.check(ctx, progress)
                 erp_checks.compare(ctx, progress)
                 outcome = _apply(ctx, run, progress)

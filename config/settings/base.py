@@ -284,6 +284,9 @@ TIEOUT_TOKEN_CACHE_SECONDS = float(os.environ.get("TIEOUT_TOKEN_CACHE_SECONDS", 
 TIEOUT_RECONCILIATION_OPEN_MONTHS = int(os.environ.get("TIEOUT_RECONCILIATION_OPEN_MONTHS", "3"))
 TIEOUT_RECONCILIATION_LOOKUPS = int(os.environ.get("TIEOUT_RECONCILIATION_LOOKUPS", "50"))
 TIEOUT_RECONCILIATION_STALE_SECONDS = float(os.environ.get("TIEOUT_RECONCILIATION_STALE_SECONDS", "7200"))
+# Whether a run's open-amount check may run on a second database session beside the document check (two cores
+# of the database at once; off: one session does both, one after the other).
+TIEOUT_RECONCILIATION_PARALLEL = os.environ.get("TIEOUT_RECONCILIATION_PARALLEL", "1") not in ("", "0", "false")
 # ERP read-back (reconciliation): attempts per request (rate limits and transient failures are retried with
 # exponential backoff and jitter: base doubling up to the cap), and the longest Retry-After honoured (seconds).
 TIEOUT_READBACK_MAX_ATTEMPTS = int(os.environ.get("TIEOUT_READBACK_MAX_ATTEMPTS", "6"))

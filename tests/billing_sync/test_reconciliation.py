@@ -18,6 +18,7 @@ from django.db import DatabaseError, transaction
 
 from audit.models import AuditEntry
 from billing_sync import services
+from billing_sync.reconciliation import billing as billing_checks
 from billing_sync.models import (Event, Invoice, ReconciliationBreak, ReconciliationMark, ReconciliationRun,
                                  WriteOff)
 from config.errors import Codes, TieoutError
@@ -426,3 +427,35 @@ def test_adjusting_journal_and_resolving_in_the_queue(erp_books, erp, finance, d
                                 actor=fiona)
     brk.refresh_from_db()
     assert brk.status == "resolved" and brk.resolution.startswith("resolved in the exception queue")
+
+
+# ------------------------------------------------------------------------------------------------ two sessions
+@pytest.mark.django_db(transaction=True)
+def test_a_run_outside_any_transaction_checks_open_amounts_on_a_second_session(entity, integration, settings,
+                                                                               monkeypatch):
+    """Run as the task and the command run it (no outer transaction, data committed), the open-amount check
+    runs on a session of its own beside the document check, and finds what one session finds."""
+    post_books(integration)
+    started = []
+    beside = billing_checks._Beside
+    monkeypatch.setattr(billing_checks, "_Beside", lambda sql, params: started.append(sql) or beside(sql, params))
+    journal = journal_of("payment", "pay_1")
+    edit_line(journal, "1200", invoice_id="inv_2")
+    first = run(entity)
+    assert len(started) == 1
+    assert first.breaks == {"ledger_open_amount_mismatch": 2}
+    by_doc = {b.document: b for b in open_breaks()}
+    assert by_doc[f"invoice:{SS}:inv_1"].actual == {"side": "ledger", "receivable_balance": "107.25"}
+    assert by_doc[f"invoice:{SS}:inv_2"].actual == {"side": "ledger", "receivable_balance": "57.25"}
+    assert mark(f"invoice:{SS}:inv_1") == "break" and mark(f"payment:{SS}:pay_2") == "matched"
+    # One session, one after the other: the same findings (found again, nothing new, nothing resolved).
+    settings.TIEOUT_RECONCILIATION_PARALLEL = False
+    again = run(entity)
+    assert len(started) == 1
+    assert again.breaks == first.breaks and again.resolved == 0
+    assert {b.pk for b in open_breaks()} == {b.pk for b in by_doc.values()}
+    # Fixed, and back to two sessions: resolved.
+    settings.TIEOUT_RECONCILIATION_PARALLEL = True
+    edit_line(journal, "1200", invoice_id="inv_1")
+    later = run(entity)
+    assert len(started) == 2 and later.breaks == {} and later.resolved == 2
