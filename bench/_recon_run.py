@@ -19,6 +19,8 @@ import django  # noqa: E402
 
 django.setup()
 
+from django.db import connection  # noqa: E402
+
 from billing_sync import services  # noqa: E402
 from billing_sync.models import ReconciliationMark  # noqa: E402
 from ledger.connectors.builtin import BuiltinConnector  # noqa: E402
@@ -41,7 +43,6 @@ class NoErp(BuiltinConnector):
 def _server_cpu() -> float:
     """CPU seconds the database session's backend process has used (it runs on this machine): with the
     process's own, a figure the load of other processes does not inflate the way it does wall time."""
-    from django.db import connection
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         pid = cursor.fetchone()[0]
