@@ -225,15 +225,12 @@ def item_params(*, account: Account, as_of: datetime.date) -> dict:
     return {"account": account.pk, "entity": account.entity_id, "as_of": as_of}
 
 
-def item_account_balance(*, account: Account, item_type: str, as_of: datetime.date) -> dict:
-    """`account`'s balance (debit minus credit, posted journals, up to `as_of`) in two parts: `items`, what
-    its items of `item_type` carry, and `other`, the lines that name no such item (a manual journal on the
-    receivable account, say). `balance` = `items` + `other`: the figure of the trial balance."""
-    params = item_params(account=account, as_of=as_of)
+def item_account_other(*, account: Account, item_type: str, as_of: datetime.date):
+    """What `account`'s lines that name no item of `item_type` add up to (debit minus credit, posted journals,
+    up to `as_of`): a manual journal on the receivable account, say. The account's balance (the trial
+    balance's figure) is this plus what its items carry (the sum of `item_balances_sql`'s rows), which the
+    agings sum in their own query."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT coalesce(sum(amount), 0) FROM ({item_balances_sql(account=account, item_type=item_type)}) m",
-                       params)
-        items = cursor.fetchone()[0]
         # The account's lines that are not items: few (they are what breaks the tie), read by the line index,
         # each journal looked up by its key (a join would let the planner, who cannot tell how few they are,
         # scan every journal).
@@ -242,10 +239,8 @@ def item_account_balance(*, account: Account, item_type: str, as_of: datetime.da
             FROM ledger_journalline l
             WHERE l.account_id = %(account)s AND {_OTHER_LINE[item_type]}
               AND (SELECT j.status = 'posted' AND j.accounting_date <= %(as_of)s
-                   FROM ledger_journal j WHERE j.id = l.journal_id)""", params)
-        other = cursor.fetchone()[0]
-    return {"balance": items + other, "items": items, "other": other}
-
+                   FROM ledger_journal j WHERE j.id = l.journal_id)""", item_params(account=account, as_of=as_of))
+        return cursor.fetchone()[0]
 
 
 # --------------------------------------------------------------------------------------------- exports
