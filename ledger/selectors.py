@@ -185,55 +185,57 @@ def role_account(entity: Entity, role: str) -> Account | None:
 def item_balances_sql(*, account: Account, item_type: str, from_lines: bool = False) -> str:
     """A query of the balances of `account`'s items at a date, for the layers above to join their documents to.
 
-    Its rows are `(source_system, item_id, first_date, amount)` and the amounts of one item add up to its
-    balance (debit minus credit) over the posted journals dated on or before `%(as_of)s`; items with no
-    balance then add up to zero, so a report may group by anything that depends on the item alone (its
-    customer, its due date) without grouping by item first. Parameters: `%(account)s`, `%(entity)s`,
-    `%(as_of)s` (`item_params` builds them). `first_date` is the item's first accounting date (a
-    payment's receipt; NULL on the invoices' correcting rows, which group by invoice, not by date).
+    One row per item open at `%(as_of)s` (a non-zero balance, debit minus credit, over the posted journals
+    dated on or before it): `(source_system, item_id, first_date, amount)`. Parameters: `%(account)s`,
+    `%(entity)s`, `%(as_of)s` (`item_params` builds them). `first_date` is a payment's first accounting date
+    (its receipt); NULL for invoices.
 
-    The rows are the item balances kept by the database (today's, whatever the date) minus what was
-    posted after `as_of`, so the work is the open items plus the postings since `as_of`, not every line
-    ever posted: fast for today and recent dates, slower the further back. When the account is not of
-    the type the item rule counts (a remapped chart), or with `from_lines`, the items are summed from
-    every line instead (one row per item; the same figures, the tests check).
+    The rows are the item balances kept by the database (today's, whatever the date) less what was posted
+    after `as_of`, summed per item first and matched to them by key (a full join: an item settled since
+    then has no open balance today), so the work is the open items plus the postings since `as_of`, not
+    every line ever posted, and the layers above look up only the items open at the date: fast for today
+    and recent dates, slower the further back. When the account is not of the type the item rule counts (a
+    remapped chart), or with `from_lines`, the items are summed from every line instead (the same figures,
+    the tests check).
     """
     line, item_id = _ITEM_LINE[item_type], _ITEM_ID[item_type]
+    payment = item_type == ItemBalance.ItemType.PAYMENT
     if from_lines or account.type != ITEM_ACCOUNT_TYPES[item_type]:
         return f"""
-            SELECT j.source_system, {item_id} AS item_id, min(j.accounting_date) AS first_date,
+            SELECT j.source_system, {item_id} AS item_id,
+                   {"min(j.accounting_date)" if payment else "NULL::date"} AS first_date,
                    sum(l.debit - l.credit) AS amount
             FROM ledger_journalline l JOIN ledger_journal j ON j.id = l.journal_id
             WHERE l.account_id = %(account)s AND {line} AND j.entity_id = %(entity)s AND j.status = 'posted'
               AND j.accounting_date <= %(as_of)s
-            GROUP BY 1, 2"""
-    first_date = ("(SELECT b2.first_date FROM ledger_itembalance b2 WHERE b2.account_id = l.account_id "
-                  "AND b2.source_system = j.source_system AND b2.item_type = 'payment' AND b2.item_id = l.payment_id)"
-                  if item_type == ItemBalance.ItemType.PAYMENT else "NULL::date")
+            GROUP BY 1, 2 HAVING sum(l.debit - l.credit) <> 0"""
+    # An item with nothing open today has no row in the open-items index: its first date is looked up by key.
+    first_date = ("coalesce(b.first_date, (SELECT b2.first_date FROM ledger_itembalance b2 WHERE b2.account_id = "
+                  "%(account)s AND b2.source_system = a.source_system AND b2.item_type = 'payment' "
+                  "AND b2.item_id = a.item_id))" if payment else "NULL::date")
     return f"""
-        SELECT b.source_system, b.item_id, b.first_date, b.balance AS amount
-        FROM ledger_itembalance b
-        WHERE b.account_id = %(account)s AND b.item_type = '{item_type}' AND b.balance <> 0
-        UNION ALL
-        SELECT j.source_system, {item_id}, {first_date}, l.credit - l.debit
-        FROM ledger_journal j JOIN ledger_journalline l ON l.journal_id = j.id
-        WHERE j.entity_id = %(entity)s AND j.status = 'posted' AND j.accounting_date > %(as_of)s
-          AND l.account_id = %(account)s AND {line}"""
+        SELECT coalesce(b.source_system, a.source_system) AS source_system, coalesce(b.item_id, a.item_id) AS item_id,
+               {first_date} AS first_date, coalesce(b.balance, 0) - coalesce(a.amount, 0) AS amount
+        FROM (SELECT b.source_system, b.item_id, b.first_date, b.balance FROM ledger_itembalance b
+              WHERE b.account_id = %(account)s AND b.item_type = '{item_type}' AND b.balance <> 0) b
+        FULL JOIN (SELECT j.source_system, {item_id} AS item_id, sum(l.debit - l.credit) AS amount
+                   FROM ledger_journal j JOIN ledger_journalline l ON l.journal_id = j.id
+                   WHERE j.entity_id = %(entity)s AND j.status = 'posted' AND j.accounting_date > %(as_of)s
+                     AND l.account_id = %(account)s AND {line}
+                   GROUP BY 1, 2) a ON a.source_system = b.source_system AND a.item_id = b.item_id
+        WHERE coalesce(b.balance, 0) - coalesce(a.amount, 0) <> 0"""
 
 
 def item_params(*, account: Account, as_of: datetime.date) -> dict:
     return {"account": account.pk, "entity": account.entity_id, "as_of": as_of}
 
 
-def item_account_balance(*, account: Account, item_type: str, as_of: datetime.date) -> dict:
-    """`account`'s balance (debit minus credit, posted journals, up to `as_of`) in two parts: `items`, what
-    its items of `item_type` carry, and `other`, the lines that name no such item (a manual journal on the
-    receivable account, say). `balance` = `items` + `other`: the figure of the trial balance."""
-    params = item_params(account=account, as_of=as_of)
+def item_account_other(*, account: Account, item_type: str, as_of: datetime.date):
+    """What `account`'s lines that name no item of `item_type` add up to (debit minus credit, posted journals,
+    up to `as_of`): a manual journal on the receivable account, say. The account's balance (the trial
+    balance's figure) is this plus what its items carry (the sum of `item_balances_sql`'s rows), which the
+    agings sum in their own query."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT coalesce(sum(amount), 0) FROM ({item_balances_sql(account=account, item_type=item_type)}) m",
-                       params)
-        items = cursor.fetchone()[0]
         # The account's lines that are not items: few (they are what breaks the tie), read by the line index,
         # each journal looked up by its key (a join would let the planner, who cannot tell how few they are,
         # scan every journal).
@@ -242,10 +244,8 @@ def item_account_balance(*, account: Account, item_type: str, as_of: datetime.da
             FROM ledger_journalline l
             WHERE l.account_id = %(account)s AND {_OTHER_LINE[item_type]}
               AND (SELECT j.status = 'posted' AND j.accounting_date <= %(as_of)s
-                   FROM ledger_journal j WHERE j.id = l.journal_id)""", params)
-        other = cursor.fetchone()[0]
-    return {"balance": items + other, "items": items, "other": other}
-
+                   FROM ledger_journal j WHERE j.id = l.journal_id)""", item_params(account=account, as_of=as_of))
+        return cursor.fetchone()[0]
 
 
 # --------------------------------------------------------------------------------------------- exports

@@ -7,6 +7,7 @@ their own events' traces, at /events/{id}/trace; controllers and admins close an
 caller's entities answers 404 problem+json, exactly like something that does not exist."""
 import datetime
 
+from django.http import HttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.negotiation import DefaultContentNegotiation
@@ -239,7 +240,9 @@ class ArAgingView(APIView):
     def get(self, request):
         entity = _entity(request)
         as_of = _date(request, "as_of", reports.today())
-        return Response(reports.ar_aging_body(billing_selectors.ar_aging(entity=entity, as_of=as_of)))
+        report = billing_selectors.ar_aging(entity=entity, as_of=as_of, as_json=True)
+        # The body is JSON already (PostgreSQL writes the customers' array): no serializer, no renderer.
+        return HttpResponse(reports.ar_aging_json(report), content_type="application/json")
 
 
 class UnappliedCashView(APIView):
@@ -252,8 +255,8 @@ class UnappliedCashView(APIView):
     def get(self, request):
         entity = _entity(request)
         as_of = _date(request, "as_of", reports.today())
-        report = billing_selectors.unapplied_cash_aging(entity=entity, as_of=as_of)
-        return Response(reports.unapplied_cash_body(report))
+        report = billing_selectors.unapplied_cash_aging(entity=entity, as_of=as_of, as_json=True)
+        return HttpResponse(reports.unapplied_cash_json(report), content_type="application/json")
 
 
 class CustomerStatementView(APIView):

@@ -162,3 +162,31 @@ def test_unapplied_cash_by_days_since_receipt_tied_to_2300(entity, integration, 
     assert after["unapplied_cash_balance"] == "102.00" and after["total"] == "97.00" and not after["ties_out"]
     assert after["difference"] == "5.00"
     assert after["difference_detail"] == {"without_payment": "5.00", "unknown_payments": "0.00"}
+
+
+def test_the_body_is_the_json_postgresql_writes_compact_and_escaped(entity, integration, finance):
+    # Names with quotes, a backslash, a newline and non-ASCII letters go through PostgreSQL's to_json: the body
+    # must parse to exactly the names sent; the order is by total, largest first, then customer id.
+    tricky = 'Quote "Co" \\ Ünïcode\nLtd'
+    h.customer(integration, "cus_tricky", name=tricky)
+    h.customer(integration, "cus_b", name="B")
+    h.customer(integration, "cus_a", name="A")
+    h.invoice(integration, "inv_t", "cus_tricky", "5.00", issued=_days(10), due=_days(-5))
+    h.invoice(integration, "inv_a", "cus_a", "7.50", issued=_days(40), due=_days(10))
+    h.invoice(integration, "inv_b", "cus_b", "7.50", issued=_days(125), due=_days(95))
+    response = finance.get(AR, entity="US01", as_of=AS_OF.isoformat())
+    assert response.status_code == 200 and response["Content-Type"] == "application/json"
+    body = response.json()
+    assert list(body) == ["entity", "as_of", "currency", "account", "buckets", "total", "ar_control_balance",
+                          "ties_out", "difference", "difference_detail", "customers"]
+    assert [(c["id"], c["name"], c["total"]) for c in body["customers"]] == [
+        ("cus_a", "A", "7.50"), ("cus_b", "B", "7.50"), ("cus_tricky", tricky, "5.00")]
+    assert body["customers"][1]["buckets"] == {"current": "0.00", "1-30": "0.00", "31-60": "0.00", "61-90": "0.00",
+                                               "90+": "7.50"}
+    assert body["total"] == "20.00" and body["ties_out"] is True
+    assert b", " not in response.content and b'": ' not in response.content  # compact, as the renderer wrote it
+    # The pages' rows (the same statement's other ending) agree with the API's customers.
+    rows = billing_selectors.ar_aging(entity=entity, as_of=AS_OF)
+    assert [(c["customer_id"], str(c["total"])) for c in rows["customers"]] == [
+        (c["id"], c["total"]) for c in body["customers"]]
+    assert {k: str(v) for k, v in rows["buckets"].items()} == body["buckets"]
