@@ -53,7 +53,7 @@ CREATE INDEX IF NOT EXISTS billing_sync_reconciliationmark_subject_df92d76e_like
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('billing_sync', '0010_reconciliation_running_accepted'),
+        ('billing_sync', '0011_invoice_aging_index'),
         ('ledger', '0012_journal_entity_date_idx'),
     ]
 
