@@ -223,9 +223,9 @@ ENTITY_FILES = (
         _cells(_as_is, _as_is, _as_is, _decimal, _decimal, _as_is, _as_is, _as_is, _as_is, _as_is)),
     PackFile(
         "approvals.csv",
-        ("id", "kind", "status", "journal_id", "event_id", "document_id", "amount", "currency", "requested_by",
-         "required_approvals", "reason", "created_at", "decided_at", "decisions"),
-        """SELECT a.id::text, a.kind, a.status, a.journal_id::text, a.event_id::text, a.document_id,
+        ("id", "kind", "status", "journal_id", "event_id", "document_id", "subject", "amount", "currency",
+         "requested_by", "required_approvals", "reason", "created_at", "decided_at", "decisions"),
+        """SELECT a.id::text, a.kind, a.status, a.journal_id::text, a.event_id::text, a.document_id, a.subject,
                   a.amount, a.currency, a.requested_by_label, a.required_approvals, a.reason,
                   a.created_at, a.decided_at,
                   (SELECT coalesce(jsonb_agg(jsonb_build_object(
@@ -236,8 +236,8 @@ ENTITY_FILES = (
            FROM {approval} a WHERE a.entity_id = %(entity_id)s
            AND a.created_at >= %(start)s AND a.created_at < %(end)s
            ORDER BY a.created_at, a.id""",
-        _cells(_as_is, _as_is, _as_is, _as_is, _blank_if_null, _as_is, _decimal, _as_is, _as_is, _as_is, _as_is,
-               _iso, _iso, _as_is)),
+        _cells(_as_is, _as_is, _as_is, _blank_if_null, _blank_if_null, _as_is, _as_is, _decimal, _as_is, _as_is,
+               _as_is, _as_is, _iso, _iso, _as_is)),
     PackFile(
         "exceptions.csv",
         ("id", "code", "status", "process", "event_id", "journal_id", "message", "amount", "created_at",
@@ -305,7 +305,8 @@ WHAT IS IN IT
   events.csv, receipts.csv    the entity's events received in the period and their receipts; a receipt
                               carries the raw bytes received (body_base64) and their SHA-256
   journals.csv, journal_lines.csv  journals created in the period and their lines
-  approvals.csv, exceptions.csv    approvals (with every decision) and exceptions of the period
+  approvals.csv, exceptions.csv    approvals (with every decision; `subject` names what an approval without a
+                                   journal decides, e.g. period:US01:2026-11) and exceptions of the period
   audit_entries.csv           the entity's audit entries: content, entry hash, seq and chain hash
   chain.csv                   every link of the audit chain over the pack's seq range
   digests.json                the signed daily digests of that range (and the one just before it)
