@@ -309,6 +309,7 @@ class LedgerExportView(APIView):
         fmt_name = (request.query_params.get("format") or "csv").strip()
         if fmt_name not in ledger_export.FORMATS:
             raise _invalid("format", f"Must be one of {', '.join(ledger_export.FORMATS)}.")
+        ledger_export.record_export(entity, date_from, date_to, fmt_name, actor=request.user, via="api")
         return exports.stream_response(ledger_export.chunks(entity, date_from, date_to, fmt_name),
                                        ledger_export.filename(entity, date_from, date_to, fmt_name),
                                        ledger_export.content_type(fmt_name))

@@ -20,6 +20,9 @@ import unicodedata
 from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
 
+from django.db import transaction
+
+from audit import services as audit
 from config.money import quantum
 from ledger import selectors
 
@@ -37,6 +40,16 @@ def filename(entity, date_from: datetime.date, date_to: datetime.date, fmt_name:
 
 def content_type(fmt_name: str) -> str:
     return "text/csv; charset=utf-8" if fmt_name == "csv" else "text/plain; charset=utf-8"
+
+
+def record_export(entity, date_from: datetime.date, date_to: datetime.date, fmt_name: str, *, actor,
+                  via: str) -> None:
+    """Audit that `actor` exported the entity's ledger for the period (API, page or command: `via`), before the
+    first byte goes out: auditors ask who took the books out, and when."""
+    with transaction.atomic():
+        audit.record(actor=actor, action="ledger.exported", object_type="entity", object_id=entity.code,
+                     after={"from": date_from.isoformat(), "to": date_to.isoformat(), "format": fmt_name,
+                            "via": via})
 
 
 def chunks(entity, date_from: datetime.date, date_to: datetime.date, fmt_name: str) -> Iterator[str]:

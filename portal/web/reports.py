@@ -279,6 +279,7 @@ def ledger_export_page(request):
         ctx["errors"]["format"] = "Choose CSV or Beancount."
     if ctx["errors"]:
         return render(request, "reports/ledger_export.html", ctx, status=400)
+    ledger_export.record_export(entity, date_from, date_to, values["format"], actor=request.user, via="page")
     return exports.stream_response(ledger_export.chunks(entity, date_from, date_to, values["format"]),
                                    ledger_export.filename(entity, date_from, date_to, values["format"]),
                                    ledger_export.content_type(values["format"]))

@@ -488,6 +488,9 @@ PATHS = [
     Path("command: export_evidence", lambda c, _: call_command(
         "export_evidence", "--entity", "US01", "--from", _today(), "--to", _today(), str(c.tmp_path / "p.zip"),
         stdout=io.StringIO()), {"audit.evidence_exported"}),
+    Path("command: export_ledger", lambda c, _: call_command(
+        "export_ledger", "--entity", "US01", "--from", _today(), "--to", _today(), str(c.tmp_path / "l.csv"),
+        stdout=io.StringIO()), {"ledger.exported"}),
     Path("command: load_demo", lambda c, _: c.after_commit(call_command, "load_demo", stdout=io.StringIO()),
          {"event.received", "invoice.created", "journal.posted"}),
     Path("task: post a journal", lambda c, j: ledger_tasks().post_journal.apply(args=[str(j)]), {"journal.posted"},

@@ -16,6 +16,7 @@ from beancount import loader
 from beancount.core import data, realization
 from django.core.management import call_command
 
+from audit.models import AuditEntry
 from ledger import selectors
 from ledger.models import JournalLine
 from portal import ledger_export
@@ -152,3 +153,13 @@ def test_management_command_writes_the_file(books, tmp_path):
     call_command("export_ledger", "--entity", "US01", "--from", "2026-11-01", "--to", "2026-11-30", str(csv_out),
                  stdout=io.StringIO())
     assert csv_out.read_text().splitlines()[0] == ",".join(ledger_export.CSV_COLUMNS)
+    entries = AuditEntry.objects.filter(action="ledger.exported", object_id="US01").order_by("id")
+    assert [(e.after["format"], e.after["via"], e.after["from"]) for e in entries] == [
+        ("beancount", "command", "2026-11-01"), ("csv", "command", "2026-11-01")]
+
+
+def test_every_export_is_audited_with_who_and_what(books, auditor):
+    _export(auditor, "csv")
+    [entry] = AuditEntry.objects.filter(action="ledger.exported")
+    assert entry.actor == "aude-auditor" and entry.object_type == "entity" and entry.object_id == "US01"
+    assert entry.after == {"from": "2026-11-01", "to": "2026-11-30", "format": "csv", "via": "api"}

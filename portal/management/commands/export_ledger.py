@@ -37,6 +37,8 @@ class Command(BaseCommand):
         date_from = options["date_from"] or date_to.replace(day=1)
         if date_to < date_from:
             raise CommandError("--to is before --from")
+        ledger_export.record_export(entity, date_from, date_to, options["format"], actor="command:export_ledger",
+                                    via="command")
         chunks = ledger_export.chunks(entity, date_from, date_to, options["format"])
         out = options["out"]
         if out == "-":
