@@ -4,7 +4,6 @@ size (no row comes to Python), comparing each canonical document with the journa
 (`ledger_open_amount_mismatch`) and the control accounts with billing's totals (`ar_control_mismatch`,
 `unapplied_cash_mismatch`) over the journals Tieout has booked (`context.BOOKED`), accounts by posting-rule role;
 ARCHITECTURE.md ("billing_sync.reconciliation") says exactly what is compared and which documents a run covers.
-
 At a million invoices every statement hashes millions of rows, so they are written for it: the ledger's sums are
 taken as integers of the money columns' smallest unit (`UNITS`; exact, and a bigint sum's state is a fraction
 of a numeric one's), grouped by the narrowest key that identifies a document (its journal kind names its type),
