@@ -55,8 +55,9 @@ def _classify(sql: str) -> str:
     """`INSERT audit_auditentry`, `SELECT billing_sync_event`, `BEGIN`, ... (values are inlined: look early)."""
     verb = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "?"
     head = sql[:400] if verb in ("INSERT", "UPDATE") else sql[:4000]
-    if verb == "WITH":
-        return "INSERT receipt+event (one CTE)"
+    if verb == "WITH":  # one statement writing several tables (data-modifying CTEs)
+        tables = dict.fromkeys(re.sub(r"^(billing_sync|audit)_", "", t) for t in re.findall(r"INSERT\s+INTO\s+\"?(\w+)", sql[:20000]))
+        return f"WITH: INSERT {'+'.join(tables)} (one statement)" if tables else "WITH"
     pattern = {"INSERT": r"INTO\s+\"?(\w+)", "UPDATE": r"UPDATE\s+\"?(\w+)"}.get(verb, r"FROM\s+\"?(\w+)")
     match = re.search(pattern, head, re.IGNORECASE)
     locked = " FOR UPDATE" if verb == "SELECT" and sql.rstrip().upper().endswith("FOR UPDATE") else ""
