@@ -7,6 +7,7 @@ import json
 from unittest import mock
 
 import pytest
+import redis
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.db import connection
@@ -18,6 +19,7 @@ from audit.models import AuditEntry
 from billing_sync import services, tokens
 from billing_sync.models import Event, Receipt
 from billing_sync.services import processing
+from config.api import TokenRateThrottle
 from tests import factories as f
 
 HEADERS = {"Content-Type": "application/json", "User-Agent": "lean-test"}
@@ -215,3 +217,25 @@ def test_a_new_event_over_http_is_one_database_round_trip(entity, settings):
     assert response.status_code == 202
     assert response["X-Correlation-ID"]
     assert len(ctx.captured_queries) == 1, [q["sql"][:80] for q in ctx.captured_queries]
+
+
+@pytest.mark.django_db
+def test_a_cached_token_is_checked_and_throttled_in_one_redis_round_trip(entity, settings, monkeypatch):
+    settings.TIEOUT_TOKEN_CACHE_SECONDS = 5
+    monkeypatch.setattr(TokenRateThrottle, "THROTTLE_RATES", {"token": "3/min"})
+    sent = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def counting(self, command, check_health=True):
+        sent.append(command)
+        return original(self, command, check_health=check_health)
+
+    raw = tokens.token_issue(username="lean-throttle", role="integration", actor="test")
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    statuses = [client.get("/api/v1/events").status_code]  # looked up, then cached
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counting)
+    for _ in range(3):
+        sent.clear()
+        statuses.append(client.get("/api/v1/events").status_code)
+        assert len(sent) == 1  # the revocation counter and the throttle's INCR + EXPIRE, pipelined
+    assert statuses == [200, 200, 200, 429]  # each request counted once
