@@ -13,6 +13,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
+from rest_framework.renderers import JSONRenderer
 
 from audit import services as audit
 from audit.models import AuditEntry
@@ -138,6 +139,7 @@ def test_a_batch_is_one_statement_with_bad_items_mixed_in(entity):
     assert len(sql) == 2, sql
     assert sql[0].lstrip().startswith("WITH") and "audit_auditentry" in sql[0]
     results = answer.body["results"]
+    assert answer.raw == JSONRenderer().render(answer.body)  # the bytes DRF would have sent
     assert results[3]["body"] == results[0]["body"] and results[3]["headers"] == {"Idempotent-Replayed": "true"}
     assert results[1]["body"]["errors"][0]["field"] == "events[1].data.name"
     assert results[5]["body"]["code"] == "invalid_event"
@@ -168,6 +170,7 @@ def test_a_batch_of_duplicates_only_writes_its_receipt(entity):
     again = services.event_batch_receive(body=body, user=user, headers=HEADERS)
 
     assert [r["status"] for r in again.body["results"]] == [200, 200, 200]
+    assert again.raw == JSONRenderer().render(again.body)
     assert Receipt.objects.count() == 2 and Event.objects.count() == 3
     assert AuditEntry.objects.filter(action="event.received").count() == 3
     _audit_verifies()
