@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 import structlog
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
 from audit import services as audit
@@ -98,8 +98,34 @@ def _bound_cursor(cursor_class=psycopg.Cursor):
     """A cursor that sends the parameters apart from the statement (Django's cursors inline them into its
     text): a batch's megabyte of JSON and raw bytes is neither quoted here nor scanned by the server's
     parser. Wrapped as Django wraps its own, so query logging and `CaptureQueriesContext` still see it."""
+    connection.close_if_health_check_failed()  # as Django's own `cursor()` does first
     connection.ensure_connection()
     return connection._prepare_cursor(cursor_class(connection.connection))
+
+
+def _execute_lean(sql: str, params: dict):
+    """Run the lean statement and return its row. It doubles as the connection's per-request health check
+    (CONN_HEALTH_CHECKS: Django's own `cursor()` would send `SELECT 1` first, a round trip of its own):
+    if a connection kept from an earlier request turns out dead, it is replaced and the statement sent
+    once more. That is safe because the statement is idempotent by design: had the first one committed
+    after all (the connection dying between its commit and its answer), the second writes nothing and the
+    delivery is answered as the replay it then is, with a second receipt, as the client's own retry would."""
+    reused = (connection.connection is not None and connection.health_check_enabled
+              and not connection.health_check_done and not connection.in_atomic_block)
+    if reused:
+        connection.health_check_done = True  # the statement below is the check
+    try:
+        with _bound_cursor(_PreparedCursor) as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone()
+    except OperationalError:
+        if not reused:
+            raise
+        log.warning("ingest.connection_replaced")
+        connection.close()
+    with _bound_cursor(_PreparedCursor) as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
 
 
 def _parse(body: bytes):
@@ -226,12 +252,10 @@ def event_receive(*, body: bytes, user, headers, remote_addr=None, allowed=None)
         correlation_id=cid, at=now, after={"source_system": payload["source_system"], "event_id": payload["event_id"],
                                            "type": payload["type"], "payload_sha256": payload_hash,
                                            "receipt": audit.DB_ID})
-    with _bound_cursor(_PreparedCursor) as cursor:
-        cursor.execute(_lean_sql(), {
-            **params, "a_content": entry.content, "a_at": entry.at, "a_actor": entry.actor,
-            "a_action": entry.action, "a_object_type": entry.object_type, "a_object_id": entry.object_id,
-            "a_event_id": entry.event_id, "a_correlation_id": entry.correlation_id})
-        receipt_id, audited = cursor.fetchone()
+    receipt_id, audited = _execute_lean(_lean_sql(), {
+        **params, "a_content": entry.content, "a_at": entry.at, "a_actor": entry.actor,
+        "a_action": entry.action, "a_object_type": entry.object_type, "a_object_id": entry.object_id,
+        "a_event_id": entry.event_id, "a_correlation_id": entry.correlation_id})
     if receipt_id is not None:
         if audited != 1:  # cannot happen (same statement); never answer 202 for an unaudited event
             raise RuntimeError(f"event {new_id} stored without its audit entry")

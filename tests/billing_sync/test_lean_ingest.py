@@ -10,7 +10,7 @@ import pytest
 import redis
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, connections
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.renderers import JSONRenderer
@@ -242,3 +242,27 @@ def test_a_cached_token_is_checked_and_throttled_in_one_redis_round_trip(entity,
         statuses.append(client.get("/api/v1/events").status_code)
         assert len(sent) == 1  # the revocation counter and the throttle's INCR + EXPIRE, pipelined
     assert statuses == [200, 200, 200, 429]  # each request counted once
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lean_statement_is_the_health_check_of_a_kept_connection(entity):
+    """A connection kept from an earlier request is not pinged first (Django's CONN_HEALTH_CHECKS would send
+    `SELECT 1`): the statement is the check, and a dead connection is replaced and the event accepted once."""
+    user = _sender()
+    assert _receive(f.customer(), user)[0].status == 202
+    pid = connection.connection.info.backend_pid
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
+    connection.health_check_done = False  # a new request, as `close_old_connections` leaves it
+
+    payload = f.customer()
+    answer, _ = _receive(payload, user)
+
+    assert answer.status == 202
+    assert connection.connection.info.backend_pid != pid
+    assert Event.objects.filter(event_id=payload["event_id"]).count() == 1
+    assert AuditEntry.objects.filter(action="event.received", event_id=answer.body["id"]).count() == 1
