@@ -1,7 +1,8 @@
-"""Receiving events: one short transaction per request (or batch) keeps the raw bytes and their SHA-256 (a
-receipt, always, even for what is refused), inserts the event with the database as the judge of duplicates
-(`INSERT ... ON CONFLICT DO NOTHING` on its unique identity) and hands accepted events to processing after
-commit.
+"""Receiving events: a new event is one statement that commits by itself (one round trip: its receipt with the
+raw bytes and their SHA-256, the event, its audit entry), a batch one statement for all its new events; the
+database judges duplicates (`INSERT ... ON CONFLICT DO NOTHING` on the event's unique identity), and a
+delivery that meets an existing event is answered by a short transaction that keeps its receipt too (as is
+what is refused: a receipt, always). Accepted events are handed to processing after commit.
 """
 import hashlib
 import json
