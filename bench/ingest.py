@@ -4,7 +4,7 @@ Side by side in the same run, on the same database: `pgbench` with a one-row INS
 the same 8 clients, i.e. what PostgreSQL alone does on this machine with the same concurrency and a
 commit per request. No Celery worker runs during the measurement: the processing task that each
 accepted event schedules after commit just queues in Redis (its length is printed), so this measures
-receipt (validation, receipt + event + audit rows in one transaction, the broker publish), not
+receipt (validation, receipt + event + audit rows in one statement, the hand-off to the publisher), not
 processing. Also prints the database and Redis round trips of one request, counted in-process.
 
 Knobs (environment): BENCH_SECONDS (20), BENCH_CLIENTS (8), WEB_CONCURRENCY / GUNICORN_THREADS
