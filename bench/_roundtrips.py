@@ -25,7 +25,7 @@ import django  # noqa: E402
 django.setup()
 
 import redis.connection  # noqa: E402
-from django.db import connection  # noqa: E402
+from django.db import close_old_connections, connection, connections  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
@@ -55,21 +55,41 @@ def _classify(sql: str) -> str:
     """`INSERT audit_auditentry`, `SELECT billing_sync_event`, `BEGIN`, ... (values are inlined: look early)."""
     verb = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else "?"
     head = sql[:400] if verb in ("INSERT", "UPDATE") else sql[:4000]
-    if verb == "WITH":
-        return "INSERT receipt+event (one CTE)"
+    if sql.endswith("(health check)"):
+        return sql
+    if verb == "WITH":  # one statement writing several tables (data-modifying CTEs)
+        tables = dict.fromkeys(re.sub(r"^(billing_sync|audit)_", "", t) for t in re.findall(r"INSERT\s+INTO\s+\"?(\w+)", sql[:20000]))
+        return f"WITH: INSERT {'+'.join(tables)} (one statement)" if tables else "WITH"
     pattern = {"INSERT": r"INTO\s+\"?(\w+)", "UPDATE": r"UPDATE\s+\"?(\w+)"}.get(verb, r"FROM\s+\"?(\w+)")
     match = re.search(pattern, head, re.IGNORECASE)
     locked = " FOR UPDATE" if verb == "SELECT" and sql.rstrip().upper().endswith("FOR UPDATE") else ""
     return f"{verb} {match.group(1)}{locked}" if match else verb
 
 
+health_checks: list[int] = []
+_wrapper_class = type(connections["default"])
+_is_usable = _wrapper_class.is_usable
+
+
+def _counting_is_usable(self):
+    health_checks.append(1)
+    return _is_usable(self)
+
+
+# CONN_HEALTH_CHECKS: the first query of a request on a kept connection is preceded by Django's `SELECT 1`
+# (`is_usable`), which CaptureQueriesContext does not list. Counted here.
+_wrapper_class.is_usable = _counting_is_usable
+
+
 def measure(client: Client, path: str, body: bytes) -> dict:
     redis_calls.clear()
+    health_checks.clear()
+    close_old_connections()  # what `request_started` does in a server (the test client leaves it out)
     with CaptureQueriesContext(connection) as ctx:
         response = client.post(path, body, content_type="application/json")
     # Django lists transaction control too ("BEGIN" when autocommit goes off, psycopg sending it before
     # the first statement; "COMMIT"): every entry is one round trip to PostgreSQL.
-    sql = [q["sql"] for q in ctx.captured_queries]
+    sql = [q["sql"] for q in ctx.captured_queries] + ["SELECT 1 (health check)"] * len(health_checks)
     return {"status": response.status_code, "db_round_trips": len(sql), "redis_round_trips": len(redis_calls),
             "sql": dict(Counter(_classify(s) for s in sql)), "redis": dict(Counter(redis_calls))}
 

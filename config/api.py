@@ -230,7 +230,8 @@ class TokenRateThrottle(BaseThrottle):
 
     DRF's SimpleRateThrottle keeps every request time in one cached list that each request reads and
     rewrites (not atomic across processes, and growing with the rate); an INCR + EXPIRE pipeline is
-    atomic and constant-size. When Redis is down we keep taking events (fail open) rather than refuse
+    atomic and constant-size (and rides on the token check's round trip when the token was cached:
+    `counted_with`). When Redis is down we keep taking events (fail open) rather than refuse
     money movements: the receipt log and the database still protect every write.
     """
 
@@ -256,23 +257,44 @@ class TokenRateThrottle(BaseThrottle):
             return f"u{request.user.pk}"
         return None
 
+    # Where a request's count may already be (see `counted_with`): DRF's Request hands the attribute through.
+    COUNTED = "_tieout_throttle_count"
+
+    @classmethod
+    def _key(cls, ident: str, now: float, duration: int) -> str:
+        return f"{settings.CACHES['default'].get('KEY_PREFIX', 'tieout')}:throttle:{ident}:{int(now // duration)}"
+
+    @classmethod
+    def counted_with(cls, pipe, ident: str):
+        """Queue this request's INCR + EXPIRE on `pipe`, another Redis round trip the request makes anyway (the
+        token check's); after `pipe.execute()`, `counted(count)` is what to store on the request under
+        `COUNTED`, and `allow_request` uses it instead of a round trip of its own."""
+        duration = SimpleRateThrottle.parse_rate(None, cls.THROTTLE_RATES[cls.scope])[1]
+        key = cls._key(ident, time.time(), duration)
+        pipe.incr(key)
+        pipe.expire(key, duration + 1)
+        return lambda count: (key, count)
+
     def allow_request(self, request, view):
         ident = self.ident(request)
         if ident is None:
             return True
 
         now = time.time()
-        window = int(now // self.duration)
-        key = f"{settings.CACHES['default'].get('KEY_PREFIX', 'tieout')}:throttle:{ident}:{window}"
-        try:
-            pipe = self.client().pipeline(transaction=False)
-            pipe.incr(key)
-            pipe.expire(key, self.duration + 1)
-            count, _ = pipe.execute()
-        except Exception as exc:  # redis.ConnectionError, TimeoutError, ...
+        key = self._key(ident, now, self.duration)
+        counted = getattr(request, self.COUNTED, None)
+        if counted is not None and counted[0] == key:
+            count = counted[1]
+        else:
+            try:
+                pipe = self.client().pipeline(transaction=False)
+                pipe.incr(key)
+                pipe.expire(key, self.duration + 1)
+                count, _ = pipe.execute()
+            except Exception as exc:  # redis.ConnectionError, TimeoutError, ...
 
-            structlog.get_logger("tieout.throttle").warning("throttle.unavailable", error=str(exc))
-            return True
+                structlog.get_logger("tieout.throttle").warning("throttle.unavailable", error=str(exc))
+                return True
         if count > self.num_requests:
             self.wait_seconds = self.duration - (now % self.duration)
             return False

@@ -2,14 +2,19 @@
 signing), re-exported here so that callers write `from audit import services as audit; audit.record(...)`."""
 from audit.services.checks import chain_check
 from audit.services.entries import (
+    DB_ID,
+    SLOT_TOKEN,
     actor_label,
     canonical_json,
     compute_entry_hash,
     entry_content,
+    entry_hash_sql,
+    entry_template,
     model_snapshot,
     record,
     record_many,
     record_params,
+    slot_filled_sql,
 )
 from audit.services.sealing import GENESIS, SealResult, chain_hash, chain_seal
 from audit.services.signing import digests_build
@@ -19,7 +24,8 @@ from audit.services.verification import VerifyResult, chain_verify
 seal = chain_seal
 
 __all__ = [
-    "GENESIS", "SealResult", "VerifyResult", "actor_label", "canonical_json", "chain_check", "chain_hash",
-    "chain_seal", "chain_verify", "compute_entry_hash", "digests_build", "entry_content", "model_snapshot", "record",
-    "record_many", "record_params", "seal",
+    "DB_ID", "GENESIS", "SLOT_TOKEN", "SealResult", "VerifyResult", "actor_label", "canonical_json", "chain_check",
+    "chain_hash", "chain_seal", "chain_verify", "compute_entry_hash", "digests_build", "entry_content",
+    "entry_hash_sql", "entry_template", "model_snapshot", "record", "record_many", "record_params", "seal",
+    "slot_filled_sql",
 ]

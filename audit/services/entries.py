@@ -4,6 +4,7 @@ write one, inside the transaction of the change it records."""
 import datetime
 import hashlib
 import json
+import secrets
 from decimal import Decimal
 from uuid import UUID
 
@@ -26,7 +27,23 @@ def actor_label(actor) -> str:
     return actor.get_username()
 
 
+class _Slot:
+    """An id the database draws in the statement that writes the entry (see `entry_template`)."""
+
+    def __str__(self):
+        return SLOT_TOKEN
+
+
+# Random per process (letters, digits and dashes: the same in JSON, SQL and text), so no sent value can
+# imitate them: where a `DB_ID` stands, in the entry's content (a JSON value) or its object id (a string).
+_SLOT_VALUE = f"tieout-db-value-{secrets.token_hex(16)}"
+SLOT_TOKEN = f"tieout-db-id-{secrets.token_hex(16)}"
+DB_ID = _Slot()
+
+
 def _default(value):
+    if isinstance(value, _Slot):
+        return _SLOT_VALUE
     if isinstance(value, Decimal):
         return str(value)
     if isinstance(value, (datetime.datetime, datetime.date)):
@@ -127,6 +144,32 @@ FROM tx, jsonb_to_recordset(%s::jsonb) AS u(actor text, action text, object_type
                                             correlation_id text, content text, entry_hash text)
 WHERE tx.xid IS NOT NULL
 """
+
+
+def entry_template(**item) -> AuditEntry:
+    """An entry (`record`'s keyword arguments) that names an id the database draws in the same statement (a
+    receipt's, say) as `DB_ID`, in `before`/`after` or as `object_id`: built, its content and object id
+    holding `SLOT_TOKEN` where the id goes. The statement writes them through `slot_filled_sql` and hashes
+    the content with `entry_hash_sql`: the very bytes and hash `record` would have written had the id been
+    known first. Its id must be drawn after the statement's transaction id, as `_RECORD_SQL` ensures.
+    """
+    entry = _build(**item)
+    entry.content = entry.content.replace(f'"{_SLOT_VALUE}"', SLOT_TOKEN)  # a number: digits, not a string
+    entry.entry_hash = ""
+    return entry
+
+
+def slot_filled_sql(text_sql: str, id_sql: str) -> str:
+    """SQL: the text expression `text_sql` (a template's content or object id) with `id_sql` put in."""
+    return f"replace({text_sql}, '{SLOT_TOKEN}', ({id_sql})::text)"
+
+
+def entry_hash_sql(content_sql: str) -> str:
+    """SQL: the `entry_hash` of the content expression `content_sql` (the hex SHA-256 of its UTF-8 bytes,
+    as `compute_entry_hash`), or the unhashed marker when hashing is off (bench only)."""
+    if not settings.TIEOUT_AUDIT_HASHING:
+        return f"'{UNHASHED}'"
+    return f"encode(sha256(convert_to({content_sql}, 'UTF8')), 'hex')"
 
 
 def record_many(items: list[dict]) -> int:
