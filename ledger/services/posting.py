@@ -3,9 +3,11 @@ earlier attempt's outcome is unknown), mark it posted (announced through `ledger
 attempt with the due time of its retry (in the database, where the outbox sweep finds it) or the failure.
 """
 import datetime
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q, prefetch_related_objects
 from django.utils import timezone
 
 from audit import services as audit
@@ -25,6 +27,7 @@ def journal_post(*, journal_id, actor="system") -> PostOutcome:
     transaction, between a claim (status `posting`, a lease, an attempt row) and the acknowledgement.
     Once a journal has been attempted, every later attempt looks it up by our reference first: a
     crash or an ambiguous failure may have left it in the ERP, and it must never be created twice.
+    (`ledger.services.drain` does the same for many journals at once: `journals_claim`, `_send`, `_settle`.)
     """
     with transaction.atomic():
         journal = Journal.objects.select_for_update().select_related("entity").filter(pk=journal_id).first()
@@ -49,17 +52,80 @@ def journal_post(*, journal_id, actor="system") -> PostOutcome:
             attempt, look_up_first = _claim(journal, connector.name, actor=actor)
     with correlation.bound(journal.correlation_id or None):
         try:
-            result = connector.lookup(journal) if look_up_first else None
-            if result is None:
-                result = connector.post_journal(journal)
+            result = _send(connector, journal, look_up_first)
         except connectors.base.ConnectorError as exc:
             _release(journal.pk, attempt.pk, exc, actor=actor)
             raise
-        with transaction.atomic():
-            journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
-            if journal.status == Journal.Status.POSTED:
-                return PostOutcome(journal.pk, journal.status, journal.erp_document_ref)
-            _mark_posted(journal, result, connector.name, actor=actor, attempt_id=attempt.pk)
+        return _settle(journal.pk, attempt.pk, result, connector.name, actor=actor)
+
+
+@dataclass
+class Claim:
+    """A journal claimed for posting (status `posting`, leased, its attempt row open), lines loaded."""
+
+    journal: Journal
+    attempt_id: int
+    look_up_first: bool
+
+
+def journals_claim(*, entity: Entity, connector_name: str, limit: int, actor="system") -> list[Claim]:
+    """Claim up to `limit` of the entity's ready journals that are due and unleased, oldest first, in one
+    transaction: each one as `journal_post` claims it (attempt row, lease, audit entry; a closed period or a
+    parked journal fails instead). `SKIP LOCKED`: journals another poster or a sweep holds right now are left to
+    it, so any number of claimers run at once without taking a journal twice. Only `ready` journals are taken:
+    one still `posting` after its lease ran out (its worker died) goes through `journal_post` alone, so a journal
+    that kills its worker cannot take a whole claim down with it again and again."""
+    now = timezone.now()
+    with transaction.atomic():
+        journals = list(Journal.objects.select_for_update(skip_locked=True, of=("self",)).select_related("entity")
+                        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
+                                Q(posting_claimed_until__isnull=True) | Q(posting_claimed_until__lt=now),
+                                entity=entity, status=Journal.Status.READY)
+                        .order_by("created_at")[:limit])
+        if not journals:
+            return []
+        # What the connector reads to build a document, loaded here: the posting threads touch no database.
+        prefetch_related_objects(journals, "lines__account", "entity__mappings")
+        closed: dict[tuple[int, int], bool] = {}
+        claims = []
+        for journal in journals:
+            with correlation.bound(journal.correlation_id or None):
+                month = (journal.accounting_date.year, journal.accounting_date.month)
+                if month not in closed:
+                    closed[month] = period_is_closed(journal.entity, journal.accounting_date)
+                if closed[month]:
+                    _fail(journal, Codes.PERIOD_CLOSED,
+                          f"period {journal.accounting_date:%Y-%m} of {journal.entity.code} is closed", actor=actor)
+                    continue
+                try:
+                    attempt, look_up_first = _claim(journal, connector_name, actor=actor)
+                except connectors.PermanentError as exc:  # parked: its deliveries' workers died too often
+                    _fail(journal, Codes.POSTING_FAILED, exc.erp_message, actor=actor)
+                    continue
+                claims.append(Claim(journal, attempt.pk, look_up_first))
+    return claims
+
+
+def _send(connector, journal: Journal, look_up_first: bool, *, before_post=None) -> connectors.PostResult:
+    """The ERP request(s) of one claimed journal, outside any transaction: the look-up first when an earlier
+    attempt may have reached the ERP, then the post if the ERP does not have it (`before_post` runs first:
+    the rate limiter's wait)."""
+    result = connector.lookup(journal) if look_up_first else None
+    if result is None:
+        if before_post is not None:
+            before_post()
+        result = connector.post_journal(journal)
+    return result
+
+
+def _settle(journal_id, attempt_id, result: connectors.PostResult, connector_name: str, *, actor) -> PostOutcome:
+    """The ERP has the journal: mark it posted in its own transaction (unless a duplicate delivery did)."""
+    with transaction.atomic():
+        journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
+        if journal.status == Journal.Status.POSTED:
+            return PostOutcome(journal.pk, journal.status, journal.erp_document_ref)
+        with correlation.bound(journal.correlation_id or None):
+            _mark_posted(journal, result, connector_name, actor=actor, attempt_id=attempt_id)
     return PostOutcome(journal.pk, Journal.Status.POSTED, result.erp_document_ref)
 
 
