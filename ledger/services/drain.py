@@ -54,13 +54,13 @@ def concurrent_posting(connector_name: str, posting_mode: str) -> bool:
             and not settings.CELERY_TASK_ALWAYS_EAGER)
 
 
-def posting_wake(entity_id) -> None:
-    """Ring the entity's doorbell: a drain is sent unless one is already on its way or running (raises when
-    neither Redis nor the broker took it: the outbox row stays undispatched for the sweep)."""
+def posting_wake(entity_id) -> bool:
+    """Ring the entity's doorbell: a drain is sent (True) unless one is already on its way or running (raises
+    when neither Redis nor the broker took it: the outbox row stays undispatched for the sweep)."""
     client = redis_client()
     key = _wake_key(entity_id)
     if not client.set(key, "1", nx=True, ex=int(settings.TIEOUT_POSTING_WAKE_TTL)):
-        return
+        return False
     member = _placeholder(client, entity_id)
     try:
         tasks.post_ready_journals.apply_async(args=[str(entity_id)], kwargs={"member": member}, queue="posting")
@@ -68,11 +68,13 @@ def posting_wake(entity_id) -> None:
         client.delete(key)
         client.zrem(_drainers_key(entity_id), member)
         raise
+    return True
 
 
 def posting_wake_due() -> int:
     """The sweep's backstop: ring for every drained entity with ready journals due now (a drainer that died
-    with the key set, a lost message). Cheap when a drain is running: the key is set and nothing is sent."""
+    with the key set, a lost message). Cheap when a drain is running: the key is set and nothing is sent.
+    Returns how many drains it sent."""
     now = timezone.now()
     entity_ids = (Journal.objects.filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
                                          Q(posting_claimed_until__isnull=True) | Q(posting_claimed_until__lt=now),
@@ -83,8 +85,7 @@ def posting_wake_due() -> int:
     for entity_id, connector_name in entity_ids:
         if concurrent_posting(connector_name, Entity.PostingMode.SINGLE):
             try:
-                posting_wake(entity_id)
-                rung += 1
+                rung += posting_wake(entity_id)
             except Exception as exc:
                 log.warning("posting.wake_failed", entity=str(entity_id), error=str(exc))
     return rung
@@ -197,9 +198,12 @@ class _Drainer:
             return
         countdown = max(0.0, (due - timezone.now()).total_seconds())
         try:
-            if self.client.set(_timer_key(self.entity.pk), "1", nx=True, px=int(countdown * 1000) + 1000):
-                tasks.post_ready_journals.apply_async(args=[str(self.entity.pk)], queue="posting",
-                                                      countdown=countdown)
+            key = _timer_key(self.entity.pk)
+            set_for = self.client.get(key)
+            if set_for is not None and float(set_for) <= due.timestamp() + 0.5:
+                return  # a timer at least as early is on its way
+            self.client.set(key, str(due.timestamp()), px=int(countdown * 1000) + 1000)
+            tasks.post_ready_journals.apply_async(args=[str(self.entity.pk)], queue="posting", countdown=countdown)
         except Exception as exc:
             log.warning("posting.timer_failed", entity=self.entity.code, error=str(exc))
 

@@ -67,7 +67,8 @@ def outbox_relay(outbox_ids: list[int]) -> None:
 def outbox_sweep(*, older_than_seconds: int) -> int:
     """Re-send what is due and nobody holds: outbox rows never dispatched (crash between commit and enqueue,
     broker outage), journals whose retry is due, journals whose worker died while it held them, and journals
-    still ready long after their dispatch (a lost message). Returns how many journals it sent."""
+    still ready long after their dispatch (a lost message). Returns how many journals it sent, plus the drains it
+woke."""
     now = timezone.now()
     cutoff = now - datetime.timedelta(seconds=older_than_seconds)
     ids = list(Outbox.objects.filter(dispatched_at__isnull=True, created_at__lte=cutoff)
@@ -75,7 +76,7 @@ def outbox_sweep(*, older_than_seconds: int) -> int:
     if ids:
         outbox_relay(ids)
     due = _send_due(now)
-    posting_wake_due()  # drains that died with their doorbell rung, or whose message was lost
+    woken = posting_wake_due()  # drains that died with their doorbell rung, or whose message was lost
     # A worker died while it held a journal (SIGKILL, OOM): once the lease is over, post it again;
     # journal_post looks it up in the ERP first, so an entry the ERP already took is not sent twice.
     expired = list(Journal.objects.filter(status=Journal.Status.POSTING, posting_claimed_until__lt=now)
@@ -96,7 +97,7 @@ def outbox_sweep(*, older_than_seconds: int) -> int:
             journal = Journal.objects.select_for_update().get(pk=journal_id)
             if journal.status == Journal.Status.READY:
                 _enqueue(journal)
-    return len(ids) + due
+    return len(ids) + due + woken
 
 
 def _send_due(now) -> int:
