@@ -6,7 +6,7 @@ import datetime
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q, prefetch_related_objects
 from django.utils import timezone
 
@@ -28,7 +28,23 @@ def journal_post(*, journal_id, actor="system") -> PostOutcome:
     Once a journal has been attempted, every later attempt looks it up by our reference first: a
     crash or an ambiguous failure may have left it in the ERP, and it must never be created twice.
     (`ledger.services.drain` does the same for many journals at once: `journals_claim`, `_send`, `_settle`.)
+
+    A *suspect* (a journal whose worker died while it was in flight: still `posting`, or with deliveries lost)
+    is posted while no other suspect of its entity is (a session advisory lock, which PostgreSQL releases by
+    itself when the holder's process dies): when a journal kills its worker, every journal in flight dies with
+    it, and without this they would all come back together and die together again until they are all parked.
+    One at a time, only the culprit keeps dying.
     """
+    suspect_lock = []
+    try:
+        return _journal_post(journal_id, actor, suspect_lock)
+    finally:
+        for key in suspect_lock:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
+
+
+def _journal_post(journal_id, actor, suspect_lock: list) -> PostOutcome:
     with transaction.atomic():
         journal = Journal.objects.select_for_update().select_related("entity").filter(pk=journal_id).first()
         if journal is None:
@@ -49,6 +65,14 @@ def journal_post(*, journal_id, actor="system") -> PostOutcome:
                 if journal.erp_batch_id is None:
                     _batch_add(journal, actor=actor)
                 return PostOutcome(journal.pk, journal.status)
+            if journal.status == Journal.Status.POSTING or journal.deliveries_lost:
+                key = f"tieout:posting-suspect:{journal.entity_id}"
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key])
+                    if not cursor.fetchone()[0]:
+                        raise connectors.TransientError(
+                            "another journal of this entity whose worker died is being posted", retry_after=1.0)
+                suspect_lock.append(key)
             attempt, look_up_first = _claim(journal, connector.name, actor=actor)
     with correlation.bound(journal.correlation_id or None):
         try:

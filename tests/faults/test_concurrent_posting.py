@@ -118,7 +118,7 @@ def test_both_processes_together_keep_to_the_erps_rate_and_pause_on_retry_after(
 
 def test_sigkill_mid_drain_posts_nothing_twice_and_everything_after_recovery(harness, workers, erp, source,
                                                                             settings):
-    erp.latency = 0.05
+    erp.latency = 0.5  # slower than events arrive: journals pile up in flight
     # The dead drainer's doorbell expires after this (the test process's sweep rings it too).
     settings.TIEOUT_POSTING_WAKE_TTL = 5
     workers.start(TIEOUT_POSTING_IN_FLIGHT=8, TIEOUT_POSTING_WAKE_TTL=5)
