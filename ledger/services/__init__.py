@@ -79,4 +79,5 @@ from ledger.services.posting import (  # noqa: F401
     journal_post,
     journal_post_failed,
     journals_claim,
+    journals_settle_posted,
 )

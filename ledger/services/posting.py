@@ -94,11 +94,12 @@ class Claim:
 
 def journals_claim(*, entity: Entity, connector_name: str, limit: int, actor="system") -> list[Claim]:
     """Claim up to `limit` of the entity's ready journals that are due and unleased, oldest first, in one
-    transaction: each one as `journal_post` claims it (attempt row, lease, audit entry; a closed period or a
-    parked journal fails instead). `SKIP LOCKED`: journals another poster or a sweep holds right now are left to
-    it, so any number of claimers run at once without taking a journal twice. Only `ready` journals are taken:
-    one still `posting` after its lease ran out (its worker died) goes through `journal_post` alone, so a journal
-    that kills its worker cannot take a whole claim down with it again and again."""
+    transaction, set-based: what `_claim` does for one journal (status `posting`, a lease, the attempt count, an
+    attempt row, a `journal.posting` audit entry with the journal's correlation id) in one statement per table;
+    a closed period or a parked journal fails instead, a journal with an attempt still open goes through `_claim`.
+    `SKIP LOCKED`: journals another poster or a sweep holds right now are left to it, so any number of claimers
+    run at once without taking a journal twice. Only `ready` journals are taken: one still `posting` after its
+    lease ran out (its worker died) goes through `journal_post` alone."""
     now = timezone.now()
     with transaction.atomic():
         journals = list(Journal.objects.select_for_update(skip_locked=True, of=("self",)).select_related("entity")
@@ -110,8 +111,15 @@ def journals_claim(*, entity: Entity, connector_name: str, limit: int, actor="sy
             return []
         # What the connector reads to build a document, loaded here: the posting threads touch no database.
         prefetch_related_objects(journals, "lines__account", "entity__mappings")
+        attempted, open_attempts = set(), set()
+        for journal_id, outcome in PostingAttempt.objects.filter(journal__in=journals).values_list("journal_id",
+                                                                                                 "outcome"):
+            attempted.add(journal_id)
+            if outcome == PostingAttempt.Outcome.IN_PROGRESS:
+                open_attempts.add(journal_id)
         closed: dict[tuple[int, int], bool] = {}
-        claims = []
+        claims, taken = [], []
+        lease = now + datetime.timedelta(seconds=settings.TIEOUT_POSTING_LEASE_SECONDS)
         for journal in journals:
             with correlation.bound(journal.correlation_id or None):
                 month = (journal.accounting_date.year, journal.accounting_date.month)
@@ -121,12 +129,33 @@ def journals_claim(*, entity: Entity, connector_name: str, limit: int, actor="sy
                     _fail(journal, Codes.PERIOD_CLOSED,
                           f"period {journal.accounting_date:%Y-%m} of {journal.entity.code} is closed", actor=actor)
                     continue
-                try:
-                    attempt, look_up_first = _claim(journal, connector_name, actor=actor)
-                except connectors.PermanentError as exc:  # parked: its deliveries' workers died too often
-                    _fail(journal, Codes.POSTING_FAILED, exc.erp_message, actor=actor)
+                if journal.pk in open_attempts or journal.deliveries_lost >= settings.TIEOUT_POSTING_MAX_DELIVERIES:
+                    try:  # the rare cases, as one journal: `_claim` closes the open attempt, or parks it
+                        attempt, look_up_first = _claim(journal, connector_name, actor=actor)
+                    except connectors.PermanentError as exc:
+                        _fail(journal, Codes.POSTING_FAILED, exc.erp_message, actor=actor)
+                        continue
+                    claims.append(Claim(journal, attempt.pk, look_up_first))
                     continue
-                claims.append(Claim(journal, attempt.pk, look_up_first))
+            journal.status = Journal.Status.POSTING
+            journal.posting_claimed_until = lease
+            journal.posting_attempts += 1
+            journal.next_attempt_at = None
+            taken.append(journal)
+        if taken:
+            Journal.objects.bulk_update(taken, ["status", "posting_claimed_until", "posting_attempts",
+                                                "next_attempt_at"])
+            attempts = PostingAttempt.objects.bulk_create([
+                PostingAttempt(journal=journal, started_at=now, connector=connector_name,
+                               outcome=PostingAttempt.Outcome.IN_PROGRESS) for journal in taken])
+            audit.record_many([{"actor": actor, "action": "journal.posting", "object_type": "journal",
+                                "object_id": journal.pk, "event_id": journal.event_id,
+                                "correlation_id": journal.correlation_id or correlation.new_id(),
+                                "before": {"status": Journal.Status.READY},
+                                "after": {"status": "posting", "attempt": journal.posting_attempts}}
+                               for journal in taken])
+            # Any earlier attempt may have reached the ERP (an ambiguous answer): look before sending.
+            claims += [Claim(journal, attempt.pk, journal.pk in attempted) for journal, attempt in zip(taken, attempts)]
     return claims
 
 
@@ -151,6 +180,52 @@ def _settle(journal_id, attempt_id, result: connectors.PostResult, connector_nam
         with correlation.bound(journal.correlation_id or None):
             _mark_posted(journal, result, connector_name, actor=actor, attempt_id=attempt_id)
     return PostOutcome(journal.pk, Journal.Status.POSTED, result.erp_document_ref)
+
+
+def journals_settle_posted(*, results: list[tuple[Claim, connectors.PostResult]], connector_name: str,
+                           actor="system") -> int:
+    """The ERP has these claimed journals: mark them posted in one transaction, set-based (what `_mark_posted`
+    does for one: the journal, its attempt, its outbox row, a `journal.posted` audit entry with the journal's
+    correlation id, `ledger.hooks.journals_posted` once for all of them). One already posted (a duplicate
+    delivery) is left as it is. Returns how many it marked."""
+    if not results:
+        return 0
+    with transaction.atomic():
+        ids = [claim.journal.pk for claim, _ in results]
+        journals = {j.pk: j for j in Journal.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+                    .exclude(status=Journal.Status.POSTED)}
+        now = timezone.now()
+        marked, attempts, entries = [], [], []
+        for claim, result in results:
+            journal = journals.get(claim.journal.pk)
+            if journal is None:
+                continue
+            before = journal.status
+            journal.status = Journal.Status.POSTED
+            journal.erp_document_ref = result.erp_document_ref
+            journal.posted_at = now
+            journal.posting_claimed_until = None
+            journal.next_attempt_at = None
+            journal.last_error = ""
+            marked.append(journal)
+            attempts.append(PostingAttempt(
+                pk=claim.attempt_id, finished_at=now, erp_document_ref=result.erp_document_ref,
+                outcome=PostingAttempt.Outcome.ALREADY_POSTED if result.already_existed
+                else PostingAttempt.Outcome.POSTED))
+            entries.append({"actor": actor, "action": "journal.posted", "object_type": "journal",
+                            "object_id": journal.pk, "event_id": journal.event_id,
+                            "correlation_id": journal.correlation_id or correlation.new_id(),
+                            "before": {"status": before},
+                            "after": {"status": "posted", "erp_document_ref": result.erp_document_ref}})
+        if not marked:
+            return 0
+        Journal.objects.bulk_update(marked, ["status", "erp_document_ref", "posted_at", "posting_claimed_until",
+                                             "next_attempt_at", "last_error"])
+        PostingAttempt.objects.bulk_update(attempts, ["finished_at", "outcome", "erp_document_ref"])
+        Outbox.objects.filter(journal__in=marked, dispatched_at__isnull=True).update(dispatched_at=now)
+        audit.record_many(entries)
+        hooks.journals_posted.send(journals=marked, actor=actor)
+    return len(marked)
 
 
 def _claim(journal: Journal, connector_name: str, *, actor) -> tuple[PostingAttempt, bool]:

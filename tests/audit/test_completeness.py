@@ -601,7 +601,8 @@ def _drained_journal(ctx):
 PATHS.append(Path("drain: an entity's ready journals posted, many in flight",
                   lambda c, j: ledger.posting_drain(entity_id=c.entity.pk),
                   {"journal.posting", "journal.posted"},
-                  ("ledger.services.drain.posting_drain", "ledger.services.posting.journals_claim"),
+                  ("ledger.services.drain.posting_drain", "ledger.services.posting.journals_claim",
+                   "ledger.services.posting.journals_settle_posted"),
                   prepare=_drained_journal))
 
 # ---------------------------------------------------------------- reconciliation
