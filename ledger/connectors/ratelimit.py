@@ -1,7 +1,6 @@
 """A token bucket per ERP (connector and base URL), kept in Redis so that every worker process, on every
 machine, draws from the same one: N processes together stay under the ERP's request rate. A 429 pauses the
 bucket for the ERP's Retry-After (every process then waits, not just the one that was told).
-
 The bucket refills at `rate` tokens per second up to `burst` tokens; one request costs one token. The state is
 one Redis hash (`tokens`, `ts`, `paused_until`) changed by a Lua script, atomically, on Redis's own clock
 (workers' clocks may differ). Rate: the entity's `requests_per_second` ERP setting, else

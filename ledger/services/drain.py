@@ -4,7 +4,6 @@ rate (a token bucket in Redis shared by every process: `ledger.connectors.rateli
 a transaction by the posting services (`journals_settle_posted` for the journals the ERP took, set-based, one
 transaction for the answers that came in together; `_release` for each failed attempt): the claim, its lease,
 the look-up before sending again, every exception code and audit entry are `journal_post`'s.
-
 Waking. The outbox relay does not send one task per journal to an external per-journal ERP; it rings the
 entity's doorbell: a Redis key set with NX, and a `post_ready_journals` task only when the key was not set.
 A drain keeps the key alive while it runs; when it finds nothing more to claim it deletes the key and claims
@@ -169,7 +168,10 @@ class _Drainer:
         if settings.CELERY_TASK_ALWAYS_EAGER:
             return
         try:
-            self.client.set(_wake_key(self.entity.pk), "1", ex=int(settings.TIEOUT_POSTING_WAKE_TTL + countdown))
+            # The doorbell is kept for the usual TTL, not the countdown: if this worker dies holding the countdown,
+            # the sweep rings again within TTL + its interval (a live countdown longer than that only costs a drain
+            # that finds the bucket paused and hands over again).
+            self.client.set(_wake_key(self.entity.pk), "1", ex=int(settings.TIEOUT_POSTING_WAKE_TTL))
             member = _placeholder(self.client, self.entity.pk)
             tasks.post_ready_journals.apply_async(args=[str(self.entity.pk)], kwargs={"member": member},
                                                   queue="posting", countdown=countdown)
