@@ -3,7 +3,9 @@ services' (`ledger.services.outcomes._retry_due`): a permanent ERP error fails t
 ambiguous one is recorded with the due time of its retry (capped exponential backoff, full jitter, the ERP's
 Retry-After winning) in the database, until TIEOUT_POSTING_MAX_RETRIES, then fails. Here the task only waits
 for that due time by a countdown: the fast path. A worker that dies holding the countdown loses nothing, the
-sweeps (beat's `outbox-sweep`, `erp-batches-sweep`) send whatever is due."""
+sweeps (beat's `outbox-sweep`, `erp-batches-sweep`) send whatever is due. An external ERP in per-journal mode is
+posted by drains (`post_ready_journals`, many journals in flight per process); `post_journal` posts one journal:
+in-database and eager posting, and a journal taken back from a worker that died."""
 import structlog
 from celery import shared_task
 from django.conf import settings
@@ -44,6 +46,13 @@ def post_journal(self, journal_id: str):
     _post_with_retries(self, lambda: services.journal_post(journal_id=journal_id),
                        lambda message: services.journal_post_failed(journal_id=journal_id, message=message),
                        ref=f"journal:{journal_id}")
+
+
+@shared_task(name="ledger.tasks.post_ready_journals", ignore_result=True)
+def post_ready_journals(entity_id: str, member: str | None = None):
+    """A drain: the entity's due ready journals, many in flight at once (`ledger.services.drain`). Acknowledged on
+    receipt: a drain that dies loses nothing its claims' leases and the doorbell's expiry do not bring back."""
+    return services.posting_drain(entity_id=entity_id, member=member)
 
 
 @shared_task(name="ledger.tasks.post_erp_batch", **TASK_OPTIONS)

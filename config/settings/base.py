@@ -221,6 +221,7 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "inte
 CELERY_TASK_ROUTES = {
     "ledger.tasks.post_journal": {"queue": "posting"},
     "ledger.tasks.post_erp_batch": {"queue": "posting"},
+    "ledger.tasks.post_ready_journals": {"queue": "posting"},
     "billing_sync.tasks.deliver_callback": {"queue": "callbacks"},
     "billing_sync.tasks.reconcile": {"queue": "reconciliation"},
     "billing_sync.tasks.reconcile_incremental_all": {"queue": "reconciliation"},
@@ -276,6 +277,22 @@ TIEOUT_POSTING_LEASE_SECONDS = float(os.environ.get("TIEOUT_POSTING_LEASE_SECOND
 TIEOUT_POSTING_DUE_GRACE_SECONDS = float(os.environ.get("TIEOUT_POSTING_DUE_GRACE_SECONDS", "5"))
 # ... and sends a due journal or batch it already queued again only after this long (its message was lost).
 TIEOUT_POSTING_REDISPATCH_SECONDS = float(os.environ.get("TIEOUT_POSTING_REDISPATCH_SECONDS", "60"))
+# Concurrent per-journal posting (ledger.services.drain): journals in flight to the ERP at once per drain (one
+# drain per worker process at a time; a thread each), drains per entity at once (at most one per worker process
+# is useful), how long one drain runs before it hands over to a fresh task, how long a drainer's doorbell
+# outlives it (a drainer that died is replaced by the outbox sweep after this), the longest wait for the rate
+# limiter before a drain hands over with a countdown, and before a post after a look-up gives up (a retry).
+TIEOUT_POSTING_IN_FLIGHT = int(os.environ.get("TIEOUT_POSTING_IN_FLIGHT", "16"))
+TIEOUT_POSTING_DRAINERS = int(os.environ.get("TIEOUT_POSTING_DRAINERS", "4"))
+TIEOUT_POSTING_DRAIN_SECONDS = float(os.environ.get("TIEOUT_POSTING_DRAIN_SECONDS", "60"))
+TIEOUT_POSTING_WAKE_TTL = float(os.environ.get("TIEOUT_POSTING_WAKE_TTL", "30"))
+TIEOUT_POSTING_DRAIN_MAX_SLEEP = float(os.environ.get("TIEOUT_POSTING_DRAIN_MAX_SLEEP", "5"))
+TIEOUT_POSTING_TOKEN_WAIT_SECONDS = float(os.environ.get("TIEOUT_POSTING_TOKEN_WAIT_SECONDS", "10"))
+# Requests per second to one ERP (connector and URL), all processes together: `name=rate` per connector, `*` for
+# the rest; an entity's `requests_per_second` ERP setting wins (and `burst`, one second's worth by default). A
+# 429 without Retry-After pauses every process for TIEOUT_ERP_PAUSE_SECONDS.
+TIEOUT_ERP_REQUESTS_PER_SECOND = os.environ.get("TIEOUT_ERP_REQUESTS_PER_SECOND", "erpnext=50,odoo=50,netsuite=10,*=50")
+TIEOUT_ERP_PAUSE_SECONDS = float(os.environ.get("TIEOUT_ERP_PAUSE_SECONDS", "1"))
 TIEOUT_TOKEN_CACHE_SECONDS = float(os.environ.get("TIEOUT_TOKEN_CACHE_SECONDS", "5"))
 # Reconciliation: how many open months a nightly full run covers (months without a closed period, newest
 # first); how many posted journals missing from the ERP's listing a run looks up one by one before calling

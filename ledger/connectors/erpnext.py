@@ -118,7 +118,8 @@ class ErpNextConnector(HttpConnector):
         if not company:
             raise PermanentError(f"entity {self.entity.code}: ERPNext company is not configured")
         accounts = self.erp_accounts(journal)
-        receivable = {m.account_id for m in journal.entity.mappings.filter(role="receivable")}
+        # `.all()` (not a filtered query): a claim prefetches the mappings, the posting threads read no database.
+        receivable = {m.account_id for m in journal.entity.mappings.all() if m.role == "receivable"}
         rows = []
         for line in journal.lines.all():
             row = {"account": accounts[line.account.code],

@@ -11,6 +11,11 @@ from ledger.services.batches import (  # noqa: F401
     erp_batches_form,
     erp_batches_sweep,
 )
+from ledger.services.drain import (  # noqa: F401
+    posting_drain,
+    posting_wake,
+    posting_wake_due,
+)
 from ledger.services.entities import (  # noqa: F401
     DEFAULT_CHART,
     DEFAULT_MAPPINGS,
@@ -67,9 +72,12 @@ from ledger.services.repost import (  # noqa: F401
     journal_repost,
 )
 from ledger.services.posting import (  # noqa: F401
+    Claim,
     _claim,
     _mark_posted,
     _release,
     journal_post,
     journal_post_failed,
+    journals_claim,
+    journals_settle_posted,
 )

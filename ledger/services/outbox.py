@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from ledger import connectors, tasks
 from ledger.models import Entity, Journal, Outbox
+from ledger.services.drain import concurrent_posting, posting_wake, posting_wake_due
 from ledger.services.posting import journal_post
 
 log = structlog.get_logger("tieout.ledger")
@@ -24,10 +25,16 @@ def _enqueue(journal: Journal) -> None:
 
 
 def outbox_relay(outbox_ids: list[int]) -> None:
-    """Hand outbox rows to Celery (after commit). A crash before this line is repaired by the sweep."""
+    """Hand outbox rows to Celery (after commit). A crash before this line is repaired by the sweep.
+
+    A ready journal of an external ERP in per-journal mode is not sent as a task of its own: its entity's
+    doorbell is rung (`ledger.services.drain`), and a drain posts it with the others, many at once. A journal
+    still `posting` (its worker died, its lease ran out) is sent alone to `post_journal`."""
     rows = (Outbox.objects.filter(pk__in=outbox_ids, dispatched_at__isnull=True)
-            .values_list("pk", "journal_id", "journal__entity__erp_connector", "journal__entity__posting_mode"))
-    for pk, journal_id, connector_name, posting_mode in rows:
+            .values_list("pk", "journal_id", "journal__entity_id", "journal__entity__erp_connector",
+                         "journal__entity__posting_mode", "journal__status"))
+    rung: dict = {}  # entity id -> whether its doorbell was rung (once per relay, not once per row)
+    for pk, journal_id, entity_id, connector_name, posting_mode, status in rows:
         if posting_mode == Entity.PostingMode.BATCH and connector_name != "builtin":
             continue  # batch mode: the sweep gathers ready journals into batches (form_erp_batches)
         if connectors.connector_class(connector_name).in_database and not settings.CELERY_TASK_ALWAYS_EAGER:
@@ -41,7 +48,15 @@ def outbox_relay(outbox_ids: list[int]) -> None:
             except Exception as exc:
                 log.warning("outbox.inline_post_failed", outbox=pk, error=str(exc))
         try:
-            tasks.post_journal.apply_async(args=[str(journal_id)], queue="posting")
+            if status == Journal.Status.READY and concurrent_posting(connector_name, posting_mode):
+                if entity_id not in rung:
+                    rung[entity_id] = False
+                    posting_wake(entity_id)
+                    rung[entity_id] = True
+                elif not rung[entity_id]:
+                    continue  # its doorbell could not be rung just now: the sweep tries again
+            else:
+                tasks.post_journal.apply_async(args=[str(journal_id)], queue="posting")
         except Exception as exc:  # broker down: the sweep re-sends; the API must not fail for it
             log.warning("outbox.relay_failed", outbox=pk, error=str(exc))
             continue
@@ -52,7 +67,8 @@ def outbox_relay(outbox_ids: list[int]) -> None:
 def outbox_sweep(*, older_than_seconds: int) -> int:
     """Re-send what is due and nobody holds: outbox rows never dispatched (crash between commit and enqueue,
     broker outage), journals whose retry is due, journals whose worker died while it held them, and journals
-    still ready long after their dispatch (a lost message). Returns how many journals it sent."""
+    still ready long after their dispatch (a lost message). Returns how many journals it sent, plus the drains it
+woke."""
     now = timezone.now()
     cutoff = now - datetime.timedelta(seconds=older_than_seconds)
     ids = list(Outbox.objects.filter(dispatched_at__isnull=True, created_at__lte=cutoff)
@@ -60,6 +76,7 @@ def outbox_sweep(*, older_than_seconds: int) -> int:
     if ids:
         outbox_relay(ids)
     due = _send_due(now)
+    woken = posting_wake_due()  # drains that died with their doorbell rung, or whose message was lost
     # A worker died while it held a journal (SIGKILL, OOM): once the lease is over, post it again;
     # journal_post looks it up in the ERP first, so an entry the ERP already took is not sent twice.
     expired = list(Journal.objects.filter(status=Journal.Status.POSTING, posting_claimed_until__lt=now)
@@ -80,7 +97,7 @@ def outbox_sweep(*, older_than_seconds: int) -> int:
             journal = Journal.objects.select_for_update().get(pk=journal_id)
             if journal.status == Journal.Status.READY:
                 _enqueue(journal)
-    return len(ids) + due
+    return len(ids) + due + woken
 
 
 def _send_due(now) -> int:

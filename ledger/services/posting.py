@@ -3,9 +3,11 @@ earlier attempt's outcome is unknown), mark it posted (announced through `ledger
 attempt with the due time of its retry (in the database, where the outbox sweep finds it) or the failure.
 """
 import datetime
+from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
+from django.db.models import Q, prefetch_related_objects
 from django.utils import timezone
 
 from audit import services as audit
@@ -25,7 +27,24 @@ def journal_post(*, journal_id, actor="system") -> PostOutcome:
     transaction, between a claim (status `posting`, a lease, an attempt row) and the acknowledgement.
     Once a journal has been attempted, every later attempt looks it up by our reference first: a
     crash or an ambiguous failure may have left it in the ERP, and it must never be created twice.
+    (`ledger.services.drain` does the same for many journals at once: `journals_claim`, `_send`, `_settle`.)
+
+    A *suspect* (a journal whose worker died while it was in flight: still `posting`, or with deliveries lost)
+    is posted while no other suspect of its entity is (a session advisory lock, which PostgreSQL releases by
+    itself when the holder's process dies): when a journal kills its worker, every journal in flight dies with
+    it, and without this they would all come back together and die together again until they are all parked.
+    One at a time, only the culprit keeps dying.
     """
+    suspect_lock = []
+    try:
+        return _journal_post(journal_id, actor, suspect_lock)
+    finally:
+        for key in suspect_lock:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_unlock(hashtext(%s))", [key])
+
+
+def _journal_post(journal_id, actor, suspect_lock: list) -> PostOutcome:
     with transaction.atomic():
         journal = Journal.objects.select_for_update().select_related("entity").filter(pk=journal_id).first()
         if journal is None:
@@ -46,21 +65,167 @@ def journal_post(*, journal_id, actor="system") -> PostOutcome:
                 if journal.erp_batch_id is None:
                     _batch_add(journal, actor=actor)
                 return PostOutcome(journal.pk, journal.status)
+            if journal.status == Journal.Status.POSTING or journal.deliveries_lost:
+                key = f"tieout:posting-suspect:{journal.entity_id}"
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_try_advisory_lock(hashtext(%s))", [key])
+                    if not cursor.fetchone()[0]:
+                        raise connectors.TransientError(
+                            "another journal of this entity whose worker died is being posted", retry_after=1.0)
+                suspect_lock.append(key)
             attempt, look_up_first = _claim(journal, connector.name, actor=actor)
     with correlation.bound(journal.correlation_id or None):
         try:
-            result = connector.lookup(journal) if look_up_first else None
-            if result is None:
-                result = connector.post_journal(journal)
+            result = _send(connector, journal, look_up_first)
         except connectors.base.ConnectorError as exc:
             _release(journal.pk, attempt.pk, exc, actor=actor)
             raise
-        with transaction.atomic():
-            journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
-            if journal.status == Journal.Status.POSTED:
-                return PostOutcome(journal.pk, journal.status, journal.erp_document_ref)
-            _mark_posted(journal, result, connector.name, actor=actor, attempt_id=attempt.pk)
+        return _settle(journal.pk, attempt.pk, result, connector.name, actor=actor)
+
+
+@dataclass
+class Claim:
+    """A journal claimed for posting (status `posting`, leased, its attempt row open), lines loaded."""
+
+    journal: Journal
+    attempt_id: int
+    look_up_first: bool
+
+
+def journals_claim(*, entity: Entity, connector_name: str, limit: int, actor="system") -> list[Claim]:
+    """Claim up to `limit` of the entity's ready journals that are due and unleased, oldest first, in one
+    transaction, set-based: what `_claim` does for one journal (status `posting`, a lease, the attempt count, an
+    attempt row, a `journal.posting` audit entry with the journal's correlation id) in one statement per table;
+    a closed period or a parked journal fails instead, a journal with an attempt still open goes through `_claim`.
+    `SKIP LOCKED`: journals another poster or a sweep holds right now are left to it, so any number of claimers
+    run at once without taking a journal twice. Only `ready` journals are taken: one still `posting` after its
+    lease ran out (its worker died) goes through `journal_post` alone."""
+    now = timezone.now()
+    with transaction.atomic():
+        journals = list(Journal.objects.select_for_update(skip_locked=True, of=("self",)).select_related("entity")
+                        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now),
+                                Q(posting_claimed_until__isnull=True) | Q(posting_claimed_until__lt=now),
+                                entity=entity, status=Journal.Status.READY)
+                        .order_by("created_at")[:limit])
+        if not journals:
+            return []
+        # What the connector reads to build a document, loaded here: the posting threads touch no database.
+        prefetch_related_objects(journals, "lines__account", "entity__mappings")
+        attempted, open_attempts = set(), set()
+        for journal_id, outcome in PostingAttempt.objects.filter(journal__in=journals).values_list("journal_id",
+                                                                                                 "outcome"):
+            attempted.add(journal_id)
+            if outcome == PostingAttempt.Outcome.IN_PROGRESS:
+                open_attempts.add(journal_id)
+        closed: dict[tuple[int, int], bool] = {}
+        claims, taken = [], []
+        lease = now + datetime.timedelta(seconds=settings.TIEOUT_POSTING_LEASE_SECONDS)
+        for journal in journals:
+            with correlation.bound(journal.correlation_id or None):
+                month = (journal.accounting_date.year, journal.accounting_date.month)
+                if month not in closed:
+                    closed[month] = period_is_closed(journal.entity, journal.accounting_date)
+                if closed[month]:
+                    _fail(journal, Codes.PERIOD_CLOSED,
+                          f"period {journal.accounting_date:%Y-%m} of {journal.entity.code} is closed", actor=actor)
+                    continue
+                if journal.pk in open_attempts or journal.deliveries_lost >= settings.TIEOUT_POSTING_MAX_DELIVERIES:
+                    try:  # the rare cases, as one journal: `_claim` closes the open attempt, or parks it
+                        attempt, look_up_first = _claim(journal, connector_name, actor=actor)
+                    except connectors.PermanentError as exc:
+                        _fail(journal, Codes.POSTING_FAILED, exc.erp_message, actor=actor)
+                        continue
+                    claims.append(Claim(journal, attempt.pk, look_up_first))
+                    continue
+            journal.status = Journal.Status.POSTING
+            journal.posting_claimed_until = lease
+            journal.posting_attempts += 1
+            journal.next_attempt_at = None
+            taken.append(journal)
+        if taken:
+            Journal.objects.bulk_update(taken, ["status", "posting_claimed_until", "posting_attempts",
+                                                "next_attempt_at"])
+            attempts = PostingAttempt.objects.bulk_create([
+                PostingAttempt(journal=journal, started_at=now, connector=connector_name,
+                               outcome=PostingAttempt.Outcome.IN_PROGRESS) for journal in taken])
+            audit.record_many([{"actor": actor, "action": "journal.posting", "object_type": "journal",
+                                "object_id": journal.pk, "event_id": journal.event_id,
+                                "correlation_id": journal.correlation_id or correlation.new_id(),
+                                "before": {"status": Journal.Status.READY},
+                                "after": {"status": "posting", "attempt": journal.posting_attempts}}
+                               for journal in taken])
+            # Any earlier attempt may have reached the ERP (an ambiguous answer): look before sending.
+            claims += [Claim(journal, attempt.pk, journal.pk in attempted) for journal, attempt in zip(taken, attempts)]
+    return claims
+
+
+def _send(connector, journal: Journal, look_up_first: bool, *, before_post=None) -> connectors.PostResult:
+    """The ERP request(s) of one claimed journal, outside any transaction: the look-up first when an earlier
+    attempt may have reached the ERP, then the post if the ERP does not have it (`before_post` runs first:
+    the rate limiter's wait)."""
+    result = connector.lookup(journal) if look_up_first else None
+    if result is None:
+        if before_post is not None:
+            before_post()
+        result = connector.post_journal(journal)
+    return result
+
+
+def _settle(journal_id, attempt_id, result: connectors.PostResult, connector_name: str, *, actor) -> PostOutcome:
+    """The ERP has the journal: mark it posted in its own transaction (unless a duplicate delivery did)."""
+    with transaction.atomic():
+        journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
+        if journal.status == Journal.Status.POSTED:
+            return PostOutcome(journal.pk, journal.status, journal.erp_document_ref)
+        with correlation.bound(journal.correlation_id or None):
+            _mark_posted(journal, result, connector_name, actor=actor, attempt_id=attempt_id)
     return PostOutcome(journal.pk, Journal.Status.POSTED, result.erp_document_ref)
+
+
+def journals_settle_posted(*, results: list[tuple[Claim, connectors.PostResult]], connector_name: str,
+                           actor="system") -> int:
+    """The ERP has these claimed journals: mark them posted in one transaction, set-based (what `_mark_posted`
+    does for one: the journal, its attempt, its outbox row, a `journal.posted` audit entry with the journal's
+    correlation id, `ledger.hooks.journals_posted` once for all of them). One already posted (a duplicate
+    delivery) is left as it is. Returns how many it marked."""
+    if not results:
+        return 0
+    with transaction.atomic():
+        ids = [claim.journal.pk for claim, _ in results]
+        journals = {j.pk: j for j in Journal.objects.select_for_update().filter(pk__in=ids).order_by("pk")
+                    .exclude(status=Journal.Status.POSTED)}
+        now = timezone.now()
+        marked, attempts, entries = [], [], []
+        for claim, result in results:
+            journal = journals.get(claim.journal.pk)
+            if journal is None:
+                continue
+            before = journal.status
+            journal.status = Journal.Status.POSTED
+            journal.erp_document_ref = result.erp_document_ref
+            journal.posted_at = now
+            journal.posting_claimed_until = None
+            journal.next_attempt_at = None
+            journal.last_error = ""
+            marked.append(journal)
+            attempts.append(PostingAttempt(
+                pk=claim.attempt_id, finished_at=now, erp_document_ref=result.erp_document_ref,
+                outcome=PostingAttempt.Outcome.ALREADY_POSTED if result.already_existed
+                else PostingAttempt.Outcome.POSTED))
+            entries.append({"actor": actor, "action": "journal.posted", "object_type": "journal",
+                            "object_id": journal.pk, "event_id": journal.event_id,
+                            "correlation_id": journal.correlation_id or correlation.new_id(),
+                            "before": {"status": before},
+                            "after": {"status": "posted", "erp_document_ref": result.erp_document_ref}})
+        if not marked:
+            return 0
+        Journal.objects.bulk_update(marked, ["status", "erp_document_ref", "posted_at", "posting_claimed_until",
+                                             "next_attempt_at", "last_error"])
+        PostingAttempt.objects.bulk_update(attempts, ["finished_at", "outcome", "erp_document_ref"])
+        Outbox.objects.filter(journal__in=marked, dispatched_at__isnull=True).update(dispatched_at=now)
+        audit.record_many(entries)
+        hooks.journals_posted.send(journals=marked, actor=actor)
+    return len(marked)
 
 
 def _claim(journal: Journal, connector_name: str, *, actor) -> tuple[PostingAttempt, bool]:

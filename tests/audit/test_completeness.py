@@ -594,6 +594,20 @@ PATHS.append(Path("journal retried after the ERP recovers",
                   prepare=lambda c: c.failed_journal()))
 
 
+
+def _drained_journal(ctx):
+    """A ready journal of an entity posting to the ERPNext stand-in, its relay not run (as a drain finds it)."""
+    _recon_erp(ctx)
+    return _ready_journal(ctx)
+
+
+PATHS.append(Path("drain: an entity's ready journals posted, many in flight",
+                  lambda c, j: ledger.posting_drain(entity_id=c.entity.pk),
+                  {"journal.posting", "journal.posted"},
+                  ("ledger.services.drain.posting_drain", "ledger.services.posting.journals_claim",
+                   "ledger.services.posting.journals_settle_posted"),
+                  prepare=_drained_journal))
+
 # ---------------------------------------------------------------- reconciliation
 NOV = (datetime.date(2026, 11, 1), datetime.date(2026, 11, 30))
 
@@ -752,6 +766,9 @@ ALLOWED = {
                                                     "alarm (exception_open_for_audit_check, covered), as the task",
     "ledger.services.outbox.outbox_relay": "dispatch: hands outbox rows to Celery (operational table)",
     "ledger.services.outbox.outbox_sweep": "dispatch: re-sends stale outbox rows",
+    "ledger.services.drain.concurrent_posting": "pure: whether an entity's journals go through drains",
+    "ledger.services.drain.posting_wake": "dispatch: rings an entity's doorbell (Redis), sends a drain task",
+    "ledger.services.drain.posting_wake_due": "dispatch: rings the doorbells of entities with due journals",
     "billing_sync.services.processing.source_ref_of": "pure",
     "ledger.services.manual.manual_journal_check": "check: refuses a bad journal, writes nothing",
     "exceptions_queue.services.exceptions.events_waiting_for": "read",

@@ -48,12 +48,14 @@ def test_a_worker_killed_while_it_holds_a_retry_countdown_loses_nothing(harness,
     assert [a.outcome for a in journal.attempts.all()] == [PostingAttempt.Outcome.TRANSIENT]
     assert erp.creates[str(journal.pk)] == 0, "the 429 came before the ERP read the entry"
 
-    # The retry's countdown is in the worker's memory: an ETA task it holds, nothing waiting in Redis's queue.
+    # The retry's countdown is in the worker's memory: an ETA task it holds, nothing waiting in Redis's queue (the
+    # drain's timer for the journal's entity: ledger.services.drain, `set_timer`).
     victim = workers.current
 
     def countdown_held() -> bool:
         scheduled = harness.app.control.inspect(destination=[victim.nodename], timeout=1).scheduled() or {}
-        return any(str(journal.pk) in str(task["request"]["args"]) for task in scheduled.get(victim.nodename, []))
+        return any(str(journal.entity_id) in str(task["request"]["args"])
+                   for task in scheduled.get(victim.nodename, []))
 
     harness.wait_until(countdown_held, timeout=15, what="the retry's countdown held by the worker", sweep=False,
                        restart=False)
@@ -87,8 +89,9 @@ def test_a_worker_killed_while_it_holds_a_retry_countdown_loses_nothing(harness,
           f"{time.monotonic() - killed_at:.1f}s from the kill to posted)")
     assert 0 <= latency <= DUE_LATENCY_GOAL, f"posted {latency:.1f}s after its due time"
     assert journal.posted_at >= due, "not sent before it was due"
-    # The sweep sent it (a fresh outbox row after the due time), and the ERP got exactly one entry.
-    assert Outbox.objects.filter(journal=journal, created_at__gte=due).exists()
+    # The sweep sent it (a fresh outbox row after the due time, or the entity's doorbell rung for its due
+    # journals), and the ERP got exactly one entry.
+    assert Outbox.objects.filter(journal=journal, created_at__gte=due).exists() or sum(sweeps) >= 1
     assert erp.creates[str(journal.pk)] == 1
     assert len(erp.by_cheque(str(journal.pk))) == 1
     assert [a.outcome for a in journal.attempts.order_by("started_at")] == [

@@ -5,7 +5,8 @@ script faults with `server.faults.add(kind, times)`; kinds every stand-in unders
 `rate_limit` (429 + Retry-After: `server.retry_after`, "1" by default), `error_500`, `error_503`,
 `timeout_before` (sleep, nothing stored), `commit_then_timeout` (store, then answer too late),
 `commit_then_502` (store, answer 502), `commit_then_reset` (store, then drop the connection without an
-answer). `server.faults` is consumed by writes (posting); `server.read_faults` by the read-back requests
+answer). `server.arrivals` stamps every request (monotonic time, method, path), `server.rate_limited_at` every
+429. `server.faults` is consumed by writes (posting); `server.read_faults` by the read-back requests
 (lists, reads, queries), with the kinds that happen before an answer (`rate_limit`, `error_500`,
 `error_503`, `timeout_before`). `latency` is slept before every request (a page, for read-back).
 """
@@ -77,6 +78,7 @@ class StandinHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str):
         self.app.requests.append((method, self.path))
+        self.app.arrivals.append((time.monotonic(), method, self.path))
         if self.app.latency:
             time.sleep(self.app.latency)
         self.app.handle(self, method)
@@ -107,6 +109,8 @@ class Standin:
         self.latency = latency
         self.slow_seconds = slow_seconds
         self.requests: list = []
+        self.arrivals: list = []  # (time.monotonic() on arrival, method, path): rates and pauses, for tests
+        self.rate_limited_at: list = []  # time.monotonic() of each scripted 429 answer
         self.lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -136,6 +140,7 @@ class Standin:
     def pre_fault(self, handler: StandinHandler, fault: str | None, error_body) -> bool:
         if fault == "rate_limit":
             handler.body_json()
+            self.rate_limited_at.append(time.monotonic())
             handler.send_json(429, error_body(429, "Too many requests"), {"Retry-After": self.retry_after})
             return True
         if fault in ("error_500", "error_503"):
