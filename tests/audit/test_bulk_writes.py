@@ -61,6 +61,12 @@ ALLOWED = {
     ("ledger/services/batches.py", "_mark_batch_journals_posted"): ("Journals posted by a batch document, journal.posted "
                                                             "per journal", SAME_FUNCTION),
     ("ledger/services/posting.py", "_claim"): ("journal.attempts is PostingAttempt (operational)", "exempt"),
+    ("ledger/services/posting.py", "journals_claim"): (
+        "a drain's chunk of journals claimed at once (status posting, lease, attempt count), journal.posting per "
+        "journal", SAME_FUNCTION),
+    ("ledger/services/posting.py", "journals_settle_posted"): (
+        "a drain's group of journals the ERP acknowledged, journal.posted per journal with its correlation id",
+        SAME_FUNCTION),
     ("ledger/services/outcomes.py", "_fail"): ("journal.attempts is PostingAttempt (operational)", "exempt"),
     ("ledger/services/batches.py", "_batch_close"): ("row is an ErpBatchLine (operational)", "exempt"),
     ("billing_sync/services/reconciliation.py", "_apply"): (
