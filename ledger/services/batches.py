@@ -15,7 +15,7 @@ from config.errors import Codes
 from ledger import connectors, hooks, tasks
 from ledger.models import Entity, ErpBatch, ErpBatchLine, Journal, Outbox, PostingAttempt
 from config.money import ZERO
-from ledger.services.outcomes import PostOutcome, _fail, _retry_due, _scheduled
+from ledger.services.outcomes import PostOutcome, _fail, _release_for_retry, _scheduled
 
 log = structlog.get_logger("tieout.ledger")
 
@@ -258,14 +258,7 @@ def _batch_release(batch_id, exc, *, actor) -> None:
             _scheduled(exc, None)
             return
         permanent = isinstance(exc, connectors.PermanentError)
-        if not permanent:
-            batch.posting_retries += 1
-        batch.status = ErpBatch.Status.READY
-        batch.posting_claimed_until = None
-        batch.next_attempt_at = None if permanent else _retry_due(batch.posting_retries, exc)
-        batch.last_error = exc.erp_message[:4000]
-        batch.save(update_fields=["status", "posting_claimed_until", "posting_retries", "next_attempt_at",
-                                  "last_error"])
+        _release_for_retry(batch, exc, permanent=permanent)
         if permanent:
             _batch_fail(batch, exc.erp_message, actor=actor)
         elif batch.next_attempt_at is None:

@@ -34,6 +34,18 @@ def _retry_due(failures: int, exc) -> datetime.datetime | None:
     return timezone.now() + datetime.timedelta(seconds=delay)
 
 
+def _release_for_retry(item, exc, *, permanent: bool) -> None:
+    """Put a journal or an ERP batch whose attempt failed back to `ready`, with the failure counted and the next
+    attempt's due time kept on the row (none after a permanent failure or once the budget is spent); saved."""
+    if not permanent:
+        item.posting_retries += 1
+    item.status = "ready"
+    item.posting_claimed_until = None
+    item.next_attempt_at = None if permanent else _retry_due(item.posting_retries, exc)
+    item.last_error = exc.erp_message[:4000]
+    item.save(update_fields=["status", "posting_claimed_until", "posting_retries", "next_attempt_at", "last_error"])
+
+
 def _scheduled(exc, next_attempt_at) -> None:
     """Tell the posting task what the service recorded for this failure: the due time of the next attempt,
     or None when nothing more is due (the work failed, or settled elsewhere in the meantime)."""

@@ -16,7 +16,7 @@ from config.errors import Codes, TieoutError
 from ledger import connectors, hooks
 from ledger.models import Entity, Journal, Outbox, PostingAttempt
 from ledger.services.batches import _batch_add
-from ledger.services.outcomes import PostOutcome, _fail, _retry_due, _scheduled
+from ledger.services.outcomes import PostOutcome, _fail, _release_for_retry, _scheduled
 from ledger.services.periods import period_is_closed
 
 
@@ -278,14 +278,7 @@ def _release(journal_id, attempt_id, exc, *, actor) -> None:
             _scheduled(exc, None)
             return
         permanent = outcome == PostingAttempt.Outcome.PERMANENT
-        if not permanent:
-            journal.posting_retries += 1
-        journal.status = Journal.Status.READY
-        journal.posting_claimed_until = None
-        journal.next_attempt_at = None if permanent else _retry_due(journal.posting_retries, exc)
-        journal.last_error = exc.erp_message[:4000]
-        journal.save(update_fields=["status", "posting_claimed_until", "posting_retries", "next_attempt_at",
-                                    "last_error"])
+        _release_for_retry(journal, exc, permanent=permanent)
         after = {"status": "ready", "outcome": outcome, "error": exc.erp_message[:1000]}
         if journal.next_attempt_at:
             after.update(retries=journal.posting_retries, next_attempt_at=journal.next_attempt_at)
