@@ -57,6 +57,9 @@ MIDDLEWARE = [
     # Under /api/, Django's own error pages (404, 500, ...) become problem documents too.
     "config.middleware.ApiProblemMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    # POST /api/v1/events with a bearer token answered here, without the portal's stack (issue 13 item 3);
+    # anything it does not answer goes on down the list. TIEOUT_LEAN_INGEST=off turns it off.
+    "billing_sync.views.lean.LeanIngestMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -164,6 +167,7 @@ SESSION_SAVE_EVERY_REQUEST = True
 # The session cookie also ends with the browser (shared finance workstations), on top of the idle timeout.
 SESSION_EXPIRE_AT_BROWSER_CLOSE = env_bool("SESSION_EXPIRE_AT_BROWSER_CLOSE", True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
+TIEOUT_LEAN_INGEST = env_bool("TIEOUT_LEAN_INGEST", True)
 X_FRAME_OPTIONS = "DENY"
 
 # The batch endpoint takes up to 1,000 events: allow bodies of that size.
