@@ -1,16 +1,13 @@
-"""The lean request stack of `POST /api/v1/events` (issue 13 item 3): a middleware, placed right after
-Django's SecurityMiddleware, that answers a bearer-token delivery of one event without the rest of the
-portal's middleware (sessions, CSRF, OTP, messages, history, axes) and without DRF's request, negotiation
-and rendering machinery: about 2 ms of Python per event that the answer never depended on.
-
-It does exactly what the full stack does for that request and nothing less: the same token check
-(`BearerTokenAuthentication`, revocation counter and throttle count in one Redis round trip), the same role
-check (`SENDERS`), the same throttle, the same service (`event_receive`: receipt, event and audit entry in
-one statement) and the same answer, byte for byte, with the same headers (tests compare the two stacks).
-Anything else — no bearer token, a refused token, a role that may not send, a throttled client, another
-method or path — goes down the full stack untouched, which answers it (and records its receipt) as always.
-`TIEOUT_LEAN_INGEST=off` turns it off.
+"""The lean request stack of `POST /api/v1/events` (issue 13 item 3): a middleware, right after Django's
+SecurityMiddleware, that answers a bearer-token delivery of one event with the same checks, service, answer
+and headers as the full stack, without the ~2 ms of session, CSRF, OTP and DRF machinery the answer never
+depended on; anything it does not take goes down the full stack untouched (`TIEOUT_LEAN_INGEST=off`).
 """
+# What "the same" means: the same token check (`BearerTokenAuthentication`, revocation counter and throttle
+# count in one Redis round trip), the same role check (`SENDERS`), the same throttle, the same service
+# (`event_receive`: receipt, event and audit entry in one statement) and the same answer byte for byte with
+# the same headers (tests compare the two stacks). No bearer token, a refused token, a role that may not
+# send, a throttled client, another method or path: the full stack answers it (and records its receipt).
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
