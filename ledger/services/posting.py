@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q, prefetch_related_objects
+from django.db.models import F, Q, prefetch_related_objects
 from django.utils import timezone
 
 from audit import services as audit
@@ -143,8 +143,11 @@ def journals_claim(*, entity: Entity, connector_name: str, limit: int, actor="sy
             journal.next_attempt_at = None
             taken.append(journal)
         if taken:
-            Journal.objects.bulk_update(taken, ["status", "posting_claimed_until", "posting_attempts",
-                                                "next_attempt_at"])
+            # One plain UPDATE: every taken journal gets the same values (bulk_update's CASE per row and field
+            # cost the drain a fifth of its CPU). The rows are locked above, so the increment matches the objects.
+            Journal.objects.filter(pk__in=[journal.pk for journal in taken]).update(
+                status=Journal.Status.POSTING, posting_claimed_until=lease,
+                posting_attempts=F("posting_attempts") + 1, next_attempt_at=None)
             attempts = PostingAttempt.objects.bulk_create([
                 PostingAttempt(journal=journal, started_at=now, connector=connector_name,
                                outcome=PostingAttempt.Outcome.IN_PROGRESS) for journal in taken])
@@ -219,9 +222,22 @@ def journals_settle_posted(*, results: list[tuple[Claim, connectors.PostResult]]
                             "after": {"status": "posted", "erp_document_ref": result.erp_document_ref}})
         if not marked:
             return 0
-        Journal.objects.bulk_update(marked, ["status", "erp_document_ref", "posted_at", "posting_claimed_until",
-                                             "next_attempt_at", "last_error"])
-        PostingAttempt.objects.bulk_update(attempts, ["finished_at", "outcome", "erp_document_ref"])
+        # One UPDATE each from arrays of the values (not bulk_update's CASE per row and field, which cost the
+        # drain a fifth of its CPU).
+        with connection.cursor() as cursor:
+            cursor.execute("""
+                UPDATE ledger_journal AS j
+                   SET status = %s, erp_document_ref = v.ref, posted_at = %s, posting_claimed_until = NULL,
+                       next_attempt_at = NULL, last_error = ''
+                  FROM unnest(%s::uuid[], %s::text[]) AS v(id, ref)
+                 WHERE j.id = v.id""", [Journal.Status.POSTED, now, [j.pk for j in marked],
+                                        [j.erp_document_ref for j in marked]])
+            cursor.execute("""
+                UPDATE ledger_postingattempt AS a
+                   SET finished_at = %s, outcome = v.outcome, erp_document_ref = v.ref
+                  FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS v(id, outcome, ref)
+                 WHERE a.id = v.id""", [now, [a.pk for a in attempts], [a.outcome for a in attempts],
+                                        [a.erp_document_ref for a in attempts]])
         Outbox.objects.filter(journal__in=marked, dispatched_at__isnull=True).update(dispatched_at=now)
         audit.record_many(entries)
         hooks.journals_posted.send(journals=marked, actor=actor)
