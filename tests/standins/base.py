@@ -20,6 +20,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 POLL_INTERVAL = 0.02  # seconds
 
 
+class StandinServer(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5; a vendor behind a load balancer accepts far more. With
+    # more requests in flight than that (a drain keeps 16), the kernel drops the extra SYNs and the client
+    # resends after 1 s: past the tests' 0.5 s connect timeout, a "connect timeout" no real ERP would give.
+    request_queue_size = 128
+
+
 class Faults:
     def __init__(self):
         self._queue: deque[str] = deque()
@@ -115,7 +122,7 @@ class Standin:
         self._server: ThreadingHTTPServer | None = None
 
     def start(self) -> "Standin":
-        server = ThreadingHTTPServer(("127.0.0.1", 0), StandinHandler)
+        server = StandinServer(("127.0.0.1", 0), StandinHandler)
         server.daemon_threads = True
         server.app = self
         self._server = server

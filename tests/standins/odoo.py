@@ -40,12 +40,11 @@ import json
 import threading
 import traceback
 from decimal import Decimal
-from http.server import ThreadingHTTPServer
 from urllib.parse import urlsplit
 
 import requests
 
-from tests.standins.base import Standin, StandinHandler
+from tests.standins.base import Standin, StandinHandler, StandinServer
 
 ACCOUNTS = {"1010": 11, "1200": 12, "2200": 22, "2300": 23, "4000": 40, "4900": 49, "6100": 61, "6200": 62}
 JOURNALS = {1: "INV", 3: "MISC"}
@@ -114,7 +113,7 @@ class OdooStandin(Standin):
 
     def start(self) -> "OdooStandin":
         # As the base, but polling for shutdown every 50 ms instead of 500: stopping is on every test's path.
-        server = ThreadingHTTPServer(("127.0.0.1", 0), StandinHandler)
+        server = StandinServer(("127.0.0.1", 0), StandinHandler)
         server.daemon_threads = True
         server.app = self
         self._server = server
