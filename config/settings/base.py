@@ -286,7 +286,7 @@ TIEOUT_POSTING_REDISPATCH_SECONDS = float(os.environ.get("TIEOUT_POSTING_REDISPA
 # is useful), how long one drain runs before it hands over to a fresh task, how long a drainer's doorbell
 # outlives it (a drainer that died is replaced by the outbox sweep after this), the longest wait for the rate
 # limiter before a drain hands over with a countdown, and before a post after a look-up gives up (a retry).
-TIEOUT_POSTING_IN_FLIGHT = int(os.environ.get("TIEOUT_POSTING_IN_FLIGHT", "16"))
+TIEOUT_POSTING_IN_FLIGHT = int(os.environ.get("TIEOUT_POSTING_IN_FLIGHT", "64"))
 TIEOUT_POSTING_DRAINERS = int(os.environ.get("TIEOUT_POSTING_DRAINERS", "4"))
 TIEOUT_POSTING_DRAIN_SECONDS = float(os.environ.get("TIEOUT_POSTING_DRAIN_SECONDS", "60"))
 TIEOUT_POSTING_WAKE_TTL = float(os.environ.get("TIEOUT_POSTING_WAKE_TTL", "30"))
