@@ -55,13 +55,27 @@ class AuditEntry(models.Model):
         return self.document.get("after")
 
 
+class AuditEntryKey(models.Model):
+    """The id of every audit entry ever written, with its time: what the seals' foreign key points at, since
+    the partitioned entries cannot be referenced by id alone (migration 0006). Written by the entries'
+    BEFORE INSERT trigger, append-only; it outlives an archived month's partition, as the seals do."""
+
+    id = models.BigIntegerField(primary_key=True)
+    at = models.DateTimeField()
+
+    class Meta:
+        db_table = "audit_auditentrykey"
+
+
 class AuditSeal(models.Model):
     """An entry's place in the hash chain: seq 1, 2, 3 ... without gaps, in entry-id order, each chain hash
     covering the previous one. Appended by the sealer outside the writers' transactions, so that writers
     never queue on one chain-head lock."""
 
     seq = models.BigIntegerField(primary_key=True)
-    entry = models.OneToOneField(AuditEntry, on_delete=models.PROTECT, related_name="seal")
+    # Enforced against the key table `audit_auditentrykey` (migration 0006): entries are partitioned by
+    # month, and PostgreSQL cannot reference their id alone on the partitioned table.
+    entry = models.OneToOneField(AuditEntry, on_delete=models.PROTECT, related_name="seal", db_constraint=False)
     entry_hash = models.CharField(max_length=64)
     prev_hash = models.CharField(max_length=64)
     chain_hash = models.CharField(max_length=64)
@@ -127,3 +141,33 @@ class AuditCheck(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["-at"], name="audit_check_at_idx")]
+
+
+class PartitionArchive(models.Model):
+    """One month's partition of a partitioned table (audit entries, receipts, events) archived into a signed
+    pack and then detached and dropped (portal's retention). Append-only like the log.
+
+    What stays answerable once the rows are gone: where they went (`pack_name`, `location`, `pack_sha256`,
+    signed by the audit key), how many there were, and, for audit entries, the seals they held
+    (`first_seq`..`last_seq`) and the first signed digest after them (`resume_day`): verification of the
+    chain starts there (`audit_verify --from-digest`), its trust anchored in that digest's signature.
+    """
+
+    table = models.CharField(max_length=63)
+    month = models.DateField()
+    partition = models.CharField(max_length=63)
+    rows = models.BigIntegerField()
+    pack_name = models.CharField(max_length=200)
+    location = models.CharField(max_length=500)
+    pack_sha256 = models.CharField(max_length=64)
+    first_seq = models.BigIntegerField(null=True, blank=True)
+    last_seq = models.BigIntegerField(null=True, blank=True)
+    resume_day = models.DateField(null=True, blank=True)
+    actor = models.CharField(max_length=150)
+    archived_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["table", "month"], name="partition_archive_once")]
+
+    def __str__(self):
+        return f"{self.partition} -> {self.pack_name}"

@@ -1,5 +1,6 @@
-"""Celery tasks of the audit core, on the beat: seal the chain and sign the daily digests (the scheduled
-chain check, which may raise an alarm in the queue, is `exceptions_queue.tasks.verify_audit_chain`)."""
+"""Celery tasks of the audit core, on the beat: seal the chain, sign the daily digests and make the monthly
+partitions ahead of time (the scheduled chain check, which may raise an alarm in the queue, is
+`exceptions_queue.tasks.verify_audit_chain`)."""
 from celery import shared_task
 
 from audit import services
@@ -13,3 +14,8 @@ def seal_audit_chain():
 @shared_task(name="audit.tasks.build_audit_digests", ignore_result=True)
 def build_audit_digests():
     services.digests_build()
+
+
+@shared_task(name="audit.tasks.ensure_partitions", ignore_result=True)
+def ensure_partitions():
+    services.partitions_ensure()

@@ -103,7 +103,11 @@ class Event(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.ACCEPTED)
     correlation_id = models.CharField(max_length=128, blank=True, default="")
     received_at = models.DateTimeField(default=timezone.now)
-    receipt = models.ForeignKey(Receipt, null=True, blank=True, on_delete=models.PROTECT, related_name="events")
+    # Foreign keys to events and receipts are enforced against their key tables (billing_sync_eventkey,
+    # billing_sync_receiptkey; migrations 0013 and 0014): both tables are partitioned by month of
+    # `received_at`, and PostgreSQL cannot reference their id alone on a partitioned table.
+    receipt = models.ForeignKey(Receipt, null=True, blank=True, on_delete=models.PROTECT, related_name="events",
+                                db_constraint=False)
     sent_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
                                 related_name="+")
     response_body = models.TextField(help_text="The first answer, byte for byte, replayed to duplicates.")
@@ -117,21 +121,25 @@ class Event(models.Model):
         models.TextField())))
     # The earlier event this one last waited behind (set when it was held, kept after as its history).
     held_by = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
-                                db_index=False)
+                                db_index=False, db_constraint=False)
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["source_system", "event_id"], name="event_unique_identity"),
-            models.UniqueConstraint(fields=["seq"], name="event_unique_seq"),
-            models.UniqueConstraint(fields=["source_system", "idempotency_key"], name="event_unique_idem_key",
-                                    condition=Q(idempotency_key__isnull=False)),
-        ]
+        # The identity `(source_system, event_id)`, `seq` and `(source_system, idempotency_key)` stay unique
+        # in the key table billing_sync_eventkey under these constraints' names (event_unique_identity,
+        # event_unique_seq, event_unique_idem_key; migration 0013): a unique constraint on the partitioned
+        # table would have to include `received_at`, and so would not be one.
         indexes = [
             models.Index(fields=["status", "received_at"], name="event_status_idx"),
             models.Index(fields=["type"], name="event_type_idx"),
             # Dashboard windows (events per hour/day) are index-only scans: status and entity ride along.
             models.Index(fields=["received_at"], include=["status", "entity_code"], name="event_received_idx"),
             models.Index(fields=["event_id"], name="event_event_id_idx"),  # admin/support search by id
+            # What the unique constraints' indexes served on this table before it was partitioned (0013):
+            # look-ups by identity and Idempotency-Key, and the ordering's reads by `seq`.
+            models.Index(fields=["source_system", "event_id"], name="event_identity_idx"),
+            models.Index(fields=["seq"], name="event_seq_idx"),
+            models.Index(fields=["source_system", "idempotency_key"], name="event_idem_key_idx",
+                         condition=Q(idempotency_key__isnull=False)),
             # Only pending events: the hold check and the wake-up read the few events still in play.
             GinIndex(fields=["order_keys"], name="event_pending_keys_idx",
                      condition=Q(status__in=["accepted", "exception"])),
@@ -139,6 +147,41 @@ class Event(models.Model):
 
     def __str__(self):
         return f"{self.source_system}/{self.event_id} {self.type} ({self.status})"
+
+
+class ReceiptKey(models.Model):
+    """The id of every receipt ever stored, with its month: what foreign keys to receipts point at, since the
+    partitioned `billing_sync_receipt` cannot be referenced by id alone (migration 0013). Written by the
+    receipts' BEFORE INSERT trigger, never by code; it outlives the receipt's archived partition."""
+
+    id = models.BigIntegerField(primary_key=True)
+    received_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "billing_sync_receiptkey"
+
+
+class EventKey(models.Model):
+    """The identity of every event ever accepted: its id (what foreign keys to events point at), its unique
+    `(source_system, event_id)`, `seq` and Idempotency-Key, and its month (migration 0013). Written by the
+    events' BEFORE INSERT trigger, never by code; it outlives the event's archived partition, so an archived
+    event's identity stays taken and its trace can say where its bytes went."""
+
+    id = models.UUIDField(primary_key=True)
+    received_at = models.DateTimeField()
+    source_system = models.CharField(max_length=100)
+    event_id = models.CharField(max_length=200)
+    idempotency_key = models.CharField(max_length=200, null=True)
+    seq = models.BigIntegerField()
+
+    class Meta:
+        db_table = "billing_sync_eventkey"
+        constraints = [
+            models.UniqueConstraint(fields=["source_system", "event_id"], name="event_unique_identity"),
+            models.UniqueConstraint(fields=["seq"], name="event_unique_seq"),
+            models.UniqueConstraint(fields=["source_system", "idempotency_key"], name="event_unique_idem_key",
+                                    condition=Q(idempotency_key__isnull=False)),
+        ]
 
 
 class CanonicalChange(models.Model):
@@ -150,7 +193,7 @@ class CanonicalChange(models.Model):
         APPLIED = "applied"
         STALE = "stale"
 
-    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="changes")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="changes", db_constraint=False)
     document_type = models.CharField(max_length=30)
     document_id = models.CharField(max_length=200)
     version = models.PositiveIntegerField(null=True, blank=True)
@@ -326,7 +369,7 @@ class PaymentAllocation(models.Model):
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="allocations")
     invoice = models.ForeignKey(Invoice, on_delete=models.PROTECT, related_name="allocations")
     amount = models.DecimalField(**MONEY)
-    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -340,7 +383,7 @@ class Refund(models.Model):
     invoice = models.ForeignKey(Invoice, null=True, blank=True, on_delete=models.PROTECT, related_name="refunds")
     currency = models.CharField(max_length=3)
     amount = models.DecimalField(**MONEY)
-    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     history = HistoricalRecords()
 
     class Meta:
@@ -366,7 +409,7 @@ class CreditNote(models.Model):
     taxes = models.JSONField(default=list)
     reason = models.CharField(max_length=500, blank=True, default="")
     status = models.CharField(max_length=20, choices=ApprovalStatus.choices)
-    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     history = HistoricalRecords()
 
     class Meta:
@@ -388,7 +431,7 @@ class WriteOff(models.Model):
     amount = models.DecimalField(**MONEY)
     reason = models.CharField(max_length=500, blank=True, default="")
     status = models.CharField(max_length=20, choices=ApprovalStatus.choices)
-    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     history = HistoricalRecords()
 
     class Meta:
@@ -438,7 +481,8 @@ class CallbackDelivery(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     source_system = models.ForeignKey(SourceSystem, on_delete=models.PROTECT, related_name="deliveries")
-    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="callback_deliveries")
+    event = models.ForeignKey(Event, on_delete=models.PROTECT, related_name="callback_deliveries",
+                              db_constraint=False)
     kind = models.CharField(max_length=30, choices=Kind.choices)
     payload = models.TextField(blank=True, default="")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)

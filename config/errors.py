@@ -75,6 +75,19 @@ class Codes:
     PERIOD_ALREADY_CLOSED = "period_already_closed"
     PERIOD_NOT_CLOSED = "period_not_closed"
     APPROVAL_PENDING = "approval_pending"
+    # Retention (portal.services.retention_archive): nothing is removed when a month has no policy, is kept
+    # still, is open for an entity, has no partition or was archived already, holds unsealed audit entries or
+    # no signed digest follows them, or its pack does not verify. An archived event's trace answers 410
+    # `archived` with where its bytes went.
+    RETENTION_NO_POLICY = "retention_no_policy"
+    RETENTION_TOO_RECENT = "retention_too_recent"
+    RETENTION_MONTH_OPEN = "retention_month_open"
+    RETENTION_NO_PARTITION = "retention_no_partition"
+    RETENTION_ALREADY_ARCHIVED = "retention_already_archived"
+    RETENTION_UNSEALED = "retention_unsealed"
+    RETENTION_NO_DIGEST = "retention_no_digest"
+    RETENTION_ARCHIVE_UNVERIFIED = "retention_archive_unverified"
+    ARCHIVED = "archived"
 
 
 class TieoutError(Exception):

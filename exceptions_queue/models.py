@@ -38,7 +38,7 @@ class ExceptionRecord(models.Model):
     process = models.CharField(max_length=20, choices=Process.choices)
     entity_code = models.CharField(max_length=20, blank=True, default="")
     event = models.ForeignKey("billing_sync.Event", null=True, blank=True, on_delete=models.PROTECT,
-                              related_name="exceptions")
+                              related_name="exceptions", db_constraint=False)
     journal = models.ForeignKey("ledger.Journal", null=True, blank=True, on_delete=models.PROTECT,
                                 related_name="exceptions")
     dependency_key = models.CharField(max_length=300, null=True, blank=True)
@@ -145,7 +145,7 @@ class Approval(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     entity = models.ForeignKey("ledger.Entity", on_delete=models.PROTECT, related_name="approvals")
     event = models.ForeignKey("billing_sync.Event", null=True, blank=True, on_delete=models.PROTECT,
-                              related_name="approvals")
+                              related_name="approvals", db_constraint=False)
     journal = models.OneToOneField("ledger.Journal", null=True, blank=True, on_delete=models.PROTECT,
                                    related_name="approval")
     # What a journal-less approval is about, e.g. `period:US01:2026-11` for a period close or reopen.

@@ -133,7 +133,7 @@ class Journal(models.Model):
     status = models.CharField(max_length=20, choices=Status.choices, db_index=True)
     accounting_date = models.DateField()
     event = models.ForeignKey("billing_sync.Event", null=True, blank=True, on_delete=models.PROTECT,
-                              related_name="journals")
+                              related_name="journals", db_constraint=False)
     reverses = models.OneToOneField("self", null=True, blank=True, on_delete=models.PROTECT,
                                     related_name="reversed_by")
     kind = models.CharField(max_length=40)

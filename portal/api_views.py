@@ -17,6 +17,7 @@ from rest_framework.views import APIView
 from billing_sync import selectors as billing_selectors
 from billing_sync.views.events import EVENT_READERS, event_for
 from config import roles
+from config.api import problem_response
 from config.errors import ApiError, Codes, NotFound
 from exceptions_queue import selectors
 from exceptions_queue.serializers import ApprovalSerializer
@@ -24,7 +25,7 @@ from ledger import selectors as ledger_selectors
 from portal import exports, ledger_export, lineage, services
 from portal.report_serializers import ArAgingReport, CustomerStatement, UnappliedCashReport
 from portal.selectors import close as close_selectors
-from portal.selectors import reports
+from portal.selectors import reports, retention
 from portal.serializers import (
     ErpReferenceTraceSerializer,
     EventTraceSerializer,
@@ -48,9 +49,23 @@ def _traced(build, *args, user):
 class EventTraceView(APIView):
     permission_classes = [EVENT_READERS]
 
-    @extend_schema(responses={200: EventTraceSerializer})
+    @extend_schema(responses={200: EventTraceSerializer, 410: OpenApiResponse(
+        description="archived: the event's month was archived by retention; `archive` names the signed pack "
+                    "that holds its bytes (pack, location, sha256, month)")})
     def get(self, request, pk):
-        return Response(lineage.event_trace(event_for(request, pk).pk))
+        try:
+            event = event_for(request, pk)
+        except NotFound:
+            # Source systems read only what they sent, which an archived event no longer tells: 404 for them.
+            archived = retention.event_archive(pk) if roles.has_role(request.user, *roles.READ_ALL) else None
+            if archived is None:
+                raise
+            gone = problem_response(410, Codes.ARCHIVED, "Archived",
+                                    f"event {pk} was archived with its month {archived['archive']['month']} "
+                                    f"into {archived['archive']['pack']}")
+            gone.data.update(archived)
+            return gone
+        return Response(lineage.event_trace(event.pk))
 
 
 class JournalTraceView(APIView):

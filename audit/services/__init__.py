@@ -1,5 +1,5 @@
 """The audit log's write and check paths, one module per concern (entries, sealing, verification, checks,
-signing), re-exported here so that callers write `from audit import services as audit; audit.record(...)`."""
+signing, partitions), re-exported here so that callers write `from audit import services as audit; audit.record(...)`."""
 from audit.services.checks import chain_check
 from audit.services.entries import (
     DB_ID,
@@ -16,6 +16,16 @@ from audit.services.entries import (
     record_params,
     slot_filled_sql,
 )
+from audit.services.partitions import (
+    PARTITIONED,
+    chain_resume_day,
+    month_add,
+    partition_detach,
+    partition_name,
+    partition_rows,
+    partitions_ensure,
+    partitions_list,
+)
 from audit.services.sealing import GENESIS, SealResult, chain_hash, chain_seal
 from audit.services.signing import digests_build
 from audit.services.verification import VerifyResult, chain_verify
@@ -24,7 +34,8 @@ from audit.services.verification import VerifyResult, chain_verify
 seal = chain_seal
 
 __all__ = [
-    "DB_ID", "GENESIS", "SLOT_TOKEN", "SealResult", "VerifyResult", "actor_label", "canonical_json", "chain_check",
+    "DB_ID", "GENESIS", "PARTITIONED", "chain_resume_day", "month_add", "partition_detach", "partition_name",
+    "partition_rows", "partitions_ensure", "partitions_list", "SLOT_TOKEN", "SealResult", "VerifyResult", "actor_label", "canonical_json", "chain_check",
     "chain_hash", "chain_seal", "chain_verify", "compute_entry_hash", "digests_build", "entry_content",
     "entry_hash_sql", "entry_template", "model_snapshot", "record", "record_many", "record_params", "seal",
     "slot_filled_sql",

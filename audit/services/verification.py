@@ -10,6 +10,7 @@ from django.db import connection, transaction
 from audit import digests as digest_mod
 from audit import merkle
 from audit.models import AuditDigest, AuditSeal
+from audit.services.partitions import chain_resume_day
 from audit.services.sealing import GENESIS
 
 
@@ -143,7 +144,8 @@ def chain_verify(*, chunk: int = 10_000, from_digest: AuditDigest | None = None,
 
     From the start (default), from a signed digest (its range onwards, starting from the head it signs
     before it), or from a seq whose predecessor's chain hash and entry id the caller vouches for (the
-    scheduled incremental run). What it proves: the audit tables still carry their database guarantees;
+    scheduled incremental run); once audit entries were archived, "from the start" is the signed digest after
+    them. What it proves: the audit tables still carry their database guarantees;
     every sealed entry's content hashes to its entry hash; the chain links without a gap, in entry-id
     order, from the start to the head; every signed digest met on the way has a valid signature and its
     signed heads are the chain's (so nothing it signed changed); and no entry before the head is missing
@@ -156,6 +158,12 @@ def chain_verify(*, chunk: int = 10_000, from_digest: AuditDigest | None = None,
     heads already bind, so re-computing them checks the signer's arithmetic, which costs as much again.
     """
     tree = None
+    if from_digest is None and from_seq == 1:
+        # Audit entries of archived months are gone from the database (their signed packs hold them):
+        # "from the start" is then the first signed digest after them (`partition_detach`).
+        resume = chain_resume_day()
+        if resume is not None:
+            from_digest = AuditDigest.objects.filter(day=resume).first()
     if from_digest is not None:
         from_seq, prev_hash = from_digest.first_seq, from_digest.prev_head_hash
         before = AuditSeal.objects.filter(seq=from_seq - 1).values_list("entry_id", flat=True).first()

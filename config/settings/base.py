@@ -249,6 +249,9 @@ CELERY_BEAT_SCHEDULE = {
     "audit-verify-full": {"task": "exceptions_queue.tasks.verify_audit_chain", "schedule": 86400.0,
                           "kwargs": {"full": True}},
     "audit-digests": {"task": "audit.tasks.build_audit_digests", "schedule": 3600.0},
+    # Monthly partitions of audit entries, receipts and events, TIEOUT_PARTITIONS_AHEAD months ahead (daily:
+    # a missed run or two changes nothing).
+    "partitions-ensure": {"task": "audit.tasks.ensure_partitions", "schedule": 86400.0},
     "erp-batches-sweep": {"task": "ledger.tasks.sweep_erp_batches", "schedule": 5.0},
     "callbacks-sweep": {"task": "billing_sync.tasks.sweep_callbacks", "schedule": 10.0},
     # Reconciliation (queue `reconciliation`): an incremental run per entity every few minutes (ERP documents
@@ -330,6 +333,10 @@ _PRODUCTION = os.environ.get("DJANGO_SETTINGS_MODULE", "").endswith(".prod")
 TIEOUT_AUDIT_DEV_KEY = env_bool("TIEOUT_AUDIT_DEV_KEY", True) and not _PRODUCTION
 # Benchmarks only (bench/audit_chain.py): off skips the entry hash on write, to measure what the chain costs.
 TIEOUT_AUDIT_HASHING = os.environ.get("TIEOUT_AUDIT_HASHING", "on").strip().lower() not in {"off", "0", "false", "no"}
+# Partitions (audit entries, receipts, events) made ahead of the current month by beat's `partitions-ensure`.
+TIEOUT_PARTITIONS_AHEAD = int(os.environ.get("TIEOUT_PARTITIONS_AHEAD", "3"))
+# Where retention writes its archive packs (portal.services.retention_archive), unless a policy names a place.
+TIEOUT_RETENTION_DIR = os.environ.get("TIEOUT_RETENTION_DIR", str(BASE_DIR / "var" / "retention"))
 
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 LOG_JSON = env_bool("LOG_JSON", True)

@@ -23,7 +23,7 @@ QUERYSET_METHODS = {"filter", "exclude", "all", "select_for_update", "order_by",
 # Models whose changes are audit-logged (beside every model django-simple-history tracks).
 AUDITED = {"Event", "Receipt", "CanonicalChange", "PaymentAllocation", "Journal", "JournalLine", "ExceptionRecord", "ExceptionComment",
            "Approval", "ApprovalDecision", "ApiToken", "EntityAccess", "AuditEntry", "AuditSeal", "AuditDigest",
-           "AuditCheck", "User", "Group", "TOTPDevice", "ReconciliationRun"}
+           "AuditCheck", "User", "Group", "TOTPDevice", "ReconciliationRun", "PartitionArchive"}
 # Work queues and their bookkeeping: their effects (journals posted, callbacks delivered) are audited, the
 # queue rows themselves are not business data.
 OPERATIONAL = {"Outbox": "the outbox relay's hand-off marker", "PostingAttempt": "one ERP call's log row",
@@ -32,7 +32,10 @@ OPERATIONAL = {"Outbox": "the outbox relay's hand-off marker", "PostingAttempt":
                "ReconciliationMark": "an object's last reconciliation status, derived from the audited run (its "
                                      "reconciliation.finished entry counts the marks it changed) and breaks",
                "ItemBalance": "a posted journal's running balance per invoice or payment, kept by a database trigger "
-                              "from the audited posting (no other write is allowed)"}
+                              "from the audited posting (no other write is allowed)",
+               "AuditEntryKey": "an audit entry's id and time, written by a trigger with the entry itself",
+               "EventKey": "an event's identity, written by a trigger with the audited event row",
+               "ReceiptKey": "a receipt's id and month, written by a trigger with the audited receipt row"}
 
 SAME_FUNCTION = "audited in the same function"
 # (path, function) -> (why this bulk or queryset write is fine, how it is audited: SAME_FUNCTION,

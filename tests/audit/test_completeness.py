@@ -208,6 +208,12 @@ def _answered(response, status: int):
     assert response.status_code == status, response.content[:1500]
 
 
+def _retention_refused(actor):
+    # October 2026 is open and inside the seven years kept: refused, and the refusal is audited.
+    with pytest.raises(portal_services.RetentionRefused):
+        portal_services.retention_archive(kind="receipts", month="2026-10", actor=actor)
+
+
 def _ok(response):
     # The admin answers a saved form or a done action with a redirect; 200 would be the form with errors.
     assert response.status_code == 302, response.content[:1500]
@@ -480,6 +486,11 @@ PATHS = [
     Path("command: setup_source_system", lambda c, _: call_command(
         "setup_source_system", "billing-cli", "--callback-url", "https://b.example/h", "--secret-env", "CLI_SECRET",
         stdout=io.StringIO()), {"source_system.created"}),
+    Path("retention refused (month open, kept still)", lambda c, _: _retention_refused(c.carl),
+         {"retention.refused"}, ("portal.services.retention.retention_archive",)),
+    Path("retention policy set", lambda c, _: portal_services.retention_policy_set(
+        kind="events", keep_months=60, location="", actor=c.carl), {"retention.policy_set"},
+         ("portal.services.retention.retention_policy_set",)),
     Path("command: close_period", lambda c, _: call_command("close_period", "US01", "2026-09", stdout=io.StringIO()),
          {"period.closed"}, prepare=lambda c: reconciled(c.entity, 2026, 9)),
     Path("command: audit_digest build", lambda c, _: call_command("audit_digest", "build", "--through", "today",
@@ -777,6 +788,9 @@ ALLOWED = {
     "exceptions_queue.services.approvals.approvals_required": "read",
     "exceptions_queue.services.exceptions.user_by_username": "read",
     "portal.auth_services.client_address": "pure",
+    "portal.services.retention.open_entities": "read",
+    "portal.services.retention.pack_name": "pure",
+    "portal.services.retention.pack_problems": "check: reads the pack and the partition, changes nothing",
     "portal.auth_services.user_2fa_device": "read",
     "portal.auth_services.user_2fa_enrolled": "read",
     "portal.auth_services.connect_signals": "wiring at start-up",

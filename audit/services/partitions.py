@@ -1,0 +1,123 @@
+"""Monthly partitions of the large append-mostly tables (audit entries, receipts, events): made ahead of time by
+beat (`partitions_ensure`), and detached and dropped one archived month at a time (`partition_detach`, called
+by the portal's retention once the month's pack is signed and verified), each step audited."""
+import datetime
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from audit.models import PartitionArchive
+from audit.services.entries import record
+
+# Each partitioned table and its partition key (migrations audit 0006, billing_sync 0013). The audit layer
+# keeps the partitions of all three because it owns the chain the archives must keep provable; it touches
+# the other tables only through this DDL, never their rows.
+PARTITIONED = {"audit_auditentry": "at", "billing_sync_receipt": "received_at", "billing_sync_event": "received_at"}
+# Any fixed 64-bit key: partition DDL one process at a time.
+PARTITION_LOCK_KEY = 0x7061727469  # "parti"
+
+
+def month_first(day: datetime.date) -> datetime.date:
+    return day.replace(day=1)
+
+
+def month_add(month: datetime.date, n: int) -> datetime.date:
+    index = month.year * 12 + month.month - 1 + n
+    return datetime.date(index // 12, index % 12 + 1, 1)
+
+
+def partition_name(table: str, month: datetime.date) -> str:
+    return f"{table}_p{month:%Y%m}"
+
+
+def partitions_list(table: str) -> list[datetime.date]:
+    """The months `table` has a partition of (attached), oldest first; the DEFAULT partition is not one."""
+    with connection.cursor() as cursor:
+        cursor.execute("""SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                          WHERE i.inhparent = %s::regclass ORDER BY c.relname""", [table])
+        names = [r[0] for r in cursor.fetchall()]
+    prefix = f"{table}_p"
+    return [datetime.date(int(n[-6:-2]), int(n[-2:]), 1) for n in names
+            if n.startswith(prefix) and n[len(prefix):].isdigit()]
+
+
+def partitions_ensure(*, months_ahead: int | None = None, today: datetime.date | None = None,
+                      since: datetime.date | None = None, actor="system") -> list[str]:
+    """Create the partitions of this month and the next `months_ahead` (TIEOUT_PARTITIONS_AHEAD) for every
+    partitioned table that lacks them (from the month of `since` when given: history loaded later, such as
+    a backfill); audited (`partitions.created`) when it made any. Idempotent.
+
+    Made ahead so that rows never land in the DEFAULT partition: a month whose rows sit there could only
+    get its partition after they were moved out.
+    """
+    months_ahead = settings.TIEOUT_PARTITIONS_AHEAD if months_ahead is None else months_ahead
+    current = month_first(today or timezone.now().astimezone(datetime.UTC).date())
+    first = month_first(min(since, current)) if since else current
+    months = (current.year - first.year) * 12 + current.month - first.month + months_ahead
+    created = []
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PARTITION_LOCK_KEY])
+            for n in range(months + 1):
+                for table in PARTITIONED:
+                    cursor.execute("SELECT tieout_partition_create(%s, %s)", [table, month_add(first, n)])
+                    name = cursor.fetchone()[0]
+                    if name:
+                        created.append(name)
+        if created:
+            record(actor=actor, action="partitions.created", object_type="partitions", object_id=f"{first:%Y-%m}",
+                   after={"created": created, "months_ahead": months_ahead})
+    return created
+
+
+def partition_rows(table: str, month: datetime.date) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f'SELECT count(*) FROM "{partition_name(table, month)}"')
+        return cursor.fetchone()[0]
+
+
+def partition_detach(*, table: str, month: datetime.date, rows: int, pack_name: str, location: str,
+                     pack_sha256: str, actor, first_seq: int | None = None, last_seq: int | None = None,
+                     resume_day: datetime.date | None = None) -> PartitionArchive:
+    """Detach and drop `table`'s partition of `month`, whose `rows` rows the caller archived and verified
+    (`pack_name` at `location`, SHA-256 `pack_sha256`); records where they went (`PartitionArchive`) and
+    audits it (`partition.detached`), all in one transaction.
+
+    Refuses (ValueError) when the partition holds another number of rows than the pack: rows written after
+    the pack was made would be lost. The detach takes the table's ACCESS EXCLUSIVE lock for an instant.
+    """
+    if table not in PARTITIONED:
+        raise ValueError(f"{table} is not partitioned")
+    name = partition_name(table, month)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PARTITION_LOCK_KEY])
+            cursor.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+            found = partition_rows(table, month)
+            if found != rows:
+                raise ValueError(f"{name} holds {found} rows, the archive {rows}: not detached")
+            # Deferred foreign-key checks still pending on its rows (written in this transaction) run now:
+            # PostgreSQL drops no table with trigger events pending.
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            cursor.execute(f'ALTER TABLE "{table}" DETACH PARTITION "{name}"')
+            cursor.execute(f'DROP TABLE "{name}"')
+        archive = PartitionArchive.objects.create(
+            table=table, month=month, partition=name, rows=rows, pack_name=pack_name, location=location,
+            pack_sha256=pack_sha256, first_seq=first_seq, last_seq=last_seq, resume_day=resume_day,
+            actor=str(actor))
+        record(actor=actor, action="partition.detached", object_type="partition", object_id=name,
+               after={"table": table, "month": f"{month:%Y-%m}", "rows": rows, "pack": pack_name,
+                      "location": location, "pack_sha256": pack_sha256, "first_seq": first_seq,
+                      "last_seq": last_seq, "resume_day": resume_day.isoformat() if resume_day else None})
+    return archive
+
+
+def chain_resume_day() -> datetime.date | None:
+    """The day of the signed digest verification starts from once audit entries were archived, or None."""
+    with connection.cursor() as cursor:  # a database migrated back before the table (audit's migration tests)
+        cursor.execute("SELECT to_regclass('audit_partitionarchive') IS NOT NULL")
+        if not cursor.fetchone()[0]:
+            return None
+    return (PartitionArchive.objects.filter(table="audit_auditentry", resume_day__isnull=False)
+            .order_by("-resume_day").values_list("resume_day", flat=True).first())

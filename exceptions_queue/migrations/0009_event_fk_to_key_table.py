@@ -1,0 +1,26 @@
+"""Events' foreign keys here stop pointing at billing_sync_event, which billing_sync 0013 partitions by month
+(PostgreSQL cannot reference the id alone of a partitioned table); billing_sync 0014 points them at the key
+table billing_sync_eventkey instead, so the reference stays enforced by the database (deferrable, as before)."""
+import django.db.models.deletion
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+
+    dependencies = [
+        ('billing_sync', '0012_reconciliation_mark_lean'),
+        ('exceptions_queue', '0008_reconciliation_and_period_approvals'),
+    ]
+
+    operations = [
+        migrations.AlterField(
+            model_name='approval',
+            name='event',
+            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='approvals', to='billing_sync.event'),
+        ),
+        migrations.AlterField(
+            model_name='exceptionrecord',
+            name='event',
+            field=models.ForeignKey(blank=True, db_constraint=False, null=True, on_delete=django.db.models.deletion.PROTECT, related_name='exceptions', to='billing_sync.event'),
+        ),
+    ]

@@ -1,0 +1,195 @@
+"""Monthly partitions of audit entries, receipts and events (issue 13 item 4): made ahead of time by beat's
+task, rows landing in their month, the key tables keeping every uniqueness guarantee (identity, seq,
+Idempotency-Key, entry ids) and every foreign key, and the migrations copying existing rows."""
+import datetime
+import json
+import uuid
+
+import pytest
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+from django.db.migrations.executor import MigrationExecutor
+from django.utils import timezone
+
+from audit import services as audit
+from audit import tasks
+from audit.models import AuditEntry
+from billing_sync import services
+from billing_sync.models import Event, EventKey, Receipt, ReceiptKey
+from tests import factories as f
+from tests.audit.helpers import sealed
+
+HEADERS = {"Content-Type": "application/json", "Idempotency-Key": "k-1"}
+
+
+def _this_month() -> datetime.date:
+    return timezone.now().astimezone(datetime.UTC).date().replace(day=1)
+
+
+def _exists(name: str) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [name])
+        return cursor.fetchone()[0]
+
+
+def _partition_of(table: str, pk) -> str:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT tableoid::regclass::text FROM {table} WHERE id = %s", [pk])
+        return cursor.fetchone()[0]
+
+
+def _latest_migrations():
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+@pytest.fixture(autouse=True)
+def _migrated(django_db_blocker):
+    # Another test module may leave audit at an older migration (tests/audit/test_migration_content.py).
+    with django_db_blocker.unblock():
+        _latest_migrations()
+
+
+def test_beat_runs_partitions_ensure_daily():
+    entry = settings.CELERY_BEAT_SCHEDULE["partitions-ensure"]
+    assert entry["task"] == "audit.tasks.ensure_partitions" == tasks.ensure_partitions.name
+    assert entry["schedule"] <= 86400.0
+
+
+@pytest.mark.django_db
+def test_beats_task_creates_the_next_months_partitions_ahead_of_time_audited():
+    ahead = [audit.month_add(_this_month(), n) for n in range(settings.TIEOUT_PARTITIONS_AHEAD + 1)]
+    last = ahead[-1]
+    with connection.cursor() as cursor:  # as if the months ahead had not been made yet
+        for table in audit.PARTITIONED:
+            cursor.execute(f'DROP TABLE "{audit.partition_name(table, last)}"')
+    assert not _exists(audit.partition_name("billing_sync_event", last))
+
+    tasks.ensure_partitions.delay()
+
+    for table in audit.PARTITIONED:
+        assert set(ahead) <= set(audit.partitions_list(table))
+    created = AuditEntry.objects.get(action="partitions.created")
+    assert sorted(created.after["created"]) == sorted(audit.partition_name(t, last) for t in audit.PARTITIONED)
+    assert audit.partitions_ensure() == []  # idempotent: nothing more to make, nothing audited
+    assert AuditEntry.objects.filter(action="partitions.created").count() == 1
+
+
+@pytest.mark.django_db
+def test_rows_land_in_their_months_partition(entity):
+    answer = services.event_receive(body=json.dumps(f.customer()).encode(), user=None, headers=HEADERS)
+    assert answer.status == 202
+    month = f"{_this_month():%Y%m}"
+    event = Event.objects.get(pk=answer.body["id"])
+    assert _partition_of("billing_sync_event", event.pk) == f"billing_sync_event_p{month}"
+    assert _partition_of("billing_sync_receipt", event.receipt_id) == f"billing_sync_receipt_p{month}"
+    entry = AuditEntry.objects.get(action="event.received", event_id=event.pk)
+    assert _partition_of("audit_auditentry", entry.pk) == f"audit_auditentry_p{month}"
+    key = EventKey.objects.get(pk=event.pk)
+    assert (key.source_system, key.event_id, key.seq, key.idempotency_key) == (
+        event.source_system, event.event_id, event.seq, "k-1")
+    assert ReceiptKey.objects.filter(pk=event.receipt_id).exists()
+
+
+@pytest.mark.django_db
+def test_the_key_tables_keep_every_uniqueness_guarantee(entity):
+    answer = services.event_receive(body=json.dumps(f.customer()).encode(), user=None, headers=HEADERS)
+    event = Event.objects.get(pk=answer.body["id"])
+    columns = ("id, source_system, event_id, type, entity_code, occurred_at, payload, payload_hash, idempotency_key, "
+               "status, correlation_id, received_at, response_body, attempts")
+
+    def insert(*, identity=None, key=None, on_conflict=""):
+        source, external = identity or (event.source_system, f"other-{uuid.uuid4()}")
+        with connection.cursor() as cursor:
+            cursor.execute(f"""INSERT INTO billing_sync_event ({columns}) VALUES
+                (%s, %s, %s, 'customer.upserted', 'US01', now(), '{{}}', 'h', %s, 'accepted', '', %s, '{{}}', 0)
+                {on_conflict} RETURNING id""", [uuid.uuid4(), source, external, key, timezone.now()])
+            return cursor.fetchone()
+
+    for kwargs, constraint in (({"identity": (event.source_system, event.event_id)}, "event_unique_identity"),
+                               ({"key": "k-1"}, "event_unique_idem_key")):
+        with pytest.raises(IntegrityError, match=constraint), transaction.atomic():
+            insert(**kwargs)
+        # As on the unpartitioned table, an INSERT ... ON CONFLICT DO NOTHING skips the row instead.
+        assert insert(**kwargs, on_conflict="ON CONFLICT DO NOTHING") is None
+    with pytest.raises(IntegrityError, match="event_unique_seq"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"""INSERT INTO billing_sync_event ({columns}, seq) SELECT %s, source_system, 'again', type,
+                           entity_code, occurred_at, payload, payload_hash, NULL, status, correlation_id,
+                           received_at, response_body, attempts, seq FROM billing_sync_event WHERE id = %s""",
+                       [uuid.uuid4(), event.pk])
+    with pytest.raises(Exception, match="never change"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("UPDATE billing_sync_event SET seq = seq + 1000 WHERE id = %s", [event.pk])
+    assert insert() is not None  # a new identity is welcome
+    with pytest.raises(IntegrityError), transaction.atomic(), connection.cursor() as cursor:  # entry ids
+        entry = AuditEntry.objects.filter(action="event.received").first()
+        cursor.execute("""INSERT INTO audit_auditentry (id, at, actor, action, object_type, object_id, event_id,
+                          correlation_id, content, entry_hash) SELECT id, at + interval '40 days', actor, action,
+                          object_type, object_id, event_id, correlation_id, content, entry_hash
+                          FROM audit_auditentry WHERE id = %s""", [entry.pk])
+    assert Event.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_foreign_keys_point_at_the_key_tables(entity):
+    with pytest.raises(IntegrityError, match="fk_key"), transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("""INSERT INTO billing_sync_event (id, source_system, event_id, type, entity_code, occurred_at,
+                          payload, payload_hash, status, correlation_id, received_at, receipt_id, response_body,
+                          attempts) VALUES (%s, 's', 'e', 't', 'US01', now(), '{}', 'h', 'accepted', '', now(),
+                          987654321, '', 0)""", [uuid.uuid4()])
+
+
+@pytest.mark.django_db
+def test_a_row_moved_to_another_month_keeps_its_key(entity):
+    answer = services.event_receive(body=json.dumps(f.customer()).encode(), user=None, headers={})
+    event = Event.objects.get(pk=answer.body["id"])
+    earlier = timezone.now() - datetime.timedelta(days=62)
+    audit.partitions_ensure(since=earlier.date())
+    Event.objects.filter(pk=event.pk).update(received_at=earlier)  # as the demo loader back-dates its history
+    Receipt.objects.filter(pk=event.receipt_id).update(received_at=earlier)
+    assert _partition_of("billing_sync_event", event.pk) == audit.partition_name(
+        "billing_sync_event", earlier.astimezone(datetime.UTC).date().replace(day=1))
+    assert EventKey.objects.get(pk=event.pk).received_at == earlier
+    assert ReceiptKey.objects.get(pk=event.receipt_id).received_at == earlier
+    with pytest.raises(Exception, match="never change"), transaction.atomic():
+        Event.objects.filter(pk=event.pk).update(event_id="renamed")
+
+
+@pytest.mark.django_db
+def test_the_audit_chain_verifies_on_the_partitioned_log():
+    sealed(5)
+    result = audit.chain_verify(roots=True)
+    assert result.ok and result.count >= 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migrations_copy_existing_rows(entity):
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate([("audit", "0005_entry_content"), ("billing_sync", "0012_reconciliation_mark_lean")])
+    try:
+        answers = [services.event_receive(body=json.dumps(f.customer()).encode(), user=None,
+                                          headers={"Idempotency-Key": f"m-{n}"}) for n in range(3)]
+        assert [a.status for a in answers] == [202] * 3
+        audit.chain_seal()
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_partitioned_table")
+            assert cursor.fetchone()[0] == 0
+            cursor.execute("SELECT (SELECT count(*) FROM audit_auditentry), (SELECT count(*) FROM billing_sync_event),"
+                           " (SELECT count(*) FROM billing_sync_receipt)")
+            before = cursor.fetchone()
+    finally:
+        _latest_migrations()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_partitioned_table")
+        assert cursor.fetchone()[0] == 3
+        cursor.execute("SELECT (SELECT count(*) FROM audit_auditentry), (SELECT count(*) FROM billing_sync_event),"
+                       " (SELECT count(*) FROM billing_sync_receipt)")
+        assert cursor.fetchone() == before
+    assert EventKey.objects.count() == 3 and ReceiptKey.objects.count() == 3
+    assert audit.chain_verify(roots=True).ok
+    again = services.event_receive(body=json.dumps(Event.objects.first().payload).encode(), user=None,
+                                   headers={"Idempotency-Key": "m-0"})
+    assert again.status in (200, 409)  # the identity stayed taken across the migration
+    assert Event.objects.count() == 3

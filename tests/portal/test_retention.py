@@ -1,0 +1,187 @@
+"""Retention (issue 13 item 5) on real PostgreSQL partitions: a closed month archived into a signed pack,
+verified, then detached (the audit chain still provable from the signed digests: `audit_verify --from-digest`,
+an archived event's trace answering 410 `archived` with its pack); refused, with nothing removed, for an open
+month, a month kept still, or a pack that does not verify."""
+import datetime
+import io
+import json
+import zipfile
+from unittest import mock
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from audit import services as audit
+from audit import verify_evidence
+from audit.models import AuditEntry, PartitionArchive
+from billing_sync import services as billing
+from billing_sync.models import Event, EventKey
+from ledger import services as ledger
+from portal import services
+from portal.models import RetentionPolicy
+from tests import factories as f
+from tests.audit.helpers import verify_cmd
+
+
+def _today() -> datetime.date:
+    return timezone.now().astimezone(datetime.UTC).date()
+
+
+def _month() -> datetime.date:
+    """Two months back: a month that is over (the policies in these tests keep nothing after it ends)."""
+    return audit.month_add(_today().replace(day=1), -2)
+
+
+def _exists(table: str, month: datetime.date) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [audit.partition_name(table, month)])
+        return cursor.fetchone()[0]
+
+
+@pytest.fixture
+def history(entity, tmp_path):
+    """Two events received in `_month()` (their receipts and audit entries there too), one today, digests
+    signed through tomorrow, and policies keeping nothing after a month ends, writing packs to tmp_path."""
+    month = _month()
+    for kind in RetentionPolicy.Kind.values:
+        RetentionPolicy.objects.update_or_create(kind=kind, defaults={"keep_months": 0, "location": str(tmp_path)})
+    audit.partitions_ensure(since=month)
+    then = datetime.datetime.combine(month.replace(day=14), datetime.time(12), tzinfo=datetime.UTC)
+    old = []
+    for n in range(2):
+        with mock.patch("django.utils.timezone.now", return_value=then + datetime.timedelta(minutes=n)):
+            old.append(billing.event_receive(body=json.dumps(f.customer()).encode(), user=None, headers={}))
+    audit.digests_build(through=_today())
+    billing.event_receive(body=json.dumps(f.customer()).encode(), user=None, headers={})
+    audit.digests_build(through=_today() + datetime.timedelta(days=1))  # signs what follows the old month
+    return month, [a.body["id"] for a in old]
+
+
+def _close(entity, month):
+    ledger.period_set_status(entity=entity, year=month.year, month=month.month, status="closed", actor="tester")
+
+
+@pytest.mark.django_db
+def test_a_closed_month_is_archived_verified_then_detached_and_the_chain_stays_provable(entity, history, finance):
+    month, old_ids = history
+    _close(entity, month)
+    end = datetime.datetime.combine(audit.month_add(month, 1), datetime.time.min, tzinfo=datetime.UTC)
+    assert AuditEntry.objects.filter(at__lt=end, action="event.received").count() == 2
+
+    outcomes = {kind: services.retention_archive(kind=kind, month=f"{month:%Y-%m}", actor="controller")
+                for kind in ("events", "receipts", "audit_entries")}
+
+    for kind, table in (("events", "billing_sync_event"), ("receipts", "billing_sync_receipt"),
+                        ("audit_entries", "audit_auditentry")):
+        outcome = outcomes[kind]
+        assert outcome.detached and outcome.rows == 2 and not _exists(table, month)
+        assert month not in audit.partitions_list(table)
+        archive = PartitionArchive.objects.get(table=table, month=month)
+        assert (archive.pack_name, archive.rows) == (f"tieout-retention-{kind}-{month:%Y-%m}.zip", 2)
+        # The pack checks offline with the evidence pack's verifier: signature by the audit key, every file.
+        report = verify_evidence.Report()
+        with zipfile.ZipFile(outcome.path) as pack:
+            manifest, _ = verify_evidence.check_manifest(pack, report, None)
+        assert not report.failures and manifest["format"] == "tieout-retention/1" and manifest["rows"] == 2
+    assert not Event.objects.filter(pk__in=old_ids).exists()
+    assert EventKey.objects.filter(pk__in=old_ids).count() == 2  # identities stay taken
+    actions = set(AuditEntry.objects.filter(object_type__in=["retention", "partition"]).values_list("action", flat=True))
+    assert actions == {"retention.archived", "retention.verified", "partition.detached"}
+
+    # The chain without the archived entries: provable from the signed digest that follows them.
+    resume = outcomes["audit_entries"].resume_day
+    assert resume is not None
+    assert verify_cmd("--from-digest", resume.isoformat())[0] == 0
+    assert verify_cmd()[0] == 0  # "from the start" starts there too: the daily full check stays green
+    assert audit.chain_check(full=True).ok
+
+    # The trace of an archived event says where its bytes went.
+    answer = finance.get(f"/api/v1/events/{old_ids[0]}/trace")
+    assert answer.status_code == 410, answer.content
+    body = answer.json()
+    assert body["code"] == "archived"
+    assert body["archive"]["pack"] == f"tieout-retention-events-{month:%Y-%m}.zip"
+    assert body["archive"]["location"] == str(outcomes["events"].path.parent)
+    assert body["archive"]["sha256"] == outcomes["events"].pack_sha256
+    assert APIClient().get(f"/api/v1/events/{old_ids[0]}/trace").status_code in (401, 403)
+
+
+@pytest.mark.django_db
+def test_refused_for_an_open_month_nothing_removed(entity, history):
+    month, old_ids = history
+    with pytest.raises(services.RetentionRefused) as refused:
+        services.retention_archive(kind="events", month=month, actor="controller")
+    assert refused.value.code == "retention_month_open" and "US01" in refused.value.detail
+    assert _exists("billing_sync_event", month) and Event.objects.filter(pk__in=old_ids).count() == 2
+    assert not PartitionArchive.objects.exists()
+    entry = AuditEntry.objects.get(action="retention.refused")
+    assert entry.after["code"] == "retention_month_open"
+    with pytest.raises(CommandError, match="retention_month_open"):
+        call_command("retention_archive", "events", f"{month:%Y-%m}", stdout=io.StringIO())
+
+
+@pytest.mark.django_db
+def test_refused_while_the_policy_keeps_the_month(entity, history):
+    month, _ = history
+    _close(entity, month)
+    RetentionPolicy.objects.filter(kind="receipts").update(keep_months=84)
+    with pytest.raises(services.RetentionRefused) as refused:
+        services.retention_archive(kind="receipts", month=month)
+    assert refused.value.code == "retention_too_recent"
+    assert _exists("billing_sync_receipt", month)
+
+
+@pytest.mark.django_db
+def test_refused_for_a_pack_that_does_not_verify(entity, history):
+    month, old_ids = history
+    _close(entity, month)
+    written = services.retention_archive(kind="events", month=month, detach=False)
+    assert not written.detached and _exists("billing_sync_event", month)
+    # Tamper with the pack as kept in cold storage: one event's payload changed, the manifest left as signed.
+    tampered = written.path.with_name("tampered.zip")
+    with zipfile.ZipFile(written.path) as src, zipfile.ZipFile(tampered, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "billing_sync_event.csv":
+                data = data.replace(b"Acme Corp", b"Acme Corq", 1)
+            dst.writestr(item, data)
+
+    with pytest.raises(services.RetentionRefused) as refused:
+        services.retention_archive(kind="events", month=month, pack=tampered)
+    assert refused.value.code == "retention_archive_unverified"
+    assert "SHA-256" in refused.value.detail
+    assert _exists("billing_sync_event", month) and Event.objects.filter(pk__in=old_ids).count() == 2
+    assert not PartitionArchive.objects.exists()
+
+    # The untouched copy verifies and is the one recorded (the command, as an operator runs it).
+    out = io.StringIO()
+    call_command("retention_archive", "events", f"{month:%Y-%m}", "--pack", str(written.path), stdout=out)
+    assert "archived and detached: 2 rows" in out.getvalue()
+    assert not _exists("billing_sync_event", month)
+    assert PartitionArchive.objects.get(table="billing_sync_event").pack_name == written.path.name
+
+
+@pytest.mark.django_db
+def test_audit_entries_wait_for_a_signed_digest_after_them(entity, history):
+    month, _ = history
+    _close(entity, month)
+    with mock.patch("django.utils.timezone.now",
+                    return_value=datetime.datetime.combine(month.replace(day=20), datetime.time(9),
+                                                           tzinfo=datetime.UTC)):
+        billing.event_receive(body=json.dumps(f.customer()).encode(), user=None, headers={})  # sealed after them
+    with pytest.raises(services.RetentionRefused) as refused:
+        services.retention_archive(kind="audit_entries", month=month)
+    assert refused.value.code == "retention_no_digest"
+    assert _exists("audit_auditentry", month)
+
+
+@pytest.mark.django_db
+def test_the_policy_command_shows_and_sets_audited(tmp_path):
+    out = io.StringIO()
+    call_command("retention_policy", "events", "--keep-months", "120", "--location", str(tmp_path), stdout=out)
+    assert f"events: kept 120 months after the month ends; packs in {tmp_path}" in out.getvalue()
+    entry = AuditEntry.objects.get(action="retention.policy_set", object_id="events")
+    assert entry.after == {"keep_months": 120, "location": str(tmp_path)} and entry.actor == "cli:retention_policy"
