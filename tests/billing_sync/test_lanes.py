@@ -3,18 +3,28 @@ goes to that lane's queue, the lane of the event's customer (named in it, or fou
 payment), else of the first document it changes; eager mode keeps one ordered message. Then a real worker
 of two processes consuming every lane processes several customers' interleaved histories, sent as one
 batch (so several lanes' messages are in flight at once), with the outcome of one-at-a-time processing and
-each document's events processed in acceptance order."""
+each document's events processed in acceptance order; and, where a RabbitMQ virtual host is named
+(TIEOUT_TEST_AMQP_URL), the same lanes on RabbitMQ."""
+import os
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
+from django.db import connection
 from django.db.models import F
 
 from billing_sync import dispatch, ordering, tasks
 from billing_sync.models import Event, Invoice
 from billing_sync.services import processing
 from config import lanes
+from config.celery import app
 from exceptions_queue.models import ExceptionRecord
 from tests import factories as f
+from tests.conftest import BASE_DIR, CeleryWorkerProcess, _reset_broker_pools, _stop, _test_database_url
+from tests.fixtures import integration_client, setup_us01
 from tests.helpers import send, wait_until
 from tests.histories import eager, outcome, settled
 
@@ -102,6 +112,18 @@ def _send_batch(client, payloads) -> None:
     assert response.status_code < 300, response.content
 
 
+def _wait_at_rest(prefix: str, count: int, worker, timeout: float = 90) -> None:
+    streak = 0
+
+    def at_rest() -> bool:
+        nonlocal streak
+        streak = streak + 1 if settled(prefix, count) else 0
+        return streak >= 3  # still at rest after a few polls: nothing was in flight
+
+    wait_until(at_rest, timeout=timeout, interval=0.2,
+               message=lambda: f"run {prefix} did not settle\n{worker.log_tail()}")
+
+
 @pytest.mark.worker
 @pytest.mark.slow
 def test_a_two_process_worker_on_every_lane_keeps_each_documents_order(live_worker, us01, source, settings):
@@ -118,15 +140,7 @@ def test_a_two_process_worker_on_every_lane_keeps_each_documents_order(live_work
                 _send_batch(source, payloads)
         else:
             _send_batch(source, payloads)
-            streak = 0
-
-            def at_rest() -> bool:
-                nonlocal streak
-                streak = streak + 1 if settled(prefix, len(payloads)) else 0
-                return streak >= 3
-
-            wait_until(at_rest, timeout=90, interval=0.2,
-                       message=lambda: f"run {prefix} did not settle\n{live_worker.log_tail()}")
+            _wait_at_rest(prefix, len(payloads), live_worker)
         results.append(outcome(prefix))
     reference, workers = results
     assert workers == reference
@@ -149,3 +163,47 @@ def test_a_two_process_worker_on_every_lane_keeps_each_documents_order(live_work
         assert (invoice.version, invoice.total) == (2, 120)  # the amendment was not taken for stale
         assert Invoice.objects.filter(invoice_id=f"{prefix}c{n}_inv2", status="voided").exists()
     assert not Invoice.objects.filter(invoice_id__startswith=prefix, applied_total__gt=F("total")).exists()
+
+
+AMQP_URL = os.environ.get("TIEOUT_TEST_AMQP_URL", "")
+
+
+@pytest.mark.worker
+@pytest.mark.slow
+@pytest.mark.skipif(not AMQP_URL, reason="set TIEOUT_TEST_AMQP_URL to a RabbitMQ virtual host of the tests' own")
+def test_the_lanes_work_on_rabbitmq(transactional_db, settings, tmp_path):
+    """A two-process worker on RabbitMQ (`CELERY_BROKER_URL=amqp://...`) declares and drains the lanes."""
+    setup_us01()
+    client = integration_client()
+    nodename = f"tieout-amqp-{os.getpid()}@localhost"
+    worker = CeleryWorkerProcess(app, nodename, AMQP_URL, _test_database_url(connection.settings_dict),
+                                 tmp_path / "worker.log")
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="config.settings.test", CELERY_TASK_ALWAYS_EAGER="false",
+               DATABASE_URL=worker.database_url, CELERY_BROKER_URL=AMQP_URL, PYTHONUNBUFFERED="1")
+    argv = [str(Path(sys.executable).parent / "celery"), "-A", "config", "worker", "-Q", "celery,posting,callbacks", "--pool=prefork", "-c", "2", "-l", "warning",
+            "-n", nodename, "--without-gossip", "--without-mingle", "--purge"]
+    previous = (app.conf.broker_url, app.conf.task_always_eager)
+    app.conf.broker_url, app.conf.task_always_eager = AMQP_URL, False
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    _reset_broker_pools(app)
+    with open(worker.log_path, "wb") as log:
+        worker.process = subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not worker.ping(timeout=0.5):
+                assert worker.process.poll() is None and time.monotonic() < deadline, worker.log_tail()
+            queues = {q["name"] for q in worker.inspect().active_queues()[nodename]}
+            assert set(lanes.all_queues()) <= queues
+            prefix = f"q{uuid.uuid4().hex[:8]}_"
+            payloads = _interleaved(prefix, 4)
+            _send_batch(client, payloads)
+            _wait_at_rest(prefix, len(payloads), worker)
+            events = Event.objects.filter(event_id__startswith=prefix)
+            assert len({dispatch.lanes_of([str(e.pk)])[str(e.pk)] for e in events}) >= 2
+            assert not events.filter(status__in=["accepted", "exception"]).exists()
+            assert Invoice.objects.filter(invoice_id__startswith=prefix, version=2).count() == 4
+        finally:
+            _stop(worker.process)
+            app.conf.broker_url, app.conf.task_always_eager = previous
+            _reset_broker_pools(app)
