@@ -144,6 +144,9 @@ class CpuMeter:
 def drain(env: dict, port: int, token: str, processes: int) -> dict:
     tag = f"p{processes}{c.run_id()}"
     events = backlog(tag)
+    # What the last worker left queued: wake-ups of events it had already processed (a processed event wakes
+    # the accepted events after it on its documents); here they would only be no-ops for the next worker.
+    c.flush_redis()
     sent_in = send_batches(port, token, events)
     queued, before = -1, c.redis_queue_length()
     while queued != before:  # the web processes' dispatchers publish a few milliseconds after the commit
