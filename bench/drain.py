@@ -10,8 +10,9 @@ answer to a ping until every event of the backlog is `posted` (journal in the bu
 per size: events processed per second and posted per second (the database's stamps: the first event's
 `processed_at` to the last `processed_at`, and to the last journal's `posted_at`), the
 PostgreSQL statements and commits per event (counted in the worker processes, bench/_counting_worker.py),
-and where the CPU went (PostgreSQL backends vs worker processes vs the rest, from /proc) with the load
-average: what saturates first on this machine.
+and where the CPU went (the bench database's PostgreSQL backends vs the worker's processes vs the rest, from
+/proc), also per event (which depends much less than rates on what else runs on the machine), with the load average:
+what saturates first.
 
 Knobs (environment): BENCH_N (1000), BENCH_CUSTOMERS (N / 10, at least 16), BENCH_SIZES (1,2,4),
 BENCH_DRAIN_TIMEOUT (900 s per size), and the common ones (BENCH_PG_URL, BENCH_REDIS_URL, BENCH_DB).
@@ -232,19 +233,21 @@ def main() -> None:
               f"**{result['posted_rate']:.0f} events/s**; {result['statements']:.1f} SQL statements and "
               f"{result['commits']:.2f} commits per event; CPU {busy / result['elapsed']:.2f} of "
               f"{os.cpu_count()} cores: PostgreSQL {cpu['postgres'] / busy:.0%}, worker {cpu['worker'] / busy:.0%}, "
-              f"other {cpu['other'] / busy:.0%}; load average {result['load']:.2f}")
+              f"other {cpu['other'] / busy:.0%}; CPU per event: worker {cpu['worker'] / result['events'] * 1000:.1f} ms, "
+              f"PostgreSQL {cpu['postgres'] / result['events'] * 1000:.1f} ms; load average {result['load']:.2f}")
     c.stop(server)
 
     c.say("")
     c.say("| worker processes | events | processed/s | posted/s | SQL statements / event | commits / event "
-          "| CPU cores busy (PostgreSQL / worker / other) | load average |")
-    c.say("|---|---|---|---|---|---|---|---|")
+          "| CPU cores busy (PostgreSQL / worker / other) | CPU ms per event (worker / PostgreSQL) | load average |")
+    c.say("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         cpu = r["cpu"]
         c.say(f"| {r['processes']} | {r['events']} | {r['processed_rate']:.0f} | {r['posted_rate']:.0f} | "
               f"{r['statements']:.1f} | {r['commits']:.2f} | {sum(cpu.values()) / r['elapsed']:.2f} "
               f"({cpu['postgres'] / r['elapsed']:.2f} / {cpu['worker'] / r['elapsed']:.2f} / "
-              f"{cpu['other'] / r['elapsed']:.2f}) | {r['load']:.2f} |")
+              f"{cpu['other'] / r['elapsed']:.2f}) | {cpu['worker'] / r['events'] * 1000:.1f} / "
+              f"{cpu['postgres'] / r['events'] * 1000:.1f} | {r['load']:.2f} |")
 
 
 if __name__ == "__main__":
