@@ -159,10 +159,13 @@ def flush_redis() -> None:
     client.close()
 
 
-def redis_queue_length(queue: str = "celery") -> int:
+def redis_queue_length(queue: str | None = None) -> int:
+    """Messages waiting in one queue, or (no name) in the processing queues: `celery` and the event lanes."""
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        return client.llen(queue)
+        if queue is not None:
+            return client.llen(queue)
+        return client.llen("celery") + sum(client.llen(key) for key in client.scan_iter(match="events.*"))
     finally:
         client.close()
 

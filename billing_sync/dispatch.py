@@ -3,28 +3,88 @@ is the committed `accepted` event row; ids are buffered in memory and a daemon t
 in chunks every few milliseconds (a list append instead of a ~1.5 ms broker round trip). Ids lost with the
 process or a down broker are re-scheduled by the beat sweep (`events_sweep_accepted`); processing is
 idempotent. In Celery eager mode (tests) ids are published at once in the caller's thread, and follow-up
-wake-ups queue behind the current event, so chains of held events run as a loop in scheduling order."""
+wake-ups queue behind the current event, so chains of held events run as a loop in scheduling order.
+Outside eager mode each message holds one lane's events and goes to that lane's queue (`config.lanes`): the
+lane of the event's customer (named in the event, or found through its invoice or payment), else of the
+first document it changes, read for the whole flush in one query."""
 import atexit
 import collections
 import os
 import threading
+import zlib
 
 import structlog
 from django.conf import settings
+from django.db import DatabaseError, connection
 
-from billing_sync import tasks
+from billing_sync import ordering, tasks
+from config import lanes
 
 log = structlog.get_logger("tieout.dispatch")
 
 CHUNK = 50
 FLUSH_INTERVAL = 0.01  # seconds
+IDLE_SECONDS = 1.0
+
+
+# The route key of each event: its customer, named in the payload or through the invoice or payment it
+# is about (the canonical document, when it exists already), else the first document the event changes.
+_ROUTES = f"""
+SELECT e.id::text, e.source_system,
+       COALESCE(e.payload->'data'->>'customer_id', ic.customer_id, pc.customer_id),
+       (SELECT min(substr(k, {len(ordering.WRITE) + 1})) FROM unnest(e.order_keys) k WHERE k LIKE '{ordering.WRITE}%%')
+FROM billing_sync_event e
+LEFT JOIN billing_sync_invoice i
+       ON i.source_system = e.source_system AND i.invoice_id = e.payload->'data'->>'invoice_id'
+LEFT JOIN billing_sync_customer ic ON ic.id = i.customer_id
+LEFT JOIN billing_sync_payment p
+       ON p.source_system = e.source_system AND p.payment_id = e.payload->'data'->>'payment_id'
+LEFT JOIN billing_sync_customer pc ON pc.id = p.customer_id
+WHERE e.id = ANY(%s::uuid[])
+"""
+
+
+def route_key(*, source_system: str, customer_id: str | None, first_write: str | None, event_id: str) -> str:
+    if customer_id:
+        return ordering.document_key("customer", source_system, customer_id)
+    return first_write or f"event:{event_id}"
+
+
+def lanes_of(event_ids: list[str]) -> dict[str, int]:
+    """Each event's lane; an event the query cannot read (gone, or the database unreachable) gets the lane of
+    its id: any lane is correct, order being kept under the row lock."""
+    count = lanes.count()
+    found: dict[str, int] = {}
+    try:
+        if not connection.in_atomic_block:  # the dispatcher thread's connection outlives requests: renew it
+            connection.close_if_unusable_or_obsolete()
+        with connection.cursor() as cursor:
+            cursor.execute(_ROUTES, [event_ids])
+            for event_id, source_system, customer_id, first_write in cursor.fetchall():
+                key = route_key(source_system=source_system, customer_id=customer_id, first_write=first_write,
+                                event_id=event_id)
+                found[event_id] = lanes.lane_of(key, count)
+    except DatabaseError as exc:
+        log.warning("events.route_failed", count=len(event_ids), error=str(exc))
+    return {i: found[i] if i in found else zlib.crc32(i.encode()) % count for i in event_ids}
+
+
+def _messages(event_ids: list[str]) -> list[tuple[str | None, list[str]]]:
+    """(queue, ids) per message: in eager mode the ids in order (no queue: they run here, now); otherwise
+    grouped by lane, in order within a lane."""
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return [(None, event_ids[start:start + CHUNK]) for start in range(0, len(event_ids), CHUNK)]
+    by_lane: dict[int, list[str]] = {}
+    for event_id, lane in lanes_of(event_ids).items():
+        by_lane.setdefault(lane, []).append(event_id)
+    return [(lanes.queue_name(lane), ids[start:start + CHUNK])
+            for lane, ids in by_lane.items() for start in range(0, len(ids), CHUNK)]
 
 
 def publish(event_ids: list[str]) -> None:
-    for start in range(0, len(event_ids), CHUNK):
-        ids = event_ids[start:start + CHUNK]
+    for queue, ids in _messages([str(i) for i in event_ids]):
         try:
-            tasks.process_events.apply_async(args=[ids])
+            tasks.process_events.apply_async(args=[ids], **({"queue": queue} if queue else {}))
         except Exception as exc:  # broker down: the sweep re-schedules accepted events
             log.warning("events.schedule_failed", count=len(ids), error=str(exc))
             return
@@ -53,7 +113,9 @@ class _Dispatcher:
 
     def run(self) -> None:
         while True:
-            self.wake.wait()
+            if not self.wake.wait(IDLE_SECONDS):
+                connection.close()  # quiet: no database session held per process for the lane query
+                self.wake.wait()
             self.wake.clear()
             self.wake.wait(FLUSH_INTERVAL)  # let a burst gather into fewer, larger messages
             self.flush()

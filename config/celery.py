@@ -1,13 +1,16 @@
 """The Celery application: `celery -A config worker` loads Django settings (namespace CELERY_). At worker
 start we refuse a Redis visibility timeout shorter than the longest countdown a task may wait (backoff cap,
 ERP Retry-After cap): Redis would otherwise hand a merely-waiting message to a second worker, and the same
-journal would be in flight twice."""
+journal would be in flight twice. It also adds the event lanes (`config.lanes`) to the queues a worker
+consumes: every lane for a worker of the default queue, or those `TIEOUT_WORKER_LANES` pins it to."""
 import os
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import celeryd_after_setup, worker_init
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+
+from config import lanes
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings.dev")
 
@@ -31,3 +34,11 @@ def check_visibility_timeout(conf, *, backoff_cap: float, retry_after_cap: float
 def _on_worker_init(sender=None, **kwargs):
     check_visibility_timeout(app.conf, backoff_cap=settings.TIEOUT_POSTING_BACKOFF_CAP,
                              retry_after_cap=settings.TIEOUT_POSTING_RETRY_AFTER_CAP)
+
+
+# After `-Q` was applied and before the consumer starts: the lanes join the selected queues (and the banner).
+@celeryd_after_setup.connect
+def _add_event_lanes(sender=None, instance=None, **kwargs):
+    queues = instance.app.amqp.queues
+    for name in lanes.worker_queues(list(queues.consume_from), os.environ):
+        queues.select_add(name)

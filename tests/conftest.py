@@ -39,13 +39,19 @@ from django.core.management import call_command
 from django.db import connection
 from django.db.backends.postgresql.operations import DatabaseOperations
 
+from config import lanes
 from config.celery import app
 from tests.helpers import wait_until
 
 pytest_plugins = ["tests.fixtures"]
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-WORKER_QUEUES = ("celery", "posting", "callbacks", "reconciliation")
+WORKER_QUEUES = ("celery", "posting", "callbacks", "reconciliation")  # `-Q`; the worker adds the event lanes
+
+
+def watched_queues() -> list[str]:
+    """Every queue a test worker consumes: those of `-Q` and the event lanes it adds (config.lanes)."""
+    return [*WORKER_QUEUES, *lanes.all_queues()]
 WORKER_START_TIMEOUT = 60
 # Rows that migrations write and that no test changes: kept by the flush, so that every test, and a run
 # on a database kept by `--reuse-db`, finds them as a freshly migrated database has them.
@@ -194,7 +200,7 @@ class CeleryWorkerProcess:
         """
         with self.app.connection_for_write() as conn:
             channel = conn.default_channel
-            if any(channel._size(queue) for queue in WORKER_QUEUES):
+            if any(channel._size(queue) for queue in watched_queues()):
                 return False
         inspect = self.inspect()
         for method in (inspect.active, inspect.reserved, inspect.scheduled):
@@ -232,7 +238,7 @@ class CeleryWorkerProcess:
             self.app.control.revoke(pending, destination=[self.nodename])
         with self.app.connection_for_write() as conn:
             channel = conn.default_channel
-            for queue in WORKER_QUEUES:
+            for queue in watched_queues():
                 channel.queue_purge(queue)
 
 

@@ -202,8 +202,8 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "config.api.problem_responses_hook"],
 }
 
-# Celery: Redis broker; posting is at-least-once with idempotent tasks.
-CELERY_BROKER_URL = REDIS_URL
+# Celery: Redis broker (or RabbitMQ: CELERY_BROKER_URL=amqp://...); posting is at-least-once with idempotent tasks.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or REDIS_URL
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
@@ -232,6 +232,9 @@ CELERY_TASK_ROUTES = {
     "billing_sync.tasks.reconcile_full_all": {"queue": "reconciliation"},
     "billing_sync.tasks.*": {"queue": "celery"},
 }
+# Event processing goes to lane queues `events.0` ... by a stable hash of the event's customer or document
+# (config.lanes, billing_sync.dispatch); every web and worker machine must agree on the count.
+TIEOUT_LANES = int(os.environ.get("TIEOUT_LANES", "8"))
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TASK_EAGER_PROPAGATES = True

@@ -49,6 +49,7 @@ from config.celery import app
 from exceptions_queue import services as queue
 from ledger import services as ledger
 from tests.conftest import _test_database_url as build
+from tests.conftest import watched_queues
 from tests.helpers import PrivateRedis
 from tests.standins.erpnext import ErpNextStandin
 
@@ -390,7 +391,7 @@ class Harness:
         """How many `name` tasks the current worker has started, if it is idle now (nothing queued for it,
         nothing reserved or running); None while it is busy or does not answer."""
         with self.app.connection_for_write() as conn:
-            if any(conn.default_channel._size(queue) for queue in WORKER_QUEUES.split(",")):
+            if any(conn.default_channel._size(queue) for queue in {*WORKER_QUEUES.split(","), *watched_queues()}):
                 return None
         node = self.workers.current.nodename
         inspect = self.app.control.inspect(destination=[node], timeout=2)
