@@ -19,9 +19,10 @@ processing.events_schedule = lambda ids: None  # receiving only: nothing handed 
 
 
 def _event(tag: str, n: int) -> dict:
-    return {"source_system": "bench", "event_id": f"{tag}-{n}", "type": "customer.upserted", "entity": "US01",
-            "occurred_at": "2026-11-02T10:00:00Z", "data": {"customer_id": f"cus_{tag}_{n}", "name": "Bench Co",
-                                                             "currency": "USD", "version": 1}}
+    return {"schema_version": "1", "source_system": "bench", "event_id": f"{tag}-{n}", "type": "customer.upserted",
+            "entity": "US01", "occurred_at": "2026-11-02T10:00:00Z",
+            "data": {"customer_id": f"cus_{tag}_{n}", "name": "Bench Co", "email": "ap@bench.test", "country": "US",
+                     "version": 1}}
 
 
 def main(singles: int, batches: int) -> None:
