@@ -58,7 +58,7 @@ class AuditEntry(models.Model):
 class AuditEntryKey(models.Model):
     """The id of every audit entry ever written, with its time: what the seals' foreign key points at, since
     the partitioned entries cannot be referenced by id alone (migration 0006). Written by the entries'
-    BEFORE INSERT trigger, append-only; it outlives an archived month's partition, as the seals do."""
+    AFTER INSERT statement trigger, append-only; it outlives an archived month's partition, as the seals do."""
 
     id = models.BigIntegerField(primary_key=True)
     at = models.DateTimeField()

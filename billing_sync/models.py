@@ -152,7 +152,7 @@ class Event(models.Model):
 class ReceiptKey(models.Model):
     """The id of every receipt ever stored, with its month: what foreign keys to receipts point at, since the
     partitioned `billing_sync_receipt` cannot be referenced by id alone (migration 0013). Written by the
-    receipts' BEFORE INSERT trigger, never by code; it outlives the receipt's archived partition."""
+    receipts' AFTER INSERT statement trigger, never by code; it outlives the receipt's archived partition."""
 
     id = models.BigIntegerField(primary_key=True)
     received_at = models.DateTimeField()

@@ -87,6 +87,7 @@ class Codes:
     RETENTION_UNSEALED = "retention_unsealed"
     RETENTION_NO_DIGEST = "retention_no_digest"
     RETENTION_ARCHIVE_UNVERIFIED = "retention_archive_unverified"
+    RETENTION_ARCHIVED = "retention_archived"  # reopening a month retention archived
     ARCHIVED = "archived"
 
 

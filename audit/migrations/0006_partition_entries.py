@@ -3,8 +3,8 @@ closed month can be archived and detached whole (portal's retention) instead of 
 
 PostgreSQL wants the partition key in every unique constraint, so the entry id alone can no longer be unique
 on the table, nor the target of the seals' foreign key. A key table, `audit_auditentrykey` (id, at), keeps
-it: a BEFORE INSERT trigger on the entries adds the entry's key in the same statement (a second entry with
-the same id is refused there), the seals' foreign key points at it (deferrable, as before), and it is
+it: an AFTER INSERT trigger on the entries adds their keys at the end of the same statement, one INSERT
+per statement (a second entry with the same id is refused there), the seals' foreign key points at it (deferrable, as before), and it is
 append-only like the log. Keys outlive a detached partition, so the chain's seals keep their references.
 The append-only guards, the content check (`audit_entry_fields_match`) and the indexes are re-created on the
 partitioned table under their names, so `audit_verify`'s schema check finds them as it did. Existing rows
@@ -26,12 +26,15 @@ CREATE TRIGGER audit_entrykey_append_only BEFORE UPDATE OR DELETE ON audit_audit
 CREATE TRIGGER audit_entrykey_no_truncate BEFORE TRUNCATE ON audit_auditentrykey
     FOR EACH STATEMENT EXECUTE FUNCTION tieout_refuse_change();
 
+-- Once per statement, from its transition table: a batch's thousand entries cost one INSERT here, not a
+-- thousand trigger calls (a second entry with a taken id fails the statement on the key's primary key).
 CREATE FUNCTION audit_entry_key() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO audit_auditentrykey (id, at) VALUES (NEW.id, NEW.at);
-    RETURN NEW;
+    INSERT INTO audit_auditentrykey (id, at) SELECT id, at FROM new_entries;
+    RETURN NULL;
 END $$;
-CREATE TRIGGER audit_entry_key BEFORE INSERT ON audit_auditentry FOR EACH ROW EXECUTE FUNCTION audit_entry_key();
+CREATE TRIGGER audit_entry_key AFTER INSERT ON audit_auditentry REFERENCING NEW TABLE AS new_entries
+    FOR EACH STATEMENT EXECUTE FUNCTION audit_entry_key();
 
 ALTER TABLE audit_auditseal ADD CONSTRAINT audit_auditseal_entry_id_fk_audit_auditentrykey
     FOREIGN KEY (entry_id) REFERENCES audit_auditentrykey (id) DEFERRABLE INITIALLY DEFERRED;

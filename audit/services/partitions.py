@@ -2,13 +2,16 @@
 beat (`partitions_ensure`), and detached and dropped one archived month at a time (`partition_detach`, called
 by the portal's retention once the month's pack is signed and verified), each step audited."""
 import datetime
+import logging
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from audit.models import PartitionArchive
 from audit.services.entries import record
+
+log = logging.getLogger(__name__)
 
 # Each partitioned table and its partition key (migrations audit 0006, billing_sync 0013). The audit layer
 # keeps the partitions of all three because it owns the chain the archives must keep provable; it touches
@@ -48,26 +51,35 @@ def partitions_ensure(*, months_ahead: int | None = None, today: datetime.date |
     partitioned table that lacks them (from the month of `since` when given: history loaded later, such as
     a backfill); audited (`partitions.created`) when it made any. Idempotent.
 
-    Made ahead so that rows never land in the DEFAULT partition: a month whose rows sit there could only
-    get its partition after they were moved out.
+    Made ahead so that rows never land in the DEFAULT partition: a month whose rows sit there can only get
+    its partition after they were moved out, so it is skipped (logged and named in the audit entry as
+    `blocked`) and the other months are still made.
     """
     months_ahead = settings.TIEOUT_PARTITIONS_AHEAD if months_ahead is None else months_ahead
     current = month_first(today or timezone.now().astimezone(datetime.UTC).date())
     first = month_first(min(since, current)) if since else current
     months = (current.year - first.year) * 12 + current.month - first.month + months_ahead
-    created = []
+    created, blocked = [], []
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PARTITION_LOCK_KEY])
             for n in range(months + 1):
                 for table in PARTITIONED:
-                    cursor.execute("SELECT tieout_partition_create(%s, %s)", [table, month_add(first, n)])
-                    name = cursor.fetchone()[0]
+                    month = month_add(first, n)
+                    try:
+                        with transaction.atomic():
+                            cursor.execute("SELECT tieout_partition_create(%s, %s)", [table, month])
+                            name = cursor.fetchone()[0]
+                    except DatabaseError as exc:  # rows of that month in the DEFAULT partition
+                        log.warning("partition not created", extra={"table": table, "month": str(month),
+                                                                    "error": str(exc)})
+                        blocked.append(partition_name(table, month))
+                        continue
                     if name:
                         created.append(name)
-        if created:
+        if created or blocked:
             record(actor=actor, action="partitions.created", object_type="partitions", object_id=f"{first:%Y-%m}",
-                   after={"created": created, "months_ahead": months_ahead})
+                   after={"created": created, "blocked": blocked, "months_ahead": months_ahead})
     return created
 
 

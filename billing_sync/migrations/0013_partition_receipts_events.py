@@ -4,7 +4,8 @@ that a closed month's raw bytes can be archived and detached whole (portal's ret
 PostgreSQL wants the partition key in every unique constraint, so two key tables keep what the tables no
 longer can: `billing_sync_receiptkey` (id) and `billing_sync_eventkey` (id, and the event's identity
 `(source_system, event_id)`, `seq` and `(source_system, idempotency_key)` unique under the constraints'
-old names). A BEFORE INSERT trigger on each partitioned table adds the row's key in the same statement.
+old names). Triggers add the keys in the same statement: an event's BEFORE INSERT (it decides whether the
+row goes in), receipts' once per statement AFTER INSERT from the statement's transition table.
 When an event's identity or Idempotency-Key is taken, an `INSERT ... ON CONFLICT DO NOTHING` (how
 `billing_sync.services.ingest` writes every event) skips the row exactly as the unique index used to make it
 do; any other INSERT is refused with the constraint's own unique violation. An UPDATE that moves a row to
@@ -45,7 +46,6 @@ BEGIN
     END IF;
     IF NEW.received_at IS DISTINCT FROM OLD.received_at THEN
         UPDATE billing_sync_receiptkey SET received_at = NEW.received_at WHERE id = NEW.id;
-        PERFORM set_config('tieout.moving', 'receipt:' || NEW.id, true);
     END IF;
     RETURN NEW;
 END $$;
@@ -65,14 +65,12 @@ BEGIN
     RETURN NEW;
 END $$;
 
+-- Receipts' keys once per statement, from its transition table (a row moved by an UPDATE fires no INSERT
+-- statement trigger: its key stays, brought up to date by billing_sync_receipt_moving).
 CREATE FUNCTION billing_sync_receipt_key() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    IF current_setting('tieout.moving', true) = 'receipt:' || NEW.id THEN
-        PERFORM set_config('tieout.moving', '', true);
-        RETURN NEW;
-    END IF;
-    INSERT INTO billing_sync_receiptkey (id, received_at) VALUES (NEW.id, NEW.received_at);
-    RETURN NEW;
+    INSERT INTO billing_sync_receiptkey (id, received_at) SELECT id, received_at FROM new_receipts;
+    RETURN NULL;
 END $$;
 
 CREATE FUNCTION billing_sync_event_key() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -97,8 +95,8 @@ BEGIN
     RETURN NEW;
 END $$;
 
-CREATE TRIGGER billing_sync_receipt_key BEFORE INSERT ON billing_sync_receipt
-    FOR EACH ROW EXECUTE FUNCTION billing_sync_receipt_key();
+CREATE TRIGGER billing_sync_receipt_key AFTER INSERT ON billing_sync_receipt REFERENCING NEW TABLE AS new_receipts
+    FOR EACH STATEMENT EXECUTE FUNCTION billing_sync_receipt_key();
 CREATE TRIGGER billing_sync_receipt_moving BEFORE UPDATE ON billing_sync_receipt
     FOR EACH ROW EXECUTE FUNCTION billing_sync_receipt_moving();
 CREATE TRIGGER billing_sync_event_key BEFORE INSERT ON billing_sync_event

@@ -9,6 +9,7 @@ refusals carry stable codes (`close_checks_failing`, `period_already_closed`, `p
 `approval_pending`)."""
 from __future__ import annotations
 
+import datetime
 import logging
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -17,7 +18,7 @@ from django.db import transaction
 from django.db.models import Max
 
 from audit import services as audit
-from audit.models import AuditCheck
+from audit.models import AuditCheck, PartitionArchive
 from config import roles
 from config.errors import ApiError, Codes, Conflict, NotFound, PermissionRefused
 from exceptions_queue import services as queue
@@ -146,7 +147,8 @@ def period_reopen_request(*, entity: Entity, year: int, month: int, user, reason
     """Ask a second controller to reopen a closed month (always: a closed month's figures were reported).
 
     A reason is required (`invalid_request`, 422); an open period is refused (`period_not_closed`, 409), and
-    so is a second request while one waits (`approval_pending`, 409).
+    so is a second request while one waits (`approval_pending`, 409), and a month retention archived
+    (`retention_archived`, 409): its events and receipts left the database, so it cannot be open again.
     """
     _require_controller(user, entity)
     if not _is_user(user):
@@ -158,6 +160,9 @@ def period_reopen_request(*, entity: Entity, year: int, month: int, user, reason
     period = ledger.period_locked(entity=entity, year=year, month=month)
     if period.status != Period.Status.CLOSED:
         raise Conflict(f"period {year}-{month:02d} of {entity.code} is not closed", code=Codes.PERIOD_NOT_CLOSED)
+    if PartitionArchive.objects.filter(month=datetime.date(year, month, 1)).exists():
+        raise Conflict(f"{year}-{month:02d} was archived by retention: it cannot be reopened",
+                       code=Codes.RETENTION_ARCHIVED)
     approval = _request(entity=entity, year=year, month=month, kind=Approval.Kind.PERIOD_REOPEN, user=user,
                         reason=reason)
     audit.record(actor=user, action="period.reopen_requested", object_type="period",

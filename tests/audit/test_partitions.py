@@ -17,7 +17,10 @@ from audit.models import AuditEntry
 from billing_sync import services
 from billing_sync.models import Event, EventKey, Receipt, ReceiptKey
 from tests import factories as f
-from tests.audit.helpers import sealed
+from tests.audit.helpers import latest_migrations, migrated, sealed  # noqa: F401 (the fixture, used below)
+
+# The partitions must be there: audit's migration test may have left its process's database at audit 0005.
+pytestmark = pytest.mark.usefixtures("migrated")
 
 HEADERS = {"Content-Type": "application/json", "Idempotency-Key": "k-1"}
 
@@ -36,19 +39,6 @@ def _partition_of(table: str, pk) -> str:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT tableoid::regclass::text FROM {table} WHERE id = %s", [pk])
         return cursor.fetchone()[0]
-
-
-def _latest_migrations():
-    executor = MigrationExecutor(connection)
-    executor.loader.build_graph()
-    executor.migrate(executor.loader.graph.leaf_nodes())
-
-
-@pytest.fixture(autouse=True)
-def _migrated(django_db_blocker):
-    # Another test module may leave audit at an older migration (tests/audit/test_migration_content.py).
-    with django_db_blocker.unblock():
-        _latest_migrations()
 
 
 def test_beat_runs_partitions_ensure_daily():
@@ -180,7 +170,7 @@ def test_the_migrations_copy_existing_rows(entity):
                            " (SELECT count(*) FROM billing_sync_receipt)")
             before = cursor.fetchone()
     finally:
-        _latest_migrations()
+        latest_migrations()
     with connection.cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_partitioned_table")
         assert cursor.fetchone()[0] == 3
@@ -193,3 +183,18 @@ def test_the_migrations_copy_existing_rows(entity):
                                    headers={"Idempotency-Key": "m-0"})
     assert again.status in (200, 409)  # the identity stayed taken across the migration
     assert Event.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_a_month_with_rows_in_the_default_partition_is_skipped_and_the_rest_made(entity):
+    answer = services.event_receive(body=json.dumps(f.customer()).encode(), user=None, headers={})
+    later = timezone.now() + datetime.timedelta(days=400)  # no partition that far ahead: DEFAULT takes it
+    Event.objects.filter(pk=answer.body["id"]).update(received_at=later)
+    assert _partition_of("billing_sync_event", answer.body["id"]) == "billing_sync_event_pdefault"
+    month = later.astimezone(datetime.UTC).date().replace(day=1)
+
+    created = audit.partitions_ensure(months_ahead=15)
+
+    blocked = audit.partition_name("billing_sync_event", month)
+    assert blocked not in created and audit.partition_name("billing_sync_receipt", month) in created
+    assert AuditEntry.objects.get(action="partitions.created").after["blocked"] == [blocked]

@@ -22,6 +22,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 from django.utils import timezone
 
+from audit import services as audit
 from billing_sync import services as billing
 from billing_sync import tokens
 from billing_sync.services import processing as billing_processing
@@ -439,6 +440,8 @@ class Command(BaseCommand):
                 at = late_at + datetime.timedelta(seconds=_delay(event_id, 20, 120))
             ids.append(event_id)
             times.append(at)
+        # The months back-dated into get their partitions first (else their rows would sit in DEFAULT).
+        audit.partitions_ensure(since=min(times, default=anchor).date(), actor="load_demo")
         with transaction.atomic(), connection.cursor() as cur:
             cur.execute(
                 "UPDATE billing_sync_event e SET received_at = v.at,"
