@@ -97,12 +97,18 @@ END $$;
 
 CREATE TRIGGER billing_sync_receipt_key AFTER INSERT ON billing_sync_receipt REFERENCING NEW TABLE AS new_receipts
     FOR EACH STATEMENT EXECUTE FUNCTION billing_sync_receipt_key();
-CREATE TRIGGER billing_sync_receipt_moving BEFORE UPDATE ON billing_sync_receipt
-    FOR EACH ROW EXECUTE FUNCTION billing_sync_receipt_moving();
+-- The WHEN clauses are evaluated without calling the function: an UPDATE of an event's status (several per
+-- event processed) pays no trigger call.
+CREATE TRIGGER billing_sync_receipt_moving BEFORE UPDATE ON billing_sync_receipt FOR EACH ROW
+    WHEN (NEW.id IS DISTINCT FROM OLD.id OR NEW.received_at IS DISTINCT FROM OLD.received_at)
+    EXECUTE FUNCTION billing_sync_receipt_moving();
 CREATE TRIGGER billing_sync_event_key BEFORE INSERT ON billing_sync_event
     FOR EACH ROW EXECUTE FUNCTION billing_sync_event_key();
-CREATE TRIGGER billing_sync_event_moving BEFORE UPDATE ON billing_sync_event
-    FOR EACH ROW EXECUTE FUNCTION billing_sync_event_moving();
+CREATE TRIGGER billing_sync_event_moving BEFORE UPDATE ON billing_sync_event FOR EACH ROW
+    WHEN ((NEW.id, NEW.source_system, NEW.event_id, NEW.seq, NEW.received_at) IS DISTINCT FROM
+          (OLD.id, OLD.source_system, OLD.event_id, OLD.seq, OLD.received_at)
+          OR NEW.idempotency_key IS DISTINCT FROM OLD.idempotency_key)
+    EXECUTE FUNCTION billing_sync_event_moving();
 """
 
 KEYS_REVERSE = """
