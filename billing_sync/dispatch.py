@@ -16,7 +16,7 @@ from billing_sync import tasks
 
 log = structlog.get_logger("tieout.dispatch")
 
-CHUNK = 50
+CHUNK = settings.TIEOUT_PROCESS_CHUNK  # ids per message: one message is one processing chunk
 FLUSH_INTERVAL = 0.01  # seconds
 
 
