@@ -93,9 +93,10 @@ def events_process(*, event_ids, actor="system") -> dict:
     """Process events in chunks of TIEOUT_PROCESS_CHUNK, one transaction each; returns their statuses.
 
     A chunk's accepted events are locked at once in acceptance order (`seq`: two chunks wait for each other's
-    rows in the same order, so they never deadlock on them) and each is processed as `event_process` would,
-    in its own savepoint, in `seq` order: each sees what the earlier ones of the chunk did, exactly as one at
-    a time, and the ordering rules decide under the same locks. An event whose handler fails unexpectedly
+    rows in the same order, so they never deadlock on them), then each is processed as `event_process` would,
+    in its own savepoint, in the order given (the order one at a time would take them): each sees what the
+    earlier ones of the chunk did, and the ordering rules decide under the same locks, so held events, audit
+    entries and wake-ups are those of one at a time. An event whose handler fails unexpectedly
     (not a business rule) is rolled back to its savepoint, so the others commit; it is then processed again
     by itself, as today, and its error goes to the caller (the task retries it).
     """
@@ -114,9 +115,9 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor) -> list:
     """One chunk in one transaction; returns the events isolated as poisoned (rolled back, left accepted)."""
     poisoned = []
     with transaction.atomic():
-        events = list(Event.objects.select_for_update().filter(pk__in=ids, status=Event.Status.ACCEPTED)
-                      .order_by("seq"))
-        for event in events:
+        locked = {str(e.pk): e for e in Event.objects.select_for_update().filter(
+            pk__in=ids, status=Event.Status.ACCEPTED).order_by("seq")}
+        for event in (locked[i] for i in ids if i in locked):
             try:
                 with transaction.atomic():
                     statuses[str(event.pk)] = _process_locked(event, actor=actor)
