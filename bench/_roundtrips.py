@@ -4,15 +4,16 @@ Drives the real URL through Django's test client (full middleware, authenticatio
 after-commit Celery publish) and counts, for one warm request: the statements Django sent to PostgreSQL
 (`CaptureQueriesContext`, which lists BEGIN and COMMIT too), and the Redis round trips (every
 `send_packed_command` of redis-py, which both the cache and Celery's Redis transport use). Mode
-`processing` counts the worker's two steps for one invoice instead. Prints one JSON object on the last
-line of stdout.
+`processing` counts the worker's two steps for one invoice instead; mode `chunk` the statements per event
+processed one at a time (`event_process`) and in chunks (`events_process`). Prints one JSON object on the
+last line of stdout.
 """
 import json
 import os
 import re
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from unittest import mock
 
@@ -29,10 +30,13 @@ from django.db import close_old_connections, connection, connections  # noqa: E4
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext  # noqa: E402
 
-from _common import invoice_body, run_id  # noqa: E402
+from _common import customer_body, invoice_body, run_id  # noqa: E402
+from django.conf import settings  # noqa: E402
 from billing_sync import services as billing  # noqa: E402
 from billing_sync.services import processing as processing_module  # noqa: E402
 from ledger import services as ledger  # noqa: E402
+from ledger.services import outbox as outbox_module  # noqa: E402
+from billing_sync.models import Event  # noqa: E402
 from ledger.models import Journal  # noqa: E402
 
 redis_calls: list[str] = []
@@ -151,11 +155,53 @@ def processing(client: Client) -> dict:
     return out
 
 
+def chunk(client: Client) -> dict:
+    """Statements per invoice event processed: one at a time (`event_process` each, its own transaction) vs
+    one chunk of TIEOUT_PROCESS_CHUNK (`events_process`), after-commit relays included in both."""
+    run, size = run_id(), settings.TIEOUT_PROCESS_CHUNK
+    # Django keeps the last 9,000 statements (`queries_limit`) and CaptureQueriesContext counts within them:
+    # a chunk's statements would overflow it and count as none.
+    connection.queries_log = deque(maxlen=1_000_000)
+
+    def accept(tag: str, count: int) -> list[str]:
+        with mock.patch.object(processing_module, "events_schedule", lambda ids: None):
+            return [json.loads(client.post("/api/v1/events", invoice_body(f"{tag}{run}", n),
+                                           content_type="application/json").content)["id"] for n in range(count)]
+
+    with mock.patch.object(processing_module, "events_schedule", lambda ids: None):
+        customer = json.loads(client.post("/api/v1/events", customer_body(), content_type="application/json").content)
+    billing.event_process(event_id=customer["id"])
+    billing.events_process(event_ids=accept("w", 3))  # warm: caches, prepared plans, the Celery producer
+    out = {"events": size}
+
+    def one_at_a_time(ids):
+        for event_id in ids:
+            billing.event_process(event_id=event_id)
+
+    def chunked(ids):
+        billing.events_process(event_ids=ids)
+
+    # With the built-in ledger's inline posting after commit (what a worker does), then processing alone
+    # (the outbox relay left out: the journals stay ready).
+    for relay, suffix in ((outbox_module.outbox_relay, ""), (lambda ids: None, "_processing_only")):
+        with mock.patch.object(outbox_module, "outbox_relay", relay):
+            for name, work in (("one_at_a_time", one_at_a_time), ("chunked", chunked)):
+                ids = accept(f"{name[0]}{suffix[:2]}", size)
+                started = time.perf_counter()
+                counted = _count(lambda: work(ids))  # noqa: B023 (called at once)
+                counted["ms_per_event"] = round((time.perf_counter() - started) * 1000 / size, 2)
+                counted["db_round_trips_per_event"] = round(counted["db_round_trips"] / size, 2)
+                counted["processed"] = Event.objects.filter(pk__in=ids).exclude(status="accepted").count()
+                out[name + suffix] = counted
+    return out
+
+
 def main() -> None:
     token = os.environ["BENCH_TOKEN"]
     client = Client(HTTP_AUTHORIZATION=f"Bearer {token}", HTTP_HOST="127.0.0.1")
     mode = sys.argv[1] if len(sys.argv) > 1 else "ingest"
-    print(json.dumps(ingest(client) if mode == "ingest" else processing(client)))
+    modes = {"ingest": ingest, "processing": processing, "chunk": chunk}
+    print(json.dumps(modes[mode](client)))
 
 
 if __name__ == "__main__":

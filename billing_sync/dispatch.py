@@ -22,7 +22,7 @@ from config import lanes
 
 log = structlog.get_logger("tieout.dispatch")
 
-CHUNK = 50
+CHUNK = settings.TIEOUT_PROCESS_CHUNK  # ids per message: one message is one processing chunk
 FLUSH_INTERVAL = 0.01  # seconds
 IDLE_SECONDS = 1.0
 

@@ -12,8 +12,7 @@ from billing_sync import callbacks, services
              autoretry_for=(Exception,), retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=10,
              ignore_result=True)
 def process_events(event_ids: list[str]):
-    for event_id in event_ids:
-        services.event_process(event_id=event_id)
+    services.events_process(event_ids=event_ids)
 
 
 @shared_task(name="billing_sync.tasks.sweep_accepted_events", ignore_result=True)

@@ -29,6 +29,7 @@ from billing_sync.services.processing import (  # noqa: F401
     event_reprocess,
     event_requeue,
     event_process,
+    events_process,
     dependency_recheck,
     events_schedule,
     source_ref_of,

@@ -270,6 +270,8 @@ CELERY_BEAT_SCHEDULE = {
 
 # Tieout's own knobs.
 TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS = int(os.environ.get("TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS", "30"))
+# Events processed in one transaction by a worker (billing_sync.services.events_process), and per task message.
+TIEOUT_PROCESS_CHUNK = int(os.environ.get("TIEOUT_PROCESS_CHUNK", "200"))
 TIEOUT_POSTING_MAX_RETRIES = int(os.environ.get("TIEOUT_POSTING_MAX_RETRIES", "8"))
 # Deliveries of one journal's posting task (retries and redeliveries after a worker died) before it is parked.
 TIEOUT_POSTING_MAX_DELIVERIES = int(os.environ.get("TIEOUT_POSTING_MAX_DELIVERIES", "12"))
