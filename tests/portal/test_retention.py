@@ -1,16 +1,20 @@
 """Retention (issue 13 item 5) on real PostgreSQL partitions: a closed month archived into a signed pack,
 verified, then detached (the audit chain still provable from the signed digests: `audit_verify --from-digest`,
-an archived event's trace answering 410 `archived` with its pack); refused, with nothing removed, for an open
+an archived event and its trace answering 410 `archived` with its pack, a trace whose receipt alone was archived
+naming the receipt's pack); refused, with nothing removed, for an open
 month, a month kept still, or a pack that does not verify."""
 import datetime
 import io
 import json
+import uuid
 import zipfile
 from unittest import mock
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.db import connection
+from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -110,10 +114,53 @@ def test_a_closed_month_is_archived_verified_then_detached_and_the_chain_stays_p
     assert body["archive"]["location"] == str(outcomes["events"].path.parent)
     assert body["archive"]["sha256"] == outcomes["events"].pack_sha256
     assert APIClient().get(f"/api/v1/events/{old_ids[0]}/trace").status_code in (401, 403)
+    # So does the event itself, with the same pointer (the API contract's extension, README).
+    detail = finance.get(f"/api/v1/events/{old_ids[0]}")
+    assert detail.status_code == 410 and detail["Content-Type"].startswith("application/problem+json")
+    assert {k: detail.json()[k] for k in ("code", "event", "archive")} == {
+        k: body[k] for k in ("code", "event", "archive")}
+    assert detail.json()["event"]["id"] == old_ids[0]
+    assert finance.get(f"/api/v1/events/{uuid.uuid4()}").status_code == 404  # unknown stays 404
 
     # Its data gone, the month cannot be open again.
     reopen = controller.post(f"/api/v1/periods/US01/{month:%Y-%m}/reopen", {"reason": "a late invoice"})
     assert reopen.status_code == 409 and reopen.json()["code"] == "retention_archived", reopen.content
+
+
+@pytest.mark.django_db
+def test_a_source_system_gets_404_for_an_archived_event(entity, history, integration):
+    month, old_ids = history
+    _close(entity, month)
+    services.retention_archive(kind="events", month=month)
+    for path in (f"/api/v1/events/{old_ids[0]}", f"/api/v1/events/{old_ids[0]}/trace"):
+        assert integration.get(path).status_code == 404
+
+
+@pytest.mark.django_db
+def test_receipts_archived_alone_the_trace_names_the_receipts_pack(entity, history, finance):
+    month, old_ids = history
+    _close(entity, month)
+    outcome = services.retention_archive(kind="receipts", month=month)
+    event = Event.objects.get(pk=old_ids[0])
+
+    trace = finance.get(f"/api/v1/events/{old_ids[0]}/trace")
+    assert trace.status_code == 200, trace.content
+    body = trace.json()
+    assert body["receipt"] is None
+    pointer = body["receipt_archive"]
+    assert pointer["receipt_id"] == event.receipt_id
+    assert (pointer["pack"], pointer["location"], pointer["sha256"], pointer["month"], pointer["rows"]) == (
+        f"tieout-retention-receipts-{month:%Y-%m}.zip", str(outcome.path.parent), outcome.pack_sha256,
+        f"{month:%Y-%m}", 2)
+    assert finance.get(f"/api/v1/events/{old_ids[0]}").status_code == 200  # the event itself is still here
+    web = Client()
+    web.force_login(get_user_model().objects.get(username="fiona-ops"))
+    page = web.get(f"/trace/event/{old_ids[0]}/")
+    assert page.status_code == 200 and outcome.pack_sha256 in page.content.decode()
+
+    # A receipt still in the database: no pointer.
+    recent = Event.objects.exclude(pk__in=old_ids).get()
+    assert finance.get(f"/api/v1/events/{recent.pk}/trace").json()["receipt_archive"] is None
 
 
 @pytest.mark.django_db
