@@ -13,8 +13,8 @@ from unittest import mock
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
-from django.db import connection
-from django.test import Client
+from django.db import IntegrityError, connection, transaction
+from django.test import Client, override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -24,6 +24,7 @@ from audit.models import AuditEntry, PartitionArchive
 from billing_sync import services as billing
 from billing_sync.models import Event, EventKey
 from ledger import services as ledger
+from ledger.models import Entity
 from portal import services
 from portal.models import RetentionPolicy
 from tests import factories as f
@@ -54,7 +55,8 @@ def history(entity, tmp_path):
     signed through tomorrow, and policies keeping nothing after a month ends, writing packs to tmp_path."""
     month = _month()
     for kind in RetentionPolicy.Kind.values:
-        RetentionPolicy.objects.update_or_create(kind=kind, defaults={"keep_months": 0, "location": str(tmp_path)})
+        RetentionPolicy.objects.update_or_create(kind=kind, entity=None,
+                                                 defaults={"keep_months": 0, "location": str(tmp_path)})
     audit.partitions_ensure(since=month)
     then = datetime.datetime.combine(month.replace(day=14), datetime.time(12), tzinfo=datetime.UTC)
     old = []
@@ -238,4 +240,102 @@ def test_the_policy_command_shows_and_sets_audited(tmp_path):
     call_command("retention_policy", "events", "--keep-months", "120", "--location", str(tmp_path), stdout=out)
     assert f"events: kept 120 months after the month ends; packs in {tmp_path}" in out.getvalue()
     entry = AuditEntry.objects.get(action="retention.policy_set", object_id="events")
-    assert entry.after == {"keep_months": 120, "location": str(tmp_path)} and entry.actor == "cli:retention_policy"
+    assert entry.after == {"keep_months": 120, "location": str(tmp_path), "entity": None}
+    assert entry.actor == "cli:retention_policy"
+
+
+# ------------------------------------------------------------------ per entity (one partition, every entity's rows)
+def ledger_entity(code):
+    return Entity.objects.get(code=code)
+
+
+def _gb01_event(month):
+    """GB01 (a second entity) with one event received in `month`."""
+    ledger.entity_setup(code="GB01", currency="GBP", actor="test")
+    then = datetime.datetime.combine(month.replace(day=15), datetime.time(8), tzinfo=datetime.UTC)
+    with mock.patch("django.utils.timezone.now", return_value=then):
+        answer = billing.event_receive(body=json.dumps(f.customer(entity="GB01")).encode(), user=None, headers={})
+    assert answer.status == 202, answer.body
+
+
+@pytest.mark.django_db
+def test_every_entity_with_rows_in_the_month_must_allow_it(entity, history):
+    month, old_ids = history
+    _gb01_event(month)
+    _close(entity, month)
+    services.retention_policy_set(kind="events", entity="GB01", keep_months=84, actor="controller")
+    assert services.entities_with_rows("events", month) == ["GB01", "US01"]
+
+    # GB01 keeps its events seven years: the month's partition (US01's rows too) stays.
+    with pytest.raises(services.RetentionRefused) as refused:
+        services.retention_archive(kind="events", month=month, actor="controller")
+    assert refused.value.code == "retention_too_recent"
+    assert "GB01" in refused.value.detail and "US01" not in refused.value.detail
+    assert AuditEntry.objects.filter(action="retention.refused").latest("id").after["entities"] == ["GB01"]
+
+    # GB01 allows it now, but its month is open: refused, naming GB01 alone (US01 closed it).
+    services.retention_policy_set(kind="events", entity="GB01", keep_months=0, actor="controller")
+    with pytest.raises(services.RetentionRefused) as refused:
+        services.retention_archive(kind="events", month=month, actor="controller")
+    assert refused.value.code == "retention_month_open"
+    assert "GB01" in refused.value.detail and "US01" not in refused.value.detail
+    assert _exists("billing_sync_event", month) and Event.objects.filter(pk__in=old_ids).count() == 2
+
+    ledger.period_set_status(entity=ledger_entity("GB01"), year=month.year, month=month.month, status="closed",
+                             actor="tester")
+    outcome = services.retention_archive(kind="events", month=month, actor="controller")
+    assert outcome.detached and outcome.rows == 3 and not _exists("billing_sync_event", month)
+
+
+@pytest.mark.django_db
+def test_an_entity_without_rows_does_not_hold_the_month_but_audit_entries_are_everyones(entity, history):
+    month, _ = history
+    _close(entity, month)
+    ledger.entity_setup(code="ZZ99", currency="USD", actor="test")  # its month open, nothing of it in the month
+    RetentionPolicy.objects.create(kind="events", entity=ledger_entity("ZZ99"), keep_months=999)
+    assert services.entities_with_rows("events", month) == ["US01"]
+    assert services.retention_archive(kind="events", month=month).detached
+
+    # Audit entries name no entity: the month's chain is everyone's, so ZZ99 (open, kept long) holds it.
+    assert services.entities_with_rows("audit_entries", month) == ["US01", "ZZ99"]
+    with pytest.raises(services.RetentionRefused) as refused:
+        services.retention_archive(kind="audit_entries", month=month)
+    assert refused.value.code == "retention_month_open" and "ZZ99" in refused.value.detail
+
+
+@pytest.mark.django_db
+def test_no_policy_for_an_entity_with_rows_and_no_default(entity, history, tmp_path):
+    month, _ = history
+    _close(entity, month)
+    RetentionPolicy.objects.filter(kind="receipts", entity__isnull=True).delete()
+    with pytest.raises(services.RetentionRefused) as refused:
+        services.retention_archive(kind="receipts", month=month)
+    assert refused.value.code == "retention_no_policy" and "US01" in refused.value.detail
+    # US01's own policy is enough; the pack goes to TIEOUT_RETENTION_DIR then (no default, no location).
+    services.retention_policy_set(kind="receipts", entity="US01", keep_months=0, actor="controller")
+    with override_settings(TIEOUT_RETENTION_DIR=str(tmp_path / "dir")):
+        written = services.retention_archive(kind="receipts", month=month, detach=False)
+    assert written.rows == 2 and written.path.parent == tmp_path / "dir"
+
+
+@pytest.mark.django_db
+def test_entity_policies_set_by_command_audited_one_per_entity(entity, tmp_path):
+    out = io.StringIO()
+    call_command("retention_policy", "receipts", "--entity", "US01", "--keep-months", "120", stdout=out)
+    assert "receipts of US01: kept 120 months after the month ends" in out.getvalue()
+    entry = AuditEntry.objects.get(action="retention.policy_set", object_id="receipts:US01")
+    assert entry.after == {"keep_months": 120, "location": "", "entity": "US01"}
+    call_command("retention_policy", "receipts", "--entity", "US01", "--keep-months", "96", stdout=io.StringIO())
+    assert RetentionPolicy.objects.get(kind="receipts", entity__code="US01").keep_months == 96
+    assert RetentionPolicy.objects.filter(kind="receipts").count() == 2  # the default (migration 0001) and US01's
+    with pytest.raises(CommandError, match="default policy's only"):
+        call_command("retention_policy", "receipts", "--entity", "US01", "--location", str(tmp_path))
+    with pytest.raises(CommandError, match="no entity"):
+        call_command("retention_policy", "receipts", "--entity", "XX00", "--keep-months", "1")
+    # The database holds it too: one policy per entity and kind, one default, a location on the default only.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        RetentionPolicy.objects.create(kind="receipts", entity=ledger_entity("US01"), keep_months=1)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        RetentionPolicy.objects.create(kind="receipts", keep_months=1)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        RetentionPolicy.objects.create(kind="events", entity=ledger_entity("US01"), keep_months=1, location="/x")
