@@ -2,7 +2,8 @@
 ones a signed-in person may see), status callbacks, API tokens (never their secret), reconciliation runs,
 breaks and the reconciliation status (mark) of journals and documents, what the period close needs of
 reconciliation (the latest full run covering a month, the open breaks dated in it); AR and unapplied-cash agings,
-their open invoices and payments, customer statements."""
+their open invoices and payments, customer statements; where an event's or a receipt's bytes went once retention
+archived their month (the pack named by `audit.PartitionArchive`)."""
 import datetime
 import json
 
@@ -11,8 +12,9 @@ from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 
-from billing_sync.models import (ApiToken, CallbackDelivery, Customer, Event, Invoice, ReconciliationBreak,
-                                 ReconciliationMark, ReconciliationRun)
+from audit.models import PartitionArchive
+from billing_sync.models import (ApiToken, CallbackDelivery, Customer, Event, EventKey, Invoice, ReceiptKey,
+                                 ReconciliationBreak, ReconciliationMark, ReconciliationRun)
 from billing_sync.services import event_resource
 from config import roles
 from config.errors import Codes, TieoutError
@@ -46,6 +48,40 @@ def events_visible_to(user, *, own_only: bool):
 def event_payload(event_id) -> dict:
     """The payload an event arrived with, as stored; `Event.DoesNotExist` when there is no such event."""
     return Event.objects.values_list("payload", flat=True).get(pk=event_id)
+
+
+def _iso(value) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+def _archive_pointer(table: str, received_at) -> dict | None:
+    """The pack holding `table`'s partition of the month of `received_at`, or None if it was never archived."""
+    month = received_at.astimezone(datetime.UTC).date().replace(day=1)
+    archive = PartitionArchive.objects.filter(table=table, month=month).first()
+    if archive is None:
+        return None
+    return {"pack": archive.pack_name, "location": archive.location, "sha256": archive.pack_sha256,
+            "month": f"{archive.month:%Y-%m}", "partition": archive.partition, "rows": archive.rows,
+            "archived_at": _iso(archive.archived_at)}
+
+
+def event_archive(event_id) -> dict | None:
+    """An archived event's identity (kept by its key row) and the pack holding its bytes (pack, location,
+    SHA-256, month), or None if there is no such event or its month was never archived."""
+    key = EventKey.objects.filter(pk=event_id).values("id", "source_system", "event_id", "received_at").first()
+    archive = key and _archive_pointer("billing_sync_event", key["received_at"])
+    if not archive:
+        return None
+    return {"event": {"id": str(key["id"]), "source_system": key["source_system"], "event_id": key["event_id"],
+                      "received_at": _iso(key["received_at"])},
+            "archive": archive}
+
+
+def receipt_archive(receipt_id) -> dict | None:
+    """The pack holding an archived receipt's bytes (pack, location, SHA-256, month), or None if there is no
+    such receipt or its month was never archived."""
+    key = ReceiptKey.objects.filter(pk=receipt_id).values("received_at").first()
+    return key and _archive_pointer("billing_sync_receipt", key["received_at"])
 
 
 def event_resources(events) -> list[dict]:

@@ -15,9 +15,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from billing_sync import selectors as billing_selectors
-from billing_sync.views.events import EVENT_READERS, event_for
+from billing_sync.views.events import ARCHIVED_RESPONSE, EVENT_READERS, event_or_gone
 from config import roles
-from config.api import problem_response
 from config.errors import ApiError, Codes, NotFound
 from exceptions_queue import selectors
 from exceptions_queue.serializers import ApprovalSerializer
@@ -25,7 +24,7 @@ from ledger import selectors as ledger_selectors
 from portal import exports, ledger_export, lineage, services
 from portal.report_serializers import ArAgingReport, CustomerStatement, UnappliedCashReport
 from portal.selectors import close as close_selectors
-from portal.selectors import reports, retention
+from portal.selectors import reports
 from portal.serializers import (
     ErpReferenceTraceSerializer,
     EventTraceSerializer,
@@ -49,23 +48,10 @@ def _traced(build, *args, user):
 class EventTraceView(APIView):
     permission_classes = [EVENT_READERS]
 
-    @extend_schema(responses={200: EventTraceSerializer, 410: OpenApiResponse(
-        description="archived: the event's month was archived by retention; `archive` names the signed pack "
-                    "that holds its bytes (pack, location, sha256, month)")})
+    @extend_schema(responses={200: EventTraceSerializer, 410: ARCHIVED_RESPONSE})
     def get(self, request, pk):
-        try:
-            event = event_for(request, pk)
-        except NotFound:
-            # Source systems read only what they sent, which an archived event no longer tells: 404 for them.
-            archived = retention.event_archive(pk) if roles.has_role(request.user, *roles.READ_ALL) else None
-            if archived is None:
-                raise
-            gone = problem_response(410, Codes.ARCHIVED, "Archived",
-                                    f"event {pk} was archived with its month {archived['archive']['month']} "
-                                    f"into {archived['archive']['pack']}")
-            gone.data.update(archived)
-            return gone
-        return Response(lineage.event_trace(event.pk))
+        event, gone = event_or_gone(request, pk)
+        return gone or Response(lineage.event_trace(event.pk))
 
 
 class JournalTraceView(APIView):

@@ -19,7 +19,7 @@ from billing_sync.models import (
     WriteOff,
 )
 from billing_sync.ordering import document_key
-from billing_sync.selectors import event_resources, invoice_resource, reconciliation_statuses
+from billing_sync.selectors import event_resources, invoice_resource, receipt_archive, reconciliation_statuses
 from config import roles
 from exceptions_queue.models import Approval, ExceptionRecord
 from ledger.models import Account, ErpBatch, Journal, JournalLine
@@ -108,7 +108,7 @@ def exception_trace(exception_id) -> dict:
     object_ids = {str(exc.pk)} | {str(j.pk) for j in journals}
     entries = list(AuditEntry.objects.filter(object_id__in=object_ids).order_by("id"))
     return _typed(ExceptionTraceSerializer, {
-        "event": None, "receipt": None, "payload_sha256": None, "validation": None, "canonical_changes": [],
+        "event": None, "receipt": None, "receipt_archive": None, "payload_sha256": None, "validation": None, "canonical_changes": [],
         "approvals": [], "journals": [_journal_body(j) for j in journals], "exceptions": [_exception_body(exc)],
         "reconciliation": {"invoices": []}, "callbacks": [], "audit": _audit_bodies(entries),
         "exception": _exception_body(exc)})
@@ -118,6 +118,11 @@ def event_trace(event_id) -> dict:
     """Everything that happened to one event, in order: receipt, validation, canonical changes, approvals,
     journals with their lines and ERP attempts, exceptions, reconciliation, callbacks and audit entries."""
     return _typed(EventTraceSerializer, _event_trace(event_id))
+
+
+def _receipt_archive(receipt_id) -> dict | None:
+    archive = receipt_archive(receipt_id)
+    return None if archive is None else {"receipt_id": receipt_id, **archive}
 
 
 def _event_trace(event_id) -> dict:
@@ -157,6 +162,7 @@ def _event_trace(event_id) -> dict:
             "id": receipt.pk, "received_at": _iso(receipt.received_at), "endpoint": receipt.endpoint,
             "client": receipt.client, "body_sha256": receipt.sha256, "headers": receipt.headers,
             "outcome": receipt.outcome, "status_code": receipt.status_code, "size": len(receipt.body or b"")},
+        "receipt_archive": _receipt_archive(event.receipt_id) if event.receipt_id and receipt is None else None,
         "payload_sha256": event.payload_hash,
         "validation": {"result": "passed", "schema_version": event.payload.get("schema_version")},
         "canonical_changes": [{"document": c.document_type, "id": c.document_id, "version": c.version,
@@ -222,7 +228,7 @@ def _event_summary(event) -> dict:
     return {"id": str(event.pk), "source_system": event.source_system, "event_id": event.event_id,
             "type": event.type, "entity": event.entity_code, "status": event.status,
             "received_at": _iso(event.received_at), "payload_sha256": event.payload_hash,
-            "receipt_sha256": event.receipt.sha256 if event.receipt_id else None,
+            "receipt_sha256": event.receipt.sha256 if event.receipt else None,  # None too once archived
             "correlation_id": event.correlation_id}
 
 

@@ -169,6 +169,19 @@ class TraceReceiptSerializer(serializers.Serializer):
     size = serializers.IntegerField(help_text="bytes received")
 
 
+class TraceReceiptArchiveSerializer(serializers.Serializer):
+    """Where an archived receipt's bytes went: retention moved its month's partition into this signed pack."""
+
+    receipt_id = serializers.IntegerField()
+    pack = serializers.CharField(help_text="the pack's file name (tieout-retention/1)")
+    location = serializers.CharField(help_text="the directory the pack was written to and verified in")
+    sha256 = serializers.CharField(help_text="SHA-256 of the pack file as verified")
+    month = serializers.CharField()
+    partition = serializers.CharField()
+    rows = serializers.IntegerField()
+    archived_at = Timestamp()
+
+
 class TraceValidationSerializer(serializers.Serializer):
     result = serializers.CharField()
     schema_version = _nullable(serializers.CharField)
@@ -199,6 +212,9 @@ class EventTraceSerializer(serializers.Serializer):
 
     event = TraceEventResourceSerializer()
     receipt = TraceReceiptSerializer(allow_null=True)
+    receipt_archive = TraceReceiptArchiveSerializer(
+        allow_null=True, help_text="set when the receipt's month was archived by retention (`receipt` is then "
+                                   "null): the pack that holds its bytes")
     payload_sha256 = serializers.CharField()
     validation = TraceValidationSerializer()
     canonical_changes = TraceCanonicalChangeSerializer(many=True)

@@ -1,6 +1,7 @@
 """Events API: receive one or a batch, list, read; canonical invoices. Views only translate HTTP; the receive
 views read the raw body themselves (never `request.data`) so the exact bytes are kept in the receipt log, and
-record a receipt for refused requests too (401/403)."""
+record a receipt for refused requests too (401/403). An event whose month retention archived answers 410
+`archived` with the pack that holds it (`event_or_gone`), here and at the portal's trace."""
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -12,8 +13,8 @@ from rest_framework.views import APIView
 from billing_sync import selectors, services
 from billing_sync.models import ApiToken, Event, Receipt
 from config import roles
-from config.api import PROBLEM_CONTENT_TYPE
-from config.errors import NotFound
+from config.api import PROBLEM_CONTENT_TYPE, problem_response
+from config.errors import Codes, NotFound
 
 SENDERS = roles.roles_allowed(roles.INTEGRATION, roles.ADMIN, read_roles=(roles.INTEGRATION, *roles.READ_ALL))
 EVENT_READERS = roles.roles_allowed(roles.INTEGRATION, *roles.READ_ALL)
@@ -108,12 +109,34 @@ def event_for(request, pk) -> Event:
     return event
 
 
+ARCHIVED_RESPONSE = OpenApiResponse(description="archived: the event's month was archived by retention; `event` "
+                                   "is its identity, `archive` the signed pack that holds its bytes (pack, location, "
+                                   "sha256, month, partition, rows, archived_at)")
+
+
+def event_or_gone(request, pk) -> tuple[Event | None, Response | None]:
+    """(the event, None) if the caller may read it; (None, a 410 `archived` answer naming the pack) if its
+    month was archived by retention; else 404. Source systems read only what they sent, which an archived
+    event no longer tells (its row is gone): 404 for them."""
+    try:
+        return event_for(request, pk), None
+    except NotFound:
+        archived = selectors.event_archive(pk) if not _own_only(request.user) else None
+        if archived is None:
+            raise
+    gone = problem_response(410, Codes.ARCHIVED, "Archived", f"event {pk} was archived with its month "
+                            f"{archived['archive']['month']} into {archived['archive']['pack']}")
+    gone.data.update(archived)
+    return None, gone
+
+
 class EventDetailView(APIView):
     permission_classes = [EVENT_READERS]
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses={200: dict, 410: ARCHIVED_RESPONSE})
     def get(self, request, pk):
-        return Response(selectors.event_resources([event_for(request, pk)])[0])
+        event, gone = event_or_gone(request, pk)
+        return gone or Response(selectors.event_resources([event])[0])
 
 
 class InvoiceDetailView(APIView):

@@ -12,6 +12,8 @@ from portal.services.retention import (  # noqa: F401
     ArchiveOutcome,
     RetentionRefused,
     pack_problems,
+    entities_with_rows,
     retention_archive,
+    retention_policies,
     retention_policy_set,
 )

@@ -60,31 +60,72 @@ def pack_name(kind: str, month: datetime.date) -> str:
     return f"tieout-retention-{kind}-{month:%Y-%m}.zip"
 
 
-def _refuse(kind: str, month: datetime.date, code: str, detail: str, actor) -> RetentionRefused:
+def _refuse(kind: str, month: datetime.date, code: str, detail: str, actor, entities=None) -> RetentionRefused:
+    after = {"code": code, "detail": detail} if entities is None else {"code": code, "detail": detail,
+                                                                       "entities": entities}
     with transaction.atomic():
         audit.record(actor=actor, action="retention.refused", object_type="retention",
-                     object_id=f"{kind}:{month:%Y-%m}", after={"code": code, "detail": detail})
+                     object_id=f"{kind}:{month:%Y-%m}", after=after)
     return RetentionRefused(detail, code=code)
 
 
-def retention_policy_set(*, kind: str, keep_months: int, location: str = "", actor) -> RetentionPolicy:
-    """Set how long `kind` is kept after its month ends and where its packs go; audited (`retention.policy_set`)."""
+def retention_policy_set(*, kind: str, keep_months: int, location: str = "", entity: str | None = None,
+                         actor) -> RetentionPolicy:
+    """Set how long `kind` is kept after its month ends: for `entity` (a code), or the kind's default (None),
+    which also says where the kind's packs go (a pack holds every entity's rows, so only the default has a
+    location); audited (`retention.policy_set`, object `KIND` for the default, `KIND:ENTITY` otherwise)."""
     if kind not in TABLES or keep_months < 0:
         raise ValueError(f"unknown kind {kind!r} or negative months")
+    if entity is not None and location:
+        raise ValueError("a location is the default policy's only: a pack holds every entity's rows")
+    owner = Entity.objects.filter(code=entity).first() if entity is not None else None
+    if entity is not None and owner is None:
+        raise ValueError(f"no entity {entity!r}")
     with transaction.atomic():
-        policy = RetentionPolicy.objects.select_for_update().filter(kind=kind).first()
+        policy = RetentionPolicy.objects.select_for_update().filter(kind=kind, entity=owner).first()
         before = {"keep_months": policy.keep_months, "location": policy.location} if policy else None
-        policy, _ = RetentionPolicy.objects.update_or_create(kind=kind, defaults={
+        policy, _ = RetentionPolicy.objects.update_or_create(kind=kind, entity=owner, defaults={
             "keep_months": keep_months, "location": location, "updated_at": timezone.now()})
-        audit.record(actor=actor, action="retention.policy_set", object_type="retention_policy", object_id=kind,
-                     before=before, after={"keep_months": keep_months, "location": location})
+        audit.record(actor=actor, action="retention.policy_set", object_type="retention_policy",
+                     object_id=kind if entity is None else f"{kind}:{entity}", before=before,
+                     after={"keep_months": keep_months, "location": location, "entity": entity})
     return policy
 
 
-def open_entities(month: datetime.date) -> list[str]:
-    """Entities whose period `month` is not closed (a month without a period row is open)."""
+def retention_policies(kind: str) -> tuple[RetentionPolicy | None, dict[str, RetentionPolicy]]:
+    """`kind`'s default policy (or None) and its policies by entity code."""
+    rows = list(RetentionPolicy.objects.filter(kind=kind).select_related("entity"))
+    default = next((p for p in rows if p.entity_id is None), None)
+    return default, {p.entity.code: p for p in rows if p.entity_id is not None}
+
+
+def open_entities(month: datetime.date, codes=None) -> list[str]:
+    """Entities (of `codes`, or all) whose period `month` is not closed (a month without a period row is open)."""
     closed = Period.objects.filter(year=month.year, month=month.month, status=Period.Status.CLOSED)
-    return sorted(Entity.objects.exclude(pk__in=closed.values("entity_id")).values_list("code", flat=True))
+    entities = Entity.objects.exclude(pk__in=closed.values("entity_id"))
+    if codes is not None:
+        entities = entities.filter(code__in=codes)
+    return sorted(entities.values_list("code", flat=True))
+
+
+def entities_with_rows(kind: str, month: datetime.date) -> list[str]:
+    """The codes of the entities with rows in `kind`'s partition of `month`. A row no entity can be told from
+    counts for every entity: a receipt no event (still in the database) came from, such as a refused request's,
+    and every audit entry (the chain of a month is everyone's; entries name no entity)."""
+    table = audit.partition_name(TABLES[kind], month)
+    every = sorted(Entity.objects.values_list("code", flat=True))
+    if kind == RetentionPolicy.Kind.AUDIT_ENTRIES:
+        return every
+    if kind == RetentionPolicy.Kind.EVENTS:
+        sql = f'SELECT DISTINCT entity_code FROM "{table}"'
+    else:
+        sql = f'SELECT DISTINCT e.entity_code FROM "{table}" r LEFT JOIN billing_sync_event e ON e.receipt_id = r.id'
+    with connection.cursor() as cursor:
+        cursor.execute(sql)
+        codes = {code for (code,) in cursor.fetchall()}
+    if None in codes or "" in codes:
+        return every
+    return sorted(codes)
 
 
 def _copy_sql(table: str, month: datetime.date) -> str:
@@ -187,8 +228,12 @@ def retention_archive(*, kind: str, month, actor="system", pack: str | Path | No
     """Archive `kind`'s partition of `month` (receipts, events, audit entries) into a signed pack, verify the
     pack, and only then detach and drop the partition (`audit.partition_detach`).
 
-    Refused, with nothing removed, when: no policy covers `kind`; the month ended less than the policy's
-    `keep_months` ago; it is not closed for every entity; it has no partition, or was archived already; an
+    The month's partition holds every entity's rows, so every entity with rows in it (`entities_with_rows`)
+    must allow it, under its own policy or the kind's default. Refused, with nothing removed, when: it was
+    archived already, or has no partition; an entity with rows in it has no policy and there is no default
+    (`retention_no_policy`), the month ended less than that entity's `keep_months` ago
+    (`retention_too_recent`), or it is not closed for that entity (`retention_month_open`), each naming the
+    entities (detail, and `entities` in the audited refusal); an
     audit entry of it is not sealed yet, or no signed digest follows its entries (the chain would not be
     provable from a signed digest once they are gone); or the pack does not verify. `pack` names a pack
     written earlier (by a run with `detach=False`, then copied to where archives are kept): that copy is
@@ -196,23 +241,32 @@ def retention_archive(*, kind: str, month, actor="system", pack: str | Path | No
     `partition.detached`, or `retention.refused` with the code.
     """
     month = _month(month)
-    policy = RetentionPolicy.objects.filter(kind=kind).first()
-    if policy is None or kind not in TABLES:
+    if kind not in TABLES:
         raise _refuse(kind, month, Codes.RETENTION_NO_POLICY, f"no retention policy for {kind!r}", actor)
     table = TABLES[kind]
-    today = timezone.now().astimezone(datetime.UTC).date()
-    kept_until = audit.month_add(month, policy.keep_months + 1)
-    if kept_until > today:
-        raise _refuse(kind, month, Codes.RETENTION_TOO_RECENT, f"{kind} of {month:%Y-%m} are kept until {kept_until} "
-                      f"({policy.keep_months} months after the month ends)", actor)
-    still_open = open_entities(month)
-    if still_open:
-        raise _refuse(kind, month, Codes.RETENTION_MONTH_OPEN, f"{month:%Y-%m} is open for {', '.join(still_open)}: "
-                      "nothing is archived from an open month", actor)
     if PartitionArchive.objects.filter(table=table, month=month).exists():
         raise _refuse(kind, month, Codes.RETENTION_ALREADY_ARCHIVED, f"{kind} of {month:%Y-%m} were archived already", actor)
     if month not in audit.partitions_list(table):
         raise _refuse(kind, month, Codes.RETENTION_NO_PARTITION, f"{table} has no partition of {month:%Y-%m}", actor)
+    default, own = retention_policies(kind)
+    entities = entities_with_rows(kind, month)
+    # Every entity with rows in the month must allow it; an empty partition answers to the default alone.
+    governing = {code: own.get(code, default) for code in entities} or {"(default)": default}
+    missing = sorted(code for code, policy in governing.items() if policy is None)
+    if missing:
+        raise _refuse(kind, month, Codes.RETENTION_NO_POLICY, f"no retention policy for {kind} of "
+                      f"{', '.join(missing)} (nor a default)", actor, entities=missing)
+    today = timezone.now().astimezone(datetime.UTC).date()
+    kept = {code: audit.month_add(month, policy.keep_months + 1) for code, policy in governing.items()}
+    recent = sorted(code for code, until in kept.items() if until > today)
+    if recent:
+        raise _refuse(kind, month, Codes.RETENTION_TOO_RECENT, f"{kind} of {month:%Y-%m} are kept for "
+                      + ", ".join(f"{code} until {kept[code]} ({governing[code].keep_months} months after the month "
+                                  "ends)" for code in recent), actor, entities=recent)
+    still_open = open_entities(month, entities)
+    if still_open:
+        raise _refuse(kind, month, Codes.RETENTION_MONTH_OPEN, f"{month:%Y-%m} is open for {', '.join(still_open)}, "
+                      f"which has {kind} in it: nothing is archived from an open month", actor, entities=still_open)
 
     chain = None
     if table == AUDIT_TABLE:
@@ -229,7 +283,7 @@ def retention_archive(*, kind: str, month, actor="system", pack: str | Path | No
                  "resume_first_seq": resume.first_seq}
 
     rows = audit.partition_rows(table, month)
-    location = Path(policy.location or settings.TIEOUT_RETENTION_DIR)
+    location = Path((default.location if default else "") or settings.TIEOUT_RETENTION_DIR)
     if pack is None:
         location.mkdir(parents=True, exist_ok=True)
         path = location / pack_name(kind, month)

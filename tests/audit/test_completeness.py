@@ -789,6 +789,8 @@ ALLOWED = {
     "exceptions_queue.services.exceptions.user_by_username": "read",
     "portal.auth_services.client_address": "pure",
     "portal.services.retention.open_entities": "read",
+    "portal.services.retention.entities_with_rows": "read",
+    "portal.services.retention.retention_policies": "read",
     "portal.services.retention.pack_name": "pure",
     "portal.services.retention.pack_problems": "check: reads the pack and the partition, changes nothing",
     "portal.auth_services.user_2fa_device": "read",

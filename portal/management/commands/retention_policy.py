@@ -1,6 +1,7 @@
-"""`manage.py retention_policy KIND [--keep-months N] [--location DIR]`: print the retention policy of receipts,
-events or audit entries, or set it (`portal.services.retention_policy_set`, audited)."""
-from django.core.management.base import BaseCommand
+"""`manage.py retention_policy KIND [--entity CODE] [--keep-months N] [--location DIR]`: print the retention
+policies of receipts, events or audit entries (the default and each entity's), or set the default or one
+entity's (`portal.services.retention_policy_set`, audited); only the default has a location."""
+from django.core.management.base import BaseCommand, CommandError
 
 from portal import services
 from portal.models import RetentionPolicy
@@ -11,18 +12,28 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("kind", choices=["receipts", "events", "audit_entries"])
+        parser.add_argument("--entity", default=None, help="an entity's policy (default: the kind's default)")
         parser.add_argument("--keep-months", type=int)
-        parser.add_argument("--location", default=None, help="directory of the archive packs")
+        parser.add_argument("--location", default=None, help="directory of the archive packs (default policy only)")
 
-    def handle(self, *args, kind, keep_months, location, **options):
-        policy = RetentionPolicy.objects.filter(kind=kind).first()
+    def handle(self, *args, kind, entity, keep_months, location, **options):
         if keep_months is not None or location is not None:
-            policy = services.retention_policy_set(
-                kind=kind, keep_months=keep_months if keep_months is not None else (policy.keep_months if policy else 84),
-                location=location if location is not None else (policy.location if policy else ""),
-                actor="cli:retention_policy")
-        if policy is None:
-            self.stdout.write(f"{kind}: no policy (never archived)")
-            return
-        self.stdout.write(f"{kind}: kept {policy.keep_months} months after the month ends; packs in "
-                          f"{policy.location or 'TIEOUT_RETENTION_DIR'}")
+            policy = RetentionPolicy.objects.filter(kind=kind, entity__code=entity) if entity else \
+                RetentionPolicy.objects.filter(kind=kind, entity__isnull=True)
+            policy = policy.first()
+            try:
+                services.retention_policy_set(
+                    kind=kind, entity=entity,
+                    keep_months=keep_months if keep_months is not None else (policy.keep_months if policy else 84),
+                    location=location if location is not None else (policy.location if policy else ""),
+                    actor="cli:retention_policy")
+            except ValueError as exc:
+                raise CommandError(str(exc)) from None
+        default, own = services.retention_policies(kind)
+        if default is None:
+            self.stdout.write(f"{kind}: no default policy (entities without their own are never archived)")
+        else:
+            self.stdout.write(f"{kind}: kept {default.keep_months} months after the month ends; packs in "
+                              f"{default.location or 'TIEOUT_RETENTION_DIR'}")
+        for code, policy in sorted(own.items()):
+            self.stdout.write(f"{kind} of {code}: kept {policy.keep_months} months after the month ends")
