@@ -4,6 +4,8 @@ run in parallel. An event is held behind an earlier conflicting one that is pend
 with a dependency key); only an event providing that key passes and wakes the parked ones. Business-rule
 refusals block nothing. `successors_of` wakes held events and the sweep catches lost wake-ups; deciding under
 the row lock on committed states stops two workers running conflicting events."""
+import json
+
 from django.db import connection
 
 SUCCESSOR_LIMIT = 100  # events woken at once; the rest are reached by the chain of wake-ups and the sweep
@@ -157,6 +159,31 @@ def successors_of(*, seq: int, keys: list[str]) -> list:
         return []
     with connection.cursor() as cursor:
         cursor.execute(_SUCCESSORS, [_probe(keys), seq, SUCCESSOR_LIMIT])
+        return [r[0] for r in cursor.fetchall()]
+
+
+# The same for many events at once (a processing chunk's), in one statement: each one's successors in `seq`
+# order, one event after the other, as so many `successors_of` calls would list them.
+_SUCCESSORS_MANY = """
+SELECT x.id
+FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS p(v, n)
+CROSS JOIN LATERAL (
+    SELECT e.id, e.seq FROM billing_sync_event e
+    WHERE e.order_keys && ARRAY(SELECT jsonb_array_elements_text(p.v->'probe'))
+      AND e.seq > (p.v->>'seq')::bigint AND e.status = 'accepted'
+    ORDER BY e.seq
+    LIMIT %s) x
+ORDER BY p.n, x.seq
+"""
+
+
+def successors_of_many(events: list[tuple[int, list[str]]]) -> list:
+    """`successors_of` for each (seq, keys), concatenated in the order given."""
+    probes = [{"seq": seq, "probe": _probe(keys)} for seq, keys in events if keys]
+    if not probes:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(_SUCCESSORS_MANY, [json.dumps(probes), SUCCESSOR_LIMIT])
         return [r[0] for r in cursor.fetchall()]
 
 

@@ -7,11 +7,13 @@ from audit.services.entries import (
     actor_label,
     canonical_json,
     compute_entry_hash,
+    entry_build,
     entry_content,
     entry_hash_sql,
     entry_template,
     model_snapshot,
     record,
+    record_built,
     record_many,
     record_params,
     slot_filled_sql,
@@ -35,8 +37,9 @@ seal = chain_seal
 
 __all__ = [
     "DB_ID", "GENESIS", "PARTITIONED", "chain_resume_day", "month_add", "partition_detach", "partition_name",
-    "partition_rows", "partitions_ensure", "partitions_list", "SLOT_TOKEN", "SealResult", "VerifyResult", "actor_label", "canonical_json", "chain_check",
-    "chain_hash", "chain_seal", "chain_verify", "compute_entry_hash", "digests_build", "entry_content",
-    "entry_hash_sql", "entry_template", "model_snapshot", "record", "record_many", "record_params", "seal",
+    "partition_rows", "partitions_ensure", "partitions_list", "SLOT_TOKEN", "SealResult", "VerifyResult", "actor_label",
+    "canonical_json", "chain_check", "chain_hash", "chain_seal", "chain_verify", "compute_entry_hash", "digests_build",
+    "entry_build", "entry_content", "entry_hash_sql", "entry_template", "model_snapshot", "record", "record_built",
+    "record_many", "record_params", "seal",
     "slot_filled_sql",
 ]

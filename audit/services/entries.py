@@ -1,6 +1,7 @@
 """Audit entries: how one is built and hashed (its `content` is the canonical JSON of the record, stored
 verbatim; `entry_hash` is the SHA-256 of those bytes), and `record` / `record_many`, the only ways to
-write one, inside the transaction of the change it records."""
+write one, inside the transaction of the change it records (`entry_build` + `record_built`: built at the
+moment, written with others in one statement later in the same transaction)."""
 import datetime
 import hashlib
 import json
@@ -185,6 +186,39 @@ def record_many(items: list[dict]) -> int:
              "content": e.content, "entry_hash": e.entry_hash} for e in entries]
     with connection.cursor() as cursor:
         cursor.execute(_RECORD_MANY_SQL, [now, json.dumps(rows, separators=(",", ":"))])
+    return len(rows)
+
+
+def entry_build(**item) -> AuditEntry:
+    """An entry (`record`'s keyword arguments) built and hashed now, at this moment, to be written later in this
+    transaction by `record_built` with others (one statement for a processing chunk's entries)."""
+    _require_transaction()
+    return _build(**item)
+
+
+_RECORD_BUILT_SQL = """
+WITH tx AS MATERIALIZED (SELECT pg_current_xact_id() AS xid)
+INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, event_id, correlation_id, content,
+                              entry_hash)
+SELECT (r.e->>'at')::timestamptz, r.e->>'actor', r.e->>'action', r.e->>'object_type', r.e->>'object_id',
+       (r.e->>'event_id')::uuid, r.e->>'correlation_id', r.e->>'content', r.e->>'entry_hash'
+FROM tx, jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS r(e, n)
+WHERE tx.xid IS NOT NULL
+ORDER BY r.n
+"""
+
+
+def record_built(entries: list[AuditEntry]) -> int:
+    """Write entries made by `entry_build`, in their order, in one INSERT: the same rows, content and hashes
+    that `record` would have written for each at the moment it was built (only their ids come later)."""
+    _require_transaction()
+    if not entries:
+        return 0
+    rows = [{"at": e.at.isoformat(), "actor": e.actor, "action": e.action, "object_type": e.object_type,
+             "object_id": e.object_id, "event_id": str(e.event_id) if e.event_id else None,
+             "correlation_id": e.correlation_id, "content": e.content, "entry_hash": e.entry_hash} for e in entries]
+    with connection.cursor() as cursor:
+        cursor.execute(_RECORD_BUILT_SQL, [json.dumps(rows, separators=(",", ":"))])
     return len(rows)
 
 

@@ -114,21 +114,47 @@ def events_process(*, event_ids, actor="system") -> dict:
 def _chunk_process(ids: list[str], statuses: dict, *, actor) -> list:
     """One chunk in one transaction; returns the events isolated as poisoned (rolled back, left accepted)."""
     poisoned = []
+    entries: list = []  # the chunk's `event.processed` entries, written in one statement before it commits
+    wakes: list = []  # (seq, order keys) of its events: what queued behind them is looked up after commit
     with transaction.atomic():
         locked = {str(e.pk): e for e in Event.objects.select_for_update().filter(
             pk__in=ids, status=Event.Status.ACCEPTED).order_by("seq")}
         for event in (locked[i] for i in ids if i in locked):
+            my_entries: list = []
+            my_wakes: list = []
             try:
                 with transaction.atomic():
-                    statuses[str(event.pk)] = _process_locked(event, actor=actor)
+                    statuses[str(event.pk)] = _process_locked(event, actor=actor, entries=my_entries,
+                                                              wakes=my_wakes)
             except Exception:  # business rules are handled inside: this is a bug or an outage, isolated
                 log.warning("events.chunk_isolated", event_id=str(event.pk), exc_info=True)
                 poisoned.append(event.pk)
+                continue
+            # Only once its savepoint is released: a rolled-back event records and wakes nothing.
+            entries += my_entries
+            wakes += my_wakes
+        audit.record_built(entries)
+        if wakes:
+            transaction.on_commit(lambda: successors_wake_many(wakes))
     return poisoned
 
 
-def _process_locked(event, *, actor) -> str:
-    """`event_process`'s work on an accepted event whose row the caller locked, in the caller's transaction."""
+def _successors_wake_after_commit(event, wakes: list | None) -> None:
+    if wakes is not None:  # a chunk: one look for all its events, after it commits
+        wakes.append((event.seq, event.order_keys))
+        return
+    seq, keys = event.seq, event.order_keys
+    transaction.on_commit(lambda: successors_wake(seq=seq, keys=keys))
+
+
+def _process_locked(event, *, actor, entries: list | None = None, wakes: list | None = None) -> str:
+    """`event_process`'s work on an accepted event whose row the caller locked, in the caller's transaction.
+
+    With `entries` and `wakes` (a chunk), its `event.processed` entry is built now and left there for the chunk
+    to write with the others, when it is the event's last entry here (a first attempt: a retry closes
+    exceptions after it, and a trace lists an event's entries in id order), and the look for the events queued
+    behind it is left to the chunk's one look after commit.
+    """
     holder = ordering.held_by(event)
     if holder is not None:
         if event.held_by_id != holder:  # recorded once per holder, not at every look
@@ -138,12 +164,10 @@ def _process_locked(event, *, actor) -> str:
                          event_id=event.pk, after={"behind": str(holder)})
             # An event held behind this one while it was still to run (a holder running in another
             # worker's chunk, say) may pass it now that it waits: look again at what queued behind it.
-            seq, keys = event.seq, event.order_keys
-            transaction.on_commit(lambda: successors_wake(seq=seq, keys=keys))
+            _successors_wake_after_commit(event, wakes)
         return event.status
-    seq, keys = event.seq, event.order_keys
     # Whatever the outcome, the events queued behind this one may go next.
-    transaction.on_commit(lambda: successors_wake(seq=seq, keys=keys))
+    _successors_wake_after_commit(event, wakes)
     with correlation.bound(event.correlation_id or None):
         event.attempts += 1
         try:
@@ -170,10 +194,14 @@ def _process_locked(event, *, actor) -> str:
         event.status = outcome.status
         event.processed_at = timezone.now()
         event.save(update_fields=["status", "processed_at", "attempts"])
-        audit.record(actor=actor, action="event.processed", object_type="event", object_id=event.pk,
-                     event_id=event.pk, before={"status": "accepted"},
-                     after={"status": event.status, "journals": [str(j.pk) for j in outcome.journals],
-                            "changes": outcome.changes})
+        processed = {"actor": actor, "action": "event.processed", "object_type": "event", "object_id": event.pk,
+                     "event_id": event.pk, "before": {"status": "accepted"},
+                     "after": {"status": event.status, "journals": [str(j.pk) for j in outcome.journals],
+                               "changes": outcome.changes}}
+        if entries is not None and event.attempts == 1:
+            entries.append(audit.entry_build(**processed))
+        else:
+            audit.record(**processed)
         if event.attempts > 1:  # only a retried event can have an exception to close
             queue.exceptions_resolve_for_event(event=event, resolution="Processed successfully on retry.",
                                                actor=actor)
@@ -187,6 +215,14 @@ def _process_locked(event, *, actor) -> str:
 def successors_wake(*, seq: int, keys: list[str]) -> int:
     """After an event was processed, parked or resolved: schedule the events queued behind it."""
     ids = ordering.successors_of(seq=seq, keys=keys)
+    if ids:
+        events_schedule(ids)
+    return len(ids)
+
+
+def successors_wake_many(events: list[tuple[int, list[str]]]) -> int:
+    """`successors_wake` for a chunk's events, in one look."""
+    ids = ordering.successors_of_many(events)
     if ids:
         events_schedule(ids)
     return len(ids)

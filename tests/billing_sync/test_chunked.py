@@ -11,6 +11,7 @@ fails alone exactly as it does processed by itself. Then two workers (threads, e
 connection) processing overlapping chunks of the same invoices' events at once: each invoice's events are
 processed in acceptance order, each once.
 """
+import datetime
 import difflib
 import json
 import re
@@ -23,6 +24,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
+from audit import services as audit
 from audit.models import AuditEntry
 from billing_sync import dispatch, documents
 from billing_sync import services as billing
@@ -152,6 +154,12 @@ def test_a_poisoned_event_fails_alone_and_the_rest_of_its_chunk_commits(entity, 
     assert not Journal.objects.filter(event_id=poisoned).exists()
     assert not ExceptionRecord.objects.filter(event_id=poisoned).exists()
     assert AuditEntry.objects.filter(event_id=poisoned).count() == entries_before
+    # The others' `event.processed` entries, written together at the end of the chunk, are what `record`
+    # writes: content hashed, `at` the moment each was made (in the content too).
+    for entry in AuditEntry.objects.filter(event_id__in=ids, action="event.processed"):
+        assert entry.entry_hash == audit.compute_entry_hash(entry)
+        assert json.loads(entry.content)["at"] == entry.at.astimezone(datetime.timezone.utc).isoformat()
+        assert json.loads(entry.content)["event_id"] == str(entry.event_id)
     # Alone it fails the same way (the task retries it); once the bug is gone it goes through.
     with pytest.raises(ZeroDivisionError):
         billing.event_process(event_id=poisoned)
