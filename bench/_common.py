@@ -394,3 +394,16 @@ def throttle_history_bytes() -> int:
         return sum(client.strlen(key) for key in client.scan_iter(match="*throttle*"))
     finally:
         client.close()
+
+
+def worker_ready(process: subprocess.Popen, name: str, nodename: str, timeout: float = 60) -> subprocess.Popen:
+    """Wait until the Celery worker started as `process` answers a ping as `nodename`; its log tail if it dies."""
+    probe = Celery(broker=REDIS_URL)
+    deadline = time.monotonic() + timeout
+    try:
+        while not any(nodename in reply for reply in probe.control.ping(destination=[nodename], timeout=0.5)):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"worker {name} did not start:\n{tail(f'{name}.log')}")
+    finally:
+        probe.close()
+    return process

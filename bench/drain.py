@@ -25,7 +25,6 @@ import time
 import psutil
 import psycopg
 import redis
-from celery import Celery
 
 import _common as c
 
@@ -92,15 +91,7 @@ def start_worker(env: dict, processes: int, name: str):
                        "-Q", "celery,posting,callbacks", "-c", str(processes), "--pool=prefork", "-l", "warning",
                        "-n", nodename, "--without-gossip", "--without-mingle"],
                       env=dict(env, BENCH_COUNT_REDIS_URL=c.REDIS_URL), log_name=f"{name}.log")
-    probe = Celery(broker=c.REDIS_URL)
-    deadline = time.monotonic() + 60
-    try:
-        while not any(nodename in reply for reply in probe.control.ping(destination=[nodename], timeout=0.5)):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"worker {name} did not start:\n{c.tail(f'{name}.log')}")
-    finally:
-        probe.close()
-    return process
+    return c.worker_ready(process, name, nodename)
 
 
 STATUS_SQL = ("SELECT count(*) FILTER (WHERE status <> 'accepted'), count(*) FILTER (WHERE status = 'posted'), "

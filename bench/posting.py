@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import psycopg
-from celery import Celery
 
 import _common as c
 
@@ -44,15 +43,7 @@ def start_worker(env: dict, *, queues: str, concurrency: int, pool: str, name: s
     process = c.spawn([str(c.BIN / "celery"), "-A", "config", "worker", "-Q", queues, "-c", str(concurrency),
                        f"--pool={pool}", "-l", "warning", "-n", nodename, "--without-gossip", "--without-mingle",
                        "--prefetch-multiplier", "1"], env=env, log_name=f"{name}.log")
-    probe = Celery(broker=c.REDIS_URL)
-    deadline = time.monotonic() + 60
-    try:
-        while not any(nodename in reply for reply in probe.control.ping(destination=[nodename], timeout=0.5)):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"worker {name} did not start:\n{c.tail(f'{name}.log')}")
-    finally:
-        probe.close()
-    return process
+    return c.worker_ready(process, name, nodename)
 
 
 def ingest_rate(port: int, token: str) -> float:
