@@ -14,6 +14,7 @@ from config.celery import app as celery_app
 from exceptions_queue.models import ExceptionRecord
 from ledger.models import Journal
 from tests import factories as f
+from tests.helpers import wait_until
 
 
 class eager:
@@ -40,6 +41,20 @@ def settled(prefix: str, count: int) -> bool:
     if any(ordering.held_by(e) is None for e in events.filter(status="accepted")):
         return False
     return not Journal.objects.filter(event__in=events, status__in=["ready", "posting"]).exists()
+
+
+def wait_settled(prefix: str, count: int, worker, timeout: float) -> None:
+    """Wait until the run is `settled` and stays so for a few polls (nothing was in flight); the worker's log
+    tail if it does not."""
+    streak = 0
+
+    def at_rest() -> bool:
+        nonlocal streak
+        streak = streak + 1 if settled(prefix, count) else 0
+        return streak >= 3
+
+    wait_until(at_rest, timeout=timeout, interval=0.2,
+               message=lambda: f"run {prefix} did not settle\n--- worker log ---\n{worker.log_tail()}")
 
 
 def outcome(prefix: str) -> dict:

@@ -25,8 +25,8 @@ from exceptions_queue.models import ExceptionRecord
 from tests import factories as f
 from tests.conftest import BASE_DIR, CeleryWorkerProcess, _reset_broker_pools, _stop, _test_database_url
 from tests.fixtures import integration_client, setup_us01
-from tests.helpers import send, wait_until
-from tests.histories import eager, outcome, settled
+from tests.helpers import send
+from tests.histories import eager, outcome, wait_settled
 
 SS = f.SOURCE
 
@@ -122,18 +122,6 @@ def _send_batch(client, payloads) -> None:
     assert response.status_code < 300, response.content
 
 
-def _wait_at_rest(prefix: str, count: int, worker, timeout: float = 90) -> None:
-    streak = 0
-
-    def at_rest() -> bool:
-        nonlocal streak
-        streak = streak + 1 if settled(prefix, count) else 0
-        return streak >= 3  # still at rest after a few polls: nothing was in flight
-
-    wait_until(at_rest, timeout=timeout, interval=0.2,
-               message=lambda: f"run {prefix} did not settle\n{worker.log_tail()}")
-
-
 @pytest.mark.worker
 @pytest.mark.slow
 def test_a_two_process_worker_on_every_lane_keeps_each_documents_order(live_worker, us01, source, settings):
@@ -151,7 +139,7 @@ def test_a_two_process_worker_on_every_lane_keeps_each_documents_order(live_work
                 _send_batch(source, payloads)
         else:
             _send_batch(source, payloads)
-            _wait_at_rest(prefix, len(payloads), live_worker)
+            wait_settled(prefix, len(payloads), live_worker, 90)
         results.append(outcome(prefix))
     reference, workers = results
     assert workers == reference
@@ -209,7 +197,7 @@ def test_the_lanes_work_on_rabbitmq(transactional_db, settings, tmp_path):
             prefix = f"q{uuid.uuid4().hex[:8]}_"
             payloads = _interleaved(prefix, _spread(prefix, 4))
             _send_batch(client, payloads)
-            _wait_at_rest(prefix, len(payloads), worker)
+            wait_settled(prefix, len(payloads), worker, 90)
             events = Event.objects.filter(event_id__startswith=prefix)
             assert len(set(dispatch.lanes_of([str(e.pk) for e in events]).values())) >= 4
             assert not events.filter(status__in=["accepted", "exception"]).exists()

@@ -23,8 +23,8 @@ from billing_sync.services import processing
 from exceptions_queue.models import ExceptionRecord
 from ledger.models import JournalLine
 from tests import factories as f
-from tests.helpers import send, wait_until
-from tests.histories import CUSTOMER_HISTORY, customer_events, eager, interleave, outcome, settled
+from tests.helpers import send
+from tests.histories import CUSTOMER_HISTORY, customer_events, eager, interleave, outcome, wait_settled
 
 SS = f.SOURCE
 
@@ -179,18 +179,6 @@ def post_all(client, payloads) -> None:
         assert response.status_code == 202, response.content
 
 
-def wait_settled(prefix: str, count: int, worker) -> None:
-    streak = 0
-
-    def at_rest() -> bool:
-        nonlocal streak
-        streak = streak + 1 if settled(prefix, count) else 0
-        return streak >= 3  # still at rest after a few polls: nothing was in flight
-
-    wait_until(at_rest, timeout=POLL_SECONDS, interval=0.2,
-               message=lambda: f"run {prefix} did not settle\n--- worker log ---\n{worker.log_tail()}")
-
-
 def run_both(source, settings, worker, build) -> tuple[dict, dict]:
     """The same history one event at a time and then through the two-process worker; both outcomes."""
     results = []
@@ -202,7 +190,7 @@ def run_both(source, settings, worker, build) -> tuple[dict, dict]:
                 post_all(source, payloads)
         else:
             post_all(source, payloads)
-            wait_settled(prefix, len(payloads), worker)
+            wait_settled(prefix, len(payloads), worker, POLL_SECONDS)
         results.append(outcome(prefix))
     return results[0], results[1]
 
