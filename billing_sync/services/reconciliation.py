@@ -141,7 +141,7 @@ def reconciliation_run_execute(*, run_id, connector=None, progress=None) -> Reco
             if ctx.plan.erp or ctx.plan.balance:
                 documents = erp_checks.stage(ctx, connector, progress)
             with transaction.atomic():
-                run = ReconciliationRun.objects.select_for_update().select_related("entity").get(pk=run_id)
+                run = ReconciliationRun.objects.select_for_update(of=("self",)).select_related("entity").get(pk=run_id)
                 if run.status != ReconciliationRun.Status.RUNNING:
                     return run
                 # Set-based checks over a million rows sort and hash in the server: room to do it in memory
@@ -181,7 +181,7 @@ def _error_text(exc: Exception) -> str:
 
 def _fail(run_id, error: str, *, requests: int = 0) -> ReconciliationRun:
     with transaction.atomic():
-        run = ReconciliationRun.objects.select_for_update().select_related("entity").get(pk=run_id)
+        run = ReconciliationRun.objects.select_for_update(of=("self",)).select_related("entity").get(pk=run_id)
         if run.status == ReconciliationRun.Status.RUNNING:
             run.erp_requests = requests
             _fail_locked(run, error, actor="system")

@@ -182,7 +182,7 @@ def erp_batches_sweep(*, window_seconds: float) -> int:
 def erp_batch_post(*, batch_id, actor="system") -> PostOutcome:
     """Post a closed batch as one ERP document; on acknowledgement every member journal is posted."""
     with transaction.atomic():
-        batch = ErpBatch.objects.select_for_update().select_related("entity").get(pk=batch_id)
+        batch = ErpBatch.objects.select_for_update(of=("self",)).select_related("entity").get(pk=batch_id)
         if batch.status not in (ErpBatch.Status.READY, ErpBatch.Status.POSTING):
             return PostOutcome(batch.pk, batch.status, batch.erp_document_ref)
         now = timezone.now()
@@ -283,6 +283,6 @@ def _batch_fail(batch: ErpBatch, message: str, *, actor) -> None:
     batch.save(update_fields=["status", "posting_claimed_until", "next_attempt_at", "last_error"])
     audit.record(actor=actor, action="erp_batch.failed", object_type="erp_batch", object_id=batch.pk,
                  after={"error": message[:1000]})
-    for journal in Journal.objects.select_for_update().select_related("entity").filter(
+    for journal in Journal.objects.select_for_update(of=("self",)).select_related("entity").filter(
             erp_batch=batch, status=Journal.Status.POSTING):
         _fail(journal, Codes.POSTING_FAILED, f"batch {batch.pk}: {message}", actor=actor)

@@ -131,7 +131,7 @@ def journal_reversal(*, original: Journal, accounting_date: datetime.date, kind:
 @transaction.atomic
 def journal_release(*, journal_id, actor) -> Journal:
     """An approved journal becomes ready to post (its period must still be open)."""
-    journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
+    journal = Journal.objects.select_for_update(of=("self",)).select_related("entity").get(pk=journal_id)
     if journal.status != Journal.Status.PENDING_APPROVAL:
         raise TieoutError(f"journal {journal.pk} is {journal.status}, not pending approval", code=Codes.INVALID_STATE,
                           status=409)

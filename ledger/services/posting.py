@@ -46,7 +46,7 @@ def journal_post(*, journal_id, actor="system") -> PostOutcome:
 
 def _journal_post(journal_id, actor, suspect_lock: list) -> PostOutcome:
     with transaction.atomic():
-        journal = Journal.objects.select_for_update().select_related("entity").filter(pk=journal_id).first()
+        journal = Journal.objects.select_for_update(of=("self",)).select_related("entity").filter(pk=journal_id).first()
         if journal is None:
             raise TieoutError(f"no journal {journal_id}", code=Codes.NOT_FOUND, status=404)
         if journal.status not in (Journal.Status.READY, Journal.Status.POSTING):  # failed: only a retry re-posts
@@ -177,7 +177,7 @@ def _send(connector, journal: Journal, look_up_first: bool, *, before_post=None)
 def _settle(journal_id, attempt_id, result: connectors.PostResult, connector_name: str, *, actor) -> PostOutcome:
     """The ERP has the journal: mark it posted in its own transaction (unless a duplicate delivery did)."""
     with transaction.atomic():
-        journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
+        journal = Journal.objects.select_for_update(of=("self",)).select_related("entity").get(pk=journal_id)
         if journal.status == Journal.Status.POSTED:
             return PostOutcome(journal.pk, journal.status, journal.erp_document_ref)
         with correlation.bound(journal.correlation_id or None):
@@ -339,7 +339,7 @@ def _mark_posted(journal: Journal, result: connectors.PostResult, connector_name
 def journal_post_failed(*, journal_id, message: str, actor="system") -> None:
     """The posting task gave up (retries spent or a permanent ERP error): record it and open an exception."""
     with transaction.atomic():
-        journal = Journal.objects.select_for_update().select_related("entity").get(pk=journal_id)
+        journal = Journal.objects.select_for_update(of=("self",)).select_related("entity").get(pk=journal_id)
         if journal.status in (Journal.Status.POSTED, Journal.Status.FAILED):
             return
         _fail(journal, Codes.POSTING_FAILED, message, actor=actor)
