@@ -9,6 +9,7 @@ in-database and eager posting, and a journal taken back from a worker that died.
 import structlog
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from ledger import connectors, services
@@ -38,6 +39,17 @@ def _post_with_retries(task, post, fail, *, ref: str) -> None:
                 return
             countdown = min(exc.retry_after or 1.0, settings.TIEOUT_POSTING_LEASE_SECONDS)
         log.warning("posting.retry", ref=ref, attempt=retries + 1, countdown=round(countdown, 2), error=str(exc))
+        raise task.retry(exc=exc, countdown=countdown) from None
+    except (OperationalError, InterfaceError) as exc:
+        # Our own database failed (a restart, a dropped connection, a deadlock victim, the lock table full):
+        # nothing was recorded, so no due time exists for the sweep to find before its stale-journal pass ten
+        # minutes on. Look again soon, backing off, a bounded number of times; then the sweep owns it.
+        retries = task.request.retries
+        if retries >= settings.TIEOUT_POSTING_MAX_RETRIES:
+            log.warning("posting.left_to_the_sweep", ref=ref, attempt=retries + 1, error=str(exc))
+            return
+        countdown = min(2.0 ** retries, 60.0)
+        log.warning("posting.database_retry", ref=ref, attempt=retries + 1, countdown=countdown, error=str(exc))
         raise task.retry(exc=exc, countdown=countdown) from None
 
 
