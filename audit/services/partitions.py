@@ -80,7 +80,44 @@ def partitions_ensure(*, months_ahead: int | None = None, today: datetime.date |
         if created or blocked:
             record(actor=actor, action="partitions.created", object_type="partitions", object_id=f"{first:%Y-%m}",
                    after={"created": created, "blocked": blocked, "months_ahead": months_ahead})
+    budget = partitions_lock_need()
+    if not budget["enough"]:  # every month made adds to it: say so while there is time to restart PostgreSQL
+        log.warning("PostgreSQL's max_locks_per_transaction is below what a worker transaction may lock",
+                    extra=budget)
     return created
+
+
+# A lock per relation and per lock mode: an unpruned statement on a partitioned table locks the table, every
+# partition and every index of each; a worker's transaction reads, row-locks and updates events (three modes).
+LOCK_MODES_PER_RELATION = 3
+# The ordinary tables one processing or posting transaction touches (documents, journals, lines, outbox, the
+# key tables, the exception queue...), measured at about 60 and rounded up.
+ORDINARY_RELATIONS = 100
+
+
+def partitions_lock_need() -> dict:
+    """What PostgreSQL's lock table must hold for one worker transaction, against what it allows per session.
+
+    A query on events, receipts or audit entries that cannot prune by month (by id, by document key: most of a
+    worker's) locks every attached partition and each of its indexes, so the locks one transaction holds grow
+    with every month kept. The shared lock table has `max_locks_per_transaction` × connections slots; when one
+    transaction needs more than `max_locks_per_transaction`, enough concurrent ones exhaust it and PostgreSQL
+    refuses work with "out of shared memory" (seen in bench/drain.py beside a test run). Returns `relations`
+    (partitioned tables, partitions and their indexes), `need` (the locks one transaction may hold, every
+    mode), `max_locks_per_transaction` and `enough`."""
+    with connection.cursor() as cursor:
+        # Before the migrations have made them there is nothing partitioned to count.
+        cursor.execute("SELECT t FROM unnest(%s::text[]) AS t WHERE to_regclass(t) IS NOT NULL", [list(PARTITIONED)])
+        tables = [row[0] for row in cursor.fetchall()]
+        cursor.execute("""
+            WITH rels AS (SELECT inhrelid AS oid FROM pg_inherits WHERE inhparent = ANY(%s::regclass[])
+                          UNION ALL SELECT unnest(%s::regclass[])::oid)
+            SELECT (SELECT count(*) FROM rels) + (SELECT count(*) FROM pg_index x JOIN rels r ON x.indrelid = r.oid),
+                   current_setting('max_locks_per_transaction')::int""", [tables, tables])
+        relations, allowed = cursor.fetchone()
+    need = relations * LOCK_MODES_PER_RELATION + ORDINARY_RELATIONS
+    return {"relations": relations, "need": need, "max_locks_per_transaction": allowed,
+            "enough": relations == 0 or allowed >= need}
 
 
 def partition_rows(table: str, month: datetime.date) -> int:

@@ -7,6 +7,7 @@ import uuid
 
 import pytest
 from django.conf import settings
+from django.core import checks as django_checks
 from django.db import IntegrityError, connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.utils import timezone
@@ -198,3 +199,50 @@ def test_a_month_with_rows_in_the_default_partition_is_skipped_and_the_rest_made
     blocked = audit.partition_name("billing_sync_event", month)
     assert blocked not in created and audit.partition_name("billing_sync_receipt", month) in created
     assert AuditEntry.objects.get(action="partitions.created").after["blocked"] == [blocked]
+
+
+def _relation_locks_held(tables) -> int:
+    """The relation locks this session holds on `tables`, their partitions and all their indexes (every mode)."""
+    with connection.cursor() as cursor:
+        cursor.execute("""
+            WITH rels AS (SELECT inhrelid AS oid FROM pg_inherits WHERE inhparent = ANY(%s::regclass[])
+                          UNION ALL SELECT unnest(%s::regclass[])::oid),
+                 every AS (SELECT oid FROM rels UNION ALL SELECT x.indexrelid FROM pg_index x JOIN rels r
+                                                                  ON x.indrelid = r.oid)
+            SELECT count(*) FROM pg_locks l JOIN every e ON l.relation = e.oid
+             WHERE l.pid = pg_backend_pid() AND l.locktype = 'relation'""", [tables, tables])
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db
+def test_the_lock_need_counts_what_an_unpruned_worker_transaction_locks(entity):
+    """Reading, row-locking and updating events by id (as a worker does: the id says nothing of the month) locks
+    every partition and index in each mode; the need covers it, and grows with every month made."""
+    answer = services.event_receive(body=json.dumps(f.customer()).encode(), user=None, headers=HEADERS)
+    event = Event.objects.get(pk=answer.body["id"])
+    with transaction.atomic():
+        list(Event.objects.filter(pk=event.pk))
+        list(Event.objects.select_for_update().filter(pk=event.pk))
+        Event.objects.filter(pk=event.pk).update(attempts=0)
+        held = _relation_locks_held(["billing_sync_event"])
+    need = audit.partitions_lock_need()
+    months = len(audit.partitions_list("billing_sync_event")) + 1  # and DEFAULT
+    assert held >= months * 3  # at least each partition in three modes: no pruning
+    assert need["need"] >= held
+    assert need["relations"] > 0
+    assert need["enough"] == (need["max_locks_per_transaction"] >= need["need"])
+
+    audit.partitions_ensure(months_ahead=settings.TIEOUT_PARTITIONS_AHEAD + 2)
+    grown = audit.partitions_lock_need()
+    assert grown["relations"] > need["relations"] and grown["need"] > need["need"]
+
+
+@pytest.mark.django_db
+def test_the_system_check_warns_when_the_lock_table_is_too_small():
+    messages = django_checks.run_checks(databases=["default"], tags=[django_checks.Tags.database])
+    warned = [m for m in messages if m.id == "tieout.W001"]
+    need = audit.partitions_lock_need()
+    assert bool(warned) is not need["enough"]
+    if warned:
+        assert f"at least {need['need']}" in warned[0].hint
+        assert str(need["max_locks_per_transaction"]) in warned[0].msg
