@@ -13,9 +13,11 @@ from audit import services as audit
 from billing_sync import callbacks, dispatch, documents, ordering
 from billing_sync.models import Customer, Event, Invoice, Payment
 from config import correlation
+from config.memo import memo_scope
 from config.errors import BusinessRuleError
 from exceptions_queue import services as queue
 from exceptions_queue.models import ExceptionRecord
+from ledger import services as ledger
 from ledger.models import Entity
 
 log = structlog.get_logger("tieout.processing")
@@ -117,22 +119,25 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor) -> list:
     entries: list = []  # the chunk's `event.processed` entries, written in one statement before it commits
     wakes: list = []  # (seq, order keys) of its events: what queued behind them is looked up after commit
     with transaction.atomic():
-        locked = {str(e.pk): e for e in Event.objects.select_for_update().filter(
-            pk__in=ids, status=Event.Status.ACCEPTED).order_by("seq")}
-        for event in (locked[i] for i in ids if i in locked):
-            my_entries: list = []
-            my_wakes: list = []
-            try:
-                with transaction.atomic():
-                    statuses[str(event.pk)] = _process_locked(event, actor=actor, entries=my_entries,
-                                                              wakes=my_wakes)
-            except Exception:  # business rules are handled inside: this is a bug or an outage, isolated
-                log.warning("events.chunk_isolated", event_id=str(event.pk), exc_info=True)
-                poisoned.append(event.pk)
-                continue
-            # Only once its savepoint is released: a rolled-back event records and wakes nothing.
-            entries += my_entries
-            wakes += my_wakes
+        # The chunk's journals are relayed together after it commits (an in-database ledger posts them at once),
+        # before the look for what queued behind (as each journal's relay came before it one at a time).
+        with ledger.outbox_relay_batched(), memo_scope():  # reference data read once per chunk
+            locked = {str(e.pk): e for e in Event.objects.select_for_update().filter(
+                pk__in=ids, status=Event.Status.ACCEPTED).order_by("seq")}
+            for event in (locked[i] for i in ids if i in locked):
+                my_entries: list = []
+                my_wakes: list = []
+                try:
+                    with transaction.atomic():
+                        statuses[str(event.pk)] = _process_locked(event, actor=actor, entries=my_entries,
+                                                                  wakes=my_wakes)
+                except Exception:  # business rules are handled inside: this is a bug or an outage, isolated
+                    log.warning("events.chunk_isolated", event_id=str(event.pk), exc_info=True)
+                    poisoned.append(event.pk)
+                    continue
+                # Only once its savepoint is released: a rolled-back event records and wakes nothing.
+                entries += my_entries
+                wakes += my_wakes
         audit.record_built(entries)
         if wakes:
             transaction.on_commit(lambda: successors_wake_many(wakes))

@@ -7,6 +7,7 @@ movements are our posted journal lines summed per account and month by PostgreSQ
 import datetime
 from collections.abc import Iterable, Iterator
 
+from django.db import connection
 from django.db.models import Sum
 from django.db.models.functions import TruncMonth
 
@@ -25,12 +26,31 @@ class BuiltinConnector(Connector):
         existing = self.lookup(journal)
         if existing:
             return existing
-        year = journal.accounting_date.year
-        DocumentSequence.objects.get_or_create(entity=self.entity, year=year)
-        sequence = DocumentSequence.objects.select_for_update().get(entity=self.entity, year=year)
-        sequence.last_number += 1
-        sequence.save(update_fields=["last_number"])
-        return PostResult(f"JE-{self.entity.code}-{year}-{sequence.last_number:06d}")
+        return self.post_journals([journal])[journal.pk]
+
+    def post_journals(self, journals: list[Journal]) -> dict:
+        """`post_journal` for many journals of this entity at once, numbered in the order given: one statement per
+        year takes the year's whole range (`RETURNING` its last number), so the counter's row is locked once per
+        call, in the caller's transaction, as late as the caller asks for numbers. Returns {journal pk: result}.
+        Journals already numbered (an earlier delivery's) keep their number."""
+        results = {j.pk: PostResult(j.erp_document_ref, already_existed=True) for j in journals if j.erp_document_ref}
+        by_year: dict[int, list[Journal]] = {}
+        for journal in journals:
+            if journal.pk not in results:
+                by_year.setdefault(journal.accounting_date.year, []).append(journal)
+        for year, todo in sorted(by_year.items()):
+            # One statement: the year's counter made if missing, advanced by the whole range, and read back.
+            with connection.cursor() as cursor:
+                cursor.execute(f"""
+                    INSERT INTO {DocumentSequence._meta.db_table} AS s (entity_id, year, last_number)
+                    VALUES (%s, %s, %s)
+                    ON CONFLICT (entity_id, year) DO UPDATE SET last_number = s.last_number + EXCLUDED.last_number
+                    RETURNING last_number""", [self.entity.pk, year, len(todo)])
+                last = cursor.fetchone()[0]
+            for offset, journal in enumerate(todo):
+                number = last - len(todo) + 1 + offset
+                results[journal.pk] = PostResult(f"JE-{self.entity.code}-{year}-{number:06d}")
+        return results
 
     def lookup(self, journal: Journal) -> PostResult | None:
         ref = Journal.objects.filter(pk=journal.pk).values_list("erp_document_ref", flat=True).first()

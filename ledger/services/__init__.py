@@ -51,6 +51,7 @@ from ledger.services.manual import (  # noqa: F401
 )
 from ledger.services.outbox import (  # noqa: F401
     _enqueue,
+    outbox_relay_batched,
     outbox_relay,
     outbox_sweep,
 )
@@ -79,5 +80,6 @@ from ledger.services.posting import (  # noqa: F401
     journal_post,
     journal_post_failed,
     journals_claim,
+    journals_post_in_database,
     journals_settle_posted,
 )

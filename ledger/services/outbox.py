@@ -3,7 +3,9 @@ commit the relay hands rows to the posting workers (or posts in-database ledgers
 sends what a crash or a broker outage left behind, and every journal whose retry is due (its due time is kept
 on the journal, so a worker that died holding the retry's countdown loses nothing).
 """
+import contextlib
 import datetime
+import threading
 
 import structlog
 from django.conf import settings
@@ -14,14 +16,40 @@ from django.utils import timezone
 from ledger import connectors, tasks
 from ledger.models import Entity, Journal, Outbox
 from ledger.services.drain import concurrent_posting, posting_wake, posting_wake_due
-from ledger.services.posting import journal_post
+from ledger.services.posting import journal_post, journals_post_in_database
 
 log = structlog.get_logger("tieout.ledger")
 
 
+# The outbox rows made inside `outbox_relay_batched` on this thread (Django's connections are per thread).
+_batched = threading.local()
+
+
 def _enqueue(journal: Journal) -> None:
     outbox = Outbox.objects.create(journal=journal)
+    collected = getattr(_batched, "ids", None)
+    if collected is not None:
+        collected.append(outbox.pk)
+        return
     transaction.on_commit(lambda: outbox_relay([outbox.pk]))
+
+
+@contextlib.contextmanager
+def outbox_relay_batched():
+    """Inside a transaction: the journals made ready in the block are relayed together after commit, by one
+    `outbox_relay` call rather than one per journal, so that an in-database ledger posts them in one
+    transaction (`journals_post_in_database`). A row made in a savepoint that rolled back is in the list but
+    not in the table: the relay finds nothing for it. Nested blocks join the outer one."""
+    if getattr(_batched, "ids", None) is not None:
+        yield
+        return
+    _batched.ids = []
+    try:
+        yield
+    finally:
+        ids, _batched.ids = _batched.ids, None
+    if ids:
+        transaction.on_commit(lambda: outbox_relay(ids))
 
 
 def outbox_relay(outbox_ids: list[int]) -> None:
@@ -34,7 +62,12 @@ def outbox_relay(outbox_ids: list[int]) -> None:
             .values_list("pk", "journal_id", "journal__entity_id", "journal__entity__erp_connector",
                          "journal__entity__posting_mode", "journal__status"))
     rung: dict = {}  # entity id -> whether its doorbell was rung (once per relay, not once per row)
+    rows = list(rows)
+    posted = _post_in_database([(journal_id, connector_name, status) for _, journal_id, _, connector_name, _, status
+                                in rows])
     for pk, journal_id, entity_id, connector_name, posting_mode, status in rows:
+        if journal_id in posted:
+            continue  # posted right here with the others, its outbox row settled in that transaction
         if posting_mode == Entity.PostingMode.BATCH and connector_name != "builtin":
             continue  # batch mode: the sweep gathers ready journals into batches (form_erp_batches)
         if connectors.connector_class(connector_name).in_database and not settings.CELERY_TASK_ALWAYS_EAGER:
@@ -62,6 +95,21 @@ def outbox_relay(outbox_ids: list[int]) -> None:
             continue
         Outbox.objects.filter(pk=pk, dispatched_at__isnull=True).update(
             dispatched_at=timezone.now(), dispatch_count=F("dispatch_count") + 1)
+
+
+def _post_in_database(rows) -> set:
+    """The relayed ready journals of in-database ledgers, posted together (`journals_post_in_database`: one
+    transaction, the gapless counter taken once); the ids it settled. Whatever goes wrong, each journal goes
+    the one-at-a-time way below (and the queue, and the sweep)."""
+    ids = [journal_id for journal_id, connector_name, status in rows
+           if status == Journal.Status.READY and connectors.connector_class(connector_name).in_database]
+    if len(ids) < 2:
+        return set()
+    try:
+        return set(journals_post_in_database(journal_ids=ids))
+    except Exception as exc:
+        log.warning("outbox.inline_post_many_failed", journals=len(ids), error=str(exc))
+        return set()
 
 
 def outbox_sweep(*, older_than_seconds: int) -> int:

@@ -70,6 +70,9 @@ ALLOWED = {
     ("ledger/services/posting.py", "journals_settle_posted"): (
         "a drain's group of journals the ERP acknowledged, journal.posted per journal with its correlation id",
         SAME_FUNCTION),
+    ("ledger/services/posting.py", "journals_post_in_database"): (
+        "the built-in ledger's journals of a chunk posted at once, journal.posted per journal with its correlation "
+        "id", SAME_FUNCTION),
     ("ledger/services/outcomes.py", "_fail"): ("journal.attempts is PostingAttempt (operational)", "exempt"),
     ("ledger/services/batches.py", "_batch_close"): ("row is an ErpBatchLine (operational)", "exempt"),
     ("billing_sync/services/reconciliation.py", "_apply"): (

@@ -619,6 +619,12 @@ PATHS.append(Path("drain: an entity's ready journals posted, many in flight",
                    "ledger.services.posting.journals_settle_posted"),
                   prepare=_drained_journal))
 
+PATHS.append(Path("built-in ledger: a chunk's ready journals posted at once",
+                  lambda c, j: ledger.journals_post_in_database(journal_ids=[j], actor="system"),
+                  {"journal.posted"},
+                  ("ledger.services.posting.journals_post_in_database",),
+                  prepare=_ready_journal))
+
 # ---------------------------------------------------------------- reconciliation
 NOV = (datetime.date(2026, 11, 1), datetime.date(2026, 11, 30))
 
@@ -777,6 +783,7 @@ ALLOWED = {
     "portal.services.close.audit_verify_for_close": "the audit core's own chain check (an AuditCheck row) and its "
                                                     "alarm (exception_open_for_audit_check, covered), as the task",
     "ledger.services.outbox.outbox_relay": "dispatch: hands outbox rows to Celery (operational table)",
+    "ledger.services.outbox.outbox_relay_batched": "dispatch: one relay for a block's outbox rows (operational)",
     "ledger.services.outbox.outbox_sweep": "dispatch: re-sends stale outbox rows",
     "ledger.services.drain.concurrent_posting": "pure: whether an entity's journals go through drains",
     "ledger.services.drain.posting_wake": "dispatch: rings an entity's doorbell (Redis), sends a drain task",

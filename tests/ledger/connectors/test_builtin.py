@@ -17,6 +17,7 @@ from django.db import connection, transaction
 
 from ledger import services as ledger
 from ledger.services import outbox, posting
+from audit.models import AuditEntry
 from ledger.models import DocumentSequence, Journal, Outbox, PostingAttempt
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -232,3 +233,74 @@ def test_concurrent_posting_with_rollbacks_stays_gapless(entity, no_relay, monke
     assert sorted(Journal.objects.filter(pk__in=ids).values_list("erp_document_ref", flat=True)) == _expected(24)
     assert PostingAttempt.objects.filter(journal_id__in=ids).count() == 24
     assert _last_number(entity) == 24
+
+
+# ----------------------------------------------------------------------- many at once (the relay's set-based path)
+
+def test_many_at_once_number_in_creation_order_in_one_transaction(entity, no_relay):
+    ids = _ready_journals(entity, 12)
+
+    statuses = posting.journals_post_in_database(journal_ids=list(reversed(ids)), actor="test")
+
+    assert statuses == {journal_id: Journal.Status.POSTED for journal_id in ids}
+    refs = dict(Journal.objects.filter(pk__in=ids).values_list("pk", "erp_document_ref"))
+    assert [refs[j] for j in ids] == _expected(12)  # creation order, whatever order they were handed over in
+    assert Journal.objects.filter(pk__in=ids, status=Journal.Status.POSTED, posting_attempts=1,
+                                  posted_at__isnull=False).count() == 12
+    attempts = PostingAttempt.objects.filter(journal_id__in=ids)
+    assert sorted(attempts.values_list("erp_document_ref", flat=True)) == _expected(12)
+    assert set(attempts.values_list("outcome", "connector")) == {(PostingAttempt.Outcome.POSTED, "builtin")}
+    posted = AuditEntry.objects.filter(action="journal.posted", object_id__in=[str(j) for j in ids])
+    assert sorted(e.after["erp_document_ref"] for e in posted) == _expected(12)
+    assert not Outbox.objects.filter(journal_id__in=ids, dispatched_at__isnull=True).exists()
+    assert _last_number(entity) == 12
+
+
+def test_overlapping_calls_and_single_posts_at_once_stay_gapless_and_post_each_once(entity, no_relay):
+    ids = _ready_journals(entity, 40)
+    slices = [ids[start:start + 10] for start in range(0, 40, 5)]  # every journal in two calls
+
+    def post(work):
+        if isinstance(work, list):
+            return posting.journals_post_in_database(journal_ids=work, actor="test")
+        return ledger.journal_post(journal_id=work, actor="test")
+
+    results, errors = _run_in_threads(post, slices + ids[::3])
+
+    assert errors == []
+    assert sorted(Journal.objects.filter(pk__in=ids).values_list("erp_document_ref", flat=True)) == _expected(40)
+    assert PostingAttempt.objects.filter(journal_id__in=ids).count() == 40
+    assert AuditEntry.objects.filter(action="journal.posted", object_id__in=[str(j) for j in ids]).count() == 40
+    assert _last_number(entity) == 40
+
+
+def test_many_at_once_fail_a_closed_periods_journals_and_skip_what_is_not_ready(entity, no_relay):
+    november = _ready_journals(entity, 3)
+    december = _ready_journals(entity, 3, day=datetime.date(2026, 12, 1))
+    ledger.period_set_status(entity=entity, year=2026, month=11, status="closed", actor="test")
+    ledger.journal_post(journal_id=december[0], actor="test")  # posted already: left as it is
+
+    statuses = posting.journals_post_in_database(journal_ids=november + december, actor="test")
+
+    assert statuses == {**{j: Journal.Status.FAILED for j in november},
+                        **{j: Journal.Status.POSTED for j in december[1:]}}
+    assert set(Journal.objects.filter(pk__in=november).values_list("status", "last_error")) == {
+        (Journal.Status.FAILED, "period 2026-11 of US01 is closed")}
+    refs = dict(Journal.objects.filter(pk__in=december).values_list("pk", "erp_document_ref"))
+    assert [refs[j] for j in december] == _expected(3)
+    assert PostingAttempt.objects.filter(journal_id=december[0]).count() == 1
+
+
+def test_many_at_once_rolled_back_give_their_numbers_back(entity, no_relay):
+    ids = _ready_journals(entity, 5)
+    with pytest.raises(_Boom):
+        with transaction.atomic():
+            posting.journals_post_in_database(journal_ids=ids[:3], actor="test")
+            assert _last_number(entity) == 3
+            raise _Boom
+    assert _last_number(entity) == 0
+    assert not Journal.objects.filter(pk__in=ids, erp_document_ref__isnull=False).exists()
+
+    posting.journals_post_in_database(journal_ids=ids, actor="test")
+    refs = dict(Journal.objects.filter(pk__in=ids).values_list("pk", "erp_document_ref"))
+    assert [refs[j] for j in ids] == _expected(5)
