@@ -17,6 +17,7 @@ from billing_sync.models import (
     Refund, WriteOff,
 )
 from config.errors import BusinessRuleError, Codes
+from config.memo import memoized
 from exceptions_queue import services as queue
 from ledger import rules
 from ledger import selectors as ledger_selectors
@@ -61,7 +62,7 @@ def _change(event, out: Outcome, document_type, document_id, outcome, version=No
 
 
 def _entity(event: Event):
-    entity = ledger_selectors.entity_for_code(event.entity_code)
+    entity = memoized(("entity", event.entity_code), lambda: ledger_selectors.entity_for_code(event.entity_code))
     if entity is None:
         raise BusinessRuleError(Codes.UNKNOWN_ENTITY, f"entity {event.entity_code} is not set up",
                                 dependency=f"entity:{event.entity_code}")

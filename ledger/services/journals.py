@@ -10,6 +10,7 @@ from django.db import transaction
 from audit import services as audit
 from config import correlation
 from config.errors import BusinessRuleError, Codes, TieoutError
+from config.memo import memoized
 from ledger.models import Account, AccountMapping, Entity, Journal, JournalLine
 from config.money import ZERO, quantize
 from ledger.services.outbox import _enqueue
@@ -47,8 +48,12 @@ class JournalSpec:
 
 
 def _resolve_accounts(entity: Entity, lines: list[LineSpec]) -> dict[str, Account]:
-    wanted = {line.role for line in lines if line.role}
-    codes = {line.account_code for line in lines if line.account_code}
+    wanted = frozenset(line.role for line in lines if line.role)
+    codes = frozenset(line.account_code for line in lines if line.account_code)
+    return memoized(("accounts", entity.pk, wanted, codes), lambda: _accounts_read(entity, wanted, codes))
+
+
+def _accounts_read(entity: Entity, wanted: frozenset, codes: frozenset) -> dict[str, Account]:
     mapped = {m.role: m.account for m in AccountMapping.objects.select_related("account")
               .filter(entity=entity, role__in=wanted)}
     missing = wanted - set(mapped)

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from audit import services as audit
 from config.errors import BusinessRuleError, Codes, Conflict
+from config.memo import memoized
 from ledger.models import Entity, Period
 
 CLOSE_FIELDS = ["status", "closed_at", "closed_by", "close_checks", "close_reason", "close_approved_by",
@@ -20,7 +21,7 @@ def period_is_closed(entity: Entity, day: datetime.date) -> bool:
 
 
 def period_require_open(entity: Entity, day: datetime.date) -> None:
-    if period_is_closed(entity, day):
+    if memoized(("period_closed", entity.pk, day.year, day.month), lambda: period_is_closed(entity, day)):
         raise BusinessRuleError(Codes.PERIOD_CLOSED,
                                 f"period {day:%Y-%m} of {entity.code} is closed; nothing is posted into it")
 

@@ -21,6 +21,7 @@ import uuid
 import psycopg
 import pytest
 from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -251,3 +252,31 @@ def test_two_workers_on_overlapping_chunks_keep_each_invoice_in_order_and_proces
         invoice = Invoice.objects.get(invoice_id=f"{p}in{n}")
         assert (invoice.version, invoice.total, invoice.applied_total, invoice.credited_total) == (3, 150, 40, 10)
         assert Journal.objects.filter(event__in=[events[name] for name in names]).count() == 7  # 3 + 2 reversals
+
+
+def test_a_chunk_reads_its_reference_data_once_and_posts_its_journals_together(entity, integration, settings,
+                                                                               monkeypatch):
+    """The entity, its account mappings and the month's period are read once per chunk (config.memo), and the
+    chunk's journals are relayed together after it commits: the built-in ledger posts them in one transaction,
+    its gapless counter taken once, numbered in the order the events came."""
+    p = "rf_"
+    payloads = [f.customer(f"{p}cus", event_id=f"{p}c")] + [
+        f.invoice(f"{p}in{n}", customer_id=f"{p}cus", lines=[("100.00", "0")], event_id=f"{p}i{n}") for n in range(8)]
+    ids = _accept(integration, payloads, monkeypatch)
+    settings.TIEOUT_PROCESS_CHUNK = 200
+    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)  # no wake-ups: the chunks are ours
+    billing.events_process(event_ids=ids[:1])  # the customer; then a chunk of invoices only
+
+    with CaptureQueriesContext(connection) as queries:
+        statuses = billing.events_process(event_ids=ids[1:])
+
+    assert set(statuses.values()) == {"processed"}
+    sql = [q["sql"] for q in queries.captured_queries]
+    assert sum('FROM "ledger_accountmapping"' in s for s in sql) == 1
+    assert sum('FROM "ledger_entity"' in s and '"ledger_entity"."code" =' in s for s in sql) == 1
+    assert sum('FROM "ledger_period"' in s for s in sql) == 2  # processing's check, and posting's again
+    assert sum("ledger_documentsequence" in s for s in sql) == 1
+    journals = {j.event_id: j for j in Journal.objects.filter(event_id__in=ids[1:])}
+    assert [journals[uuid.UUID(i)].erp_document_ref for i in ids[1:]] == [
+        f"JE-US01-{journals[uuid.UUID(ids[1])].accounting_date.year}-{n:06d}" for n in range(1, 9)]
+    assert set(Event.objects.filter(pk__in=ids[1:]).values_list("status", flat=True)) == {"posted"}
