@@ -31,7 +31,9 @@ def _enqueue(journal: Journal) -> None:
     if collected is not None:
         collected.append(outbox.pk)
         return
-    transaction.on_commit(lambda: outbox_relay([outbox.pk]))
+    # robust: a relay that fails (broker, database) is the sweep's to repair, and the callbacks after it (the
+    # wake-ups of events queued behind this one) must still run.
+    transaction.on_commit(lambda: outbox_relay([outbox.pk]), robust=True)
 
 
 @contextlib.contextmanager
@@ -49,7 +51,7 @@ def outbox_relay_batched():
     finally:
         ids, _batched.ids = _batched.ids, None
     if ids:
-        transaction.on_commit(lambda: outbox_relay(ids))
+        transaction.on_commit(lambda: outbox_relay(ids), robust=True)
 
 
 def outbox_relay(outbox_ids: list[int]) -> None:
