@@ -28,6 +28,7 @@ from audit import services as audit
 from billing_sync import selectors, tasks
 from billing_sync.models import CallbackDelivery, Event, SourceSystem
 from config.errors import ApiError, Codes, Conflict
+from config.memo import memoized
 from exceptions_queue import services as queue
 
 log = structlog.get_logger("tieout.callbacks")
@@ -109,8 +110,9 @@ def notify(*, event, kind, actor) -> CallbackDelivery | None:
     """
     if event is None or not kind:
         return None
-    source = (SourceSystem.objects.filter(name=event.source_system, is_active=True).exclude(callback_url="")
-              .only("pk", "name").first())
+    source = memoized(("callback_source", event.source_system), lambda: (
+        SourceSystem.objects.filter(name=event.source_system, is_active=True).exclude(callback_url="")
+        .only("pk", "name").first()))
     if source is None:
         return None
     delivery = CallbackDelivery.objects.create(source_system=source, event_id=event.pk, kind=kind,

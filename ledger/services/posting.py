@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from audit import services as audit
 from config import correlation
+from config.memo import memo_scope
 from config.errors import Codes, TieoutError
 from ledger import connectors, hooks
 from ledger.models import Entity, Journal, Outbox, PostingAttempt
@@ -98,7 +99,7 @@ def journals_post_in_database(*, journal_ids, actor="system") -> dict:
     ids = list(dict.fromkeys(journal_ids))
     if not ids:
         return {}
-    with transaction.atomic():
+    with transaction.atomic(), memo_scope():  # the hooks' reference data (a source system's callback) read once
         journals = [j for j in Journal.objects.select_for_update(of=("self",)).select_related("entity")
                     .filter(pk__in=ids, status=Journal.Status.READY).order_by("created_at", "pk")
                     if connectors.connector_class(j.entity.erp_connector).in_database]

@@ -256,8 +256,8 @@ def test_two_workers_on_overlapping_chunks_keep_each_invoice_in_order_and_proces
 
 def test_a_chunk_reads_its_reference_data_once_and_posts_its_journals_together(entity, integration, settings,
                                                                                monkeypatch):
-    """The entity, its account mappings and the month's period are read once per chunk (config.memo), and the
-    chunk's journals are relayed together after it commits: the built-in ledger posts them in one transaction,
+    """The entity, its account mappings, the month's period and the source's callback settings are read once per
+    chunk (config.memo), and the chunk's journals are relayed together after it commits: the built-in ledger posts them in one transaction,
     its gapless counter taken once, numbered in the order the events came."""
     p = "rf_"
     payloads = [f.customer(f"{p}cus", event_id=f"{p}c")] + [
@@ -276,6 +276,7 @@ def test_a_chunk_reads_its_reference_data_once_and_posts_its_journals_together(e
     assert sum('FROM "ledger_entity"' in s and '"ledger_entity"."code" =' in s for s in sql) == 1
     assert sum('FROM "ledger_period"' in s for s in sql) == 2  # processing's check, and posting's again
     assert sum("ledger_documentsequence" in s for s in sql) == 1
+    assert sum('FROM "billing_sync_sourcesystem"' in s for s in sql) == 1  # whom to tell "posted": asked once
     journals = {j.event_id: j for j in Journal.objects.filter(event_id__in=ids[1:])}
     assert [journals[uuid.UUID(i)].erp_document_ref for i in ids[1:]] == [
         f"JE-US01-{journals[uuid.UUID(ids[1])].accounting_date.year}-{n:06d}" for n in range(1, 9)]
