@@ -1,7 +1,8 @@
 """Acceptance order per document: events that conflict (one changes a document the other touches, per
 `Event.order_keys`) run in acceptance order (`Event.seq`), as if one at a time, however many workers; others
 run in parallel. An event is held behind an earlier conflicting one that is pending or parked (open exception
-with a dependency key); only an event providing that key passes and wakes the parked ones. Business-rule
+with a dependency key); only an event providing that key passes and wakes the parked ones, or one that makes it
+available through an event parked on what it provides (`_unlocked`: else a cycle holds both). Business-rule
 refusals block nothing. `successors_of` wakes held events and the sweep catches lost wake-ups; deciding under
 the row lock on committed states stops two workers running conflicting events."""
 import json
@@ -106,11 +107,46 @@ def _pending_before(seq: int, keys: list[str]) -> list[dict]:
     return [r for r in rows if r["status"] == "accepted" or r["parked"]]
 
 
+# Events parked on one of some documents (dependency keys), with what each would provide once woken.
+_PARKED_ON = """
+SELECT e.type, e.order_keys FROM billing_sync_event e
+JOIN exceptions_queue_exceptionrecord x
+  ON x.event_id = e.id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL
+WHERE x.dependency_key = ANY(%s) AND e.status = 'exception'
+"""
+
+
+def _unlocked(provides) -> frozenset:
+    """What an event makes available: the documents it provides, then those that the events parked on them
+    provide once woken, and so on (an invoice, then the payment parked on that invoice). An earlier event parked
+    on one of these waits for this event too, through the parked providers: holding it behind would be a cycle
+    (the refund of a payment parked on the payment, the payment parked on the invoice, the invoice's issue
+    held behind the refund)."""
+    found = set(provides)
+    frontier = sorted(found)
+    while frontier:
+        with connection.cursor() as cursor:
+            cursor.execute(_PARKED_ON, [frontier])
+            new = {key for type_, keys in cursor.fetchall() for key in provides_from_keys(type_, keys)} - found
+        found |= new
+        frontier = sorted(new)
+    return frozenset(found)
+
+
 def _blockers(seq: int, keys: list[str], provides, memo: dict) -> list[dict]:
     """The earlier pending events that hold an event back: all of them but those waiting only for what it
-    provides (which it may pass)."""
+    makes available (which it may pass). Its own documents first; only when some still hold it, also what the
+    events parked on them would provide (`_unlocked`: one more look, and only for a provider that is held)."""
+    found = _pending_before(seq, keys)
+    if not provides:
+        return found
     provided = frozenset(provides)
-    return [row for row in _pending_before(seq, keys) if not (provided and _waits_for(row, provided, memo))]
+    found = [row for row in found if not _waits_for(row, provided, memo)]
+    if found:
+        unlocked = _unlocked(provided)
+        if unlocked != provided:
+            found = [row for row in found if not _waits_for(row, unlocked, memo)]
+    return found
 
 
 def blocker(*, seq: int, keys: list[str], provides: list[str]):
@@ -162,6 +198,26 @@ def successors_of(*, seq: int, keys: list[str]) -> list:
         return [r[0] for r in cursor.fetchall()]
 
 
+_PROVIDERS = """
+SELECT e.id FROM billing_sync_event e
+WHERE e.order_keys && %s::text[] AND e.status = 'accepted' AND e.type = ANY(%s)
+ORDER BY e.seq
+LIMIT %s
+"""
+
+
+def accepted_providers_of(dependency: str) -> list:
+    """Accepted events that would provide this document: held, they may pass now that an event parked on it
+    (what held them may be waiting for that event: see `_unlocked`)."""
+    kind = dependency.partition(":")[0] + ":"
+    types = [t for t, k in _PROVIDED_KIND.items() if k == kind]
+    if not types:
+        return []
+    with connection.cursor() as cursor:
+        cursor.execute(_PROVIDERS, [[WRITE + dependency], types, SUCCESSOR_LIMIT])
+        return [r[0] for r in cursor.fetchall()]
+
+
 # The same for many events at once (a processing chunk's), in one statement: each one's successors in `seq`
 # order, one event after the other, as so many `successors_of` calls would list them.
 _SUCCESSORS_MANY = """
@@ -188,14 +244,26 @@ def successors_of_many(events: list[tuple[int, list[str]]]) -> list:
 
 
 # Accepted events, oldest first, except those whose recorded holder is still parked on a dependency that
-# they do not provide (those still wait for it; a provider may pass it, so it must not be left behind).
-_PROVIDER_CLAUSE = " OR ".join(f"(e.type = '{t}' AND x.dependency_key LIKE '{k}%%')" for t, k in _PROVIDED_KIND.items())
+# they do not provide (those still wait for it; a provider may pass it, so it must not be left behind), nor
+# make available through an event parked on what they provide (they may pass it too: see `_unlocked`; one
+# step of it here, the wake-up of `providers_wake` covers the rest).
+def _provides(event: str, key: str) -> str:
+    """SQL: the event (alias) provides the document named by the key (expression), as `provides_from_keys`."""
+    by_type = " OR ".join(f"({event}.type = '{t}' AND {key} LIKE '{k}%%')" for t, k in _PROVIDED_KIND.items())
+    return f"('{WRITE}' || {key} = ANY({event}.order_keys) AND ({by_type}))"
+
+
 _SWEEPABLE = f"""
 SELECT e.id FROM billing_sync_event e
 WHERE e.status = 'accepted' AND e.received_at <= %s
   AND NOT EXISTS (SELECT 1 FROM exceptions_queue_exceptionrecord x
                   WHERE x.event_id = e.held_by_id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL
-                    AND NOT ('{WRITE}' || x.dependency_key = ANY(e.order_keys) AND ({_PROVIDER_CLAUSE})))
+                    AND NOT {_provides("e", "x.dependency_key")}
+                    AND NOT EXISTS (SELECT 1 FROM billing_sync_event p
+                                    JOIN exceptions_queue_exceptionrecord y
+                                      ON y.event_id = p.id AND y.status <> 'resolved' AND y.dependency_key IS NOT NULL
+                                    WHERE p.status = 'exception'
+                                      AND {_provides("p", "x.dependency_key")} AND {_provides("e", "y.dependency_key")}))
 ORDER BY e.seq
 LIMIT %s
 """

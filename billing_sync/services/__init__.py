@@ -35,6 +35,7 @@ from billing_sync.services.processing import (  # noqa: F401
     source_ref_of,
     events_sweep_accepted,
     dependents_wake,
+    providers_wake,
     successors_wake,
 )
 from billing_sync.services.status import (  # noqa: F401

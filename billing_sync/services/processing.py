@@ -195,6 +195,9 @@ def _process_locked(event, *, actor, entries: list | None = None, wakes: list | 
                 # exception yet): look again once ours is committed, so nothing waits forever.
                 dependency, waiting_id = exc.dependency, event.pk
                 transaction.on_commit(lambda: dependency_recheck(event_id=waiting_id, dependency=dependency))
+                # An event that provides it and is held may pass now (it waited behind an event that waits for
+                # this one: ordering._unlocked); nothing after this one on its documents would wake it.
+                transaction.on_commit(lambda: providers_wake(dependency))
             return event.status
         event.status = outcome.status
         event.processed_at = timezone.now()
@@ -228,6 +231,14 @@ def successors_wake(*, seq: int, keys: list[str]) -> int:
 def successors_wake_many(events: list[tuple[int, list[str]]]) -> int:
     """`successors_wake` for a chunk's events, in one look."""
     ids = ordering.successors_of_many(events)
+    if ids:
+        events_schedule(ids)
+    return len(ids)
+
+
+def providers_wake(dependency: str) -> int:
+    """An event parked on a document: schedule the accepted events that would provide it."""
+    ids = ordering.accepted_providers_of(dependency)
     if ids:
         events_schedule(ids)
     return len(ids)

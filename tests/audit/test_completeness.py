@@ -764,6 +764,8 @@ ALLOWED = {
     "billing_sync.services.processing.dependency_recheck": "dispatch: calls event_requeue (audited) when the dependency exists",
     "billing_sync.services.processing.successors_wake": "dispatch only: schedules the events held behind one; event_process records",
     "billing_sync.services.processing.successors_wake_many": "dispatch only: successors_wake for a chunk's events",
+    "billing_sync.services.processing.providers_wake": "dispatch only: schedules the held providers of a document "
+                                                       "an event parked on; event_process records",
     "billing_sync.services.status.event_refresh_status": "derived status of an event from its audited journals/exceptions",
     "billing_sync.services.status.events_refresh_status": "the same, for many events",
     "billing_sync.documents.apply": "dispatch to the document handler of the event type (each audited)",

@@ -327,3 +327,199 @@ def test_the_sweep_takes_a_provider_whose_recorded_holder_now_waits_for_it(entit
     assert held.held_by_id == Event.objects.get(pk=invoice["id"]).pk and ordering.held_by(held) is None
     later = timezone.now() + datetime.timedelta(minutes=5)
     assert customer["id"] in map(str, ordering.accepted_not_parked_behind(received_before=later, limit=100))
+
+
+# ------------------------------------------------------------------ two voids before their invoice
+def _two_voids_before_the_issue(integration) -> dict:
+    """Two voids of inv_v (no invoice yet), a payment allocated to inv_x (never issued), the issue of inv_v last,
+    for customer cus_v (sent before, processed). Accepted one at a time; whether each is processed in its request
+    is up to the caller."""
+    return {
+        "void1": integration.send(f.invoice_voided("inv_v", event_id="evt_void1")).json()["id"],
+        "void2": integration.send(f.invoice_voided("inv_v", event_id="evt_void2")).json()["id"],
+        "payment": integration.send(f.payment("pay_v", customer_id="cus_v", amount="30.00",
+                                              allocations=[("inv_x", "30.00")], event_id="evt_pay")).json()["id"],
+        "issue": integration.send(f.invoice("inv_v", customer_id="cus_v", lines=[("100.00", "0")],
+                                            event_id="evt_issue")).json()["id"],
+    }
+
+
+def _assert_issued_then_voided(ids: dict) -> None:
+    """The issue books and posts its invoice journal; the first void, once the invoice exists, reverses it (the
+    invoice is voided: nothing was applied to it); the second void finds it voided already and is ignored. Only
+    the payment still waits, for inv_x, which never came."""
+    events = {name: Event.objects.get(pk=pk) for name, pk in ids.items()}
+    assert {name: e.status for name, e in events.items()} == {
+        "void1": "posted", "void2": "ignored", "payment": "exception", "issue": "posted"}
+    issued = events["issue"].journals.get()
+    assert (issued.kind, issued.status, issued.document_id) == ("invoice", "posted", "inv_v")
+    reversal = events["void1"].journals.get()
+    assert (reversal.kind, reversal.status, reversal.reverses_id) == ("invoice_reversal", "posted", issued.pk)
+    assert not events["void2"].journals.exists()
+    invoice = Invoice.objects.get(invoice_id="inv_v")
+    assert (invoice.status, invoice.open_amount, invoice.current_journal_id) == ("voided", 0, None)
+    open_exceptions = ExceptionRecord.objects.exclude(status="resolved")
+    assert [(x.event_id, x.code, x.dependency_key) for x in open_exceptions] == [
+        (events["payment"].pk, "awaiting_dependency", k("invoice", "inv_x"))]
+    # The voids' own exceptions closed when they were processed.
+    assert ExceptionRecord.objects.filter(event=events["void1"], status="resolved").count() == 1
+
+
+@needs_db
+def test_two_voids_accepted_before_their_invoice_do_not_hold_the_issue_one_at_a_time(entity, integration):
+    """The property test's sequence (void, void, a payment for another invoice, the issue), one event at a time:
+    the first void parks on the invoice, the second is held behind it; the issue provides the invoice both wait
+    for, so it passes both (it must not wait behind the held void) and wakes the first."""
+    send(integration, f.customer("cus_v"))
+    ids = _two_voids_before_the_issue(integration)
+    _assert_issued_then_voided(ids)
+    held = AuditEntry.objects.filter(action="event.held", event_id=ids["void2"])
+    assert [entry.object_id for entry in held] == [ids["void2"]]
+    assert not AuditEntry.objects.filter(action="event.held", event_id=ids["issue"]).exists()
+
+
+@needs_db
+@pytest.mark.parametrize("order", ["acceptance", "issue_first", "issue_between"])
+def test_two_voids_accepted_before_their_invoice_in_one_chunk(entity, integration, monkeypatch,
+                                                              django_capture_on_commit_callbacks, order):
+    """The same events all accepted before any is processed, then handed to `events_process` as one chunk in
+    acceptance order, or with the issue first (a worker took it before the voids ran: it waits behind the
+    first void, which is running, not waiting) or between the voids; wake-ups run as the eager dispatcher runs
+    them. Each order comes to the one-at-a-time outcome."""
+    send(integration, f.customer("cus_v"))
+    with monkeypatch.context() as held_back:
+        held_back.setattr(processing, "events_schedule", lambda ids: None)
+        ids = _two_voids_before_the_issue(integration)
+    assert {Event.objects.get(pk=pk).status for pk in ids.values()} == {"accepted"}
+    names = {"acceptance": ["void1", "void2", "payment", "issue"], "issue_first": ["issue", "void1", "void2", "payment"],
+             "issue_between": ["void1", "issue", "void2", "payment"]}[order]
+    with django_capture_on_commit_callbacks(execute=True):
+        billing.events_process(event_ids=[ids[name] for name in names])
+    _assert_issued_then_voided(ids)
+
+
+@needs_db
+def test_the_issue_is_not_held_behind_a_void_held_behind_a_void_parked_on_it(entity, integration, monkeypatch):
+    """The rule itself, looked at between steps: first void parked on inv_v, second held behind it (accepted); the
+    issue of inv_v may go (`held_by` None) and, processed, wakes the first void; the sweep would take it too."""
+    send(integration, f.customer("cus_v"))
+    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    ids = _two_voids_before_the_issue(integration)
+    assert billing.event_process(event_id=ids["void1"]) == "exception"
+    assert billing.event_process(event_id=ids["void2"]) == "accepted"
+    assert billing.event_process(event_id=ids["payment"]) == "exception"
+    void2, issue = Event.objects.get(pk=ids["void2"]), Event.objects.get(pk=ids["issue"])
+    assert ordering.held_by(void2) == void2.held_by_id == Event.objects.get(pk=ids["void1"]).pk
+    assert ordering.held_by(issue) is None
+    later = timezone.now() + datetime.timedelta(minutes=5)
+    swept = list(map(str, ordering.accepted_not_parked_behind(received_before=later, limit=100)))
+    assert ids["issue"] in swept and ids["void2"] not in swept
+    assert billing.event_process(event_id=ids["issue"]) == "processed"
+    assert Event.objects.get(pk=ids["void1"]).status == "accepted"  # woken in the issue's transaction
+    assert ordering.held_by(void2) == Event.objects.get(pk=ids["void1"]).pk  # still behind the first void
+    assert billing.event_process(event_id=ids["void1"]) == "processed"
+    assert billing.event_process(event_id=ids["void2"]) == "ignored"
+    assert Invoice.objects.get(invoice_id="inv_v").status == "voided"
+
+
+# ------------------------------------------------- a cycle through a parked provider (refund, issue, payment)
+def _refund_issue_payment(integration) -> dict:
+    """A refund of pay_c naming inv_c before the payment (it parks on the payment), the issue of inv_c (held
+    behind the refund, which changes inv_c), then pay_c allocated to inv_c: it may pass the refund, which waits
+    for it, and the issue, held only behind that one, but then parks on inv_c, whose issue waits behind the
+    refund: a cycle, unless the issue may pass the refund through the payment parked on its invoice."""
+    return {
+        "refund": integration.send(f.refund("pay_c", "10.00", invoice_id="inv_c", refund_id="re_c",
+                                            event_id="evt_refund")).json()["id"],
+        "issue": integration.send(f.invoice("inv_c", customer_id="cus_c", lines=[("100.00", "0")],
+                                            event_id="evt_issue_c")).json()["id"],
+        "payment": integration.send(f.payment("pay_c", customer_id="cus_c", amount="50.00",
+                                              allocations=[("inv_c", "50.00")], event_id="evt_pay_c")).json()["id"],
+    }
+
+
+def _assert_all_booked(ids: dict) -> None:
+    events = {name: Event.objects.get(pk=pk) for name, pk in ids.items()}
+    assert {name: e.status for name, e in events.items()} == {"refund": "posted", "issue": "posted",
+                                                              "payment": "posted"}
+    for event in events.values():
+        assert [j.status for j in event.journals.all()] == ["posted"], event.type
+    invoice = Invoice.objects.get(invoice_id="inv_c")
+    assert (invoice.applied_total, invoice.refunded_total, invoice.open_amount) == (50, 10, 60)
+    assert Payment.objects.get(payment_id="pay_c").refunded_total == 10
+    assert not ExceptionRecord.objects.exclude(status="resolved").exists()
+
+
+@needs_db
+def test_an_issue_held_behind_a_refund_parked_on_a_payment_parked_on_that_invoice_passes(entity, integration):
+    """One at a time: the refund parks on pay_c; the issue waits behind it (pay_c may come without inv_c);
+    pay_c passes both and parks on inv_c, which wakes the issue: it passes the refund now (its invoice wakes
+    pay_c, whose arrival wakes the refund) and all three book. Before, the issue stayed accepted for ever."""
+    send(integration, f.customer("cus_c"))
+    ids = _refund_issue_payment(integration)
+    _assert_all_booked(ids)
+    woken = AuditEntry.objects.filter(action="event.requeued").values_list("event_id", flat=True)
+    assert sorted(map(str, woken)) == sorted([ids["refund"], ids["payment"]])
+
+
+@needs_db
+@pytest.mark.parametrize("order", ["acceptance", "payment_first", "issue_last"])
+def test_the_refund_issue_payment_cycle_in_one_chunk(entity, integration, monkeypatch,
+                                                     django_capture_on_commit_callbacks, order):
+    """The same three accepted before any is processed, then one chunk (`events_process`) in three orders."""
+    send(integration, f.customer("cus_c"))
+    with monkeypatch.context() as held_back:
+        held_back.setattr(processing, "events_schedule", lambda ids: None)
+        ids = _refund_issue_payment(integration)
+    names = {"acceptance": ["refund", "issue", "payment"], "payment_first": ["payment", "refund", "issue"],
+             "issue_last": ["refund", "payment", "issue"]}[order]
+    with django_capture_on_commit_callbacks(execute=True):
+        billing.events_process(event_ids=[ids[name] for name in names])
+    _assert_all_booked(ids)
+
+
+@needs_db
+def test_the_issue_passes_a_refund_only_once_the_payment_it_waits_for_is_parked_on_the_invoice(
+        entity, integration, monkeypatch, django_capture_on_commit_callbacks):
+    """The rule step by step: behind a refund parked on a payment that has not come, the issue keeps its place
+    (the payment may come without naming the invoice); once that payment is parked on the invoice, the issue may
+    go, and the payment parking woke it (nothing after the payment on its documents would)."""
+    send(integration, f.customer("cus_c"))
+    scheduled: list = []
+    monkeypatch.setattr(processing, "events_schedule", lambda ids: scheduled.extend(map(str, ids)))
+    ids = _refund_issue_payment(integration)
+    refund, issue = Event.objects.get(pk=ids["refund"]), Event.objects.get(pk=ids["issue"])
+    assert billing.event_process(event_id=ids["refund"]) == "exception"
+    assert billing.event_process(event_id=ids["issue"]) == "accepted"
+    assert ordering.held_by(issue) == refund.pk
+    scheduled.clear()
+    with django_capture_on_commit_callbacks(execute=True):
+        assert billing.event_process(event_id=ids["payment"]) == "exception"
+    assert ExceptionRecord.objects.get(event_id=ids["payment"]).dependency_key == k("invoice", "inv_c")
+    assert ids["issue"] in scheduled
+    assert ordering.held_by(Event.objects.get(pk=ids["issue"])) is None
+    assert billing.event_process(event_id=ids["issue"]) == "processed"
+    assert Event.objects.get(pk=ids["payment"]).status == "accepted"  # woken in the issue's transaction
+    assert billing.event_process(event_id=ids["payment"]) == "processed"
+    assert Event.objects.get(pk=ids["refund"]).status == "accepted"  # woken in the payment's transaction
+    assert billing.event_process(event_id=ids["refund"]) == "processed"
+    assert Invoice.objects.get(invoice_id="inv_c").refunded_total == 10
+
+
+@needs_db
+def test_the_sweep_takes_an_issue_held_behind_a_refund_once_the_payment_parks_on_its_invoice(entity, integration,
+                                                                                           monkeypatch):
+    """The wake-up of the parked payment lost (a killed worker): the sweep must take the issue, whose recorded
+    holder (the refund) waits for the payment, parked on the issue's invoice; not before the payment parks."""
+    send(integration, f.customer("cus_c"))
+    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    ids = _refund_issue_payment(integration)
+    assert billing.event_process(event_id=ids["refund"]) == "exception"
+    assert billing.event_process(event_id=ids["issue"]) == "accepted"
+    later = timezone.now() + datetime.timedelta(minutes=5)
+
+    def swept():
+        return list(map(str, ordering.accepted_not_parked_behind(received_before=later, limit=100)))
+    assert ids["issue"] not in swept()  # behind the refund, which waits for a payment that may not name inv_c
+    assert billing.event_process(event_id=ids["payment"]) == "exception"
+    assert swept() == [ids["issue"]]
