@@ -93,6 +93,10 @@ def publish(event_ids: list[str]) -> None:
 class _Dispatcher:
     def __init__(self):
         self.lock = threading.Lock()
+        # Held while a flush publishes: the exit's flush waits for the background thread's publish in flight
+        # (which took the ids out of the buffer) instead of finding the buffer empty and letting the process
+        # end under it, losing those ids to the sweep (seen on a gunicorn worker recycled mid-burst).
+        self.publishing = threading.Lock()
         self.wake = threading.Event()
         self.buffer: list[str] = []
         self.pid = None
@@ -106,10 +110,11 @@ class _Dispatcher:
         self.wake.set()
 
     def flush(self) -> None:
-        with self.lock:
-            ids, self.buffer = self.buffer, []
-        if ids:
-            publish(ids)
+        with self.publishing:
+            with self.lock:
+                ids, self.buffer = self.buffer, []
+            if ids:
+                publish(ids)
 
     def run(self) -> None:
         while True:
