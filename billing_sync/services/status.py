@@ -6,6 +6,7 @@ from django.db import transaction
 from audit import services as audit
 from billing_sync import callbacks
 from billing_sync.models import Event
+from config import correlation
 from billing_sync.services.processing import successors_wake
 from exceptions_queue.models import ExceptionRecord
 from ledger.models import Journal
@@ -57,9 +58,13 @@ def events_refresh_status(*, event_ids, actor="system") -> dict:
             seq, keys = event.seq, event.order_keys
             transaction.on_commit(lambda seq=seq, keys=keys: successors_wake(seq=seq, keys=keys))
     if changed:
+        # Under the correlation id at work (a request's, a journal's being posted) or, where none is bound (many
+        # journals posted at once after a chunk commits), each event's own, as posting it alone would have.
+        bound = correlation.get()
         audit.record_many([{"actor": actor, "action": "event.status_changed", "object_type": "event",
                             "object_id": event.pk, "event_id": event.pk, "before": {"status": before},
-                            "after": {"status": new}} for event, before, new in changed])
+                            "after": {"status": new}, "correlation_id": bound or event.correlation_id or None}
+                           for event, before, new in changed])
     for event, _, new in changed:
         event.status = new
         callbacks.notify(event=event, kind=callbacks.KIND_FOR_STATUS.get(new), actor=actor)  # posted, exception
