@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db.models import Sum
-from simple_history.utils import bulk_create_with_history
 
 from audit import services as audit
 from billing_sync import ordering
@@ -16,7 +15,9 @@ from billing_sync.models import (
     ApprovalStatus, CanonicalChange, CreditNote, Customer, Event, Invoice, InvoiceLine, Payment, PaymentAllocation,
     Refund, WriteOff,
 )
+from config import deferred
 from config.errors import BusinessRuleError, Codes
+from config.history import bulk_create_with_history
 from config.memo import memoized
 from exceptions_queue import services as queue
 from ledger import rules
@@ -56,8 +57,9 @@ def _event_date(event: Event) -> datetime.date:
 
 
 def _change(event, out: Outcome, document_type, document_id, outcome, version=None):
-    CanonicalChange.objects.create(event=event, document_type=document_type, document_id=document_id,
-                                   version=version, outcome=outcome)
+    # Written behind in a chunk (one statement for all its changes): nothing reads it back before commit.
+    deferred.insert(CanonicalChange(event=event, document_type=document_type, document_id=document_id,
+                                    version=version, outcome=outcome))
     out.changes.append({"document": document_type, "id": document_id, "version": version, "outcome": outcome})
 
 
@@ -152,7 +154,8 @@ def _lines(data: dict, currency: str) -> list[dict]:
 
 
 def _write_lines(invoice: Invoice, lines: list[dict], *, replace: bool) -> None:
-    """The invoice's lines, with their history rows, in two statements (simple-history's bulk helper)."""
+    """The invoice's lines, with their history rows: two statements, or one in a chunk (its history rows are written
+    behind with the chunk's others)."""
     if replace:
         invoice.lines.all().delete()
     bulk_create_with_history([

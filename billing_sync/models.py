@@ -13,7 +13,7 @@ from django.contrib.postgres.indexes import GinIndex
 from django.db import models
 from django.db.models import F, Q
 from django.utils import timezone
-from simple_history.models import HistoricalRecords
+from config.history import HistoricalRecords
 
 MONEY = {"max_digits": 20, "decimal_places": 4}
 

@@ -8,7 +8,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
-from simple_history.models import HistoricalRecords
+from config.history import HistoricalRecords
 
 MONEY = {"max_digits": 20, "decimal_places": 4}
 

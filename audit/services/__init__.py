@@ -7,7 +7,6 @@ from audit.services.entries import (
     actor_label,
     canonical_json,
     compute_entry_hash,
-    entry_build,
     entry_content,
     entry_hash_sql,
     entry_template,
@@ -41,7 +40,7 @@ __all__ = [
     "partition_rows", "partitions_ensure", "partitions_list", "partitions_lock_need", "SLOT_TOKEN", "SealResult",
     "VerifyResult", "actor_label",
     "canonical_json", "chain_check", "chain_hash", "chain_seal", "chain_verify", "compute_entry_hash", "digests_build",
-    "entry_build", "entry_content", "entry_hash_sql", "entry_template", "model_snapshot", "record", "record_built",
+    "entry_content", "entry_hash_sql", "entry_template", "model_snapshot", "record", "record_built",
     "record_many", "record_params", "seal",
     "slot_filled_sql",
 ]

@@ -1,7 +1,8 @@
 """Audit entries: how one is built and hashed (its `content` is the canonical JSON of the record, stored
 verbatim; `entry_hash` is the SHA-256 of those bytes), and `record` / `record_many`, the only ways to
-write one, inside the transaction of the change it records (`entry_build` + `record_built`: built at the
-moment, written with others in one statement later in the same transaction)."""
+write one, inside the transaction of the change it records. Inside a `config.deferred.write_behind` block (a
+processing chunk) `record` builds the entry at the moment and `record_built` writes the block's entries together,
+in order, in one statement before the block's transaction commits."""
 import datetime
 import hashlib
 import json
@@ -14,7 +15,7 @@ from django.db import connection
 from django.utils import timezone
 
 from audit.models import AuditEntry
-from config import correlation
+from config import correlation, deferred
 
 # What an entry written with hashing off (bench/audit_chain.py only) carries instead of its hash.
 UNHASHED = "-" * 64
@@ -127,6 +128,10 @@ def record(*, actor, action: str, object_type: str, object_id, event_id=None, be
     _require_transaction()
     entry = _build(actor=actor, action=action, object_type=object_type, object_id=object_id,
                    event_id=event_id, before=before, after=after, correlation_id=correlation_id)
+    if deferred.active():
+        # A chunk's entries, built now (time, content, hash) and written together, in order, before it commits.
+        deferred.defer(record_built, entry)
+        return entry
     # A plain INSERT: this runs several times in every transaction of the system, and the ORM's
     # save() machinery (signals, field preparation) costs more than the statement itself.
     with connection.cursor() as cursor:
@@ -189,13 +194,6 @@ def record_many(items: list[dict]) -> int:
     return len(rows)
 
 
-def entry_build(**item) -> AuditEntry:
-    """An entry (`record`'s keyword arguments) built and hashed now, at this moment, to be written later in this
-    transaction by `record_built` with others (one statement for a processing chunk's entries)."""
-    _require_transaction()
-    return _build(**item)
-
-
 _RECORD_BUILT_SQL = """
 WITH tx AS MATERIALIZED (SELECT pg_current_xact_id() AS xid)
 INSERT INTO audit_auditentry (at, actor, action, object_type, object_id, event_id, correlation_id, content,
@@ -209,7 +207,7 @@ ORDER BY r.n
 
 
 def record_built(entries: list[AuditEntry]) -> int:
-    """Write entries made by `entry_build`, in their order, in one INSERT: the same rows, content and hashes
+    """Write entries built by `record` inside `write_behind`, in their order, in one INSERT: the same rows, content and hashes
     that `record` would have written for each at the moment it was built (only their ids come later)."""
     _require_transaction()
     if not entries:

@@ -6,13 +6,13 @@ from decimal import Decimal
 
 import structlog
 from django.conf import settings
-from django.db import transaction
+from django.db import DatabaseError, transaction
 from django.utils import timezone
 
 from audit import services as audit
 from billing_sync import callbacks, dispatch, documents, ordering
 from billing_sync.models import Customer, Event, Invoice, Payment
-from config import correlation
+from config import correlation, deferred
 from config.memo import memo_scope
 from config.errors import BusinessRuleError
 from exceptions_queue import services as queue
@@ -107,7 +107,15 @@ def events_process(*, event_ids, actor="system") -> dict:
     statuses: dict = {}
     poisoned: list = []
     for start in range(0, len(ids), size):
-        poisoned += _chunk_process(ids[start:start + size], statuses, actor=actor)
+        chunk = ids[start:start + size]
+        try:
+            poisoned += _chunk_process(chunk, statuses, actor=actor)
+        except DatabaseError:
+            # The chunk's rows written behind were refused as it ended (a constraint no event's savepoint saw), or
+            # its connection failed: nothing of it committed. Its events go one at a time, as before chunks, so
+            # one bad row costs only its own event (an outage fails the first of them again, for the task's retry).
+            log.warning("events.chunk_failed", events=len(chunk), exc_info=True)
+            poisoned += chunk
     for event_id in poisoned:
         statuses[str(event_id)] = event_process(event_id=event_id, actor=actor)
     return statuses
@@ -116,29 +124,26 @@ def events_process(*, event_ids, actor="system") -> dict:
 def _chunk_process(ids: list[str], statuses: dict, *, actor) -> list:
     """One chunk in one transaction; returns the events isolated as poisoned (rolled back, left accepted)."""
     poisoned = []
-    entries: list = []  # the chunk's `event.processed` entries, written in one statement before it commits
     wakes: list = []  # (seq, order keys) of its events: what queued behind them is looked up after commit
     with transaction.atomic():
         # The chunk's journals are relayed together after it commits (an in-database ledger posts them at once),
-        # before the look for what queued behind (as each journal's relay came before it one at a time).
-        with ledger.outbox_relay_batched(), memo_scope():  # reference data read once per chunk
+        # before the look for what queued behind (as each journal's relay came before it one at a time). Its
+        # audit entries, history rows, canonical changes and outbox rows are written behind, one statement per
+        # table, before it commits (a savepoint rolled back drops its own: config/deferred.py).
+        with ledger.outbox_relay_batched(), memo_scope(), deferred.write_behind():
             locked = {str(e.pk): e for e in Event.objects.select_for_update().filter(
                 pk__in=ids, status=Event.Status.ACCEPTED).order_by("seq")}
             for event in (locked[i] for i in ids if i in locked):
-                my_entries: list = []
                 my_wakes: list = []
                 try:
                     with transaction.atomic():
-                        statuses[str(event.pk)] = _process_locked(event, actor=actor, entries=my_entries,
-                                                                  wakes=my_wakes)
+                        statuses[str(event.pk)] = _process_locked(event, actor=actor, wakes=my_wakes)
                 except Exception:  # business rules are handled inside: this is a bug or an outage, isolated
                     log.warning("events.chunk_isolated", event_id=str(event.pk), exc_info=True)
                     poisoned.append(event.pk)
                     continue
-                # Only once its savepoint is released: a rolled-back event records and wakes nothing.
-                entries += my_entries
+                # Only once its savepoint is released: a rolled-back event wakes nothing.
                 wakes += my_wakes
-        audit.record_built(entries)
         if wakes:
             transaction.on_commit(lambda: successors_wake_many(wakes))
     return poisoned
@@ -152,13 +157,11 @@ def _successors_wake_after_commit(event, wakes: list | None) -> None:
     transaction.on_commit(lambda: successors_wake(seq=seq, keys=keys))
 
 
-def _process_locked(event, *, actor, entries: list | None = None, wakes: list | None = None) -> str:
+def _process_locked(event, *, actor, wakes: list | None = None) -> str:
     """`event_process`'s work on an accepted event whose row the caller locked, in the caller's transaction.
 
-    With `entries` and `wakes` (a chunk), its `event.processed` entry is built now and left there for the chunk
-    to write with the others, when it is the event's last entry here (a first attempt: a retry closes
-    exceptions after it, and a trace lists an event's entries in id order), and the look for the events queued
-    behind it is left to the chunk's one look after commit.
+    With `wakes` (a chunk), the look for the events queued behind it is left to the chunk's one look after
+    commit.
     """
     holder = ordering.held_by(event)
     if holder is not None:
@@ -202,14 +205,10 @@ def _process_locked(event, *, actor, entries: list | None = None, wakes: list | 
         event.status = outcome.status
         event.processed_at = timezone.now()
         event.save(update_fields=["status", "processed_at", "attempts"])
-        processed = {"actor": actor, "action": "event.processed", "object_type": "event", "object_id": event.pk,
-                     "event_id": event.pk, "before": {"status": "accepted"},
-                     "after": {"status": event.status, "journals": [str(j.pk) for j in outcome.journals],
-                               "changes": outcome.changes}}
-        if entries is not None and event.attempts == 1:
-            entries.append(audit.entry_build(**processed))
-        else:
-            audit.record(**processed)
+        audit.record(actor=actor, action="event.processed", object_type="event", object_id=event.pk,
+                     event_id=event.pk, before={"status": "accepted"},
+                     after={"status": event.status, "journals": [str(j.pk) for j in outcome.journals],
+                            "changes": outcome.changes})
         if event.attempts > 1:  # only a retried event can have an exception to close
             queue.exceptions_resolve_for_event(event=event, resolution="Processed successfully on retry.",
                                                actor=actor)

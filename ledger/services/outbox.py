@@ -13,6 +13,7 @@ from django.db import transaction
 from django.db.models import Exists, F, OuterRef, Q
 from django.utils import timezone
 
+from config import deferred
 from ledger import connectors, tasks
 from ledger.models import Entity, Journal, Outbox
 from ledger.services.drain import concurrent_posting, posting_wake, posting_wake_due
@@ -26,14 +27,20 @@ _batched = threading.local()
 
 
 def _enqueue(journal: Journal) -> None:
-    outbox = Outbox.objects.create(journal=journal)
-    collected = getattr(_batched, "ids", None)
+    outbox = Outbox(journal=journal)
+    deferred.insert(outbox)  # in a chunk, written with its others before commit (its pk is set then)
+    collected = getattr(_batched, "rows", None)
     if collected is not None:
-        collected.append(outbox.pk)
+        collected.append(outbox)
         return
     # robust: a relay that fails (broker, database) is the sweep's to repair, and the callbacks after it (the
     # wake-ups of events queued behind this one) must still run.
-    transaction.on_commit(lambda: outbox_relay([outbox.pk]), robust=True)
+    transaction.on_commit(lambda: outbox_relay(_written([outbox])), robust=True)
+
+
+def _written(rows: list[Outbox]) -> list[int]:
+    """The ids of the rows that were written: one deferred in a savepoint that rolled back never was."""
+    return [row.pk for row in rows if row.pk is not None]
 
 
 @contextlib.contextmanager
@@ -41,17 +48,18 @@ def outbox_relay_batched():
     """Inside a transaction: the journals made ready in the block are relayed together after commit, by one
     `outbox_relay` call rather than one per journal, so that an in-database ledger posts them in one
     transaction (`journals_post_in_database`). A row made in a savepoint that rolled back is in the list but
-    not in the table: the relay finds nothing for it. Nested blocks join the outer one."""
-    if getattr(_batched, "ids", None) is not None:
+    not in the table (or, written behind, was never written): the relay finds nothing for it. Nested blocks
+    join the outer one."""
+    if getattr(_batched, "rows", None) is not None:
         yield
         return
-    _batched.ids = []
+    _batched.rows = []
     try:
         yield
     finally:
-        ids, _batched.ids = _batched.ids, None
-    if ids:
-        transaction.on_commit(lambda: outbox_relay(ids), robust=True)
+        rows, _batched.rows = _batched.rows, None
+    if rows:
+        transaction.on_commit(lambda: outbox_relay(_written(rows)), robust=True)
 
 
 def outbox_relay(outbox_ids: list[int]) -> None:

@@ -9,7 +9,8 @@ the prefix taken out. Then a
 poisoned event (its handler raises an unexpected error) in a chunk: the others commit, it is rolled back and
 fails alone exactly as it does processed by itself. Then two workers (threads, each with its own database
 connection) processing overlapping chunks of the same invoices' events at once: each invoice's events are
-processed in acceptance order, each once.
+processed in acceptance order, each once. Then a chunk whose rows written behind are refused as it ends: it
+goes one event at a time.
 """
 import datetime
 import difflib
@@ -20,7 +21,7 @@ import uuid
 
 import psycopg
 import pytest
-from django.db import OperationalError, connection
+from django.db import IntegrityError, OperationalError, connection
 from django.test.utils import CaptureQueriesContext
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
@@ -32,6 +33,7 @@ from billing_sync import dispatch, documents
 from billing_sync import services as billing
 from billing_sync.models import Event, Invoice
 from billing_sync.services import processing
+from config import deferred
 from exceptions_queue.models import ExceptionRecord
 from ledger.models import Journal
 from portal import lineage
@@ -277,7 +279,38 @@ def test_a_chunk_reads_its_reference_data_once_and_posts_its_journals_together(e
     assert sum('FROM "ledger_period"' in s for s in sql) == 2  # processing's check, and posting's again
     assert sum("ledger_documentsequence" in s for s in sql) == 1
     assert sum('FROM "billing_sync_sourcesystem"' in s for s in sql) == 1  # whom to tell "posted": asked once
+    # Written behind (config.deferred): one statement per table for the chunk's rows that nothing reads back.
+    for table in ("billing_sync_canonicalchange", "billing_sync_historicalinvoice", "billing_sync_historicalinvoiceline",
+                  "ledger_outbox"):
+        assert sum(s.startswith(f'INSERT INTO "{table}"') for s in sql) == 1, table
+    # The chunk's entries; after commit, the posting's `journal.posted` and the events' `event.status_changed`.
+    assert sum("INSERT INTO audit_auditentry" in s for s in sql) == 3
     journals = {j.event_id: j for j in Journal.objects.filter(event_id__in=ids[1:])}
     assert [journals[uuid.UUID(i)].erp_document_ref for i in ids[1:]] == [
         f"JE-US01-{journals[uuid.UUID(ids[1])].accounting_date.year}-{n:06d}" for n in range(1, 9)]
     assert set(Event.objects.filter(pk__in=ids[1:]).values_list("status", flat=True)) == {"posted"}
+
+
+def test_a_chunk_whose_rows_written_behind_are_refused_goes_one_event_at_a_time(entity, integration, settings,
+                                                                                  monkeypatch):
+    """The rows written behind are written as the chunk ends, outside any event's savepoint: if the database refuses
+    them, nothing of the chunk commits and its events are processed one at a time, each in its own transaction."""
+    ids = _accept(integration, _history("wf_"), monkeypatch)
+    real_insert = deferred.insert_models
+    failed = []
+
+    def insert_models(instances):
+        if deferred.active() is False and not failed and len(instances) > 1:  # the chunk's flush, once
+            failed.append(len(instances))
+            raise IntegrityError("refused as the chunk ends")
+        return real_insert(instances)
+
+    monkeypatch.setattr(deferred, "insert_models", insert_models)
+    settings.TIEOUT_PROCESS_CHUNK = 200
+    statuses = billing.events_process(event_ids=ids)
+    assert failed  # the chunk was refused once
+    assert set(statuses) == set(ids)
+    by_name = dict(Event.objects.filter(pk__in=ids).values_list("event_id", "status"))
+    assert by_name == {"wf_c": "processed", "wf_i1": "posted", "wf_i2": "posted", "wf_p1": "posted", "wf_i3": "posted"}
+    assert Invoice.objects.filter(invoice_id__startswith="wf_").count() == 3
+    assert AuditEntry.objects.filter(event_id__in=ids, action="event.processed").count() == 5

@@ -1,0 +1,102 @@
+"""Write-behind for one unit of work (a chunk of events processed in one transaction): rows that nothing in the
+unit reads back (audit entries, history rows, canonical changes, outbox rows) are built at once and written
+when the unit's scope ends, still inside its transaction, with one statement per table instead of one per row.
+
+Outside a `write_behind()` block every `defer` writes at once, so every other caller behaves as before.
+
+Savepoints are honoured: the scope watches the SAVEPOINT and ROLLBACK TO SAVEPOINT statements its connection
+sends (Django's `atomic` blocks, a caught IntegrityError's, a chunk's per-event isolation), and a rollback to a
+savepoint drops the rows deferred since it was taken, exactly as the database drops the rows written since. A
+block that ends by an exception writes nothing (its transaction is rolled back by the caller's `atomic`).
+
+The rows keep their order within each kind (audit entries in particular are written in the order they were
+recorded, so a trace lists an event's entries as one at a time did); kinds are written in the order each
+first appeared. Only rows whose foreign keys point at rows already written may be deferred.
+"""
+import contextlib
+import threading
+
+from django.db import connection
+from django.db.models.signals import post_save
+
+_local = threading.local()
+
+
+class _Scope:
+    """The rows deferred so far, as (writer, item), and the buffer's length at each open savepoint."""
+
+    def __init__(self):
+        self.items: list[tuple] = []
+        self.marks: dict[str, int] = {}
+
+    def watch(self, execute, sql, params, many, context):
+        # Django sends savepoints as `SAVEPOINT "s..._x1"`, `ROLLBACK TO SAVEPOINT "s..._x1"`, `RELEASE ...`.
+        if sql.startswith("SAVEPOINT "):
+            self.marks[sql[10:]] = len(self.items)
+        elif sql.startswith("ROLLBACK TO SAVEPOINT "):
+            mark = self.marks.get(sql[22:])
+            if mark is not None:
+                del self.items[mark:]
+        return execute(sql, params, many, context)
+
+    def flush(self) -> None:
+        groups: dict = {}
+        for writer, item in self.items:
+            groups.setdefault(writer, []).append(item)
+        self.items = []
+        for writer, items in groups.items():
+            writer(items)
+
+
+@contextlib.contextmanager
+def write_behind():
+    """Defer `defer`red rows to the end of the block (inside the caller's transaction). Nested blocks join."""
+    if getattr(_local, "scope", None) is not None:
+        yield
+        return
+    if not connection.in_atomic_block:
+        raise RuntimeError("write_behind runs inside the transaction its rows belong to")
+    scope = _local.scope = _Scope()
+    try:
+        with connection.execute_wrapper(scope.watch):
+            yield
+            # Inside the wrapper: the writers may take savepoints of their own.
+            _local.scope = None
+            scope.flush()
+    finally:
+        _local.scope = None
+
+
+def active() -> bool:
+    return getattr(_local, "scope", None) is not None
+
+
+def defer(writer, item) -> None:
+    """`writer([item])` now, or, inside `write_behind`, `writer(items)` once for all the block's items given
+    with the same writer (a module-level function, so that it is the same object every time)."""
+    scope = getattr(_local, "scope", None)
+    if scope is None:
+        writer([item])
+    else:
+        scope.items.append((writer, item))
+
+
+def insert_models(instances: list) -> None:
+    """A writer: `bulk_create` per model, in order (primary keys are set on the instances, as `save` would)."""
+    by_model: dict = {}
+    for instance in instances:
+        by_model.setdefault(type(instance), []).append(instance)
+    for model, rows in by_model.items():
+        model.objects.bulk_create(rows)
+
+
+def _insertable(model) -> None:
+    # bulk_create sends no post_save: a model something listens to (history, say) is saved, never deferred.
+    if post_save.has_listeners(model):
+        raise TypeError(f"{model.__name__} has post_save receivers: save it, do not defer it")
+
+
+def insert(instance) -> None:
+    """Insert a model instance now, or at the end of the enclosing `write_behind` block."""
+    _insertable(type(instance))
+    defer(insert_models, instance)

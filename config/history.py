@@ -1,0 +1,82 @@
+"""`HistoricalRecords` for every audited model: django-simple-history's, with its history manager's class built
+once per model instead of at every `Model.history` access, and its history rows written behind (one statement
+per table for a processing chunk, `config.deferred`) inside a `write_behind` block.
+
+django-simple-history 3.13's `HistoryDescriptor.__get__` calls `Manager.from_queryset` on every access, which
+creates a new class (`type(...)` over `inspect.getmembers` of the queryset class) each time: about half a
+millisecond of CPU per access, and the post-save hook and `bulk_create_with_history` access it once per saved
+document, so it was the largest single cost of processing an invoice after the database round trips. The class
+it builds is the same every time (same manager, same queryset class), so it is made once and kept.
+"""
+from django.utils import timezone
+from simple_history import models as history_models
+from simple_history.manager import HistoryManager
+from simple_history.signals import post_create_historical_record, pre_create_historical_record
+
+from config import deferred
+
+
+class CachedHistoryManager(HistoryManager):
+    """A HistoryManager whose `from_queryset` classes are built once per queryset class."""
+
+    _classes: dict = {}
+
+    @classmethod
+    def from_queryset(cls, queryset_class, class_name=None):
+        key = (cls, queryset_class, class_name)
+        made = CachedHistoryManager._classes.get(key)
+        if made is None:
+            made = CachedHistoryManager._classes[key] = super().from_queryset(queryset_class, class_name)
+        return made
+
+
+class HistoricalRecords(history_models.HistoricalRecords):
+    """django-simple-history's `HistoricalRecords`, with `CachedHistoryManager` as its default manager."""
+
+    def __init__(self, *args, history_manager=CachedHistoryManager, **kwargs):
+        super().__init__(*args, history_manager=history_manager, **kwargs)
+
+    def finalize(self, sender, **kwargs):
+        super().finalize(sender, **kwargs)
+        if getattr(sender._meta, "simple_history_manager_attribute", None) and sender not in _RECORDS:
+            _RECORDS[sender] = self
+
+    def create_historical_record(self, instance, history_type, using=None):
+        """Upstream's, except that inside `write_behind` the row is deferred (where nothing needs it saved at
+        once: no many-to-many history, no `post_create_historical_record` receiver)."""
+        if not deferred.active() or self.m2m_fields or post_create_historical_record.has_listeners():
+            return super().create_historical_record(instance, history_type, using=using)
+        # As django-simple-history 3.13 builds it (models.py, create_historical_record), then deferred.
+        using = using if self.use_base_model_db else None
+        history_date = getattr(instance, "_history_date", timezone.now())
+        history_user = self.get_history_user(instance)
+        history_change_reason = self.get_change_reason_for_object(instance, history_type, using)
+        history_model = getattr(instance, self.manager_name).model
+        attrs = {field.attname: getattr(instance, field.attname) for field in self.fields_included(instance)}
+        if getattr(history_model, "history_relation", None) is not None:
+            attrs["history_relation"] = instance
+        history_instance = history_model(history_date=history_date, history_type=history_type,
+                                         history_user=history_user, history_change_reason=history_change_reason,
+                                         **attrs)
+        pre_create_historical_record.send(sender=history_model, instance=instance, history_date=history_date,
+                                          history_user=history_user, history_change_reason=history_change_reason,
+                                          history_instance=history_instance, using=using)
+        deferred.insert(history_instance)
+
+
+# The HistoricalRecords of each tracked model (upstream keeps it only inside its signal receivers).
+_RECORDS: dict = {}
+
+
+def bulk_create_with_history(instances: list, model) -> list:
+    """`model.objects.bulk_create(instances)` and their "+" history rows: one statement for the rows and, inside
+    `write_behind`, their history rows written behind with the block's others; outside it, one more statement
+    (django-simple-history's `bulk_create_with_history`)."""
+    created = model.objects.bulk_create(instances)
+    if deferred.active():
+        records = _RECORDS[model]
+        for instance in created:
+            records.create_historical_record(instance, "+")
+    else:
+        model.history.bulk_history_create(created)
+    return created
