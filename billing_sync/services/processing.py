@@ -96,11 +96,12 @@ def events_process(*, event_ids, actor="system") -> dict:
 
     A chunk's accepted events are locked at once in acceptance order (`seq`: two chunks wait for each other's
     rows in the same order, so they never deadlock on them), then each is processed as `event_process` would,
-    in its own savepoint, in the order given (the order one at a time would take them): each sees what the
-    earlier ones of the chunk did, and the ordering rules decide under the same locks, so held events, audit
-    entries and wake-ups are those of one at a time. An event whose handler fails unexpectedly
-    (not a business rule) is rolled back to its savepoint, so the others commit; it is then processed again
-    by itself, as today, and its error goes to the caller (the task retries it).
+    in the order given (the order one at a time would take them): each sees what the earlier ones of the chunk
+    did, and the ordering rules decide under the same locks, so held events, audit entries and wake-ups are
+    those of one at a time. An event whose handler fails unexpectedly (not a business rule) rolls the chunk
+    back; the chunk runs again with a savepoint per event, the failing one is rolled back to its savepoint so
+    the others commit, and it is then processed again by itself, as today, and its error goes to the caller
+    (the task retries it).
     """
     ids = list(dict.fromkeys(str(i) for i in event_ids))
     size = max(1, settings.TIEOUT_PROCESS_CHUNK)
@@ -109,7 +110,12 @@ def events_process(*, event_ids, actor="system") -> dict:
     for start in range(0, len(ids), size):
         chunk = ids[start:start + size]
         try:
-            poisoned += _chunk_process(chunk, statuses, actor=actor)
+            try:
+                poisoned += _chunk_process(chunk, statuses, actor=actor, isolate=False)
+            except _EventFailed:
+                # Nothing of the chunk committed: again, each event in a savepoint of its own this time, so
+                # that the one that fails is rolled back alone and the others commit.
+                poisoned += _chunk_process(chunk, statuses, actor=actor, isolate=True)
         except DatabaseError:
             # The chunk's rows written behind were refused as it ended (a constraint no event's savepoint saw), or
             # its connection failed: nothing of it committed. Its events go one at a time, as before chunks, so
@@ -121,8 +127,18 @@ def events_process(*, event_ids, actor="system") -> dict:
     return statuses
 
 
-def _chunk_process(ids: list[str], statuses: dict, *, actor) -> list:
-    """One chunk in one transaction; returns the events isolated as poisoned (rolled back, left accepted)."""
+class _EventFailed(Exception):
+    """An event of a chunk processed without savepoints failed unexpectedly: the chunk is rolled back."""
+
+
+def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool) -> list:
+    """One chunk in one transaction; returns the events isolated as poisoned (rolled back, left accepted).
+
+    Without `isolate` (first), the events run without a savepoint each (two statements per event saved): an
+    unexpected failure rolls the whole chunk back (`_EventFailed`) for the caller to run it again with `isolate`,
+    each event in its own savepoint. A business rule needs neither: `_process_locked` keeps its own savepoint
+    around the handler.
+    """
     poisoned = []
     wakes: list = []  # (seq, order keys) of its events: what queued behind them is looked up after commit
     with transaction.atomic():
@@ -134,6 +150,13 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor) -> list:
             locked = {str(e.pk): e for e in Event.objects.select_for_update().filter(
                 pk__in=ids, status=Event.Status.ACCEPTED).order_by("seq")}
             for event in (locked[i] for i in ids if i in locked):
+                if not isolate:
+                    try:
+                        statuses[str(event.pk)] = _process_locked(event, actor=actor, wakes=wakes)
+                    except Exception as exc:  # a bug or an outage: the chunk again, with savepoints
+                        log.warning("events.chunk_failed_unisolated", event_id=str(event.pk), exc_info=True)
+                        raise _EventFailed(str(event.pk)) from exc
+                    continue
                 my_wakes: list = []
                 try:
                     with transaction.atomic():

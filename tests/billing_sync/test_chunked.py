@@ -148,8 +148,13 @@ def test_a_poisoned_event_fails_alone_and_the_rest_of_its_chunk_commits(entity, 
     monkeypatch.setattr(documents, "apply", apply)
     entries_before = AuditEntry.objects.filter(event_id=poisoned).count()
     settings.TIEOUT_PROCESS_CHUNK = 200
-    with pytest.raises(ZeroDivisionError, match="a bug in a handler"):  # as event_process raises it alone
-        billing.events_process(event_ids=ids)
+    with CaptureQueriesContext(connection) as queries:
+        with pytest.raises(ZeroDivisionError, match="a bug in a handler"):  # as event_process raises it alone
+            billing.events_process(event_ids=ids)
+    # First without a savepoint per event: rolled back whole at the failure; then with them (one around each
+    # event, one around its handler); then the poisoned event alone.
+    rollbacks = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("ROLLBACK")]
+    assert len([r for r in rollbacks if r == "ROLLBACK"]) >= 2 and len(rollbacks) >= 3
     statuses = dict(Event.objects.filter(pk__in=ids).values_list("event_id", "status"))
     assert statuses["pz_i2"] == "accepted"  # untouched: nothing of it committed
     assert {name: s for name, s in statuses.items() if name != "pz_i2"} == {
@@ -283,6 +288,9 @@ def test_a_chunk_reads_its_reference_data_once_and_posts_its_journals_together(e
     for table in ("billing_sync_canonicalchange", "billing_sync_historicalinvoice", "billing_sync_historicalinvoiceline",
                   "ledger_outbox"):
         assert sum(s.startswith(f'INSERT INTO "{table}"') for s in sql) == 1, table
+    # A savepoint per event, around its handler (a business rule rolls back to it); none more for isolation: a
+    # chunk with no failure runs without them.
+    assert sum(s.startswith("SAVEPOINT") for s in sql) == 8
     # The chunk's entries; after commit, the posting's `journal.posted` and the events' `event.status_changed`.
     assert sum("INSERT INTO audit_auditentry" in s for s in sql) == 3
     journals = {j.event_id: j for j in Journal.objects.filter(event_id__in=ids[1:])}
