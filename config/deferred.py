@@ -1,18 +1,8 @@
-"""Write-behind for one unit of work (a chunk of events processed in one transaction): rows that nothing in the
-unit reads back (audit entries, history rows, canonical changes, outbox rows) are built at once and written
-when the unit's scope ends, still inside its transaction, with one statement per table instead of one per row.
-
-Outside a `write_behind()` block every `defer` writes at once, so every other caller behaves as before.
-
-Savepoints are honoured: the scope watches the SAVEPOINT and ROLLBACK TO SAVEPOINT statements its connection
-sends (Django's `atomic` blocks, a caught IntegrityError's, a chunk's per-event isolation), and a rollback to a
-savepoint drops the rows deferred since it was taken, exactly as the database drops the rows written since. A
-block that ends by an exception writes nothing (its transaction is rolled back by the caller's `atomic`).
-
-The rows keep their order within each kind (audit entries in particular are written in the order they were
-recorded, so a trace lists an event's entries as one at a time did); kinds are written in the order each
-first appeared. Only rows whose foreign keys point at rows already written may be deferred.
-"""
+"""Write-behind for one unit of work (a chunk of events processed in one transaction): rows nothing in the unit reads
+back (audit entries, history rows, canonical changes, outbox rows) are built at once and written as the unit's
+`write_behind()` block ends, inside its transaction, one statement per table, in order within each kind; a rollback
+to a savepoint drops the rows deferred since it was taken, a block that fails writes nothing, and outside a block
+`defer` writes at once (ARCHITECTURE.md, "Write-behind")."""
 import contextlib
 import threading
 

@@ -1,13 +1,7 @@
-"""`HistoricalRecords` for every audited model: django-simple-history's, with its history manager's class built
-once per model instead of at every `Model.history` access, and its history rows written behind (one statement
-per table for a processing chunk, `config.deferred`) inside a `write_behind` block.
-
-django-simple-history 3.13's `HistoryDescriptor.__get__` calls `Manager.from_queryset` on every access, which
-creates a new class (`type(...)` over `inspect.getmembers` of the queryset class) each time: about half a
-millisecond of CPU per access, and the post-save hook and `bulk_create_with_history` access it once per saved
-document, so it was the largest single cost of processing an invoice after the database round trips. The class
-it builds is the same every time (same manager, same queryset class), so it is made once and kept.
-"""
+"""`HistoricalRecords` for every audited model: django-simple-history's, with its history manager's class built once
+per model (3.13 builds a new class, `Manager.from_queryset` over `inspect.getmembers`, at every `Model.history`
+access: about half a millisecond each, twice per document saved) and, inside a `config.deferred.write_behind`
+block, its history rows written behind with the block's others."""
 from django.utils import timezone
 from simple_history import models as history_models
 from simple_history.manager import HistoryManager

@@ -96,9 +96,10 @@ class _PreparedCursor(psycopg.Cursor):
 
 
 def _bound_cursor(cursor_class=psycopg.Cursor):
-    """A cursor that sends the parameters apart from the statement (Django's cursors inline them into its
-    text): a batch's megabyte of JSON and raw bytes is neither quoted here nor scanned by the server's
-    parser. Wrapped as Django wraps its own, so query logging and `CaptureQueriesContext` still see it."""
+    """A cursor that sends the parameters apart from the statement, whatever the database settings say
+    (`server_side_binding` is on by default, config/settings/base.py; a deployment may turn it off): a batch's
+    megabyte of JSON and raw bytes is neither quoted here nor scanned by the server's parser. Wrapped as Django
+    wraps its own, so query logging and `CaptureQueriesContext` still see it."""
     connection.close_if_health_check_failed()  # as Django's own `cursor()` does first
     connection.ensure_connection()
     return connection._prepare_cursor(cursor_class(connection.connection))

@@ -109,6 +109,14 @@ DATABASES = {
     )
 }
 DATABASES["default"].setdefault("OPTIONS", {})
+# Parameters bound by the server and statements prepared from their fifth run on a connection (psycopg's
+# prepare_threshold): the worker sends the same few statements for every event it processes, and planning them
+# each time (the events' partitions, joins) cost as much as running them. Behind a pooler in transaction mode,
+# use PgBouncer 1.21 or later (it tracks prepared statements) or set DB_PREPARE_THRESHOLD=off.
+_prepare_threshold = os.environ.get("DB_PREPARE_THRESHOLD", "5")
+DATABASES["default"]["OPTIONS"].setdefault("server_side_binding", True)
+DATABASES["default"]["OPTIONS"].setdefault(
+    "prepare_threshold", None if _prepare_threshold.lower() == "off" else int(_prepare_threshold))
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
