@@ -149,10 +149,12 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool) -> l
         with ledger.outbox_relay_batched(), memo_scope(), deferred.write_behind():
             locked = {str(e.pk): e for e in Event.objects.select_for_update().filter(
                 pk__in=ids, status=Event.Status.ACCEPTED).order_by("seq")}
+            awaiting = _Awaiting(locked.values())
             for event in (locked[i] for i in ids if i in locked):
                 if not isolate:
                     try:
-                        statuses[str(event.pk)] = _process_locked(event, actor=actor, wakes=wakes)
+                        statuses[str(event.pk)] = _process_locked(event, actor=actor, wakes=wakes,
+                                                                  awaiting=awaiting)
                     except Exception as exc:  # a bug or an outage: the chunk again, with savepoints
                         log.warning("events.chunk_failed_unisolated", event_id=str(event.pk), exc_info=True)
                         raise _EventFailed(str(event.pk)) from exc
@@ -160,7 +162,8 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool) -> l
                 my_wakes: list = []
                 try:
                     with transaction.atomic():
-                        statuses[str(event.pk)] = _process_locked(event, actor=actor, wakes=my_wakes)
+                        statuses[str(event.pk)] = _process_locked(event, actor=actor, wakes=my_wakes,
+                                                                  awaiting=awaiting)
                 except Exception:  # business rules are handled inside: this is a bug or an outage, isolated
                     log.warning("events.chunk_isolated", event_id=str(event.pk), exc_info=True)
                     poisoned.append(event.pk)
@@ -169,7 +172,28 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool) -> l
                 wakes += my_wakes
         if wakes:
             transaction.on_commit(lambda: successors_wake_many(wakes))
+        if awaiting.provided:
+            # An event parked on one of these documents by a transaction that committed while this chunk ran was
+            # not in the chunk's look, and its own look after commit (`dependency_recheck`) did not see this
+            # chunk's documents yet: whichever commits second finds the other, so nothing waits forever.
+            provided = sorted(set(awaiting.provided))
+            transaction.on_commit(lambda: dependents_wake(provided), robust=True)
     return poisoned
+
+
+class _Awaiting:
+    """The documents a chunk's events may provide that some parked event waits for, looked up once at the
+    chunk's start instead of once per event (`dependents_wake` then runs only for those), plus the dependencies
+    its own events park on as it goes. A document outside what the chunk's events could provide is looked up
+    as before."""
+
+    def __init__(self, events):
+        self.candidates = {k for e in events for k in ordering.provides_from_keys(e.type, e.order_keys)}
+        self.awaited = queue.dependencies_awaited(self.candidates) if self.candidates else set()
+        self.provided: list[str] = []
+
+    def may_wake(self, keys) -> bool:
+        return any(k in self.awaited or k not in self.candidates for k in keys)
 
 
 def _successors_wake_after_commit(event, wakes: list | None) -> None:
@@ -180,11 +204,12 @@ def _successors_wake_after_commit(event, wakes: list | None) -> None:
     transaction.on_commit(lambda: successors_wake(seq=seq, keys=keys))
 
 
-def _process_locked(event, *, actor, wakes: list | None = None) -> str:
+def _process_locked(event, *, actor, wakes: list | None = None, awaiting: "_Awaiting | None" = None) -> str:
     """`event_process`'s work on an accepted event whose row the caller locked, in the caller's transaction.
 
-    With `wakes` (a chunk), the look for the events queued behind it is left to the chunk's one look after
-    commit.
+    With `wakes` and `awaiting` (a chunk), the look for the events queued behind it is left to the chunk's one
+    look after commit, and the events parked on the documents it provides are looked for only when the chunk's
+    look found some (`_Awaiting`).
     """
     holder = ordering.held_by(event)
     if holder is not None:
@@ -217,6 +242,8 @@ def _process_locked(event, *, actor, wakes: list | None = None) -> str:
                                                    "message": exc.detail})
             callbacks.notify(event=event, kind=callbacks.EXCEPTION, actor=actor)
             if exc.dependency:
+                if awaiting is not None:
+                    awaiting.awaited.add(exc.dependency)
                 # The document may have committed while we processed (its wake-up found no waiting
                 # exception yet): look again once ours is committed, so nothing waits forever.
                 dependency, waiting_id = exc.dependency, event.pk
@@ -238,7 +265,12 @@ def _process_locked(event, *, actor, wakes: list | None = None) -> str:
         if outcome.provides:
             # In this transaction, not after it: the events that waited for these documents are
             # `accepted` again the moment they exist, so nothing accepted after them can pass them.
-            dependents_wake(outcome.provides)
+            if awaiting is None:
+                dependents_wake(outcome.provides)
+            else:
+                awaiting.provided += outcome.provides
+                if awaiting.may_wake(outcome.provides):
+                    dependents_wake(outcome.provides)
     return event.status
 
 

@@ -19,6 +19,7 @@ from exceptions_queue.services.exceptions import (  # noqa: F401
     _required_text,
     _resolve,
     _snapshot,
+    dependencies_awaited,
     events_waiting_for,
     exception_assign,
     exception_comment,

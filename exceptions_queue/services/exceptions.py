@@ -130,6 +130,12 @@ def exceptions_resolve_for_journal(*, journal, resolution: str, actor) -> int:
     return count
 
 
+def dependencies_awaited(keys) -> set[str]:
+    """Which of these documents (dependency keys) some event's open exception waits for."""
+    return set(ExceptionRecord.objects.filter(dependency_key__in=list(keys), event__isnull=False).exclude(
+        status=ExceptionRecord.Status.RESOLVED).values_list("dependency_key", flat=True).distinct())
+
+
 def events_waiting_for(keys: list[str]) -> list:
     """Events parked until one of these documents arrives, in acceptance order (they keep their places)."""
     return list(ExceptionRecord.objects.filter(dependency_key__in=keys, event__isnull=False).exclude(

@@ -288,6 +288,9 @@ def test_a_chunk_reads_its_reference_data_once_and_posts_its_journals_together(e
     for table in ("billing_sync_canonicalchange", "billing_sync_historicalinvoice", "billing_sync_historicalinvoiceline",
                   "ledger_outbox"):
         assert sum(s.startswith(f'INSERT INTO "{table}"') for s in sql) == 1, table
+    # The events parked on what the chunk provides: looked for as it starts (none are) and again after it commits
+    # (for those parked meanwhile), not once per event.
+    assert sum('"dependency_key"' in s and "exceptions_queue_exceptionrecord" in s for s in sql) == 2
     # A savepoint per event, around its handler (a business rule rolls back to it); none more for isolation: a
     # chunk with no failure runs without them.
     assert sum(s.startswith("SAVEPOINT") for s in sql) == 8
@@ -322,3 +325,30 @@ def test_a_chunk_whose_rows_written_behind_are_refused_goes_one_event_at_a_time(
     assert by_name == {"wf_c": "processed", "wf_i1": "posted", "wf_i2": "posted", "wf_p1": "posted", "wf_i3": "posted"}
     assert Invoice.objects.filter(invoice_id__startswith="wf_").count() == 3
     assert AuditEntry.objects.filter(event_id__in=ids, action="event.processed").count() == 5
+
+
+def test_an_event_parked_while_its_chunk_ran_is_woken_after_the_chunk_commits(entity, integration, settings,
+                                                                             monkeypatch):
+    """The chunk looks once, as it starts, for the events parked on what it may provide. A payment parked on an
+    invoice by another transaction that committed after that look (and whose own look after commit did not see
+    the chunk's uncommitted invoice) is woken by the chunk's look after it commits: nothing waits forever."""
+    p = "aw_"
+    ids = _accept(integration, [
+        f.customer(f"{p}cus", event_id=f"{p}c"),
+        f.payment(f"{p}pay", customer_id=f"{p}cus", amount="50.00", allocations=[(f"{p}in1", "50.00")],
+                  event_id=f"{p}p1"),
+        f.invoice(f"{p}in1", customer_id=f"{p}cus", lines=[("100.00", "0")], event_id=f"{p}i1")], monkeypatch)
+    settings.TIEOUT_PROCESS_CHUNK = 200
+    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)  # the chunks are ours to run
+    billing.events_process(event_ids=ids[:2])  # the customer; the payment parks, awaiting its invoice
+    payment = Event.objects.get(pk=ids[1])
+    assert payment.status == "exception"
+    assert ExceptionRecord.objects.get(event_id=payment.pk).dependency_key.endswith(f":{p}in1")
+    # As if the payment had parked after the chunk's look: the look finds nothing waiting.
+    monkeypatch.setattr(processing.queue, "dependencies_awaited", lambda keys: set())
+    billing.events_process(event_ids=ids[2:])
+    assert Event.objects.get(pk=ids[2]).status == "posted"
+    assert Event.objects.get(pk=ids[1]).status == "accepted"  # woken after the chunk committed, to be processed
+    assert AuditEntry.objects.filter(event_id=ids[1], action="event.requeued").exists()
+    billing.events_process(event_ids=ids[1:2])
+    assert Event.objects.get(pk=ids[1]).status == "posted"
