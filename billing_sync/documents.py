@@ -18,7 +18,7 @@ from billing_sync.models import (
 from config import deferred
 from config.errors import BusinessRuleError, Codes
 from config.history import bulk_create_with_history
-from config.memo import memoized
+from config.memo import memoized, recalled, remember
 from exceptions_queue import services as queue
 from ledger import rules
 from ledger import selectors as ledger_selectors
@@ -77,8 +77,24 @@ def _same_currency(entity, currency: str, what: str):
                                 f"{what} is in {currency} but entity {entity.code} books in {entity.currency}")
 
 
+def customers_prefetch(events) -> None:
+    """Inside a memo scope (a chunk): the customers its events name, read in one statement and remembered for
+    `_customer`, rather than one statement per event. A customer not found is read again when asked for (it may
+    be created meanwhile, by the chunk or by another worker); one upserted by the chunk is remembered anew."""
+    wanted = {(e.source_system, ((e.payload or {}).get("data") or {}).get("customer_id")) for e in events}
+    wanted = {(ss, cid) for ss, cid in wanted if isinstance(cid, str) and cid}
+    if not wanted:
+        return
+    for customer in Customer.objects.filter(source_system__in={ss for ss, _ in wanted},
+                                            customer_id__in={cid for _, cid in wanted}):
+        if (customer.source_system, customer.customer_id) in wanted:
+            remember(("customer", customer.source_system, customer.customer_id), customer)
+
+
 def _customer(source_system: str, customer_id: str) -> Customer:
-    customer = Customer.objects.filter(source_system=source_system, customer_id=customer_id).first()
+    customer = recalled(("customer", source_system, customer_id))
+    if customer is None:
+        customer = Customer.objects.filter(source_system=source_system, customer_id=customer_id).first()
     if customer is None:
         raise BusinessRuleError(Codes.UNKNOWN_CUSTOMER, f"customer {customer_id} has not arrived yet",
                                 dependency=key("customer", source_system, customer_id))
@@ -136,6 +152,7 @@ def customer_upserted(event: Event, data: dict, actor) -> Outcome:
             setattr(customer, name, value)
         customer.save(update_fields=list(fields))
         outcome = C.UPDATED
+    remember(("customer", ss, customer.customer_id), customer)  # what this chunk's later events see
     _change(event, out, "customer", customer.customer_id, outcome, data["version"])
     audit.record(actor=actor, action=f"customer.{outcome}", object_type="customer",
                  object_id=f"{ss}:{customer.customer_id}", event_id=event.pk, before=before,

@@ -1,8 +1,9 @@
 """A memo for the length of one unit of work (a chunk of events processed in one transaction): reference data the
 unit reads again and again (an entity by its code, its account mappings, whether a month is closed) is read once.
 Outside a `memo_scope()` nothing is remembered, so every other caller reads the database each time as before.
-Only data that no event changes belongs here; a period closed while a chunk runs is still refused at posting,
-which reads it again (`ledger.services.posting`)."""
+Data that events change is kept only through `remember`, by the code that changes it (a customer upserted by an
+event of the chunk); a period closed while a chunk runs is still refused at posting, which reads it again
+(`ledger.services.posting`)."""
 import contextlib
 import threading
 
@@ -30,3 +31,16 @@ def memoized(key, compute):
     if key not in values:
         values[key] = compute()
     return values[key]
+
+
+def remember(key, value) -> None:
+    """Inside a memo scope, `value` is what `recalled(key)` answers from now on; outside one, nothing."""
+    values = getattr(_local, "values", None)
+    if values is not None:
+        values[key] = value
+
+
+def recalled(key):
+    """What was remembered for `key` in this scope, or None (outside a scope: always None)."""
+    values = getattr(_local, "values", None)
+    return None if values is None else values.get(key)

@@ -150,6 +150,7 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool) -> l
             locked = {str(e.pk): e for e in Event.objects.select_for_update().filter(
                 pk__in=ids, status=Event.Status.ACCEPTED).order_by("seq")}
             awaiting = _Awaiting(locked.values())
+            documents.customers_prefetch(locked.values())
             for event in (locked[i] for i in ids if i in locked):
                 if not isolate:
                     try:

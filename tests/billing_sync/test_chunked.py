@@ -288,6 +288,7 @@ def test_a_chunk_reads_its_reference_data_once_and_posts_its_journals_together(e
     for table in ("billing_sync_canonicalchange", "billing_sync_historicalinvoice", "billing_sync_historicalinvoiceline",
                   "ledger_outbox"):
         assert sum(s.startswith(f'INSERT INTO "{table}"') for s in sql) == 1, table
+    assert sum('FROM "billing_sync_customer"' in s for s in sql) == 1  # the chunk's customers, read together
     # The events parked on what the chunk provides: looked for as it starts (none are) and again after it commits
     # (for those parked meanwhile), not once per event.
     assert sum('"dependency_key"' in s and "exceptions_queue_exceptionrecord" in s for s in sql) == 2

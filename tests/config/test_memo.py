@@ -2,7 +2,7 @@
 and a nested scope shares the outer one's (a chunk inside another unit of work)."""
 import pytest
 
-from config.memo import memo_scope, memoized
+from config.memo import memo_scope, memoized, recalled, remember
 
 
 def _counter():
@@ -47,3 +47,15 @@ def test_a_nested_scope_shares_the_outer_one():
             assert memoized("k", compute) == 1
         assert memoized("k", compute) == 1  # the inner block's end did not clear the outer memo
     assert len(calls) == 1
+
+
+def test_remembered_values_live_only_in_their_scope():
+    remember("customer", "outside")  # nothing to remember it in
+    assert recalled("customer") is None
+    with memo_scope():
+        assert recalled("customer") is None
+        remember("customer", "v1")
+        remember("customer", "v2")  # the code that changes it says so
+        assert recalled("customer") == "v2"
+        assert memoized("customer", lambda: "computed") == "v2"
+    assert recalled("customer") is None
