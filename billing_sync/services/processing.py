@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import structlog
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
 from audit import services as audit
@@ -147,6 +147,7 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool) -> l
         # audit entries, history rows, canonical changes and outbox rows are written behind, one statement per
         # table, before it commits (a savepoint rolled back drops its own: config/deferred.py).
         with ledger.outbox_relay_batched(), memo_scope(), deferred.write_behind():
+            _generic_plans()
             locked = {str(e.pk): e for e in Event.objects.select_for_update().filter(
                 pk__in=ids, status=Event.Status.ACCEPTED).order_by("seq")}
             awaiting = _Awaiting(locked.values())
@@ -180,6 +181,16 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool) -> l
             provided = sorted(set(awaiting.provided))
             transaction.on_commit(lambda: dependents_wake(provided), robust=True)
     return poisoned
+
+
+def _generic_plans() -> None:
+    """For this transaction, statements prepared on the connection (config/settings: from their fifth run) run
+    their generic plan rather than being planned again for each event's values. The chunk's statements look up
+    by key, which a generic plan (pruning partitions as it starts) does as well; but PostgreSQL's estimate
+    compares plans by cost alone and kept re-planning the hold check for every event (1.2 ms of planning for
+    0.06 ms of work: the events' partitions and the exceptions' join)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
 
 
 class _Awaiting:

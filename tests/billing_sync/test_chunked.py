@@ -353,3 +353,27 @@ def test_an_event_parked_while_its_chunk_ran_is_woken_after_the_chunk_commits(en
     assert AuditEntry.objects.filter(event_id=ids[1], action="event.requeued").exists()
     billing.events_process(event_ids=ids[1:2])
     assert Event.objects.get(pk=ids[1]).status == "posted"
+
+
+def test_a_chunk_runs_prepared_statements_on_their_generic_plans_and_only_it(entity, integration, settings,
+                                                                             monkeypatch):
+    """Inside a chunk's transaction the prepared statements are not planned again for each event's values
+    (`plan_cache_mode`), and the setting ends with the transaction: other work on the connection is planned as
+    PostgreSQL chooses."""
+    ids = _accept(integration, _history("gp_"), monkeypatch)
+    seen = []
+    real_apply = documents.apply
+
+    def apply(event, *, actor):
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW plan_cache_mode")
+            seen.append(cursor.fetchone()[0])
+        return real_apply(event, actor=actor)
+
+    monkeypatch.setattr(documents, "apply", apply)
+    settings.TIEOUT_PROCESS_CHUNK = 200
+    billing.events_process(event_ids=ids)
+    assert seen and set(seen) == {"force_generic_plan"}
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW plan_cache_mode")
+        assert cursor.fetchone()[0] == "auto"
