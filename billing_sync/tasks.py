@@ -12,7 +12,7 @@ from billing_sync import callbacks, services
              autoretry_for=(Exception,), retry_backoff=2, retry_backoff_max=120, retry_jitter=True, max_retries=10,
              ignore_result=True)
 def process_events(event_ids: list[str]):
-    services.events_process(event_ids=event_ids)
+    services.events_process(event_ids=event_ids, fill=settings.TIEOUT_PROCESS_FILL)
 
 
 @shared_task(name="billing_sync.tasks.sweep_accepted_events", ignore_result=True)

@@ -91,7 +91,7 @@ def event_process(*, event_id, actor="system") -> str:
         return _process_locked(event, actor=actor)
 
 
-def events_process(*, event_ids, actor="system") -> dict:
+def events_process(*, event_ids, actor="system", fill: bool = False) -> dict:
     """Process events in chunks of TIEOUT_PROCESS_CHUNK, one transaction each; returns their statuses.
 
     A chunk's accepted events are locked at once in acceptance order (`seq`: two chunks wait for each other's
@@ -102,6 +102,9 @@ def events_process(*, event_ids, actor="system") -> dict:
     back; the chunk runs again with a savepoint per event, the failing one is rolled back to its savepoint so
     the others commit, and it is then processed again by itself, as today, and its error goes to the caller
     (the task retries it).
+
+    With `fill` (the worker's task), a chunk that the ids leave room in also takes the oldest other ready events
+    (`_fill`), so that events arriving one message each are processed in chunks whenever they queue up.
     """
     ids = list(dict.fromkeys(str(i) for i in event_ids))
     size = max(1, settings.TIEOUT_PROCESS_CHUNK)
@@ -111,10 +114,11 @@ def events_process(*, event_ids, actor="system") -> dict:
         chunk = ids[start:start + size]
         try:
             try:
-                poisoned += _chunk_process(chunk, statuses, actor=actor, isolate=False)
+                poisoned += _chunk_process(chunk, statuses, actor=actor, isolate=False,
+                                           fill=size - len(chunk) if fill else 0)
             except _EventFailed:
                 # Nothing of the chunk committed: again, each event in a savepoint of its own this time, so
-                # that the one that fails is rolled back alone and the others commit.
+                # that the one that fails is rolled back alone and the others commit (those named only).
                 poisoned += _chunk_process(chunk, statuses, actor=actor, isolate=True)
         except DatabaseError:
             # The chunk's rows written behind were refused as it ended (a constraint no event's savepoint saw), or
@@ -131,7 +135,7 @@ class _EventFailed(Exception):
     """An event of a chunk processed without savepoints failed unexpectedly: the chunk is rolled back."""
 
 
-def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool) -> list:
+def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool, fill: int = 0) -> list:
     """One chunk in one transaction; returns the events isolated as poisoned (rolled back, left accepted).
 
     Without `isolate` (first), the events run without a savepoint each (two statements per event saved): an
@@ -150,6 +154,10 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool) -> l
             _generic_plans()
             locked = {str(e.pk): e for e in Event.objects.select_for_update().filter(
                 pk__in=ids, status=Event.Status.ACCEPTED).order_by("seq")}
+            if fill > 0:
+                extra = _fill(exclude=ids, limit=fill)
+                locked.update((str(e.pk), e) for e in extra)
+                ids = ids + [str(e.pk) for e in extra]
             awaiting = _Awaiting(locked.values())
             documents.customers_prefetch(locked.values())
             for event in (locked[i] for i in ids if i in locked):
@@ -181,6 +189,16 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool) -> l
             provided = sorted(set(awaiting.provided))
             transaction.on_commit(lambda: dependents_wake(provided), robust=True)
     return poisoned
+
+
+def _fill(*, exclude: list[str], limit: int) -> list:
+    """The oldest accepted events not held and not locked by another worker's chunk (SKIP LOCKED: taking them
+    never waits, so it cannot deadlock with the rows the chunk already holds), locked for this chunk. Their own
+    messages, when they come, find them processed and do nothing. Per-document order does not depend on which
+    worker takes an event: the hold check decides it under the same locks (billing_sync/ordering.py)."""
+    return list(Event.objects.select_for_update(skip_locked=True)
+                .filter(status=Event.Status.ACCEPTED, held_by__isnull=True).exclude(pk__in=exclude)
+                .order_by("received_at", "seq")[:limit])
 
 
 def _generic_plans() -> None:

@@ -280,6 +280,10 @@ CELERY_BEAT_SCHEDULE = {
 TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS = int(os.environ.get("TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS", "30"))
 # Events processed in one transaction by a worker (billing_sync.services.events_process), and per task message.
 TIEOUT_PROCESS_CHUNK = int(os.environ.get("TIEOUT_PROCESS_CHUNK", "200"))
+# A task whose message names fewer events than a chunk takes the oldest other ready events too (not held, not
+# locked by another worker), up to a chunk: events arriving one by one are then processed in chunks whenever
+# they queue up, instead of a task and a transaction each.
+TIEOUT_PROCESS_FILL = os.environ.get("TIEOUT_PROCESS_FILL", "on").lower() not in ("off", "0", "false")
 TIEOUT_POSTING_MAX_RETRIES = int(os.environ.get("TIEOUT_POSTING_MAX_RETRIES", "8"))
 # Deliveries of one journal's posting task (retries and redeliveries after a worker died) before it is parked.
 TIEOUT_POSTING_MAX_DELIVERIES = int(os.environ.get("TIEOUT_POSTING_MAX_DELIVERIES", "12"))

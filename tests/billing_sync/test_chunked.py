@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from audit import services as audit
 from audit.models import AuditEntry
-from billing_sync import dispatch, documents
+from billing_sync import dispatch, documents, tasks
 from billing_sync import services as billing
 from billing_sync.models import Event, Invoice
 from billing_sync.services import processing
@@ -377,3 +377,46 @@ def test_a_chunk_runs_prepared_statements_on_their_generic_plans_and_only_it(ent
     with connection.cursor() as cursor:
         cursor.execute("SHOW plan_cache_mode")
         assert cursor.fetchone()[0] == "auto"
+
+
+def test_a_task_fills_its_chunk_with_the_oldest_ready_events(entity, integration, settings, monkeypatch):
+    """Events that arrived one message each: the first task takes the others waiting too, in one transaction, in
+    acceptance order (the payment after its invoice); their own messages then find nothing left to do."""
+    ids = _accept(integration, _history("fl_"), monkeypatch)
+    settings.TIEOUT_PROCESS_CHUNK = 200
+    settings.TIEOUT_PROCESS_FILL = True
+    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    with CaptureQueriesContext(connection) as queries:
+        tasks.process_events.run([ids[0]])
+    statuses = dict(Event.objects.filter(pk__in=ids).values_list("event_id", "status"))
+    assert statuses == {"fl_c": "processed", "fl_i1": "posted", "fl_i2": "posted", "fl_p1": "posted", "fl_i3": "posted"}
+    processing_commits = [q for q in queries.captured_queries if q["sql"] == "COMMIT"]
+    assert len(processing_commits) == 2  # the chunk, then its journals posted together
+    entries = AuditEntry.objects.filter(event_id__in=ids).count()
+    for event_id in ids[1:]:
+        tasks.process_events.run([event_id])
+    assert dict(Event.objects.filter(pk__in=ids).values_list("event_id", "status")) == statuses
+    assert AuditEntry.objects.filter(event_id__in=ids).count() == entries
+
+
+def test_a_task_never_fills_with_events_another_worker_holds(entity, integration, settings, monkeypatch):
+    """Filling skips rows locked by another transaction (a chunk in another worker) rather than waiting for it."""
+    ids = _accept(integration, _history("fs_"), monkeypatch)
+    settings.TIEOUT_PROCESS_CHUNK = 200
+    settings.TIEOUT_PROCESS_FILL = True
+    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    billing.events_process(event_ids=ids[:1])  # the customer
+    other = psycopg.connect(**{k: v for k, v in connection.get_connection_params().items()
+                               if k in ("dbname", "user", "host", "port", "password")})
+    try:
+        other.execute("BEGIN")
+        other.execute("SELECT 1 FROM billing_sync_event WHERE id = %s FOR UPDATE", [ids[4]])  # invoice in3
+        tasks.process_events.run([ids[1]])
+        statuses = dict(Event.objects.filter(pk__in=ids).values_list("event_id", "status"))
+        assert statuses["fs_i3"] == "accepted"  # held by the other transaction: left to its own message
+        assert {statuses[n] for n in ("fs_i1", "fs_i2", "fs_p1")} == {"posted"}
+    finally:
+        other.rollback()
+        other.close()
+    tasks.process_events.run([ids[4]])
+    assert Event.objects.get(pk=ids[4]).status == "posted"
