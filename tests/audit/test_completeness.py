@@ -794,6 +794,7 @@ ALLOWED = {
     "ledger.services.manual.manual_journal_check": "check: refuses a bad journal, writes nothing",
     "exceptions_queue.services.exceptions.events_waiting_for": "read",
     "exceptions_queue.services.exceptions.dependencies_awaited": "read",
+    "billing_sync.documents.customers_prefetch": "read (remembered for the chunk: config.memo)",
     "exceptions_queue.services.exceptions.may_see_exception": "read",
     "exceptions_queue.services.exceptions.exception_replay_refusal": "check",
     "exceptions_queue.services.approvals.approvals_required": "read",
