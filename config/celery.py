@@ -2,13 +2,16 @@
 start we refuse a Redis visibility timeout shorter than the longest countdown a task may wait (backoff cap,
 ERP Retry-After cap): Redis would otherwise hand a merely-waiting message to a second worker, and the same
 journal would be in flight twice. It also adds the event lanes (`config.lanes`) to the queues a worker
-consumes: every lane for a worker of the default queue, or those `TIEOUT_WORKER_LANES` pins it to."""
+consumes: every lane for a worker of the default queue, or those `TIEOUT_WORKER_LANES` pins it to. Each task
+starts as a web request does: a database connection past CONN_MAX_AGE, or that fails its health check, is
+replaced, and a live one is kept (Celery's own fix-up would close it after every task: CELERY_DB_REUSE_MAX)."""
 import os
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_init
+from celery.signals import celeryd_after_setup, task_prerun, worker_init
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.db import close_old_connections
 
 from config import lanes
 
@@ -42,3 +45,11 @@ def _add_event_lanes(sender=None, instance=None, **kwargs):
     queues = instance.app.amqp.queues
     for name in lanes.worker_queues(list(queues.consume_from), os.environ):
         queues.select_add(name)
+
+
+@task_prerun.connect
+def _renew_old_connections(sender=None, **kwargs):
+    # Not for an eager task: it runs inside its caller's transaction, whose connection must not be touched.
+    if getattr(getattr(sender, "request", None), "is_eager", False):
+        return
+    close_old_connections()
