@@ -1,8 +1,8 @@
 """Canonical documents from events: one handler per event type, run inside `event_process`'s transaction. A
 handler upserts the document under its row lock (stale versions recorded and ignored), checks the business
-rules (`BusinessRuleError` with a stable code rolls the savepoint back and opens an exception), asks the
-ledger for the journal of POSTING_RULES.md, and returns what it did and which dependency keys it satisfied, so
-waiting events can be woken after commit."""
+rules, best before it writes (`BusinessRuleError` with a stable code undoes the handler's work and opens an
+exception), asks the ledger for the journal of POSTING_RULES.md, and returns what it did and which dependency
+keys it satisfied, so waiting events can be woken after commit."""
 import datetime
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -17,7 +17,7 @@ from billing_sync.models import (
 )
 from config import deferred
 from config.errors import BusinessRuleError, Codes
-from config.history import bulk_create_with_history
+from config.history import bulk_create_with_history, create_with_history
 from config.memo import memoized, recalled, remember
 from exceptions_queue import services as queue
 from ledger import rules
@@ -89,6 +89,34 @@ def customers_prefetch(events) -> None:
                                             customer_id__in={cid for _, cid in wanted}):
         if (customer.source_system, customer.customer_id) in wanted:
             remember(("customer", customer.source_system, customer.customer_id), customer)
+
+
+_INVOICE_EVENTS = frozenset({"invoice.issued", "invoice.amended"})
+
+
+def invoices_prefetch(events) -> None:
+    """Inside a memo scope (a chunk): which invoices its invoice events name that do not exist yet, in one
+    statement, so that issuing each does not look for it (nor, written behind, make the chunk write what waits
+    to look). One the chunk creates is looked for again by later events; one created meanwhile by another worker
+    (only its own events create it, and per-document order keeps those out of two chunks at once) would be
+    refused by the unique constraint as the chunk writes it, and the chunk would go one event at a time."""
+    wanted = {(e.source_system, ((e.payload or {}).get("data") or {}).get("invoice_id"))
+              for e in events if e.type in _INVOICE_EVENTS}
+    wanted = {(ss, iid) for ss, iid in wanted if isinstance(iid, str) and iid}
+    if not wanted:
+        return
+    found = set(Invoice.objects.filter(source_system__in={ss for ss, _ in wanted},
+                                       invoice_id__in={iid for _, iid in wanted})
+                .values_list("source_system", "invoice_id"))
+    for ss, iid in wanted - found:
+        remember(("invoice_absent", ss, iid), True)
+
+
+def _invoice_for_update(source_system: str, invoice_id: str) -> Invoice | None:
+    """The invoice under its row lock, or None; in a chunk, None at once for one its prefetch found missing."""
+    if recalled(("invoice_absent", source_system, invoice_id)):
+        return None
+    return Invoice.objects.select_for_update().filter(source_system=source_system, invoice_id=invoice_id).first()
 
 
 def _customer(source_system: str, customer_id: str) -> Customer:
@@ -196,7 +224,7 @@ def _invoice_journal(event, entity, invoice: Invoice, lines, actor):
 def invoice_issued(event: Event, data: dict, actor) -> Outcome:
     entity = _entity(event)
     ss = event.source_system
-    existing = Invoice.objects.select_for_update().filter(source_system=ss, invoice_id=data["invoice_id"]).first()
+    existing = _invoice_for_update(ss, data["invoice_id"])
     if existing is not None:
         return invoice_amended(event, data, actor)
     out = Outcome(Event.Status.PROCESSED)
@@ -212,7 +240,8 @@ def invoice_issued(event: Event, data: dict, actor) -> Outcome:
     # The journal first, so the invoice is written once (one row and one history version, not two).
     journal = _invoice_journal(event, entity, invoice, lines, actor)
     invoice.current_journal = journal
-    invoice.save(force_insert=True)
+    create_with_history(invoice)
+    remember(("invoice_absent", ss, invoice.invoice_id), False)  # read it from now on (if this event rolls back too)
     _write_lines(invoice, lines, replace=False)
     if journal:
         out.journals.append(journal)
@@ -225,7 +254,7 @@ def invoice_issued(event: Event, data: dict, actor) -> Outcome:
 
 def invoice_amended(event: Event, data: dict, actor) -> Outcome:
     ss = event.source_system
-    invoice = Invoice.objects.select_for_update().filter(source_system=ss, invoice_id=data["invoice_id"]).first()
+    invoice = _invoice_for_update(ss, data["invoice_id"])
     if invoice is None:
         # An amendment carries the whole invoice: if the original never came, book this version as issued.
         return invoice_issued(event, data, actor)
@@ -307,24 +336,37 @@ def invoice_voided(event: Event, data: dict, actor) -> Outcome:
 
 
 # ------------------------------------------------------------------------------------------- payments
-def _allocate(event, payment: Payment, allocations: list[dict], out: Outcome, actor) -> list[tuple[str, Decimal]]:
-    """Apply allocations to invoices under their row locks (in a fixed order, so no deadlock)."""
-    ss = event.source_system
-    wanted = [(a["invoice_id"], _money(a["amount"], payment.currency)) for a in allocations]
+def _allocations_checked(ss: str, entity, currency: str, allocations: list[dict]) -> list[tuple[Invoice, Decimal]]:
+    """The allocations' invoices under their row locks (in a fixed order, so no deadlock) and amounts, once every
+    rule holds for each in turn (an invoice named twice is checked against what the first one leaves open): a
+    handler checks before it writes (processing._handler_unit)."""
+    wanted = [(a["invoice_id"], _money(a["amount"], currency)) for a in allocations]
     invoices = {}
     for invoice_id, _ in sorted(wanted):
-        invoices[invoice_id] = _invoice_locked(ss, invoice_id, payment.entity)
-    result = []
+        invoices[invoice_id] = _invoice_locked(ss, invoice_id, entity)
+    taken: dict[str, Decimal] = {}
     for invoice_id, amount in wanted:
         invoice = invoices[invoice_id]
         if invoice.status == Invoice.Status.VOIDED:
             raise BusinessRuleError(Codes.OVER_APPLICATION, f"invoice {invoice_id} is voided; nothing can be applied")
-        if invoice.currency != payment.currency:
+        if invoice.currency != currency:
             raise BusinessRuleError(Codes.CURRENCY_MISMATCH, f"invoice {invoice_id} is in {invoice.currency}")
-        if amount > invoice.open_amount:
+        still_open = invoice.open_amount - taken.get(invoice_id, ZERO)
+        if amount > still_open:
             raise BusinessRuleError(Codes.OVER_APPLICATION,
                                     f"allocation of {amount} to invoice {invoice_id} exceeds its open amount "
-                                    f"{invoice.open_amount}")
+                                    f"{still_open}")
+        taken[invoice_id] = taken.get(invoice_id, ZERO) + amount
+    return [(invoices[invoice_id], amount) for invoice_id, amount in wanted]
+
+
+def _allocate(event, payment: Payment, checked: list[tuple[Invoice, Decimal]], out: Outcome,
+              actor) -> list[tuple[str, Decimal]]:
+    """Apply allocations `_allocations_checked` passed to their invoices."""
+    ss = event.source_system
+    result = []
+    for invoice, amount in checked:
+        invoice_id = invoice.invoice_id
         before = _snapshot_invoice(invoice)
         invoice.applied_total += amount
         invoice.save(update_fields=["applied_total"])
@@ -351,16 +393,19 @@ def payment_received(event: Event, data: dict, actor) -> Outcome:
     amount = _money(data["amount"], currency)
     fee = _money(data["fee"], currency) if data.get("fee") else ZERO
     received_at = _timestamp(data["received_at"])
+    checked = _allocations_checked(ss, entity, currency, data.get("allocations") or [])
+    spec = rules.payment_received(
+        entity=entity, source_system=ss, payment_id=data["payment_id"], customer_id=customer.customer_id,
+        amount=amount, fee=fee, received_on=received_at.date(),
+        allocations=[(invoice.invoice_id, a) for invoice, a in checked], event_id=event.pk)
+    ledger.journal_check(spec)  # every rule before the first write
     payment = Payment.objects.create(source_system=ss, payment_id=data["payment_id"], entity=entity, customer=customer,
                                      currency=currency, amount=amount, fee=fee, received_at=received_at,
                                      method=data["method"])
-    applied = _allocate(event, payment, data.get("allocations") or [], out, actor)
+    applied = _allocate(event, payment, checked, out, actor)
     payment.allocated_total = sum((a for _, a in applied), ZERO)
     payment.save(update_fields=["allocated_total"])
-    out.journals.append(ledger.journal_create(rules.payment_received(
-        entity=entity, source_system=ss, payment_id=payment.payment_id, customer_id=customer.customer_id,
-        amount=amount, fee=fee, received_on=received_at.date(), allocations=applied,
-        event_id=event.pk), actor=actor))
+    out.journals.append(ledger.journal_create(spec, actor=actor))
     _change(event, out, "payment", payment.payment_id, C.CREATED)
     audit.record(actor=actor, action="payment.created", object_type="payment", object_id=f"{ss}:{payment.payment_id}",
                  event_id=event.pk, after=audit.model_snapshot(payment, ["payment_id", "amount", "fee", "currency",
@@ -379,13 +424,16 @@ def payment_applied(event: Event, data: dict, actor) -> Outcome:
         raise BusinessRuleError(Codes.OVER_APPLICATION,
                                 f"applying {total} exceeds payment {payment.payment_id}'s unapplied balance "
                                 f"{payment.unapplied_amount}")
-    applied = _allocate(event, payment, data["allocations"], out, actor)
-    payment.allocated_total += total
-    payment.save(update_fields=["allocated_total"])
-    out.journals.append(ledger.journal_create(rules.payment_applied(
+    checked = _allocations_checked(ss, payment.entity, payment.currency, data["allocations"])
+    spec = rules.payment_applied(
         entity=payment.entity, source_system=ss, payment_id=payment.payment_id,
         customer_id=payment.customer.customer_id, on=_event_date(event),
-        allocations=applied, event_id=event.pk), actor=actor))
+        allocations=[(invoice.invoice_id, a) for invoice, a in checked], event_id=event.pk)
+    ledger.journal_check(spec)  # every rule before the first write
+    _allocate(event, payment, checked, out, actor)
+    payment.allocated_total += total
+    payment.save(update_fields=["allocated_total"])
+    out.journals.append(ledger.journal_create(spec, actor=actor))
     _change(event, out, "payment", payment.payment_id, C.APPLIED)
     return out
 

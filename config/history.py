@@ -2,6 +2,7 @@
 per model (3.13 builds a new class, `Manager.from_queryset` over `inspect.getmembers`, at every `Model.history`
 access: about half a millisecond each, twice per document saved) and, inside a `config.deferred.write_behind`
 block, its history rows written behind with the block's others."""
+from django.db.models.signals import post_save
 from django.utils import timezone
 from simple_history import models as history_models
 from simple_history.manager import HistoryManager
@@ -62,15 +63,36 @@ class HistoricalRecords(history_models.HistoricalRecords):
 _RECORDS: dict = {}
 
 
+def _history_only(model) -> None:
+    # Rows written behind skip `post_save`: only a model whose one receiver is its history may be (we write that).
+    receivers = [r for r in post_save._live_receivers(model)[0]]
+    if any(getattr(r, "__self__", None) is not _RECORDS.get(model) for r in receivers):
+        raise TypeError(f"{model.__name__} has post_save receivers besides its history: save it, do not defer it")
+
+
 def bulk_create_with_history(instances: list, model) -> list:
-    """`model.objects.bulk_create(instances)` and their "+" history rows: one statement for the rows and, inside
-    `write_behind`, their history rows written behind with the block's others; outside it, one more statement
-    (django-simple-history's `bulk_create_with_history`)."""
-    created = model.objects.bulk_create(instances)
-    if deferred.active():
-        records = _RECORDS[model]
-        for instance in created:
-            records.create_historical_record(instance, "+")
-    else:
+    """`model.objects.bulk_create(instances)` and their "+" history rows. Inside `write_behind`, the rows take ids
+    from the table's sequence (`deferred.next_id`) and are written behind with their history rows, before any
+    later statement of the block that names the table (so the block reads them back as if written at once);
+    outside it, two statements (django-simple-history's `bulk_create_with_history`)."""
+    if not deferred.active():
+        created = model.objects.bulk_create(instances)
         model.history.bulk_history_create(created)
-    return created
+        return created
+    _history_only(model)
+    records = _RECORDS[model]
+    for instance in instances:
+        if instance.pk is None:
+            instance.pk = deferred.next_id(model)
+        deferred.insert_unchecked(instance, readable=True)
+        records.create_historical_record(instance, "+")
+    return instances
+
+
+def create_with_history(instance) -> None:
+    """Insert one new row of a history-tracked model: `save(force_insert=True)` (its history row by `post_save`),
+    or inside `write_behind` as `bulk_create_with_history` does, so that both write the same rows."""
+    if deferred.active():
+        bulk_create_with_history([instance], type(instance))
+    else:
+        instance.save(force_insert=True)

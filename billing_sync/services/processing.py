@@ -2,6 +2,7 @@
 (`billing_sync.ordering`), applied to canonical documents and journals (`billing_sync.documents`), or parked
 in the exception queue with a stable code; waking what waited behind or for it. Safe to run twice.
 """
+import contextlib
 from decimal import Decimal
 
 import structlog
@@ -160,11 +161,12 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool, fill
                 ids = ids + [str(e.pk) for e in extra]
             awaiting = _Awaiting(locked.values())
             documents.customers_prefetch(locked.values())
+            documents.invoices_prefetch(locked.values())
             for event in (locked[i] for i in ids if i in locked):
                 if not isolate:
                     try:
                         statuses[str(event.pk)] = _process_locked(event, actor=actor, wakes=wakes,
-                                                                  awaiting=awaiting)
+                                                                  awaiting=awaiting, savepoint=False)
                     except Exception as exc:  # a bug or an outage: the chunk again, with savepoints
                         log.warning("events.chunk_failed_unisolated", event_id=str(event.pk), exc_info=True)
                         raise _EventFailed(str(event.pk)) from exc
@@ -234,12 +236,40 @@ def _successors_wake_after_commit(event, wakes: list | None) -> None:
     transaction.on_commit(lambda: successors_wake(seq=seq, keys=keys))
 
 
-def _process_locked(event, *, actor, wakes: list | None = None, awaiting: "_Awaiting | None" = None) -> str:
+class _WroteBeforeRefusing(Exception):
+    """A handler run without a savepoint raised a business rule after changing the database: only a savepoint
+    undoes that, so the chunk runs again with one per event."""
+
+
+@contextlib.contextmanager
+def _handler_unit(savepoint: bool):
+    """What a handler's business rule undoes. With `savepoint`, a savepoint (two statements, and a subtransaction
+    for PostgreSQL to track until commit). Without (a chunk's first run), none: a handler checks its rules before
+    it writes, and in a chunk its writes wait behind (config/deferred.py), so a refusal drops what it deferred and
+    the after-commit callbacks it registered, as the savepoint would have; one that reached the database first
+    (`_WroteBeforeRefusing`) sends the chunk round again with savepoints."""
+    if savepoint:
+        with transaction.atomic():
+            yield
+        return
+    point, hooks = deferred.checkpoint(), len(connection.run_on_commit)
+    try:
+        yield
+    except BusinessRuleError as exc:
+        if connection.needs_rollback or not deferred.undo_to(point):
+            raise _WroteBeforeRefusing(exc.code) from exc
+        del connection.run_on_commit[hooks:]
+        raise
+
+
+def _process_locked(event, *, actor, wakes: list | None = None, awaiting: "_Awaiting | None" = None,
+                    savepoint: bool = True) -> str:
     """`event_process`'s work on an accepted event whose row the caller locked, in the caller's transaction.
 
     With `wakes` and `awaiting` (a chunk), the look for the events queued behind it is left to the chunk's one
     look after commit, and the events parked on the documents it provides are looked for only when the chunk's
-    look found some (`_Awaiting`).
+    look found some (`_Awaiting`). Without `savepoint` (a chunk's first run), its handler runs without one
+    (`_handler_unit`).
     """
     holder = ordering.held_by(event)
     if holder is not None:
@@ -257,7 +287,7 @@ def _process_locked(event, *, actor, wakes: list | None = None, awaiting: "_Awai
     with correlation.bound(event.correlation_id or None):
         event.attempts += 1
         try:
-            with transaction.atomic():
+            with _handler_unit(savepoint):
                 outcome = documents.apply(event, actor=actor)
         except BusinessRuleError as exc:
             event.status = Event.Status.EXCEPTION

@@ -36,6 +36,7 @@ from ledger.services.journals import (  # noqa: F401
     JournalSpec,
     LineSpec,
     _resolve_accounts,
+    journal_check,
     journal_create,
     journal_reject,
     journal_release,

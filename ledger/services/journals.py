@@ -8,7 +8,7 @@ from decimal import Decimal
 from django.db import transaction
 
 from audit import services as audit
-from config import correlation
+from config import correlation, deferred
 from config.errors import BusinessRuleError, Codes, TieoutError
 from config.memo import memoized
 from ledger.models import Account, AccountMapping, Entity, Journal, JournalLine
@@ -70,10 +70,14 @@ def _accounts_read(entity: Entity, wanted: frozenset, codes: frozenset) -> dict[
     return resolved
 
 
-def journal_create(spec: JournalSpec, *, actor) -> Journal:
-    """Write a balanced journal (and its outbox row when it can post at once). Caller holds the transaction."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("journal_create runs inside the caller's transaction")
+def journal_check(spec: JournalSpec) -> None:
+    """`journal_create`'s business rules (an open period, a mapped account for every line), for a handler that
+    checks everything before it writes anything (billing_sync.documents). Read once per chunk (config.memo)."""
+    _checked(spec)
+
+
+def _checked(spec: JournalSpec) -> tuple[list, dict[str, Account]]:
+    """The spec's lines with amounts (quantized; zero lines dropped) and their accounts, or the error."""
     entity = spec.entity
     period_require_open(entity, spec.accounting_date)
     currency = entity.currency
@@ -91,21 +95,31 @@ def journal_create(spec: JournalSpec, *, actor) -> Journal:
         # The database would refuse it at commit too; this is the readable message.
         raise TieoutError(f"journal for {spec.kind} does not balance ({total_debit} / {total_credit})",
                           code=Codes.INVALID_STATE, status=500)
-    accounts = _resolve_accounts(entity, [line for line, _, _ in lines])
+    return lines, _resolve_accounts(entity, [line for line, _, _ in lines])
+
+
+def journal_create(spec: JournalSpec, *, actor) -> Journal:
+    """Write a balanced journal (and its outbox row when it can post at once). Caller holds the transaction."""
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("journal_create runs inside the caller's transaction")
+    entity = spec.entity
+    lines, accounts = _checked(spec)
     status = Journal.Status.PENDING_APPROVAL if spec.needs_approval else Journal.Status.READY
     cid = correlation.get() or ""
-    journal = Journal.objects.create(
+    journal = Journal(
         entity=entity, status=status, accounting_date=spec.accounting_date, event_id=spec.event_id,
         reverses=spec.reverses, kind=spec.kind, source_system=spec.source_system,
         document_type=spec.document_type, document_id=spec.document_id, document_version=spec.document_version,
         description=spec.description[:300], correlation_id=cid, created_by=audit.actor_label(actor))
-    JournalLine.objects.bulk_create([
+    # The journal and its lines: two statements, or in a chunk written behind with its others (config/deferred.py:
+    # before any later statement that reads their tables). Its balance is checked by the database at commit.
+    deferred.insert_all([journal] + [
         JournalLine(journal=journal, line_no=index, account=accounts[f"role:{line.role}" if line.role
                                                                       else f"code:{line.account_code}"],
                     debit=debit, credit=credit, customer_id=line.customer_id, invoice_id=line.invoice_id,
                     payment_id=line.payment_id, jurisdiction=line.jurisdiction, memo=line.memo[:300])
         for index, (line, debit, credit) in enumerate(lines, start=1)
-    ])
+    ], readable=True)
     audit.record(actor=actor, action="journal.created", object_type="journal", object_id=journal.pk,
                  event_id=spec.event_id,
                  after={"status": status, "kind": spec.kind, "accounting_date": spec.accounting_date,

@@ -17,7 +17,7 @@ from django.apps import apps
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 PROJECT_APPS = ("audit", "billing_sync", "ledger", "exceptions_queue")
-METHODS = {"update", "delete", "bulk_create", "bulk_update"}
+METHODS = {"update", "delete", "bulk_create", "bulk_update", "insert_all"}  # insert_all: config.deferred's
 QUERYSET_METHODS = {"filter", "exclude", "all", "select_for_update", "order_by", "values", "only", "defer", "using"}
 
 # Models whose changes are audit-logged (beside every model django-simple-history tracks).
@@ -57,8 +57,9 @@ ALLOWED = {
         "Receipt.outcome of a replay or conflict, set in the request that inserted the receipt: the receipt row "
         "is itself the evidence of what arrived (no business state changes)", "exempt"),
     ("billing_sync/services/status.py", "events_refresh_status"): ("Event statuses set-based", SAME_FUNCTION),
-    ("ledger/services/journals.py", "journal_create"): ("JournalLine rows with their journal's journal.created entry",
-                                               SAME_FUNCTION),
+    ("ledger/services/journals.py", "journal_create"): (
+        "a Journal and its JournalLine rows (config.deferred.insert_all) with the journal's journal.created entry",
+        SAME_FUNCTION),
     ("ledger/services/batches.py", "erp_batches_form"): ("Journals handed to a batch, journal.batched per journal",
                                                  SAME_FUNCTION),
     ("ledger/services/batches.py", "_mark_batch_journals_posted"): ("Journals posted by a batch document, journal.posted "
@@ -145,7 +146,7 @@ def _scan(root: Path = ROOT, files=None):
                 if isinstance(node.func, ast.Attribute) and node.func.attr in METHODS:
                     model, queryset = _receiver(node.func.value)
                     bare_delete = node.func.attr == "delete" and not node.args and not node.keywords
-                    if queryset or bare_delete or node.func.attr.startswith("bulk_"):
+                    if queryset or bare_delete or node.func.attr.startswith("bulk_") or node.func.attr == "insert_all":
                         found.append((str(rel), stack[-1].name if stack else "<module>", node.lineno,
                                       node.func.attr, model, ast.unparse(node.func.value)[:80]))
                 self.generic_visit(node)

@@ -1,5 +1,5 @@
-"""Set-based processing (issue 13): `events_process` takes a chunk of events in one transaction, a savepoint
-each, and must come to exactly what one event at a time comes to.
+"""Set-based processing (issue 13): `events_process` takes a chunk of events in one transaction (no savepoint per
+event unless one fails), and must come to exactly what one event at a time comes to.
 
 The same random histories (tests/histories.py) are accepted twice under two id prefixes, then processed one
 at a time (TIEOUT_PROCESS_CHUNK=1: a transaction per event, the old worker loop) and in chunks, with wake-ups
@@ -31,9 +31,10 @@ from audit import services as audit
 from audit.models import AuditEntry
 from billing_sync import dispatch, documents, tasks
 from billing_sync import services as billing
-from billing_sync.models import Event, Invoice
+from billing_sync.models import CanonicalChange, Customer, Event, Invoice
 from billing_sync.services import processing
 from config import deferred
+from config.errors import BusinessRuleError, Codes
 from exceptions_queue.models import ExceptionRecord
 from ledger.models import Journal
 from portal import lineage
@@ -178,6 +179,66 @@ def test_a_poisoned_event_fails_alone_and_the_rest_of_its_chunk_commits(entity, 
     assert Invoice.objects.get(invoice_id="pz_in2").total == 200
 
 
+def _refusing(monkeypatch, refused: str, *, write_first: bool) -> None:
+    """Event `refused`'s handler does its work (written behind in a chunk), then a business rule refuses it; with
+    `write_first`, after a statement that changed the database."""
+    real_apply = documents.apply
+
+    def apply(event, *, actor):
+        outcome = real_apply(event, actor=actor)
+        if str(event.pk) == refused:
+            if write_first:
+                Customer.objects.filter(customer_id=f"{event.event_id[:3]}cus").update(name="Changed, then refused")
+            raise BusinessRuleError(Codes.DOCUMENT_CONFLICT, "refused after its work")
+        return outcome
+
+    monkeypatch.setattr(documents, "apply", apply)
+
+
+def _refused_outcome(p: str, ids: list[str], refused: str) -> None:
+    statuses = dict(Event.objects.filter(pk__in=ids).values_list("event_id", "status"))
+    assert statuses == {f"{p}c": "processed", f"{p}i1": "posted", f"{p}i2": "exception", f"{p}p1": "posted",
+                        f"{p}i3": "posted"}
+    assert not Invoice.objects.filter(invoice_id=f"{p}in2").exists()  # its work is undone
+    assert not Journal.objects.filter(event_id=refused).exists()
+    assert not CanonicalChange.objects.filter(event_id=refused).exists()
+    assert ExceptionRecord.objects.get(event_id=refused).code == Codes.DOCUMENT_CONFLICT
+    assert [a.action for a in AuditEntry.objects.filter(event_id=refused).order_by("id")] == [
+        "event.received", "exception.opened", "event.exception"]
+    assert Customer.objects.get(customer_id=f"{p}cus").name != "Changed, then refused"
+    assert Invoice.objects.filter(invoice_id__startswith=p).count() == 2
+
+
+def test_a_business_rule_undoes_its_handlers_work_without_a_savepoint(entity, integration, settings, monkeypatch):
+    """A chunk's first run takes no savepoint per handler: what a refused handler deferred is dropped instead."""
+    p = "br_"
+    ids = _accept(integration, _history(p), monkeypatch)
+    _refusing(monkeypatch, ids[2], write_first=False)
+    settings.TIEOUT_PROCESS_CHUNK = 200
+    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    with CaptureQueriesContext(connection) as queries:
+        billing.events_process(event_ids=ids)
+    sql = [q["sql"] for q in queries.captured_queries]
+    assert not any(s.startswith(("SAVEPOINT", "ROLLBACK")) for s in sql)  # one run, nothing rolled back
+    _refused_outcome(p, ids, ids[2])
+
+
+def test_a_business_rule_after_a_write_runs_the_chunk_again_with_savepoints(entity, integration, settings,
+                                                                            monkeypatch):
+    """Only a savepoint undoes a statement that reached the database: the chunk is rolled back and runs again with
+    one per event, and comes to what the refusal would have come to alone."""
+    p = "bw_"
+    ids = _accept(integration, _history(p), monkeypatch)
+    _refusing(monkeypatch, ids[2], write_first=True)
+    settings.TIEOUT_PROCESS_CHUNK = 200
+    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    with CaptureQueriesContext(connection) as queries:
+        billing.events_process(event_ids=ids)
+    sql = [q["sql"] for q in queries.captured_queries]
+    assert sql.count("ROLLBACK") == 1 and any(s.startswith("ROLLBACK TO SAVEPOINT") for s in sql)
+    _refused_outcome(p, ids, ids[2])
+
+
 def _retried_on_deadlock(process, attempts=5):
     """As the task runs a chunk: PostgreSQL may abort one of two chunks racing for the same invoices as a
     deadlock victim (each locks documents and journals in its own events' order), and the task's autoretry
@@ -292,9 +353,15 @@ def test_a_chunk_reads_its_reference_data_once_and_posts_its_journals_together(e
     # The events parked on what the chunk provides: looked for as it starts (none are) and again after it commits
     # (for those parked meanwhile), not once per event.
     assert sum('"dependency_key"' in s and "exceptions_queue_exceptionrecord" in s for s in sql) == 2
-    # A savepoint per event, around its handler (a business rule rolls back to it); none more for isolation: a
-    # chunk with no failure runs without them.
-    assert sum(s.startswith("SAVEPOINT") for s in sql) == 8
+    # No savepoint: a chunk with no failure runs its handlers without them (a business rule drops what its handler
+    # deferred instead: processing._handler_unit).
+    assert sum(s.startswith("SAVEPOINT") for s in sql) == 0
+    # The documents and journals are written behind too, before anything reads them back: one statement per table,
+    # and the invoices are not looked for one by one (the chunk's look found none of them), nor their ids asked for.
+    for table in ("billing_sync_invoice", "billing_sync_invoiceline", "ledger_journal", "ledger_journalline"):
+        assert sum(s.startswith(f'INSERT INTO "{table}"') for s in sql) == 1, table
+    assert sum(s.startswith('SELECT') and 'FROM "billing_sync_invoice"' in s for s in sql) == 1
+    assert sum("nextval(" in s for s in sql) == 2  # a batch of ids for the invoices, one for their lines
     # The chunk's entries; after commit, the posting's `journal.posted` and the events' `event.status_changed`.
     assert sum("INSERT INTO audit_auditentry" in s for s in sql) == 3
     journals = {j.event_id: j for j in Journal.objects.filter(event_id__in=ids[1:])}

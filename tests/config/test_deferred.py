@@ -164,3 +164,103 @@ def test_bulk_history_outside_and_inside_a_block_writes_the_same_rows():
 
 def test_the_history_manager_class_is_built_once():
     assert type(Customer.history) is type(Customer.history)
+
+
+# ------------------------------------------------------------------ rows the block reads back (readable)
+def _customer(customer_id: str) -> Customer:
+    return Customer(source_system="rb", customer_id=customer_id, name="N", version=1)
+
+
+def _customers() -> list[str]:
+    return sorted(Customer.objects.filter(source_system="rb").values_list("customer_id", flat=True))
+
+
+def test_a_readable_row_waits_until_a_statement_names_its_table_then_everything_waiting_goes_first(change):
+    with transaction.atomic(), deferred.write_behind():
+        with CaptureQueriesContext(connection) as queries:
+            bulk_create_with_history([_customer("r-1"), _customer("r-2")], Customer)
+            deferred.insert(change("rb-1"))
+            assert AuditEntry.objects.filter(action="nothing").count() == 0  # another table: nothing written
+            assert not any(q["sql"].startswith('INSERT INTO "billing_sync_customer"') for q in queries.captured_queries)
+            assert _customers() == ["r-1", "r-2"]  # names the table: the rows are written before it runs
+        inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+        assert [s.split('"')[1] for s in inserts] == ["billing_sync_customer", "billing_sync_historicalcustomer",
+                                                      "billing_sync_canonicalchange"]
+        # Ids came from the table's sequence before the rows were written; the history rows name them.
+        ids = set(Customer.objects.filter(source_system="rb").values_list("pk", flat=True))
+        assert set(Customer.history.filter(source_system="rb").values_list("id", flat=True)) == ids
+        bulk_create_with_history([_customer("r-3")], Customer)
+    assert _customers() == ["r-1", "r-2", "r-3"]
+    assert _ids("rb-") == ["rb-1"]
+
+
+def test_a_word_that_only_contains_the_table_name_does_not_write_it():
+    with transaction.atomic(), deferred.write_behind():
+        bulk_create_with_history([_customer("w-1")], Customer)
+        with CaptureQueriesContext(connection) as queries:
+            assert not Customer.history.filter(source_system="rb").exists()  # billing_sync_historicalcustomer
+        assert not any(q["sql"].startswith("INSERT") for q in queries.captured_queries)
+    assert _customers() == ["w-1"]
+
+
+def test_rows_written_inside_a_savepoint_that_rolls_back_are_written_again(change):
+    """A read inside a savepoint writes what waited from before it; rolled back, the database drops those rows
+    too: they wait again and are written, not lost."""
+    with transaction.atomic(), deferred.write_behind():
+        bulk_create_with_history([_customer("sp-before")], Customer)
+        deferred.insert(change("rsp-before"))
+        try:
+            with transaction.atomic():
+                bulk_create_with_history([_customer("sp-inside")], Customer)
+                assert _customers() == ["sp-before", "sp-inside"]
+                raise ValueError("the event fails")
+        except ValueError:
+            pass
+        assert _customers() == ["sp-before"]  # written again, before this read
+    assert _customers() == ["sp-before"]
+    assert _ids("rsp-") == ["rsp-before"]
+    assert list(Customer.history.filter(source_system="rb").values_list("customer_id", flat=True)) == ["sp-before"]
+
+
+def test_undo_drops_what_was_deferred_since_the_checkpoint_when_nothing_reached_the_database(change):
+    with transaction.atomic(), deferred.write_behind():
+        deferred.insert(change("u-kept"))
+        point = deferred.checkpoint()
+        deferred.insert(change("u-dropped"))
+        bulk_create_with_history([_customer("u-dropped")], Customer)
+        assert deferred.undo_to(point)
+        assert _customers() == []
+    assert _ids("u-") == ["u-kept"]
+    assert _customers() == []
+
+
+def test_undo_refuses_after_a_statement_changed_the_database(change):
+    with transaction.atomic(), deferred.write_behind():
+        point = deferred.checkpoint()
+        deferred.insert(change("uw-1"))
+        Customer.objects.create(source_system="rb", customer_id="uw-written", name="N", version=1)
+        assert not deferred.undo_to(point)
+    assert _ids("uw-") == ["uw-1"]  # nothing was dropped
+
+
+def test_undo_refuses_when_a_read_wrote_rows_deferred_since_the_checkpoint():
+    with transaction.atomic(), deferred.write_behind():
+        point = deferred.checkpoint()
+        bulk_create_with_history([_customer("ur-1")], Customer)
+        assert _customers() == ["ur-1"]  # the read wrote it
+        assert not deferred.undo_to(point)
+        # A checkpoint taken after that write can still be undone.
+        point = deferred.checkpoint()
+        bulk_create_with_history([_customer("ur-2")], Customer)
+        assert deferred.undo_to(point)
+    assert _customers() == ["ur-1"]
+
+
+def test_ids_are_drawn_in_batches_and_only_inside_a_block():
+    with transaction.atomic():
+        with pytest.raises(RuntimeError):
+            deferred.next_id(Customer)
+        with CaptureQueriesContext(connection) as queries, deferred.write_behind():
+            ids = [deferred.next_id(Customer) for _ in range(300)]
+        assert ids == sorted(set(ids))
+        assert sum("nextval(" in q["sql"] for q in queries.captured_queries) == 2  # 256 at a time
