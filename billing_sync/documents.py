@@ -17,7 +17,7 @@ from billing_sync.models import (
 )
 from config import deferred
 from config.errors import BusinessRuleError, Codes
-from config.history import bulk_create_with_history, create_with_history
+from config.history import bulk_create_with_history, create_with_history, save_with_history
 from config.memo import memoized, recalled, remember
 from exceptions_queue import services as queue
 from ledger import rules
@@ -91,31 +91,50 @@ def customers_prefetch(events) -> None:
             remember(("customer", customer.source_system, customer.customer_id), customer)
 
 
-_INVOICE_EVENTS = frozenset({"invoice.issued", "invoice.amended"})
+def documents_prefetch(events) -> None:
+    """Inside a memo scope (a chunk): which invoices and payments its events would create that do not exist yet,
+    one statement each, so that creating each does not look for it first (nor make the chunk write what waits
+    behind to look). One the chunk creates is looked for again by later events (or taken from memory while its
+    row waits to be written); one created meanwhile by another worker (only its own events create it, and
+    per-document order keeps those out of two chunks at once) would be refused by the unique constraint as the
+    chunk writes it, and the chunk would go one event at a time."""
+    for model, name, types in ((Invoice, "invoice_id", ("invoice.issued", "invoice.amended")),
+                               (Payment, "payment_id", ("payment.received",))):
+        wanted = {(e.source_system, ((e.payload or {}).get("data") or {}).get(name))
+                  for e in events if e.type in types}
+        wanted = {(ss, value) for ss, value in wanted if isinstance(value, str) and value}
+        if not wanted:
+            continue
+        found = set(model.objects.filter(source_system__in={ss for ss, _ in wanted},
+                                         **{f"{name}__in": {value for _, value in wanted}})
+                    .values_list("source_system", name))
+        for ss, value in wanted - found:
+            remember((model.__name__, "absent", ss, value), True)
 
 
-def invoices_prefetch(events) -> None:
-    """Inside a memo scope (a chunk): which invoices its invoice events name that do not exist yet, in one
-    statement, so that issuing each does not look for it (nor, written behind, make the chunk write what waits
-    to look). One the chunk creates is looked for again by later events; one created meanwhile by another worker
-    (only its own events create it, and per-document order keeps those out of two chunks at once) would be
-    refused by the unique constraint as the chunk writes it, and the chunk would go one event at a time."""
-    wanted = {(e.source_system, ((e.payload or {}).get("data") or {}).get("invoice_id"))
-              for e in events if e.type in _INVOICE_EVENTS}
-    wanted = {(ss, iid) for ss, iid in wanted if isinstance(iid, str) and iid}
-    if not wanted:
-        return
-    found = set(Invoice.objects.filter(source_system__in={ss for ss, _ in wanted},
-                                       invoice_id__in={iid for _, iid in wanted})
-                .values_list("source_system", "invoice_id"))
-    for ss, iid in wanted - found:
-        remember(("invoice_absent", ss, iid), True)
+def _created(document) -> None:
+    """In a chunk: `document` (an invoice or payment) exists from now on; while its row waits to be written,
+    later events of the chunk take it from memory (`_waiting`)."""
+    name, value = type(document).__name__, (document.invoice_id if isinstance(document, Invoice)
+                                            else document.payment_id)
+    remember((name, "absent", document.source_system, value), False)
+    remember((name, "new", document.source_system, value), document)
+
+
+def _waiting(model, source_system: str, value: str):
+    """The document this chunk created, if its row still waits to be written behind (it is this transaction's
+    alone: no other sees it, so it needs no lock); None otherwise (look it up)."""
+    document = recalled((model.__name__, "new", source_system, value))
+    return document if document is not None and deferred.waiting(document) else None
 
 
 def _invoice_for_update(source_system: str, invoice_id: str) -> Invoice | None:
     """The invoice under its row lock, or None; in a chunk, None at once for one its prefetch found missing."""
-    if recalled(("invoice_absent", source_system, invoice_id)):
+    if recalled(("Invoice", "absent", source_system, invoice_id)):
         return None
+    waiting = _waiting(Invoice, source_system, invoice_id)
+    if waiting is not None:
+        return waiting
     return Invoice.objects.select_for_update().filter(source_system=source_system, invoice_id=invoice_id).first()
 
 
@@ -132,8 +151,9 @@ def _customer(source_system: str, customer_id: str) -> Customer:
 def _invoice_locked(source_system: str, invoice_id: str, entity=None) -> Invoice:
     # `of=("self",)`: the invoice's row only, not its customer's and entity's (joined for reading), which every
     # other worker of the entity would otherwise queue behind until this chunk commits (tests/test_row_locks.py).
-    invoice = (Invoice.objects.select_for_update(of=("self",)).select_related("customer", "entity")
-               .filter(source_system=source_system, invoice_id=invoice_id).first())
+    invoice = _waiting(Invoice, source_system, invoice_id) or (
+        Invoice.objects.select_for_update(of=("self",)).select_related("customer", "entity")
+        .filter(source_system=source_system, invoice_id=invoice_id).first())
     if invoice is None:
         raise BusinessRuleError(Codes.AWAITING_DEPENDENCY, f"invoice {invoice_id} has not arrived yet",
                                 dependency=key("invoice", source_system, invoice_id))
@@ -144,8 +164,9 @@ def _invoice_locked(source_system: str, invoice_id: str, entity=None) -> Invoice
 
 
 def _payment_locked(source_system: str, payment_id: str, entity) -> Payment:
-    payment = (Payment.objects.select_for_update(of=("self",)).select_related("customer", "entity")
-               .filter(source_system=source_system, payment_id=payment_id).first())
+    payment = _waiting(Payment, source_system, payment_id) or (
+        Payment.objects.select_for_update(of=("self",)).select_related("customer", "entity")
+        .filter(source_system=source_system, payment_id=payment_id).first())
     if payment is None:
         raise BusinessRuleError(Codes.AWAITING_DEPENDENCY, f"payment {payment_id} has not arrived yet",
                                 dependency=key("payment", source_system, payment_id))
@@ -241,7 +262,7 @@ def invoice_issued(event: Event, data: dict, actor) -> Outcome:
     journal = _invoice_journal(event, entity, invoice, lines, actor)
     invoice.current_journal = journal
     create_with_history(invoice)
-    remember(("invoice_absent", ss, invoice.invoice_id), False)  # read it from now on (if this event rolls back too)
+    _created(invoice)
     _write_lines(invoice, lines, replace=False)
     if journal:
         out.journals.append(journal)
@@ -369,8 +390,8 @@ def _allocate(event, payment: Payment, checked: list[tuple[Invoice, Decimal]], o
         invoice_id = invoice.invoice_id
         before = _snapshot_invoice(invoice)
         invoice.applied_total += amount
-        invoice.save(update_fields=["applied_total"])
-        PaymentAllocation.objects.create(payment=payment, invoice=invoice, amount=amount, event=event)
+        save_with_history(invoice, ["applied_total"])
+        deferred.insert(PaymentAllocation(payment=payment, invoice=invoice, amount=amount, event=event), readable=True)
         _change(event, out, "invoice", invoice_id, C.APPLIED, invoice.version)
         audit.record(actor=actor, action="invoice.payment_applied", object_type="invoice",
                      object_id=f"{ss}:{invoice_id}", event_id=event.pk, before=before,
@@ -383,7 +404,8 @@ def payment_received(event: Event, data: dict, actor) -> Outcome:
     out = Outcome(Event.Status.PROCESSED)
     entity = _entity(event)
     ss = event.source_system
-    if Payment.objects.filter(source_system=ss, payment_id=data["payment_id"]).exists():
+    if (not recalled(("Payment", "absent", ss, data["payment_id"]))
+            and Payment.objects.filter(source_system=ss, payment_id=data["payment_id"]).exists()):
         _change(event, out, "payment", data["payment_id"], C.STALE)
         out.status = Event.Status.IGNORED
         return out
@@ -399,12 +421,13 @@ def payment_received(event: Event, data: dict, actor) -> Outcome:
         amount=amount, fee=fee, received_on=received_at.date(),
         allocations=[(invoice.invoice_id, a) for invoice, a in checked], event_id=event.pk)
     ledger.journal_check(spec)  # every rule before the first write
-    payment = Payment.objects.create(source_system=ss, payment_id=data["payment_id"], entity=entity, customer=customer,
-                                     currency=currency, amount=amount, fee=fee, received_at=received_at,
-                                     method=data["method"])
+    payment = Payment(source_system=ss, payment_id=data["payment_id"], entity=entity, customer=customer,
+                      currency=currency, amount=amount, fee=fee, received_at=received_at, method=data["method"])
+    create_with_history(payment)
+    _created(payment)
     applied = _allocate(event, payment, checked, out, actor)
     payment.allocated_total = sum((a for _, a in applied), ZERO)
-    payment.save(update_fields=["allocated_total"])
+    save_with_history(payment, ["allocated_total"])
     out.journals.append(ledger.journal_create(spec, actor=actor))
     _change(event, out, "payment", payment.payment_id, C.CREATED)
     audit.record(actor=actor, action="payment.created", object_type="payment", object_id=f"{ss}:{payment.payment_id}",

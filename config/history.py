@@ -96,3 +96,16 @@ def create_with_history(instance) -> None:
         bulk_create_with_history([instance], type(instance))
     else:
         instance.save(force_insert=True)
+
+
+def save_with_history(instance, update_fields: list[str]) -> None:
+    """`instance.save(update_fields=...)` (its "~" history row by `post_save`); for a row still waiting to be
+    written behind (`deferred.waiting`), the change stays on the instance, written with its row, and its "~"
+    history row is deferred as `post_save` would have written it: no statement."""
+    if deferred.change_waiting(instance):
+        _history_only(type(instance))
+        records = _RECORDS.get(type(instance))
+        if records is not None:
+            records.create_historical_record(instance, "~")
+        return
+    instance.save(update_fields=update_fields)

@@ -161,7 +161,7 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool, fill
                 ids = ids + [str(e.pk) for e in extra]
             awaiting = _Awaiting(locked.values())
             documents.customers_prefetch(locked.values())
-            documents.invoices_prefetch(locked.values())
+            documents.documents_prefetch(locked.values())
             for event in (locked[i] for i in ids if i in locked):
                 if not isolate:
                     try:

@@ -795,7 +795,9 @@ ALLOWED = {
     "exceptions_queue.services.exceptions.events_waiting_for": "read",
     "exceptions_queue.services.exceptions.dependencies_awaited": "read",
     "billing_sync.documents.customers_prefetch": "read (remembered for the chunk: config.memo)",
-    "billing_sync.documents.invoices_prefetch": "read (which invoices are missing, remembered for the chunk: config.memo)",
+    "ledger.services.journals.journal_check": "read (the period and the account mappings a journal needs)",
+    "billing_sync.documents.documents_prefetch": "read (which invoices and payments are missing, remembered for the "
+                                                 "chunk: config.memo)",
     "exceptions_queue.services.exceptions.may_see_exception": "read",
     "exceptions_queue.services.exceptions.exception_replay_refusal": "check",
     "exceptions_queue.services.approvals.approvals_required": "read",

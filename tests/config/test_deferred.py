@@ -2,15 +2,17 @@
 in order; a savepoint rolled back drops the rows deferred since it was taken; a block that fails writes nothing;
 outside a block every row is written at once. The history rows and audit entries written behind are those that
 would have been written at once."""
+import datetime
+
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from audit import services as audit
 from audit.models import AuditEntry
-from billing_sync.models import CanonicalChange, Customer
+from billing_sync.models import CanonicalChange, Customer, Invoice
 from config import deferred
-from config.history import bulk_create_with_history
+from config.history import bulk_create_with_history, save_with_history
 from tests import factories as f
 
 pytestmark = pytest.mark.django_db
@@ -183,15 +185,17 @@ def test_a_readable_row_waits_until_a_statement_names_its_table_then_everything_
             assert AuditEntry.objects.filter(action="nothing").count() == 0  # another table: nothing written
             assert not any(q["sql"].startswith('INSERT INTO "billing_sync_customer"') for q in queries.captured_queries)
             assert _customers() == ["r-1", "r-2"]  # names the table: the rows are written before it runs
+        # Only the rows read back: their history rows and the change wait for the end as before.
         inserts = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
-        assert [s.split('"')[1] for s in inserts] == ["billing_sync_customer", "billing_sync_historicalcustomer",
-                                                      "billing_sync_canonicalchange"]
-        # Ids came from the table's sequence before the rows were written; the history rows name them.
+        assert [s.split('"')[1] for s in inserts] == ["billing_sync_customer"]
         ids = set(Customer.objects.filter(source_system="rb").values_list("pk", flat=True))
-        assert set(Customer.history.filter(source_system="rb").values_list("id", flat=True)) == ids
         bulk_create_with_history([_customer("r-3")], Customer)
     assert _customers() == ["r-1", "r-2", "r-3"]
     assert _ids("rb-") == ["rb-1"]
+    # Ids came from the table's sequence before the rows were written; the history rows name them.
+    assert ids < set(Customer.history.filter(source_system="rb").values_list("id", flat=True))
+    assert set(Customer.history.filter(source_system="rb").values_list("id", flat=True)) == set(
+        Customer.objects.filter(source_system="rb").values_list("pk", flat=True))
 
 
 def test_a_word_that_only_contains_the_table_name_does_not_write_it():
@@ -264,3 +268,46 @@ def test_ids_are_drawn_in_batches_and_only_inside_a_block():
             ids = [deferred.next_id(Customer) for _ in range(300)]
         assert ids == sorted(set(ids))
         assert sum("nextval(" in q["sql"] for q in queries.captured_queries) == 2  # 256 at a time
+
+
+def test_a_row_read_back_waits_for_the_rows_it_refers_to_and_no_others(entity):
+    """A statement naming a table writes its waiting rows and first those they refer to (a trigger may read
+    them), but not rows of other tables nothing named."""
+    with transaction.atomic(), deferred.write_behind():
+        customer = _customer("ref-1")
+        bulk_create_with_history([customer], Customer)
+        invoice = Invoice(source_system="rb", invoice_id="ref-inv", entity=entity,
+                          customer=customer, number="N1", currency="USD", issue_date=datetime.date(2026, 11, 1),
+                          due_date=datetime.date(2026, 11, 30), subtotal="10.5", tax_total="0", total="10.5",
+                          version=1)
+        bulk_create_with_history([invoice], Invoice)
+        other = _customer("ref-other")
+        with CaptureQueriesContext(connection) as queries:
+            assert Invoice.objects.filter(invoice_id="ref-inv").exists()
+        inserts = [q["sql"].split('"')[1] for q in queries.captured_queries if q["sql"].startswith("INSERT")]
+        assert inserts == ["billing_sync_customer", "billing_sync_invoice"]
+        assert deferred.waiting(other) is False  # never deferred
+        # In memory, as read back: Decimal places of the column, not what was given.
+        assert str(invoice.total) == "10.5000" and str(invoice.applied_total) == "0.0000"
+
+
+def test_a_waiting_row_is_changed_in_memory_and_never_inside_a_savepoint(change):
+    with transaction.atomic(), deferred.write_behind():
+        first, second = _customer("m-1"), _customer("m-2")
+        bulk_create_with_history([first], Customer)
+        point = deferred.checkpoint()
+        assert deferred.waiting(first)
+        first.name = "Changed"
+        with CaptureQueriesContext(connection) as queries:
+            save_with_history(first, ["name"])
+        assert queries.captured_queries == []  # written with its row
+        assert not deferred.undo_to(point)  # the change counts as a write
+        with transaction.atomic():
+            bulk_create_with_history([second], Customer)
+            assert not deferred.waiting(second)  # a savepoint is open: it is written and read instead
+            second.name = "Changed too"
+            save_with_history(second, ["name"])
+    assert dict(Customer.objects.filter(source_system="rb").values_list("customer_id", "name")) == {
+        "m-1": "Changed", "m-2": "Changed too"}
+    assert sorted(Customer.history.filter(source_system="rb").values_list("customer_id", "history_type", "name")) == [
+        ("m-1", "+", "N"), ("m-1", "~", "Changed"), ("m-2", "+", "N"), ("m-2", "~", "Changed too")]
