@@ -146,6 +146,11 @@ class Event(models.Model):
             # merges them (at a month-end backlog, the hold check cost grew with the backlog).
             GinIndex(fields=["order_keys"], name="event_pending_keys_idx", fastupdate=False,
                      condition=Q(status__in=["accepted", "exception"])),
+            # The ready events, oldest first, for a task filling its chunk (`processing._fill`): read in order and
+            # stopped at the chunk's room. Without it, at a backlog the fill sorted every accepted event (row and
+            # payload, on disk: ~90 ms at 18,000) for each chunk, worse while the burst's statistics were stale.
+            models.Index(fields=["received_at", "seq"], name="event_ready_idx",
+                         condition=Q(status="accepted", held_by__isnull=True)),
         ]
 
     def __str__(self):

@@ -152,13 +152,14 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool, fill
         # audit entries, history rows, canonical changes and outbox rows are written behind, one statement per
         # table, before it commits (a savepoint rolled back drops its own: config/deferred.py).
         with ledger.outbox_relay_batched(), memo_scope(), deferred.write_behind():
-            _generic_plans()
             locked = {str(e.pk): e for e in Event.objects.select_for_update().filter(
                 pk__in=ids, status=Event.Status.ACCEPTED).order_by("seq")}
             if fill > 0:
                 extra = _fill(exclude=ids, limit=fill)
                 locked.update((str(e.pk), e) for e in extra)
                 ids = ids + [str(e.pk) for e in extra]
+            # After the fill: its partial index (event_ready_idx) matches only a plan made for its values.
+            _generic_plans()
             awaiting = _Awaiting(locked.values())
             documents.customers_prefetch(locked.values())
             documents.documents_prefetch(locked.values())
