@@ -152,7 +152,11 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool, fill
         # audit entries, history rows, canonical changes and outbox rows are written behind, one statement per
         # table, before it commits (a savepoint rolled back drops its own: config/deferred.py).
         with ledger.outbox_relay_batched(), memo_scope(), deferred.write_behind():
-            locked = {str(e.pk): e for e in Event.objects.select_for_update().filter(
+            # A worker's task (`fill`) skips its events that another worker's chunk holds (its fill took them, or
+            # a wake-up's message): that chunk processes them, and waiting for it to commit only to find them done
+            # kept a second worker process idle for a chunk's length. If that chunk fails, its own events are run
+            # again by its task and any others are swept up as accepted (`events_sweep_accepted`).
+            locked = {str(e.pk): e for e in Event.objects.select_for_update(skip_locked=fill > 0).filter(
                 pk__in=ids, status=Event.Status.ACCEPTED).order_by("seq")}
             if fill > 0:
                 extra = _fill(exclude=ids, limit=fill)
