@@ -487,3 +487,33 @@ def test_a_task_never_fills_with_events_another_worker_holds(entity, integration
         other.close()
     tasks.process_events.run([ids[4]])
     assert Event.objects.get(pk=ids[4]).status == "posted"
+
+
+def test_a_task_skips_its_own_events_another_chunk_holds(entity, integration, settings, monkeypatch):
+    """A task's message names events another worker's chunk has taken (its fill, or a wake-up's message): the task
+    processes the others and leaves those to the chunk that holds them, rather than waiting for it to commit."""
+    ids = _accept(integration, _history("sk_"), monkeypatch)
+    settings.TIEOUT_PROCESS_CHUNK = 200
+    settings.TIEOUT_PROCESS_FILL = True
+    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    billing.events_process(event_ids=ids[:1])  # the customer
+    other = psycopg.connect(**{k: v for k, v in connection.get_connection_params().items()
+                               if k in ("dbname", "user", "host", "port", "password")})
+    try:
+        other.execute("BEGIN")
+        other.execute("SELECT 1 FROM billing_sync_event WHERE id = %s FOR UPDATE", [ids[2]])  # invoice in2
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '5s'")  # waiting for in2 would fail the task instead of hanging
+        tasks.process_events.run(ids[1:])
+        by_name = dict(Event.objects.filter(pk__in=ids).values_list("event_id", "status"))
+        assert by_name["sk_i2"] == "accepted"
+        assert {by_name[n] for n in ("sk_i1", "sk_p1", "sk_i3")} == {"posted"}
+    finally:
+        other.rollback()
+        other.close()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+    # Processed by whoever holds it next (here: its own message again); one at a time never skips.
+    billing.event_process(event_id=ids[2])
+    assert Event.objects.get(pk=ids[2]).status == "posted"
+    assert Invoice.objects.get(invoice_id="sk_in2").total == 200
