@@ -96,7 +96,8 @@ def events_process(*, event_ids, actor="system", fill: bool = False) -> dict:
     """Process events in chunks of TIEOUT_PROCESS_CHUNK, one transaction each; returns their statuses.
 
     A chunk's accepted events are locked at once in acceptance order (`seq`: two chunks wait for each other's
-    rows in the same order, so they never deadlock on them), then each is processed as `event_process` would,
+    rows in the same order, so they never deadlock on them; a worker's task skips those another chunk holds),
+    then each is processed as `event_process` would,
     in the order given (the order one at a time would take them): each sees what the earlier ones of the chunk
     did, and the ordering rules decide under the same locks, so held events, audit entries and wake-ups are
     those of one at a time. An event whose handler fails unexpectedly (not a business rule) rolls the chunk
