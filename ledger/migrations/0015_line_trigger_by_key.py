@@ -10,22 +10,19 @@ from django.db import migrations
 FORWARD = """
 CREATE OR REPLACE FUNCTION tieout_journal_line_immutable() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
+    journals uuid[];
+    jid uuid;
     journal_status text;
 BEGIN
-    IF TG_OP IN ('UPDATE', 'DELETE') THEN
-        SELECT j.status INTO journal_status FROM ledger_journal j WHERE j.id = OLD.journal_id;
+    journals := CASE TG_OP WHEN 'INSERT' THEN ARRAY[NEW.journal_id] WHEN 'DELETE' THEN ARRAY[OLD.journal_id]
+                           ELSE ARRAY[OLD.journal_id, NEW.journal_id] END;
+    FOREACH jid IN ARRAY journals LOOP
+        SELECT j.status INTO journal_status FROM ledger_journal j WHERE j.id = jid;
         IF journal_status = 'posted' THEN
-            RAISE EXCEPTION 'tieout: lines of posted journal % cannot change', OLD.journal_id
+            RAISE EXCEPTION 'tieout: lines of posted journal % cannot change', jid
                 USING ERRCODE = 'restrict_violation';
         END IF;
-    END IF;
-    IF TG_OP IN ('UPDATE', 'INSERT') THEN
-        SELECT j.status INTO journal_status FROM ledger_journal j WHERE j.id = NEW.journal_id;
-        IF journal_status = 'posted' THEN
-            RAISE EXCEPTION 'tieout: lines of posted journal % cannot change', NEW.journal_id
-                USING ERRCODE = 'restrict_violation';
-        END IF;
-    END IF;
+    END LOOP;
     IF TG_OP = 'DELETE' THEN
         RETURN OLD;
     END IF;

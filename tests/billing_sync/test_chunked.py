@@ -239,6 +239,12 @@ def test_a_business_rule_after_a_write_runs_the_chunk_again_with_savepoints(enti
     _refused_outcome(p, ids, ids[2])
 
 
+def _other_connection() -> psycopg.Connection:
+    """A second session on the test database (another worker's transaction)."""
+    return psycopg.connect(**{k: v for k, v in connection.get_connection_params().items()
+                              if k in ("dbname", "user", "host", "port", "password")})
+
+
 def _retried_on_deadlock(process, attempts=5):
     """As the task runs a chunk: PostgreSQL may abort one of two chunks racing for the same invoices as a
     deadlock victim (each locks documents and journals in its own events' order), and the task's autoretry
@@ -473,8 +479,7 @@ def test_a_task_never_fills_with_events_another_worker_holds(entity, integration
     settings.TIEOUT_PROCESS_FILL = True
     monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
     billing.events_process(event_ids=ids[:1])  # the customer
-    other = psycopg.connect(**{k: v for k, v in connection.get_connection_params().items()
-                               if k in ("dbname", "user", "host", "port", "password")})
+    other = _other_connection()
     try:
         other.execute("BEGIN")
         other.execute("SELECT 1 FROM billing_sync_event WHERE id = %s FOR UPDATE", [ids[4]])  # invoice in3
@@ -497,8 +502,7 @@ def test_a_task_skips_its_own_events_another_chunk_holds(entity, integration, se
     settings.TIEOUT_PROCESS_FILL = True
     monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
     billing.events_process(event_ids=ids[:1])  # the customer
-    other = psycopg.connect(**{k: v for k, v in connection.get_connection_params().items()
-                               if k in ("dbname", "user", "host", "port", "password")})
+    other = _other_connection()
     try:
         other.execute("BEGIN")
         other.execute("SELECT 1 FROM billing_sync_event WHERE id = %s FOR UPDATE", [ids[2]])  # invoice in2
