@@ -65,8 +65,8 @@ _RECORDS: dict = {}
 
 def _history_only(model) -> None:
     # Rows written behind skip `post_save`: only a model whose one receiver is its history may be (we write that).
-    receivers = [r for r in post_save._live_receivers(model)[0]]
-    if any(getattr(r, "__self__", None) is not _RECORDS.get(model) for r in receivers):
+    sync_receivers, async_receivers = post_save._live_receivers(model)
+    if async_receivers or any(getattr(r, "__self__", None) is not _RECORDS.get(model) for r in sync_receivers):
         raise TypeError(f"{model.__name__} has post_save receivers besides its history: save it, do not defer it")
 
 
