@@ -130,7 +130,7 @@ def ingest(client: Client) -> dict:
 def processing(client: Client) -> dict:
     """What the worker does for one invoice event: event_process (with its after-commit relay), journal_post."""
     run = run_id()
-    with mock.patch.object(processing_module, "events_schedule", lambda ids: None):
+    with mock.patch.object(processing_module, "events_schedule", lambda ids, routes=None: None):
         ids = [json.loads(client.post("/api/v1/events", invoice_body(f"p{run}", n),
                                       content_type="application/json").content)["id"] for n in range(203)]
     # Processing as the worker runs it, after-commit relay included (it publishes post_journal to the
@@ -164,11 +164,11 @@ def chunk(client: Client) -> dict:
     connection.queries_log = deque(maxlen=1_000_000)
 
     def accept(tag: str, count: int) -> list[str]:
-        with mock.patch.object(processing_module, "events_schedule", lambda ids: None):
+        with mock.patch.object(processing_module, "events_schedule", lambda ids, routes=None: None):
             return [json.loads(client.post("/api/v1/events", invoice_body(f"{tag}{run}", n),
                                            content_type="application/json").content)["id"] for n in range(count)]
 
-    with mock.patch.object(processing_module, "events_schedule", lambda ids: None):
+    with mock.patch.object(processing_module, "events_schedule", lambda ids, routes=None: None):
         customer = json.loads(client.post("/api/v1/events", customer_body(), content_type="application/json").content)
     billing.event_process(event_id=customer["id"])
     billing.events_process(event_ids=accept("w", 3))  # warm: caches, prepared plans, the Celery producer

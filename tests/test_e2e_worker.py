@@ -99,7 +99,7 @@ def test_an_outbox_row_left_undispatched_is_swept_and_posted_by_the_worker(live_
 
     # The "crash": the event is received but not scheduled, and this process then writes its journal with
     # the relay gone, so the outbox row is committed and never handed to Celery.
-    with mock.patch.object(billing_processing, "events_schedule", lambda event_ids: None):
+    with mock.patch.object(billing_processing, "events_schedule", lambda event_ids, routes=None: None):
         event_id = send_accepted(source, invoice)["id"]
     with mock.patch.object(ledger_outbox, "outbox_relay", lambda outbox_ids: None):
         assert billing.event_process(event_id=event_id) == "processed"
@@ -129,7 +129,7 @@ def test_an_event_left_accepted_is_swept_processed_and_posted(live_worker, us01,
     invoice = f.invoice(customer_id=customer["data"]["customer_id"])
 
     # The "crash" between the receipt's commit and the hand-off to Celery.
-    with mock.patch.object(billing_processing, "events_schedule", lambda event_ids: None):
+    with mock.patch.object(billing_processing, "events_schedule", lambda event_ids, routes=None: None):
         event_id = send_accepted(source, invoice)["id"]
     live_worker.wait_idle()  # nothing was handed to the worker: the event stays accepted
     assert Event.objects.get(pk=event_id).status == Event.Status.ACCEPTED

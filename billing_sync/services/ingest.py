@@ -262,7 +262,8 @@ def event_receive(*, body: bytes, user, headers, remote_addr=None, allowed=None)
         if audited != 1:  # cannot happen (same statement); never answer 202 for an unaudited event
             raise RuntimeError(f"event {new_id} stored without its audit entry")
         # Right away in autocommit (the statement has committed); after the caller's commit inside one.
-        transaction.on_commit(lambda: processing.events_schedule([new_id]))
+        routes = processing.events_routes([(new_id, payload)])
+        transaction.on_commit(lambda: processing.events_schedule([new_id], routes))
         return Answer(202, response, raw=response_text.encode())
     # Its identity or Idempotency-Key is taken (or was, by a delivery that has since rolled back): the
     # receipt, the look-up and the answer in one transaction, as before the lean path.
@@ -275,7 +276,8 @@ def event_receive(*, body: bytes, user, headers, remote_addr=None, allowed=None)
                          event_id=new_id, correlation_id=cid,
                          after={"source_system": payload["source_system"], "event_id": payload["event_id"],
                                 "type": payload["type"], "payload_sha256": payload_hash, "receipt": receipt_id})
-            transaction.on_commit(lambda: processing.events_schedule([new_id]))
+            routes = processing.events_routes([(new_id, payload)])
+            transaction.on_commit(lambda: processing.events_schedule([new_id], routes))
             return Answer(202, response, raw=response_text.encode())
         existing = (Event.objects.filter(source_system=payload["source_system"], event_id=payload["event_id"])
                     .values("id", "payload_hash", "response_body", "idempotency_key").first())
@@ -476,7 +478,8 @@ def event_batch_receive(*, body: bytes, user, headers, remote_addr=None, allowed
                     "different payload")}
     if inserted:
         ids = [r["id"] for r in sorted(rows, key=lambda r: r["ix"]) if r["id"] in inserted]  # batch order
-        transaction.on_commit(lambda: processing.events_schedule(ids))
+        routes = processing.events_routes((r["id"], r["payload"]) for r in rows if r["id"] in inserted)
+        transaction.on_commit(lambda: processing.events_schedule(ids, routes))
     # Rendered as DRF's JSONRenderer would (compact, UTF-8, U+2028/9 escaped), from the answers' texts
     # already made: a thousand event resources are not serialised twice.
     raw = '{"results":[%s]}' % ",".join(texts[i] if texts[i] is not None else _dumps(results[i])

@@ -24,9 +24,16 @@ from ledger.models import Entity
 log = structlog.get_logger("tieout.processing")
 
 
-def events_schedule(event_ids) -> None:
-    """Hand accepted events to the workers (batched off the request path; the sweep covers any loss)."""
-    dispatch.schedule(event_ids)
+def events_schedule(event_ids, routes=None) -> None:
+    """Hand accepted events to the workers (batched off the request path; the sweep covers any loss). `routes`:
+    the route keys the caller knows from the payloads (`events_routes`), so the dispatcher need not look."""
+    dispatch.schedule(event_ids, routes)
+
+
+def events_routes(pairs) -> dict[str, str]:
+    """{event id text: route key} for the (id, payload) pairs whose payload names its customer."""
+    return {str(event_id): key for event_id, payload in pairs
+            if (key := dispatch.payload_route(payload)) is not None}
 
 
 def events_sweep_accepted(*, older_than_seconds: int = 30) -> int:

@@ -759,6 +759,7 @@ ALLOWED = {
     "billing_sync.services.ingest.event_resource": "pure: a response body",
     "billing_sync.services.ingest.problem": "pure: a problem body",
     "billing_sync.services.processing.events_schedule": "dispatch only: event_process records",
+    "billing_sync.services.processing.events_routes": "pure: route keys from payloads",
     "billing_sync.services.processing.events_sweep_accepted": "dispatch only: re-schedules event_process",
     "billing_sync.services.processing.dependency_exists": "read",
     "billing_sync.services.processing.dependency_recheck": "dispatch: calls event_requeue (audited) when the dependency exists",

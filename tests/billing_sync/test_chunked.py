@@ -47,7 +47,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def _accept(integration, payloads, monkeypatch) -> list[str]:
     """Send the history through the API with processing held back; the accepted ids in acceptance order."""
     with monkeypatch.context() as patched:
-        patched.setattr(processing, "events_schedule", lambda ids: None)
+        patched.setattr(processing, "events_schedule", lambda ids, routes=None: None)
         for payload in payloads:
             response = integration.send(payload)
             assert response.status_code == 202, response.content
@@ -215,7 +215,7 @@ def test_a_business_rule_undoes_its_handlers_work_without_a_savepoint(entity, in
     ids = _accept(integration, _history(p), monkeypatch)
     _refusing(monkeypatch, ids[2], write_first=False)
     settings.TIEOUT_PROCESS_CHUNK = 200
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)
     with CaptureQueriesContext(connection) as queries:
         billing.events_process(event_ids=ids)
     sql = [q["sql"] for q in queries.captured_queries]
@@ -231,7 +231,7 @@ def test_a_business_rule_after_a_write_runs_the_chunk_again_with_savepoints(enti
     ids = _accept(integration, _history(p), monkeypatch)
     _refusing(monkeypatch, ids[2], write_first=True)
     settings.TIEOUT_PROCESS_CHUNK = 200
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)
     with CaptureQueriesContext(connection) as queries:
         billing.events_process(event_ids=ids)
     sql = [q["sql"] for q in queries.captured_queries]
@@ -278,7 +278,7 @@ def test_two_workers_on_overlapping_chunks_keep_each_invoice_in_order_and_proces
     woken: list[str] = []
     lock = threading.Lock()
 
-    def record(event_ids):
+    def record(event_ids, routes=None):
         with lock:
             woken.extend(str(i) for i in event_ids)
 
@@ -338,7 +338,7 @@ def test_a_chunk_reads_its_reference_data_once_and_posts_its_journals_together(e
         f.invoice(f"{p}in{n}", customer_id=f"{p}cus", lines=[("100.00", "0")], event_id=f"{p}i{n}") for n in range(8)]
     ids = _accept(integration, payloads, monkeypatch)
     settings.TIEOUT_PROCESS_CHUNK = 200
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)  # no wake-ups: the chunks are ours
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)  # no wake-ups: the chunks are ours
     billing.events_process(event_ids=ids[:1])  # the customer; then a chunk of invoices only
 
     with CaptureQueriesContext(connection) as queries:
@@ -413,7 +413,7 @@ def test_an_event_parked_while_its_chunk_ran_is_woken_after_the_chunk_commits(en
                   event_id=f"{p}p1"),
         f.invoice(f"{p}in1", customer_id=f"{p}cus", lines=[("100.00", "0")], event_id=f"{p}i1")], monkeypatch)
     settings.TIEOUT_PROCESS_CHUNK = 200
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)  # the chunks are ours to run
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)  # the chunks are ours to run
     billing.events_process(event_ids=ids[:2])  # the customer; the payment parks, awaiting its invoice
     payment = Event.objects.get(pk=ids[1])
     assert payment.status == "exception"
@@ -458,7 +458,7 @@ def test_a_task_fills_its_chunk_with_the_oldest_ready_events(entity, integration
     ids = _accept(integration, _history("fl_"), monkeypatch)
     settings.TIEOUT_PROCESS_CHUNK = 200
     settings.TIEOUT_PROCESS_FILL = True
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)
     with CaptureQueriesContext(connection) as queries:
         tasks.process_events.run([ids[0]])
     statuses = dict(Event.objects.filter(pk__in=ids).values_list("event_id", "status"))
@@ -477,7 +477,7 @@ def test_a_task_never_fills_with_events_another_worker_holds(entity, integration
     ids = _accept(integration, _history("fs_"), monkeypatch)
     settings.TIEOUT_PROCESS_CHUNK = 200
     settings.TIEOUT_PROCESS_FILL = True
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)
     billing.events_process(event_ids=ids[:1])  # the customer
     other = _other_connection()
     try:
@@ -500,7 +500,7 @@ def test_a_task_skips_its_own_events_another_chunk_holds(entity, integration, se
     ids = _accept(integration, _history("sk_"), monkeypatch)
     settings.TIEOUT_PROCESS_CHUNK = 200
     settings.TIEOUT_PROCESS_FILL = True
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)
     billing.events_process(event_ids=ids[:1])  # the customer
     other = _other_connection()
     try:

@@ -38,14 +38,14 @@ def customer_lane(customer_id: str) -> int:
 @pytest.fixture
 def accepted_only(monkeypatch):
     """Events are accepted and left for the test to dispatch (nothing scheduled)."""
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)
 
 
 def test_each_event_routes_by_its_customer_found_in_it_or_through_its_document(entity, integration, monkeypatch):
     send(integration, f.customer("cus_r"))
     send(integration, f.invoice("inv_r", customer_id="cus_r", lines=[("100.00", "0")]))
     send(integration, f.payment("pay_r", customer_id="cus_r", amount="30.00"))
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)
     named = send(integration, f.invoice("inv_r2", customer_id="cus_r", lines=[("10.00", "0")]))
     through_invoice = send(integration, f.credit_note("inv_r", "5.00"))
     through_payment = send(integration, f.refund("pay_r", "1.00"))
@@ -56,6 +56,37 @@ def test_each_event_routes_by_its_customer_found_in_it_or_through_its_document(e
     assert [found[i] for i in ids[:3]] == [lane, lane, lane]
     # No customer to be found: the first document it changes (the invoice is not there yet).
     assert found[unknown["id"]] == lanes.lane_of(ordering.document_key("invoice", SS, "inv_unknown"))
+
+
+def test_the_route_a_request_knows_is_the_one_the_query_finds_and_spares_it(entity, integration, monkeypatch,
+                                                                              django_assert_num_queries):
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)
+    payloads = [f.invoice("inv_k1", customer_id="cus_k", lines=[("10.00", "0")]),
+                f.payment("pay_k1", customer_id="cus_k", amount="5.00"),
+                f.write_off("inv_k1", "1.00", write_off_id="wo_k")]  # names no customer: looked up
+    ids = [send(integration, p)["id"] for p in payloads]
+    routes = processing.events_routes(zip(ids, payloads))
+    assert set(routes) == set(ids[:2])
+    looked_up = dispatch.lanes_of(ids)
+    with django_assert_num_queries(0):
+        assert dispatch.lanes_of(ids[:2], routes) == {i: looked_up[i] for i in ids[:2]}
+    with django_assert_num_queries(1):  # only the one it does not know
+        assert dispatch.lanes_of(ids, routes) == looked_up
+
+
+def test_the_ingest_hands_its_routes_to_the_dispatcher(entity, integration, monkeypatch):
+    handed = []
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: handed.append((ids, routes)))
+    single = send(integration, f.invoice("inv_h1", customer_id="cus_h", lines=[("10.00", "0")]))
+    response = integration.post("/api/v1/events/batch", {"events": [
+        f.invoice("inv_h2", customer_id="cus_h2", lines=[("10.00", "0")]),
+        f.write_off("inv_h2", "1.00", write_off_id="wo_h")]})
+    assert response.status_code == 200, response.content
+    batch_ids = [r["body"]["id"] for r in response.json()["results"]]
+    key = ordering.document_key
+    assert [([str(i) for i in ids], routes) for ids, routes in handed] == [
+        ([single["id"]], {single["id"]: key("customer", SS, "cus_h")}),
+        (batch_ids, {batch_ids[0]: key("customer", SS, "cus_h2")})]
 
 
 def test_an_id_the_query_cannot_read_still_gets_a_lane(db):

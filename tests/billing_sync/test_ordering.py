@@ -295,7 +295,7 @@ def test_a_provider_that_passes_a_parked_event_holds_the_next_provider(entity, i
     send(integration, f.customer("cus_p"))
     note = send(integration, f.credit_note("inv_p", "5.00"))
     assert note["exception"]["code"] == "awaiting_dependency"
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)  # accepted, not yet taken
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)  # accepted, not yet taken
     issued = send(integration, f.invoice("inv_p", customer_id="cus_p", lines=[("100.00", "0")]))
     amended = send(integration, f.invoice("inv_p", customer_id="cus_p", lines=[("120.00", "0")], version=2,
                                           type_="invoice.amended"))
@@ -318,7 +318,7 @@ def test_the_sweep_takes_a_provider_whose_recorded_holder_now_waits_for_it(entit
     """The customer was held behind its invoice while that was running; the invoice then parked waiting for
     the customer. Had the wake-up been lost with a killed worker, the sweep must still take the customer
     (the production-layout test found it left behind)."""
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)
     invoice = send(integration, f.invoice("inv_h", customer_id="cus_h", lines=[("10.00", "0")]))
     customer = send(integration, f.customer("cus_h"))
     assert billing.event_process(event_id=customer["id"]) == "accepted"  # behind the invoice, running
@@ -388,7 +388,7 @@ def test_two_voids_accepted_before_their_invoice_in_one_chunk(entity, integratio
     them. Each order comes to the one-at-a-time outcome."""
     send(integration, f.customer("cus_v"))
     with monkeypatch.context() as held_back:
-        held_back.setattr(processing, "events_schedule", lambda ids: None)
+        held_back.setattr(processing, "events_schedule", lambda ids, routes=None: None)
         ids = _two_voids_before_the_issue(integration)
     assert {Event.objects.get(pk=pk).status for pk in ids.values()} == {"accepted"}
     names = {"acceptance": ["void1", "void2", "payment", "issue"], "issue_first": ["issue", "void1", "void2", "payment"],
@@ -403,7 +403,7 @@ def test_the_issue_is_not_held_behind_a_void_held_behind_a_void_parked_on_it(ent
     """The rule itself, looked at between steps: first void parked on inv_v, second held behind it (accepted); the
     issue of inv_v may go (`held_by` None) and, processed, wakes the first void; the sweep would take it too."""
     send(integration, f.customer("cus_v"))
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)
     ids = _two_voids_before_the_issue(integration)
     assert billing.event_process(event_id=ids["void1"]) == "exception"
     assert billing.event_process(event_id=ids["void2"]) == "accepted"
@@ -469,7 +469,7 @@ def test_the_refund_issue_payment_cycle_in_one_chunk(entity, integration, monkey
     """The same three accepted before any is processed, then one chunk (`events_process`) in three orders."""
     send(integration, f.customer("cus_c"))
     with monkeypatch.context() as held_back:
-        held_back.setattr(processing, "events_schedule", lambda ids: None)
+        held_back.setattr(processing, "events_schedule", lambda ids, routes=None: None)
         ids = _refund_issue_payment(integration)
     names = {"acceptance": ["refund", "issue", "payment"], "payment_first": ["payment", "refund", "issue"],
              "issue_last": ["refund", "payment", "issue"]}[order]
@@ -486,7 +486,7 @@ def test_the_issue_passes_a_refund_only_once_the_payment_it_waits_for_is_parked_
     go, and the payment parking woke it (nothing after the payment on its documents would)."""
     send(integration, f.customer("cus_c"))
     scheduled: list = []
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: scheduled.extend(map(str, ids)))
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: scheduled.extend(map(str, ids)))
     ids = _refund_issue_payment(integration)
     refund, issue = Event.objects.get(pk=ids["refund"]), Event.objects.get(pk=ids["issue"])
     assert billing.event_process(event_id=ids["refund"]) == "exception"
@@ -512,7 +512,7 @@ def test_the_sweep_takes_an_issue_held_behind_a_refund_once_the_payment_parks_on
     """The wake-up of the parked payment lost (a killed worker): the sweep must take the issue, whose recorded
     holder (the refund) waits for the payment, parked on the issue's invoice; not before the payment parks."""
     send(integration, f.customer("cus_c"))
-    monkeypatch.setattr(processing, "events_schedule", lambda ids: None)
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)
     ids = _refund_issue_payment(integration)
     assert billing.event_process(event_id=ids["refund"]) == "exception"
     assert billing.event_process(event_id=ids["issue"]) == "accepted"

@@ -290,7 +290,7 @@ def _inline_worker():
     to reach Redis (which may not run yet, and a publish to a dead broker retries for seconds). Anything
     left behind (an outbox row, an accepted event) is what the periodic sweeps exist for.
     """
-    with mock.patch.object(billing_processing, "events_schedule", lambda event_ids: None), \
+    with mock.patch.object(billing_processing, "events_schedule", lambda event_ids, routes=None: None), \
             mock.patch.object(ledger_outbox, "outbox_relay", lambda outbox_ids: None):
         yield
 
