@@ -67,6 +67,19 @@ def readback_delay(attempt: int, retry_after: float | None) -> float:
     return ceiling / 2 + random.uniform(0, ceiling / 2)
 
 
+def environment_session(base_url: str) -> requests.Session:
+    """A session for one base URL that takes the environment's proxy (HTTP(S)_PROXY, NO_PROXY) and CA bundle
+    (REQUESTS_CA_BUNDLE, CURL_CA_BUNDLE) as it is made, instead of on every request: with `trust_env` on,
+    requests reads the whole environment, the proxy bypass list and looks for ~/.netrc on each call, about a
+    sixth of a posting's CPU at a few hundred journals a second. A process picks up a changed environment when
+    it restarts, as it does its settings. Credentials never came from ~/.netrc: each connector sends its own."""
+    session = requests.Session()
+    session.trust_env = False
+    session.proxies.update(requests.utils.get_environ_proxies(base_url))
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    return session
+
+
 def _positive_int(value, default: int) -> int:
     try:
         number = int(value)
@@ -117,7 +130,7 @@ class HttpConnector(Connector):
         key = (type(self).__name__, self.base_url)
         session = sessions.get(key)
         if session is None:
-            session = requests.Session()
+            session = environment_session(self.base_url)
             adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
