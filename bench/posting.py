@@ -103,10 +103,13 @@ SWEEPER = ("import time, django; django.setup(); from ledger import services\n"
 # that a previous configuration's worker stop cut short; it sends nothing that is not due.
 OUTBOX_SWEEPER = ("import time, django; django.setup(); from ledger import services\n"
                   "while True:\n    services.outbox_sweep(older_than_seconds=600); time.sleep(15)")
-READY_SQL = ("SELECT count(*) FROM ledger_journal j JOIN billing_sync_event e ON e.id = j.event_id "
-             "WHERE e.event_id LIKE %s AND j.status IN ('ready', 'posting', 'posted')")
 POSTED_SQL = ("SELECT count(*) FROM ledger_journal j JOIN billing_sync_event e ON e.id = j.event_id "
               "WHERE e.event_id LIKE %s AND j.status = 'posted'")
+# The backlog's journals are those made since it was sent (the ingest run's events are set aside first): counted
+# on the journals alone, since polling the join on the events' LIKE (POSTED_SQL, kept for the latency part) every 50 ms took ~25 ms of PostgreSQL
+# each time, a tenth of a core taken from the drain it measures.
+BACKLOG_READY_SQL = "SELECT count(*) FROM ledger_journal WHERE created_at >= %s AND status IN ('ready', 'posting', 'posted')"
+BACKLOG_POSTED_SQL = "SELECT count(*) FROM ledger_journal WHERE created_at >= %s AND status = 'posted'"
 
 
 def configure(env: dict, erp: ErpNextStandin, mode: str) -> None:
@@ -147,14 +150,15 @@ def main() -> None:
     for label, mode, pool, concurrency in configs:
         configure(env, erp, mode)
         tag = c.run_id()
+        since = db.execute("SELECT now()").fetchone()[0]
+        # Beat's stand-in runs before the drain, as beat does: its start-up is not the drain's CPU.
+        sweeper = c.spawn([str(c.BIN / "python"), "-c", OUTBOX_SWEEPER], env=env, log_name="outbox.log")
         send_backlog(port, token, tag, JOURNALS)
-        wait_for(db, READY_SQL, [f"evt_{tag}_%"], JOURNALS, 600)
-        workers = [start_worker(env, queues="posting", concurrency=concurrency, pool=pool, name="post")]
+        wait_for(db, BACKLOG_READY_SQL, [since], JOURNALS, 600)
+        workers = [start_worker(env, queues="posting", concurrency=concurrency, pool=pool, name="post"), sweeper]
         if mode == "batch":  # what beat does, every half second, without beat's start-up delay
             workers.append(c.spawn([str(c.BIN / "python"), "-c", SWEEPER], env=env, log_name="sweeper.log"))
-        else:
-            workers.append(c.spawn([str(c.BIN / "python"), "-c", OUTBOX_SWEEPER], env=env, log_name="outbox.log"))
-        elapsed = wait_for(db, POSTED_SQL, [f"evt_{tag}_%"], JOURNALS, 900)
+        elapsed = wait_for(db, BACKLOG_POSTED_SQL, [since], JOURNALS, 900)
         for worker in workers:
             c.stop(worker)
         rate = JOURNALS / elapsed
