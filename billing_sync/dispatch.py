@@ -101,18 +101,24 @@ def _messages(event_ids: list[str], routes: dict[str, str] | None = None) -> lis
 
 def publish(event_ids: list[str], routes: dict[str, str] | None = None) -> None:
     messages = _messages([str(i) for i in event_ids], routes)
-    try:
-        if settings.CELERY_TASK_ALWAYS_EAGER:  # they run here, now, one after another: nothing to gather
-            for _, ids in messages:
-                tasks.process_events.apply_async(args=[ids])
+    if not settings.CELERY_TASK_ALWAYS_EAGER and len(messages) > 1:
+        # One Redis round trip and one client for the flush's messages (a transport without batches, such as
+        # RabbitMQ's, publishes each at once). A batch is sent without Celery's publish retries: if it fails,
+        # the messages go again one at a time below, with them. One sent twice is harmless: its task finds
+        # its events processed.
+        try:
+            with tasks.process_events.app.producer_or_acquire() as producer, producer.batch():
+                for queue, ids in messages:
+                    tasks.process_events.apply_async(args=[ids], queue=queue, producer=producer)
             return
-        # One Redis round trip and one client for the flush's messages (a transport without batches, such
-        # as RabbitMQ's, publishes each at once). Each message is built by Celery as ever.
-        with tasks.process_events.app.producer_or_acquire() as producer, producer.batch():
-            for queue, ids in messages:
-                tasks.process_events.apply_async(args=[ids], queue=queue, producer=producer)
-    except Exception as exc:  # broker down: the sweep re-schedules accepted events
-        log.warning("events.schedule_failed", count=len(event_ids), error=str(exc))
+        except Exception as exc:
+            log.warning("events.schedule_batch_failed", messages=len(messages), error=str(exc))
+    for queue, ids in messages:  # eager mode: they run here, now, one after another
+        try:
+            tasks.process_events.apply_async(args=[ids], **({"queue": queue} if queue else {}))
+        except Exception as exc:  # broker down: the sweep re-schedules accepted events
+            log.warning("events.schedule_failed", count=len(ids), error=str(exc))
+            return
 
 
 class _Dispatcher:

@@ -6,6 +6,7 @@ import threading
 import time
 import uuid
 
+import kombu.transport.redis
 import pytest
 import redis
 
@@ -148,12 +149,40 @@ def test_a_flush_reaches_every_lane_in_one_redis_round_trip(redis_broker, settin
         assert args == [ids], queue  # that lane's events, in order
 
 
-def test_without_the_broker_the_flush_is_logged_and_left_to_the_sweep(redis_broker, settings, monkeypatch):
+def _two_lanes() -> dict[str, str]:
+    routes = {f"id{n}": f"customer:s:c{n}" for n in range(24)}
+    first = lanes.lane_of(routes["id0"])
+    other = next(i for i, key in routes.items() if lanes.lane_of(key) != first)
+    return {"id0": routes["id0"], other: routes[other]}
+
+
+def test_a_failed_batch_goes_again_one_message_at_a_time(redis_broker, settings, monkeypatch):
     settings.TIEOUT_LANES = 8
+    routes = _two_lanes()
+    dispatch.publish(list(routes), routes)  # the queues and their bindings declared
+    for key in redis_broker.keys(f"{lanes.PREFIX}*"):
+        redis_broker.delete(key)
 
     def down(self, *args, **kwargs):
+        raise ConnectionError("pipeline lost")
+
+    monkeypatch.setattr(kombu.transport.redis.PublishBatch, "flush", down)
+    dispatch.publish(list(routes), routes)
+    for event_id, key in routes.items():
+        queue = lanes.queue_name(lanes.lane_of(key))
+        bodies = [json.loads(base64.b64decode(json.loads(raw)["body"]))[0] for raw in redis_broker.lrange(queue, 0, -1)]
+        assert bodies == [[[event_id]]], queue  # one message, its args: the one event
+
+
+def test_without_the_broker_the_flush_is_logged_and_left_to_the_sweep(redis_broker, settings, monkeypatch):
+    settings.TIEOUT_LANES = 8
+    routes = _two_lanes()
+
+    def down(*args, **kwargs):
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr(redis.client.Pipeline, "execute", down)
-    dispatch.publish(["a", "b"], {"a": "customer:s:c1", "b": "customer:s:c2"})  # not raised
+    with monkeypatch.context() as broken:
+        broken.setattr(redis.client.Pipeline, "execute", down)
+        broken.setattr(redis.client.Redis, "execute_command", down)
+        dispatch.publish(list(routes), routes)  # not raised
     assert not redis_broker.keys(f"{lanes.PREFIX}*")
