@@ -1,6 +1,6 @@
-"""Celery tasks of the audit core, on the beat: seal the chain, sign the daily digests and make the monthly
-partitions ahead of time (the scheduled chain check, which may raise an alarm in the queue, is
-`exceptions_queue.tasks.verify_audit_chain`)."""
+"""Celery tasks of the audit core, on the beat: seal the chain, sign the daily digests, make the monthly
+partitions ahead of time and keep their statistics current (the scheduled chain check, which may raise an alarm
+in the queue, is `exceptions_queue.tasks.verify_audit_chain`)."""
 from celery import shared_task
 
 from audit import services
@@ -19,3 +19,8 @@ def build_audit_digests():
 @shared_task(name="audit.tasks.ensure_partitions", ignore_result=True)
 def ensure_partitions():
     services.partitions_ensure()
+
+
+@shared_task(name="audit.tasks.analyze_partitions", ignore_result=True)
+def analyze_partitions():
+    services.partitions_analyze()

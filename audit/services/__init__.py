@@ -24,6 +24,7 @@ from audit.services.partitions import (
     partition_detach,
     partition_name,
     partition_rows,
+    partitions_analyze,
     partitions_ensure,
     partitions_list,
     partitions_lock_need,
@@ -37,7 +38,7 @@ seal = chain_seal
 
 __all__ = [
     "DB_ID", "GENESIS", "PARTITIONED", "chain_resume_day", "month_add", "partition_detach", "partition_name",
-    "partition_rows", "partitions_ensure", "partitions_list", "partitions_lock_need", "SLOT_TOKEN", "SealResult",
+    "partition_rows", "partitions_analyze", "partitions_ensure", "partitions_list", "partitions_lock_need", "SLOT_TOKEN", "SealResult",
     "VerifyResult", "actor_label",
     "canonical_json", "chain_check", "chain_hash", "chain_seal", "chain_verify", "compute_entry_hash", "digests_build",
     "entry_content", "entry_hash_sql", "entry_template", "model_snapshot", "record", "record_built",

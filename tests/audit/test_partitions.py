@@ -48,6 +48,13 @@ def test_beat_runs_partitions_ensure_daily():
     assert entry["schedule"] <= 86400.0
 
 
+def test_beat_takes_the_partitions_statistics_again_every_half_minute():
+    """A month-end burst plans on fresh statistics (tests/billing_sync/test_ordering_plans.py shows why)."""
+    entry = settings.CELERY_BEAT_SCHEDULE["partitions-analyze"]
+    assert entry["task"] == "audit.tasks.analyze_partitions" == tasks.analyze_partitions.name
+    assert entry["schedule"] <= 60.0
+
+
 @pytest.mark.django_db
 def test_beats_task_creates_the_next_months_partitions_ahead_of_time_audited():
     ahead = [audit.month_add(_this_month(), n) for n in range(settings.TIEOUT_PARTITIONS_AHEAD + 1)]
