@@ -97,8 +97,11 @@ def start_worker(env: dict, processes: int, name: str):
 
 ANALYZER = ("import time, django; django.setup(); from audit import services\n"
             "while True:\n    services.partitions_analyze(); time.sleep(30)")
+# The backlog's events are those received since it was sent: read through the received_at index (it carries the
+# status), not by `event_id LIKE`, a scan of every event's row that took a fifth of a core from the drain it
+# polled at 200,000 events.
 STATUS_SQL = ("SELECT count(*) FILTER (WHERE status <> 'accepted'), count(*) FILTER (WHERE status = 'posted'), "
-              "count(*) FILTER (WHERE status = 'exception') FROM billing_sync_event WHERE event_id LIKE %s")
+              "count(*) FILTER (WHERE status = 'exception') FROM billing_sync_event WHERE received_at >= %s")
 
 
 class CpuMeter:
@@ -142,6 +145,8 @@ def drain(env: dict, port: int, token: str, processes: int) -> dict:
     # What the last worker left queued: wake-ups of events it had already processed (a processed event wakes
     # the accepted events after it on its documents); here they would only be no-ops for the next worker.
     c.flush_redis()
+    with psycopg.connect(c.database_url(), autocommit=True) as conn:
+        since = conn.execute("SELECT now()").fetchone()[0]
     sent_in = send_batches(port, token, events)
     queued, before = -1, c.redis_queue_length()
     while queued != before:  # the web processes' dispatchers publish a few milliseconds after the commit
@@ -157,9 +162,9 @@ def drain(env: dict, port: int, token: str, processes: int) -> dict:
     processed_at = posted_at = None
     with psycopg.connect(c.database_url(), autocommit=True) as conn:
         while True:
-            time.sleep(0.5)
+            time.sleep(0.5 if total < 20_000 else 2.0)  # the rates come from the stamps, not from this loop
             meter.sample()
-            processed, posted, exceptions = conn.execute(STATUS_SQL, [f"evt_{tag}_%"]).fetchone()
+            processed, posted, exceptions = conn.execute(STATUS_SQL, [since]).fetchone()
             now = time.monotonic() - started
             if processed_at is None and processed >= total:
                 processed_at = now

@@ -74,14 +74,28 @@ def _probe(keys: list[str]) -> list[str]:
     return sorted(writes | {WRITE + k for k in reads})
 
 
+# Pending events with any of the probe's keys, found through the partial GIN index on `order_keys` (accepted and
+# exception events) alone, in a subquery the planner cannot merge (OFFSET 0) so that the callers' `ORDER BY seq`
+# (and `LIMIT`) cannot lead it down the `seq` index instead: on fresh statistics of a backlog it walked every accepted
+# event after the one given, looking for the keys (140 ms a look-up at 150,000 accepted events; 0.05 ms through
+# the GIN index). The status is the index's own predicate, with `<> 'exception'` outside for accepted ones only,
+# not `status = 'accepted'`: that equality is also served by the (status, received_at) btree, which the planner
+# ANDed in on a partition never analysed (a new month's first burst: 16-30 ms a look-up). Statistics taken
+# before a burst mislead it too; beat's `partitions-analyze` takes them again (audit.services.partitions_analyze).
+# tests/billing_sync/test_ordering_plans.py reads the plans.
+def _pending_with(keys: str) -> str:
+    return f"""(SELECT e.id, e.seq, e.status, e.type, e.order_keys FROM billing_sync_event e
+       WHERE e.order_keys && {keys} AND e.status IN ('accepted', 'exception') OFFSET 0) e"""
+
+
 # Earlier events in conflict that are still pending, with the dependency a parked one waits for.
 # Reads through the partial GIN index on order_keys, which holds only accepted and exception events.
-_PENDING_BEFORE = """
+_PENDING_BEFORE = f"""
 SELECT e.id, e.seq, e.status, e.type, e.order_keys, x.dependency_key, (x.id IS NOT NULL) AS parked
-FROM billing_sync_event e
+FROM {_pending_with("%s::text[]")}
 LEFT JOIN exceptions_queue_exceptionrecord x
        ON x.event_id = e.id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL
-WHERE e.order_keys && %s::text[] AND e.seq < %s AND e.status IN ('accepted', 'exception')
+WHERE e.seq < %s
 ORDER BY e.seq
 """
 
@@ -179,20 +193,6 @@ def _waits_for(row: dict, provided: frozenset, memo: dict) -> bool:
             holders = _blockers(row["seq"], row["keys"], provides_from_keys(row["type"], row["keys"]), memo)
             memo[key] = bool(holders) and all(_waits_for(h, provided, memo) for h in holders)
     return memo[key]
-
-
-# Pending events with any of the probe's keys, found through the partial GIN index on `order_keys` (accepted and
-# exception events) alone, in a subquery the planner cannot merge (OFFSET 0) so that the callers' `ORDER BY seq
-# LIMIT` cannot lead it down the `seq` index instead: on fresh statistics of a backlog it walked every accepted
-# event after the one given, looking for the keys (140 ms a look-up at 150,000 accepted events; 0.05 ms through
-# the GIN index). The status is the index's own predicate, with `<> 'exception'` outside for accepted ones only,
-# not `status = 'accepted'`: that equality is also served by the (status, received_at) btree, which the planner
-# ANDed in on a partition never analysed (a new month's first burst: 16-30 ms a look-up). Statistics taken
-# before a burst mislead it too; beat's `partitions-analyze` takes them again (audit.services.partitions_analyze).
-# tests/billing_sync/test_ordering_plans.py reads the plans.
-def _pending_with(keys: str) -> str:
-    return f"""(SELECT e.id, e.seq, e.status, e.type FROM billing_sync_event e
-       WHERE e.order_keys && {keys} AND e.status IN ('accepted', 'exception') OFFSET 0) e"""
 
 
 _SUCCESSORS = f"""

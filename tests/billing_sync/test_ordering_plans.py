@@ -40,6 +40,7 @@ def _indexes(plan: dict) -> set[str]:
 def _plans(first_seq: int) -> dict[str, set[str]]:
     probe = ["w|customer:s:c17", "invoice:s:inv17"]
     statements = {
+        "the hold check": (ordering._PENDING_BEFORE, [probe, first_seq + COPIES * 2]),
         "successors_of": (ordering._SUCCESSORS, [probe, first_seq - 1, ordering.SUCCESSOR_LIMIT]),
         "accepted_providers_of": (ordering._PROVIDERS, [probe, ["invoice.issued"], ordering.SUCCESSOR_LIMIT]),
         "successors_of_many": (ordering._SUCCESSORS_MANY, [
