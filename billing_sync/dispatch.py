@@ -113,7 +113,7 @@ def publish(event_ids: list[str], routes: dict[str, str] | None = None) -> None:
             return
         except Exception as exc:
             log.warning("events.schedule_batch_failed", messages=len(messages), error=str(exc))
-    for queue, ids in messages:  # eager mode: they run here, now, one after another
+    for queue, ids in messages:  # one at a time: eager mode (they run here, now), one message, or a failed batch
         try:
             tasks.process_events.apply_async(args=[ids], **({"queue": queue} if queue else {}))
         except Exception as exc:  # broker down: the sweep re-schedules accepted events

@@ -127,9 +127,10 @@ def partitions_analyze(*, min_rows: int | None = None, fraction: float | None = 
 
     Autovacuum analyses a table once a tenth of it has changed and a minute has passed, so a month-end burst
     of accepted events runs on the statistics of the quiet days before it: the planner, told that hardly any
-    event is accepted, reads the (status, received_at) index for the ordering look-ups and the fill, entry by
-    entry across the whole backlog (16-30 ms a look-up at 200,000 accepted events, and the drain fell from
-    ~300 to ~25 events/s in bench/drain.py). Statistics are not data: nothing is audited; each run is logged.
+    event is accepted, may read the (status, received_at) index entry by entry across the whole backlog
+    (tests/billing_sync/test_ordering_plans.py; 16-30 ms a look-up at 200,000 accepted events). It was one of
+    three causes of the 100,000-invoice drain's fall in bench/drain.py (README, Performance). Statistics are
+    not data: nothing is audited; each run is logged.
     """
     min_rows = settings.TIEOUT_ANALYZE_MIN_ROWS if min_rows is None else min_rows
     fraction = settings.TIEOUT_ANALYZE_FRACTION if fraction is None else fraction
