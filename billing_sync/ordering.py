@@ -187,12 +187,40 @@ def _waits_for(row: dict, provided: frozenset, memo: dict) -> bool:
     key = (row["id"], provided)
     if key not in memo:
         if row["status"] != "accepted":
-            memo[key] = row["dependency"] in provided
+            # Parked on a document that exists already (an earlier provider committed, the wake-up that sends
+            # it back to `accepted` has not run yet): it is due to run before this one, as one at a time it
+            # would have been woken before this event arrived, so it holds. Only a first provider passes.
+            memo[key] = row["dependency"] in provided and not dependency_exists(row["dependency"])
         else:
             memo[key] = False  # seq decreases along the recursion, so it ends; this only guards re-entry
             holders = _blockers(row["seq"], row["keys"], provides_from_keys(row["type"], row["keys"]), memo)
             memo[key] = bool(holders) and all(_waits_for(h, provided, memo) for h in holders)
     return memo[key]
+
+
+# Whether the document a dependency key names exists (`document_key`'s form, or `entity:<code>`), as SQL over a
+# key expression: the one test behind the hold check's and the sweep's reading of parked events.
+_DOCUMENT_OF = "substring({k} from '^[^:]*:[^:]*:(.*)$')"
+_SOURCE_OF = "split_part({k}, ':', 2)"
+
+
+def _exists_sql(k: str) -> str:
+    def kind(table, column):
+        return (f"EXISTS (SELECT 1 FROM {table} d WHERE d.source_system = {_SOURCE_OF.format(k=k)}"
+                f" AND d.{column} = {_DOCUMENT_OF.format(k=k)})")
+    return f"""(CASE split_part({k}, ':', 1)
+        WHEN 'customer' THEN {kind("billing_sync_customer", "customer_id")}
+        WHEN 'invoice' THEN {kind("billing_sync_invoice", "invoice_id")}
+        WHEN 'payment' THEN {kind("billing_sync_payment", "payment_id")}
+        WHEN 'entity' THEN EXISTS (SELECT 1 FROM ledger_entity d WHERE d.code = substring({k} from '^[^:]*:(.*)$'))
+        ELSE false END)"""
+
+
+def dependency_exists(dependency: str) -> bool:
+    """Whether the document an event parked on (its dependency key) exists now."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {_exists_sql('k.v')} FROM (SELECT %s::text AS v) k", [dependency])
+        return cursor.fetchone()[0]
 
 
 _SUCCESSORS = f"""
@@ -286,4 +314,42 @@ def accepted_not_parked_behind(*, received_before, limit: int) -> list:
     """What the events sweep may schedule again: accepted events not waiting behind a parked one."""
     with connection.cursor() as cursor:
         cursor.execute(_SWEEPABLE, [received_before, limit])
+        return [r[0] for r in cursor.fetchall()]
+
+
+# Events parked on a document that exists (the wake-up after its provider committed was lost with a killed
+# worker, or has not run yet), parked before the cutoff, oldest first.
+_PARKED_ON_AVAILABLE = f"""
+SELECT e.id FROM exceptions_queue_exceptionrecord x
+JOIN billing_sync_event e ON e.id = x.event_id AND e.status = 'exception'
+WHERE x.status <> 'resolved' AND x.dependency_key IS NOT NULL AND x.updated_at <= %s
+  AND {_exists_sql("x.dependency_key")}
+ORDER BY e.seq
+LIMIT %s
+"""
+
+
+def parked_on_available(*, parked_before, limit: int) -> list:
+    """What the parked-events sweep sends back through processing: events still parked on a document that
+    exists."""
+    with connection.cursor() as cursor:
+        cursor.execute(_PARKED_ON_AVAILABLE, [parked_before, limit])
+        return [r[0] for r in cursor.fetchall()]
+
+
+# Held events whose recorded holder holds them no more: done, or in `exception` waiting for no document.
+_HELD_RELEASED = """
+SELECT e.id FROM billing_sync_event e JOIN billing_sync_event h ON h.id = e.held_by_id
+WHERE e.id = ANY(%s::uuid[]) AND e.status = 'accepted' AND h.status <> 'accepted'
+  AND NOT (h.status = 'exception' AND EXISTS (
+      SELECT 1 FROM exceptions_queue_exceptionrecord x
+      WHERE x.event_id = h.id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL))
+ORDER BY e.seq
+"""
+
+
+def held_released(event_ids) -> list:
+    """Of these events, those still accepted whose recorded holder is no longer pending or parked."""
+    with connection.cursor() as cursor:
+        cursor.execute(_HELD_RELEASED, [[str(i) for i in event_ids]])
         return [r[0] for r in cursor.fetchall()]

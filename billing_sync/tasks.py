@@ -1,7 +1,7 @@
-"""Celery tasks of billing sync: process accepted events, and sweep for any that were never scheduled;
-deliver status callbacks to source systems (queue `callbacks`) and sweep for those that are due; execute
-reconciliation runs (queue `reconciliation`), and the beat's fan-outs that start one per entity (incremental
-every few minutes, full nightly)."""
+"""Celery tasks of billing sync: process accepted events, and sweep for any that were never scheduled or stay
+parked on a document that exists; deliver status callbacks to source systems (queue `callbacks`) and sweep for
+those that are due; execute reconciliation runs (queue `reconciliation`), and the beat's fan-outs that start one
+per entity (incremental every few minutes, full nightly)."""
 from celery import shared_task
 from django.conf import settings
 
@@ -17,7 +17,9 @@ def process_events(event_ids: list[str]):
 
 @shared_task(name="billing_sync.tasks.sweep_accepted_events", ignore_result=True)
 def sweep_accepted_events():
-    return services.events_sweep_accepted(older_than_seconds=settings.TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS)
+    after = settings.TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS
+    return services.events_sweep_parked(older_than_seconds=after) + services.events_sweep_accepted(
+        older_than_seconds=after)
 
 
 # Retries live in the database (next_attempt_at, picked up by the sweep), not in Celery countdowns: an hour of

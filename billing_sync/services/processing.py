@@ -12,14 +12,13 @@ from django.utils import timezone
 
 from audit import services as audit
 from billing_sync import callbacks, dispatch, documents, ordering
-from billing_sync.models import Customer, Event, Invoice, Payment
+from billing_sync.models import Event
 from config import correlation, deferred
 from config.memo import memo_scope
 from config.errors import BusinessRuleError
 from exceptions_queue import services as queue
 from exceptions_queue.models import ExceptionRecord
 from ledger import services as ledger
-from ledger.models import Entity
 
 log = structlog.get_logger("tieout.processing")
 
@@ -47,6 +46,15 @@ def events_sweep_accepted(*, older_than_seconds: int = 30) -> int:
     if ids:
         events_schedule(ids)
     return len(ids)
+
+
+def events_sweep_parked(*, older_than_seconds: int = 30) -> int:
+    """Events still parked on a document that exists: the wake-up after its provider committed (or after the
+    event parked, `dependency_recheck`) was lost with a killed worker. Each goes back through processing."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=older_than_seconds)
+    ids = ordering.parked_on_available(parked_before=cutoff, limit=5000)
+    return sum(event_requeue(event_id=event_id, actor="system", reason="dependency arrived (sweep)")
+               for event_id in ids)
 
 
 # What an event's exception is about (the workflow's subject kind), by event type.
@@ -154,6 +162,7 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool, fill
     """
     poisoned = []
     wakes: list = []  # (seq, order keys) of its events: what queued behind them is looked up after commit
+    held: list = []  # its events left held: looked at again after commit (`_held_released`)
     with transaction.atomic():
         # The chunk's journals are relayed together after it commits (an in-database ledger posts them at once),
         # before the look for what queued behind (as each journal's relay came before it one at a time). Its
@@ -179,7 +188,7 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool, fill
                 if not isolate:
                     try:
                         statuses[str(event.pk)] = _process_locked(event, actor=actor, wakes=wakes,
-                                                                  awaiting=awaiting, savepoint=False)
+                                                                  awaiting=awaiting, held=held, savepoint=False)
                     except Exception as exc:  # a bug or an outage: the chunk again, with savepoints
                         log.warning("events.chunk_failed_unisolated", event_id=str(event.pk), exc_info=True)
                         raise _EventFailed(str(event.pk)) from exc
@@ -188,21 +197,25 @@ def _chunk_process(ids: list[str], statuses: dict, *, actor, isolate: bool, fill
                 try:
                     with transaction.atomic():
                         statuses[str(event.pk)] = _process_locked(event, actor=actor, wakes=my_wakes,
-                                                                  awaiting=awaiting)
+                                                                  awaiting=awaiting, held=held)
                 except Exception:  # business rules are handled inside: this is a bug or an outage, isolated
                     log.warning("events.chunk_isolated", event_id=str(event.pk), exc_info=True)
                     poisoned.append(event.pk)
                     continue
                 # Only once its savepoint is released: a rolled-back event wakes nothing.
                 wakes += my_wakes
-        if wakes:
-            transaction.on_commit(lambda: successors_wake_many(wakes))
         if awaiting.provided:
             # An event parked on one of these documents by a transaction that committed while this chunk ran was
             # not in the chunk's look, and its own look after commit (`dependency_recheck`) did not see this
-            # chunk's documents yet: whichever commits second finds the other, so nothing waits forever.
+            # chunk's documents yet: whichever commits second finds the other, so nothing waits forever. Until
+            # it is woken, the hold check keeps later events on its documents behind it (ordering._waits_for);
+            # woken before the successors are scheduled, it is `accepted` when they look.
             provided = sorted(set(awaiting.provided))
             transaction.on_commit(lambda: dependents_wake(provided), robust=True)
+        if wakes:
+            transaction.on_commit(lambda: successors_wake_many(wakes))
+        if held:
+            transaction.on_commit(lambda: _held_released(held))
     return poisoned
 
 
@@ -241,6 +254,17 @@ class _Awaiting:
         return any(k in self.awaited or k not in self.candidates for k in keys)
 
 
+def _held_released(ids: list) -> int:
+    """After a chunk commits: schedule its events left held whose holder no longer holds them. The holder may
+    have finished while the chunk ran, after the hold check read it: its wake-up then found them locked by the
+    chunk, and a worker's task skips locked events (`_fill`'s SKIP LOCKED), so nothing else would take them
+    until the sweep. Scheduling one still held costs only a look: processing checks the hold again."""
+    ids = ordering.held_released(ids)
+    if ids:
+        events_schedule(ids)
+    return len(ids)
+
+
 def _successors_wake_after_commit(event, wakes: list | None) -> None:
     if wakes is not None:  # a chunk: one look for all its events, after it commits
         wakes.append((event.seq, event.order_keys))
@@ -276,16 +300,18 @@ def _handler_unit(savepoint: bool):
 
 
 def _process_locked(event, *, actor, wakes: list | None = None, awaiting: "_Awaiting | None" = None,
-                    savepoint: bool = True) -> str:
+                    held: list | None = None, savepoint: bool = True) -> str:
     """`event_process`'s work on an accepted event whose row the caller locked, in the caller's transaction.
 
-    With `wakes` and `awaiting` (a chunk), the look for the events queued behind it is left to the chunk's one
-    look after commit, and the events parked on the documents it provides are looked for only when the chunk's
-    look found some (`_Awaiting`). Without `savepoint` (a chunk's first run), its handler runs without one
-    (`_handler_unit`).
+    With `wakes`, `awaiting` and `held` (a chunk), the look for the events queued behind it is left to the chunk's
+    one look after commit (and, held, it is looked at again then: `_held_released`), and the events parked on
+    the documents it provides are looked for only when the chunk's look found some (`_Awaiting`). Without
+    `savepoint` (a chunk's first run), its handler runs without one (`_handler_unit`).
     """
     holder = ordering.held_by(event)
     if holder is not None:
+        if held is not None:
+            held.append(event.pk)
         if event.held_by_id != holder:  # recorded once per holder, not at every look
             event.held_by_id = holder
             event.save(update_fields=["held_by"])
@@ -379,20 +405,8 @@ def dependents_wake(keys: list[str]) -> int:
     return len(event_ids)
 
 
-def dependency_exists(dependency: str) -> bool:
-    kind, _, rest = dependency.partition(":")
-    if kind == "entity":
-        return Entity.objects.filter(code=rest).exists()
-    source_system, _, document_id = rest.partition(":")
-    model, field_name = {"customer": (Customer, "customer_id"), "invoice": (Invoice, "invoice_id"),
-                         "payment": (Payment, "payment_id")}.get(kind, (None, None))
-    if model is None:
-        return False
-    return model.objects.filter(source_system=source_system, **{field_name: document_id}).exists()
-
-
 def dependency_recheck(*, event_id, dependency: str) -> bool:
-    if dependency_exists(dependency):
+    if ordering.dependency_exists(dependency):
         return event_requeue(event_id=event_id, actor="system", reason=f"{dependency} arrived")
     return False
 

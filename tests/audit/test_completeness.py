@@ -761,7 +761,7 @@ ALLOWED = {
     "billing_sync.services.processing.events_schedule": "dispatch only: event_process records",
     "billing_sync.services.processing.events_routes": "pure: route keys from payloads",
     "billing_sync.services.processing.events_sweep_accepted": "dispatch only: re-schedules event_process",
-    "billing_sync.services.processing.dependency_exists": "read",
+    "billing_sync.services.processing.events_sweep_parked": "dispatch: calls event_requeue (audited) for each event",
     "billing_sync.services.processing.dependency_recheck": "dispatch: calls event_requeue (audited) when the dependency exists",
     "billing_sync.services.processing.successors_wake": "dispatch only: schedules the events held behind one; event_process records",
     "billing_sync.services.processing.successors_wake_many": "dispatch only: successors_wake for a chunk's events",

@@ -521,3 +521,42 @@ def test_a_task_skips_its_own_events_another_chunk_holds(entity, integration, se
     billing.event_process(event_id=ids[2])
     assert Event.objects.get(pk=ids[2]).status == "posted"
     assert Invoice.objects.get(invoice_id="sk_in2").total == 200
+
+
+def test_an_event_held_behind_a_holder_that_finishes_while_its_chunk_runs_is_scheduled_after_commit(
+        entity, integration, settings, monkeypatch):
+    """The chunk finds the credit note held behind its invoice's issue, which another worker then processes and
+    commits before the chunk does: the issue's wake-up finds the note locked by the chunk (a worker's task
+    skips it), so the chunk itself schedules it again once it commits, its holder being done (a two-process
+    worker left such an event unprocessed until the sweep)."""
+    p = "hr_"
+    ids = _accept(integration, [
+        f.customer(f"{p}cus", event_id=f"{p}c"),
+        f.invoice(f"{p}in1", customer_id=f"{p}cus", lines=[("100.00", "0")], event_id=f"{p}i1"),
+        f.credit_note(f"{p}in1", "10.00", credit_note_id=f"{p}cn", event_id=f"{p}n1")], monkeypatch)
+    settings.TIEOUT_PROCESS_CHUNK = 200
+    scheduled: list = []
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: scheduled.extend(map(str, ids)))
+    billing.events_process(event_ids=ids[:1])  # the customer
+    real_held_by = processing.ordering.held_by
+
+    def held_by(event):
+        holder = real_held_by(event)
+        if str(event.pk) == ids[2] and not scheduled_before:
+            # Another worker processes the issue and commits, while this chunk still holds the note's row.
+            worker = threading.Thread(target=lambda: (billing.event_process(event_id=ids[1]), connection.close()))
+            worker.start()
+            worker.join()
+            scheduled_before.extend(scheduled)
+            scheduled.clear()
+        return holder
+
+    scheduled_before: list = []
+    monkeypatch.setattr(processing.ordering, "held_by", held_by)
+    assert billing.events_process(event_ids=ids[2:])[ids[2]] == "accepted"  # held: the issue was accepted
+    assert Event.objects.get(pk=ids[1]).status in ("processed", "posted")
+    assert ids[2] in scheduled_before  # the issue's wake-up: a task would skip the note, locked by the chunk
+    assert scheduled == [ids[2]]  # the chunk's own look after it committed
+    assert processing._held_released([ids[2]]) == 1
+    monkeypatch.undo()
+    assert billing.event_process(event_id=ids[2]) in ("processed", "posted")

@@ -273,6 +273,10 @@ def test_the_sweep_leaves_events_held_behind_a_parked_one_and_takes_the_rest(ent
     assert billing.events_sweep_accepted(older_than_seconds=-600) == 1
     # The audit trail says what it waited behind.
     assert AuditEntry.objects.filter(action="event.held", event_id=note["id"]).count() == 1
+    # Its holder still parked, it is not one a chunk would schedule again after commit; done, it is.
+    assert ordering.held_released([note["id"], lost["id"]]) == []
+    Event.objects.filter(pk=void["id"]).update(status="ignored")
+    assert [str(i) for i in ordering.held_released([note["id"], lost["id"]])] == [note["id"]]
 
 
 @pytest.mark.parametrize("payload", [
@@ -311,6 +315,54 @@ def test_a_provider_that_passes_a_parked_event_holds_the_next_provider(entity, i
     assert billing.event_process(event_id=note["id"]) == "processed"
     assert billing.event_process(event_id=amended["id"]) == "processed"
     assert Invoice.objects.get(invoice_id="inv_p").version == 2
+
+
+@needs_db
+def test_a_parked_event_whose_document_exists_holds_the_next_provider_until_it_is_woken(
+        entity, integration, monkeypatch):
+    """The void parked on its invoice; the issue processed in a chunk that did not wake it in its own
+    transaction (the void parked while the chunk ran) and the wake-up after commit not yet run; then the
+    amendment. One at a time the void is woken before the amendment arrives and the amendment finds the invoice
+    void: the amendment must wait behind the void, not pass it as a first provider would (a random history with
+    two worker processes found this: the amendment posted and the void reversed the amended amount)."""
+    send(integration, f.customer("cus_y"))
+    void = send(integration, f.invoice_voided("inv_y"))
+    assert void["exception"]["code"] == "awaiting_dependency"
+    monkeypatch.setattr(processing, "events_schedule", lambda ids, routes=None: None)  # accepted, not yet taken
+    issued = send(integration, f.invoice("inv_y", customer_id="cus_y", lines=[("100.00", "0")]))
+    amended = send(integration, f.invoice("inv_y", customer_id="cus_y", lines=[("120.00", "0")], version=2,
+                                          type_="invoice.amended"))
+    monkeypatch.setattr(processing, "dependents_wake", lambda keys: 0)  # the wake-up, after commit, not yet run
+    assert billing.event_process(event_id=issued["id"]) == "processed"
+    assert Event.objects.get(pk=void["id"]).status == "exception"
+    assert ordering.held_by(Event.objects.get(pk=amended["id"])) == Event.objects.get(pk=void["id"]).pk
+    assert billing.event_process(event_id=amended["id"]) == "accepted"  # held behind the void
+    monkeypatch.undo()
+
+    # The wake-up was lost (a killed worker): the sweep finds the void parked on an invoice that exists.
+    assert billing.events_sweep_parked(older_than_seconds=3600) == 0  # not before the cutoff
+    assert billing.events_sweep_parked(older_than_seconds=-600) == 1
+    assert Event.objects.get(pk=void["id"]).status == "accepted"
+    assert billing.event_process(event_id=void["id"]) == "processed"
+    assert billing.event_process(event_id=amended["id"]) == "exception"
+    after = integration.event(amended["id"])
+    assert after["status"] == "exception" and after["exception"]["code"] == "document_conflict"
+    assert Invoice.objects.get(invoice_id="inv_y").status == "voided"
+    assert AuditEntry.objects.filter(action="event.requeued", event_id=void["id"]).count() == 1
+    assert billing.events_sweep_parked(older_than_seconds=-600) == 0
+
+
+@needs_db
+@pytest.mark.parametrize("key, exists", [
+    ("customer:{ss}:cus_k", True), ("customer:{ss}:cus_none", False), ("invoice:{ss}:inv_k:2026", True),
+    ("invoice:{ss}:inv_k", False), ("invoice:other:inv_k:2026", False), ("payment:{ss}:pay_k", True),
+    ("payment:{ss}:cus_k", False), ("entity:US01", True), ("entity:ZZ99", False), ("refund:{ss}:re_1", False),
+])
+def test_dependency_exists_reads_each_kind_of_key(entity, integration, key, exists):
+    send(integration, f.customer("cus_k"))
+    send(integration, f.invoice("inv_k:2026", customer_id="cus_k", lines=[("10.00", "0")]))
+    send(integration, f.payment("pay_k", customer_id="cus_k", amount="5.00", allocations=[("inv_k:2026", "5.00")]))
+    assert ordering.dependency_exists(key.format(ss=SS)) is exists
 
 
 @needs_db

@@ -15,8 +15,8 @@ Pieces (all on 127.0.0.1):
   configured to post to it through `ledger.services.entity_configure_erp`.
 * `harness` (function): the test loop, `harness.wait_until(predicate, ...)`.
 
-The sweeps. We do not run `celery beat`: the test loop itself calls `billing_sync.services.events_sweep_accepted(
-older_than_seconds=1)` and `ledger.services.outbox_sweep(older_than_seconds=1)` about once a second (what
+The sweeps. We do not run `celery beat`: the test loop itself calls `billing_sync.services.events_sweep_parked(
+older_than_seconds=1)`, `events_sweep_accepted(older_than_seconds=1)` and `ledger.services.outbox_sweep(older_than_seconds=1)` about once a second (what
 beat's `events-sweep` / `outbox-sweep` entries run, with TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS=1). That keeps the
 timing deterministic, needs no extra process that would itself lose Redis in the outage test, and lets the
 loop also restart a worker that died. The same loop runs kombu's own `QoS.restore_visible` (with the
@@ -356,7 +356,9 @@ class Harness:
             conn.default_channel.qos.restore_visible(num=None, interval=1)
 
     def sweep(self) -> None:
-        """What beat would run: accepted events and the outbox (incl. expired posting leases)."""
+        """What beat would run: parked events whose document exists, accepted events and the outbox (incl.
+        expired posting leases)."""
+        billing.events_sweep_parked(older_than_seconds=1)
         billing.events_sweep_accepted(older_than_seconds=1)
         ledger.outbox_sweep(older_than_seconds=1)
         if self.redis.running:
