@@ -21,6 +21,6 @@ def ensure_partitions():
     services.partitions_ensure()
 
 
-@shared_task(name="audit.tasks.analyze_partitions", ignore_result=True)
-def analyze_partitions():
-    services.partitions_analyze()
+@shared_task(name="audit.tasks.analyze_tables", ignore_result=True)
+def analyze_tables():
+    services.tables_analyze()

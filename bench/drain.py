@@ -12,7 +12,7 @@ per size: events processed per second and posted per second (the database's stam
 PostgreSQL statements and commits per event (counted in the worker processes, bench/_counting_worker.py),
 and where the CPU went (the bench database's PostgreSQL backends vs the worker's processes vs the rest, from
 /proc), also per event (which depends much less than rates on what else runs on the machine), with the load average:
-what saturates first. Beat's `partitions-analyze` runs beside the worker every 30 s, as beat runs it in production
+what saturates first. Beat's `tables-analyze` runs beside the worker every 30 s, as beat runs it in production
 (its CPU counts as "other").
 
 Knobs (environment): BENCH_N (1000), BENCH_CUSTOMERS (N / 10, at least 16), BENCH_SIZES (1,2,4),
@@ -96,7 +96,7 @@ def start_worker(env: dict, processes: int, name: str):
 
 
 ANALYZER = ("import time, django; django.setup(); from audit import services\n"
-            "while True:\n    services.partitions_analyze(); time.sleep(30)")
+            "while True:\n    services.tables_analyze(); time.sleep(30)")
 # The backlog's events are those received since it was sent: read through the received_at index (it carries the
 # status), not by `event_id LIKE`, a scan of every event's row that took a fifth of a core from the drain it
 # polled at 200,000 events.
@@ -219,7 +219,7 @@ def main() -> None:
             time.sleep(0.5)
     c.stop(setup)
     c.say(f"{CUSTOMERS} customers processed (set-up, not timed)")
-    # What beat does in production every half minute (`partitions-analyze`): the burst is planned on statistics
+    # What beat does in production every half minute (`tables-analyze`): the burst is planned on statistics
     # taken of it, not of the quiet days before (this machine's CI server runs no autovacuum at all).
     c.spawn([str(c.BIN / "python"), "-c", ANALYZER], env=env, log_name="analyzer.log")
 

@@ -81,7 +81,7 @@ def _probe(keys: list[str]) -> list[str]:
 # the GIN index). The status is the index's own predicate, with `<> 'exception'` outside for accepted ones only,
 # not `status = 'accepted'`: that equality is also served by the (status, received_at) btree, which the planner
 # ANDed in on a partition never analysed (a new month's first burst: 16-30 ms a look-up). Statistics taken
-# before a burst mislead it too; beat's `partitions-analyze` takes them again (audit.services.partitions_analyze).
+# before a burst mislead it too; beat's `tables-analyze` takes them again (audit.services.tables_analyze).
 # tests/billing_sync/test_ordering_plans.py reads the plans.
 def _pending_with(keys: str) -> str:
     return f"""(SELECT e.id, e.seq, e.status, e.type, e.order_keys FROM billing_sync_event e

@@ -24,7 +24,7 @@ from audit.services.partitions import (
     partition_detach,
     partition_name,
     partition_rows,
-    partitions_analyze,
+    tables_analyze,
     partitions_ensure,
     partitions_list,
     partitions_lock_need,
@@ -38,8 +38,8 @@ seal = chain_seal
 
 __all__ = [
     "DB_ID", "GENESIS", "PARTITIONED", "chain_resume_day", "month_add", "partition_detach", "partition_name",
-    "partition_rows", "partitions_analyze", "partitions_ensure", "partitions_list", "partitions_lock_need", "SLOT_TOKEN", "SealResult",
-    "VerifyResult", "actor_label",
+    "partition_rows", "partitions_ensure", "partitions_list", "partitions_lock_need", "SLOT_TOKEN", "SealResult",
+    "tables_analyze", "VerifyResult", "actor_label",
     "canonical_json", "chain_check", "chain_hash", "chain_seal", "chain_verify", "compute_entry_hash", "digests_build",
     "entry_content", "entry_hash_sql", "entry_template", "model_snapshot", "record", "record_built",
     "record_many", "record_params", "seal",

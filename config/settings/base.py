@@ -278,8 +278,8 @@ CELERY_BEAT_SCHEDULE = {
     # Monthly partitions of audit entries, receipts and events, TIEOUT_PARTITIONS_AHEAD months ahead (daily:
     # a missed run or two changes nothing).
     "partitions-ensure": {"task": "audit.tasks.ensure_partitions", "schedule": 86400.0},
-    "partitions-analyze": {"task": "audit.tasks.analyze_partitions",
-                           "schedule": float(os.environ.get("TIEOUT_ANALYZE_SECONDS", "30"))},
+    "tables-analyze": {"task": "audit.tasks.analyze_tables",
+                       "schedule": float(os.environ.get("TIEOUT_ANALYZE_SECONDS", "30"))},
     "erp-batches-sweep": {"task": "ledger.tasks.sweep_erp_batches", "schedule": 5.0},
     "callbacks-sweep": {"task": "billing_sync.tasks.sweep_callbacks", "schedule": 10.0},
     # Reconciliation (queue `reconciliation`): an incremental run per entity every few minutes (ERP documents
@@ -369,8 +369,8 @@ TIEOUT_AUDIT_DEV_KEY = env_bool("TIEOUT_AUDIT_DEV_KEY", True) and not _PRODUCTIO
 TIEOUT_AUDIT_HASHING = os.environ.get("TIEOUT_AUDIT_HASHING", "on").strip().lower() not in {"off", "0", "false", "no"}
 # Partitions (audit entries, receipts, events) made ahead of the current month by beat's `partitions-ensure`.
 TIEOUT_PARTITIONS_AHEAD = int(os.environ.get("TIEOUT_PARTITIONS_AHEAD", "3"))
-# Beat's `partitions-analyze` takes a partition's statistics again once this many of its rows and this share of
-# them changed since the last time (audit.services.partitions_analyze): a month-end burst plans on today's rows.
+# Beat's `tables-analyze` takes a table's (a partition's) statistics again once this many of its rows and this
+# share of them changed since the last time (audit.services.tables_analyze): a month-end burst plans on today's rows.
 TIEOUT_ANALYZE_MIN_ROWS = int(os.environ.get("TIEOUT_ANALYZE_MIN_ROWS", "5000"))
 TIEOUT_ANALYZE_FRACTION = float(os.environ.get("TIEOUT_ANALYZE_FRACTION", "0.02"))
 # Where retention writes its archive packs (portal.services.retention_archive), unless a policy names a place.

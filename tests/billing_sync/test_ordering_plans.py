@@ -1,8 +1,8 @@
 """The ordering look-ups on a month-end burst (billing_sync/ordering.py, `_pending_with`;
-audit.services.partitions_analyze): the events partition is analysed while its events are processed, then 5,000 of
+audit.services.tables_analyze): the events partition is analysed while its events are processed, then 5,000 of
 them turn accepted. On those statistics the planner reads the (status, received_at) index for some look-up, entry
 by entry across the whole backlog (16-30 ms a look-up at 200,000 accepted events); once beat's
-`partitions-analyze` has taken the partition's statistics again, each look-up reads the partial GIN index on
+`tables-analyze` has taken the partition's statistics again, each look-up reads the partial GIN index on
 `order_keys` and nothing else of the partition (not the `seq` index either, which the callers' ORDER BY seq LIMIT
 once led it down: 140 ms a look-up at 150,000). A partition that changed less than the thresholds is left alone."""
 import json
@@ -89,8 +89,8 @@ def test_a_burst_is_planned_on_fresh_statistics_once_beat_has_analysed_it(burst)
     assert any(i for indexes in stale.values() for i in indexes if i.startswith(mine) and "status" in i), (
         f"on the statistics from before the burst some look-up reads a status index: {stale}")
     # A change below the thresholds leaves the statistics as they are.
-    assert audit.partitions_analyze(min_rows=COPIES * 10) == []
-    assert partition in audit.partitions_analyze(min_rows=1000, fraction=0.02)
+    assert audit.tables_analyze(min_rows=COPIES * 10) == []
+    assert partition in audit.tables_analyze(min_rows=1000, fraction=0.02)
     fresh = _plans(first)
     for name, indexes in fresh.items():
         mine_read = {i for i in indexes if i.startswith(mine)}

@@ -138,3 +138,47 @@ def test_the_account_balance_splits_into_items_and_other_lines(history):
     items, other = parts(unapplied, "payment", datetime.date(2026, 12, 31))
     assert (items, other, items + other) == (Decimal("-82.75"), Decimal("0"), tb["2300"])
     assert JournalLine.objects.filter(account=receivable, invoice_id="").count() == 1
+
+
+def test_the_posting_trigger_reads_the_journals_lines_by_the_journal_alone(history, integration):
+    """PL/pgSQL keeps its plan for the session: one made without statistics (a month-end burst, autovacuum
+    behind) must still find a posted journal's lines by the journal, not AND in the account's index and read
+    every receivable line for each journal (migration 0016; 0.6 ms a journal at 40,000 events in bench/drain.py).
+    The plan is auto_explain's, of the statement the trigger runs, on a ledger with 140,000 receivable lines not yet analysed."""
+    integration.send(f.write_off("inv_2", "7.00", occurred_at=h.at("2026-11-08")))
+    waiting = Journal.objects.get(kind="write_off", document_type="write_off", status=Journal.Status.PENDING_APPROVAL)
+    filler = Journal.objects.get(pk=waiting.pk)
+    filler.pk, filler.document_id, filler.status = None, "filler", Journal.Status.PENDING_APPROVAL
+    filler.save(force_insert=True)
+    receivable = selectors.role_account(history, AccountMapping.Role.RECEIVABLE)
+    plans: list[str] = []
+    with connection.cursor() as cursor:
+        # Loaded as a restore would, triggers off: the balance check deferred for each of them would read the
+        # journal's 140,000 lines each time at the test's end.
+        cursor.execute("SET LOCAL session_replication_role = replica")
+        cursor.execute("""
+            INSERT INTO ledger_journalline (journal_id, line_no, account_id, debit, credit, customer_id, invoice_id,
+                                            payment_id, jurisdiction, memo)
+            SELECT %s, n, %s, n %% 2, 1 - n %% 2, 'cus_fill', 'inv_fill', '', '', ''
+            FROM generate_series(1, 140000) AS n""",
+                       [filler.pk, receivable.pk])
+        cursor.execute("SET LOCAL session_replication_role = origin")
+        cursor.execute("LOAD 'auto_explain'")
+        cursor.execute("SET LOCAL auto_explain.log_min_duration = 0")
+        cursor.execute("SET LOCAL auto_explain.log_nested_statements = on")
+        cursor.execute("SET LOCAL client_min_messages = log")
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")  # the plan kept from the sixth call on
+        handler = lambda diagnostic: plans.append(diagnostic.message_primary or "")  # noqa: E731
+        connection.connection.add_notice_handler(handler)
+        try:
+            cursor.execute("UPDATE ledger_journal SET status = 'posted', erp_document_ref = 'JE-PLAN-1', posted_at = now()"
+                           " WHERE id = %s", [waiting.pk])
+        finally:
+            connection.connection.remove_notice_handler(handler)
+            cursor.execute("SET LOCAL client_min_messages = notice")
+            cursor.execute("SET LOCAL plan_cache_mode = auto")
+            cursor.execute("SET LOCAL auto_explain.log_min_duration = -1")
+    [plan] = [p for p in plans if "INSERT INTO ledger_itembalance" in p]
+    assert "Index Cond: (journal_id = " in plan, plan
+    assert "BitmapAnd" not in plan and "Index Cond: (account_id" not in plan, plan
+    assert _items(history)[("invoice", "inv_2")].balance == Decimal("173.00")  # 180 - 7 written off
