@@ -84,14 +84,14 @@ def _probe(keys: list[str]) -> list[str]:
 # before a burst mislead it too; beat's `tables-analyze` takes them again (audit.services.tables_analyze).
 # tests/billing_sync/test_ordering_plans.py reads the plans.
 def _pending_with(keys: str) -> str:
-    return f"""(SELECT e.id, e.seq, e.status, e.type, e.order_keys FROM billing_sync_event e
+    return f"""(SELECT e.id, e.seq, e.status, e.type, e.order_keys, e.source_system FROM billing_sync_event e
        WHERE e.order_keys && {keys} AND e.status IN ('accepted', 'exception') OFFSET 0) e"""
 
 
 # Earlier events in conflict that are still pending, with the dependency a parked one waits for.
 # Reads through the partial GIN index on order_keys, which holds only accepted and exception events.
 _PENDING_BEFORE = f"""
-SELECT e.id, e.seq, e.status, e.type, e.order_keys, x.dependency_key, (x.id IS NOT NULL) AS parked
+SELECT e.id, e.seq, e.status, e.type, e.order_keys, x.dependency_key, (x.id IS NOT NULL) AS parked, e.source_system
 FROM {_pending_with("%s::text[]")}
 LEFT JOIN exceptions_queue_exceptionrecord x
        ON x.event_id = e.id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL
@@ -114,7 +114,7 @@ def provides_from_keys(type_: str, keys: list[str]) -> list[str]:
 def _pending_before(seq: int, keys: list[str]) -> list[dict]:
     with connection.cursor() as cursor:
         cursor.execute(_PENDING_BEFORE, [_probe(keys), seq])
-        rows = [dict(zip(("id", "seq", "status", "type", "keys", "dependency", "parked"), r))
+        rows = [dict(zip(("id", "seq", "status", "type", "keys", "dependency", "parked", "source_system"), r))
                 for r in cursor.fetchall()]
     # An `exception` event that waits for no document (a business rule refused it, a journal failed to
     # post, a callback failed) is done as far as order goes: it holds nothing.
@@ -190,7 +190,8 @@ def _waits_for(row: dict, provided: frozenset, memo: dict) -> bool:
             # Parked on a document that exists already (an earlier provider committed, the wake-up that sends
             # it back to `accepted` has not run yet): it is due to run before this one, as one at a time it
             # would have been woken before this event arrived, so it holds. Only a first provider passes.
-            memo[key] = row["dependency"] in provided and not dependency_exists(row["dependency"])
+            memo[key] = row["dependency"] in provided and not dependency_exists(row["dependency"],
+                                                                                 row["source_system"])
         else:
             memo[key] = False  # seq decreases along the recursion, so it ends; this only guards re-entry
             holders = _blockers(row["seq"], row["keys"], provides_from_keys(row["type"], row["keys"]), memo)
@@ -198,28 +199,29 @@ def _waits_for(row: dict, provided: frozenset, memo: dict) -> bool:
     return memo[key]
 
 
-# Whether the document a dependency key names exists (`document_key`'s form, or `entity:<code>`), as SQL over a
-# key expression: the one test behind the hold check's and the sweep's reading of parked events.
-_DOCUMENT_OF = "substring({k} from '^[^:]*:[^:]*:(.*)$')"
-_SOURCE_OF = "split_part({k}, ':', 2)"
-
-
-def _exists_sql(k: str) -> str:
-    def kind(table, column):
-        return (f"EXISTS (SELECT 1 FROM {table} d WHERE d.source_system = {_SOURCE_OF.format(k=k)}"
-                f" AND d.{column} = {_DOCUMENT_OF.format(k=k)})")
+# Whether the document a dependency key names exists, as SQL over a key expression and the parked event's source
+# system (the key is `document_key(kind, that source system, document id)`, or `entity:<code>`): split by the
+# source system it was made with, not at a colon, since a source system or a document id may hold one (a wrong
+# split could find another document and send an event round for ever). The one test behind the hold check's,
+# the recheck's and the sweep's reading of parked events.
+def _exists_sql(k: str, ss: str) -> str:
+    def kind(name, table, column):
+        prefix = f"'{name}:' || {ss} || ':'"
+        return (f"(left({k}, length({prefix})) = {prefix} AND EXISTS (SELECT 1 FROM {table} d"
+                f" WHERE d.source_system = {ss} AND d.{column} = substr({k}, length({prefix}) + 1)))")
     return f"""(CASE split_part({k}, ':', 1)
-        WHEN 'customer' THEN {kind("billing_sync_customer", "customer_id")}
-        WHEN 'invoice' THEN {kind("billing_sync_invoice", "invoice_id")}
-        WHEN 'payment' THEN {kind("billing_sync_payment", "payment_id")}
-        WHEN 'entity' THEN EXISTS (SELECT 1 FROM ledger_entity d WHERE d.code = substring({k} from '^[^:]*:(.*)$'))
+        WHEN 'customer' THEN {kind("customer", "billing_sync_customer", "customer_id")}
+        WHEN 'invoice' THEN {kind("invoice", "billing_sync_invoice", "invoice_id")}
+        WHEN 'payment' THEN {kind("payment", "billing_sync_payment", "payment_id")}
+        WHEN 'entity' THEN EXISTS (SELECT 1 FROM ledger_entity d WHERE d.code = substr({k}, length('entity:') + 1))
         ELSE false END)"""
 
 
-def dependency_exists(dependency: str) -> bool:
-    """Whether the document an event parked on (its dependency key) exists now."""
+def dependency_exists(dependency: str, source_system: str) -> bool:
+    """Whether the document an event of this source system parked on (its dependency key) exists now."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {_exists_sql('k.v')} FROM (SELECT %s::text AS v) k", [dependency])
+        cursor.execute(f"SELECT {_exists_sql('k.v', 'k.ss')} FROM (SELECT %s::text AS v, %s::text AS ss) k",
+                       [dependency, source_system])
         return cursor.fetchone()[0]
 
 
@@ -323,7 +325,7 @@ _PARKED_ON_AVAILABLE = f"""
 SELECT e.id FROM exceptions_queue_exceptionrecord x
 JOIN billing_sync_event e ON e.id = x.event_id AND e.status = 'exception'
 WHERE x.status <> 'resolved' AND x.dependency_key IS NOT NULL AND x.updated_at <= %s
-  AND {_exists_sql("x.dependency_key")}
+  AND {_exists_sql("x.dependency_key", "e.source_system")}
 ORDER BY e.seq
 LIMIT %s
 """

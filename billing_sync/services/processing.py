@@ -345,8 +345,9 @@ def _process_locked(event, *, actor, wakes: list | None = None, awaiting: "_Awai
                     awaiting.awaited.add(exc.dependency)
                 # The document may have committed while we processed (its wake-up found no waiting
                 # exception yet): look again once ours is committed, so nothing waits forever.
-                dependency, waiting_id = exc.dependency, event.pk
-                transaction.on_commit(lambda: dependency_recheck(event_id=waiting_id, dependency=dependency))
+                dependency, waiting_id, source_system = exc.dependency, event.pk, event.source_system
+                transaction.on_commit(lambda: dependency_recheck(event_id=waiting_id, dependency=dependency,
+                                                                 source_system=source_system))
                 # An event that provides it and is held may pass now (it waited behind an event that waits for
                 # this one: ordering._unlocked); nothing after this one on its documents would wake it.
                 transaction.on_commit(lambda: providers_wake(dependency))
@@ -405,8 +406,8 @@ def dependents_wake(keys: list[str]) -> int:
     return len(event_ids)
 
 
-def dependency_recheck(*, event_id, dependency: str) -> bool:
-    if ordering.dependency_exists(dependency):
+def dependency_recheck(*, event_id, dependency: str, source_system: str) -> bool:
+    if ordering.dependency_exists(dependency, source_system):
         return event_requeue(event_id=event_id, actor="system", reason=f"{dependency} arrived")
     return False
 

@@ -267,6 +267,8 @@ CELERY_BEAT_SCHEDULE = {
     "outbox-sweep": {"task": "ledger.tasks.sweep_outbox",
                      "schedule": float(os.environ.get("TIEOUT_OUTBOX_SWEEP_SECONDS", "15"))},
     "events-sweep": {"task": "billing_sync.tasks.sweep_accepted_events", "schedule": 15.0},
+    "events-parked-sweep": {"task": "billing_sync.tasks.sweep_parked_events",
+                            "schedule": float(os.environ.get("TIEOUT_PARKED_SWEEP_SECONDS", "300"))},
     "audit-seal": {"task": "audit.tasks.seal_audit_chain", "schedule": 5.0},
     # Incremental verification every 5 minutes, a full one daily (a task of the queue, which opens
     # audit_chain_broken when it fails); digests of finished UTC days hourly (a day gets its digest once,

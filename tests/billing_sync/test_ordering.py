@@ -16,7 +16,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from audit.models import AuditEntry
-from billing_sync import ordering
+from billing_sync import ordering, tasks
 from billing_sync import services as billing
 from billing_sync.models import Event, Invoice, Payment
 from billing_sync.services import processing
@@ -319,7 +319,7 @@ def test_a_provider_that_passes_a_parked_event_holds_the_next_provider(entity, i
 
 @needs_db
 def test_a_parked_event_whose_document_exists_holds_the_next_provider_until_it_is_woken(
-        entity, integration, monkeypatch):
+        entity, integration, monkeypatch, settings):
     """The void parked on its invoice; the issue processed in a chunk that did not wake it in its own
     transaction (the void parked while the chunk ran) and the wake-up after commit not yet run; then the
     amendment. One at a time the void is woken before the amendment arrives and the amendment finds the invoice
@@ -341,7 +341,8 @@ def test_a_parked_event_whose_document_exists_holds_the_next_provider_until_it_i
 
     # The wake-up was lost (a killed worker): the sweep finds the void parked on an invoice that exists.
     assert billing.events_sweep_parked(older_than_seconds=3600) == 0  # not before the cutoff
-    assert billing.events_sweep_parked(older_than_seconds=-600) == 1
+    settings.TIEOUT_OUTBOX_SWEEP_AFTER_SECONDS = -600
+    assert tasks.sweep_parked_events.run() == 1  # what beat's `events-parked-sweep` runs
     assert Event.objects.get(pk=void["id"]).status == "accepted"
     assert billing.event_process(event_id=void["id"]) == "processed"
     assert billing.event_process(event_id=amended["id"]) == "exception"
@@ -362,7 +363,25 @@ def test_dependency_exists_reads_each_kind_of_key(entity, integration, key, exis
     send(integration, f.customer("cus_k"))
     send(integration, f.invoice("inv_k:2026", customer_id="cus_k", lines=[("10.00", "0")]))
     send(integration, f.payment("pay_k", customer_id="cus_k", amount="5.00", allocations=[("inv_k:2026", "5.00")]))
-    assert ordering.dependency_exists(key.format(ss=SS)) is exists
+    assert ordering.dependency_exists(key.format(ss=SS), SS) is exists
+
+
+def test_beat_sweeps_the_parked_events_every_few_minutes(settings):
+    entry = settings.CELERY_BEAT_SCHEDULE["events-parked-sweep"]
+    assert entry["task"] == tasks.sweep_parked_events.name == "billing_sync.tasks.sweep_parked_events"
+    assert entry["schedule"] <= 600.0
+
+
+@needs_db
+def test_dependency_exists_splits_a_key_by_the_events_source_system_not_at_a_colon(entity, integration):
+    """`invoice:<ss>:eu:inv_c` names invoice `eu:inv_c` of source `<ss>` for an event of `<ss>`, and invoice `inv_c`
+    of source `<ss>:eu` for an event of that source: only the first exists, and the second must not be taken
+    for it (its parked event would be sent round again and again)."""
+    send(integration, f.customer("cus_c"))
+    send(integration, f.invoice("eu:inv_c", customer_id="cus_c", lines=[("10.00", "0")]))
+    assert ordering.dependency_exists(f"invoice:{SS}:eu:inv_c", SS) is True
+    assert ordering.dependency_exists(f"invoice:{SS}:eu:inv_c", f"{SS}:eu") is False
+    assert ordering.dependency_exists(f"invoice:{SS}:eu:inv_c", "other") is False
 
 
 @needs_db

@@ -251,7 +251,8 @@ def test_a_dependency_that_committed_during_processing_is_not_waited_for_forever
     with django_capture_on_commit_callbacks(execute=True):
         assert billing.dependency_recheck(event_id=event.pk,
                                           dependency=f"customer:{customer['source_system']}:"
-                                                     f"{customer['data']['customer_id']}")
+                                                     f"{customer['data']['customer_id']}",
+                                          source_system=customer["source_system"])
     event.refresh_from_db()
     assert event.status == "posted"
 

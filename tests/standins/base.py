@@ -62,6 +62,10 @@ class StandinHandler(BaseHTTPRequestHandler):
     def body_json(self):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if len(raw) < length:
+            # The client went away mid-body (a worker SIGKILLed while sending): as a vendor's server, read nothing
+            # of it and answer nothing; the connection is closed. Not a request the ERP received.
+            raise ConnectionResetError(f"client disconnected after {len(raw)} of {length} body bytes")
         return json.loads(raw) if raw else None
 
     def send_json(self, status: int, body, headers: dict | None = None) -> None:

@@ -2,6 +2,9 @@
 failure class (429 with Retry-After, 5xx, 417, 401, connection refused), and the ambiguous cases
 (commit-then-timeout, commit-then-502, commit-then-reset) where the journal must never be created twice.
 """
+import socket
+import time
+
 import pytest
 
 from exceptions_queue.models import ExceptionRecord
@@ -168,3 +171,20 @@ def test_permanent_failure_in_the_task_opens_posting_failed_and_retry_posts(erp,
 
 def test_test_connection_reports_the_erp_user(erp, erp_entity):
     assert services.entity_test_connection(entity=erp_entity) == "connected as integration@tieout.test"
+
+
+def test_a_request_whose_body_never_fully_arrived_is_not_received_by_the_stand_in(erp):
+    """A worker SIGKILLed while sending leaves a request cut short: the server reads what came and closes the
+    connection, as a vendor's does. The fault tests count creates per journal from what the stand-in received,
+    and such a request, counted as a create with no journal, once made a SIGKILL test see a duplicate."""
+    received = []
+    erp.on_receive_hook = lambda doc: received.append(doc) and False
+    host, port = erp.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as conn:
+        # Its headers went out, then the process died before a byte of the body.
+        conn.sendall(b"POST /api/resource/Journal%20Entry HTTP/1.1\r\nHost: erp\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n")
+        conn.shutdown(socket.SHUT_WR)
+        assert conn.recv(1024) == b""  # closed, nothing answered
+    time.sleep(0.1)
+    assert received == [] and erp.journals.rows == {}
