@@ -12,31 +12,14 @@ import importlib
 from django.db import migrations
 
 _0010 = importlib.import_module("ledger.migrations.0010_item_balances")
-ITEM_TYPE, ITEM_ID, ITEM_LINES = _0010.ITEM_TYPE, _0010.ITEM_ID, _0010.ITEM_LINES
 
-
-def _post(lines: str, where: str) -> str:
-    return f"""
-CREATE OR REPLACE FUNCTION tieout_item_balance_post() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    -- One row per item of this journal (ON CONFLICT may touch a row once per statement), in key order so
-    -- that two journals posting at once lock shared items in the same order.
-    INSERT INTO ledger_itembalance (account_id, source_system, item_type, item_id, balance, first_date)
-    SELECT l.account_id, NEW.source_system, {ITEM_TYPE}, {ITEM_ID}, sum(l.debit - l.credit), NEW.accounting_date
-    FROM {lines} l JOIN ledger_account a ON a.id = l.account_id
-    WHERE {where}
-    GROUP BY 1, 2, 3, 4
-    ORDER BY 1, 2, 3, 4
-    ON CONFLICT (account_id, source_system, item_type, item_id) DO UPDATE
-        SET balance = ledger_itembalance.balance + EXCLUDED.balance,
-            first_date = least(ledger_itembalance.first_date, EXCLUDED.first_date);
-    RETURN NULL;
-END $$;
-"""
-
-
-FORWARD = _post("(SELECT * FROM ledger_journalline WHERE journal_id = NEW.id OFFSET 0)", ITEM_LINES)
-BACKWARD = _post("ledger_journalline", f"l.journal_id = NEW.id AND {ITEM_LINES}")
+# The function as 0010 made it (its text up to the trigger's creation), and the same with the lines read first.
+BACKWARD = _0010.TRIGGERS[:_0010.TRIGGERS.index("-- A journal's lines")]
+_LINES_JOINED = "FROM ledger_journalline l JOIN"
+_BY_JOURNAL = "WHERE l.journal_id = NEW.id AND "
+assert BACKWARD.count(_LINES_JOINED) == 1 and BACKWARD.count(_BY_JOURNAL) == 1
+FORWARD = (BACKWARD.replace(_LINES_JOINED, "FROM (SELECT * FROM ledger_journalline WHERE journal_id = NEW.id OFFSET 0) l JOIN")
+           .replace(_BY_JOURNAL, "WHERE "))
 
 
 class Migration(migrations.Migration):
