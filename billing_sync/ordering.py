@@ -74,6 +74,11 @@ def _probe(keys: list[str]) -> list[str]:
     return sorted(writes | {WRITE + k for k in reads})
 
 
+def _parking(x: str) -> str:
+    """SQL: the exception (alias) parks its event on a document: open, with a dependency key."""
+    return f"{x}.status <> 'resolved' AND {x}.dependency_key IS NOT NULL"
+
+
 # Pending events with any of the probe's keys, found through the partial GIN index on `order_keys` (accepted and
 # exception events) alone, in a subquery the planner cannot merge (OFFSET 0) so that the callers' `ORDER BY seq`
 # (and `LIMIT`) cannot lead it down the `seq` index instead: on fresh statistics of a backlog it walked every accepted
@@ -94,7 +99,7 @@ _PENDING_BEFORE = f"""
 SELECT e.id, e.seq, e.status, e.type, e.order_keys, x.dependency_key, (x.id IS NOT NULL) AS parked, e.source_system
 FROM {_pending_with("%s::text[]")}
 LEFT JOIN exceptions_queue_exceptionrecord x
-       ON x.event_id = e.id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL
+       ON x.event_id = e.id AND {_parking('x')}
 WHERE e.seq < %s
 ORDER BY e.seq
 """
@@ -122,10 +127,10 @@ def _pending_before(seq: int, keys: list[str]) -> list[dict]:
 
 
 # Events parked on one of some documents (dependency keys), with what each would provide once woken.
-_PARKED_ON = """
+_PARKED_ON = f"""
 SELECT e.type, e.order_keys FROM billing_sync_event e
 JOIN exceptions_queue_exceptionrecord x
-  ON x.event_id = e.id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL
+  ON x.event_id = e.id AND {_parking('x')}
 WHERE x.dependency_key = ANY(%s) AND e.status = 'exception'
 """
 
@@ -300,11 +305,11 @@ _SWEEPABLE = f"""
 SELECT e.id FROM billing_sync_event e
 WHERE e.status = 'accepted' AND e.received_at <= %s
   AND NOT EXISTS (SELECT 1 FROM exceptions_queue_exceptionrecord x
-                  WHERE x.event_id = e.held_by_id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL
+                  WHERE x.event_id = e.held_by_id AND {_parking('x')}
                     AND NOT {_provides("e", "x.dependency_key")}
                     AND NOT EXISTS (SELECT 1 FROM billing_sync_event p
                                     JOIN exceptions_queue_exceptionrecord y
-                                      ON y.event_id = p.id AND y.status <> 'resolved' AND y.dependency_key IS NOT NULL
+                                      ON y.event_id = p.id AND {_parking('y')}
                                     WHERE p.status = 'exception'
                                       AND {_provides("p", "x.dependency_key")} AND {_provides("e", "y.dependency_key")}))
 ORDER BY e.seq
@@ -324,7 +329,7 @@ def accepted_not_parked_behind(*, received_before, limit: int) -> list:
 _PARKED_ON_AVAILABLE = f"""
 SELECT e.id FROM exceptions_queue_exceptionrecord x
 JOIN billing_sync_event e ON e.id = x.event_id AND e.status = 'exception'
-WHERE x.status <> 'resolved' AND x.dependency_key IS NOT NULL AND x.updated_at <= %s
+WHERE {_parking('x')} AND x.updated_at <= %s
   AND {_exists_sql("x.dependency_key", "e.source_system")}
 ORDER BY e.seq
 LIMIT %s
@@ -340,12 +345,12 @@ def parked_on_available(*, parked_before, limit: int) -> list:
 
 
 # Held events whose recorded holder holds them no more: done, or in `exception` waiting for no document.
-_HELD_RELEASED = """
+_HELD_RELEASED = f"""
 SELECT e.id FROM billing_sync_event e JOIN billing_sync_event h ON h.id = e.held_by_id
 WHERE e.id = ANY(%s::uuid[]) AND e.status = 'accepted' AND h.status <> 'accepted'
   AND NOT (h.status = 'exception' AND EXISTS (
       SELECT 1 FROM exceptions_queue_exceptionrecord x
-      WHERE x.event_id = h.id AND x.status <> 'resolved' AND x.dependency_key IS NOT NULL))
+      WHERE x.event_id = h.id AND {_parking('x')}))
 ORDER BY e.seq
 """
 
